@@ -1,0 +1,56 @@
+# streamscore: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-unit test-integration bench lint typecheck cluster-up cluster-down cluster-status clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install streamscore with its dev tools
+	$(VENV)/bin/streamscore cluster install
+
+demo: install ## Run the main job on the local cluster (starts it if needed)
+	$(VENV)/bin/streamscore demo
+
+test: install ## Run the whole suite: unit tests, then integration tests on a real cluster
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP) ## Unit tests only (no broker)
+	$(PY) -m pytest tests/unit
+
+test-integration: install ## Integration tests only (real Kafka + registry)
+	$(PY) -m pytest tests/integration
+
+bench: install ## Throughput / latency / memory benchmark on the local cluster
+	$(PY) -m benchmarks.run
+
+lint: $(STAMP) ## ruff + mypy
+	$(VENV)/bin/ruff check streamscore tests
+	$(VENV)/bin/ruff format --check streamscore tests
+	$(VENV)/bin/mypy
+
+typecheck: $(STAMP) ## mypy only
+	$(VENV)/bin/mypy
+
+cluster-up: install ## Start the local Kafka (KRaft) + Apicurio Registry on loopback
+	$(VENV)/bin/streamscore cluster up
+
+cluster-down: $(STAMP) ## Stop the local cluster
+	$(VENV)/bin/streamscore cluster down
+
+cluster-status: $(STAMP) ## Show whether the local cluster is running
+	$(VENV)/bin/streamscore cluster status
+
+clean: ## Remove the virtualenv and build artefacts (not the download cache)
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""Typed, frozen settings. Only ``cli.py`` reads the environment; everything else is
+handed one of these objects. Secrets are wrapped in :class:`Secret` so that a settings
+object can be logged or printed without leaking them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or exceptions."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _frozen(m: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(m or {}))
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    #: Extra librdkafka properties, applied last (never logged: may hold credentials).
+    extra: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka properties shared by every client (secrets revealed here only)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.reveal()
+        conf.update(self.extra)
+        return conf
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+    basic_auth_user: str | None = None
+    basic_auth_password: Secret | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"url": self.url}
+        if self.basic_auth_user is not None:
+            pw = self.basic_auth_password.reveal() if self.basic_auth_password else ""
+            conf["basic.auth.user.info"] = f"{self.basic_auth_user}:{pw}"
+        return conf
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    events: str = "events"
+    predictions: str = "predictions"
+    telemetry: str = "telemetry"
+    models: str = "streamscore.models"
+    feedback: str = "feedback"
+    dlq: str = "events.dlq"
+    late: str = "events.late"
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.events,
+            self.predictions,
+            self.telemetry,
+            self.models,
+            self.feedback,
+            self.dlq,
+            self.late,
+        )
+
+
+class LatePolicy(enum.StrEnum):
+    SCORE_AND_FLAG = "score"  # score it, set ``late`` on the prediction
+    ROUTE = "route"  # send the original bytes to the late topic, unscored
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    group_id: str = "streamscore-score"
+    worker_id: str = "worker"
+    batch_size: int = 500
+    #: A batch closes on ``batch_size`` or after this wait, whichever comes first.
+    batch_wait_ms: int = 10
+    late_after_ms: int | None = None
+    late_policy: LatePolicy = LatePolicy.SCORE_AND_FLAG
+    exactly_once: bool = False
+    canary_fraction: float = 0.1
+    #: Producer queue fill (messages) above which consumption pauses.
+    max_in_flight: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_wait_ms < 0:
+            raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if not 0.0 <= self.canary_fraction <= 1.0:
+            raise ConfigError(f"canary_fraction must be in [0, 1], got {self.canary_fraction}")
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    """HMAC-SHA256 key shared by publishers and workers."""
+
+    key: Secret | None = None
+    key_id: str = "default"
+
+    def require_key(self) -> bytes:
+        if not self.key:
+            raise ConfigError(
+                "no model signing key configured: set STREAMSCORE_SIGNING_KEY or "
+                "STREAMSCORE_SIGNING_KEY_FILE"
+            )
+        return self.key.reveal().encode()
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "127.0.0.1"
+    port: int = 9400  # 0 disables the /metrics server
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamscore"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The local single-node Kafka (KRaft) + Apicurio Registry on loopback."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    controller_port: int = 19093
+    registry_port: int = 18081
+    kafka_version: str = "4.1.1"
+    apicurio_version: str = "3.0.9"
+    kafka_heap: str = "512m"
+    registry_heap: str = "384m"
+    partitions: int = 4
+    model_topic_max_bytes: int = 16 * 1024 * 1024
+    start_timeout_s: float = 120.0
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"

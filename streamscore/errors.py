@@ -1,0 +1,252 @@
+"""The exception hierarchy: one root, specific subclasses that carry what a caller needs.
+
+Every error has a short machine-readable ``reason`` (used as a metrics label and in
+dead-letter headers) and, where one applies, the ``field`` at fault. Messages never
+contain secrets (signing keys, SASL passwords).
+"""
+
+from __future__ import annotations
+
+
+class StreamscoreError(Exception):
+    """Root of every error streamscore raises on purpose."""
+
+    reason: str = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ConfigError(StreamscoreError):
+    """Settings are missing, malformed or contradictory."""
+
+    reason = "config"
+
+
+# --------------------------------------------------------------------------- serde
+
+
+class SerdeError(StreamscoreError):
+    """A message could not be turned into a record (or back). Route it to the DLQ."""
+
+    reason = "serde"
+
+
+class EmptyMessageError(SerdeError):
+    """The message value is empty or null."""
+
+    reason = "empty_message"
+
+
+class MagicByteError(SerdeError):
+    """The first byte is not the Confluent wire-format magic byte 0."""
+
+    reason = "bad_magic_byte"
+
+    def __init__(self, message: str, *, magic: int) -> None:
+        super().__init__(message)
+        self.magic = magic
+
+
+class TruncatedMessageError(SerdeError):
+    """The message is shorter than the wire-format header or its Avro body ends early."""
+
+    reason = "truncated"
+
+
+class UnknownSchemaError(SerdeError):
+    """The schema id in the header is not known to the registry."""
+
+    reason = "unknown_schema_id"
+
+    def __init__(self, message: str, *, schema_id: int) -> None:
+        super().__init__(message)
+        self.schema_id = schema_id
+
+
+class RegistryUnavailableError(SerdeError):
+    """The schema registry could not be reached (network, 5xx). Retryable."""
+
+    reason = "registry_unavailable"
+
+
+class SchemaResolutionError(SerdeError):
+    """The writer schema cannot be resolved to the reader schema (e.g. a required field
+    the reader needs is absent from the writer schema, or types do not promote)."""
+
+    reason = "schema_mismatch"
+
+
+class WriterMissingFieldError(SchemaResolutionError):
+    """The writer schema lacks a field the reader requires (and has no default for)."""
+
+    reason = "missing_field"
+
+
+class WriterTypeMismatchError(SchemaResolutionError):
+    """A field's writer type cannot be promoted to the reader's type."""
+
+    reason = "wrong_type"
+
+
+class AvroDecodeError(SerdeError):
+    """The Avro body is malformed for its writer schema."""
+
+    reason = "avro_decode"
+
+
+class EncodeError(SerdeError):
+    """A record does not fit the schema it is being encoded with."""
+
+    reason = "encode"
+
+
+class SchemaRegistrationError(SerdeError):
+    """The registry refused a schema (e.g. incompatible with the subject's history)."""
+
+    reason = "schema_registration"
+
+
+# ---------------------------------------------------------------------- validation
+
+
+class ValidationError(StreamscoreError):
+    """A decoded event does not satisfy the active feature spec."""
+
+    reason = "invalid"
+
+
+class MissingFieldError(ValidationError):
+    reason = "missing_field"
+
+
+class WrongTypeError(ValidationError):
+    reason = "wrong_type"
+
+
+class NonFiniteError(ValidationError):
+    reason = "non_finite"
+
+
+class OutOfRangeError(ValidationError):
+    reason = "out_of_range"
+
+
+class UnknownCategoryError(ValidationError):
+    reason = "unknown_category"
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelError(StreamscoreError):
+    """A model bundle or update cannot be used."""
+
+    reason = "model"
+
+
+class BundleDecodeError(ModelError):
+    """The bundle bytes are not a readable bundle."""
+
+    reason = "undecodable"
+
+
+class UnsignedBundleError(ModelError):
+    reason = "unsigned"
+
+
+class SignatureMismatchError(ModelError):
+    """Signature does not verify: wrong key or tampered artifact."""
+
+    reason = "bad_signature"
+
+
+class UntrustedContentError(ModelError):
+    """The artifact contains a type or operator outside the allow-list."""
+
+    reason = "untrusted_content"
+
+
+class IncompatibleFeatureSpecError(ModelError):
+    """The bundle's feature spec does not fit the events this worker reads."""
+
+    reason = "incompatible_features"
+
+
+class ReferenceMismatchError(ModelError):
+    """The bundle's reference batch does not reproduce its expected outputs."""
+
+    reason = "reference_mismatch"
+
+
+class NonFiniteOutputError(ModelError):
+    """The model produced NaN or infinite outputs."""
+
+    reason = "non_finite_output"
+
+
+class BundleTooLargeError(ModelError):
+    reason = "too_large"
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class NoModelError(ModelError):
+    """Scoring was asked for while no model is active."""
+
+    reason = "no_model"
+
+
+# ---------------------------------------------------------------------------- kafka
+
+
+class KafkaIOError(StreamscoreError):
+    """A Kafka client operation failed in a way the loop cannot absorb."""
+
+    reason = "kafka"
+
+
+class DeliveryError(KafkaIOError):
+    """The broker did not acknowledge an output message."""
+
+    reason = "delivery"
+
+
+# -------------------------------------------------------------------- local cluster
+
+
+class ClusterError(StreamscoreError):
+    """The local Kafka + registry cluster could not be installed, started or stopped."""
+
+    reason = "cluster"
+
+
+class JavaMissingError(ClusterError):
+    reason = "java_missing"
+
+
+class PortInUseError(ClusterError):
+    reason = "port_in_use"
+
+    def __init__(self, message: str, *, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+class DownloadError(ClusterError):
+    reason = "download"
+
+
+class ServerStartError(ClusterError):
+    """A server died or did not become ready in time; ``log_path`` says where to look."""
+
+    reason = "server_start"
+
+    def __init__(self, message: str, *, log_path: str | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path

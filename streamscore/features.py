@@ -1,0 +1,111 @@
+"""Event batch -> feature matrix. The one code path shared by serving and training.
+
+Column ``j`` of every matrix is ``spec.fields[j]``. Numeric fields become float64;
+categorical fields become the index of the value in ``FeatureField.categories`` (as a
+float). Missing values (absent or null) and unknown categories are NaN in
+:attr:`Columns.values` and flagged in their masks; :func:`impute` then applies each
+field's missing-value policy. Work is per column, never per event and field in Python
+beyond the one list comprehension that pulls a column out of the decoded dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .records import FeatureKind, FeatureSpec, MissingPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Raw feature columns of a batch, before any policy is applied."""
+
+    values: np.ndarray  # (n, k) float64, NaN where missing / unknown / wrong type
+    missing: np.ndarray  # (n, k) bool: absent or null
+    unknown_category: np.ndarray  # (n, k) bool
+    wrong_type: np.ndarray  # (n, k) bool: present but not a number (numeric fields)
+
+    @property
+    def n(self) -> int:
+        return int(self.values.shape[0])
+
+
+_NUMBER_TYPES = {float, int}
+
+
+def _numeric_column(col: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(col)
+    missing = np.zeros(n, dtype=bool)
+    wrong = np.zeros(n, dtype=bool)
+    # Fast path: every value is a float or int (bools and numeric strings must not be
+    # taken for numbers, which np.array(..., float) would do).
+    if set(map(type, col)) <= _NUMBER_TYPES:
+        return np.array(col, dtype=np.float64), missing, wrong
+    arr = np.full(n, np.nan)
+    for i, v in enumerate(col):
+        t = type(v)
+        if v is None:
+            missing[i] = True
+        elif t is float or t is int:
+            arr[i] = v
+        else:
+            wrong[i] = True
+    return arr, missing, wrong
+
+
+def _categorical_column(
+    col: list[Any], categories: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    index = {c: float(i) for i, c in enumerate(categories)}
+    nan = float("nan")
+    arr = np.array([index.get(v, nan) for v in col], dtype=np.float64)
+    missing = np.fromiter((v is None for v in col), dtype=bool, count=len(col))
+    unknown = np.isnan(arr) & ~missing
+    return arr, missing, unknown
+
+
+def extract(events: Sequence[Mapping[str, Any]], spec: FeatureSpec) -> Columns:
+    """Pull the spec's columns out of decoded events."""
+    n, k = len(events), len(spec.fields)
+    values = np.empty((n, k), dtype=np.float64)
+    missing = np.zeros((n, k), dtype=bool)
+    unknown = np.zeros((n, k), dtype=bool)
+    wrong = np.zeros((n, k), dtype=bool)
+    for j, f in enumerate(spec.fields):
+        name = f.name
+        col = [e.get(name) for e in events]
+        if f.kind is FeatureKind.CATEGORICAL:
+            values[:, j], missing[:, j], unknown[:, j] = _categorical_column(col, f.categories)
+        else:
+            values[:, j], missing[:, j], wrong[:, j] = _numeric_column(col)
+    return Columns(values, missing, unknown, wrong)
+
+
+def impute(cols: Columns, spec: FeatureSpec) -> np.ndarray:
+    """The model matrix: missing values of ``impute`` fields replaced by their value
+    (which may itself be NaN for models that handle missing values natively)."""
+    x = cols.values.copy()
+    for j, f in enumerate(spec.fields):
+        if f.missing is MissingPolicy.IMPUTE:
+            fill = cols.missing[:, j] | cols.unknown_category[:, j]
+            if fill.any():
+                x[fill, j] = f.impute_value
+    return x
+
+
+def from_rows(
+    rows: Sequence[Mapping[str, Any]], spec: FeatureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training entry point: (matrix of the valid rows, mask of which rows were valid).
+
+    Applies exactly the serving checks (see :mod:`streamscore.validation`) so a model is
+    never trained on rows it would refuse to score.
+    """
+    from .validation import validate
+
+    cols = extract(rows, spec)
+    result = validate(cols, spec)
+    return impute(cols, spec)[result.valid], result.valid

@@ -1,0 +1,245 @@
+"""Plain records that cross module boundaries. No Kafka imports here.
+
+Events stay as the ``dict`` that Avro decoding produced (cheap, schema-agnostic);
+every other record is a frozen dataclass with an ``to_avro()`` / ``from_avro()`` pair
+matching its schema in ``schemas/``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Fields every event schema must carry (the rest are features or passengers).
+EVENT_ID_FIELD = "event_id"
+EVENT_TIME_FIELD = "event_time"
+
+Event = dict[str, Any]
+
+
+class Task(enum.StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+class Role(enum.StrEnum):
+    PRIMARY = "primary"
+    SHADOW = "shadow"
+    CANARY = "canary"
+
+
+class FeatureKind(enum.StrEnum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+
+
+class MissingPolicy(enum.StrEnum):
+    REJECT = "reject"  # a missing value makes the event invalid (dead-lettered)
+    IMPUTE = "impute"  # a missing value is replaced by ``impute_value``
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureField:
+    """One input of the model: where it comes from and what values it accepts."""
+
+    name: str
+    kind: FeatureKind = FeatureKind.NUMERIC
+    minimum: float | None = None
+    maximum: float | None = None
+    missing: MissingPolicy = MissingPolicy.REJECT
+    impute_value: float = math.nan
+    categories: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "missing": self.missing.value,
+            "impute_value": None if math.isnan(self.impute_value) else self.impute_value,
+            "categories": list(self.categories),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureField:
+        iv = d.get("impute_value")
+        return cls(
+            name=str(d["name"]),
+            kind=FeatureKind(d.get("kind", "numeric")),
+            minimum=None if d.get("minimum") is None else float(d["minimum"]),
+            maximum=None if d.get("maximum") is None else float(d["maximum"]),
+            missing=MissingPolicy(d.get("missing", "reject")),
+            impute_value=math.nan if iv is None else float(iv),
+            categories=tuple(str(c) for c in d.get("categories", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """Ordered model inputs. Column ``i`` of every feature matrix is ``fields[i]``."""
+
+    fields: tuple[FeatureField, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate feature names in spec: {names}")
+        if not names:
+            raise ValueError("a feature spec needs at least one field")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fields": [f.to_dict() for f in self.fields]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        return cls(tuple(FeatureField.from_dict(f) for f in d["fields"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What a worker says about one event, with the context later analysis needs."""
+
+    event_id: str
+    key: str | None
+    event_time_ms: int
+    scored_time_ms: int
+    model_name: str
+    model_version: int
+    role: Role
+    value: float | None  # regressors
+    label: str | None  # classifiers: predicted class
+    probabilities: tuple[float, ...]  # classifiers, ordered as ``classes``
+    classes: tuple[str, ...]
+    degraded: bool
+    late: bool
+    feature_names: tuple[str, ...]
+    features: tuple[float, ...]
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "key": self.key,
+            "event_time": self.event_time_ms,
+            "scored_time": self.scored_time_ms,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "role": self.role.value,
+            "value": self.value,
+            "label": self.label,
+            "probabilities": list(self.probabilities),
+            "classes": list(self.classes),
+            "degraded": self.degraded,
+            "late": self.late,
+            "feature_names": list(self.feature_names),
+            "features": list(self.features),
+        }
+
+    @classmethod
+    def from_avro(cls, d: Mapping[str, Any]) -> Prediction:
+        return cls(
+            event_id=d["event_id"],
+            key=d["key"],
+            event_time_ms=_millis(d["event_time"]),
+            scored_time_ms=_millis(d["scored_time"]),
+            model_name=d["model_name"],
+            model_version=int(d["model_version"]),
+            role=Role(d["role"]),
+            value=d["value"],
+            label=d["label"],
+            probabilities=tuple(d["probabilities"]),
+            classes=tuple(d["classes"]),
+            degraded=bool(d["degraded"]),
+            late=bool(d["late"]),
+            feature_names=tuple(d["feature_names"]),
+            features=tuple(d["features"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """The truth about one event, learnt after the fact."""
+
+    event_id: str
+    label: float | str
+    observed_time_ms: int
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "label": self.label,
+            "observed_time": self.observed_time_ms,
+        }
+
+    @classmethod
+    def from_avro(cls, d: Mapping[str, Any]) -> Feedback:
+        return cls(d["event_id"], d["label"], _millis(d["observed_time"]))
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimings:
+    decode_s: float = 0.0
+    validate_s: float = 0.0
+    features_s: float = 0.0
+    predict_s: float = 0.0
+    encode_s: float = 0.0
+    produce_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """One record per batch (kind ``batch``) or per model lifecycle event."""
+
+    worker_id: str
+    kind: str  # batch | model_applied | model_rejected | promotion | ...
+    time_ms: int
+    topic: str | None = None
+    partition_offsets: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    batch_size: int = 0
+    valid: int = 0
+    invalid: int = 0
+    late: int = 0
+    timings: StageTimings = StageTimings()
+    model_versions: Mapping[str, int] = field(default_factory=dict)  # role -> version
+    detail: str | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        t = self.timings
+        return {
+            "worker_id": self.worker_id,
+            "kind": self.kind,
+            "time": self.time_ms,
+            "topic": self.topic,
+            "partitions": [
+                {"partition": p, "first_offset": lo, "last_offset": hi}
+                for p, (lo, hi) in sorted(self.partition_offsets.items())
+            ],
+            "batch_size": self.batch_size,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "late": self.late,
+            "timings": {
+                "decode_s": t.decode_s,
+                "validate_s": t.validate_s,
+                "features_s": t.features_s,
+                "predict_s": t.predict_s,
+                "encode_s": t.encode_s,
+                "produce_s": t.produce_s,
+            },
+            "model_versions": dict(self.model_versions),
+            "detail": self.detail,
+        }
+
+
+def _millis(v: Any) -> int:
+    """fastavro hands timestamp-millis back as aware datetimes; normalise to epoch ms."""
+    if isinstance(v, int):
+        return v
+    return int(round(v.timestamp() * 1000))
