@@ -163,9 +163,7 @@ def compute_histogram(values: npt.ArrayLike, bins: int = HIST_BINS) -> Histogram
     idx = np.searchsorted(edges[1:-1], finite, side="right")
     counts = np.bincount(idx, minlength=edges.size - 1)
     props = counts / finite.size
-    return Histogram(
-        tuple(float(e) for e in edges), tuple(float(p) for p in props), missing
-    )
+    return Histogram(tuple(float(e) for e in edges), tuple(float(p) for p in props), missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +198,7 @@ class ModelMeta:
     train_window: tuple[int, int] | None = None
     holdout_metrics: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     classes: tuple[str, ...] = ()
-    reference_distributions: ReferenceDistributions = field(
-        default_factory=ReferenceDistributions
-    )
+    reference_distributions: ReferenceDistributions = field(default_factory=ReferenceDistributions)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -293,10 +289,9 @@ class ScoreBatch:
         """True for rows whose outputs are all finite."""
         if self.task is Task.REGRESSION:
             assert self.values is not None
-            return np.isfinite(self.values)
+            return np.asarray(np.isfinite(self.values), dtype=np.bool_)
         assert self.probabilities is not None
-        mask: BoolArray = np.isfinite(self.probabilities).all(axis=1)
-        return mask
+        return np.asarray(np.isfinite(self.probabilities).all(axis=1), dtype=np.bool_)
 
     def compatible_with(self, other: ScoreBatch) -> bool:
         return self.task is other.task and self.classes == other.classes
@@ -397,9 +392,7 @@ def decode_bundle(data: bytes) -> Bundle:
             raise ValueError(f"model input must be named {INPUT_NAME!r}")
         meta = ModelMeta.from_dict(header["meta"])
         ref_x = _from_jsonable(header["reference_X"], 2).astype(np.float32)
-        expected = _from_jsonable(
-            header["expected"], 2 if meta.task is Task.CLASSIFICATION else 1
-        )
+        expected = _from_jsonable(header["expected"], 2 if meta.task is Task.CLASSIFICATION else 1)
         output_name = str(header["output"])
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BundleDecodeError(f"malformed bundle header: {exc}") from exc
@@ -540,9 +533,7 @@ class LoadedModel:
         """Score a (n, n_features) matrix with one onnxruntime call."""
         x = np.ascontiguousarray(X, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.meta.n_features:
-            raise ValueError(
-                f"expected a (n, {self.meta.n_features}) matrix, got shape {x.shape}"
-            )
+            raise ValueError(f"expected a (n, {self.meta.n_features}) matrix, got shape {x.shape}")
         if x.shape[0] == 0:
             return self._empty()
         try:
@@ -637,7 +628,7 @@ def load_bundle(bundle: Bundle, *, intra_op_threads: int = 1, digest: str = "") 
         session = _session(bundle.onnx_bytes, intra_op_threads)
     except Exception as exc:
         raise BundleDecodeError(f"onnxruntime cannot load the model: {exc}") from exc
-    loaded = LoadedModel(bundle, session, digest)
+    loaded = LoadedModel(bundle, session, digest or hashlib.sha256(bundle.to_bytes()).hexdigest())
     loaded.self_check()
     return loaded
 
@@ -799,9 +790,7 @@ def build_bundle(
     _compare(task, _raw(onnx_out), sk, "scikit-learn outputs", max_mismatch_fraction)
 
     hist_x = xt[:max_histogram_rows]
-    feats = {
-        f.name: compute_histogram(hist_x[:, i]) for i, f in enumerate(feature_spec.fields)
-    }
+    feats = {f.name: compute_histogram(hist_x[:, i]) for i, f in enumerate(feature_spec.fields)}
     score_hist = compute_histogram(model.predict(hist_x).score())
     meta = ModelMeta(
         name=name,
@@ -868,7 +857,6 @@ def check_feature_compat(spec: FeatureSpec, reader_fields: Mapping[str, str]) ->
         allowed = _NUMERIC_AVRO if f.kind is FeatureKind.NUMERIC else _CATEGORICAL_AVRO
         if t not in allowed:
             raise IncompatibleFeatureSpecError(
-                f"feature {f.name!r} is {f.kind.value} but the event field has Avro type "
-                f"{t!r}",
+                f"feature {f.name!r} is {f.kind.value} but the event field has Avro type {t!r}",
                 field=f.name,
             )

@@ -27,128 +27,179 @@ class Metrics:
         r = registry
         # ---- scoring
         self.events_consumed = Counter(
-            f"{PREFIX}_events_consumed", "Messages consumed from the events topic.", ["topic"],
+            f"{PREFIX}_events_consumed",
+            "Messages consumed from the events topic.",
+            ["topic"],
             registry=r,
         )
         self.predictions = Counter(
-            f"{PREFIX}_predictions", "Predictions produced.",
-            ["model_name", "model_version", "role"], registry=r,
+            f"{PREFIX}_predictions",
+            "Predictions produced.",
+            ["model_name", "model_version", "role"],
+            registry=r,
         )
         self.invalid_events = Counter(
-            f"{PREFIX}_invalid_events", "Messages that could not be scored, by reason.",
-            ["reason"], registry=r,
+            f"{PREFIX}_invalid_events",
+            "Messages that could not be scored, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            f"{PREFIX}_dead_letters", "Messages written to the dead-letter topic.", ["reason"],
+            f"{PREFIX}_dead_letters",
+            "Messages written to the dead-letter topic.",
+            ["reason"],
             registry=r,
         )
         self.late_events = Counter(
-            f"{PREFIX}_late_events", "Events older than the latency SLA, by policy.", ["policy"],
+            f"{PREFIX}_late_events",
+            "Events older than the latency SLA, by policy.",
+            ["policy"],
             registry=r,
         )
         self.degraded_predictions = Counter(
             f"{PREFIX}_degraded_predictions",
-            "Predictions answered by a fallback because the primary failed.", ["model_name"],
+            "Predictions answered by a fallback because the primary failed.",
+            ["model_name"],
             registry=r,
         )
         self.shadow_skipped = Counter(
             f"{PREFIX}_shadow_skipped",
             "Events a shadow or canary model could not score (invalid for its feature spec).",
-            ["role"], registry=r,
+            ["role"],
+            registry=r,
         )
         self.batch_size = Histogram(
-            f"{PREFIX}_batch_size", "Messages per micro-batch.", buckets=_BATCH_BUCKETS,
+            f"{PREFIX}_batch_size",
+            "Messages per micro-batch.",
+            buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.stage_seconds = Histogram(
-            f"{PREFIX}_stage_seconds", "Time per batch spent in each stage.", ["stage"],
-            buckets=_STAGE_BUCKETS, registry=r,
+            f"{PREFIX}_stage_seconds",
+            "Time per batch spent in each stage.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
         )
         self.end_to_end_latency = Histogram(
             f"{PREFIX}_end_to_end_latency_seconds",
             "Prediction handed to the producer, minus the event's own time.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.scores = Histogram(
-            f"{PREFIX}_prediction_score", "Scores produced (regression value or top probability).",
-            ["role"], buckets=_SCORE_BUCKETS, registry=r,
+            f"{PREFIX}_prediction_score",
+            "Scores produced (regression value or top probability).",
+            ["role"],
+            buckets=_SCORE_BUCKETS,
+            registry=r,
         )
         self.consumer_lag = Gauge(
-            f"{PREFIX}_consumer_lag", "High watermark minus position, per owned partition.",
-            ["topic", "partition"], registry=r,
+            f"{PREFIX}_consumer_lag",
+            "High watermark minus position, per owned partition.",
+            ["topic", "partition"],
+            registry=r,
         )
         self.backpressure_pauses = Counter(
             f"{PREFIX}_backpressure_pauses",
-            "Times consumption paused because the producer queue was full.", registry=r,
+            "Times consumption paused because the producer queue was full.",
+            registry=r,
         )
         self.batches_aborted = Counter(
-            f"{PREFIX}_batches_aborted", "Batches aborted and re-consumed (exactly-once mode).",
+            f"{PREFIX}_batches_aborted",
+            "Batches aborted and re-consumed (exactly-once mode).",
             registry=r,
         )
         # ---- model lifecycle
         self.model_updates_applied = Counter(
-            f"{PREFIX}_model_updates_applied", "Model updates activated.", ["role"], registry=r,
+            f"{PREFIX}_model_updates_applied",
+            "Model updates activated.",
+            ["role"],
+            registry=r,
         )
         self.model_updates_rejected = Counter(
-            f"{PREFIX}_model_updates_rejected", "Model updates refused, by reason.", ["reason"],
+            f"{PREFIX}_model_updates_rejected",
+            "Model updates refused, by reason.",
+            ["reason"],
             registry=r,
         )
         self.model_info = Gauge(
-            f"{PREFIX}_model_info", "1 for each active model (name, version, role).",
-            ["model_name", "model_version", "role"], registry=r,
+            f"{PREFIX}_model_info",
+            "1 for each active model (name, version, role).",
+            ["model_name", "model_version", "role"],
+            registry=r,
         )
         self.model_loaded = Gauge(
-            f"{PREFIX}_model_loaded", "1 when a primary model is active, 0 while waiting.",
+            f"{PREFIX}_model_loaded",
+            "1 when a primary model is active, 0 while waiting.",
             registry=r,
         )
         self.model_swap_seconds = Histogram(
             f"{PREFIX}_model_swap_seconds",
-            "Model publish time to activation in this worker.", buckets=_LATENCY_BUCKETS,
+            "Model publish time to activation in this worker.",
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         # ---- drift
         self.drift_psi = Gauge(
             f"{PREFIX}_feature_drift_psi",
             "Population stability index of a live window against the bundle's reference.",
-            ["feature", "model_version"], registry=r,
+            ["feature", "model_version"],
+            registry=r,
         )
         # ---- feedback
         self.feedback_received = Counter(
-            f"{PREFIX}_feedback_received", "Labels consumed from the feedback topic.",
+            f"{PREFIX}_feedback_received",
+            "Labels consumed from the feedback topic.",
             registry=r,
         )
         self.feedback_joined = Counter(
-            f"{PREFIX}_feedback_joined", "Labels joined with a prediction.",
-            ["model_version", "role"], registry=r,
+            f"{PREFIX}_feedback_joined",
+            "Labels joined with a prediction.",
+            ["model_version", "role"],
+            registry=r,
         )
         self.feedback_unmatched = Counter(
-            f"{PREFIX}_feedback_unmatched", "Labels that found no prediction within the window.",
+            f"{PREFIX}_feedback_unmatched",
+            "Labels that found no prediction within the window.",
             registry=r,
         )
         self.feedback_pending = Gauge(
-            f"{PREFIX}_feedback_pending", "Labels and predictions waiting in the join state.",
-            ["side"], registry=r,
+            f"{PREFIX}_feedback_pending",
+            "Labels and predictions waiting in the join state.",
+            ["side"],
+            registry=r,
         )
         self.residuals = Histogram(
-            f"{PREFIX}_residual", "Label minus prediction (regressors).",
+            f"{PREFIX}_residual",
+            "Label minus prediction (regressors).",
             ["model_version", "role"],
-            buckets=(-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50), registry=r,
+            buckets=(-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50),
+            registry=r,
         )
         self.live_mae = Gauge(
-            f"{PREFIX}_live_mae", "Rolling mean absolute error.", ["model_version", "role"],
+            f"{PREFIX}_live_mae",
+            "Rolling mean absolute error.",
+            ["model_version", "role"],
             registry=r,
         )
         self.live_rmse = Gauge(
-            f"{PREFIX}_live_rmse", "Rolling root mean squared error.", ["model_version", "role"],
+            f"{PREFIX}_live_rmse",
+            "Rolling root mean squared error.",
+            ["model_version", "role"],
             registry=r,
         )
         self.live_accuracy = Gauge(
-            f"{PREFIX}_live_accuracy", "Rolling accuracy (classifiers).",
-            ["model_version", "role"], registry=r,
+            f"{PREFIX}_live_accuracy",
+            "Rolling accuracy (classifiers).",
+            ["model_version", "role"],
+            registry=r,
         )
         self.label_delay = Histogram(
-            f"{PREFIX}_label_delay_seconds", "Label observed time minus event time.",
-            buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400), registry=r,
+            f"{PREFIX}_label_delay_seconds",
+            "Label observed time minus event time.",
+            buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400),
+            registry=r,
         )
 
 

@@ -242,4 +242,4 @@ def _millis(v: Any) -> int:
     """fastavro hands timestamp-millis back as aware datetimes; normalise to epoch ms."""
     if isinstance(v, int):
         return v
-    return int(round(v.timestamp() * 1000))
+    return round(float(v.timestamp()) * 1000)

@@ -65,6 +65,10 @@ def record_fields(schema: dict[str, Any]) -> dict[str, str]:
             optional = len(non_null) < len(t)
             t = non_null[0] if len(non_null) == 1 else "complex"
         if isinstance(t, dict):
-            t = t["type"] if t.get("type") in {"int", "long", "float", "double", "string"} else "complex"
+            t = (
+                t["type"]
+                if t.get("type") in {"int", "long", "float", "double", "string"}
+                else "complex"
+            )
         out[f["name"]] = f"{t}?" if optional else str(t)
     return out

@@ -116,14 +116,18 @@ class BatchScorer:
 
         # ---- late events
         now = self._clock_ms()
-        times = np.fromiter((e[EVENT_TIME_FIELD] for e in events), dtype=np.int64, count=len(events))
+        times = np.fromiter(
+            (e[EVENT_TIME_FIELD] for e in events), dtype=np.int64, count=len(events)
+        )
         late = np.zeros(len(events), dtype=bool)
         if self._settings.late_after_ms is not None and events:
             late = (now - times) > self._settings.late_after_ms
             out.n_late = int(late.sum())
             if out.n_late and self._settings.late_policy is LatePolicy.ROUTE:
                 keep = ~late
-                out.late_routed = [m for m, is_late in zip(good, late.tolist(), strict=True) if is_late]
+                out.late_routed = [
+                    m for m, is_late in zip(good, late.tolist(), strict=True) if is_late
+                ]
                 events = [e for e, k in zip(events, keep.tolist(), strict=True) if k]
                 good = [m for m, k in zip(good, keep.tolist(), strict=True) if k]
                 times, late = times[keep], late[keep]
@@ -163,20 +167,53 @@ class BatchScorer:
                     if got is not None:
                         ok_rows, batch, xc = got
                         answered_by_canary[ok_rows] = True
-                        self._emit(records, rec_keys, ctx, canary, Role.CANARY, ok_rows, batch,
-                                   np.zeros(ok_rows.size, dtype=bool), xc, out)
+                        self._emit(
+                            records,
+                            rec_keys,
+                            ctx,
+                            canary,
+                            Role.CANARY,
+                            ok_rows,
+                            batch,
+                            np.zeros(ok_rows.size, dtype=bool),
+                            xc,
+                            out,
+                        )
             rows = np.flatnonzero(~answered_by_canary)
             if rows.size:
                 fr: FallbackResult = score_with_fallback(snapshot, x[rows])
-                self._emit(records, rec_keys, ctx, primary, Role.PRIMARY, rows, fr.batch,
-                           fr.degraded, x[rows], out, fallback=fr)
+                self._emit(
+                    records,
+                    rec_keys,
+                    ctx,
+                    primary,
+                    Role.PRIMARY,
+                    rows,
+                    fr.batch,
+                    fr.degraded,
+                    x[rows],
+                    out,
+                    fallback=fr,
+                )
             shadow = snapshot.shadow
             if shadow is not None:
-                got = self._score_other(shadow, Role.SHADOW, ctx, np.arange(n), v_events, x, spec, out)
+                got = self._score_other(
+                    shadow, Role.SHADOW, ctx, np.arange(n), v_events, x, spec, out
+                )
                 if got is not None:
                     ok_rows, batch, xs = got
-                    self._emit(records, rec_keys, ctx, shadow, Role.SHADOW, ok_rows, batch,
-                               np.zeros(ok_rows.size, dtype=bool), xs, out)
+                    self._emit(
+                        records,
+                        rec_keys,
+                        ctx,
+                        shadow,
+                        Role.SHADOW,
+                        ok_rows,
+                        batch,
+                        np.zeros(ok_rows.size, dtype=bool),
+                        xs,
+                        out,
+                    )
         out.n_scored = n
         t4 = time.perf_counter()
 
@@ -223,11 +260,15 @@ class BatchScorer:
         try:
             batch = model.predict(xm.astype(np.float32))
         except ModelError:
-            out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + int(ok_rows.size)
+            out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + int(
+                ok_rows.size
+            )
             return None
         finite = batch.finite_mask()
         if not finite.all():
-            out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + int(ok_rows.size)
+            out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + int(
+                ok_rows.size
+            )
             return None
         return ok_rows, batch, xm
 
@@ -249,8 +290,7 @@ class BatchScorer:
         names = list(meta.feature_spec.names)
         role_value = role.value
         versions = (
-            fallback.model_versions().tolist() if fallback is not None and degraded.any()
-            else None
+            fallback.model_versions().tolist() if fallback is not None and degraded.any() else None
         )
         feats = xm.tolist()
         if batch.task is Task.REGRESSION:

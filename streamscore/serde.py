@@ -88,7 +88,9 @@ def split_header(data: bytes | None) -> tuple[int, memoryview]:
 def _registry_failure(exc: Exception, schema_id: int) -> Exception:
     status = getattr(exc, "http_status_code", None)
     if status == 404:
-        return UnknownSchemaError(f"schema id {schema_id} is not in the registry", schema_id=schema_id)
+        return UnknownSchemaError(
+            f"schema id {schema_id} is not in the registry", schema_id=schema_id
+        )
     return RegistryUnavailableError(
         f"schema registry failed while fetching schema id {schema_id}: "
         f"{type(exc).__name__} (status {status})"
@@ -136,9 +138,7 @@ class WriterSchemaCache:
                 raise err from exc
             schema_type = getattr(registered, "schema_type", "AVRO") or "AVRO"
             if schema_type != "AVRO":
-                raise SchemaResolutionError(
-                    f"schema id {schema_id} is {schema_type}, not AVRO"
-                )
+                raise SchemaResolutionError(f"schema id {schema_id} is {schema_type}, not AVRO")
             as_json = json.loads(registered.schema_str)
             entry = (as_json, parse(as_json))
             self._parsed[schema_id] = entry
@@ -177,7 +177,7 @@ class AvroDeserializer:
         writer, reader = self._plan(schema_id)
         buf = io.BytesIO(body)
         try:
-            record: dict[str, Any] = fastavro.schemaless_reader(buf, writer, reader)
+            record: Any = fastavro.schemaless_reader(buf, writer, reader)
         except EOFError as exc:
             raise TruncatedMessageError(
                 f"Avro body ended early (schema id {schema_id}, {len(body)} bytes)"
@@ -196,6 +196,8 @@ class AvroDeserializer:
                 f"{len(body) - buf.tell()} trailing bytes after the Avro record "
                 f"(schema id {schema_id})"
             )
+        if not isinstance(record, dict):
+            raise AvroDecodeError(f"schema id {schema_id} is not a record schema")
         return record
 
 
@@ -279,7 +281,7 @@ class AvroSerializer:
 
     @property
     def schema_id(self) -> int:
-        return HEADER.unpack(self._ensure_header())[1]
+        return int(HEADER.unpack(self._ensure_header())[1])
 
     def _ensure_header(self) -> bytes:
         if self._header is None:

@@ -87,9 +87,7 @@ def test_imputed_fields_fill_missing_and_unknown(spec: FeatureSpec) -> None:
 
 
 def test_unknown_category_rejected_when_policy_rejects() -> None:
-    spec = FeatureSpec(
-        (FeatureField("s", kind=FeatureKind.CATEGORICAL, categories=("x",)),)
-    )
+    spec = FeatureSpec((FeatureField("s", kind=FeatureKind.CATEGORICAL, categories=("x",)),))
     result = run([{"s": "x"}, {"s": "y"}], spec)
     assert result.valid.tolist() == [True, False]
     assert type(result.errors[1]) is errors.UnknownCategoryError

@@ -4,6 +4,7 @@ BACKWARD compatible with the previous one (new reader reads old data)."""
 from __future__ import annotations
 
 import io
+import itertools
 from typing import Any
 
 import fastavro
@@ -34,9 +35,10 @@ def _fields_by_name(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_versions_follow_the_evolution_rules(family: str) -> None:
     vs = schemas.versions(family)
-    for old_v, new_v in zip(vs, vs[1:], strict=False):
-        old, new = _fields_by_name(schemas.load(family, old_v)), _fields_by_name(
-            schemas.load(family, new_v)
+    for old_v, new_v in itertools.pairwise(vs):
+        old, new = (
+            _fields_by_name(schemas.load(family, old_v)),
+            _fields_by_name(schemas.load(family, new_v)),
         )
         assert set(old) <= set(new), f"{family} v{new_v} removed fields"
         for name in set(new) - set(old):

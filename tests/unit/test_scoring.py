@@ -114,10 +114,19 @@ def test_bad_messages_become_dead_letters_and_the_rest_is_scored(
         b"\x05garbage",
         good[0].value[:3],  # type: ignore[index]
         b"\x00\x00\x01\x00\x00" + good[0].value[5:],  # type: ignore[index]
-        env["v1"]({"event_id": "x", "key": "k", "event_time": 1, "a": float("nan"), "b": 1.0,
-                   "segment": None}),
-        env["v1"]({"event_id": "y", "key": "k", "event_time": 1, "a": 1e6, "b": 1.0,
-                   "segment": None}),
+        env["v1"](
+            {
+                "event_id": "x",
+                "key": "k",
+                "event_time": 1,
+                "a": float("nan"),
+                "b": 1.0,
+                "segment": None,
+            }
+        ),
+        env["v1"](
+            {"event_id": "y", "key": "k", "event_time": 1, "a": 1e6, "b": 1.0, "segment": None}
+        ),
     ]
     bad = [InMessage(v, b"k", "events", 1, 100 + i, 5) for i, v in enumerate(bad_values)]
     out = scorer(env).score(good[:5] + bad + good[5:], store.snapshot())
@@ -141,9 +150,14 @@ def test_dead_letter_headers_name_error_field_and_source(
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
     msg = InMessage(
-        env["v1"]({"event_id": "x", "key": "k", "event_time": 1, "a": 1e6, "b": 1.0,
-                   "segment": None}),
-        b"k", "events", 3, 42, 7,
+        env["v1"](
+            {"event_id": "x", "key": "k", "event_time": 1, "a": 1e6, "b": 1.0, "segment": None}
+        ),
+        b"k",
+        "events",
+        3,
+        42,
+        7,
     )
     (dl,) = scorer(env).score([msg], store.snapshot()).dead_letters
     headers = dict(dead_letter_headers(dl, worker_id="w1", model_version=1))
@@ -177,11 +191,17 @@ def test_shadow_scores_the_same_events_with_its_own_spec(
     assert out.shadow_skipped == {"shadow": 5}
     # the shadow (sees c) is closer to the truth than the primary on the same events
     by_id = {p["event_id"]: p for p in primary}
-    s_err = [abs(p["value"] - (10 * p["features"][0] + 3 * p["features"][1] + p["features"][2]))
-             for p in shadow]
-    p_err = [abs(by_id[p["event_id"]]["value"]
-                 - (10 * p["features"][0] + 3 * p["features"][1] + p["features"][2]))
-             for p in shadow]
+    s_err = [
+        abs(p["value"] - (10 * p["features"][0] + 3 * p["features"][1] + p["features"][2]))
+        for p in shadow
+    ]
+    p_err = [
+        abs(
+            by_id[p["event_id"]]["value"]
+            - (10 * p["features"][0] + 3 * p["features"][1] + p["features"][2])
+        )
+        for p in shadow
+    ]
     assert np.mean(s_err) < np.mean(p_err) / 10
 
 

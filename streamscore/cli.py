@@ -1,0 +1,422 @@
+"""Command line: the only module that reads the environment and wires objects together.
+
+Environment (all optional unless said):
+  STREAMSCORE_BOOTSTRAP            Kafka bootstrap servers (default: the local cluster)
+  STREAMSCORE_REGISTRY_URL         Confluent-compatible schema registry URL
+  STREAMSCORE_REGISTRY_USER / STREAMSCORE_REGISTRY_PASSWORD   registry basic auth
+  STREAMSCORE_SECURITY_PROTOCOL, STREAMSCORE_SASL_MECHANISM,
+  STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD        Kafka auth
+  STREAMSCORE_SIGNING_KEY or STREAMSCORE_SIGNING_KEY_FILE      HMAC key for model bundles
+  STREAMSCORE_SIGNING_KEY_ID       id of that key (default "default")
+  STREAMSCORE_KEYRING_FILE         extra verification keys, lines "key_id=secret" (rotation)
+  STREAMSCORE_CACHE_DIR            where the local cluster is downloaded and run
+  STREAMSCORE_MODEL_MAX_BYTES      largest model envelope (default 16 MiB)
+  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _TELEMETRY, _MODELS, _FEEDBACK, _DLQ, _LATE
+                                   topic names (defaults: events, predictions, telemetry,
+                                   streamscore.models, feedback, events.dlq, events.late)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import schemas
+from .config import (
+    ClusterSettings,
+    KafkaSettings,
+    LatePolicy,
+    MetricsSettings,
+    RegistrySettings,
+    ScoringSettings,
+    Secret,
+    SigningSettings,
+    TopicSettings,
+)
+from .errors import ConfigError, StreamscoreError
+from .records import Role
+
+log = logging.getLogger("streamscore")
+
+
+# ------------------------------------------------------------------ settings from env
+
+
+@dataclass(frozen=True)
+class Env:
+    kafka: KafkaSettings
+    registry: RegistrySettings
+    topics: TopicSettings
+    signing: SigningSettings
+    keyring: Mapping[str, bytes]
+    cluster: ClusterSettings
+    model_max_bytes: int
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    if env.get(name):
+        return Secret(env[name])
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            return Secret(Path(path).read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {name}_FILE at {path}: {exc.strerror}") from None
+    return None
+
+
+def settings_from_env(env: Mapping[str, str]) -> Env:
+    cache = env.get("STREAMSCORE_CACHE_DIR")
+    cluster = ClusterSettings(cache_dir=Path(cache)) if cache else ClusterSettings()
+    kafka = KafkaSettings(
+        bootstrap_servers=env.get("STREAMSCORE_BOOTSTRAP", cluster.bootstrap_servers),
+        security_protocol=env.get("STREAMSCORE_SECURITY_PROTOCOL", "PLAINTEXT"),
+        sasl_mechanism=env.get("STREAMSCORE_SASL_MECHANISM"),
+        sasl_username=env.get("STREAMSCORE_SASL_USERNAME"),
+        sasl_password=_secret(env, "STREAMSCORE_SASL_PASSWORD"),
+    )
+    registry = RegistrySettings(
+        url=env.get("STREAMSCORE_REGISTRY_URL", cluster.registry_url),
+        basic_auth_user=env.get("STREAMSCORE_REGISTRY_USER"),
+        basic_auth_password=_secret(env, "STREAMSCORE_REGISTRY_PASSWORD"),
+    )
+    signing = SigningSettings(
+        key=_secret(env, "STREAMSCORE_SIGNING_KEY"),
+        key_id=env.get("STREAMSCORE_SIGNING_KEY_ID", "default"),
+    )
+    keyring: dict[str, bytes] = {}
+    if signing.key:
+        keyring[signing.key_id] = signing.key.reveal().encode()
+    if env.get("STREAMSCORE_KEYRING_FILE"):
+        for line in Path(env["STREAMSCORE_KEYRING_FILE"]).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                kid, _, secret = line.partition("=")
+                keyring[kid.strip()] = secret.strip().encode()
+    try:
+        max_bytes = int(env.get("STREAMSCORE_MODEL_MAX_BYTES", cluster.model_topic_max_bytes))
+    except ValueError:
+        raise ConfigError("STREAMSCORE_MODEL_MAX_BYTES must be an integer") from None
+    defaults = TopicSettings()
+    topics = TopicSettings(
+        **{
+            name: env.get(f"STREAMSCORE_TOPIC_{name.upper()}", getattr(defaults, name))
+            for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
+        }
+    )
+    return Env(kafka, registry, topics, signing, keyring, cluster, max_bytes)
+
+
+# ------------------------------------------------------------------------- commands
+
+
+def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
+    from .localcluster import LocalCluster, main_cluster
+
+    return main_cluster(args.action, LocalCluster(env.cluster, env.topics))
+
+
+def _registry(env: Env) -> Any:
+    from .serde import registry_client
+
+    return registry_client(env.registry.client_config())
+
+
+def _model_topic(env: Env) -> Any:
+    from .publish import ModelTopic
+    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+
+    reg = _registry(env)
+    schema = schemas.load("model_envelope")
+    return ModelTopic(
+        env.kafka,
+        env.topics.models,
+        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        decode=AvroDeserializer(WriterSchemaCache(reg), schema),
+        max_message_bytes=env.model_max_bytes,
+    )
+
+
+def cmd_model(args: argparse.Namespace, env: Env) -> int:
+    topic = _model_topic(env)
+    if args.action == "list":
+        rows = topic.read_all()
+        print(
+            f"{'key':<28} {'action':<9} {'ver':>4} {'created (UTC)':<20} "
+            f"{'signer':<10} {'size':>9}  sha256"
+        )
+        for e in rows:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.created_at_ms / 1000))
+            print(
+                f"{e.key:<28} {e.action.value:<9} {e.version:>4} {created:<20} "
+                f"{e.key_id or '-':<10} {e.size:>9}  {e.sha256[:12]}"
+            )
+        return 0
+    key = env.signing.require_key()
+    role = Role(args.role)
+    if args.action == "publish":
+        if args.bundle:
+            data = Path(args.bundle).read_bytes()
+        else:
+            from .train import demo_bundle
+
+            version = args.version or topic.next_version(args.name)
+            data = demo_bundle(args.demo, name=args.name, version=version).to_bytes()
+        res = topic.publish(
+            data, role, key=key, key_id=env.signing.key_id, publisher=args.publisher
+        )
+        print(f"published {res.key} v{res.version} ({res.size} bytes, sha256 {res.sha256[:12]})")
+        return 0
+    if args.action == "rollback":
+        res = topic.rollback(
+            args.name, role, key=key, key_id=env.signing.key_id, keyring=env.keyring
+        )
+        print(f"rolled back {res.key} to v{res.version}")
+        return 0
+    if args.action == "retire":
+        topic.retire(args.name, role, publisher=args.publisher)
+        print(f"retired {args.name}/{role.value}")
+        return 0
+    raise ConfigError(f"unknown model action {args.action}")
+
+
+def _install_stop_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %s: finishing the batch in flight, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_score(args: argparse.Namespace, env: Env) -> int:
+    from confluent_kafka import Consumer, Producer
+    from prometheus_client import CollectorRegistry
+
+    from .bundle import reader_fields_from_schema
+    from .delivery import AtLeastOnceSink, TransactionalSink
+    from .kafka_clients import score_consumer, score_producer
+    from .metrics import Metrics, serve
+    from .model_store import ModelStore
+    from .model_updates import ModelUpdater, UpdateReport
+    from .model_watcher import ModelWatcher
+    from .records import Telemetry
+    from .scoring import BatchScorer
+    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .worker import ScoreLoop
+
+    if not env.keyring:
+        raise ConfigError(
+            "no model verification key: set STREAMSCORE_SIGNING_KEY (or _FILE) so the worker "
+            "can check model signatures; it never runs unsigned models"
+        )
+    scoring = ScoringSettings(
+        group_id=args.group_id,
+        worker_id=args.worker_id or f"{os.uname().nodename}-{os.getpid()}",
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        late_after_ms=args.late_after_ms,
+        late_policy=LatePolicy(args.late_policy),
+        exactly_once=args.exactly_once,
+        canary_fraction=args.canary_fraction,
+    )
+    metrics_settings = MetricsSettings(host=args.metrics_host, port=args.metrics_port)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    server = (
+        serve(registry, metrics_settings.host, metrics_settings.port)
+        if metrics_settings.port >= 0
+        else None
+    )
+    if server is not None:
+        log.info("metrics on http://%s:%d/metrics", metrics_settings.host, server.port)
+
+    reg = _registry(env)
+    cache = WriterSchemaCache(reg)
+    reader_schema = (
+        schemas.load("event")
+        if not args.reader_schema
+        else __import__("json").loads(Path(args.reader_schema).read_text())
+    )
+    decode = AvroDeserializer(cache, reader_schema)
+    predictions = AvroSerializer(reg, f"{env.topics.predictions}-value", schemas.load("prediction"))
+    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
+
+    producer = Producer(score_producer(env.kafka, scoring))
+    tele_lock = threading.Lock()
+
+    def report(r: UpdateReport) -> None:
+        t = Telemetry(
+            worker_id=scoring.worker_id,
+            kind=r.kind,
+            time_ms=int(time.time() * 1000),
+            model_versions={r.envelope.role.value: r.envelope.version},
+            detail=f"{r.envelope.model_name}/{r.envelope.role.value} v{r.envelope.version}"
+            + (f": {r.reason}: {r.detail}" if r.reason else ""),
+        )
+        if not scoring.exactly_once:  # a transactional producer only sends inside a batch
+            with tele_lock:
+                producer.produce(
+                    env.topics.telemetry, telemetry(t.to_avro()), scoring.worker_id.encode()
+                )
+
+    store = ModelStore()
+    updater = ModelUpdater(
+        store,
+        keyring=env.keyring,
+        reader_fields=reader_fields_from_schema(reader_schema),
+        metrics=metrics,
+        report=report,
+        max_bytes=env.model_max_bytes,
+        intra_op_threads=args.threads,
+        model_name=args.model_name,
+    )
+    watcher = ModelWatcher(
+        env.kafka,
+        env.topics.models,
+        envelope_decoder,
+        updater,
+        metrics,
+        max_message_bytes=env.model_max_bytes,
+    )
+    stop = threading.Event()
+    _install_stop_signals(stop)
+    watcher.start()
+    metrics.model_loaded.set(0)
+    try:
+        watcher.wait_caught_up(60)
+        if watcher.error is not None:
+            raise watcher.error
+        waited = 0.0
+        while not store.has_primary and not stop.is_set():
+            if waited % 10 == 0:
+                log.warning("waiting for a primary model on %s (none valid yet)", env.topics.models)
+            store.wait_for_primary(1.0)
+            waited += 1
+        if stop.is_set():
+            return 0
+        consumer = Consumer(score_consumer(env.kafka, scoring))
+        sink = (
+            TransactionalSink(producer, consumer)
+            if scoring.exactly_once
+            else AtLeastOnceSink(producer, consumer)
+        )
+        loop = ScoreLoop(
+            consumer=consumer,
+            sink=sink,
+            scorer=BatchScorer(decode, predictions.encode_many, scoring),
+            store=store,
+            metrics=metrics,
+            settings=scoring,
+            topics=env.topics,
+            encode_telemetry=telemetry,
+            stop=stop,
+        )
+        log.info(
+            "worker %s scoring %s (group %s, %s)",
+            scoring.worker_id,
+            env.topics.events,
+            scoring.group_id,
+            "exactly-once" if scoring.exactly_once else "at-least-once",
+        )
+        stats = loop.run()
+        log.info(
+            "worker %s stopped after %d batches, %d messages",
+            scoring.worker_id,
+            stats.batches,
+            stats.consumed,
+        )
+        return 0
+    finally:
+        watcher.stop()
+        producer.flush(10)
+        if server is not None:
+            server.stop()
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streamscore", description=__doc__.split("\n")[0] if __doc__ else None
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("cluster", help="local Kafka (KRaft) + Apicurio Registry on loopback")
+    c.add_argument("action", choices=["install", "up", "down", "status"])
+    c.set_defaults(func=cmd_cluster)
+
+    s = sub.add_parser("score", help="run a score worker")
+    s.add_argument("--group-id", default="streamscore-score")
+    s.add_argument(
+        "--worker-id", default=None, help="stable id (transactional id in --exactly-once)"
+    )
+    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--batch-wait-ms", type=int, default=10)
+    s.add_argument("--exactly-once", action="store_true")
+    s.add_argument("--late-after-ms", type=int, default=None)
+    s.add_argument("--late-policy", choices=[p.value for p in LatePolicy], default="score")
+    s.add_argument("--canary-fraction", type=float, default=0.1)
+    s.add_argument("--metrics-host", default="127.0.0.1")
+    s.add_argument(
+        "--metrics-port", type=int, default=9400, help="0 picks a free port; -1 disables"
+    )
+    s.add_argument(
+        "--reader-schema",
+        default=None,
+        help="Avro reader schema file (default: schemas/event latest)",
+    )
+    s.add_argument("--model-name", default=None, help="only serve this model name")
+    s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    s.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("model", help="publish / list / roll back models on the model topic")
+    m.add_argument("action", choices=["publish", "list", "rollback", "retire"])
+    m.add_argument("--name", default="demo")
+    m.add_argument("--role", choices=[r.value for r in Role], default="primary")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument(
+        "--bundle", help="a bundle file written by `streamscore train` or bundle.Bundle.to_bytes()"
+    )
+    src.add_argument(
+        "--demo",
+        choices=["ab", "abc"],
+        default="ab",
+        help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
+    )
+    m.add_argument("--version", type=int, default=None)
+    m.add_argument("--publisher", default=os.environ.get("USER", "cli"))
+    m.set_defaults(func=cmd_model)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        env = settings_from_env(os.environ)
+        return int(args.func(args, env))
+    except StreamscoreError as exc:
+        print(f"streamscore: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

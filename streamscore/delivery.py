@@ -1,0 +1,170 @@
+"""Getting a batch's outputs to the broker, and its offsets committed, per guarantee.
+
+``AtLeastOnceSink``: outputs are produced asynchronously; a batch's consumed offsets are
+stored (and then auto-committed) only once every output of that batch, and of every
+batch before it, is acknowledged. ``TransactionalSink``: one transaction per batch holds
+the outputs and the consumed offsets (``send_offsets_to_transaction``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from .errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    offsets: list[TopicPartition]
+    remaining: int
+    failed: str | None = None
+    on_acked: Any = None
+
+
+@dataclass(slots=True)
+class OutBatch:
+    messages: Sequence[OutMessage]
+    #: next offset to consume per (topic, partition): what a commit records
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: first offset of the batch per (topic, partition): where an aborted batch restarts
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in sorted(self.offsets.items())]
+
+
+def _produce_all(
+    producer: Any, messages: Sequence[OutMessage], on_delivery: Any, poll: Any
+) -> None:
+    for m in messages:
+        while True:
+            try:
+                producer.produce(
+                    m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                # local queue full: serve delivery reports until there is room
+                poll(0.05)
+
+
+class AtLeastOnceSink:
+    def __init__(self, producer: Any, consumer: Any) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._pending: deque[_Pending] = deque()
+
+    def send(self, batch: OutBatch) -> None:
+        entry = _Pending(batch.topic_partitions(), len(batch.messages))
+        self._pending.append(entry)
+
+        def acked(err: Any, _msg: Any) -> None:
+            entry.remaining -= 1
+            if err is not None and entry.failed is None:
+                entry.failed = str(err)
+
+        _produce_all(self._producer, batch.messages, acked, self.poll)
+        self.poll(0)
+
+    def poll(self, timeout: float = 0) -> None:
+        self._producer.poll(timeout)
+        self._store_completed()
+
+    def _store_completed(self) -> None:
+        while self._pending and self._pending[0].remaining <= 0:
+            entry = self._pending.popleft()
+            if entry.failed is not None:
+                # never store offsets past an output the broker did not take
+                self._pending.clear()
+                raise DeliveryError(f"broker did not acknowledge an output: {entry.failed}")
+            if entry.offsets:
+                self._consumer.store_offsets(offsets=entry.offsets)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._producer)
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        """Wait for every acknowledgement, store their offsets, commit synchronously."""
+        remaining = self._producer.flush(timeout)
+        self._store_completed()
+        if remaining:
+            raise DeliveryError(f"{remaining} outputs still unacknowledged after {timeout}s")
+        if commit:
+            try:
+                self._consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                # _NO_OFFSET: nothing stored since the last commit
+                if exc.args and getattr(exc.args[0], "code", lambda: None)() != -168:
+                    raise
+
+    def discard(self) -> None:
+        """Partitions were lost: their pending offsets must not be committed."""
+        self._producer.flush(10)
+        self._pending.clear()
+
+
+class TransactionalSink:
+    def __init__(self, producer: Any, consumer: Any, *, timeout: float = 30.0) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._timeout = timeout
+        producer.init_transactions(timeout)
+
+    def send(self, batch: OutBatch) -> None:
+        """One transaction: outputs + offsets. On an abortable error the transaction is
+        aborted and the consumer rewound to the last committed offsets, so the batch is
+        consumed again; fatal errors (fenced by a newer instance) propagate."""
+        p = self._producer
+        p.begin_transaction()
+        try:
+            _produce_all(p, batch.messages, None, p.poll)
+            p.send_offsets_to_transaction(
+                batch.topic_partitions(), self._consumer.consumer_group_metadata(), self._timeout
+            )
+            p.commit_transaction(self._timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.txn_requires_abort():
+                log.warning("aborting transaction: %s", err)
+                p.abort_transaction(self._timeout)
+                self._rewind(batch)
+                raise RetryBatch(str(err)) from exc
+            raise
+
+    def _rewind(self, batch: OutBatch) -> None:
+        for (t, p), first in batch.first_offsets.items():
+            self._consumer.seek(TopicPartition(t, p, first))
+
+    def poll(self, timeout: float = 0) -> None:
+        self._producer.poll(timeout)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._producer)
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        self._producer.flush(timeout)
+
+    def discard(self) -> None:
+        pass
+
+
+class RetryBatch(Exception):
+    """The batch was aborted and will be consumed again."""

@@ -1,0 +1,136 @@
+"""Follows the compacted model topic in a background thread and feeds the updater.
+
+At start it reads every partition to the high watermark it saw when it began, keeping the
+last few envelopes per key, and hands that history to ``ModelUpdater.apply_latest``; only
+then is :meth:`wait_caught_up` released. After that every envelope is applied as it comes.
+The scoring loop never waits on this thread: swaps land in the store between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from .config import KafkaSettings
+from .envelope import Action, ModelEnvelope
+from .errors import ModelError, SerdeError
+from .kafka_clients import model_watcher_consumer
+from .metrics import Metrics
+from .model_updates import ModelUpdater
+
+log = logging.getLogger(__name__)
+
+HISTORY_PER_KEY = 5
+
+
+class ModelWatcher:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        decode: Callable[[bytes | None], dict[str, Any]],
+        updater: ModelUpdater,
+        metrics: Metrics,
+        *,
+        max_message_bytes: int,
+    ) -> None:
+        self._conf = model_watcher_consumer(kafka, max_message_bytes)
+        self._topic = topic
+        self._decode = decode
+        self._updater = updater
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_caught_up(self, timeout: float | None = None) -> bool:
+        return self._caught_up.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _envelope(self, value: bytes | None) -> ModelEnvelope | None:
+        if value is None:
+            return None  # tombstone: compaction will drop the key; nothing to serve
+        try:
+            return ModelEnvelope.from_avro(self._decode(value))
+        except (SerdeError, KeyError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, SerdeError) else "undecodable"
+            self._metrics.model_updates_rejected.labels("undecodable").inc()
+            log.warning("undecodable model envelope (%s): %s", reason, exc)
+            return None
+
+    def _run(self) -> None:
+        consumer = Consumer(self._conf)
+        try:
+            self._catch_up(consumer)
+            self._caught_up.set()
+            while not self._stop.is_set():
+                msg = consumer.poll(0.1)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("model topic: %s", err)
+                    continue
+                env = self._envelope(msg.value())
+                if env is not None:
+                    try:
+                        self._updater.apply(env)
+                    except ModelError as exc:  # defensive: apply already reports
+                        log.warning("model update failed: %s", exc)
+        except BaseException as exc:
+            self.error = exc
+            log.exception("model watcher stopped")
+            self._caught_up.set()
+        finally:
+            consumer.close()
+
+    def _catch_up(self, consumer: Any) -> None:
+        md = consumer.list_topics(self._topic, timeout=15)
+        tmd = md.topics.get(self._topic)
+        if tmd is None or tmd.error is not None:
+            raise RuntimeError(f"model topic {self._topic!r} is not available: {tmd and tmd.error}")
+        parts = sorted(tmd.partitions)
+        pending: set[int] = set()
+        ends: dict[int, int] = {}
+        for p in parts:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=15)
+            ends[p] = hi
+            if hi > lo:
+                pending.add(p)
+        consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in parts])
+        history: dict[str, deque[ModelEnvelope]] = defaultdict(
+            lambda: deque(maxlen=HISTORY_PER_KEY)
+        )
+        while pending and not self._stop.is_set():
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition() or 0)
+                continue
+            env = self._envelope(msg.value())
+            if env is not None and env.action is not Action.ARCHIVE:
+                history[env.key].append(env)
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                pending.discard(msg.partition() or 0)
+        self._updater.apply_latest({k: list(v) for k, v in history.items()})

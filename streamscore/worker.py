@@ -1,0 +1,298 @@
+"""The scoring loop: poll a micro-batch, score it, hand outputs to the sink, repeat.
+
+Small on purpose. Wiring lives in ``cli.py``, batch logic in ``scoring.py``, delivery
+and commits in ``delivery.py``, model updates in ``model_watcher.py`` /
+``model_updates.py``; this module only loops, and handles rebalances, backpressure and
+the stop signal between batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from .config import ScoringSettings, TopicSettings
+from .delivery import AtLeastOnceSink, OutBatch, OutMessage, RetryBatch, TransactionalSink
+from .errors import StreamscoreError
+from .metrics import Metrics
+from .model_store import ModelStore
+from .records import Telemetry
+from .scoring import BatchScorer, InMessage, ScoredBatch, dead_letter_headers
+
+log = logging.getLogger(__name__)
+
+Sink = AtLeastOnceSink | TransactionalSink
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    consumed: int = 0
+
+
+class PartitionTracker:
+    """Owned partitions and their lag gauges (no stale series for partitions we lost)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.owned: set[tuple[str, int]] = set()
+
+    def assigned(self, partitions: Sequence[Any]) -> None:
+        for tp in partitions:
+            self.owned.add((tp.topic, tp.partition))
+
+    def revoked(self, partitions: Sequence[Any]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self.owned.discard(key)
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def refresh_lag(self, consumer: Any) -> None:
+        if not self.owned:
+            return
+        tps = [TopicPartition(t, p) for t, p in sorted(self.owned)]
+        try:
+            positions = consumer.position(tps)
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                _lo, hi = consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and hi >= 0:
+                lag = max(0, hi - tp.offset)
+            elif hi >= 0:
+                committed = 0
+                lag = hi - committed
+            else:
+                continue
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+class ScoreLoop:
+    def __init__(
+        self,
+        *,
+        consumer: Any,
+        sink: Sink,
+        scorer: BatchScorer,
+        store: ModelStore,
+        metrics: Metrics,
+        settings: ScoringSettings,
+        topics: TopicSettings,
+        encode_telemetry: Callable[[dict[str, Any]], bytes],
+        stop: threading.Event,
+        lag_interval_s: float = 1.0,
+    ) -> None:
+        self._consumer = consumer
+        self._sink = sink
+        self._scorer = scorer
+        self._store = store
+        self._m = metrics
+        self._s = settings
+        self._topics = topics
+        self._encode_telemetry = encode_telemetry
+        self._stop = stop
+        self._lag_interval_s = lag_interval_s
+        self.partitions = PartitionTracker(metrics)
+        self.stats = LoopStats()
+        self._paused = False
+
+    # ---- rebalance callbacks: run inside consume(), i.e. between batches
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self.partitions.assigned(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+        self._sink.drain()  # every output acknowledged, offsets committed
+        self.partitions.revoked(partitions)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        log.warning("lost %s", [(p.topic, p.partition) for p in partitions])
+        self._sink.discard()
+        self.partitions.revoked(partitions)
+
+    def run(self) -> LoopStats:
+        c = self._consumer
+        c.subscribe(
+            [self._topics.events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        wait_s = self._s.batch_wait_ms / 1000.0
+        next_lag = 0.0
+        try:
+            while not self._stop.is_set():
+                self._sink.poll(0)
+                self._backpressure()
+                msgs = c.consume(num_messages=self._s.batch_size, timeout=wait_s)
+                now = time.monotonic()
+                if now >= next_lag:
+                    self.partitions.refresh_lag(c)
+                    next_lag = now + self._lag_interval_s
+                if msgs:
+                    self._batch(msgs)
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _backpressure(self) -> None:
+        backlog = self._sink.backlog
+        high = self._s.max_in_flight
+        if not self._paused and backlog > high:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+            self._m.backpressure_pauses.inc()
+            log.info("producer queue at %d messages: consumption paused", backlog)
+        elif self._paused and backlog < high // 2:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+            log.info("producer queue drained to %d: consumption resumed", backlog)
+        if self._paused:
+            self._sink.poll(0.05)
+
+    def _batch(self, msgs: list[Any]) -> None:
+        in_msgs: list[InMessage] = []
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            tp = (m.topic(), m.partition())
+            off = m.offset()
+            first.setdefault(tp, off)
+            last[tp] = off
+            in_msgs.append(InMessage(m.value(), m.key(), tp[0], tp[1], off, m.timestamp()[1]))
+        if not in_msgs:
+            return
+        snapshot = self._store.snapshot()
+        scored = self._scorer.score(in_msgs, snapshot)
+        t0 = time.perf_counter()
+        out = self._outputs(scored, snapshot.versions(), first, last)
+        batch = OutBatch(out, {k: v + 1 for k, v in last.items()}, first)
+        try:
+            self._sink.send(batch)
+        except RetryBatch:
+            self._m.batches_aborted.inc()
+            return
+        produce_s = time.perf_counter() - t0
+        self._record(scored, produce_s)
+
+    def _outputs(
+        self,
+        scored: ScoredBatch,
+        versions: dict[str, int],
+        first: dict[tuple[str, int], int],
+        last: dict[tuple[str, int], int],
+    ) -> list[OutMessage]:
+        t = self._topics
+        out = [OutMessage(t.predictions, k, v) for k, v in scored.predictions]
+        primary_version = versions.get("primary")
+        for dl in scored.dead_letters:
+            headers = dead_letter_headers(
+                dl, worker_id=self._s.worker_id, model_version=primary_version
+            )
+            out.append(OutMessage(t.dlq, dl.message.key, dl.message.value, headers))
+        for m in scored.late_routed:
+            out.append(
+                OutMessage(
+                    t.late,
+                    m.key,
+                    m.value,
+                    [
+                        ("streamscore.source.topic", m.topic.encode()),
+                        ("streamscore.source.partition", str(m.partition).encode()),
+                        ("streamscore.source.offset", str(m.offset).encode()),
+                    ],
+                )
+            )
+        tele = Telemetry(
+            worker_id=self._s.worker_id,
+            kind="batch",
+            time_ms=int(time.time() * 1000),
+            topic=t.events,
+            partition_offsets={p: (first[(tp, p)], last[(tp, p)]) for (tp, p) in first},
+            batch_size=scored.n_messages,
+            valid=scored.n_scored,
+            invalid=len(scored.dead_letters),
+            late=scored.n_late,
+            timings=scored.timings,
+            model_versions=versions,
+        )
+        out.append(
+            OutMessage(
+                t.telemetry, self._s.worker_id.encode(), self._encode_telemetry(tele.to_avro())
+            )
+        )
+        return out
+
+    def _record(self, scored: ScoredBatch, produce_s: float) -> None:
+        m = self._m
+        self.stats.batches += 1
+        self.stats.consumed += scored.n_messages
+        m.events_consumed.labels(self._topics.events).inc(scored.n_messages)
+        m.batch_size.observe(scored.n_messages)
+        tm = scored.timings
+        for stage, secs in (
+            ("decode", tm.decode_s),
+            ("validate", tm.validate_s),
+            ("features", tm.features_s),
+            ("predict", tm.predict_s),
+            ("encode", tm.encode_s),
+            ("produce", produce_s),
+        ):
+            m.stage_seconds.labels(stage).observe(secs)
+        for ro in scored.outputs:
+            if ro.count:
+                m.predictions.labels(ro.model_name, str(ro.model_version), ro.role.value).inc(
+                    ro.count
+                )
+            if ro.degraded and ro.scores.size == 0:
+                m.degraded_predictions.labels(ro.model_name).inc(ro.degraded)
+            for s in (
+                ro.scores.tolist()
+                if ro.scores.size <= 64
+                else ro.scores[:: max(1, ro.scores.size // 64)].tolist()
+            ):
+                m.scores.labels(ro.role.value).observe(s)
+        for dl in scored.dead_letters:
+            m.invalid_events.labels(dl.error.reason).inc()
+            m.dead_letters.labels(dl.error.reason).inc()
+        if scored.n_late:
+            m.late_events.labels(self._s.late_policy.value).inc(scored.n_late)
+        for role, n in scored.shadow_skipped.items():
+            m.shadow_skipped.labels(role).inc(n)
+        if scored.event_times_ms.size:
+            now_ms = time.time() * 1000.0
+            lat = (now_ms - scored.event_times_ms) / 1000.0
+            # a bounded sample per batch keeps metrics cost O(1) per batch
+            step = max(1, lat.size // 64)
+            for v in lat[::step].tolist():
+                m.end_to_end_latency.observe(v)
+
+    def _shutdown(self) -> None:
+        log.info("stopping: draining outputs, committing, leaving the group")
+        try:
+            self._sink.drain()
+        except StreamscoreError as exc:
+            log.error("could not drain outputs on shutdown: %s", exc)
+        finally:
+            self._consumer.close()

@@ -1,0 +1,187 @@
+"""Integration tier: a real Kafka broker and a real Confluent-compatible schema registry.
+
+The cluster is chosen in this order:
+
+1. an external cluster named by ``STREAMSCORE_TEST_BOOTSTRAP`` and
+   ``STREAMSCORE_TEST_REGISTRY_URL``;
+2. testcontainers with Confluent's Kafka and Schema Registry images, when a Docker engine
+   answers ``docker info`` quickly;
+3. otherwise the local JVM cluster (:class:`streamscore.localcluster.LocalCluster`): reused
+   if it is already running (and then left running), else started for the session and
+   stopped at the end.
+
+These tests are never skipped for lack of Docker: option 3 needs only Java and Maven.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamscore.config import ClusterSettings, TopicSettings
+from streamscore.localcluster import LocalCluster, create_topics
+
+_HERE = Path(__file__).parent
+CONFLUENT_VERSION = "7.6.1"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bootstrap_servers: str
+    registry_url: str
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        res = subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def _start_containers(stack: ExitStack) -> Endpoints:  # pragma: no cover - needs Docker
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.network import Network
+    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.kafka import KafkaContainer
+
+    network = stack.enter_context(Network())
+    kafka = (
+        KafkaContainer(f"confluentinc/cp-kafka:{CONFLUENT_VERSION}")
+        .with_network(network)
+        .with_network_aliases("kafka")
+    )
+    stack.enter_context(kafka)
+    registry = (
+        DockerContainer(f"confluentinc/cp-schema-registry:{CONFLUENT_VERSION}")
+        .with_network(network)
+        .with_env("SCHEMA_REGISTRY_HOST_NAME", "schema-registry")
+        .with_env("SCHEMA_REGISTRY_LISTENERS", "http://0.0.0.0:8081")
+        .with_env("SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS", "BROKER://kafka:9092")
+        .with_exposed_ports(8081)
+    )
+    stack.enter_context(registry)
+    wait_for_logs(registry, "Server started", timeout=120)
+    host = registry.get_container_host_ip()
+    port = registry.get_exposed_port(8081)
+    return Endpoints(kafka.get_bootstrap_server(), f"http://{host}:{port}")
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> LocalCluster:
+    """The local JVM cluster object (whether or not the session uses it)."""
+    return LocalCluster(ClusterSettings(), TopicSettings())
+
+
+@pytest.fixture(scope="session")
+def cluster_kind() -> str:
+    if os.environ.get("STREAMSCORE_TEST_BOOTSTRAP") and os.environ.get(
+        "STREAMSCORE_TEST_REGISTRY_URL"
+    ):
+        return "external"
+    if _docker_answers():
+        return "testcontainers"
+    return "local"
+
+
+@pytest.fixture(scope="session")
+def cluster_endpoints(cluster_kind: str, local_cluster: LocalCluster) -> Iterator[Endpoints]:
+    topics = TopicSettings()
+    settings = local_cluster.settings
+    with ExitStack() as stack:
+        if cluster_kind == "external":
+            ep = Endpoints(
+                os.environ["STREAMSCORE_TEST_BOOTSTRAP"],
+                os.environ["STREAMSCORE_TEST_REGISTRY_URL"],
+            )
+        elif cluster_kind == "testcontainers":  # pragma: no cover - needs Docker
+            ep = _start_containers(stack)
+        else:
+            if not local_cluster.status().running:
+                # Registered before up(): a failed start is cleaned up too.
+                stack.callback(local_cluster.down)
+                local_cluster.up()
+            ep = Endpoints(settings.bootstrap_servers, settings.registry_url)
+        if cluster_kind != "local":
+            create_topics(
+                ep.bootstrap_servers,
+                topics,
+                partitions=settings.partitions,
+                model_topic_max_bytes=settings.model_topic_max_bytes,
+            )
+        yield ep
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """A factory of unique topic / group names: ``unique_name("events")``."""
+    test = re.sub(r"[^a-zA-Z0-9._-]+", "-", request.node.name)[:80]
+
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}.{test}.{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture
+def admin(cluster_endpoints: Endpoints) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": cluster_endpoints.bootstrap_servers})
+
+
+@pytest.fixture
+def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callable[..., str]]:
+    """``make_topic(partitions=4, **config) -> name``: a fresh topic, deleted after the
+    test. Config keys may use underscores (``cleanup_policy="compact"``) or dots."""
+    from confluent_kafka.cimpl import NewTopic
+
+    created: list[str] = []
+
+    def make(partitions: int = 4, *, name: str | None = None, **config: Any) -> str:
+        topic = name or unique_name("topic")
+        conf = {k.replace("_", "."): str(v) for k, v in config.items()}
+        futures = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=conf)],
+            operation_timeout=30,
+        )
+        futures[topic].result()
+        created.append(topic)
+        # wait until the metadata shows every partition with a leader
+        for _ in range(100):
+            md = admin.list_topics(topic, timeout=5).topics.get(topic)
+            if (
+                md is not None
+                and md.error is None
+                and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
+            ):
+                break
+            time.sleep(0.1)
+        return topic
+
+    yield make
+    if created:
+        for fut in admin.delete_topics(created, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # best-effort cleanup
+                fut.result()

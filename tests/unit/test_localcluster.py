@@ -1,0 +1,299 @@
+"""Pure parts of the local cluster: no broker, no JVM, no download."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamscore import localcluster as lc
+from streamscore.config import ClusterSettings, TopicSettings
+from streamscore.errors import (
+    ClusterError,
+    DownloadError,
+    JavaMissingError,
+    PortInUseError,
+    ServerStartError,
+)
+
+
+def _props(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k] = v
+    return out
+
+
+def test_server_properties_single_node_kraft(tmp_path: Path) -> None:
+    s = ClusterSettings(
+        cache_dir=tmp_path,
+        kafka_port=29092,
+        controller_port=29093,
+        partitions=3,
+        model_topic_max_bytes=1000,
+    )
+    p = _props(lc.render_server_properties(s, tmp_path / "data"))
+    assert p["process.roles"] == "broker,controller"
+    assert p["node.id"] == "1"
+    assert p["controller.quorum.voters"] == "1@127.0.0.1:29093"
+    assert p["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert p["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092"
+    assert p["controller.listener.names"] == "CONTROLLER"
+    assert p["log.dirs"] == str(tmp_path / "data")
+    assert p["num.partitions"] == "3"
+    assert p["offsets.topic.replication.factor"] == "1"
+    assert p["transaction.state.log.replication.factor"] == "1"
+    assert p["transaction.state.log.min.isr"] == "1"
+    assert p["group.initial.rebalance.delay.ms"] == "0"
+    assert p["auto.create.topics.enable"] == "false"
+    assert int(p["message.max.bytes"]) > 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15\nOpenJDK Runtime Environment', 17),
+        ('java version "1.8.0_292"\nJava(TM) SE Runtime Environment', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+        ('openjdk version "11.0.2" 2019-01-15', 11),
+        ('Picked up JAVA_TOOL_OPTIONS: -Xss1m\nopenjdk version "25-ea" 2025', 25),
+    ],
+)
+def test_parse_java_version(text: str, major: int) -> None:
+    assert lc.parse_java_version(text) == major
+
+
+def test_parse_java_version_garbage() -> None:
+    with pytest.raises(ValueError):
+        lc.parse_java_version("")
+
+
+def _fake_java(tmp_path: Path, version_line: str) -> str:
+    exe = tmp_path / "java"
+    exe.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_check_java_too_old(tmp_path: Path) -> None:
+    with pytest.raises(JavaMissingError, match="Java 8"):
+        lc.check_java(_fake_java(tmp_path, 'java version "1.8.0_292"'))
+
+
+def test_check_java_ok(tmp_path: Path) -> None:
+    exe = _fake_java(tmp_path, 'openjdk version "17.0.1" 2021-10-19')
+    assert lc.check_java(exe) == exe
+
+
+def test_check_java_missing(tmp_path: Path) -> None:
+    with pytest.raises(JavaMissingError):
+        lc.check_java(str(tmp_path / "no-such-java"))
+
+
+def test_port_in_use_detects_a_bound_socket() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert lc.port_in_use("127.0.0.1", port)
+        assert lc.port_answers("127.0.0.1", port)
+    assert not lc.port_in_use("127.0.0.1", port)
+
+
+def test_up_refuses_a_port_taken_by_someone_else(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cluster = lc.LocalCluster(
+            ClusterSettings(cache_dir=tmp_path, kafka_port=port), TopicSettings()
+        )
+        with pytest.raises(PortInUseError) as ei:
+            cluster._check_ports("kafka", [port])
+        assert ei.value.port == port
+        assert str(port) in str(ei.value)
+
+
+def test_manifest_roundtrip_and_corruption(tmp_path: Path) -> None:
+    root = tmp_path / "kafka"
+    (root / "libs").mkdir(parents=True)
+    (root / "libs" / "a.jar").write_bytes(b"a" * 100)
+    (root / "libs" / "b.jar").write_bytes(b"b" * 100)
+    assert lc.verify_manifest(root) is not None  # no manifest yet
+    lc.write_manifest(root)
+    assert lc.verify_manifest(root) is None
+
+    (root / "libs" / "a.jar").write_bytes(b"x" * 100)  # same size, other bytes
+    assert "sha256 mismatch" in (lc.verify_manifest(root) or "")
+
+    lc.write_manifest(root)
+    (root / "libs" / "b.jar").write_bytes(b"b" * 10)  # truncated
+    assert "size mismatch" in (lc.verify_manifest(root) or "")
+
+    lc.write_manifest(root)
+    (root / "libs" / "b.jar").unlink()  # partial
+    assert "missing" in (lc.verify_manifest(root) or "")
+
+    (root / lc.MANIFEST).write_text("{not json")
+    assert "unreadable" in (lc.verify_manifest(root) or "")
+
+
+def test_write_manifest_refuses_empty_dir(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError):
+        lc.write_manifest(tmp_path)
+
+
+def test_install_redoes_a_corrupted_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    fetched: list[str] = []
+
+    def fake_kafka(staging: Path) -> None:
+        fetched.append("kafka")
+        (staging / "libs").mkdir()
+        (staging / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"jar")
+
+    def fake_registry(staging: Path) -> None:
+        fetched.append("registry")
+        (staging / "apicurio-runner.jar").write_bytes(b"jar")
+
+    monkeypatch.setattr(cluster, "_fetch_kafka", fake_kafka)
+    monkeypatch.setattr(cluster, "_fetch_registry", fake_registry)
+    cluster.install()
+    assert fetched == ["kafka", "registry"]
+    cluster.install()  # verified: nothing fetched again
+    assert fetched == ["kafka", "registry"]
+
+    (cluster.kafka_home / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"bad")
+    cluster.install()
+    assert fetched == ["kafka", "registry", "kafka"]
+    assert lc.verify_manifest(cluster.kafka_home) is None
+    # no staging leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "apicurio-3.0.9", "kafka-4.1.1"]
+
+
+def test_interrupted_fetch_never_looks_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+
+    def broken(staging: Path) -> None:
+        (staging / "libs").mkdir()
+        (staging / "libs" / "half.jar").write_bytes(b"x")
+        raise DownloadError("network went away")
+
+    monkeypatch.setattr(cluster, "_fetch_kafka", broken)
+    with pytest.raises(DownloadError):
+        cluster.install()
+    assert not cluster.kafka_home.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
+def test_mvn_missing_is_a_download_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    with pytest.raises(DownloadError, match="mvn"):
+        cluster._mvn(["-v"], cwd=tmp_path)
+
+
+def test_mvn_failure_carries_output_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "mvn"
+    fake.write_text("#!/bin/sh\necho '[ERROR] Could not resolve kafka_2.13'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    with pytest.raises(DownloadError, match=r"Could not resolve kafka_2\.13"):
+        cluster._mvn(["x"], cwd=tmp_path)
+
+
+def test_pid_file_staleness(tmp_path: Path) -> None:
+    cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    server = cluster._servers[lc.KAFKA]
+    cluster.run_dir.mkdir(parents=True)
+    assert cluster._pid(server) is None  # no pid file
+
+    server.pid_file.write_text("garbage")
+    assert cluster._pid(server) is None
+
+    # a live process that is not ours (our own pytest process): never treated as ours
+    server.pid_file.write_text(str(os.getpid()))
+    assert not lc.is_ours(os.getpid(), server.marker)
+    assert cluster._pid(server) is None
+
+    # a dead pid
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    server.pid_file.write_text(str(proc.pid))
+    assert cluster._pid(server) is None
+
+    # down() with stale pid files cleans them up and does not fail
+    cluster._servers[lc.REGISTRY].pid_file.write_text("999999999")
+    cluster.down()
+    assert not server.pid_file.exists()
+    assert not cluster._servers[lc.REGISTRY].pid_file.exists()
+
+
+def test_is_ours_needs_java_and_marker(tmp_path: Path) -> None:
+    marker = f"-D{lc.MARKER_PROP}={tmp_path}#kafka"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        args = lc.process_cmdline(proc.pid)
+        assert args is not None and marker in args
+        assert not lc.is_ours(proc.pid, marker)  # carries the marker but is not java
+    finally:
+        proc.kill()
+        proc.wait()
+    assert lc.process_cmdline(proc.pid) is None
+
+
+def test_cluster_id_shape() -> None:
+    for _ in range(50):
+        cid = lc.random_cluster_id()
+        assert len(cid) == 22 and not cid.startswith("-")
+
+
+def test_tail(tmp_path: Path) -> None:
+    p = tmp_path / "x.log"
+    p.write_text("".join(f"line {i}\n" for i in range(100)))
+    out = lc.tail(p, 3)
+    assert out == "line 97\nline 98\nline 99"
+    assert lc.tail(tmp_path / "missing.log") == "(no log)"
+
+
+def test_status_of_a_stopped_cluster(tmp_path: Path) -> None:
+    s = ClusterSettings(cache_dir=tmp_path, kafka_port=_free_port(), registry_port=_free_port())
+    st = lc.LocalCluster(s, TopicSettings()).status()
+    assert not st.running and st.kafka_pid is None and st.registry_pid is None
+    assert st.kafka_log == tmp_path / "run" / "kafka.log"
+    assert st.bootstrap_servers == s.bootstrap_servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_main_cluster_prints_errors_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Boom(lc.LocalCluster):
+        def up(self) -> lc.ClusterStatus:
+            raise ServerStartError("local kafka exited during start\nmore", log_path="/x")
+
+        def install(self) -> None:
+            raise ClusterError("nope")
+
+    c = Boom(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    assert lc.main_cluster("install", c) == 1
+    assert capsys.readouterr().err.strip() == "error: nope"
+    assert lc.main_cluster("up", c) == 1
+    assert capsys.readouterr().err.splitlines()[0] == "error: local kafka exited during start"
+    assert lc.main_cluster("frobnicate", c) == 2
