@@ -343,6 +343,34 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             server.stop()
 
 
+def cmd_demo(args: argparse.Namespace, env: Env) -> int:
+    from .demo import Demo, DemoSettings, print_summary
+
+    settings = DemoSettings(
+        duration_s=args.duration,
+        rate=args.rate,
+        results_dir=Path(args.results_dir),
+        keep_cluster=not args.down,
+    )
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    external = "STREAMSCORE_BOOTSTRAP" in os.environ
+    demo = Demo(settings, env.kafka, env.registry, None if external else env.cluster)
+    try:
+        summary = demo.run()
+    finally:
+        if args.down and not external:
+            from .localcluster import LocalCluster
+
+            LocalCluster(env.cluster, env.topics).down()
+    print_summary(summary)
+    if not args.down and not external:
+        print(
+            "\nThe local cluster is still up. Look around, then stop it with "
+            "`make cluster-down` (or `streamscore cluster down`)."
+        )
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -398,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--version", type=int, default=None)
     m.add_argument("--publisher", default=os.environ.get("USER", "cli"))
     m.set_defaults(func=cmd_model)
+
+    d = sub.add_parser("demo", help="run the whole loop on the local cluster")
+    d.add_argument("--duration", type=float, default=120.0, help="seconds of traffic")
+    d.add_argument("--rate", type=float, default=400.0, help="events per second")
+    d.add_argument("--results-dir", default="results")
+    d.add_argument("--down", action="store_true", help="stop the local cluster at the end")
+    d.set_defaults(func=cmd_demo)
     return p
 
 

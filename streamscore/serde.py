@@ -188,6 +188,11 @@ class AvroDeserializer:
                 field=_field_in(str(exc)),
             ) from exc
         except Exception as exc:  # fastavro raises ValueError, IndexError, UnicodeDecodeError...
+            if buf.tell() >= len(body):
+                # ran out of bytes mid-value (fastavro says so with struct/ValueErrors too)
+                raise TruncatedMessageError(
+                    f"Avro body ended early (schema id {schema_id}, {len(body)} bytes)"
+                ) from exc
             raise AvroDecodeError(
                 f"malformed Avro body for schema id {schema_id}: {type(exc).__name__}: {exc}"
             ) from exc

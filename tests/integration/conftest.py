@@ -185,3 +185,7 @@ def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callab
         for fut in admin.delete_topics(created, operation_timeout=30).values():
             with contextlib.suppress(Exception):  # best-effort cleanup
                 fut.result()
+
+
+# Factories for worker / stack tests (topics per test, worker processes, readers).
+from .stack import make_worker, stack  # noqa: E402, F401

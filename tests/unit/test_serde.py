@@ -257,3 +257,10 @@ def test_every_serde_error_has_its_own_reason() -> None:
     reasons = [k.reason for k in kinds]
     assert len(set(reasons)) == len(reasons)
     assert all(issubclass(k, errors.SerdeError) for k in kinds)
+
+
+def test_every_truncation_point_is_reported_as_truncated(registry: Any, v1_bytes: bytes) -> None:
+    d = decoder(registry)
+    for cut in range(1, len(v1_bytes)):
+        with pytest.raises(errors.TruncatedMessageError):
+            d(v1_bytes[:cut])

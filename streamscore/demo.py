@@ -1,0 +1,426 @@
+"""`streamscore demo`: the whole scoring loop on the local cluster, with a picture at the end.
+
+Starts the local cluster, publishes a signed v1 model trained without feature c, starts
+two score workers as separate processes, produces events at a steady rate (v1 events
+first, then v2 events carrying c, plus a small share of malformed messages), swaps to a
+v2 model trained with c midway, and follows the predictions topic to measure live MAE per
+model version and end-to-end latency. Every process it starts is stopped on exit,
+Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from . import schemas, serde, synthetic
+from .config import ClusterSettings, KafkaSettings, RegistrySettings, TopicSettings
+from .kafka_clients import reader_consumer
+from .publish import ModelTopic
+from .records import Role
+from .train import demo_bundle
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    duration_s: float = 120.0
+    rate: float = 400.0  # events per second
+    bad_fraction: float = 0.01
+    workers: int = 2
+    results_dir: Path = Path("results")
+    keep_cluster: bool = True
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+@dataclass
+class DemoTruth:
+    """What the demo knows and the workers do not: each event's true y."""
+
+    y: dict[str, float] = field(default_factory=dict)
+    produced: int = 0
+    malformed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class DemoObservations:
+    predictions: int = 0
+    dead: Counter[str] = field(default_factory=Counter)
+    # (scored_time_s, version, abs_error, latency_s)
+    rows: list[tuple[float, int, float, float]] = field(default_factory=list)
+    first_seen: dict[int, float] = field(default_factory=dict)
+
+
+def _topics(run_id: str) -> TopicSettings:
+    return TopicSettings(
+        events=f"demo.{run_id}.events",
+        predictions=f"demo.{run_id}.predictions",
+        telemetry=f"demo.{run_id}.telemetry",
+        models=f"demo.{run_id}.models",
+        feedback=f"demo.{run_id}.feedback",
+        dlq=f"demo.{run_id}.events.dlq",
+        late=f"demo.{run_id}.events.late",
+    )
+
+
+@contextlib.contextmanager
+def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Demo:
+    def __init__(
+        self,
+        settings: DemoSettings,
+        kafka: KafkaSettings,
+        registry: RegistrySettings,
+        cluster: ClusterSettings | None,
+    ) -> None:
+        self.s = settings
+        self.kafka = kafka
+        self.registry_settings = registry
+        self.cluster = cluster
+        self.topics = _topics(settings.run_id)
+        self.key = secrets.token_hex(32)  # per run; handed to children by env, never printed
+        self.truth = DemoTruth()
+        self.obs = DemoObservations()
+        self.stop = threading.Event()
+        self.swaps: list[tuple[float, int]] = []
+        self.t0 = time.time()
+
+    # ---- setup
+    def _create_topics(self) -> None:
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
+
+        admin = AdminClient(self.kafka.client_config())
+        model_conf = {
+            "cleanup.policy": "compact",
+            "max.message.bytes": str(16 * 1024 * 1024 + 65536),
+        }
+        new = [
+            NewTopic(
+                t,
+                num_partitions=1 if t == self.topics.models else 4,
+                replication_factor=1,
+                config=model_conf if t == self.topics.models else {},
+            )
+            for t in self.topics.all()
+        ]
+        for fut in admin.create_topics(new, operation_timeout=30).values():
+            fut.result()
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "STREAMSCORE_BOOTSTRAP": self.kafka.bootstrap_servers,
+                "STREAMSCORE_REGISTRY_URL": self.registry_settings.url,
+                "STREAMSCORE_SIGNING_KEY": self.key,
+                "STREAMSCORE_SIGNING_KEY_ID": "demo",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
+            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
+        return env
+
+    def _model_topic(self, reg: Any) -> ModelTopic:
+        schema = schemas.load("model_envelope")
+        return ModelTopic(
+            self.kafka,
+            self.topics.models,
+            encode=serde.AvroSerializer(reg, f"{self.topics.models}-value", schema),
+            decode=serde.AvroDeserializer(serde.WriterSchemaCache(reg), schema),
+            max_message_bytes=16 * 1024 * 1024,
+        )
+
+    # ---- threads
+    def _produce(self, reg: Any) -> None:
+        rng = np.random.default_rng(1)
+        ser = {
+            1: serde.AvroSerializer(reg, f"{self.topics.events}-value", schemas.load("event", 1)),
+            2: serde.AvroSerializer(reg, f"{self.topics.events}-value", schemas.load("event", 2)),
+        }
+        p = Producer({**self.kafka.client_config(), "linger.ms": 2, "enable.idempotence": True})
+        interval = 1.0 / self.s.rate
+        next_t = time.monotonic()
+        half = self.t0 + self.s.duration_s * 0.35
+        while not self.stop.is_set() and time.time() - self.t0 < self.s.duration_s:
+            version = 1 if time.time() < half else 2
+            ((e, y),) = synthetic.events(1, rng, with_c=version == 2)
+            if rng.random() < self.s.bad_fraction:
+                value = ser[version](e)[: rng.integers(1, 12)]  # truncated on purpose
+                with self.truth.lock:
+                    self.truth.malformed += 1
+            else:
+                value = ser[version](e)
+                with self.truth.lock:
+                    self.truth.y[e["event_id"]] = y
+            p.produce(self.topics.events, value, e["key"].encode())
+            with self.truth.lock:
+                self.truth.produced += 1
+            p.poll(0)
+            next_t += interval
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        p.flush(30)
+
+    def _observe(self) -> None:
+        reg = serde.registry_client(self.registry_settings.client_config())
+        dec = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schemas.load("prediction"))
+        c = Consumer(reader_consumer(self.kafka, f"demo-observer-{self.s.run_id}"))
+        c.assign(
+            [TopicPartition(self.topics.predictions, p, 0) for p in range(4)]
+            + [TopicPartition(self.topics.dlq, 0, 0)]
+        )
+        try:
+            while not self.stop.is_set():
+                for m in c.consume(num_messages=1000, timeout=0.2):
+                    if m.error() is not None:
+                        continue
+                    if m.topic() == self.topics.dlq:
+                        self.obs.dead[_header(m, "streamscore.error.class")] += 1
+                        continue
+                    pr = dec(m.value())
+                    if pr["role"] != "primary":
+                        continue
+                    with self.truth.lock:
+                        y = self.truth.y.get(pr["event_id"])
+                    if y is None:
+                        continue
+                    now = time.time()
+                    v = int(pr["model_version"])
+                    self.obs.predictions += 1
+                    self.obs.first_seen.setdefault(v, now)
+                    self.obs.rows.append(
+                        (
+                            pr["scored_time"] / 1000.0,
+                            v,
+                            abs(pr["value"] - y),
+                            (pr["scored_time"] - pr["event_time"]) / 1000.0,
+                        )
+                    )
+        finally:
+            c.close()
+
+    # ---- output
+    def _mae_by_version(self, since: float = 0.0) -> dict[int, float]:
+        acc: dict[int, list[float]] = defaultdict(list)
+        for t, v, err, _lat in self.obs.rows:
+            if t >= since:
+                acc[v].append(err)
+        return {v: float(np.mean(e)) for v, e in sorted(acc.items())}
+
+    def _progress(self) -> str:
+        mae = ", ".join(f"v{v}: {m:.3f}" for v, m in self._mae_by_version(time.time() - 10).items())
+        return (
+            f"[{time.time() - self.t0:5.0f}s] produced {self.truth.produced:>7}  "
+            f"scored {self.obs.predictions:>7}  dead-lettered {sum(self.obs.dead.values()):>4}  "
+            f"live MAE (last 10 s) {mae or '-'}"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array([r[3] for r in self.obs.rows]) if self.obs.rows else np.zeros(1)
+        elapsed = max(1e-9, time.time() - self.t0)
+        return {
+            "events_produced": self.truth.produced,
+            "malformed_produced": self.truth.malformed,
+            "predictions": self.obs.predictions,
+            "dead_letters": dict(self.obs.dead),
+            "model_versions_first_seen_s": {
+                str(v): round(t - self.t0, 1) for v, t in sorted(self.obs.first_seen.items())
+            },
+            "swaps_published_s": [(round(t - self.t0, 1), v) for t, v in self.swaps],
+            "live_mae_by_version": self._mae_by_version(),
+            "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
+            "latency_p99_ms": float(np.percentile(lat, 99) * 1000),
+            "throughput_events_per_s": self.obs.predictions / elapsed,
+        }
+
+    def plot(self, path: Path) -> Path | None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        rows = np.array(self.obs.rows) if self.obs.rows else np.zeros((0, 4))
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+        for v in sorted(set(rows[:, 1].astype(int).tolist())):
+            sel = rows[rows[:, 1] == v]
+            t = sel[:, 0] - self.t0
+            err = sel[:, 2]
+            window = max(1, min(200, len(err) // 5))
+            rolling = np.convolve(err, np.ones(window) / window, mode="valid")
+            ax1.plot(t[window - 1 :], rolling, label=f"model v{v}")
+        for t, v in self.swaps:
+            for ax in (ax1, ax2):
+                ax.axvline(t - self.t0, color="k", linestyle="--", linewidth=1)
+            ax1.annotate(f"v{v} published", (t - self.t0, ax1.get_ylim()[1] * 0.9))
+        ax1.set_ylabel("rolling MAE")
+        ax1.legend()
+        ax1.set_title("streamscore demo: live error per model version")
+        ax2.plot(rows[:, 0] - self.t0, rows[:, 3] * 1000, ",", alpha=0.5)
+        ax2.set_ylabel("end-to-end latency (ms)")
+        ax2.set_xlabel("seconds since start")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # ---- main
+    def run(self) -> dict[str, Any]:
+        if self.cluster is not None:
+            from .localcluster import LocalCluster
+
+            print("demo: starting the local cluster (first run downloads it)…", flush=True)
+            LocalCluster(self.cluster, TopicSettings()).up()
+        self._create_topics()
+        reg = serde.registry_client(self.registry_settings.client_config())
+        models = self._model_topic(reg)
+        models.publish(
+            demo_bundle("ab", version=1).to_bytes(),
+            Role.PRIMARY,
+            key=self.key.encode(),
+            key_id="demo",
+            publisher="demo",
+        )
+        self.swaps.append((time.time(), 1))
+        print("demo: published model v1 (features a, b), signed", flush=True)
+        with _processes() as procs:
+            for i in range(self.s.workers):
+                log = open(self.s.results_dir / f"worker-{i + 1}.log", "wb")  # noqa: SIM115
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "streamscore.cli",
+                            "score",
+                            "--worker-id",
+                            f"demo-{i + 1}",
+                            "--group-id",
+                            f"demo-{self.s.run_id}",
+                            "--metrics-port",
+                            str(9400 + i),
+                        ],
+                        env=self._child_env(),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            print(
+                f"demo: {self.s.workers} score workers started; metrics on "
+                + ", ".join(f"http://127.0.0.1:{9400 + i}/metrics" for i in range(self.s.workers)),
+                flush=True,
+            )
+            threads = [
+                threading.Thread(target=self._produce, args=(reg,), daemon=True),
+                threading.Thread(target=self._observe, daemon=True),
+            ]
+            for t in threads:
+                t.start()
+            swap_at = self.t0 + self.s.duration_s * 0.6
+            swapped = False
+            try:
+                while threads[0].is_alive():
+                    time.sleep(2)
+                    print(self._progress(), flush=True)
+                    for p in procs:
+                        if p.poll() is not None:
+                            raise RuntimeError(
+                                f"a score worker exited with {p.returncode}; see "
+                                f"{self.s.results_dir}/worker-*.log"
+                            )
+                    if not swapped and time.time() >= swap_at:
+                        models.publish(
+                            demo_bundle("abc", version=2).to_bytes(),
+                            Role.PRIMARY,
+                            key=self.key.encode(),
+                            key_id="demo",
+                            publisher="demo",
+                        )
+                        self.swaps.append((time.time(), 2))
+                        swapped = True
+                        print("demo: published model v2 (features a, b, c) as primary", flush=True)
+                # let the last events drain
+                deadline = time.time() + 15
+                while time.time() < deadline and (
+                    self.obs.predictions + sum(self.obs.dead.values()) < self.truth.produced
+                ):
+                    time.sleep(0.5)
+            finally:
+                self.stop.set()
+                for t in threads:
+                    t.join(10)
+        summary = self.summary()
+        self.s.results_dir.mkdir(parents=True, exist_ok=True)
+        (self.s.results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot = self.plot(self.s.results_dir / "demo.png")
+        summary["plot"] = str(plot) if plot else None
+        return summary
+
+
+def _header(msg: Any, name: str) -> str:
+    for k, v in msg.headers() or []:
+        if k == name:
+            return bytes(v).decode()
+    return "?"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    rows = [
+        ("events produced", summary["events_produced"]),
+        ("  of which malformed", summary["malformed_produced"]),
+        ("primary predictions", summary["predictions"]),
+        ("dead letters", ", ".join(f"{k}: {v}" for k, v in summary["dead_letters"].items()) or 0),
+        ("model versions first seen (s)", summary["model_versions_first_seen_s"]),
+        (
+            "live MAE by version",
+            {k: round(v, 3) for k, v in summary["live_mae_by_version"].items()},
+        ),
+        (
+            "end-to-end latency p50 / p99 (ms)",
+            f"{summary['latency_p50_ms']:.1f} / {summary['latency_p99_ms']:.1f}",
+        ),
+        ("throughput (events/s)", f"{summary['throughput_events_per_s']:.0f}"),
+        ("plot", summary.get("plot")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print("\n== streamscore demo summary ==")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
