@@ -59,19 +59,19 @@ def _docker_answers() -> bool:
     return res.returncode == 0
 
 
-def _start_containers(stack: ExitStack) -> Endpoints:  # pragma: no cover - needs Docker
+def _start_containers(exits: ExitStack) -> Endpoints:  # pragma: no cover - needs Docker
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.network import Network
     from testcontainers.core.waiting_utils import wait_for_logs
     from testcontainers.kafka import KafkaContainer
 
-    network = stack.enter_context(Network())
+    network = exits.enter_context(Network())
     kafka = (
         KafkaContainer(f"confluentinc/cp-kafka:{CONFLUENT_VERSION}")
         .with_network(network)
         .with_network_aliases("kafka")
     )
-    stack.enter_context(kafka)
+    exits.enter_context(kafka)
     registry = (
         DockerContainer(f"confluentinc/cp-schema-registry:{CONFLUENT_VERSION}")
         .with_network(network)
@@ -80,7 +80,7 @@ def _start_containers(stack: ExitStack) -> Endpoints:  # pragma: no cover - need
         .with_env("SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS", "BROKER://kafka:9092")
         .with_exposed_ports(8081)
     )
-    stack.enter_context(registry)
+    exits.enter_context(registry)
     wait_for_logs(registry, "Server started", timeout=120)
     host = registry.get_container_host_ip()
     port = registry.get_exposed_port(8081)
@@ -108,18 +108,18 @@ def cluster_kind() -> str:
 def cluster_endpoints(cluster_kind: str, local_cluster: LocalCluster) -> Iterator[Endpoints]:
     topics = TopicSettings()
     settings = local_cluster.settings
-    with ExitStack() as stack:
+    with ExitStack() as exits:
         if cluster_kind == "external":
             ep = Endpoints(
                 os.environ["STREAMSCORE_TEST_BOOTSTRAP"],
                 os.environ["STREAMSCORE_TEST_REGISTRY_URL"],
             )
         elif cluster_kind == "testcontainers":  # pragma: no cover - needs Docker
-            ep = _start_containers(stack)
+            ep = _start_containers(exits)
         else:
             if not local_cluster.status().running:
                 # Registered before up(): a failed start is cleaned up too.
-                stack.callback(local_cluster.down)
+                exits.callback(local_cluster.down)
                 local_cluster.up()
             ep = Endpoints(settings.bootstrap_servers, settings.registry_url)
         if cluster_kind != "local":

@@ -1,0 +1,90 @@
+"""Schema evolution through the real registry (Apicurio's Confluent-compatible API)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka.schema_registry import Schema
+
+from streamscore import errors, schemas, serde
+
+
+@pytest.fixture
+def registry(cluster_endpoints: Any) -> Any:
+    return serde.registry_client({"url": cluster_endpoints.registry_url})
+
+
+@pytest.fixture
+def subject(registry: Any, unique_name: Callable[[str], str]) -> str:
+    name = f"{unique_name('events')}-value"
+    registry.set_compatibility(subject_name=name, level="BACKWARD")
+    return name
+
+
+EVENT = {
+    "event_id": "e-1",
+    "key": "k",
+    "event_time": 1_700_000_000_000,
+    "a": -31.0,
+    "b": 39.5,
+    "segment": "pro",
+}
+
+
+def _reader(registry: Any, version: int) -> serde.AvroDeserializer:
+    return serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", version))
+
+
+def test_every_shipped_event_version_registers_in_order_under_backward(
+    registry: Any, subject: str
+) -> None:
+    ids = []
+    for v in schemas.versions("event"):
+        ids.append(serde.AvroSerializer(registry, subject, schemas.load("event", v)).schema_id)
+    assert len(set(ids)) == len(ids)
+    assert len(registry.get_versions(subject)) == len(ids)
+
+
+def test_v1_data_read_by_v2_reader_and_v2_data_by_v1_reader(registry: Any, subject: str) -> None:
+    v1 = serde.AvroSerializer(registry, subject, schemas.load("event", 1))
+    v2 = serde.AvroSerializer(registry, subject, schemas.load("event", 2))
+    old = v1(EVENT)
+    new = v2({**EVENT, "c": 2.75})
+    assert _reader(registry, 2)(old) == {**EVENT, "c": None}
+    assert _reader(registry, 1)(new) == EVENT
+    assert _reader(registry, 2)(new)["c"] == 2.75
+
+
+def test_registry_refuses_an_incompatible_change(registry: Any, subject: str) -> None:
+    serde.AvroSerializer(registry, subject, schemas.load("event", 2)).schema_id
+    # a new required field without a default cannot read old data: not BACKWARD
+    bad = copy.deepcopy(schemas.load("event", 2))
+    bad["fields"].append({"name": "d", "type": "double", "doc": "required, no default"})
+    with pytest.raises(errors.SchemaRegistrationError):
+        serde.AvroSerializer(registry, subject, bad).schema_id
+    # and so is changing a field's type incompatibly
+    retyped = copy.deepcopy(schemas.load("event", 2))
+    next(f for f in retyped["fields"] if f["name"] == "a")["type"] = "string"
+    with pytest.raises(errors.SchemaRegistrationError):
+        serde.AvroSerializer(registry, subject, retyped).schema_id
+    assert len(registry.get_versions(subject)) == 1
+
+
+def test_unknown_schema_id_from_the_real_registry(registry: Any, subject: str) -> None:
+    data = serde.AvroSerializer(registry, subject, schemas.load("event", 1))(EVENT)
+    bogus = b"\x00\x7f\xff\xff\xf0" + data[5:]
+    with pytest.raises(errors.UnknownSchemaError):
+        _reader(registry, 2)(bogus)
+
+
+def test_registry_compat_check_api_agrees(registry: Any, subject: str) -> None:
+    serde.AvroSerializer(registry, subject, schemas.load("event", 1)).schema_id
+    v2 = Schema(json.dumps(schemas.load("event", 2)), "AVRO")
+    assert registry.test_compatibility(subject, v2) is True
+    bad = copy.deepcopy(schemas.load("event", 2))
+    bad["fields"].append({"name": "d", "type": "double", "doc": "required, no default"})
+    assert registry.test_compatibility(subject, Schema(json.dumps(bad), "AVRO")) is False
