@@ -60,17 +60,17 @@ def test_v1_data_read_by_v2_reader_and_v2_data_by_v1_reader(registry: Any, subje
 
 
 def test_registry_refuses_an_incompatible_change(registry: Any, subject: str) -> None:
-    serde.AvroSerializer(registry, subject, schemas.load("event", 2)).schema_id
+    assert serde.AvroSerializer(registry, subject, schemas.load("event", 2)).schema_id > 0
     # a new required field without a default cannot read old data: not BACKWARD
     bad = copy.deepcopy(schemas.load("event", 2))
     bad["fields"].append({"name": "d", "type": "double", "doc": "required, no default"})
     with pytest.raises(errors.SchemaRegistrationError):
-        serde.AvroSerializer(registry, subject, bad).schema_id
+        assert serde.AvroSerializer(registry, subject, bad).schema_id > 0
     # and so is changing a field's type incompatibly
     retyped = copy.deepcopy(schemas.load("event", 2))
     next(f for f in retyped["fields"] if f["name"] == "a")["type"] = "string"
     with pytest.raises(errors.SchemaRegistrationError):
-        serde.AvroSerializer(registry, subject, retyped).schema_id
+        assert serde.AvroSerializer(registry, subject, retyped).schema_id > 0
     assert len(registry.get_versions(subject)) == 1
 
 
@@ -82,7 +82,7 @@ def test_unknown_schema_id_from_the_real_registry(registry: Any, subject: str) -
 
 
 def test_registry_compat_check_api_agrees(registry: Any, subject: str) -> None:
-    serde.AvroSerializer(registry, subject, schemas.load("event", 1)).schema_id
+    assert serde.AvroSerializer(registry, subject, schemas.load("event", 1)).schema_id > 0
     v2 = Schema(json.dumps(schemas.load("event", 2)), "AVRO")
     assert registry.test_compatibility(subject, v2) is True
     bad = copy.deepcopy(schemas.load("event", 2))
