@@ -1,0 +1,58 @@
+"""A shortened `streamscore demo`, end to end, as a user runs it (a separate process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def test_short_demo_reconciles_and_swaps_to_the_better_model(
+    cluster_endpoints: Any, tmp_path: Path
+) -> None:
+    env = dict(os.environ)
+    env.update(
+        {
+            "STREAMSCORE_BOOTSTRAP": cluster_endpoints.bootstrap_servers,
+            "STREAMSCORE_REGISTRY_URL": cluster_endpoints.registry_url,
+        }
+    )
+    env.pop("STREAMSCORE_SIGNING_KEY", None)  # the demo makes its own per-run key
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamscore.cli",
+            "demo",
+            "--duration",
+            "20",
+            "--rate",
+            "300",
+            "--results-dir",
+            str(results),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "streamscore demo summary" in proc.stdout
+    summary = json.loads((results / "summary.json").read_text())
+    dead = sum(summary["dead_letters"].values())
+    # every event produced is accounted for: predicted or dead-lettered, nothing else
+    assert summary["events_produced"] == summary["predictions"] + dead
+    assert dead == summary["malformed_produced"] > 0
+    assert set(summary["dead_letters"]) == {"TruncatedMessageError"}
+    # the swap happened and the better model is the one answering at the end
+    assert set(summary["model_versions_first_seen_s"]) == {"1", "2"}
+    mae = {int(k): v for k, v in summary["live_mae_by_version"].items()}
+    assert mae[2] < mae[1] / 10
+    assert (results / "demo.png").stat().st_size > 10_000
+    # no worker process is left behind
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(results) not in ps and "demo-1" not in ps
