@@ -1,0 +1,189 @@
+"""The scoring loop with fake Kafka clients: backpressure, rebalances, stop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from confluent_kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from streamscore.config import ScoringSettings, TopicSettings
+from streamscore.metrics import Metrics
+from streamscore.model_store import ModelStore
+from streamscore.scoring import ScoredBatch
+from streamscore.worker import ScoreLoop
+
+
+class Msg:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._p, self._o = partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "events"
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1000)
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[list[Msg]], on_consume: Callable[[int], None]) -> None:
+        self.batches = batches
+        self.on_consume = on_consume
+        self.calls = 0
+        self.paused: set[int] = set()
+        self.closed = False
+        self.callbacks: dict[str, Any] = {}
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        self.calls += 1
+        self.on_consume(self.calls)
+        if self.paused or not self.batches:
+            return []
+        return self.batches.pop(0)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("events", p) for p in (0, 1)]
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self.paused |= {tp.partition for tp in tps}
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self.paused -= {tp.partition for tp in tps}
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 5) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, **kw: Any) -> tuple[int, int]:
+        return (0, 12)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.backlog = 0
+        self.sent: list[Any] = []
+        self.drains = 0
+
+    def send(self, batch: Any) -> None:
+        self.sent.append(batch)
+
+    def poll(self, timeout: float = 0) -> None:
+        pass
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        self.drains += 1
+
+    def discard(self) -> None:
+        pass
+
+
+class FakeScorer:
+    def score(self, msgs: list[Any], snapshot: Any) -> ScoredBatch:
+        return ScoredBatch(
+            n_messages=len(msgs),
+            n_scored=len(msgs),
+            event_times_ms=np.full(len(msgs), 1000, dtype=np.int64),
+        )
+
+
+def make_loop(
+    consumer: FakeConsumer,
+    sink: FakeSink,
+    stop: threading.Event,
+    reg: CollectorRegistry,
+    max_in_flight: int = 100,
+) -> ScoreLoop:
+    return ScoreLoop(
+        consumer=consumer,
+        sink=sink,
+        scorer=FakeScorer(),
+        store=ModelStore(),  # type: ignore[arg-type]
+        metrics=Metrics(reg),
+        settings=ScoringSettings(max_in_flight=max_in_flight),
+        topics=TopicSettings(),
+        encode_telemetry=lambda d: b"t",
+        stop=stop,
+        lag_interval_s=0.0,
+    )
+
+
+def test_offsets_of_each_batch_are_the_next_offset_per_partition() -> None:
+    stop = threading.Event()
+    c = FakeConsumer([[Msg(0, 3), Msg(1, 7), Msg(0, 4)]], lambda n: stop.set() if n > 1 else None)
+    sink = FakeSink()
+    reg = CollectorRegistry()
+    stats = make_loop(c, sink, stop, reg).run()
+    assert stats.consumed == 3
+    (b,) = sink.sent
+    assert b.offsets == {("events", 0): 5, ("events", 1): 8}
+    assert b.first_offsets == {("events", 0): 3, ("events", 1): 7}
+    assert sink.drains == 1 and c.closed  # stop: drain, commit, leave
+    assert reg.get_sample_value("streamscore_events_consumed_total", {"topic": "events"}) == 3
+
+
+def test_backpressure_pauses_while_the_producer_queue_is_full_and_resumes() -> None:
+    stop = threading.Event()
+    sink = FakeSink()
+    seen_paused: list[bool] = []
+
+    def step(n: int) -> None:
+        seen_paused.append(bool(c.paused))
+        if n == 1:
+            sink.backlog = 500  # queue fills up
+        elif n == 4:
+            sink.backlog = 10  # drains below half
+        elif n == 6:
+            stop.set()
+
+    c = FakeConsumer([[Msg(0, i)] for i in range(10)], step)
+    reg = CollectorRegistry()
+    make_loop(c, sink, stop, reg, max_in_flight=100).run()
+    assert seen_paused[:6] == [False, True, True, True, False, False]
+    assert reg.get_sample_value("streamscore_backpressure_pauses_total") == 1
+
+
+def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
+    stop = threading.Event()
+    c = FakeConsumer([], lambda n: stop.set() if n > 2 else None)
+    sink = FakeSink()
+    reg = CollectorRegistry()
+    loop = make_loop(c, sink, stop, reg)
+    tps = [TopicPartition("events", 0), TopicPartition("events", 1)]
+    loop._on_assign(c, tps)
+    loop.partitions.refresh_lag(c)
+    assert (
+        reg.get_sample_value("streamscore_consumer_lag", {"topic": "events", "partition": "1"}) == 7
+    )
+    loop._on_revoke(c, [tps[1]])
+    assert sink.drains == 1
+    assert (
+        reg.get_sample_value("streamscore_consumer_lag", {"topic": "events", "partition": "1"})
+        is None
+    )
+    assert (
+        reg.get_sample_value("streamscore_consumer_lag", {"topic": "events", "partition": "0"}) == 7
+    )
+    assert loop.partitions.owned == {("events", 0)}
