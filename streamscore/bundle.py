@@ -783,7 +783,12 @@ def build_bundle(
     onnx_out = model.predict(xr)
     if not onnx_out.finite_mask().all():
         raise NonFiniteOutputError(f"model {name} v{version} gives non-finite outputs")
-    sk = estimator.predict_proba(xr) if is_clf else estimator.predict(xr)
+    # scikit-learn sees the original (float64) values, as the estimator was trained on
+    # them; ONNX sees them cast to float32, as workers feed it. Comparing against
+    # scikit-learn on float32-*rounded* inputs would be wrong: tree thresholds often sit
+    # exactly on a training value, which rounding can push to the other side.
+    x64 = np.asarray(X_reference, dtype=np.float64)
+    sk = estimator.predict_proba(x64) if is_clf else estimator.predict(x64)
     sk = np.asarray(sk, dtype=np.float64)
     if not np.isfinite(sk).all():
         raise NonFiniteOutputError(f"estimator {name} gives non-finite outputs")

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,37 @@ def _model_topic(env: Env) -> Any:
     )
 
 
+def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes:
+    if args.bundle:
+        return Path(args.bundle).read_bytes()
+    if args.estimator:
+        from .model_build import bundle_from_files
+
+        if not (args.spec and args.data):
+            raise ConfigError("--estimator needs --spec (feature spec JSON) and --data (a sample)")
+        return bundle_from_files(
+            Path(args.estimator),
+            Path(args.spec),
+            Path(args.data),
+            name=args.name,
+            version=args.version or version(),
+        ).to_bytes()
+    from .train import demo_bundle
+
+    return demo_bundle(args.demo, name=args.name, version=args.version or version()).to_bytes()
+
+
 def cmd_model(args: argparse.Namespace, env: Env) -> int:
+    if args.action == "build":
+        if not args.out:
+            raise ConfigError("model build needs --out FILE")
+        data = _bundle_bytes(args, lambda: 1)
+        Path(args.out).write_bytes(data)
+        print(
+            f"wrote {args.out} ({len(data)} bytes); publish it with "
+            f"`streamscore model publish --bundle {args.out}`"
+        )
+        return 0
     topic = _model_topic(env)
     if args.action == "list":
         rows = topic.read_all()
@@ -163,13 +193,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
     key = env.signing.require_key()
     role = Role(args.role)
     if args.action == "publish":
-        if args.bundle:
-            data = Path(args.bundle).read_bytes()
-        else:
-            from .train import demo_bundle
-
-            version = args.version or topic.next_version(args.name)
-            data = demo_bundle(args.demo, name=args.name, version=version).to_bytes()
+        data = _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
         res = topic.publish(
             data, role, key=key, key_id=env.signing.key_id, publisher=args.publisher
         )
@@ -410,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")
-    m.add_argument("action", choices=["publish", "list", "rollback", "retire"])
+    m.add_argument("action", choices=["build", "publish", "list", "rollback", "retire"])
     m.add_argument("--name", default="demo")
     m.add_argument("--role", choices=[r.value for r in Role], default="primary")
     src = m.add_mutually_exclusive_group()
@@ -418,11 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--bundle", help="a bundle file written by `streamscore train` or bundle.Bundle.to_bytes()"
     )
     src.add_argument(
+        "--estimator",
+        help="a fitted scikit-learn estimator/Pipeline saved with joblib (your own, local, "
+        "trusted file); converted to ONNX here. Needs --spec and --data",
+    )
+    src.add_argument(
         "--demo",
         choices=["ab", "abc"],
         default="ab",
         help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
     )
+    m.add_argument("--spec", help="feature spec JSON (FeatureSpec.to_dict format)")
+    m.add_argument("--data", help="a sample of inputs: .npy or CSV with the spec's columns")
+    m.add_argument("--out", help="model build: where to write the bundle")
     m.add_argument("--version", type=int, default=None)
     m.add_argument("--publisher", default=os.environ.get("USER", "cli"))
     m.set_defaults(func=cmd_model)

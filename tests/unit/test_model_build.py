@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from streamscore import synthetic
+from streamscore.bundle import decode_bundle, load_bundle
+from streamscore.errors import ConfigError
+from streamscore.model_build import bundle_from_files
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    s = synthetic.sample(600, rng)
+    x = s.matrix(with_c=False)
+    y = (s.y > np.median(s.y)).astype(int)
+    est = HistGradientBoostingClassifier(max_iter=20).fit(x, y)
+    joblib.dump(est, tmp_path / "est.joblib")
+    (tmp_path / "spec.json").write_text(json.dumps(synthetic.spec_ab().to_dict()))
+    with (tmp_path / "sample.csv").open("w") as f:
+        f.write("a,b,other\n")
+        for a, b in x[:200]:
+            f.write(f"{a},{b},x\n")
+    np.save(tmp_path / "sample.npy", x[:200])
+    return {
+        "est": tmp_path / "est.joblib",
+        "spec": tmp_path / "spec.json",
+        "csv": tmp_path / "sample.csv",
+        "npy": tmp_path / "sample.npy",
+    }
+
+
+@pytest.mark.parametrize("data", ["csv", "npy"])
+def test_bundle_from_files_round_trips(files: dict[str, Path], data: str) -> None:
+    b = bundle_from_files(files["est"], files["spec"], files[data], name="churn", version=3)
+    loaded = load_bundle(decode_bundle(b.to_bytes()))
+    assert loaded.meta.name == "churn" and loaded.meta.version == 3
+    assert loaded.meta.feature_spec.names == ("a", "b")
+    assert loaded.meta.classes == ("0", "1")
+    out = loaded.predict(np.array([[-30.0, 40.0]], dtype=np.float32))
+    assert out.probabilities is not None and out.probabilities.shape == (1, 2)
+
+
+def test_csv_without_a_spec_column_is_a_clear_error(files: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,zzz\n1,2\n")
+    with pytest.raises(ConfigError, match=r"no column\(s\) \['b'\]"):
+        bundle_from_files(files["est"], files["spec"], bad, name="m", version=1)
+
+
+def test_unreadable_estimator_is_a_clear_error(files: dict[str, Path], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.joblib"
+    junk.write_bytes(b"not a pickle")
+    with pytest.raises(ConfigError, match="cannot load the estimator"):
+        bundle_from_files(junk, files["spec"], files["csv"], name="m", version=1)
