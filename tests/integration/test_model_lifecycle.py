@@ -290,3 +290,55 @@ def test_rollback_republishes_the_previous_version(
     assert w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) == 1
     assert w.sample("streamscore_model_info", {"model_version": "2", "role": "primary"}) == 0
     assert w.terminate() == 0
+
+
+def test_shadow_and_canary_through_the_real_topics(
+    stack: Stack, make_worker: Callable[..., WorkerProcess]
+) -> None:
+    stack.publish("ab", version=1)  # primary
+    stack.publish("ab", version=2, role=Role.CANARY)
+    stack.publish("abc", version=3, role=Role.SHADOW)
+    w = make_worker("roles", "--canary-fraction", "0.3")
+    for role, v in (("primary", "1"), ("canary", "2"), ("shadow", "3")):
+        assert w.sample("streamscore_model_info", {"model_version": v, "role": role}) == 1
+    ser = stack.event_serializer(2)
+    now = int(time.time() * 1000)
+    rng = np.random.default_rng(21)
+    n_keys = 20_000
+    events = []
+    for i in range(n_keys + 5_000):  # 5,000 repeats of earlier keys: stickiness
+        key = f"key-{i if i < n_keys else int(rng.integers(0, n_keys))}"
+        events.append(
+            (
+                key.encode(),
+                ser(
+                    {
+                        "event_id": f"ev-{i}",
+                        "key": key,
+                        "event_time": now,
+                        "a": float(rng.normal(-30, 6)),
+                        "b": float(rng.normal(40, 3)),
+                        "segment": None,
+                        "c": float(55 * rng.beta(5, 100)),
+                    }
+                ),
+            )
+        )
+    stack.produce_raw(events)
+    total = len(events)
+    msgs = stack.read(stack.topics.predictions, until=lambda g: len(g) >= 2 * total)
+    preds = _predictions(stack, msgs)
+    answers = [p for p in preds if p["role"] in ("primary", "canary")]
+    shadow = [p for p in preds if p["role"] == "shadow"]
+    # one answer per event, and the shadow scored every event alongside it
+    assert sorted(p["event_id"] for p in answers) == sorted(f"ev-{i}" for i in range(total))
+    assert sorted(p["event_id"] for p in shadow) == sorted(f"ev-{i}" for i in range(total))
+    assert {p["model_version"] for p in shadow} == {3}
+    role_of_key: dict[str, set[str]] = defaultdict(set)
+    for p in answers:
+        role_of_key[p["key"]].add(p["role"])
+    assert all(len(r) == 1 for r in role_of_key.values())  # a key always lands on one model
+    canary_share = sum(1 for r in role_of_key.values() if r == {"canary"}) / n_keys
+    assert abs(canary_share - 0.3) <= 0.02, canary_share
+    assert {p["model_version"] for p in answers if p["role"] == "canary"} == {2}
+    assert w.terminate() == 0
