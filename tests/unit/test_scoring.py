@@ -253,3 +253,55 @@ def test_late_events_follow_the_policy(
 def test_no_primary_refuses_to_score(env: dict[str, Any]) -> None:
     with pytest.raises(errors.NoModelError):
         scorer(env).score([], ModelStore().snapshot())
+
+
+def _log_model(version: int) -> bundle.LoadedModel:
+    """y = log(a) * 1 + log(b) * 1: finite on its positive reference rows, NaN at serve
+    time for the demo's negative a — a data-dependent failure no load-time check sees."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("W", TensorProto.FLOAT, [2, 1], [1.0, 1.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Log", ["X"], ["L"]),
+            helper.make_node("MatMul", ["L", "W"], ["variable"]),
+        ],
+        "log",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ref = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"X": ref})[0].ravel().astype(np.float64)
+    meta = bundle.ModelMeta(
+        name="demo",
+        version=version,
+        task=bundle.Task.REGRESSION,
+        feature_spec=synthetic.spec_ab(),
+        created_at_ms=1,
+    )
+    b = bundle.Bundle(meta, model.SerializeToString(), ref, expected, "variable")
+    signed = bundle.sign_bundle(b.to_bytes(), KEY, "k")
+    return bundle.verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
+
+
+def test_primary_failing_at_predict_time_falls_back_and_marks_degraded(
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: bundle.LoadedModel
+) -> None:
+    store = ModelStore()
+    store.offer(Role.PRIMARY, v1)
+    store.offer(Role.PRIMARY, _log_model(2))  # v1 becomes the fallback
+    assert store.snapshot().fallback is v1
+    msgs = make_messages(50, with_c=False)  # a ~ N(-30, 6): log(a) is NaN
+    out = scorer(env).score(msgs, store.snapshot())
+    preds = [decode_prediction(v) for _, v in out.predictions]
+    assert len(preds) == 50 and out.dead_letters == []
+    assert all(p["degraded"] for p in preds)
+    assert {p["model_version"] for p in preds} == {1}
+    x = np.array([p["features"] for p in preds], dtype=np.float32)
+    np.testing.assert_allclose([p["value"] for p in preds], v1.predict(x).values, rtol=1e-6)
+    # the answers are counted under the version that gave them
+    assert {(o.model_version, o.count) for o in out.outputs if o.count} == {(1, 50)}
