@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration bench lint typecheck cluster-up cluster-down cluster-status clean
+.PHONY: help install prometheus demo test test-unit test-integration bench lint typecheck cluster-up cluster-down cluster-status clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -20,13 +20,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install streamscore with its dev tools
 	$(VENV)/bin/streamscore cluster install
 
+prometheus: ## Install Debian's prometheus + promtool if missing (the rule tests need them)
+	bash scripts/install-prometheus.sh
+
 demo: install ## Run the main job on the local cluster (starts it if needed)
 	$(VENV)/bin/streamscore demo
 
-test: install ## Run the whole suite: unit tests, then integration tests on a real cluster
+test: install prometheus ## Run the whole suite: unit tests, then integration tests on a real cluster
 	$(PY) -m pytest tests
 
-test-unit: $(STAMP) ## Unit tests only (no broker)
+test-unit: $(STAMP) prometheus ## Unit tests only (no broker)
 	$(PY) -m pytest tests/unit
 
 test-integration: install ## Integration tests only (real Kafka + registry)

@@ -212,7 +212,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
     raise ConfigError(f"unknown model action {args.action}")
 
 
-def _install_stop_signals(stop: threading.Event) -> None:
+def install_stop_signals(stop: threading.Event) -> None:
     def handler(signum: int, _frame: Any) -> None:
         log.info("signal %s: finishing the batch in flight, then stopping", signum)
         stop.set()
@@ -313,7 +313,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         max_message_bytes=env.model_max_bytes,
     )
     stop = threading.Event()
-    _install_stop_signals(stop)
+    install_stop_signals(stop)
     watcher.start()
     metrics.model_loaded.set(0)
     try:
@@ -465,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--results-dir", default="results")
     d.add_argument("--down", action="store_true", help="stop the local cluster at the end")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_feedback import add_commands
+
+    add_commands(sub)
     return p
 
 

@@ -147,6 +147,30 @@ class Metrics:
             ["feature", "model_version"],
             registry=r,
         )
+        self.drift_missing_share = Gauge(
+            f"{PREFIX}_feature_missing_share",
+            "Share of missing values in the live drift window (feature or score).",
+            ["feature", "model_version"],
+            registry=r,
+        )
+        self.drift_out_of_range_share = Gauge(
+            f"{PREFIX}_feature_out_of_range_share",
+            "Share of live values outside the reference [min, max] (feature or score).",
+            ["feature", "model_version"],
+            registry=r,
+        )
+        self.drift_window_events = Gauge(
+            f"{PREFIX}_drift_window_events",
+            "Events currently in the drift window (PSI is noisy while this is small).",
+            ["model_version"],
+            registry=r,
+        )
+        self.model_holdout_metric = Gauge(
+            f"{PREFIX}_model_holdout_metric",
+            "Holdout metric recorded in the active bundle (e.g. mae), for live comparison.",
+            ["model_version", "role", "metric"],
+            registry=r,
+        )
         # ---- feedback
         self.feedback_received = Counter(
             f"{PREFIX}_feedback_received",
@@ -199,6 +223,40 @@ class Metrics:
             f"{PREFIX}_label_delay_seconds",
             "Label observed time minus event time.",
             buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400),
+            registry=r,
+        )
+        # ---- feedback: label accounting, classifier quality, promotion (issue 4)
+        self.feedback_labels = Counter(
+            f"{PREFIX}_feedback_labels",
+            "Labels settled, by outcome (joined | unmatched | duplicate | released); "
+            "received = sum of outcomes + feedback_pending{side=label}.",
+            ["outcome"],
+            registry=r,
+        )
+        self.live_log_loss = Gauge(
+            f"{PREFIX}_live_log_loss",
+            "Rolling log loss (classifiers).",
+            ["model_version", "role"],
+            registry=r,
+        )
+        self.live_reliability = Gauge(
+            f"{PREFIX}_live_reliability",
+            "Rolling reliability diagram (classifiers): per confidence bucket, the mean "
+            "predicted probability (stat=predicted), observed frequency (stat=observed) "
+            "and row count (stat=count).",
+            ["model_version", "role", "bucket", "stat"],
+            registry=r,
+        )
+        self.live_labelled = Gauge(
+            f"{PREFIX}_live_labelled",
+            "Labelled predictions currently in the rolling quality window.",
+            ["model_version", "role"],
+            registry=r,
+        )
+        self.promotion_decisions = Counter(
+            f"{PREFIX}_promotion_decisions",
+            "Automatic shadow promotion decisions, by outcome (promoted | declined | failed).",
+            ["outcome"],
             registry=r,
         )
 

@@ -165,8 +165,12 @@ class ModelUpdater:
     def _refresh_info(self) -> None:
         snap = self._store.snapshot()
         self._metrics.model_info.clear()
+        self._metrics.model_holdout_metric.clear()
         for role in Role:
             m = snap.get(role)
             if m is not None:
-                self._metrics.model_info.labels(m.meta.name, str(m.meta.version), role.value).set(1)
+                version = str(m.meta.version)
+                self._metrics.model_info.labels(m.meta.name, version, role.value).set(1)
+                for metric, value in m.meta.holdout_metrics.items():
+                    self._metrics.model_holdout_metric.labels(version, role.value, metric).set(value)
         self._metrics.model_loaded.set(1 if snap.primary is not None else 0)

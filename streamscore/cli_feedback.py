@@ -1,0 +1,331 @@
+"""``streamscore feedback`` and ``streamscore train``: argparse setup and wiring.
+
+Hook into ``cli.py`` with ``cli_feedback.add_commands(sub)`` on its subparsers; until
+then ``python -m streamscore.cli_feedback {feedback,train} ...`` runs them directly
+(same environment variables as ``streamscore``, see :mod:`streamscore.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import schemas
+from .errors import ConfigError, StreamscoreError
+from .records import Role, Task
+
+if TYPE_CHECKING:
+    from .bundle import LoadedModel
+    from .cli import Env
+    from .publish import ModelTopic
+
+log = logging.getLogger("streamscore")
+
+EXIT_NOT_BETTER = 3
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def parse_time_ms(text: str | None) -> int | None:
+    """Epoch milliseconds, or an ISO-8601 time (naive means UTC)."""
+    if text is None or text == "":
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"not a time: {text!r} (use ISO-8601 or epoch milliseconds)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
+
+
+def _registry(env: Env) -> Any:
+    from .serde import registry_client
+
+    return registry_client(env.registry.client_config())
+
+
+def model_topic(env: Env, reg: Any = None) -> ModelTopic:
+    from .publish import ModelTopic
+    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+
+    reg = reg if reg is not None else _registry(env)
+    schema = schemas.load("model_envelope")
+    return ModelTopic(
+        env.kafka,
+        env.topics.models,
+        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        decode=AvroDeserializer(WriterSchemaCache(reg), schema),
+        max_message_bytes=env.model_max_bytes,
+    )
+
+
+def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel | None:
+    """The active primary of ``name`` on the model topic (None if none or retired)."""
+    from .bundle import verify_and_load
+    from .envelope import Action
+
+    latest = None
+    for e in topic.read_all():
+        if e.model_name == name and e.role is Role.PRIMARY and e.action is not Action.ARCHIVE:
+            latest = e
+    if latest is None or latest.action is Action.RETIRE:
+        return None
+    return verify_and_load(latest.artifact, latest.signature, latest.key_id, keyring)
+
+
+# ----------------------------------------------------------------------- feedback
+
+
+def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
+    from confluent_kafka import Consumer, Producer
+    from prometheus_client import CollectorRegistry
+
+    from .feedback import FeedbackLoop, feedback_consumer, make_telemetry, promote_shadow
+    from .groundtruth import GroundTruthStore
+    from .join import JoinState
+    from .kafka_clients import plain_producer
+    from .metrics import Metrics, serve
+    from .promotion import LiveQuality, PromotionDecision, PromotionPolicy, PromotionSettings
+    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+
+    worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
+    promo = PromotionSettings(
+        enabled=args.auto_promote, min_labels=args.promote_min_labels, margin=args.promote_margin
+    )
+    if promo.enabled and not env.signing.key:
+        raise ConfigError("--auto-promote publishes models: set STREAMSCORE_SIGNING_KEY")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    server = (
+        serve(registry, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+    )
+    if server is not None:
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
+
+    store = GroundTruthStore(Path(args.store_dir), max_buffered_rows=args.max_buffered_rows)
+    report = store.open()
+    log.info(
+        "ground-truth store %s: %d rows, %d unmatched labels, %d unfinished file(s) removed",
+        args.store_dir,
+        report.rows,
+        report.unmatched,
+        len(report.removed_inprogress),
+    )
+    reg = _registry(env)
+    cache = WriterSchemaCache(reg)
+    decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
+    decode_fb = AvroDeserializer(cache, schemas.load("feedback"))
+    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    producer = Producer(plain_producer(env.kafka))
+    topic = model_topic(env, reg) if promo.enabled else None
+
+    def on_decision(d: PromotionDecision) -> bool:
+        ok, note = True, ""
+        if d.promote:
+            assert topic is not None
+            try:
+                promote_shadow(
+                    topic,
+                    d,
+                    key=env.signing.require_key(),
+                    key_id=env.signing.key_id,
+                    keyring=env.keyring,
+                )
+                note = f"published v{d.shadow_version} as primary, shadow retired"
+            except StreamscoreError as exc:
+                ok, note = False, f"promotion failed: {type(exc).__name__}: {exc}"
+                log.error("%s", note)
+        outcome = "failed" if not ok else ("promoted" if d.promote else "declined")
+        metrics.promotion_decisions.labels(outcome).inc()
+        log.info("promotion %s: %s %s", outcome, d.detail, note)
+        t = make_telemetry(worker_id, d, note)
+        producer.produce(env.topics.telemetry, telemetry(t.to_avro()), worker_id.encode())
+        producer.flush(10)
+        return ok
+
+    join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
+    stop = threading.Event()
+    from .cli import install_stop_signals
+
+    install_stop_signals(stop)
+    loop = FeedbackLoop(
+        consumer=Consumer(feedback_consumer(env.kafka, args.group_id, worker_id)),
+        predictions_topic=env.topics.predictions,
+        feedback_topic=env.topics.feedback,
+        decode_prediction=decode_pred,
+        decode_feedback=decode_fb,
+        join=join,
+        store=store,
+        metrics=metrics,
+        quality=LiveQuality(metrics, window=args.quality_window),
+        policy=PromotionPolicy(promo) if promo.enabled else None,
+        on_decision=on_decision,
+        stop=stop,
+        checkpoint_s=args.checkpoint_s,
+    )
+    log.info(
+        "feedback worker %s: joining %s with %s (group %s, window %.0f s, auto-promote %s)",
+        worker_id,
+        env.topics.feedback,
+        env.topics.predictions,
+        args.group_id,
+        args.window_s,
+        "on" if promo.enabled else "off",
+    )
+    try:
+        stats = loop.run()
+        log.info("feedback worker stopped: %s; join %s", stats, join.stats)
+        return 0
+    finally:
+        producer.flush(10)
+        if server is not None:
+            server.stop()
+
+
+# -------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace, env: Env) -> int:
+    from .groundtruth import read_rows
+    from .train import retrain, spec_by_name
+
+    spec = spec_by_name(args.features)
+    since, until = parse_time_ms(args.since), parse_time_ms(args.until)
+    rows = read_rows(Path(args.store_dir), since, until)
+    log.info("read %d rows from %s", len(rows), args.store_dir)
+    topic = None if args.offline else model_topic(env)
+    current = None
+    if topic is not None:
+        current = current_primary(topic, args.name, env.keyring)
+    version = args.version or (topic.next_version(args.name) if topic is not None else 1)
+    res = retrain(
+        rows,
+        spec,
+        current=current,
+        name=args.name,
+        version=version,
+        task=Task(args.task),
+        estimator=args.estimator,
+        holdout_fraction=args.holdout,
+        min_rows=args.min_rows,
+        margin=args.margin,
+    )
+    cur = f"v{current.meta.version}" if current is not None else "none"
+    print(
+        f"candidate {args.name} v{version} on {','.join(spec.names)}: trained on "
+        f"{res.n_train} rows, held out {res.n_holdout} (current primary: {cur})"
+    )
+    print(res.comparison.table())
+    print(("PUBLISH: " if res.decision.publish else "KEEP CURRENT: ") + res.decision.reason)
+    if args.out:
+        Path(args.out).write_bytes(res.bundle.to_bytes())
+        print(f"bundle written to {args.out}")
+    if not res.decision.publish:
+        return EXIT_NOT_BETTER
+    if topic is None or args.dry_run:
+        print("not published (--dry-run / --offline)")
+        return 0
+    pub = topic.publish(
+        res.bundle.to_bytes(),
+        Role(args.role),
+        key=env.signing.require_key(),
+        key_id=env.signing.key_id,
+        publisher=args.publisher,
+    )
+    print(f"published {pub.key} v{pub.version} ({pub.size} bytes, sha256 {pub.sha256[:12]})")
+    return 0
+
+
+# ------------------------------------------------------------------------- parser
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``feedback`` and ``train`` to an ``add_subparsers()`` object."""
+    f = sub.add_parser("feedback", help="join labels with predictions, fill the ground truth")
+    f.add_argument("--group-id", default="streamscore-feedback")
+    f.add_argument("--worker-id", default=None)
+    f.add_argument("--store-dir", default="groundtruth", help="ground-truth store directory")
+    f.add_argument(
+        "--window-s", type=float, default=3600.0, help="join window in event-time seconds"
+    )
+    f.add_argument(
+        "--max-pending", type=int, default=500_000, help="cap on event ids held in the join"
+    )
+    f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
+    f.add_argument("--max-buffered-rows", type=int, default=20_000)
+    f.add_argument("--quality-window", type=int, default=1000, help="rolling metric window")
+    f.add_argument("--metrics-host", default="127.0.0.1")
+    f.add_argument(
+        "--metrics-port", type=int, default=9500, help="0 picks a free port; -1 disables"
+    )
+    f.add_argument("--auto-promote", action="store_true", help="promote better shadows")
+    f.add_argument("--promote-min-labels", type=int, default=500)
+    f.add_argument(
+        "--promote-margin",
+        type=float,
+        default=0.05,
+        help="required improvement: relative for MAE, absolute for accuracy",
+    )
+    f.set_defaults(func=cmd_feedback)
+
+    t = sub.add_parser(
+        "train",
+        help="retrain from the ground-truth store; publish only if better",
+        description=f"Exit status: 0 published (or dry run), {EXIT_NOT_BETTER} candidate "
+        "not better by the margin, 1 error (e.g. too few rows).",
+    )
+    t.add_argument("--store-dir", default="groundtruth")
+    t.add_argument("--since", default=None, help="ISO-8601 or epoch ms (inclusive)")
+    t.add_argument("--until", default=None, help="ISO-8601 or epoch ms (exclusive)")
+    t.add_argument("--name", default="demo")
+    t.add_argument("--as", dest="role", choices=["primary", "shadow"], default="primary")
+    t.add_argument("--features", default="a,b,c", help="demo feature spec: a,b or a,b,c")
+    t.add_argument("--task", choices=[x.value for x in Task], default="regression")
+    t.add_argument("--estimator", choices=["linear", "hgb"], default="linear")
+    t.add_argument("--holdout", type=float, default=0.2, help="most recent fraction held out")
+    t.add_argument("--margin", type=float, default=0.05)
+    t.add_argument("--min-rows", type=int, default=200)
+    t.add_argument("--version", type=int, default=None)
+    t.add_argument("--out", default=None, help="also write the candidate bundle here")
+    t.add_argument("--dry-run", action="store_true", help="compare, do not publish")
+    t.add_argument(
+        "--offline", action="store_true", help="no Kafka: no current model, nothing published"
+    )
+    t.add_argument("--publisher", default=os.environ.get("USER", "train"))
+    t.set_defaults(func=cmd_train)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .cli import settings_from_env
+
+    p = argparse.ArgumentParser(prog="streamscore")
+    p.add_argument("-v", "--verbose", action="store_true")
+    add_commands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args, settings_from_env(os.environ)))
+    except StreamscoreError as exc:
+        print(f"streamscore: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""The feedback worker's Kafka loop (thin): consume, join, measure, store, commit.
+
+One consumer in its own group (``streamscore feedback``) subscribes to BOTH the
+``predictions`` and the ``feedback`` topics. Each polled message is decoded into a
+:class:`~streamscore.join.PredictionIn` / :class:`~streamscore.join.LabelIn` and fed to
+the pure :class:`~streamscore.join.JoinState`; joined pairs update the live quality
+metrics and the promotion policy; rows and unmatched labels go to the
+:class:`~streamscore.groundtruth.GroundTruthStore`.
+
+Restart safety (the choice, and why)
+------------------------------------
+Offsets are committed **only for settled messages**, and only **after** the store has
+made their rows durable:
+
+1. every consumed message is tracked by :class:`~streamscore.join.OffsetTracker`;
+2. the join state says when a message is settled: its label's row is written, or the
+   label is written as unmatched, or the prediction was evicted without a label, or it
+   was a duplicate (see :mod:`streamscore.join`);
+3. at each checkpoint (every ``checkpoint_s`` and on shutdown / revocation) the loop
+   first calls :meth:`GroundTruthStore.flush` (files written under ``_inprogress/``,
+   ``fsync``-ed, atomically renamed into their partition), and only then marks the
+   positions settled up to that point and commits, per partition, the offset after the
+   longest settled prefix (synchronous commit).
+
+On a crash (even SIGKILL) the next worker resumes from the committed offsets and
+re-reads everything not settled: the pending labels and the predictions still waiting
+in the window, so **no label is lost**. Rows already finalized before the crash are in
+the store's event-id index (rebuilt from the finalized files at start), so a re-read
+label of an already-written event is a *duplicate* and **no row is written twice**;
+half-written files are ``_inprogress`` leftovers that are deleted at start (their rows
+had not been committed, so they are re-read). Persisting the join state instead would
+need its own atomic snapshots and offsets inside them; re-reading is simpler and the
+cost is bounded by the window: a prediction waiting for its label holds its partition's
+commit back by at most ``window`` of event time (or until the memory cap evicts it).
+
+Rebalances use the eager ``range`` assignor: on revocation the loop checkpoints, then
+drops the whole join state (its pending labels are counted ``released``) and the new
+assignment resumes from the committed offsets. With ``range``, partition *i* of both
+topics goes to the same member, so several feedback workers join correctly only if
+the feedback topic is keyed and partitioned like ``predictions`` (same key = entity
+key, same partition count); with the default keying (event id) run one feedback worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from .config import KafkaSettings
+from .errors import ModelError, SerdeError, StreamscoreError
+from .groundtruth import GroundTruthStore
+from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
+from .metrics import Metrics
+from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
+from .records import Role, Telemetry
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[bytes | None], dict[str, Any]]
+
+
+def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    conf = kafka.client_config()
+    conf.update(
+        {
+            "group.id": group_id,
+            "client.id": client_id,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "queued.max.messages.kbytes": 16_384,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    conf.update(kafka.extra)
+    return conf
+
+
+@dataclass
+class FeedbackStats:
+    predictions: int = 0
+    labels: int = 0
+    undecodable: int = 0
+    rows_written: int = 0
+    checkpoints: int = 0
+
+
+class FeedbackLoop:
+    def __init__(
+        self,
+        *,
+        consumer: Any,
+        predictions_topic: str,
+        feedback_topic: str,
+        decode_prediction: Decoder,
+        decode_feedback: Decoder,
+        join: JoinState,
+        store: GroundTruthStore,
+        metrics: Metrics,
+        quality: LiveQuality,
+        policy: PromotionPolicy | None = None,
+        on_decision: Callable[[PromotionDecision], bool] | None = None,
+        stop: threading.Event,
+        checkpoint_s: float = 1.0,
+        batch_size: int = 1000,
+    ) -> None:
+        self._c = consumer
+        self._pred_topic = predictions_topic
+        self._fb_topic = feedback_topic
+        self._dec_pred = decode_prediction
+        self._dec_fb = decode_feedback
+        self.join = join
+        self.store = store
+        self._m = metrics
+        self._quality = quality
+        self._policy = policy
+        self._on_decision = on_decision
+        self._stop = stop
+        self._checkpoint_s = checkpoint_s
+        self._batch = batch_size
+        self.tracker = OffsetTracker()
+        self._to_settle: list[Position] = []
+        self.stats = FeedbackStats()
+        self._last_checkpoint = time.monotonic()
+
+    # ---------------------------------------------------------------- lifecycle
+    def run(self) -> FeedbackStats:
+        self._c.subscribe(
+            [self._pred_topic, self._fb_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        try:
+            while not self._stop.is_set():
+                msgs = self._c.consume(num_messages=self._batch, timeout=0.2)
+                if msgs:
+                    self._handle(msgs)
+                self._after_batch()
+                if time.monotonic() - self._last_checkpoint >= self._checkpoint_s:
+                    self.checkpoint()
+        finally:
+            try:
+                self.checkpoint()
+            finally:
+                self._c.close()
+        return self.stats
+
+    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
+        log.info("revoked %s: checkpoint, then drop the join state", len(partitions))
+        try:
+            self.checkpoint()
+        except StreamscoreError as exc:  # never raise out of a rebalance callback
+            log.error("checkpoint on revoke failed: %s", exc)
+        released = self.join.clear()
+        self._m.feedback_labels.labels("released").inc(released)
+        self.tracker.clear()
+        self._to_settle.clear()
+        self._refresh_pending()
+
+    # -------------------------------------------------------------------- work
+    def _handle(self, msgs: list[Any]) -> None:
+        out = JoinOutput()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            pos: Position = (msg.topic(), msg.partition(), msg.offset())
+            self.tracker.track(pos)
+            topic = msg.topic()
+            try:
+                if topic == self._pred_topic:
+                    p = PredictionIn.from_avro(self._dec_pred(msg.value()), pos)
+                    self.stats.predictions += 1
+                    out.extend(self.join.add_prediction(p))
+                else:
+                    lab = LabelIn.from_avro(self._dec_fb(msg.value()), pos)
+                    self.stats.labels += 1
+                    self._m.feedback_received.inc()
+                    before = self.join.stats.duplicate
+                    out.extend(self.join.add_label(lab))
+                    if self.join.stats.duplicate > before:
+                        self._m.feedback_labels.labels("duplicate").inc()
+            except (SerdeError, KeyError, ValueError, TypeError) as exc:
+                # never blocks the partition: counted, logged, settled
+                self.stats.undecodable += 1
+                self._m.invalid_events.labels(f"feedback_{getattr(exc, 'reason', 'decode')}").inc()
+                log.warning("undecodable message at %s: %s", pos, exc)
+                out.settled.append(pos)
+        out.extend(self.join.advance())
+        self._apply(out)
+
+    def _apply(self, out: JoinOutput) -> None:
+        n_joined_labels = sum(1 for p in out.pairs if p.first_for_label)
+        if n_joined_labels:
+            self._m.feedback_labels.labels("joined").inc(n_joined_labels)
+        self._quality.observe(out.pairs)
+        if self._policy is not None:
+            self._policy.observe(out.pairs)
+        for row in out.rows:
+            if self.store.append(row):
+                self.stats.rows_written += 1
+        for lab in out.unmatched:
+            self._m.feedback_unmatched.inc()
+            self._m.feedback_labels.labels("unmatched").inc()
+            self.store.append_unmatched(lab.to_avro())
+        self._to_settle.extend(out.settled)
+        if self.store.needs_flush:
+            self.checkpoint()
+
+    def _after_batch(self) -> None:
+        self._quality.publish()
+        self._refresh_pending()
+        if self._policy is None:
+            return
+        decision = self._policy.decide()
+        if decision is None:
+            return
+        log.info("promotion decision: %s", decision.detail)
+        ok = True
+        if self._on_decision is not None:
+            ok = self._on_decision(decision)
+        if not ok:
+            self._policy.failed(decision)
+
+    def _refresh_pending(self) -> None:
+        s = self.join.stats
+        self._m.feedback_pending.labels("label").set(s.pending_labels)
+        self._m.feedback_pending.labels("prediction").set(s.pending_predictions)
+
+    def checkpoint(self) -> None:
+        """Make buffered rows durable, then commit what is settled (module doc)."""
+        self._last_checkpoint = time.monotonic()
+        settle = self._to_settle
+        self._to_settle = []
+        self.store.flush()
+        self.tracker.settle(settle)
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        try:
+            self._c.commit(offsets=tps, asynchronous=False)
+        except Exception as exc:  # KafkaException: e.g. rebalance in progress
+            log.warning("offset commit failed (will retry at the next checkpoint): %s", exc)
+            return
+        self.tracker.committed(offsets)
+        self.stats.checkpoints += 1
+
+
+def make_telemetry(worker_id: str, decision: PromotionDecision, note: str = "") -> Telemetry:
+    return Telemetry(
+        worker_id=worker_id,
+        kind=decision.kind,
+        time_ms=int(time.time() * 1000),
+        model_versions={"primary": decision.primary_version, "shadow": decision.shadow_version},
+        detail=decision.detail + (f"; {note}" if note else ""),
+    )
+
+
+def promote_shadow(
+    topic: Any,
+    decision: PromotionDecision,
+    *,
+    key: bytes,
+    key_id: str,
+    keyring: Mapping[str, bytes],
+) -> None:
+    """Re-publish the shadow's signed artifact as ``<name>/primary`` (its archive copy is
+    the source; its own signature is verified first), then retire the shadow role. The
+    old primary stays archived, so ``ModelTopic.rollback`` restores it."""
+    from .bundle import verify_signature
+    from .envelope import Action
+
+    name, version = decision.model_name, decision.shadow_version
+    candidates = [
+        e
+        for e in topic.read_all()
+        if e.model_name == name and e.version == version and e.action is not Action.RETIRE
+    ]
+    if not candidates:
+        raise ModelError(f"no published artifact of {name} v{version} on the model topic")
+    env = next((e for e in candidates if e.action is Action.ARCHIVE), candidates[-1])
+    verify_signature(env.artifact, env.signature, env.key_id, keyring)
+    topic.publish(env.artifact, Role.PRIMARY, key=key, key_id=key_id, publisher="auto-promotion")
+    topic.retire(name, Role.SHADOW, publisher="auto-promotion")

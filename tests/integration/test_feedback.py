@@ -1,0 +1,229 @@
+"""The feedback loop against the real cluster: labels join predictions, the ground-truth
+store fills, ``train`` publishes a better model (manually, then through automatic shadow
+promotion), and a SIGKILLed feedback worker loses and duplicates nothing.
+
+Depends on predictions carrying ``inputs`` (prediction v2, filled by scoring.py): without
+them the store has no c and the retrained candidate cannot be built (train refuses with
+TooFewRowsError). ``test_sigkill_restart_loses_and_duplicates_nothing`` does not need them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streamscore import groundtruth
+from streamscore.envelope import Action
+from streamscore.records import Role
+
+from .feedback_stack import (
+    FeedbackProcess,
+    make_feedback_fixture,  # noqa: F401  (the make_feedback fixture)
+    produce_labels,
+    produce_world,
+    run_train,
+    store_rows,
+    wait_rows,
+    wait_until,
+)
+from .stack import Stack, WorkerProcess
+
+V = {"model_version": "1", "role": "primary"}
+
+
+def _mae(fb: FeedbackProcess, version: int, role: str = "primary") -> float:
+    return fb.sample("streamscore_live_mae", {"model_version": str(version), "role": role})
+
+
+def _labelled(fb: FeedbackProcess, version: int, role: str = "primary") -> float:
+    return fb.sample(
+        "streamscore_feedback_joined_total", {"model_version": str(version), "role": role}
+    )
+
+
+def _assert_inputs(rows: list[dict[str, object]]) -> None:
+    assert all("c" in (r["inputs"] or {}) for r in rows), (  # type: ignore[operator]
+        "predictions carry no raw inputs (prediction v2 `inputs`): scoring.py must fill them"
+    )
+
+
+def test_labels_store_train_publish_swap_and_live_mae_drops(
+    stack: Stack,
+    make_worker: Callable[..., WorkerProcess],
+    make_feedback: Callable[..., FeedbackProcess],
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "gt"
+    stack.publish("ab", version=1)
+    w = make_worker("w1")
+    fb = make_feedback(store, "--window-s", "3")
+
+    truth = produce_world(stack, 3000, seed=11)
+    bogus = {f"never-scored-{i}": 1.0 for i in range(20)}
+    produce_labels(stack, {**truth, **bogus})
+    rows = wait_rows(store, 3000, proc=fb)
+    assert len({r["event_id"] for r in rows}) == len(rows) == 3000
+    assert {r["model_version"] for r in rows} == {1}
+    _assert_inputs(rows)
+    y = {r["event_id"]: r["label"] for r in rows}
+    assert all(abs(y[k] - truth[k]) < 1e-9 for k in y)
+    wait_until(lambda: _labelled(fb, 1) >= 3000, 30, "v1 labelled count")
+    mae_v1 = _mae(fb, 1)
+    assert 0.5 < mae_v1 < 2.0, mae_v1  # v1 cannot see c
+
+    res = run_train(stack, store, "--features", "a,b,c", "--min-rows", "1000", "--margin", "0.2")
+    print(res.stdout, res.stderr[-2000:])
+    assert res.returncode == 0, res.stderr
+    assert "PUBLISH" in res.stdout and "mae" in res.stdout
+    assert "published demo/primary v2" in res.stdout
+    cand_line = next(line for line in res.stdout.splitlines() if line.startswith("mae"))
+    _name, cur, cand, _delta = cand_line.split()
+    assert float(cand) < 0.05 * float(cur)
+
+    # workers swap to v2; the bogus labels become unmatched as event time moves on
+    wait_until(lambda: w.sample("streamscore_model_info", {"model_version": "2"}) == 1, 60, "swap")
+    time.sleep(3.5)
+    truth2 = produce_world(stack, 2000, seed=12)
+    produce_labels(stack, truth2)
+    wait_rows(store, 5000, proc=fb)
+    wait_until(lambda: _labelled(fb, 2) >= 2000, 60, "v2 labelled count")
+    mae_v2 = _mae(fb, 2)
+    print(f"\nMEASURED live MAE v1 {mae_v1:.4f} -> v2 {mae_v2:.6f}")
+    assert mae_v2 < 0.05 * mae_v1
+
+    wait_until(lambda: fb.sample("streamscore_feedback_unmatched_total") == 20, 60, "unmatched")
+    unmatched = groundtruth.read_unmatched(store)
+    assert {u["event_id"] for u in unmatched} == set(bogus)
+    out = fb.labels_outcomes()
+    pending = fb.sample("streamscore_feedback_pending", {"side": "label"})
+    assert fb.sample("streamscore_feedback_received_total") == sum(out.values()) + pending == 5020
+
+
+def test_automatic_promotion_of_a_better_shadow(
+    stack: Stack,
+    make_worker: Callable[..., WorkerProcess],
+    make_feedback: Callable[..., FeedbackProcess],
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "gt"
+    stack.publish("ab", version=1)
+    w = make_worker("w1")
+    fb = make_feedback(
+        store,
+        "--window-s",
+        "30",
+        "--auto-promote",
+        "--promote-min-labels",
+        "300",
+        "--promote-margin",
+        "0.2",
+    )
+    truth = produce_world(stack, 1500, seed=21)
+    produce_labels(stack, truth)
+    _assert_inputs(wait_rows(store, 1500, proc=fb))
+
+    res = run_train(stack, store, "--features", "a,b,c", "--min-rows", "500", "--as", "shadow")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "published demo/shadow v2" in res.stdout
+    wait_until(
+        lambda: w.sample("streamscore_model_info", {"model_version": "2", "role": "shadow"}) == 1,
+        60,
+        "shadow v2 active",
+    )
+    # no manual step from here: labels alone make the policy promote the shadow
+    truth2 = produce_world(stack, 1500, seed=22)
+    produce_labels(stack, truth2)
+    wait_until(
+        lambda: fb.sample("streamscore_promotion_decisions_total", {"outcome": "promoted"}) == 1,
+        120,
+        "promotion",
+    )
+    assert _labelled(fb, 2, "shadow") >= 300
+    assert _mae(fb, 2, "shadow") < 0.05 * _mae(fb, 1, "primary")
+
+    tele = stack.decoder("telemetry")
+    msgs = stack.read(
+        stack.topics.telemetry,
+        until=lambda got: any(b"promotion" in (m.value() or b"") for m in got),
+        timeout=30,
+    )
+    promos = [t for t in (tele(m.value()) for m in msgs) if t["kind"].startswith("promotion")]
+    assert [t["kind"] for t in promos] == ["promotion"]
+    assert "shadow v2 vs primary v1" in promos[0]["detail"] and "mae" in promos[0]["detail"]
+
+    wait_until(
+        lambda: w.sample("streamscore_model_info", {"model_version": "2", "role": "primary"}) == 1,
+        60,
+        "v2 serving as primary",
+    )
+    assert w.sample("streamscore_model_info", {"role": "shadow"}) == 0
+    envs = stack.model_topic().read_all()
+    prim = [e for e in envs if e.key == "demo/primary"]
+    assert prim[-1].version == 2 and prim[-1].publisher == "auto-promotion"
+    shad = [e for e in envs if e.key == "demo/shadow"]
+    assert shad[-1].action is Action.RETIRE
+    assert any(e.action is Action.ARCHIVE and e.version == 1 for e in envs)
+    # the old primary is the rollback target
+    back = stack.model_topic().rollback(
+        "demo", Role.PRIMARY, key=stack.key, key_id="test", keyring={"test": stack.key}
+    )
+    assert back.version == 1
+
+
+def test_sigkill_restart_loses_and_duplicates_nothing(
+    stack: Stack,
+    make_worker: Callable[..., WorkerProcess],
+    make_feedback: Callable[..., FeedbackProcess],
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "gt"
+    group = f"{stack.group_id}-fb-restart"
+    stack.publish("ab", version=1)
+    make_worker("w1")
+    fb = make_feedback(store, "--window-s", "600", group_id=group)
+
+    a = produce_world(stack, 3000, seed=31)
+    items = list(a.items())
+
+    def trickle() -> None:  # labels keep flowing while the worker is killed
+        for i in range(0, len(items), 100):
+            produce_labels(stack, dict(items[i : i + 100]))
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    wait_rows(store, 300, proc=fb)
+    fb.kill()  # SIGKILL mid-stream: buffered rows and uncommitted offsets are lost
+    killed_at = len(store_rows(store))
+    feeder.join()
+    assert killed_at < len(a), "the kill should land while labels are still flowing"
+
+    b_truth = produce_world(stack, 2000, seed=32)
+    b_first = dict(list(b_truth.items())[:1000])
+    produce_labels(stack, b_first)  # labels before or while their predictions flow
+    fb2 = make_feedback(store, "--window-s", "600", group_id=group)
+    produce_labels(stack, dict(list(b_truth.items())[1000:]))
+
+    rows = wait_rows(store, 5000, proc=fb2)
+    time.sleep(2)  # let any duplicate write show up
+    rows = store_rows(store)
+    ids = [r["event_id"] for r in rows]
+    print(f"\nMEASURED rows at kill {killed_at}, after restart {len(ids)}")
+    assert len(ids) == len(set(ids)) == 5000  # no row duplicated
+    assert set(ids) == set(a) | set(b_truth)  # no label lost
+    assert groundtruth.read_unmatched(store) == []
+
+    def reconciled() -> bool:
+        out = fb2.labels_outcomes()
+        pending = fb2.sample("streamscore_feedback_pending", {"side": "label"})
+        return fb2.sample("streamscore_feedback_received_total") == sum(out.values()) + pending
+
+    wait_until(reconciled, 30, "labels in == joined + unmatched + duplicate + released + pending")
+    out = fb2.labels_outcomes()
+    # the restarted worker re-read what the killed one had not committed: those already in
+    # the store are duplicates, the rest were joined now; together they cover every label
+    assert out["joined"] + out["duplicate"] >= 5000 - killed_at
+    assert out["unmatched"] == 0
+    print(f"MEASURED restarted worker: {out}")

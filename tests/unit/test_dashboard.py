@@ -1,0 +1,142 @@
+"""The provisioned Grafana dashboard parses, has the operator panels, and every metric its
+queries (and the alert rules) name is defined in :class:`streamscore.metrics.Metrics`.
+
+The helpers are shared with tests/integration/test_prometheus_scrape.py, which runs the
+same name check against a live worker's /metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from streamscore.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "streamscore.json"
+RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+_NAME = re.compile(r"\bstreamscore_[a-z_]*[a-z]\b")
+
+
+def dashboard() -> dict[str, Any]:
+    d: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return d
+
+
+def _panels(panels: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    for p in panels:
+        yield p
+        yield from _panels(p.get("panels", []))  # rows may nest panels
+
+
+def dashboard_exprs() -> list[str]:
+    return [t["expr"] for p in _panels(dashboard()["panels"]) for t in p.get("targets", [])]
+
+
+def rule_exprs() -> list[str]:
+    return [
+        str(r["expr"])
+        for f in RULES
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+    ]
+
+
+def referenced_metric_names(exprs: Iterable[str]) -> set[str]:
+    """``streamscore_*`` names in PromQL (recording-rule names use ``:`` and never match)."""
+    return {m for e in exprs for m in _NAME.findall(e)}
+
+
+def exposed_names(exposition: str) -> set[str]:
+    """Every series name a text exposition can carry, from its ``# TYPE`` lines (present
+    even for labelled families with no child yet): counters as ``x_total``, histograms as
+    ``x_bucket`` / ``x_sum`` / ``x_count``."""
+    out: set[str] = set()
+    for line in exposition.splitlines():
+        if not line.startswith("# TYPE "):
+            continue
+        _, _, name, kind = line.split(maxsplit=3)
+        out.add(name)
+        if kind == "counter":
+            base = name.removesuffix("_total")
+            out |= {base, f"{base}_total", f"{base}_created"}
+        elif kind == "histogram":
+            out |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
+    return out
+
+
+def defined_names() -> set[str]:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return exposed_names(generate_latest(registry).decode())
+
+
+def test_dashboard_parses_and_has_the_operator_panels() -> None:
+    d = dashboard()
+    assert d["uid"] == "streamscore-overview"
+    titles = {p["title"] for p in _panels(d["panels"])}
+    for wanted in (
+        "Throughput",
+        "End-to-end latency percentiles",
+        "Consumer lag",
+        "Dead letters by reason",
+        "Active model versions",
+        "Feature drift (PSI)",
+        "Live MAE vs holdout, per version",
+        "Live accuracy per version",
+        "Model updates",
+    ):
+        assert wanted in titles
+    ids = [p["id"] for p in _panels(d["panels"])]
+    assert len(ids) == len(set(ids))
+    for p in _panels(d["panels"]):
+        assert p["datasource"]["uid"] == "prometheus"  # the provisioned datasource's uid
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)) and all(t["expr"].strip() for t in p["targets"])
+
+
+def test_dashboard_queries_name_only_defined_metrics() -> None:
+    names = referenced_metric_names(dashboard_exprs())
+    assert {
+        "streamscore_events_consumed_total",
+        "streamscore_end_to_end_latency_seconds_bucket",
+        "streamscore_consumer_lag",
+        "streamscore_dead_letters_total",
+        "streamscore_model_info",
+        "streamscore_feature_drift_psi",
+        "streamscore_live_mae",
+        "streamscore_live_accuracy",
+        "streamscore_model_updates_rejected_total",
+    } <= names
+    assert sorted(names - defined_names()) == []
+
+
+def test_alert_rules_name_only_defined_metrics() -> None:
+    names = referenced_metric_names(rule_exprs())
+    assert "streamscore_model_holdout_metric" in names
+    assert sorted(names - defined_names()) == []
+
+
+def test_a_renamed_metric_would_be_caught() -> None:
+    assert "streamscore_predictions_total" in defined_names()
+    assert "streamscore_prediction_total" not in defined_names()
+    assert referenced_metric_names(["rate(streamscore_x_total[5m]) > on(a) streamscore_y"]) == {
+        "streamscore_x_total",
+        "streamscore_y",
+    }
+
+
+def test_provisioning_points_at_the_dashboard_and_datasource() -> None:
+    ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = ds["datasources"]
+    assert source["uid"] == "prometheus" and source["type"] == "prometheus"
+    prov = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "streamscore.yml").read_text())
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"

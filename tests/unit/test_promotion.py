@@ -1,0 +1,165 @@
+"""Live quality gauges and the shadow-promotion policy (both ways)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamscore.join import JoinedPair, LabelIn, PredictionIn
+from streamscore.metrics import Metrics
+from streamscore.promotion import (
+    LiveQuality,
+    PromotionPolicy,
+    PromotionSettings,
+    better_by,
+)
+from streamscore.records import Role
+
+T0 = 1_700_000_000_000
+
+
+def rpred(eid: str, role: Role, version: int, value: float) -> PredictionIn:
+    return PredictionIn(eid, None, T0, "demo", version, role, value, None, (), (), (), (), {})
+
+
+def cpred(eid: str, role: Role, version: int, p_yes: float) -> PredictionIn:
+    lab = "yes" if p_yes >= 0.5 else "no"
+    return PredictionIn(
+        eid,
+        None,
+        T0,
+        "clf",
+        version,
+        role,
+        None,
+        lab,
+        (1 - p_yes, p_yes),
+        ("no", "yes"),
+        (),
+        (),
+        {},
+    )
+
+
+def pairs_for(eid: str, y: float | str, *preds: PredictionIn) -> list[JoinedPair]:
+    lab = LabelIn(eid, y, T0 + 2000)
+    return [JoinedPair(lab, p, first_for_label=i == 0) for i, p in enumerate(preds)]
+
+
+def feed_regression(
+    policy: PromotionPolicy, n: int, primary_err: float, shadow_err: float, start: int = 0
+) -> None:
+    for i in range(start, start + n):
+        eid = f"e{i}"
+        policy.observe(
+            pairs_for(
+                eid,
+                100.0,
+                rpred(eid, Role.PRIMARY, 1, 100.0 + primary_err),
+                rpred(eid, Role.SHADOW, 2, 100.0 - shadow_err),
+            )
+        )
+
+
+def test_better_by() -> None:
+    assert better_by("mae", 2.0, 1.0) == pytest.approx(0.5)
+    assert better_by("mae", 1.0, 2.0) == pytest.approx(-1.0)
+    assert better_by("accuracy", 0.8, 0.9) == pytest.approx(0.1)
+    assert better_by("mae", 0.0, 0.0) == 0.0
+
+
+def test_better_shadow_is_promoted_once_after_n_labels() -> None:
+    pol = PromotionPolicy(PromotionSettings(enabled=True, min_labels=50, margin=0.1))
+    feed_regression(pol, 49, primary_err=1.7, shadow_err=0.01)
+    assert pol.decide() is None  # not enough evidence yet
+    feed_regression(pol, 1, 1.7, 0.01, start=49)
+    d = pol.decide()
+    assert d is not None and d.promote and d.kind == "promotion"
+    assert (d.primary_version, d.shadow_version, d.n_labels) == (1, 2, 50)
+    assert d.primary_value == pytest.approx(1.7) and d.shadow_value == pytest.approx(0.01)
+    assert "mae" in d.detail and "50 paired labels" in d.detail and "promote" in d.detail
+    feed_regression(pol, 200, 1.7, 0.01, start=50)
+    assert pol.decide() is None  # final
+
+
+def test_worse_shadow_is_declined_and_not_redecided_before_n_more() -> None:
+    pol = PromotionPolicy(PromotionSettings(enabled=True, min_labels=40, margin=0.05))
+    feed_regression(pol, 40, primary_err=1.0, shadow_err=0.98)  # 2 % better < 5 %
+    d = pol.decide()
+    assert d is not None and not d.promote and d.kind == "promotion_declined"
+    assert d.improvement == pytest.approx(0.02)
+    feed_regression(pol, 39, 1.0, 0.98, start=40)
+    assert pol.decide() is None
+    feed_regression(pol, 1, 1.0, 0.98, start=79)
+    d2 = pol.decide()
+    assert d2 is not None and not d2.promote and d2.n_labels == 80
+
+
+def test_unpaired_labels_do_not_count_and_disabled_never_decides() -> None:
+    pol = PromotionPolicy(PromotionSettings(enabled=True, min_labels=10))
+    for i in range(30):  # primary only: nothing to compare
+        pol.observe(pairs_for(f"p{i}", 1.0, rpred(f"p{i}", Role.PRIMARY, 1, 2.0)))
+    assert pol.decide() is None and pol.paired("demo", 1, 2) == 0
+    off = PromotionPolicy(PromotionSettings(enabled=False, min_labels=1))
+    feed_regression(off, 10, 1.0, 0.0)
+    assert off.decide() is None
+
+
+def test_classification_uses_accuracy() -> None:
+    pol = PromotionPolicy(PromotionSettings(enabled=True, min_labels=20, margin=0.1))
+    for i in range(20):
+        eid = f"c{i}"
+        truth = "yes" if i % 2 else "no"
+        p_shadow = 0.9 if truth == "yes" else 0.1  # always right
+        pol.observe(
+            pairs_for(
+                eid, truth, cpred(eid, Role.PRIMARY, 4, 0.7), cpred(eid, Role.SHADOW, 5, p_shadow)
+            )
+        )
+    d = pol.decide()
+    assert d is not None and d.metric == "accuracy" and d.promote
+    assert d.primary_value == pytest.approx(0.5) and d.shadow_value == pytest.approx(1.0)
+
+
+def test_failed_promotion_is_retried_after_n_more() -> None:
+    pol = PromotionPolicy(PromotionSettings(enabled=True, min_labels=10, margin=0.1))
+    feed_regression(pol, 10, 2.0, 0.1)
+    d = pol.decide()
+    assert d is not None and d.promote
+    pol.failed(d)
+    assert pol.decide() is None
+    feed_regression(pol, 10, 2.0, 0.1, start=10)
+    again = pol.decide()
+    assert again is not None and again.promote
+
+
+def test_live_quality_gauges_per_version_and_role() -> None:
+    reg = CollectorRegistry()
+    q = LiveQuality(Metrics(reg), window=3)
+    for i, err in enumerate([1.0, -2.0, 3.0, 4.0]):  # window keeps the last 3
+        q.observe(pairs_for(f"e{i}", 10.0, rpred(f"e{i}", Role.PRIMARY, 1, 10.0 - err)))
+    q.publish()
+    lbl = {"model_version": "1", "role": "primary"}
+    assert reg.get_sample_value("streamscore_live_mae", lbl) == pytest.approx(3.0)
+    assert reg.get_sample_value("streamscore_live_rmse", lbl) == pytest.approx(
+        math.sqrt((4 + 9 + 16) / 3)
+    )
+    assert reg.get_sample_value("streamscore_live_labelled", lbl) == 3
+    assert reg.get_sample_value("streamscore_residual_count", lbl) == 4
+    assert reg.get_sample_value("streamscore_feedback_joined_total", lbl) == 4
+    assert reg.get_sample_value("streamscore_label_delay_seconds_count") == 4
+
+    for i, (truth, p) in enumerate([("yes", 0.95), ("no", 0.15), ("yes", 0.3)]):
+        q.observe(pairs_for(f"c{i}", truth, cpred(f"c{i}", Role.SHADOW, 7, p)))
+    q.publish()
+    c = {"model_version": "7", "role": "shadow"}
+    assert reg.get_sample_value("streamscore_live_accuracy", c) == pytest.approx(2 / 3)
+    ll = -(math.log(0.95) + math.log(0.85) + math.log(0.3)) / 3
+    assert reg.get_sample_value("streamscore_live_log_loss", c) == pytest.approx(ll)
+    top = {**c, "bucket": "0.9"}
+    assert reg.get_sample_value("streamscore_live_reliability", {**top, "stat": "count"}) == 1
+    assert reg.get_sample_value(
+        "streamscore_live_reliability", {**top, "stat": "observed"}
+    ) == pytest.approx(1.0)
