@@ -1,19 +1,26 @@
-"""`streamscore demo`: the whole scoring loop on the local cluster, with a picture at the end.
+"""`streamscore demo`: the whole loop on the local cluster, with a picture at the end.
 
 Starts the local cluster, publishes a signed v1 model trained without feature c, starts
-two score workers as separate processes, produces events at a steady rate (v1 events
-first, then v2 events carrying c, plus a small share of malformed messages), swaps to a
-v2 model trained with c midway, and follows the predictions topic to measure live MAE per
-model version and end-to-end latency. Every process it starts is stopped on exit,
-Ctrl-C included.
+two score workers and a feedback worker (auto-promotion on) as separate processes, and
+produces events at a steady rate: v1 events first, then v2 events carrying c (schema
+evolution live), plus a small share of malformed messages. A labeller sends each event's
+true y to the feedback topic after a delay. Midway, `streamscore train` fits a candidate
+with c on the ground truth the feedback worker collected and publishes it as shadow; the
+feedback worker promotes it when it beats v1 on live labels, and the score workers swap
+to it without a pause. The demo follows the predictions topic to measure live error per
+version and end-to-end latency. Every process it starts is stopped on exit, Ctrl-C
+included.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +52,10 @@ class DemoSettings:
     workers: int = 2
     results_dir: Path = Path("results")
     keep_cluster: bool = True
+    label_delay_s: float = 1.0
+    v2_events_at: float = 0.25  # share of the duration after which events carry c
+    train_at: float = 0.45  # share of the duration after which the candidate is trained
+    promote_min_labels: int = 300
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -114,8 +125,15 @@ class Demo:
         self.truth = DemoTruth()
         self.obs = DemoObservations()
         self.stop = threading.Event()
-        self.swaps: list[tuple[float, int]] = []
+        self.timeline: list[tuple[float, str]] = []
+        self.labels: collections.deque[tuple[float, str, float]] = collections.deque()
+        self.labels_sent = 0
         self.t0 = time.time()
+        self.store_dir = settings.results_dir / "groundtruth"
+
+    def _mark(self, text: str) -> None:
+        self.timeline.append((time.time(), text))
+        print(f"demo: {text}", flush=True)
 
     # ---- setup
     def _create_topics(self) -> None:
@@ -174,9 +192,9 @@ class Demo:
         p = Producer({**self.kafka.client_config(), "linger.ms": 2, "enable.idempotence": True})
         interval = 1.0 / self.s.rate
         next_t = time.monotonic()
-        half = self.t0 + self.s.duration_s * 0.35
+        v2_from = self.t0 + self.s.duration_s * self.s.v2_events_at
         while not self.stop.is_set() and time.time() - self.t0 < self.s.duration_s:
-            version = 1 if time.time() < half else 2
+            version = 1 if time.time() < v2_from else 2
             ((e, y),) = synthetic.events(1, rng, with_c=version == 2)
             if rng.random() < self.s.bad_fraction:
                 value = ser[version](e)[: rng.integers(1, 12)]  # truncated on purpose
@@ -186,6 +204,7 @@ class Demo:
                 value = ser[version](e)
                 with self.truth.lock:
                     self.truth.y[e["event_id"]] = y
+                self.labels.append((time.time() + self.s.label_delay_s, e["event_id"], y))
             p.produce(self.topics.events, value, e["key"].encode())
             with self.truth.lock:
                 self.truth.produced += 1
@@ -194,6 +213,33 @@ class Demo:
             delay = next_t - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        p.flush(30)
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.s.results_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed by exit)
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamscore.cli", *args],
+            env=self._child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _label(self, reg: Any) -> None:
+        """Sends each event's true y to the feedback topic once its delay has passed."""
+        ser = serde.AvroSerializer(reg, f"{self.topics.feedback}-value", schemas.load("feedback"))
+        p = Producer({**self.kafka.client_config(), "linger.ms": 5, "enable.idempotence": True})
+        while not (self.stop.is_set() and not self.labels):
+            now = time.time()
+            while self.labels and self.labels[0][0] <= now:
+                _due, event_id, y = self.labels.popleft()
+                value = ser({"event_id": event_id, "label": y, "observed_time": int(now * 1000)})
+                p.produce(self.topics.feedback, value, event_id.encode())
+                self.labels_sent += 1
+            p.poll(0)
+            if self.stop.is_set():
+                break
+            time.sleep(0.05)
         p.flush(30)
 
     def _observe(self) -> None:
@@ -223,7 +269,10 @@ class Demo:
                     now = time.time()
                     v = int(pr["model_version"])
                     self.obs.predictions += 1
-                    self.obs.first_seen.setdefault(v, now)
+                    if v not in self.obs.first_seen:
+                        self.obs.first_seen[v] = now
+                        if v > 1:
+                            self._mark(f"workers answer with v{v} (promoted)")
                     self.obs.rows.append(
                         (
                             pr["scored_time"] / 1000.0,
@@ -258,6 +307,67 @@ class Demo:
                     raise RuntimeError(f"score worker {i + 1} did not load a model in {timeout}s")
                 time.sleep(0.2)
 
+    @staticmethod
+    def _scrape(port: int, metric: str) -> list[tuple[dict[str, str], float]]:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return []
+        out = []
+        for m in re.finditer(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out.append((labels, float(m.group(2))))
+        return out
+
+    def _active_models(self) -> str:
+        rows = self._scrape(9400, "streamscore_model_info")
+        return ", ".join(
+            f"{lab['role']} v{lab['model_version']}"
+            for lab, v in sorted(rows, key=lambda r: r[0]["role"])
+            if v == 1
+        )
+
+    def _feedback_mae(self) -> dict[str, float]:
+        return {
+            f"v{lab['model_version']}/{lab['role']}": v
+            for lab, v in self._scrape(9500, "streamscore_live_mae")
+        }
+
+    def _retrain(self) -> bool:
+        """Fit a candidate with c on the ground truth and publish it as shadow."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamscore.cli",
+            "train",
+            "--store-dir",
+            str(self.store_dir),
+            "--features",
+            "a,b,c",
+            "--as",
+            "shadow",
+            "--name",
+            "demo",
+            "--min-rows",
+            "200",
+            "--publisher",
+            "demo-retrain",
+        ]
+        proc = subprocess.run(
+            cmd, env=self._child_env(), capture_output=True, text=True, timeout=120
+        )
+        (self.s.results_dir / "train.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            print(
+                f"demo: training not published yet (exit {proc.returncode}); retrying", flush=True
+            )
+            return False
+        print(proc.stdout.rstrip(), flush=True)
+        return True
+
     # ---- output
     def _mae_by_version(self, since: float = 0.0) -> dict[int, float]:
         acc: dict[int, list[float]] = defaultdict(list)
@@ -268,10 +378,12 @@ class Demo:
 
     def _progress(self) -> str:
         mae = ", ".join(f"v{v}: {m:.3f}" for v, m in self._mae_by_version(time.time() - 10).items())
+        fb = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(self._feedback_mae().items()))
         return (
-            f"[{time.time() - self.t0:5.0f}s] produced {self.truth.produced:>7}  "
-            f"scored {self.obs.predictions:>7}  dead-lettered {sum(self.obs.dead.values()):>4}  "
-            f"live MAE (last 10 s) {mae or '-'}"
+            f"[{time.time() - self.t0:5.0f}s] produced {self.truth.produced:>6}  "
+            f"scored {self.obs.predictions:>6}  dead-lettered {sum(self.obs.dead.values()):>3}  "
+            f"labels {self.labels_sent:>6} | active: {self._active_models() or '-'} | "
+            f"live MAE (feedback worker): {fb or '-'} | demo's own, last 10 s: {mae or '-'}"
         )
 
     def summary(self) -> dict[str, Any]:
@@ -286,8 +398,11 @@ class Demo:
             "model_versions_first_seen_s": {
                 str(v): round(t - self.t0, 1) for v, t in sorted(self.obs.first_seen.items())
             },
-            "swaps_published_s": [(round(t - self.t0, 1), v) for t, v in self.swaps],
+            "timeline_s": [(round(t - self.t0, 1), text) for t, text in self.timeline],
+            "active_at_end": getattr(self, "final_active", ""),
             "live_mae_by_version": self._mae_by_version(),
+            "live_mae_feedback_worker": self._feedback_mae(),
+            "labels_sent": self.labels_sent,
             "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
             "latency_p99_ms": float(np.percentile(lat, 99) * 1000),
             "scored_per_s": self.obs.predictions / elapsed,
@@ -310,10 +425,11 @@ class Demo:
             window = max(1, min(200, len(err) // 5))
             rolling = np.convolve(err, np.ones(window) / window, mode="valid")
             ax1.plot(t[window - 1 :], rolling, label=f"model v{v}")
-        for t, v in self.swaps:
+        top = ax1.get_ylim()[1]
+        for i, (t, text) in enumerate(self.timeline):
             for ax in (ax1, ax2):
                 ax.axvline(t - self.t0, color="k", linestyle="--", linewidth=1)
-            ax1.annotate(f"v{v} published", (t - self.t0, ax1.get_ylim()[1] * 0.9))
+            ax1.annotate(text, (t - self.t0, top * (0.92 - 0.08 * (i % 4))), fontsize=8)
         ax1.set_ylabel("rolling MAE")
         ax1.legend()
         ax1.set_title("streamscore demo: live error per model version")
@@ -343,17 +459,13 @@ class Demo:
             key_id="demo",
             publisher="demo",
         )
-        self.swaps.append((time.time(), 1))
-        print("demo: published model v1 (features a, b), signed", flush=True)
+        shutil.rmtree(self.store_dir, ignore_errors=True)
         with _processes() as procs:
             for i in range(self.s.workers):
-                log = open(self.s.results_dir / f"worker-{i + 1}.log", "wb")  # noqa: SIM115
                 procs.append(
-                    subprocess.Popen(
+                    self._start(
+                        f"worker-{i + 1}",
                         [
-                            sys.executable,
-                            "-m",
-                            "streamscore.cli",
                             "score",
                             "--worker-id",
                             f"demo-{i + 1}",
@@ -362,27 +474,46 @@ class Demo:
                             "--metrics-port",
                             str(9400 + i),
                         ],
-                        env=self._child_env(),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
                     )
                 )
-            print(
-                f"demo: {self.s.workers} score workers started; metrics on "
-                + ", ".join(f"http://127.0.0.1:{9400 + i}/metrics" for i in range(self.s.workers)),
-                flush=True,
+            feedback = self._start(
+                "feedback",
+                [
+                    "feedback",
+                    "--group-id",
+                    f"demo-feedback-{self.s.run_id}",
+                    "--store-dir",
+                    str(self.store_dir),
+                    "--metrics-port",
+                    "9500",
+                    "--auto-promote",
+                    "--promote-min-labels",
+                    str(self.s.promote_min_labels),
+                    "--window-s",
+                    "600",
+                ],
             )
             self._wait_ready(procs)
+            procs.append(feedback)
+            print(
+                "demo: 2 score workers and a feedback worker are up; metrics on "
+                + ", ".join(f"http://127.0.0.1:{9400 + i}/metrics" for i in range(self.s.workers))
+                + ", http://127.0.0.1:9500/metrics",
+                flush=True,
+            )
             self.t0 = time.time()
+            self._mark("v1 (features a, b) published as primary, signed")
             threads = [
                 threading.Thread(target=self._produce, args=(reg,), daemon=True),
+                threading.Thread(target=self._label, args=(reg,), daemon=True),
                 threading.Thread(target=self._observe, daemon=True),
             ]
             for t in threads:
                 t.start()
-            swap_at = self.t0 + self.s.duration_s * 0.6
-            swapped = False
+            v2_events_at = self.t0 + self.s.duration_s * self.s.v2_events_at
+            train_at = self.t0 + self.s.duration_s * self.s.train_at
+            v2_events_marked = trained = False
+            next_try = train_at
             try:
                 while threads[0].is_alive():
                     time.sleep(2)
@@ -390,26 +521,25 @@ class Demo:
                     for p in procs:
                         if p.poll() is not None:
                             raise RuntimeError(
-                                f"a score worker exited with {p.returncode}; see "
-                                f"{self.s.results_dir}/worker-*.log"
+                                f"a worker exited with {p.returncode}; see "
+                                f"{self.s.results_dir}/*.log"
                             )
-                    if not swapped and time.time() >= swap_at:
-                        models.publish(
-                            demo_bundle("abc", version=2).to_bytes(),
-                            Role.PRIMARY,
-                            key=self.key.encode(),
-                            key_id="demo",
-                            publisher="demo",
-                        )
-                        self.swaps.append((time.time(), 2))
-                        swapped = True
-                        print("demo: published model v2 (features a, b, c) as primary", flush=True)
-                # let the last events drain
+                    now = time.time()
+                    if not v2_events_marked and now >= v2_events_at:
+                        self._mark("producers switch to v2 events (with c)")
+                        v2_events_marked = True
+                    if not trained and now >= next_try:
+                        trained = self._retrain()
+                        next_try = now + 5
+                        if trained:
+                            self._mark("v2 (a, b, c) trained on the ground truth, out as shadow")
+                # let the last events and labels drain
                 deadline = time.time() + 15
                 while time.time() < deadline and (
                     self.obs.predictions + sum(self.obs.dead.values()) < self.truth.produced
                 ):
                     time.sleep(0.5)
+                self.final_active = self._active_models()
             finally:
                 self.stop.set()
                 for t in threads:
@@ -435,10 +565,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("  of which malformed", summary["malformed_produced"]),
         ("primary predictions", summary["predictions"]),
         ("dead letters", ", ".join(f"{k}: {v}" for k, v in summary["dead_letters"].items()) or 0),
-        ("model versions first seen (s)", summary["model_versions_first_seen_s"]),
+        ("labels sent", summary["labels_sent"]),
+        ("model versions first answering (s)", summary["model_versions_first_seen_s"]),
+        ("active at the end", summary["active_at_end"]),
         (
-            "live MAE by version",
-            {k: round(v, 3) for k, v in summary["live_mae_by_version"].items()},
+            "live MAE by version (demo)",
+            {k: round(v, 4) for k, v in summary["live_mae_by_version"].items()},
+        ),
+        (
+            "live MAE (feedback worker)",
+            {k: round(v, 4) for k, v in summary["live_mae_feedback_worker"].items()},
         ),
         (
             "end-to-end latency p50 / p99 (ms)",
@@ -451,3 +587,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n== streamscore demo summary ==")
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    print("timeline (s):")
+    for t, text in summary["timeline_s"]:
+        print(f"  {t:6.1f}  {text}")

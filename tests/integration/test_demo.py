@@ -48,10 +48,18 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
     assert summary["events_produced"] == summary["predictions"] + dead
     assert dead == summary["malformed_produced"] > 0
     assert set(summary["dead_letters"]) == {"TruncatedMessageError"}
-    # the swap happened and the better model is the one answering at the end
+    # labels flowed, the candidate trained on them went out as shadow, was promoted by the
+    # feedback worker's policy, and is the one answering at the end
+    assert summary["labels_sent"] == summary["events_produced"] - summary["malformed_produced"]
+    texts = [text for _t, text in summary["timeline_s"]]
+    assert any("out as shadow" in t for t in texts), texts
+    assert any("answer with v2 (promoted)" in t for t in texts), texts
+    assert "primary v2" in summary["active_at_end"]
     assert set(summary["model_versions_first_seen_s"]) == {"1", "2"}
     mae = {int(k): v for k, v in summary["live_mae_by_version"].items()}
     assert mae[2] < mae[1] / 10
+    fb = summary["live_mae_feedback_worker"]
+    assert fb["v2/primary"] < fb["v1/primary"] / 10
     assert (results / "demo.png").stat().st_size > 10_000
     # no worker process is left behind
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
