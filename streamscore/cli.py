@@ -251,6 +251,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         late_policy=LatePolicy(args.late_policy),
         exactly_once=args.exactly_once,
         canary_fraction=args.canary_fraction,
+        drift=not args.no_drift,
     )
     metrics_settings = MetricsSettings(host=args.metrics_host, port=args.metrics_port)
     registry = CollectorRegistry()
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--model-name", default=None, help="only serve this model name")
     s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    s.add_argument("--no-drift", action="store_true", help="turn off drift monitoring")
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")

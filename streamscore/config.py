@@ -126,6 +126,8 @@ class ScoringSettings:
     canary_fraction: float = 0.1
     #: Producer queue fill (messages) above which consumption pauses.
     max_in_flight: int = 100_000
+    #: Feature / score drift (PSI against the bundle's reference) per batch.
+    drift: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -37,6 +37,10 @@ class _Pending:
     on_acked: Any = None
 
 
+#: Many messages to one topic, without headers: ``(topic, [(key, value), ...])``.
+Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]]]
+
+
 @dataclass(slots=True)
 class OutBatch:
     messages: Sequence[OutMessage]
@@ -44,9 +48,17 @@ class OutBatch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: first offset of the batch per (topic, partition): where an aborted batch restarts
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: outputs given column-wise (the predictions: no per-message object on the hot
+    #: path); produced before ``messages`` and acknowledged like them
+    bulk: Sequence[Bulk] = ()
 
     def topic_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in sorted(self.offsets.items())]
+
+    @property
+    def n_outputs(self) -> int:
+        """Every output of the batch (``messages`` and ``bulk``)."""
+        return len(self.messages) + sum(len(pairs) for _topic, pairs in self.bulk)
 
 
 def _produce_all(
@@ -64,6 +76,32 @@ def _produce_all(
                 poll(0.05)
 
 
+_ANY_PARTITION = -1  # RD_KAFKA_PARTITION_UA: the partitioner picks (by key)
+
+
+def _produce_bulk(producer: Any, bulk: Sequence[Bulk], on_delivery: Any, poll: Any) -> None:
+    # positional arguments (topic, value, key, partition, on_delivery), in the order
+    # Producer.produce documents: parsing keywords costs a third of the call
+    produce = producer.produce
+    for topic, pairs in bulk:
+        for key, value in pairs:
+            try:
+                produce(topic, value, key, _ANY_PARTITION, on_delivery)
+            except BufferError:
+                while True:  # local queue full: serve delivery reports until there is room
+                    poll(0.05)
+                    try:
+                        produce(topic, value, key, _ANY_PARTITION, on_delivery)
+                        break
+                    except BufferError:
+                        continue
+
+
+def _produce_batch(producer: Any, batch: OutBatch, on_delivery: Any, poll: Any) -> None:
+    _produce_bulk(producer, batch.bulk, on_delivery, poll)
+    _produce_all(producer, batch.messages, on_delivery, poll)
+
+
 class AtLeastOnceSink:
     def __init__(self, producer: Any, consumer: Any) -> None:
         self._producer = producer
@@ -71,7 +109,7 @@ class AtLeastOnceSink:
         self._pending: deque[_Pending] = deque()
 
     def send(self, batch: OutBatch) -> None:
-        entry = _Pending(batch.topic_partitions(), len(batch.messages))
+        entry = _Pending(batch.topic_partitions(), batch.n_outputs)
         self._pending.append(entry)
 
         def acked(err: Any, _msg: Any) -> None:
@@ -79,7 +117,7 @@ class AtLeastOnceSink:
             if err is not None and entry.failed is None:
                 entry.failed = str(err)
 
-        _produce_all(self._producer, batch.messages, acked, self.poll)
+        _produce_batch(self._producer, batch, acked, self.poll)
         self.poll(0)
 
     def poll(self, timeout: float = 0) -> None:
@@ -134,7 +172,7 @@ class TransactionalSink:
         p = self._producer
         p.begin_transaction()
         try:
-            _produce_all(p, batch.messages, None, p.poll)
+            _produce_batch(p, batch, None, p.poll)
             p.send_offsets_to_transaction(
                 batch.topic_partitions(), self._consumer.consumer_group_metadata(), self._timeout
             )

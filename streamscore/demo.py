@@ -229,15 +229,16 @@ class Demo:
         """Sends each event's true y to the feedback topic once its delay has passed."""
         ser = serde.AvroSerializer(reg, f"{self.topics.feedback}-value", schemas.load("feedback"))
         p = Producer({**self.kafka.client_config(), "linger.ms": 5, "enable.idempotence": True})
-        while not (self.stop.is_set() and not self.labels):
+        while True:
             now = time.time()
-            while self.labels and self.labels[0][0] <= now:
+            stopping = self.stop.is_set()  # on stop, whatever is queued goes out now
+            while self.labels and (stopping or self.labels[0][0] <= now):
                 _due, event_id, y = self.labels.popleft()
                 value = ser({"event_id": event_id, "label": y, "observed_time": int(now * 1000)})
                 p.produce(self.topics.feedback, value, event_id.encode())
                 self.labels_sent += 1
             p.poll(0)
-            if self.stop.is_set():
+            if stopping:
                 break
             time.sleep(0.05)
         p.flush(30)
@@ -401,7 +402,7 @@ class Demo:
             "timeline_s": [(round(t - self.t0, 1), text) for t, text in self.timeline],
             "active_at_end": getattr(self, "final_active", ""),
             "live_mae_by_version": self._mae_by_version(),
-            "live_mae_feedback_worker": self._feedback_mae(),
+            "live_mae_feedback_worker": getattr(self, "final_feedback_mae", {}),
             "labels_sent": self.labels_sent,
             "latency_p50_ms": float(np.percentile(lat, 50) * 1000),
             "latency_p99_ms": float(np.percentile(lat, 99) * 1000),
@@ -514,6 +515,8 @@ class Demo:
             train_at = self.t0 + self.s.duration_s * self.s.train_at
             v2_events_marked = trained = False
             next_try = train_at
+            trainer: threading.Thread | None = None
+            train_result: list[bool] = []
             try:
                 while threads[0].is_alive():
                     time.sleep(2)
@@ -528,18 +531,28 @@ class Demo:
                     if not v2_events_marked and now >= v2_events_at:
                         self._mark("producers switch to v2 events (with c)")
                         v2_events_marked = True
-                    if not trained and now >= next_try:
-                        trained = self._retrain()
-                        next_try = now + 5
+                    if trainer is not None and not trainer.is_alive():
+                        trainer = None
+                        trained = bool(train_result and train_result[-1])
                         if trained:
                             self._mark("v2 (a, b, c) trained on the ground truth, out as shadow")
+                        else:
+                            next_try = now + 3
+                    if not trained and trainer is None and now >= next_try:
+                        # in the background: progress keeps printing while it trains
+                        trainer = threading.Thread(
+                            target=lambda: train_result.append(self._retrain()), daemon=True
+                        )
+                        trainer.start()
                 # let the last events and labels drain
                 deadline = time.time() + 15
                 while time.time() < deadline and (
                     self.obs.predictions + sum(self.obs.dead.values()) < self.truth.produced
                 ):
                     time.sleep(0.5)
+                time.sleep(self.s.label_delay_s + 2)  # the last labels reach the feedback worker
                 self.final_active = self._active_models()
+                self.final_feedback_mae = self._feedback_mae()
             finally:
                 self.stop.set()
                 for t in threads:

@@ -285,15 +285,14 @@ def read_unmatched(
 
 
 def raw_inputs(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The event's raw fields for a row: ``inputs`` when present, else the scored
-    features by name (the fallback loses fields the scoring model did not use)."""
-    inputs = row.get("inputs") or {}
-    if inputs:
-        return dict(inputs)
-    return {
+    """The event's raw fields for a row: the scored features by name, overlaid with
+    ``inputs`` (what the scored vector does not hold as it was; see ``join``)."""
+    raw = {
         n: (None if isinstance(v, float) and np.isnan(v) else v)
         for n, v in zip(row.get("feature_names") or (), row.get("features") or (), strict=False)
     }
+    raw.update(row.get("inputs") or {})
+    return raw
 
 
 @dataclass(frozen=True)

@@ -115,14 +115,15 @@ class PredictionIn:
         return self.role is not Role.SHADOW
 
     def raw_inputs(self) -> dict[str, Any]:
-        """The event's raw fields: ``inputs`` when the prediction carries them (v2),
-        else the scored features by name (NaN as None)."""
-        if self.inputs:
-            return {k: v for k, v in self.inputs.items() if k not in _SKIP_INPUTS}
-        return {
+        """The event's raw fields: the scored features by name (NaN as None), overlaid
+        with ``inputs``, which carries every field the scored vector does not hold as it
+        was (fields the model did not use, raw categorical values, missing values)."""
+        raw = {
             n: (None if isinstance(v, float) and math.isnan(v) else v)
             for n, v in zip(self.feature_names, self.features, strict=False)
         }
+        raw.update((k, v) for k, v in self.inputs.items() if k not in _SKIP_INPUTS)
+        return raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,5 +172,7 @@ class ModelUpdater:
                 version = str(m.meta.version)
                 self._metrics.model_info.labels(m.meta.name, version, role.value).set(1)
                 for metric, value in m.meta.holdout_metrics.items():
-                    self._metrics.model_holdout_metric.labels(version, role.value, metric).set(value)
+                    self._metrics.model_holdout_metric.labels(version, role.value, metric).set(
+                        value
+                    )
         self._metrics.model_loaded.set(1 if snap.primary is not None else 0)

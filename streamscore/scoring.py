@@ -10,22 +10,31 @@ nothing is dropped.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from .bundle import LoadedModel, ScoreBatch
 from .config import LatePolicy, ScoringSettings
 from .errors import ModelError, NoModelError, StreamscoreError
-from .features import Columns, extract, impute
+from .features import Columns, extract, field_values, impute, take_events
 from .model_store import FallbackResult, ModelSnapshot, score_with_fallback
-from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, Role, StageTimings, Task
+from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
+from .serde import RecordColumns
 from .validation import validate
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
 BatchEncoder = Callable[[list[dict[str, Any]]], list[bytes]]
+#: ``RecordColumns -> encoded records``; see :meth:`streamscore.serde.AvroSerializer.encode_columns`
+ColumnEncoder = Callable[[RecordColumns], list[bytes]]
+#: ``values -> (indices decoded, records, [(index, error)])``;
+#: see :meth:`streamscore.serde.AvroDeserializer.decode_many`
+ManyDecoder = Callable[
+    [Sequence[bytes | None]],
+    tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]],
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,51 @@ class InMessage:
     partition: int
     offset: int
     timestamp_ms: int
+
+
+class MessageBatch(Sequence[InMessage]):
+    """Consumed messages, column-wise: the values and keys the scorer reads for every
+    message, and a full :class:`InMessage` built only when one is asked for (dead letters,
+    late routing). The worker hands one of these to :meth:`BatchScorer.score` so that no
+    per-message object is created on the hot path; any ``Sequence[InMessage]`` works too."""
+
+    __slots__ = ("_make", "keys", "values")
+
+    def __init__(
+        self,
+        values: list[bytes | None],
+        keys: list[bytes | None],
+        make: Callable[[int], InMessage],
+    ) -> None:
+        if len(values) != len(keys):
+            raise ValueError("values and keys must have the same length")
+        self.values = values
+        self.keys = keys
+        self._make = make
+
+    @classmethod
+    def of(cls, messages: Sequence[InMessage]) -> MessageBatch:
+        msgs = list(messages)
+        return cls([m.value for m in msgs], [m.key for m in msgs], msgs.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, i: int) -> InMessage: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[InMessage]: ...
+
+    def __getitem__(self, i: int | slice) -> InMessage | list[InMessage]:
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(len(self.values)))]
+        n = len(self.values)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("message index out of range")
+        return self._make(i)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +124,10 @@ class ScoredBatch:
     shadow_skipped: dict[str, int] = field(default_factory=dict)
     event_times_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     timings: StageTimings = field(default_factory=StageTimings)
+    #: for drift: the primary's rows as extracted (before imputation; NaN = missing) and
+    #: the scores it gave them
+    primary_raw_x: np.ndarray | None = None
+    primary_scores: np.ndarray | None = None
     model_versions: dict[str, int] = field(default_factory=dict)
 
 
@@ -82,7 +140,24 @@ def _decode_key(key: bytes | None) -> str | None:
         return key.hex()
 
 
+def _decode_keys(keys: list[bytes | None]) -> list[str | None]:
+    try:
+        return [None if k is None else k.decode("utf-8") for k in keys]
+    except UnicodeDecodeError:
+        return [_decode_key(k) for k in keys]
+
+
 class BatchScorer:
+    """Scores micro-batches. ``decode`` turns one message value into an event dict;
+    ``encode_predictions`` turns prediction dicts into encoded values.
+
+    Fast paths, used when the collaborators offer them (the worker's do): a ``decode``
+    with a ``decode_many`` method decodes the whole batch in one call, and an
+    ``encode_predictions`` that is the bound ``encode_many`` of an object with an
+    ``encode_columns`` method (an :class:`~streamscore.serde.AvroSerializer`) gets the
+    predictions column-wise (constants once per batch, NumPy arrays as they are) instead
+    of one dict per prediction. Results are identical either way."""
+
     def __init__(
         self,
         decode: Decoder,
@@ -95,29 +170,51 @@ class BatchScorer:
         self._encode = encode_predictions
         self._settings = settings
         self._clock_ms = clock_ms
+        self._decode_many: ManyDecoder | None = getattr(decode, "decode_many", None)
+        owner = getattr(encode_predictions, "__self__", None)
+        self._encode_columns: ColumnEncoder | None = (
+            getattr(owner, "encode_columns", None)
+            if getattr(encode_predictions, "__name__", None) == "encode_many"
+            else None
+        )
+
+    def _decode_all(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        if self._decode_many is not None:
+            return self._decode_many(values)
+        good: list[int] = []
+        events: list[dict[str, Any]] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        decode = self._decode
+        for i, v in enumerate(values):
+            try:
+                events.append(decode(v))
+                good.append(i)
+            except StreamscoreError as exc:
+                failed.append((i, exc))
+        return good, events, failed
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:
         if snapshot.primary is None:
             raise NoModelError("scoring needs an active primary model")
         out = ScoredBatch(n_messages=len(messages), model_versions=snapshot.versions())
+        if isinstance(messages, MessageBatch):
+            values, raw_keys = messages.values, messages.keys
+        else:
+            values, raw_keys = [m.value for m in messages], [m.key for m in messages]
         t0 = time.perf_counter()
 
         # ---- decode: one typed error per bad message, never a crash
-        events: list[dict[str, Any]] = []
-        good: list[InMessage] = []
-        decode = self._decode
-        for m in messages:
-            try:
-                events.append(decode(m.value))
-                good.append(m)
-            except StreamscoreError as exc:
-                out.dead_letters.append(DeadLetter(m, exc))
+        good, events, failed = self._decode_all(values)
+        for i, exc in failed:
+            out.dead_letters.append(DeadLetter(messages[i], exc))
         t1 = time.perf_counter()
 
         # ---- late events
         now = self._clock_ms()
         times = np.fromiter(
-            (e[EVENT_TIME_FIELD] for e in events), dtype=np.int64, count=len(events)
+            field_values(events, EVENT_TIME_FIELD), dtype=np.int64, count=len(events)
         )
         late = np.zeros(len(events), dtype=bool)
         if self._settings.late_after_ms is not None and events:
@@ -125,11 +222,10 @@ class BatchScorer:
             out.n_late = int(late.sum())
             if out.n_late and self._settings.late_policy is LatePolicy.ROUTE:
                 keep = ~late
-                out.late_routed = [
-                    m for m, is_late in zip(good, late.tolist(), strict=True) if is_late
-                ]
-                events = [e for e, k in zip(events, keep.tolist(), strict=True) if k]
-                good = [m for m, k in zip(good, keep.tolist(), strict=True) if k]
+                out.late_routed = [messages[good[j]] for j in np.flatnonzero(late).tolist()]
+                kept = np.flatnonzero(keep).tolist()
+                events = take_events(events, kept)
+                good = [good[j] for j in kept]
                 times, late = times[keep], late[keep]
 
         # ---- validate against the primary's spec
@@ -138,25 +234,42 @@ class BatchScorer:
         cols = extract(events, spec)
         result = validate(cols, spec)
         for i, err in result.errors.items():
-            out.dead_letters.append(DeadLetter(good[i], err))
+            out.dead_letters.append(DeadLetter(messages[good[i]], err))
         t2 = time.perf_counter()
 
         valid = result.valid
-        idx = np.flatnonzero(valid)
-        x = impute(cols, spec)[idx]
-        v_events = [events[i] for i in idx.tolist()]
-        v_msgs = [good[i] for i in idx.tolist()]
-        keys = [_decode_key(m.key) for m in v_msgs]
-        out.event_times_ms = times[idx]
-        v_late = late[idx].tolist()
+        if valid.all():
+            x = impute(cols, spec)
+            v_events, v_good = events, good
+            out.event_times_ms = times
+            v_late = late.tolist()
+        else:
+            idx = np.flatnonzero(valid)
+            x = impute(cols, spec)[idx]
+            take = idx.tolist()
+            v_events = take_events(events, take)
+            v_good = [good[i] for i in take]
+            out.event_times_ms = times[idx]
+            v_late = late[idx].tolist()
+        v_raw_keys = [raw_keys[g] for g in v_good]
+        keys = _decode_keys(v_raw_keys)
+        inputs = _inputs(v_events, spec, cols.missing if valid.all() else cols.missing[valid])
         t3 = time.perf_counter()
 
         # ---- predict: one call per role
-        records: list[dict[str, Any]] = []
+        pieces: list[RecordColumns] = []
         rec_keys: list[bytes | None] = []
         n = len(v_events)
         answered_by_canary = np.zeros(n, dtype=bool)
-        ctx = _RowContext(v_events, v_msgs, keys, v_late, now)
+        ctx = _RowContext(
+            field_values(v_events, EVENT_ID_FIELD),
+            out.event_times_ms.tolist(),
+            v_raw_keys,
+            keys,
+            v_late,
+            now,
+            inputs,
+        )
         if n:
             canary = snapshot.canary
             if canary is not None:
@@ -168,7 +281,7 @@ class BatchScorer:
                         ok_rows, batch, xc = got
                         answered_by_canary[ok_rows] = True
                         self._emit(
-                            records,
+                            pieces,
                             rec_keys,
                             ctx,
                             canary,
@@ -181,9 +294,13 @@ class BatchScorer:
                         )
             rows = np.flatnonzero(~answered_by_canary)
             if rows.size:
-                fr: FallbackResult = score_with_fallback(snapshot, x[rows])
+                xp = x if rows.size == n else x[rows]
+                fr: FallbackResult = score_with_fallback(snapshot, xp)
+                raw_x = cols.values if valid.all() else cols.values[valid]
+                out.primary_raw_x = raw_x if rows.size == n else raw_x[rows]
+                out.primary_scores = fr.batch.score()
                 self._emit(
-                    records,
+                    pieces,
                     rec_keys,
                     ctx,
                     primary,
@@ -191,7 +308,7 @@ class BatchScorer:
                     rows,
                     fr.batch,
                     fr.degraded,
-                    x[rows],
+                    xp,
                     out,
                     fallback=fr,
                 )
@@ -203,7 +320,7 @@ class BatchScorer:
                 if got is not None:
                     ok_rows, batch, xs = got
                     self._emit(
-                        records,
+                        pieces,
                         rec_keys,
                         ctx,
                         shadow,
@@ -218,7 +335,12 @@ class BatchScorer:
         t4 = time.perf_counter()
 
         # ---- encode
-        encoded = self._encode(records)
+        if self._encode_columns is not None:
+            encoded: list[bytes] = []
+            for piece in pieces:
+                encoded.extend(self._encode_columns(piece))
+        else:
+            encoded = self._encode([r for piece in pieces for r in piece.rows()])
         out.predictions = list(zip(rec_keys, encoded, strict=True))
         t5 = time.perf_counter()
         out.timings = StageTimings(
@@ -236,7 +358,7 @@ class BatchScorer:
         role: Role,
         ctx: _RowContext,
         rows: np.ndarray,
-        v_events: list[dict[str, Any]],
+        v_events: Sequence[Mapping[str, Any]],
         x_primary: np.ndarray,
         primary_spec: Any,
         out: ScoredBatch,
@@ -247,7 +369,7 @@ class BatchScorer:
         if spec == primary_spec:
             ok_rows, xm = rows, x_primary[rows]
         else:
-            sub = [v_events[i] for i in rows.tolist()]
+            sub = take_events(v_events, rows.tolist())
             cols: Columns = extract(sub, spec)
             res = validate(cols, spec)
             ok_rows = rows[res.valid]
@@ -274,7 +396,7 @@ class BatchScorer:
 
     def _emit(
         self,
-        records: list[dict[str, Any]],
+        pieces: list[RecordColumns],
         rec_keys: list[bytes | None],
         ctx: _RowContext,
         model: LoadedModel,
@@ -286,52 +408,64 @@ class BatchScorer:
         out: ScoredBatch,
         fallback: FallbackResult | None = None,
     ) -> None:
+        """Queue ``rows``' predictions by ``model`` as one column-wise piece."""
         meta = model.meta
-        names = list(meta.feature_spec.names)
-        role_value = role.value
-        versions = (
-            fallback.model_versions().tolist() if fallback is not None and degraded.any() else None
-        )
-        feats = xm.tolist()
+        n = int(rows.size)
+        inputs = ctx.inputs
+        if n == len(ctx.ids):  # rows are increasing and unique: every row, in order
+            ids, keys, times, late, raw = ctx.ids, ctx.keys, ctx.times, ctx.late, ctx.raw_keys
+        else:
+            take = rows.tolist()
+            ids = [ctx.ids[i] for i in take]
+            keys = [ctx.keys[i] for i in take]
+            times = [ctx.times[i] for i in take]
+            late = [ctx.late[i] for i in take]
+            raw = [ctx.raw_keys[i] for i in take]
+            if inputs is not None:
+                inputs = [inputs[i] for i in take]
+        constants: dict[str, Any] = {
+            "scored_time": ctx.now,
+            "model_name": meta.name,
+            "role": role.value,
+            "feature_names": list(meta.feature_spec.names),
+        }
+        if inputs is None:
+            constants["inputs"] = {}
+        columns: dict[str, Any] = {
+            "event_id": ids,
+            "key": keys,
+            "event_time": times,
+            "features": np.asarray(xm, dtype=np.float64),
+        }
+        if inputs is not None:
+            columns["inputs"] = inputs
+        n_degraded = int(degraded.sum())
+        if fallback is not None and n_degraded:
+            columns["model_version"] = fallback.model_versions().tolist()
+        else:
+            constants["model_version"] = meta.version
+        if n_degraded:
+            columns["degraded"] = degraded.tolist()
+        else:
+            constants["degraded"] = False
+        if any(late):
+            columns["late"] = late
+        else:
+            constants["late"] = False
         if batch.task is Task.REGRESSION:
             assert batch.values is not None
-            values: list[Any] = batch.values.tolist()
-            labels: list[Any] = [None] * rows.size
-            probs: list[Any] = [[]] * rows.size
-            classes: list[str] = []
+            columns["value"] = np.asarray(batch.values, dtype=np.float64)
+            constants.update(label=None, probabilities=[], classes=[])
         else:
             assert batch.probabilities is not None and batch.labels is not None
-            values = [None] * rows.size
-            labels = batch.labels.tolist()
-            probs = batch.probabilities.tolist()
-            classes = list(batch.classes)
-        deg = degraded.tolist()
-        name, version = meta.name, meta.version
-        for j, i in enumerate(rows.tolist()):
-            e = ctx.events[i]
-            records.append(
-                {
-                    "event_id": e[EVENT_ID_FIELD],
-                    "key": ctx.keys[i],
-                    "event_time": e[EVENT_TIME_FIELD],
-                    "scored_time": ctx.now,
-                    "model_name": name,
-                    "model_version": version if versions is None else versions[j],
-                    "role": role_value,
-                    "value": values[j],
-                    "label": labels[j],
-                    "probabilities": probs[j],
-                    "classes": classes,
-                    "degraded": deg[j],
-                    "late": ctx.late[i],
-                    "feature_names": names,
-                    "features": feats[j],
-                }
-            )
-            rec_keys.append(ctx.msgs[i].key)
-        n_degraded = int(degraded.sum())
+            columns["label"] = batch.labels.tolist()
+            columns["probabilities"] = np.asarray(batch.probabilities, dtype=np.float64)
+            constants.update(value=None, classes=list(batch.classes))
+        pieces.append(RecordColumns(n, constants, columns))
+        rec_keys.extend(raw)
+        version = meta.version
         out.outputs.append(
-            RoleOutput(name, version, role, int(rows.size) - n_degraded, batch.score(), n_degraded)
+            RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
         )
         if n_degraded and fallback is not None and fallback.fallback is not None:
             fb = fallback.fallback
@@ -342,11 +476,52 @@ class BatchScorer:
 
 @dataclass(frozen=True, slots=True)
 class _RowContext:
-    events: list[dict[str, Any]]
-    msgs: list[InMessage]
+    """Per valid row of the batch, what every prediction repeats."""
+
+    ids: list[Any]
+    times: list[int]
+    raw_keys: list[bytes | None]
     keys: list[str | None]
     late: list[bool]
     now: int
+    inputs: list[dict[str, Any]] | None  # None: every prediction's ``inputs`` is empty
+
+
+_ENVELOPE_FIELDS = frozenset({EVENT_ID_FIELD, EVENT_TIME_FIELD, "key"})
+
+
+def _input_value(v: Any) -> float | str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return str(v)
+
+
+def _inputs(
+    events: Sequence[Mapping[str, Any]], spec: Any, missing: np.ndarray
+) -> list[dict[str, Any]] | None:
+    """Per event, what the scored feature vector does not hold as it was, so that the
+    ground truth can rebuild the raw event for retraining: fields the model does not
+    use, raw values of categorical features, and numeric features that were missing
+    (and imputed). ``None`` when that is nothing for the whole batch (no per-row work:
+    an event whose fields are all numeric model inputs costs nothing here)."""
+    if not events:
+        return None
+    numeric = {f.name for f in spec.fields if f.kind is FeatureKind.NUMERIC}
+    other = [k for k in events[0] if k not in _ENVELOPE_FIELDS and k not in numeric]
+    miss_cols = [
+        (j, f.name)
+        for j, f in enumerate(spec.fields)
+        if f.kind is FeatureKind.NUMERIC and missing[:, j].any()
+    ]
+    if not other and not miss_cols:
+        return None
+    out = [{k: _input_value(e.get(k)) for k in other} for e in events]
+    for j, name in miss_cols:
+        for i in np.flatnonzero(missing[:, j]).tolist():
+            out[i][name] = None
+    return out
 
 
 def dead_letter_headers(

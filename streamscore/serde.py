@@ -17,10 +17,13 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Protocol
 
 import fastavro
+import numpy as np
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 
 from .errors import (
@@ -31,11 +34,13 @@ from .errors import (
     RegistryUnavailableError,
     SchemaRegistrationError,
     SchemaResolutionError,
+    StreamscoreError,
     TruncatedMessageError,
     UnknownSchemaError,
     WriterMissingFieldError,
     WriterTypeMismatchError,
 )
+from .features import EventColumns
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -154,6 +159,8 @@ class AvroDeserializer:
         self._reader = parse(reader_schema)
         # schema id -> parsed reader to resolve against, or None when writer == reader
         self._resolution: dict[int, tuple[Any, Any]] = {}
+        # schema id -> column-wise decoding plan (None: not a flat record, or resolved)
+        self._flat: dict[int, tuple[_FlatField, ...] | None] = {}
 
     @property
     def reader_schema(self) -> Any:
@@ -204,6 +211,293 @@ class AvroDeserializer:
         if not isinstance(record, dict):
             raise AvroDecodeError(f"schema id {schema_id} is not a record schema")
         return record
+
+    def _flat_plan(self, schema_id: int) -> tuple[_FlatField, ...] | None:
+        if schema_id not in self._flat:
+            _writer, reader = self._plan(schema_id)
+            plan = None
+            if reader is None:  # written with the reader schema: nothing to resolve
+                plan = _flat_fields(self._reader_json)
+            self._flat[schema_id] = plan
+        return self._flat[schema_id]
+
+    def _decode_columnar(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], EventColumns, list[tuple[int, StreamscoreError]]] | None:
+        """The whole batch at once, or None to say "use the per-message path"."""
+        datas: Sequence[Any] = values
+        try:
+            raw = b"".join(datas)
+        except TypeError:  # a None (or other non-bytes) value: left empty here, decoded alone
+            datas = [v if type(v) is bytes else b"" for v in values]
+            raw = b"".join(datas)
+        n = len(datas)
+        lens = np.fromiter(map(len, datas), dtype=np.int64, count=n)
+        buf = np.frombuffer(raw + _PAD, dtype=np.uint8)
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        head = buf[starts[:, None] + _HEADER_RANGE]
+        ok = (lens > HEADER_SIZE) & (head[:, 0] == MAGIC_BYTE)
+        if not ok.any():
+            return None
+        first = head[int(np.argmax(ok))]
+        ok &= (head == first).all(axis=1)
+        try:
+            plan = self._flat_plan(int.from_bytes(first[1:].tobytes(), "big"))
+        except StreamscoreError:
+            return None
+        if plan is None:
+            return None
+        bad = ~ok
+        columns = _decode_flat(plan, raw, buf, starts + HEADER_SIZE, ends, bad)
+        failed: list[tuple[int, StreamscoreError]] = []
+        for i in np.flatnonzero(bad).tolist():
+            try:
+                self(values[i])
+            except StreamscoreError as exc:
+                failed.append((i, exc))
+                continue
+            return None  # a message only the per-message path reads: let it read them all
+        good = np.flatnonzero(~bad)
+        events = EventColumns(n, columns)
+        return good.tolist(), (events if not failed else events.take(good)), failed
+
+    def decode_many(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        """Decode a batch: (indices of the values decoded, their records, and
+        ``(index, error)`` for each value that failed, in order).
+
+        Same results as calling the deserializer on each value (the same records, the
+        same typed errors; exceptions that are not :class:`StreamscoreError` propagate).
+        When every message is written with the reader schema itself and that schema is a
+        flat record (primitive, enum or nullable fields), the whole batch is decoded at
+        once with NumPy and the records come back as :class:`EventColumns`; otherwise
+        each message takes a lean per-message path. Anything unusual (an error, an edge
+        case of the encoding) is handed to ``__call__`` for its exact result."""
+        if len(values) >= _MIN_COLUMNAR:
+            done = self._decode_columnar(values)
+            if done is not None:
+                return done
+        good: list[int] = []
+        records: list[dict[str, Any]] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        read = fastavro.schemaless_reader
+        bytes_io = io.BytesIO
+        last_header: bytes | None = None
+        writer: Any = None
+        reader: Any = None
+        for i, data in enumerate(values):
+            try:
+                # cheap pre-checks; anything odd goes to the slow path for its exact error
+                if type(data) is not bytes or len(data) <= HEADER_SIZE or data[0] != MAGIC_BYTE:
+                    raise _SlowPath
+                header = data[:HEADER_SIZE]
+                if header != last_header:
+                    last_header = None
+                    try:
+                        writer, reader = self._plan(HEADER.unpack(header)[1])
+                    except StreamscoreError as exc:  # what __call__ raises for this header
+                        failed.append((i, exc))
+                        continue
+                    last_header = header
+                buf = bytes_io(data)
+                buf.seek(HEADER_SIZE)
+                record = read(buf, writer, reader)
+                if buf.tell() != len(data) or type(record) is not dict:
+                    raise _SlowPath
+            except Exception:
+                last_header = None
+                try:
+                    record = self(data)
+                except StreamscoreError as exc:
+                    failed.append((i, exc))
+                    continue
+            good.append(i)
+            records.append(record)
+        return good, records, failed
+
+
+class _SlowPath(Exception):
+    """A message the batch decoder leaves to the single-message path."""
+
+
+# ------------------------------------------------------- column-wise record decoding
+
+_MIN_COLUMNAR = 16  # below this, per-message decoding is as fast
+_PAD = bytes(16)  # reads a little past the last message stay inside the buffer
+_HEADER_RANGE = np.arange(HEADER_SIZE)
+_FLAT_KINDS = frozenset({"boolean", "int", "long", "float", "double", "string", "bytes", "enum"})
+_MAX_VARINT = 9  # longer varints (|value| >= 2**62) are left to fastavro
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _FlatField:
+    name: str
+    kind: str  # one of _FLAT_KINDS
+    null_index: int = -1  # position of "null" in a two-branch union; -1: not nullable
+    symbols: tuple[str, ...] = ()
+
+
+def _flat_fields(schema: Any) -> tuple[_FlatField, ...] | None:
+    """A plan for a record of primitive / enum / ``[null, T]`` fields, else None."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    out = []
+    for f in schema.get("fields", ()):
+        t, null_index = f.get("type"), -1
+        if isinstance(t, list):
+            if len(t) != 2 or t.count("null") != 1:
+                return None
+            null_index = t.index("null")
+            t = t[1 - null_index]
+        kind = _type_name(t)
+        if kind not in _FLAT_KINDS:
+            return None
+        symbols = tuple(t["symbols"]) if kind == "enum" else ()
+        out.append(_FlatField(str(f["name"]), str(kind), null_index, symbols))
+    return tuple(out)
+
+
+def _varints(buf: np.ndarray, pos: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zigzag varints at ``pos``: (values, positions after them). Rows whose varint is
+    longer than ``_MAX_VARINT`` bytes are flagged in ``bad``."""
+    last = buf.size - 1
+    acc = np.zeros(pos.size, dtype=np.uint64)
+    cur = pos.copy()
+    active = np.ones(pos.size, dtype=bool)
+    for k in range(_MAX_VARINT):
+        b = buf[np.minimum(cur, last)].astype(np.uint64)
+        acc |= np.where(active, (b & np.uint64(0x7F)) << np.uint64(7 * k), np.uint64(0))
+        cur += active
+        active &= (b & np.uint64(0x80)) != 0
+        if not active.any():
+            break
+    bad |= active
+    signed = (acc >> np.uint64(1)).astype(np.int64) ^ -(acc & np.uint64(1)).astype(np.int64)
+    return signed, cur
+
+
+def _fixed(buf: np.ndarray, pos: np.ndarray, width: int, dtype: str) -> np.ndarray:
+    """``width``-byte little-endian values at ``pos`` (one per row)."""
+    idx = np.minimum(pos[:, None] + np.arange(width), buf.size - 1)
+    return np.ascontiguousarray(buf[idx]).view(dtype).reshape(pos.size, -1)
+
+
+def _decode_flat(
+    plan: tuple[_FlatField, ...],
+    raw: bytes,
+    buf: np.ndarray,
+    pos: np.ndarray,
+    ends: np.ndarray,
+    bad: np.ndarray,
+) -> dict[str, np.ndarray | list[Any]]:
+    """Decode every message of the batch with ``plan``; rows that do not decode cleanly
+    (truncated, trailing bytes, invalid UTF-8, out-of-range index, an edge case the
+    vectorised reader does not take) are flagged in ``bad`` (their columns hold junk)."""
+    n = pos.size
+    pos = pos.copy()
+    pending: list[tuple[_FlatField, np.ndarray, Any, Any]] = []  # decoded after all fields
+    i = 0
+    while i < len(plan):
+        f = plan[i]
+        rows = np.arange(n)
+        if f.null_index >= 0:
+            branch, pos = _varints(buf, pos, bad)
+            bad |= (branch != 0) & (branch != 1)
+            rows = np.flatnonzero(branch != f.null_index)
+        p = pos[rows]
+        if f.kind in ("double", "float") and f.null_index < 0:
+            # a run of non-null doubles (or floats) is one gather
+            j = i
+            while j < len(plan) and plan[j].kind == f.kind and plan[j].null_index < 0:
+                j += 1
+            width = 8 if f.kind == "double" else 4
+            block = _fixed(buf, p, width * (j - i), "<f8" if width == 8 else "<f4")
+            for k in range(i, j):
+                pending.append((plan[k], rows, block[:, k - i].copy(), None))
+            pos[rows] = p + width * (j - i)
+            i = j
+            continue
+        if f.kind in ("double", "float"):
+            width = 8 if f.kind == "double" else 4
+            vals: Any = _fixed(buf, p, width, "<f8" if width == 8 else "<f4")[:, 0]
+            p = p + width
+        elif f.kind == "boolean":
+            vals = buf[np.minimum(p, buf.size - 1)]
+            bad[rows[vals > 1]] = True  # fastavro's reading of other bytes: its business
+            vals = vals == 1
+            p = p + 1
+        elif f.kind in ("int", "long", "enum"):
+            sub_bad = np.zeros(rows.size, dtype=bool)
+            vals, p = _varints(buf, p, sub_bad)
+            if f.kind == "int":
+                sub_bad |= (vals < _INT32_MIN) | (vals > _INT32_MAX)
+            elif f.kind == "enum":
+                sub_bad |= (vals < 0) | (vals >= len(f.symbols))
+            bad[rows[sub_bad]] = True
+        else:  # string, bytes: a length, then the bytes (turned into objects at the end)
+            sub_bad = np.zeros(rows.size, dtype=bool)
+            length, p = _varints(buf, p, sub_bad)
+            # a length past the message's end is truncation (and must not carry the
+            # position anywhere: it is clamped, the row is already bad)
+            sub_bad |= (length < 0) | (length > ends[rows] - p)
+            bad[rows[sub_bad]] = True
+            length[sub_bad] = 0
+            vals = p
+            p = p + length
+            pending.append((f, rows, vals, p))
+            pos[rows] = p
+            i += 1
+            continue
+        pending.append((f, rows, vals, None))
+        pos[rows] = p
+        i += 1
+    bad |= pos != ends  # ran past its end (truncated), or bytes left over (trailing)
+
+    ok = ~bad
+    columns: dict[str, np.ndarray | list[Any]] = {}
+    for f, rows, vals, stop in pending:
+        if stop is not None:  # string / bytes: slice the good rows only
+            keep = ok[rows]
+            starts, stops = vals[keep].tolist(), stop[keep].tolist()
+            if f.kind == "string":
+                try:
+                    objs: list[Any] = [
+                        raw[a:b].decode() for a, b in zip(starts, stops, strict=True)
+                    ]
+                except UnicodeDecodeError:
+                    objs = []
+                    for r, a, b in zip(rows[keep].tolist(), starts, stops, strict=True):
+                        try:
+                            objs.append(raw[a:b].decode())
+                        except UnicodeDecodeError:
+                            bad[r] = True
+                            objs.append(None)
+            else:
+                objs = [raw[a:b] for a, b in zip(starts, stops, strict=True)]
+            if len(objs) == n:  # every row: nothing to scatter
+                columns[f.name] = objs
+                continue
+            full: list[Any] = [None] * n
+            for r, o in zip(rows[keep].tolist(), objs, strict=True):
+                full[r] = o
+            columns[f.name] = full
+            continue
+        if f.kind == "enum":
+            symbols = f.symbols
+            vals = [symbols[v] if 0 <= v < len(symbols) else None for v in vals.tolist()]
+        if f.null_index < 0:
+            columns[f.name] = vals if isinstance(vals, list) else np.asarray(vals)
+        else:
+            full = [None] * n
+            for r, v in zip(
+                rows.tolist(), vals if isinstance(vals, list) else vals.tolist(), strict=True
+            ):
+                full[r] = v
+            columns[f.name] = full
+    return {f.name: columns[f.name] for f in plan}
 
 
 _PROMOTIONS = {
@@ -283,6 +577,7 @@ class AvroSerializer:
         self._parsed = parse(schema)
         self._auto_register = auto_register
         self._header: bytes | None = None
+        self._columns_plan: Any = None
 
     @property
     def schema_id(self) -> int:
@@ -345,6 +640,402 @@ class AvroSerializer:
                 ) from exc
             out.append(buf.getvalue())
         return out
+
+    def encode_columns(self, cols: RecordColumns) -> list[bytes]:
+        """``encode_many(cols.rows())``, byte for byte, without building the dicts.
+
+        Avro binary is a plain concatenation of the fields, so constant fields are encoded
+        once; columns are encoded a field at a time (float arrays and arrays of arrays
+        vectorised with NumPy); each record is then one ``b"".join``. A field left out
+        takes its schema default, as in fastavro. Anything the fast path does not handle
+        (nested records, ``bytes`` or ``fixed`` fields, unions of non-primitive types; a
+        value whose type fastavro would convert or refuse) falls back to ``encode_many``,
+        which also raises the same :class:`EncodeError` for values that do not fit."""
+        header = self._ensure_header()
+        plan = self._columns_plan
+        if plan is None:
+            plan = self._columns_plan = _compile_record(self._schema_json)
+        if plan is not _UNSUPPORTED and cols.n > 0:
+            try:
+                return _encode_columns(plan, header, cols)
+            except Exception:  # _Unsupported, or a value only fastavro may judge
+                pass
+        return self.encode_many(cols.rows())
+
+
+# ------------------------------------------------------- column-wise record encoding
+
+
+@dataclass(frozen=True, slots=True)
+class RecordColumns:
+    """``n`` records of one record schema, given column-wise.
+
+    Every field of the schema is either in ``constants`` (the same value in every record)
+    or in ``columns`` (one value per record: a list, or a NumPy array, 1-d for scalar
+    fields and 2-d ``(n, k)`` for arrays of numbers)."""
+
+    n: int
+    constants: Mapping[str, Any]
+    columns: Mapping[str, Any]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The records as plain dicts (NumPy values converted with ``tolist()``)."""
+        names = list(self.constants) + list(self.columns)
+        if not names:
+            return [{} for _ in range(self.n)]
+        consts = [repeat(v, self.n) for v in self.constants.values()]
+        cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in self.columns.values()]
+        return [dict(zip(names, vals, strict=True)) for vals in zip(*consts, *cols, strict=False)]
+
+
+class _Unsupported(Exception):
+    """A schema or a value the column encoder leaves to fastavro."""
+
+
+_UNSUPPORTED: Any = object()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: zigzag varints of -64..63, indexed by the value itself (negative values wrap around)
+_SMALL_VARINT = tuple(bytes([(i << 1) ^ (i >> 63)]) for i in [*range(64), *range(-64, 0)])
+_BOOL = (b"\x00", b"\x01")
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+
+def _long(n: int) -> bytes:
+    """Zigzag varint of a long, exactly as Avro (and fastavro) write it."""
+    if type(n) is not int and type(n) is not bool:
+        raise _Unsupported
+    if -64 <= n < 64:
+        return _SMALL_VARINT[n]
+    if not _INT64_MIN <= n <= _INT64_MAX:
+        raise _Unsupported
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _string(v: Any) -> bytes:
+    if type(v) is not str:
+        raise _Unsupported
+    try:
+        b = v.encode()
+    except UnicodeError:
+        raise _Unsupported from None
+    n = len(b)
+    return (_SMALL_VARINT[n] if n < 64 else _long(n)) + b
+
+
+def _double(v: Any) -> bytes:
+    if type(v) is not float:
+        raise _Unsupported
+    return _DOUBLE.pack(v)
+
+
+def _float(v: Any) -> bytes:
+    if type(v) is not float:
+        raise _Unsupported
+    return _FLOAT.pack(v)
+
+
+def _boolean(v: Any) -> bytes:
+    if type(v) is not bool:
+        raise _Unsupported
+    return _BOOL[v]
+
+
+def _null(v: Any) -> bytes:
+    if v is not None:
+        raise _Unsupported
+    return b""
+
+
+_PRIMITIVES: dict[str, Callable[[Any], bytes]] = {
+    "null": _null,
+    "boolean": _boolean,
+    "int": _long,
+    "long": _long,
+    "float": _float,
+    "double": _double,
+    "string": _string,
+}
+_NUMERIC_ITEMS = {"double": "<f8", "float": "<f4"}
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldCodec:
+    """How to encode one field: one value (``one``) and, where it pays, a whole column
+    given as a float NumPy array (``array_dtype``; 1-d for scalars, 2-d for arrays)."""
+
+    name: str
+    one: Callable[[Any], bytes]
+    kind: str  # "scalar" | "array" | "nullable" | "other"
+    array_dtype: str | None = None
+    union_prefix: bytes = b""  # nullable numbers: the index of the non-null branch
+    has_default: bool = False
+    default: Any = None
+    #: a whole list column at once, for the common types (else ``one`` per value)
+    column: Callable[[list[Any]], list[bytes]] | None = None
+
+
+def _type_name(t: Any) -> str | None:
+    if isinstance(t, str):
+        return t
+    if isinstance(t, dict) and "logicalType" not in t and isinstance(t.get("type"), str):
+        return str(t["type"])
+    return None
+
+
+def _union_codec(branches: list[Any]) -> Callable[[Any], bytes]:
+    """A union of primitives, branch chosen by the value's exact Python type (None, bool,
+    int, float, str); ambiguous or unknown cases are left to fastavro."""
+    names = [_type_name(b) for b in branches]
+    if any(n not in _PRIMITIVES for n in names):
+        raise _Unsupported
+    by_type: dict[type, tuple[bytes, Callable[[Any], bytes]]] = {}
+
+    def pick(py: type, *candidates: str) -> None:
+        found = [i for i, n in enumerate(names) if n in candidates]
+        if len(found) == 1:
+            by_type[py] = (_long(found[0]), _PRIMITIVES[names[found[0]] or ""])
+
+    pick(type(None), "null")
+    pick(bool, "boolean")
+    pick(str, "string")
+    pick(float, "double", "float")
+    if "double" not in names and "float" not in names:
+        pick(int, "long", "int")
+
+    def union(v: Any) -> bytes:
+        hit = by_type.get(type(v))
+        if hit is None:
+            raise _Unsupported
+        return hit[0] + hit[1](v)
+
+    return union
+
+
+def _one_codec(t: Any) -> Callable[[Any], bytes]:
+    if isinstance(t, list):
+        return _union_codec(t)
+    name = _type_name(t)
+    if name in _PRIMITIVES:
+        return _PRIMITIVES[name]
+    if name == "enum":
+        index = {sym: _long(i) for i, sym in enumerate(t["symbols"])}
+
+        def enum(v: Any) -> bytes:
+            try:
+                return index[v]
+            except (KeyError, TypeError):
+                raise _Unsupported from None
+
+        return enum
+    if name == "array":
+        item = _one_codec(t["items"])
+
+        def array(v: Any) -> bytes:
+            if type(v) is not list:
+                raise _Unsupported
+            if not v:
+                return b"\x00"
+            return _long(len(v)) + b"".join([item(x) for x in v]) + b"\x00"
+
+        return array
+    if name == "map":
+        value = _one_codec(t["values"])
+
+        def map_(v: Any) -> bytes:
+            if type(v) is not dict:
+                raise _Unsupported
+            if not v:
+                return b"\x00"
+            body = b"".join([_string(k) + value(x) for k, x in v.items()])
+            return _long(len(v)) + body + b"\x00"
+
+        return map_
+    raise _Unsupported
+
+
+def _strings(col: list[Any]) -> list[bytes]:
+    if not set(map(type, col)) <= {str}:
+        raise _Unsupported
+    small, long_ = _SMALL_VARINT, _long
+    return [(small[n] if (n := len(b)) < 64 else long_(n)) + b for b in [v.encode() for v in col]]
+
+
+def _nullable_strings(null: bytes, prefix: bytes) -> Callable[[list[Any]], list[bytes]]:
+    heads = tuple(prefix + b for b in _SMALL_VARINT[:64])  # branch + short length
+
+    def one(v: str | None) -> bytes:
+        if v is None:
+            return null
+        b = v.encode()
+        return heads[n] + b if (n := len(b)) < 64 else prefix + _long(n) + b
+
+    def column(col: list[Any]) -> list[bytes]:
+        if not set(map(type, col)) <= {str, type(None)}:
+            raise _Unsupported
+        if _few_distinct(col):  # labels: a handful of classes
+            memo = {v: one(v) for v in dict.fromkeys(col)}
+            return list(map(memo.__getitem__, col))
+        long_ = _long
+        return [
+            null
+            if v is None
+            else (heads[n] + b if (n := len(b := v.encode())) < 64 else prefix + long_(n) + b)
+            for v in col
+        ]
+
+    return column
+
+
+def _few_distinct(col: list[Any], probe: int = 32, most: int = 4) -> bool:
+    """Whether a column looks like it repeats a handful of values (judged on its head)."""
+    return len(col) > 2 * probe and len(set(col[:probe])) <= most
+
+
+def _longs(col: list[Any]) -> list[bytes]:
+    memo: dict[Any, bytes] = {}  # times and versions repeat within a batch
+    out = []
+    for v in col:
+        b = memo.get(v)
+        if b is None:
+            b = memo[v] = _long(v)
+        out.append(b)
+    return out
+
+
+def _booleans(col: list[Any]) -> list[bytes]:
+    if not set(map(type, col)) <= {bool}:
+        raise _Unsupported
+    return [_BOOL[v] for v in col]
+
+
+_COLUMNS: dict[str, Callable[[list[Any]], list[bytes]]] = {
+    "string": _strings,
+    "long": _longs,
+    "int": _longs,
+    "boolean": _booleans,
+}
+
+
+def _field_codec(f: Mapping[str, Any]) -> _FieldCodec:
+    t, name = f["type"], str(f["name"])
+    default: dict[str, Any] = {"has_default": "default" in f, "default": f.get("default")}
+    one = _one_codec(t)
+    if isinstance(t, list):
+        non_null = [b for b in t if b != "null"]
+        if len(t) == 2 and len(non_null) == 1:
+            other = _type_name(non_null[0]) or ""
+            prefix, null = _long(t.index(non_null[0])), _long(t.index("null"))
+            if other in _NUMERIC_ITEMS:
+                return _FieldCodec(name, one, "nullable", _NUMERIC_ITEMS[other], prefix, **default)
+            if other == "string":
+                column = _nullable_strings(null, prefix)
+                return _FieldCodec(name, one, "other", column=column, **default)
+        return _FieldCodec(name, one, "other", **default)
+    tname = _type_name(t) or ""
+    if tname == "array":
+        items = _NUMERIC_ITEMS.get(_type_name(t["items"]) or "")
+        return _FieldCodec(name, one, "array", items, **default)
+    return _FieldCodec(
+        name, one, "scalar", _NUMERIC_ITEMS.get(tname), column=_COLUMNS.get(tname), **default
+    )
+
+
+def _compile_record(schema: Any) -> Any:
+    """Field codecs for a record schema, or ``_UNSUPPORTED``."""
+    stripped = _strip_logical_types(schema)
+    if not isinstance(stripped, dict) or stripped.get("type") != "record":
+        return _UNSUPPORTED
+    try:
+        return tuple(_field_codec(f) for f in stripped["fields"])
+    except (_Unsupported, KeyError, TypeError, ValueError):
+        return _UNSUPPORTED
+
+
+def _rows_bytes(mat: np.ndarray) -> list[bytes]:
+    """Each row of a 2-d uint8 array as one bytes object."""
+    mat = np.ascontiguousarray(mat)
+    out: Any = mat.view(np.dtype((np.void, mat.shape[1]))).ravel().tolist()
+    return out  # type: ignore[no-any-return]
+
+
+def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> list[bytes]:
+    """A column of doubles/floats (or of arrays of them, 2-d) as bytes per row."""
+    assert codec.array_dtype is not None
+    if col.dtype.kind != "f":
+        raise _Unsupported
+    vals = np.ascontiguousarray(col, dtype=codec.array_dtype)
+    if codec.kind == "array":
+        if vals.ndim != 2 or vals.shape[0] != n:
+            raise _Unsupported
+        k = vals.shape[1]
+        if k == 0:
+            return [b"\x00"] * n
+        head = np.frombuffer(_long(k), dtype=np.uint8)
+        body = vals.view(np.uint8).reshape(n, -1)
+        mat = np.empty((n, head.size + body.shape[1] + 1), dtype=np.uint8)
+        mat[:, : head.size] = head
+        mat[:, head.size : -1] = body
+        mat[:, -1] = 0
+        return _rows_bytes(mat)
+    if vals.ndim != 1 or vals.shape[0] != n:
+        raise _Unsupported
+    body = vals.view(np.uint8).reshape(n, -1)
+    if codec.kind == "nullable":
+        head = np.frombuffer(codec.union_prefix, dtype=np.uint8)
+        mat = np.empty((n, head.size + body.shape[1]), dtype=np.uint8)
+        mat[:, : head.size] = head
+        mat[:, head.size :] = body
+        return _rows_bytes(mat)
+    return _rows_bytes(body)
+
+
+def _column(codec: _FieldCodec, col: Any, n: int) -> list[bytes]:
+    if isinstance(col, np.ndarray):
+        if codec.array_dtype is not None:
+            return _numeric_column(codec, col, n)
+        col = col.tolist()
+    if len(col) != n:
+        raise _Unsupported
+    if codec.column is not None:
+        return codec.column(col)
+    one = codec.one
+    return [one(v) for v in col]
+
+
+def _encode_columns(
+    plan: tuple[_FieldCodec, ...], header: bytes, cols: RecordColumns
+) -> list[bytes]:
+    n = cols.n
+    given = 0
+    parts: list[Any] = []
+    pending = [header]  # adjacent constants are merged into one piece
+    for codec in plan:
+        if codec.name in cols.constants:
+            pending.append(codec.one(cols.constants[codec.name]))
+            given += 1
+            continue
+        if codec.name not in cols.columns:
+            if not codec.has_default:
+                raise _Unsupported  # fastavro says what is missing
+            pending.append(codec.one(codec.default))  # as fastavro: absent -> default
+            continue
+        given += 1
+        if pending:
+            parts.append(repeat(b"".join(pending), n))
+            pending = []
+        parts.append(_column(codec, cols.columns[codec.name], n))
+    if given != len(cols.constants) + len(cols.columns):
+        raise _Unsupported  # a name that is not a field of the schema
+    if pending:
+        parts.append(repeat(b"".join(pending), n))
+    return list(map(b"".join, zip(*parts, strict=False)))  # repeat() is endless
 
 
 def registry_client(conf: dict[str, Any]) -> Any:

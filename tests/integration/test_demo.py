@@ -41,6 +41,7 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(proc.stdout[-2500:])
     assert "streamscore demo summary" in proc.stdout
     summary = json.loads((results / "summary.json").read_text())
     dead = sum(summary["dead_letters"].values())

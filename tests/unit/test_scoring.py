@@ -54,7 +54,7 @@ def env() -> dict[str, Any]:
     enc_v1 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 1))
     enc_v2 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 2))
     dec = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schemas.load("event", 2))
-    pred = serde.AvroSerializer(reg, "predictions-value", schemas.load("prediction", 1))
+    pred = serde.AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
     return {"reg": reg, "v1": enc_v1, "v2": enc_v2, "dec": dec, "pred": pred}
 
 
@@ -72,7 +72,7 @@ def make_messages(env: dict[str, Any]) -> Callable[..., list[InMessage]]:
 
 
 def decode_prediction(data: bytes) -> dict[str, Any]:
-    parsed = serde.parse(schemas.load("prediction", 1))
+    parsed = serde.parse(schemas.load("prediction"))
     return fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed)  # type: ignore[no-any-return]
 
 
@@ -305,3 +305,31 @@ def test_primary_failing_at_predict_time_falls_back_and_marks_degraded(
     np.testing.assert_allclose([p["value"] for p in preds], v1.predict(x).values, rtol=1e-6)
     # the answers are counted under the version that gave them
     assert {(o.model_version, o.count) for o in out.outputs if o.count} == {(1, 50)}
+
+
+def test_predictions_carry_what_the_scored_vector_does_not(
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: bundle.LoadedModel
+) -> None:
+    store = ModelStore()
+    store.offer(Role.PRIMARY, v1)  # scores (a, b) only
+    msgs = make_messages(30, with_c=True)
+    out = scorer(env).score(msgs, store.snapshot())
+    preds = [decode_prediction(v) for _, v in out.predictions]
+    events = [env["dec"](m.value) for m in msgs]
+    for p, e in zip(preds, events, strict=True):
+        # c and segment are not model inputs: kept raw, so retraining can use them
+        assert p["inputs"] == {"c": e["c"], "segment": e["segment"]}
+        raw = dict(zip(p["feature_names"], p["features"], strict=True)) | p["inputs"]
+        assert {k: raw[k] for k in ("a", "b", "c")} == {k: e[k] for k in ("a", "b", "c")}
+
+
+def test_model_inputs_are_not_repeated_in_inputs(
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v2: bundle.LoadedModel
+) -> None:
+    store = ModelStore()
+    store.offer(Role.PRIMARY, v2)  # scores (a, b, c)
+    msgs = make_messages(10, with_c=True)
+    out = scorer(env).score(msgs, store.snapshot())
+    preds = [decode_prediction(v) for _, v in out.predictions]
+    assert all(p["inputs"] == {"segment": p["inputs"].get("segment")} for p in preds)
+    assert all("c" not in p["inputs"] for p in preds)

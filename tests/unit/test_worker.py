@@ -187,3 +187,35 @@ def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
         reg.get_sample_value("streamscore_consumer_lag", {"topic": "events", "partition": "0"}) == 7
     )
     assert loop.partitions.owned == {("events", 0)}
+
+
+def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> None:
+    from streamscore import synthetic
+    from streamscore.bundle import load_bundle
+    from streamscore.drift import PSI_ALERT_THRESHOLD
+    from streamscore.train import demo_bundle
+    from streamscore.worker import DriftTracker
+
+    reg = CollectorRegistry()
+    tracker = DriftTracker(Metrics(reg), window=4000, interval_s=0.0)
+    v1 = load_bundle(demo_bundle("ab", version=1))
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        s = synthetic.sample(500, rng, b_shift_sd=2.0)
+        x = s.matrix(with_c=False)
+        tracker.observe(v1, x, v1.predict(x.astype(np.float32)).score())
+
+    def psi(feature: str, version: str) -> float | None:
+        return reg.get_sample_value(
+            "streamscore_feature_drift_psi", {"feature": feature, "model_version": version}
+        )
+
+    assert psi("b", "1") > PSI_ALERT_THRESHOLD
+    assert psi("a", "1") < PSI_ALERT_THRESHOLD
+    v2 = load_bundle(demo_bundle("ab", version=2, seed=2))
+    s = synthetic.sample(500, rng)
+    tracker.observe(
+        v2, s.matrix(with_c=False), v2.predict(s.matrix(False).astype(np.float32)).score()
+    )
+    assert psi("b", "1") is None  # no stale series for the model that left
+    assert psi("b", "2") is not None and psi("b", "2") < PSI_ALERT_THRESHOLD

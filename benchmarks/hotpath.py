@@ -1,0 +1,186 @@
+"""The worker's per-batch hot path without a real broker, for profiling.
+
+Run: ``python -m benchmarks.hotpath [--model hgb|lr] [--batch 500] [--profile]``.
+
+Drives :meth:`streamscore.worker.ScoreLoop._batch` (wrap consumed messages, decode,
+validate, features, predict, encode, build outputs, produce, record metrics) on
+pre-encoded bench events. Consumed messages are in-memory stand-ins; the producer is a
+real librdkafka producer against librdkafka's in-process mock cluster
+(``test.mock.num.brokers``), so produce calls and delivery reports are real. Prints
+microseconds per event per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+from streamscore import schemas, serde
+from streamscore.bundle import sign_bundle, verify_and_load
+from streamscore.config import ScoringSettings, TopicSettings
+from streamscore.delivery import AtLeastOnceSink
+from streamscore.metrics import Metrics
+from streamscore.model_store import ModelStore
+from streamscore.records import Role
+from streamscore.scoring import BatchScorer
+from streamscore.worker import ScoreLoop
+
+from . import workload
+
+KEY = b"hotpath-bench-key"
+
+
+class FakeMessage:
+    __slots__ = ("_key", "_offset", "_partition", "_ts", "_value")
+
+    def __init__(self, value: bytes, key: bytes, partition: int, offset: int, ts: int) -> None:
+        self._value, self._key, self._partition, self._offset, self._ts = (
+            value,
+            key,
+            partition,
+            offset,
+            ts,
+        )
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "events"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+
+class FakeConsumer:
+    def store_offsets(self, offsets: Any = None) -> None:
+        pass
+
+    def commit(self, asynchronous: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def build(model_kind: str, batch: int) -> tuple[ScoreLoop, Any, Producer]:
+    reg = serde.registry_client({"url": f"mock://hotpath-{time.monotonic_ns()}"})
+    schema = workload.event_schema()
+    ser = serde.AvroSerializer(reg, "events-value", schema)
+    decode = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schema)
+    pred = serde.AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
+    tele = serde.AvroSerializer(reg, "telemetry-value", schemas.load("telemetry"))
+    bm = workload.train(model_kind)
+    signed = sign_bundle(bm.bundle.to_bytes(), KEY, "k")
+    model = verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
+    store = ModelStore()
+    store.offer(Role.PRIMARY, model)
+    settings = ScoringSettings(batch_size=batch)
+    producer = Producer(
+        {
+            "test.mock.num.brokers": 1,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 200_000,
+            "queue.buffering.max.kbytes": 262_144,
+            "log_level": 0,
+        }
+    )
+    sink = AtLeastOnceSink(producer, FakeConsumer())
+    loop = ScoreLoop(
+        consumer=FakeConsumer(),
+        sink=sink,
+        scorer=BatchScorer(decode, pred.encode_many, settings),
+        store=store,
+        metrics=Metrics(CollectorRegistry()),
+        settings=settings,
+        topics=TopicSettings(),
+        encode_telemetry=tele,
+        stop=threading.Event(),
+    )
+    enc = workload.EventEncoder(ser.schema_id)
+    return loop, enc, producer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=workload.MODEL_KINDS, default="hgb")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+
+    loop, enc, producer = build(args.model, args.batch)
+    rng = np.random.default_rng(0)
+    now = int(time.time() * 1000)
+    n = args.batch * 20  # a pool of distinct events, reused round-robin
+    pool = [
+        FakeMessage(enc.encode(e), e["key"].encode(), i % 4, i, now)
+        for i, e in enumerate(workload.events(n, rng, event_time_ms=now))
+    ]
+    batches = [pool[i : i + args.batch] for i in range(0, n, args.batch)]
+
+    def run(k: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(k):
+            loop._batch(batches[i % len(batches)])
+            loop._sink.poll(0)
+        producer.flush(30)
+        loop._sink.poll(0)
+        return time.perf_counter() - t0
+
+    run(20)  # warm up
+    m = loop._m
+    before = {s: _hist_sum(m, s) for s in _STAGES}
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+    elapsed = run(args.batches)
+    if args.profile:
+        prof.disable()
+    events = args.batches * args.batch
+    print(
+        f"model={args.model} batch={args.batch}: {events / elapsed:,.0f} events/s "
+        f"({elapsed / events * 1e6:.2f} us/event, incl. produce + acks on the mock broker)"
+    )
+    for s in _STAGES:
+        print(f"  {s:<9} {(_hist_sum(m, s) - before[s]) / events * 1e6:6.2f} us/event")
+    if args.profile:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+_STAGES = ("decode", "validate", "features", "predict", "encode", "produce")
+
+
+def _hist_sum(m: Metrics, stage: str) -> float:
+    for fam in m.stage_seconds.collect():
+        for s in fam.samples:
+            if s.name.endswith("_sum") and s.labels.get("stage") == stage:
+                return float(s.value)
+    return 0.0
+
+
+if __name__ == "__main__":
+    main()

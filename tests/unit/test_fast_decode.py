@@ -1,0 +1,456 @@
+"""The batch paths of the hot loop give exactly what the per-message paths give:
+``AvroDeserializer.decode_many`` (column-wise with NumPy, or lean per message) against
+calling the deserializer on each message, :class:`EventColumns` against event dicts,
+and the whole :class:`BatchScorer` with its fast paths against it without them."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+from unittest import mock
+
+import fastavro
+import numpy as np
+import pytest
+
+from streamscore import errors, schemas, serde, synthetic
+from streamscore.bundle import LoadedModel, build_bundle, sign_bundle, verify_and_load
+from streamscore.config import LatePolicy, ScoringSettings
+from streamscore.delivery import AtLeastOnceSink, OutBatch, OutMessage
+from streamscore.features import EventColumns, extract
+from streamscore.model_store import ModelStore
+from streamscore.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
+from streamscore.scoring import BatchScorer, InMessage, MessageBatch
+
+FLAT = {
+    "type": "record",
+    "name": "Flat",
+    "namespace": "t",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "b", "type": "boolean"},
+        {"name": "i", "type": "int"},
+        {"name": "l", "type": "long"},
+        {"name": "f", "type": "float"},
+        {"name": "d0", "type": "double"},
+        {"name": "d1", "type": "double"},
+        {"name": "s", "type": "string"},
+        {"name": "raw", "type": "bytes"},
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y", "z"]}},
+        {"name": "nd", "type": ["null", "double"], "default": None},
+        {"name": "ns", "type": ["string", "null"]},
+        {"name": "nl", "type": ["null", "long"], "default": None},
+        {"name": "nb", "type": ["null", "boolean"], "default": None},
+        {"name": "d2", "type": "double"},
+    ],
+}
+
+
+def flat_record(i: int, rng: np.random.Generator) -> dict[str, Any]:
+    special = [0.0, -0.0, float("nan"), float("inf"), -1e300, 5e-324]
+    return {
+        "event_id": f"id-{i}" + "é" * (i % 3),
+        "event_time": int(rng.integers(-(2**40), 2**61)),
+        "b": bool(i % 2),
+        "i": int(rng.integers(-(2**31), 2**31 - 1)),
+        "l": int(rng.integers(-(2**62), 2**62)),
+        "f": float(np.float32(rng.normal())),
+        "d0": special[i % len(special)] if i % 4 == 0 else float(rng.normal()),
+        "d1": float(rng.normal() * 1e9),
+        "s": "x" * int(rng.integers(0, 200)),
+        "raw": bytes(rng.integers(0, 256, int(rng.integers(0, 20)), dtype=np.uint8)),
+        "e": ["x", "y", "z"][i % 3],
+        "nd": None if i % 3 == 0 else float(rng.normal()),
+        "ns": None if i % 4 == 1 else "ü" * (i % 5),
+        "nl": None if i % 2 else int(rng.integers(-1000, 1000)),
+        "nb": [None, True, False][i % 3],
+        "d2": float(i),
+    }
+
+
+@pytest.fixture
+def registry() -> Any:
+    return serde.registry_client({"url": f"mock://fast-decode-{id(object())}"})
+
+
+def per_message(dec: serde.AvroDeserializer, values: list[Any]) -> tuple[Any, Any, Any]:
+    good, records, failed = [], [], []
+    for i, v in enumerate(values):
+        try:
+            records.append(dec(v))
+            good.append(i)
+        except errors.StreamscoreError as exc:
+            failed.append((i, type(exc), str(exc)))
+    return good, records, failed
+
+
+def assert_same(dec: serde.AvroDeserializer, values: list[Any], *, columnar: bool | None) -> None:
+    # each side with its own schema cache (their negative caches would tell apart)
+    fresh = serde.AvroDeserializer(
+        serde.WriterSchemaCache(dec._schemas._registry), dec._reader_json
+    )
+    exp_good, exp_records, exp_failed = per_message(fresh, values)
+    good, records, failed = dec.decode_many(values)
+    if columnar is not None:
+        assert isinstance(records, EventColumns) == columnar
+    assert good == exp_good
+    assert [(i, type(e), str(e)) for i, e in failed] == exp_failed
+    got = [dict(r) for r in records]
+    assert len(got) == len(exp_records)
+    for g, e in zip(got, exp_records, strict=True):
+        assert list(g) == list(e)  # same fields, same order
+        for k in e:
+            assert type(g[k]) is type(e[k]), k
+            if isinstance(e[k], float) and np.isnan(e[k]):
+                assert np.isnan(g[k])
+            else:
+                assert g[k] == e[k], k
+
+
+def test_flat_records_decode_column_wise_exactly_as_one_by_one(registry: Any) -> None:
+    ser = serde.AvroSerializer(registry, "flat-value", FLAT)
+    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), FLAT)
+    rng = np.random.default_rng(0)
+    values = [ser(flat_record(i, rng)) for i in range(300)]
+    assert_same(dec, values, columnar=True)
+
+
+def test_bad_messages_in_a_columnar_batch_get_their_own_errors(registry: Any) -> None:
+    ser = serde.AvroSerializer(registry, "flat-value", FLAT)
+    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), FLAT)
+    rng = np.random.default_rng(1)
+    good = [ser(flat_record(i, rng)) for i in range(40)]
+    v = good[0]
+    bad = [
+        b"",
+        None,
+        b"\x05garbage",
+        v[:3],
+        v[:5],
+        v[:-1],  # truncated in the last double
+        v[:12],  # truncated in a string
+        v + b"\x00",  # trailing byte
+        b"\x00\x00\x01\x00\x00" + v[5:],  # unknown schema id
+        v[:5] + b"\x02\xff" + v[7:],  # invalid UTF-8 in event_id ("id-0" -> "\xffd-0")
+        v[:5] + b"\x81" * 12 + v[5:],  # a string length that is not a varint
+    ]
+    values = good[:10] + bad + good[10:]
+    assert_same(dec, values, columnar=True)
+    # every truncation point of a message
+    assert_same(dec, good[:20] + [v[:k] for k in range(len(v))] + good[20:], columnar=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: int) -> None:
+    """Random byte flips, insertions, deletions and lengths blown up: whatever fastavro
+    makes of each message (a record or a typed error), the batch decoder makes too."""
+    ser = serde.AvroSerializer(registry, "flat-value", FLAT)
+    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), FLAT)
+    rng = np.random.default_rng(100 + seed)
+    values = []
+    for i in range(200):
+        v = bytearray(ser(flat_record(i, rng)))
+        kind = int(rng.integers(6))
+        at = int(rng.integers(5, len(v)))
+        if kind == 0:
+            v[at] = int(rng.integers(256))
+        elif kind == 1:
+            v.insert(at, int(rng.integers(256)))
+        elif kind == 2:
+            del v[at]
+        elif kind == 3:
+            v[at : at + 1] = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"  # a huge length
+        values.append(bytes(v))  # kinds 4, 5: intact
+    assert_same(dec, values, columnar=None)
+    # in small batches most stay column-wise (a batch falls back to per-message decoding
+    # when one of its messages is read by fastavro but not by the vectorised reader)
+    columnar = 0
+    for k in range(0, len(values), 20):
+        assert_same(dec, values[k : k + 20], columnar=None)
+        columnar += isinstance(dec.decode_many(values[k : k + 20])[1], EventColumns)
+    assert columnar >= 3
+
+
+def test_writer_schemas_that_need_resolution_take_the_per_message_path(registry: Any) -> None:
+    v1 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    v2 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
+    rng = np.random.default_rng(2)
+    v1_events = [v1(e) for e, _y in synthetic.events(30, rng, with_c=False)]
+    v2_events = [v2(e) for e, _y in synthetic.events(30, rng, with_c=True)]
+    assert_same(dec, v2_events, columnar=True)  # the reader's own schema: column-wise
+    assert_same(dec, v1_events, columnar=False)  # v1 data read with v2: resolved per message
+    assert_same(dec, v2_events[:15] + v1_events + v2_events[15:], columnar=False)  # mixed
+    assert_same(dec, v2_events[:5], columnar=False)  # a small batch
+
+
+def test_event_columns_behave_like_the_event_dicts() -> None:
+    cols = EventColumns(
+        3,
+        {
+            "a": np.array([1.5, 2.5, 3.5]),
+            "n": np.array([1, 2, 3], dtype=np.int64),
+            "s": ["x", None, "z"],
+            "t": np.array([True, False, True]),
+        },
+    )
+    rows: list[dict[str, Any]] = [
+        {"a": 1.5, "n": 1, "s": "x", "t": True},
+        {"a": 2.5, "n": 2, "s": None, "t": False},
+        {"a": 3.5, "n": 3, "s": "z", "t": True},
+    ]
+    assert list(cols) == rows and cols.rows() == rows
+    assert cols[-1] == rows[2] and cols[0:2] == rows[0:2]
+    assert [type(v) for v in cols[0].values()] == [float, int, str, bool]
+    assert cols.take([2, 0]).rows() == [rows[2], rows[0]]
+    with pytest.raises(IndexError):
+        cols[3]
+    spec = FeatureSpec(
+        (
+            FeatureField("a"),
+            FeatureField("n"),
+            FeatureField("t"),  # a bool is not a number
+            FeatureField("missing", missing=MissingPolicy.IMPUTE, impute_value=0.0),
+            FeatureField("s", kind=FeatureKind.CATEGORICAL, categories=("z", "x")),
+        )
+    )
+    got, want = extract(cols, spec), extract(rows, spec)
+    for name in ("values", "missing", "unknown_category", "wrong_type"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+def test_message_batch_is_a_sequence_of_in_messages() -> None:
+    msgs = [InMessage(bytes([i]), b"k", "t", i % 2, 10 + i, 100 + i) for i in range(4)]
+    mb = MessageBatch.of(msgs)
+    assert len(mb) == 4 and list(mb) == msgs and mb[-1] == msgs[3] and mb[1:3] == msgs[1:3]
+    assert mb.values == [m.value for m in msgs] and mb.keys == [b"k"] * 4
+    with pytest.raises(IndexError):
+        mb[4]
+
+
+class AckingProducer:
+    def __init__(self) -> None:
+        self.waiting: list[Any] = []
+        self.topics: list[str] = []
+
+    def produce(  # Producer.produce's documented positional order
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        timestamp: int = 0,
+        headers: Any = None,
+    ) -> None:
+        assert partition == -1
+        self.waiting.append(on_delivery)
+        self.topics.append(topic)
+
+    def ack(self, n: int) -> None:
+        for cb in self.waiting[:n]:
+            cb(None, None)
+        del self.waiting[:n]
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+
+def test_bulk_outputs_are_acknowledged_like_the_others_before_offsets_move() -> None:
+    p = AckingProducer()
+    stored: list[Any] = []
+    consumer = mock.Mock(store_offsets=lambda offsets: stored.append(offsets))
+    sink = AtLeastOnceSink(p, consumer)
+    batch = OutBatch(
+        [OutMessage("telemetry", b"w", b"t")],
+        {("events", 0): 5},
+        bulk=[("predictions", [(b"k1", b"v1"), (b"k2", b"v2")])],
+    )
+    assert batch.n_outputs == 3
+    sink.send(batch)
+    assert p.topics == ["predictions", "predictions", "telemetry"]
+    p.ack(2)
+    sink.poll()
+    assert stored == []  # telemetry not acknowledged yet
+    p.ack(1)
+    sink.poll()
+    assert len(stored) == 1
+
+
+# ------------------------------------------------------------- the whole batch scorer
+
+KEY = b"fast-decode-test-key"
+
+
+def _fit(with_c: bool, version: int) -> LoadedModel:
+    from sklearn.linear_model import LinearRegression
+
+    s = synthetic.sample(2000, np.random.default_rng(version))
+    x = s.matrix(with_c)
+    b = build_bundle(
+        LinearRegression().fit(x, s.y),
+        name="demo",
+        version=version,
+        feature_spec=synthetic.spec_abc() if with_c else synthetic.spec_ab(),
+        X_train=x,
+        X_reference=x[:64],
+        created_at_ms=1,
+    )
+    signed = sign_bundle(b.to_bytes(), KEY, "k")
+    return verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
+
+
+def decode_prediction(data: bytes) -> dict[str, Any]:
+    parsed = serde.parse(schemas.load("prediction"))
+    record = fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed)
+    assert isinstance(record, dict)
+    return record
+
+
+@pytest.mark.parametrize("policy", [LatePolicy.SCORE_AND_FLAG, LatePolicy.ROUTE])
+def test_scorer_fast_paths_give_what_the_plain_paths_give(
+    registry: Any, policy: LatePolicy
+) -> None:
+    v2 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
+    pred = serde.AvroSerializer(registry, "predictions-value", schemas.load("prediction"))
+    rng = np.random.default_rng(5)
+    msgs = []
+    for i, (e, _y) in enumerate(synthetic.events(400, rng, with_c=True, event_time_ms=1_000_000)):
+        if i % 7 == 0:
+            e["event_time"] = 500_000  # late
+        if i % 11 == 0:
+            e["c"] = None  # invalid for the abc shadow, fine for the ab primary
+        if i % 13 == 0:
+            e["a"] = 1e6  # out of range for everyone
+        value = v2(e)
+        if i % 17 == 0:
+            value = value[:9]  # truncated
+        key = None if i % 19 == 0 else (b"\xff\xfe" if i % 23 == 0 else e["key"].encode())
+        msgs.append(InMessage(value, key, "events", i % 3, i, 999_000))
+    store = ModelStore()
+    store.offer(Role.PRIMARY, _fit(False, 1))
+    store.offer(Role.SHADOW, _fit(True, 2))
+    store.offer(Role.CANARY, _fit(False, 3))
+    settings = ScoringSettings(late_after_ms=1000, late_policy=policy, canary_fraction=0.3)
+
+    def clock() -> int:
+        return 1_000_500
+
+    fast = BatchScorer(dec, pred.encode_many, settings, clock_ms=clock)
+    plain = BatchScorer(lambda v: dec(v), lambda r: pred.encode_many(r), settings, clock_ms=clock)
+    with mock.patch.object(pred, "encode_many", side_effect=AssertionError("slow encode")):
+        got = fast.score(MessageBatch.of(msgs), store.snapshot())
+    want = plain.score(msgs, store.snapshot())
+    assert got.predictions == want.predictions
+    assert len(got.predictions) > 300
+    assert {decode_prediction(v)["role"] for _k, v in got.predictions} == {
+        "primary",
+        "shadow",
+        "canary",
+    }
+    assert [(d.message, type(d.error), str(d.error)) for d in got.dead_letters] == [
+        (d.message, type(d.error), str(d.error)) for d in want.dead_letters
+    ]
+    assert got.late_routed == want.late_routed
+    assert (got.n_messages, got.n_scored, got.n_late) == (
+        want.n_messages,
+        want.n_scored,
+        want.n_late,
+    )
+    assert got.shadow_skipped == want.shadow_skipped
+    np.testing.assert_array_equal(got.event_times_ms, want.event_times_ms)
+    assert [(o.model_version, o.role, o.count, o.degraded) for o in got.outputs] == [
+        (o.model_version, o.role, o.count, o.degraded) for o in want.outputs
+    ]
+
+
+class _Msg:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._t, self._p, self._o = topic, partition, offset
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+
+@pytest.mark.parametrize("topics", [["e"], ["e", "f"]])
+def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
+    topics: list[str],
+) -> None:
+    from streamscore.worker import _offset_ranges
+
+    rng = np.random.default_rng(len(topics))
+    next_offset: dict[tuple[str, int], int] = {}
+    msgs = []
+    for _ in range(300):
+        tp = (topics[int(rng.integers(len(topics)))], int(rng.integers(4)))
+        next_offset[tp] = next_offset.get(tp, int(rng.integers(100))) + 1
+        msgs.append(_Msg(tp[0], tp[1], next_offset[tp]))
+    first: dict[tuple[str, int], int] = {}
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        first.setdefault((m.topic(), m.partition()), m.offset())
+        last[(m.topic(), m.partition())] = m.offset()
+    assert _offset_ranges(msgs) == (first, last)
+
+
+def test_observe_many_sums_like_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streamscore.worker import observe_many
+
+    values = np.random.default_rng(1).normal(size=64)
+    one, bulk = (Histogram("x", "x", registry=CollectorRegistry()) for _ in range(2))
+    for v in values.tolist():
+        one.observe(v)
+    observe_many(bulk, values)
+    assert bulk._sum.get() == pytest.approx(one._sum.get(), rel=1e-12)
+
+
+def test_observe_many_is_observe_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from streamscore.worker import observe_many
+
+    bounds = (0.001, 0.01, 0.1, 1.0, 10.0)
+    values = np.concatenate(
+        [
+            np.random.default_rng(0).exponential(0.5, 300),
+            [0.0, -1.0, 0.01, 0.1, 10.0, 10.5, float("inf"), float("nan"), 1e-9],
+        ]
+    )
+    regs = []
+    for bulk in (False, True):
+        reg = CollectorRegistry()
+        h = Histogram("h", "h", ["role"], buckets=bounds, registry=reg)
+        u = Histogram("u", "u", buckets=bounds, registry=reg)
+        for target in (h.labels("primary"), u):
+            if bulk:
+                observe_many(target, values)
+            else:
+                for v in values.tolist():
+                    target.observe(v)
+        regs.append(reg)
+    samples = [
+        {(s.name, tuple(sorted(s.labels.items()))): s.value for m in r.collect() for s in m.samples}
+        for r in regs
+    ]
+    assert samples[0].keys() == samples[1].keys()
+    for key, want in samples[0].items():
+        got = samples[1][key]
+        if key[0].endswith("_created"):
+            continue
+        if key[0].endswith("_sum"):
+            assert np.isnan(got) and np.isnan(want)  # a NaN was observed
+        else:
+            assert got == want, key
