@@ -211,7 +211,9 @@ class Bench:
         profile: Profile,
         batch_size: int,
         workdir: Path,
+        worker_args: tuple[str, ...] = (),
     ) -> None:
+        self.worker_args = worker_args
         self.kafka = kafka
         self.registry_settings = registry
         self.p = profile
@@ -400,6 +402,7 @@ class Bench:
             str(self.batch_size),
             "--reader-schema",
             str(workload.SCHEMA_PATH),
+            *self.worker_args,
         ]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -922,6 +925,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, help="events of the long runs (default per profile)")
     ap.add_argument("--repeats", type=int, help="long runs per model (default per profile)")
     ap.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra `streamscore score` argument, e.g. --worker-arg=--no-drift (repeatable)",
+    )
+    ap.add_argument(
         "--only",
         choices=["throughput", "latency", "naive"],
         action="append",
@@ -970,7 +979,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("bench: starting the local cluster…", flush=True)
                 started = True
                 cluster.up()
-        bench = Bench(env.kafka, env.registry, profile, args.batch_size, workdir)
+        bench = Bench(
+            env.kafka, env.registry, profile, args.batch_size, workdir, tuple(args.worker_arg)
+        )
         if cluster is not None:
             bench.broker_pid = cluster.status().kafka_pid
         bench.setup()
