@@ -11,9 +11,7 @@ import argparse
 import datetime as dt
 import logging
 import os
-import sys
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,10 +89,10 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from prometheus_client import CollectorRegistry
 
-    from .feedback import FeedbackLoop, feedback_consumer, make_telemetry, promote_shadow
+    from .feedback import FeedbackLoop, make_telemetry, promote_shadow
     from .groundtruth import GroundTruthStore
     from .join import JoinState
-    from .kafka_clients import plain_producer
+    from .kafka_clients import feedback_consumer, plain_producer
     from .metrics import Metrics, serve
     from .promotion import LiveQuality, PromotionDecision, PromotionPolicy, PromotionSettings
     from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
@@ -304,28 +302,3 @@ def add_commands(sub: Any) -> None:
     )
     t.add_argument("--publisher", default=os.environ.get("USER", "train"))
     t.set_defaults(func=cmd_train)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import settings_from_env
-
-    p = argparse.ArgumentParser(prog="streamscore")
-    p.add_argument("-v", "--verbose", action="store_true")
-    add_commands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return int(args.func(args, settings_from_env(os.environ)))
-    except StreamscoreError as exc:
-        print(f"streamscore: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -52,7 +52,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from .config import KafkaSettings
 from .errors import ModelError, SerdeError, StreamscoreError
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
@@ -63,27 +62,6 @@ from .records import Role, Telemetry
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
-
-
-def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
-    conf = kafka.client_config()
-    conf.update(
-        {
-            "group.id": group_id,
-            "client.id": client_id,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "range",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-            "queued.max.messages.kbytes": 16_384,
-            "fetch.wait.max.ms": 100,
-        }
-    )
-    conf.update(kafka.extra)
-    return conf
 
 
 @dataclass

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from .config import KafkaSettings, ScoringSettings
 
@@ -94,3 +98,66 @@ def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[s
     conf.update(extra)
     conf.update(kafka.extra)
     return conf
+
+
+def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    conf = kafka.client_config()
+    conf.update(
+        {
+            "group.id": group_id,
+            "client.id": client_id,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "queued.max.messages.kbytes": 16_384,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    conf.update(kafka.extra)
+    return conf
+
+
+def read_to_end(
+    consumer: Any,
+    topic: str,
+    *,
+    metadata_timeout: float = 15.0,
+    deadline_s: float | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Any]:
+    """Assign every partition of ``topic`` from the beginning and yield its messages
+    (tombstones included, errors not) up to the high watermarks seen at the start. The
+    consumer needs ``enable.partition.eof``. ``deadline_s`` bounds the whole read (None:
+    until the end, or until ``stop()``)."""
+    timeout = metadata_timeout
+    md = consumer.list_topics(topic, timeout=timeout)
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None:
+        raise RuntimeError(f"topic {topic!r} is not available: {tmd and tmd.error}")
+    parts = sorted(tmd.partitions)
+    ends: dict[int, int] = {}
+    pending: set[int] = set()
+    for p in parts:
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        ends[p] = hi
+        if hi > lo:
+            pending.add(p)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    while pending and not stop() and (deadline is None or time.monotonic() < deadline):
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        err = msg.error()
+        partition = msg.partition() or 0
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(partition)
+            continue
+        yield msg
+        if (msg.offset() or 0) + 1 >= ends[partition]:
+            pending.discard(partition)

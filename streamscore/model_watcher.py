@@ -14,12 +14,12 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError
 
 from .config import KafkaSettings
 from .envelope import Action, ModelEnvelope
 from .errors import ModelError, SerdeError
-from .kafka_clients import model_watcher_consumer
+from .kafka_clients import model_watcher_consumer, read_to_end
 from .metrics import Metrics
 from .model_updates import ModelUpdater
 
@@ -103,34 +103,12 @@ class ModelWatcher:
             consumer.close()
 
     def _catch_up(self, consumer: Any) -> None:
-        md = consumer.list_topics(self._topic, timeout=15)
-        tmd = md.topics.get(self._topic)
-        if tmd is None or tmd.error is not None:
-            raise RuntimeError(f"model topic {self._topic!r} is not available: {tmd and tmd.error}")
-        parts = sorted(tmd.partitions)
-        pending: set[int] = set()
-        ends: dict[int, int] = {}
-        for p in parts:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=15)
-            ends[p] = hi
-            if hi > lo:
-                pending.add(p)
-        consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in parts])
         history: dict[str, deque[ModelEnvelope]] = defaultdict(
             lambda: deque(maxlen=HISTORY_PER_KEY)
         )
-        while pending and not self._stop.is_set():
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition() or 0)
-                continue
+        # no deadline: a large compacted topic takes the time it takes (stop still works)
+        for msg in read_to_end(consumer, self._topic, stop=self._stop.is_set):
             env = self._envelope(msg.value())
             if env is not None and env.action is not Action.ARCHIVE:
                 history[env.key].append(env)
-            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
-                pending.discard(msg.partition() or 0)
         self._updater.apply_latest({k: list(v) for k, v in history.items()})

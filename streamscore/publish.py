@@ -9,14 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from . import envelope as env_mod
 from .bundle import decode_bundle, sign_bundle, verify_signature
 from .config import KafkaSettings
 from .envelope import Action, ModelEnvelope
 from .errors import BundleTooLargeError, DeliveryError, ModelError, SerdeError
-from .kafka_clients import plain_producer, reader_consumer
+from .kafka_clients import plain_producer, read_to_end, reader_consumer
 from .records import Role
 
 log = logging.getLogger(__name__)
@@ -61,34 +61,13 @@ class ModelTopic:
         c = Consumer(conf)
         out: list[ModelEnvelope] = []
         try:
-            md = c.list_topics(self._topic, timeout=timeout).topics[self._topic]
-            pending = set()
-            ends = {}
-            for p in md.partitions:
-                lo, hi = c.get_watermark_offsets(TopicPartition(self._topic, p), timeout=timeout)
-                ends[p] = hi
-                if hi > lo:
-                    pending.add(p)
-            c.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in md.partitions])
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                msg = c.poll(0.2)
-                if msg is None:
+            for msg in read_to_end(c, self._topic, metadata_timeout=timeout, deadline_s=timeout):
+                if msg.value() is None:
                     continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                    continue
-                if msg.value() is not None:
-                    try:
-                        out.append(ModelEnvelope.from_avro(self._decode(msg.value())))
-                    except (SerdeError, KeyError, ValueError) as exc:
-                        log.warning(
-                            "skipping undecodable envelope at offset %s: %s", msg.offset(), exc
-                        )
-                if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
-                    pending.discard(msg.partition() or 0)
+                try:
+                    out.append(ModelEnvelope.from_avro(self._decode(msg.value())))
+                except (SerdeError, KeyError, ValueError) as exc:
+                    log.warning("skipping undecodable envelope at offset %s: %s", msg.offset(), exc)
         finally:
             c.close()
         return out
