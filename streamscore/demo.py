@@ -91,8 +91,8 @@ def _topics(run_id: str) -> TopicSettings:
 
 
 @contextlib.contextmanager
-def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
+def _processes() -> Iterator[list[subprocess.Popen[Any]]]:
+    procs: list[subprocess.Popen[Any]] = []
     try:
         yield procs
     finally:
@@ -130,6 +130,7 @@ class Demo:
         self.labels_sent = 0
         self.t0 = time.time()
         self.store_dir = settings.results_dir / "groundtruth"
+        self.children: list[subprocess.Popen[Any]] = []
 
     def _mark(self, text: str) -> None:
         self.timeline.append((time.time(), text))
@@ -285,7 +286,7 @@ class Demo:
         finally:
             c.close()
 
-    def _wait_ready(self, procs: list[subprocess.Popen[bytes]], timeout: float = 90.0) -> None:
+    def _wait_ready(self, procs: list[subprocess.Popen[Any]], timeout: float = 90.0) -> None:
         """Traffic starts once every worker has loaded its model (no warm-up latency)."""
         import urllib.request
 
@@ -357,16 +358,23 @@ class Demo:
             "--publisher",
             "demo-retrain",
         ]
-        proc = subprocess.run(
-            cmd, env=self._child_env(), capture_output=True, text=True, timeout=120
+        proc = subprocess.Popen(
+            cmd,
+            env=self._child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
-        (self.s.results_dir / "train.log").write_text(proc.stdout + proc.stderr)
+        self.children.append(proc)  # stopped with the others, Ctrl-C included
+        out, _ = proc.communicate(timeout=120)
+        (self.s.results_dir / "train.log").write_text(out)
         if proc.returncode != 0:
             print(
                 f"demo: training not published yet (exit {proc.returncode}); retrying", flush=True
             )
             return False
-        print(proc.stdout.rstrip(), flush=True)
+        print(out.rstrip(), flush=True)
         return True
 
     # ---- output
@@ -462,6 +470,7 @@ class Demo:
         )
         shutil.rmtree(self.store_dir, ignore_errors=True)
         with _processes() as procs:
+            self.children = procs
             for i in range(self.s.workers):
                 procs.append(
                     self._start(
@@ -494,8 +503,8 @@ class Demo:
                     "600",
                 ],
             )
-            self._wait_ready(procs)
             procs.append(feedback)
+            self._wait_ready(procs[: self.s.workers])
             print(
                 "demo: 2 score workers and a feedback worker are up; metrics on "
                 + ", ".join(f"http://127.0.0.1:{9400 + i}/metrics" for i in range(self.s.workers))

@@ -65,3 +65,61 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
     # no worker process is left behind
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(results) not in ps and "demo-1" not in ps
+
+
+def _demo_children() -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [
+        line
+        for line in ps.splitlines()
+        if "streamscore.cli" in line
+        and any(k in line for k in ("--worker-id demo-", "demo-feedback-", "demo-retrain"))
+    ]
+
+
+def test_ctrl_c_mid_run_stops_every_process_it_started(
+    cluster_endpoints: Any, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    assert _demo_children() == []
+    env = dict(os.environ)
+    env.update(
+        {
+            "STREAMSCORE_BOOTSTRAP": cluster_endpoints.bootstrap_servers,
+            "STREAMSCORE_REGISTRY_URL": cluster_endpoints.registry_url,
+        }
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamscore.cli",
+            "demo",
+            "--duration",
+            "60",
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # wait until it is in full swing: workers and traffic up
+            if "trained on the ground truth" in line or time.monotonic() > deadline:
+                break
+        assert len(_demo_children()) >= 3
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while _demo_children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _demo_children() == []
