@@ -368,8 +368,17 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             server.stop()
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_demo(args: argparse.Namespace, env: Env) -> int:
     from .demo import Demo, DemoSettings, print_summary
+
+    # Ctrl-C and SIGTERM unwind the demo (its finally blocks stop every child), even when
+    # SIGINT was inherited as ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     settings = DemoSettings(
         duration_s=args.duration,

@@ -504,7 +504,8 @@ class Demo:
                 ],
             )
             procs.append(feedback)
-            self._wait_ready(procs[: self.s.workers])
+            workers = list(procs)  # the long-running ones; training runs come and go
+            self._wait_ready(workers[: self.s.workers])
             print(
                 "demo: 2 score workers and a feedback worker are up; metrics on "
                 + ", ".join(f"http://127.0.0.1:{9400 + i}/metrics" for i in range(self.s.workers))
@@ -530,7 +531,7 @@ class Demo:
                 while threads[0].is_alive():
                     time.sleep(2)
                     print(self._progress(), flush=True)
-                    for p in procs:
+                    for p in workers:
                         if p.poll() is not None:
                             raise RuntimeError(
                                 f"a worker exited with {p.returncode}; see "

@@ -68,7 +68,7 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
 
 
 def _demo_children() -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [
         line
         for line in ps.splitlines()
@@ -116,10 +116,14 @@ def test_ctrl_c_mid_run_stops_every_process_it_started(
         assert len(_demo_children()) >= 3
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
-    finally:
+        deadline = time.monotonic() + 10
+        while _demo_children() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.returncode == 130  # interrupted, and said so
+        assert _demo_children() == []
+    finally:  # whatever happened above, leave nothing running for the next tests
         if proc.poll() is None:
-            proc.kill()
-    deadline = time.monotonic() + 10
-    while _demo_children() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _demo_children() == []
+            proc.terminate()
+            proc.wait(30)
+        for line in _demo_children():
+            os.kill(int(line.split()[0]), signal.SIGKILL)
