@@ -375,6 +375,7 @@ class Demo:
             )
             return False
         print(out.rstrip(), flush=True)
+        self._mark("v2 (a, b, c) trained on the ground truth, out as shadow")
         return True
 
     # ---- output
@@ -544,9 +545,7 @@ class Demo:
                     if trainer is not None and not trainer.is_alive():
                         trainer = None
                         trained = bool(train_result and train_result[-1])
-                        if trained:
-                            self._mark("v2 (a, b, c) trained on the ground truth, out as shadow")
-                        else:
+                        if not trained:
                             next_try = now + 3
                     if not trained and trainer is None and now >= next_try:
                         # in the background: progress keeps printing while it trains

@@ -55,6 +55,11 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
     texts = [text for _t, text in summary["timeline_s"]]
     assert any("out as shadow" in t for t in texts), texts
     assert any("answer with v2 (promoted)" in t for t in texts), texts
+    # in the order they happened
+    assert [t for t in texts if "shadow" in t or "promoted" in t] == [
+        "v2 (a, b, c) trained on the ground truth, out as shadow",
+        "workers answer with v2 (promoted)",
+    ]
     assert "primary v2" in summary["active_at_end"]
     assert set(summary["model_versions_first_seen_s"]) == {"1", "2"}
     mae = {int(k): v for k, v in summary["live_mae_by_version"].items()}
