@@ -20,8 +20,9 @@ Endpoints = Any
 
 @pytest.fixture
 def local_only(cluster_kind: str, local_cluster: LocalCluster) -> LocalCluster:
-    if cluster_kind != "local":
-        pytest.skip(f"the session runs on a {cluster_kind} cluster, not the local JVMs")
+    """The local JVM cluster the session runs on (conftest deselects these tests when the
+    session runs on another kind of cluster)."""
+    assert cluster_kind == "local"
     return local_cluster
 
 
