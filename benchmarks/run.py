@@ -66,7 +66,7 @@ from confluent_kafka.cimpl import NewTopic
 from streamscore import schemas, serde
 from streamscore.cli import settings_from_env
 from streamscore.config import KafkaSettings, RegistrySettings, TopicSettings
-from streamscore.kafka_clients import reader_consumer
+from streamscore.kafka_clients import reader_consumer, wait_for_partition_leaders
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
 
@@ -250,16 +250,7 @@ class Bench:
         )[name]
         fut.result()
         self.created.append(name)
-        for _ in range(100):
-            md = self.admin.list_topics(name, timeout=5).topics.get(name)
-            if (
-                md is not None
-                and md.error is None
-                and len(md.partitions) == partitions
-                and all(p.leader >= 0 for p in md.partitions.values())
-            ):
-                break
-            time.sleep(0.1)
+        wait_for_partition_leaders(self.admin, name, partitions)
         return name
 
     def delete_topics(self, names: list[str]) -> None:

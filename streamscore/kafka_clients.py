@@ -161,3 +161,22 @@ def read_to_end(
         yield msg
         if (msg.offset() or 0) + 1 >= ends[partition]:
             pending.discard(partition)
+
+
+def wait_for_partition_leaders(
+    admin: Any, topic: str, partitions: int, *, timeout_s: float = 10.0
+) -> bool:
+    """After a create: wait until the metadata shows ``partitions`` partitions of
+    ``topic``, each with a leader (produce/assign before that can fail). True if so."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic, timeout=5).topics.get(topic)
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 for p in md.partitions.values())
+        ):
+            return True
+        time.sleep(0.1)
+    return False

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 
 from streamscore.config import ClusterSettings, TopicSettings
+from streamscore.kafka_clients import wait_for_partition_leaders
 from streamscore.localcluster import LocalCluster, create_topics
 
 _HERE = Path(__file__).parent
@@ -181,17 +181,7 @@ def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callab
         )
         futures[topic].result()
         created.append(topic)
-        # wait until the metadata shows every partition with a leader
-        for _ in range(100):
-            md = admin.list_topics(topic, timeout=5).topics.get(topic)
-            if (
-                md is not None
-                and md.error is None
-                and len(md.partitions) == partitions
-                and all(p.leader >= 0 for p in md.partitions.values())
-            ):
-                break
-            time.sleep(0.1)
+        wait_for_partition_leaders(admin, topic, partitions)
         return topic
 
     yield make
