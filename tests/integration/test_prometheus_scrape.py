@@ -168,6 +168,12 @@ def test_prometheus_scrapes_a_live_worker(
         lambda: prom.value(f"sum(streamscore_predictions_total{{{job}}})") == N_EVENTS,
         f"Prometheus to scrape {N_EVENTS} predictions",
     )
+    # each target gets its own offset within the scrape interval: the closed feedback port
+    # has its first `up` sample only once its own first scrape has been attempted
+    prom.wait(
+        lambda: prom.value('up{job="streamscore-feedback"}') is not None,
+        "the first scrape attempt of the feedback target",
+    )
     (pred,) = prom.query(f"streamscore_predictions_total{{{job}}}")
     assert pred["metric"]["model_version"] == "1"
     assert pred["metric"]["role"] == "primary"
