@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import schemas
-from .errors import ConfigError, StreamscoreError
+from .errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .records import Role, Task
 
 if TYPE_CHECKING:
@@ -87,12 +87,22 @@ def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel |
 
 def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient
     from prometheus_client import CollectorRegistry
 
+    from .delivery import AtLeastOnceSink
+    from .event_ids import EventIdReader
     from .feedback import FeedbackLoop, make_telemetry, promote_shadow
+    from .feedback_router import FeedbackRouter, RouteTopics, join_topic_for
     from .groundtruth import GroundTruthStore
     from .join import JoinState
-    from .kafka_clients import feedback_consumer, plain_producer
+    from .kafka_clients import (
+        ensure_topic,
+        feedback_consumer,
+        partition_count,
+        plain_producer,
+        router_consumer,
+    )
     from .metrics import Metrics, serve
     from .promotion import LiveQuality, PromotionDecision, PromotionPolicy, PromotionSettings
     from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
@@ -133,14 +143,13 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         if d.promote:
             assert topic is not None
             try:
-                promote_shadow(
+                note = promote_shadow(
                     topic,
                     d,
                     key=env.signing.require_key(),
                     key_id=env.signing.key_id,
                     keyring=env.keyring,
                 )
-                note = f"published v{d.shadow_version} as primary, shadow retired"
             except StreamscoreError as exc:
                 ok, note = False, f"promotion failed: {type(exc).__name__}: {exc}"
                 log.error("%s", note)
@@ -152,15 +161,57 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         producer.flush(10)
         return ok
 
+    # the join topic: predictions and labels re-keyed by event id (feedback_router.py)
+    admin = AdminClient(env.kafka.client_config())
+    topics = RouteTopics(
+        predictions=env.topics.predictions,
+        feedback=env.topics.feedback,
+        join=args.join_topic or join_topic_for(args.group_id),
+        dlq=env.topics.dlq,
+    )
+    sources = [partition_count(admin, t) for t in (topics.predictions, topics.feedback)]
+    want = args.join_partitions or max([n for n in sources if n] + [1])
+    retention_ms = int(args.join_retention_h * 3_600_000)
+    n_join = ensure_topic(admin, topics.join, want, {"retention.ms": str(retention_ms)})
+
+    def dead_letter(msg: Any, err: StreamscoreError) -> None:
+        from .feedback_router import dead_letter_message
+
+        out = dead_letter_message(msg, err, worker_id=worker_id, dlq_topic=topics.dlq)
+        headers: Any = out.headers
+        producer.produce(out.topic, out.value, out.key, headers=headers)
+        metrics.dead_letters.labels(err.reason).inc()
+        if producer.flush(10):
+            raise DeliveryError("a dead letter was not acknowledged within 10 s")
+
     join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
     stop = threading.Event()
     from .cli import install_stop_signals
 
     install_stop_signals(stop)
+    router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
+    router = FeedbackRouter(
+        consumer=router_c,
+        sink=AtLeastOnceSink(Producer(plain_producer(env.kafka)), router_c),
+        topics=topics,
+        event_id=EventIdReader(cache),
+        metrics=metrics,
+        worker_id=worker_id,
+        stop=stop,
+    )
+    router_failure: list[BaseException] = []
+
+    def run_router() -> None:
+        try:
+            router.run()
+        except BaseException as exc:  # the worker must not go on joining without it
+            router_failure.append(exc)
+            log.error("feedback router failed: %s: %s", type(exc).__name__, exc)
+            stop.set()
+
     loop = FeedbackLoop(
         consumer=Consumer(feedback_consumer(env.kafka, args.group_id, worker_id)),
-        predictions_topic=env.topics.predictions,
-        feedback_topic=env.topics.feedback,
+        join_topic=topics.join,
         decode_prediction=decode_pred,
         decode_feedback=decode_fb,
         join=join,
@@ -170,25 +221,36 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         policy=PromotionPolicy(promo) if promo.enabled else None,
         on_decision=on_decision,
         stop=stop,
+        dead_letter=dead_letter,
         checkpoint_s=args.checkpoint_s,
     )
     log.info(
-        "feedback worker %s: joining %s with %s (group %s, window %.0f s, auto-promote %s)",
+        "feedback worker %s: joining %s with %s through %s (%d partitions; group %s, "
+        "window %.0f s, auto-promote %s)",
         worker_id,
-        env.topics.feedback,
-        env.topics.predictions,
+        topics.feedback,
+        topics.predictions,
+        topics.join,
+        n_join,
         args.group_id,
         args.window_s,
         "on" if promo.enabled else "off",
     )
+    router_thread = threading.Thread(target=run_router, name="feedback-router", daemon=True)
+    router_thread.start()
     try:
         stats = loop.run()
         log.info("feedback worker stopped: %s; join %s", stats, join.stats)
-        return 0
     finally:
+        stop.set()
+        router_thread.join(30)
         producer.flush(10)
+        store.close()
         if server is not None:
             server.stop()
+    if router_failure:
+        raise KafkaIOError(f"feedback router failed: {router_failure[0]}") from router_failure[0]
+    return 0
 
 
 # -------------------------------------------------------------------------- train
@@ -261,6 +323,26 @@ def add_commands(sub: Any) -> None:
         "--max-pending", type=int, default=500_000, help="cap on event ids held in the join"
     )
     f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
+    f.add_argument(
+        "--join-topic",
+        default=None,
+        help="internal topic of predictions and labels keyed by event id "
+        "(default: <group-id>.join; created if missing)",
+    )
+    f.add_argument(
+        "--join-partitions",
+        type=int,
+        default=0,
+        help="partitions of a join topic this worker creates (default: as many as the "
+        "larger of predictions / feedback); they bound the useful number of workers",
+    )
+    f.add_argument(
+        "--join-retention-h",
+        type=float,
+        default=168.0,
+        help="retention of a join topic this worker creates; keep it above the join "
+        "window plus the longest outage you want to recover from",
+    )
     f.add_argument("--max-buffered-rows", type=int, default=20_000)
     f.add_argument("--quality-window", type=int, default=1000, help="rolling metric window")
     f.add_argument("--metrics-host", default="127.0.0.1")

@@ -97,6 +97,12 @@ class AvroDecodeError(SerdeError):
     reason = "avro_decode"
 
 
+class UnknownKindError(SerdeError):
+    """A feedback join-topic message says neither ``prediction`` nor ``label``."""
+
+    reason = "unknown_kind"
+
+
 class EncodeError(SerdeError):
     """A record does not fit the schema it is being encoded with."""
 

@@ -1,11 +1,14 @@
 """The feedback worker's Kafka loop (thin): consume, join, measure, store, commit.
 
-One consumer in its own group (``streamscore feedback``) subscribes to BOTH the
-``predictions`` and the ``feedback`` topics. Each polled message is decoded into a
+One consumer in its own group (``streamscore feedback``) reads the **join topic**, where
+the router (:mod:`streamscore.feedback_router`) has put every prediction and label keyed
+by event id, with a ``streamscore.kind`` header. Each polled message is decoded into a
 :class:`~streamscore.join.PredictionIn` / :class:`~streamscore.join.LabelIn` and fed to
 the pure :class:`~streamscore.join.JoinState`; joined pairs update the live quality
 metrics and the promotion policy; rows and unmatched labels go to the
-:class:`~streamscore.groundtruth.GroundTruthStore`.
+:class:`~streamscore.groundtruth.GroundTruthStore`. Because both sides of an event share
+a key, they share a partition, and the members of the group each join their own
+partitions: feedback workers scale out up to the join topic's partition count.
 
 Restart safety (the choice, and why)
 ------------------------------------
@@ -33,12 +36,13 @@ need its own atomic snapshots and offsets inside them; re-reading is simpler and
 cost is bounded by the window: a prediction waiting for its label holds its partition's
 commit back by at most ``window`` of event time (or until the memory cap evicts it).
 
-Rebalances use the eager ``range`` assignor: on revocation the loop checkpoints, then
-drops the whole join state (its pending labels are counted ``released``) and the new
-assignment resumes from the committed offsets. With ``range``, partition *i* of both
-topics goes to the same member, so several feedback workers join correctly only if
-the feedback topic is keyed and partitioned like ``predictions`` (same key = entity
-key, same partition count); with the default keying (event id) run one feedback worker.
+Rebalances use an eager assignor: on revocation the loop checkpoints, then drops the
+whole join state (its pending labels are counted ``released``) and the new assignment
+resumes from the committed offsets.
+
+A message the loop cannot decode (or without a known ``streamscore.kind``) never blocks
+its partition: it is handed to ``dead_letter`` (the CLI writes it to the dead-letter
+topic), counted, and settled.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from .errors import ModelError, SerdeError, StreamscoreError
+from .errors import AvroDecodeError, ModelError, SerdeError, StreamscoreError, UnknownKindError
+from .feedback_router import KIND_HEADER, LABEL, PREDICTION
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
 from .metrics import Metrics
@@ -62,6 +67,13 @@ from .records import Role, Telemetry
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
+
+
+def _kind(msg: Any) -> bytes | None:
+    for k, v in msg.headers() or ():
+        if k == KIND_HEADER:
+            return bytes(v) if v is not None else None
+    return None
 
 
 @dataclass
@@ -78,8 +90,7 @@ class FeedbackLoop:
         self,
         *,
         consumer: Any,
-        predictions_topic: str,
-        feedback_topic: str,
+        join_topic: str,
         decode_prediction: Decoder,
         decode_feedback: Decoder,
         join: JoinState,
@@ -89,12 +100,13 @@ class FeedbackLoop:
         policy: PromotionPolicy | None = None,
         on_decision: Callable[[PromotionDecision], bool] | None = None,
         stop: threading.Event,
+        dead_letter: Callable[[Any, StreamscoreError], None] | None = None,
         checkpoint_s: float = 1.0,
         batch_size: int = 1000,
     ) -> None:
         self._c = consumer
-        self._pred_topic = predictions_topic
-        self._fb_topic = feedback_topic
+        self._topic = join_topic
+        self._dead_letter = dead_letter
         self._dec_pred = decode_prediction
         self._dec_fb = decode_feedback
         self.join = join
@@ -114,7 +126,7 @@ class FeedbackLoop:
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> FeedbackStats:
         self._c.subscribe(
-            [self._pred_topic, self._fb_topic],
+            [self._topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -136,6 +148,10 @@ class FeedbackLoop:
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        # rows other workers finalized for these partitions' event ids (store module doc)
+        n = self.store.refresh()
+        if n:
+            log.info("indexed %d rows written by other feedback workers", n)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("revoked %s: checkpoint, then drop the join state", len(partitions))
@@ -160,13 +176,13 @@ class FeedbackLoop:
                 continue
             pos: Position = (msg.topic(), msg.partition(), msg.offset())
             self.tracker.track(pos)
-            topic = msg.topic()
             try:
-                if topic == self._pred_topic:
+                kind = _kind(msg)
+                if kind == PREDICTION:
                     p = PredictionIn.from_avro(self._dec_pred(msg.value()), pos)
                     self.stats.predictions += 1
                     out.extend(self.join.add_prediction(p))
-                else:
+                elif kind == LABEL:
                     lab = LabelIn.from_avro(self._dec_fb(msg.value()), pos)
                     self.stats.labels += 1
                     self._m.feedback_received.inc()
@@ -174,11 +190,25 @@ class FeedbackLoop:
                     out.extend(self.join.add_label(lab))
                     if self.join.stats.duplicate > before:
                         self._m.feedback_labels.labels("duplicate").inc()
+                else:
+                    raise UnknownKindError(
+                        f"join-topic message without a known {KIND_HEADER} header ({kind!r})",
+                        field=KIND_HEADER,
+                    )
             except (SerdeError, KeyError, ValueError, TypeError) as exc:
-                # never blocks the partition: counted, logged, settled
+                # never blocks the partition: dead-lettered, counted, logged, settled
+                err = (
+                    exc
+                    if isinstance(exc, StreamscoreError)
+                    else AvroDecodeError(
+                        f"decoded record does not fit: {type(exc).__name__}: {exc}"
+                    )
+                )
                 self.stats.undecodable += 1
-                self._m.invalid_events.labels(f"feedback_{getattr(exc, 'reason', 'decode')}").inc()
-                log.warning("undecodable message at %s: %s", pos, exc)
+                self._m.invalid_events.labels(f"feedback_{err.reason}").inc()
+                log.warning("undecodable message at %s: %s", pos, err)
+                if self._dead_letter is not None:
+                    self._dead_letter(msg, err)
                 out.settled.append(pos)
         out.extend(self.join.advance())
         self._apply(out)
@@ -258,17 +288,30 @@ def promote_shadow(
     key: bytes,
     key_id: str,
     keyring: Mapping[str, bytes],
-) -> None:
+) -> str:
     """Re-publish the shadow's signed artifact as ``<name>/primary`` (its archive copy is
     the source; its own signature is verified first), then retire the shadow role. The
-    old primary stays archived, so ``ModelTopic.rollback`` restores it."""
+    old primary stays archived, so ``ModelTopic.rollback`` restores it.
+
+    Several feedback workers may reach the same decision (each sees its share of the
+    labels): the topic's current state is read first, and a shadow that is no longer the
+    shadow (already promoted, retired or replaced) is left alone. Returns what was done."""
     from .bundle import verify_signature
     from .envelope import Action
 
     name, version = decision.model_name, decision.shadow_version
+    envelopes = topic.read_all()
+    current = {
+        e.role: e for e in envelopes if e.model_name == name and e.action is not Action.ARCHIVE
+    }
+    shadow = current.get(Role.SHADOW)
+    if shadow is None or shadow.action is Action.RETIRE or shadow.version != version:
+        primary = current.get(Role.PRIMARY)
+        now = f"v{primary.version}" if primary is not None else "none"
+        return f"v{version} is no longer the shadow (primary is {now}): nothing to do"
     candidates = [
         e
-        for e in topic.read_all()
+        for e in envelopes
         if e.model_name == name and e.version == version and e.action is not Action.RETIRE
     ]
     if not candidates:
@@ -277,3 +320,4 @@ def promote_shadow(
     verify_signature(env.artifact, env.signature, env.key_id, keyring)
     topic.publish(env.artifact, Role.PRIMARY, key=key, key_id=key_id, publisher="auto-promotion")
     topic.retire(name, Role.SHADOW, publisher="auto-promotion")
+    return f"published v{version} as primary, shadow retired"

@@ -5,7 +5,8 @@ Layout under ``root``::
     dt=YYYY-MM-DD/hour=HH/part-<uuid>.avro            joined rows, by event hour (UTC)
     unmatched/dt=YYYY-MM-DD/hour=HH/part-<uuid>.avro   labels that found no prediction,
                                                        by observed hour (feedback schema)
-    _inprogress/part-<uuid>.avro                       files being written (never read)
+    _inprogress/<writer>/part-<uuid>.avro              files being written (never read)
+    _inprogress/<writer>.lock                          held by the live writer <writer>
 
 Rows (``schemas/groundtruth_row.v1.avsc``) are buffered in memory and written by
 :meth:`GroundTruthStore.flush`: one file per hour partition, written under
@@ -17,9 +18,19 @@ half-written file. A crash mid-write leaves at most an ``_inprogress`` file, whi
 offsets were not committed yet (the feedback worker commits only after ``flush``), so
 they are read and written again.
 
+Several writers (feedback workers of one group) may share a store directory: each
+writes under its own ``_inprogress/<writer>/`` and holds an exclusive ``flock`` on
+``_inprogress/<writer>.lock`` while it lives. ``open`` deletes only the leftovers of
+writers whose lock is free (dead processes), never a live writer's file. This needs a
+file system with working POSIX locks (local disk, or a network file system that
+supports them).
+
 No duplicates: the store keeps the set of event ids it holds (rebuilt at ``open`` from the
 finalized files, extended by every accepted row) and :meth:`append` refuses an event id it
 already has, in a buffered row or a finalized file. The same holds for unmatched labels.
+With several writers, each event id belongs to one writer at a time (the join topic is
+keyed by event id); when ownership moves (a rebalance), :meth:`GroundTruthStore.refresh`
+indexes the files the others finalized since, so a re-read label is still known.
 
 Reading (:func:`read_rows`, :func:`read_training_data`) prunes partitions by hour and
 filters on event time (``since`` inclusive, ``until`` exclusive, epoch ms). Training
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import re
@@ -138,16 +150,25 @@ class _Area:
         self._reader_schema = serde.parse(schema)  # timestamps as epoch-ms ints
         self._time_key = tkey
         self.ids: set[str] = set()
+        self._indexed: set[Path] = set()
         self.buffer: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.buffered = 0
 
     def rebuild_index(self) -> int:
         self.ids.clear()
+        self._indexed.clear()
+        return self.refresh_index()
+
+    def refresh_index(self) -> int:
+        """Index the finalized files not indexed yet (written by other writers)."""
         n = 0
         for path in _finalized_files(self.base):
+            if path in self._indexed:
+                continue
             for rec in _read_file(path, self._reader_schema):
                 self.ids.add(rec["event_id"])
                 n += 1
+            self._indexed.add(path)
         return n
 
     def append(self, record: dict[str, Any]) -> bool:
@@ -163,7 +184,7 @@ class _Area:
         written: list[Path] = []
         for (day, hour), records in sorted(self.buffer.items()):
             name = f"part-{uuid.uuid4().hex}.avro"
-            tmp = self._store.inprogress_dir / name
+            tmp = self._store.writer_dir / name
             with tmp.open("wb") as f:
                 fastavro.writer(f, self._writer_schema, records, codec="deflate")
                 f.flush()
@@ -173,6 +194,7 @@ class _Area:
             final_dir.mkdir(parents=True, exist_ok=True)
             final = final_dir / name
             os.replace(tmp, final)
+            self._indexed.add(final)
             _fsync_dir(final_dir)
             if new_dir:
                 _fsync_dir(final_dir.parent)
@@ -184,26 +206,28 @@ class _Area:
 
 
 class GroundTruthStore:
-    """Writer side of the store (one writer process per directory)."""
+    """Writer side of the store (several writers may share a directory: module doc)."""
 
     def __init__(self, root: Path | str, *, max_buffered_rows: int = 20_000) -> None:
         self.root = Path(root)
         self.inprogress_dir = self.root / INPROGRESS
+        self.writer = uuid.uuid4().hex[:16]
+        self.writer_dir = self.inprogress_dir / self.writer
+        self._lock_fd: int | None = None
         self.max_buffered_rows = max_buffered_rows
         self._rows = _Area(self, self.root, _row_schema(), "event_time")
         self._unmatched = _Area(self, self.root / UNMATCHED, _unmatched_schema(), "observed_time")
         self._opened = False
 
     def open(self) -> RecoveryReport:
-        """Create the layout, delete leftover ``_inprogress`` files (a crash mid-write),
-        and rebuild the event-id indexes from the finalized files."""
+        """Create the layout, take this writer's lock, delete the leftover
+        ``_inprogress`` files of dead writers (a crash mid-write), and rebuild the
+        event-id indexes from the finalized files."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.inprogress_dir.mkdir(exist_ok=True)
-        removed = []
-        for p in sorted(self.inprogress_dir.iterdir()):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p.name)
+        self._lock_fd = _lock(self.inprogress_dir / f"{self.writer}.lock", wait=True)
+        self.writer_dir.mkdir()
+        removed = _remove_dead_writers(self.inprogress_dir, self.writer)
         if removed:
             log.warning(
                 "removed %d unfinished file(s) from %s (their rows are re-read from Kafka)",
@@ -214,6 +238,25 @@ class GroundTruthStore:
         n_unmatched = self._unmatched.rebuild_index()
         self._opened = True
         return RecoveryReport(tuple(removed), n_rows, n_unmatched)
+
+    def close(self) -> None:
+        """Flush, then release this writer's lock and remove its (empty) directories."""
+        if not self._opened:
+            return
+        self.flush()
+        self._opened = False
+        with contextlib.suppress(OSError):
+            self.writer_dir.rmdir()
+        with contextlib.suppress(FileNotFoundError):
+            (self.inprogress_dir / f"{self.writer}.lock").unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def refresh(self) -> int:
+        """Index the finalized files other writers added since (after a rebalance)."""
+        self._check_open()
+        return self._rows.refresh_index() + self._unmatched.refresh_index()
 
     def _check_open(self) -> None:
         if not self._opened:
@@ -247,6 +290,48 @@ class GroundTruthStore:
         """Write every buffered row to finalized files (durable when this returns)."""
         self._check_open()
         return self._rows.flush() + self._unmatched.flush()
+
+
+def _lock(path: Path, *, wait: bool) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if needed): the open descriptor, or
+    None if another process holds it and ``wait`` is False."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_dead_writers(inprogress: Path, me: str) -> list[str]:
+    """Delete what dead writers left under ``inprogress`` (their lock is free): files of
+    an older single-writer layout directly in it, and ``<writer>/`` directories."""
+    removed: list[str] = []
+    for p in sorted(inprogress.iterdir()):
+        if p.is_file() and p.suffix == ".avro":  # pre-lock layout: no live owner to ask
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p.name)
+            continue
+        if not p.is_dir() or p.name == me:
+            continue
+        lock_path = inprogress / f"{p.name}.lock"
+        fd = _lock(lock_path, wait=False)
+        if fd is None:
+            continue  # a live writer
+        try:
+            for f in sorted(p.iterdir()):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    removed.append(f.name)
+            with contextlib.suppress(OSError):
+                p.rmdir()
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.unlink()
+        finally:
+            os.close(fd)
+    return removed
 
 
 # ------------------------------------------------------------------------ reading

@@ -10,25 +10,37 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from .config import KafkaSettings, ScoringSettings
+from .errors import KafkaIOError
 
 
-def score_consumer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, Any]:
+def _group_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """What every streamscore consumer-group member shares: read committed data from the
+    beginning, offsets stored by the loop (never on poll), prompt failure detection and a
+    bounded prefetch (memory stays flat however far behind it is)."""
     conf = kafka.client_config()
     conf.update(
         {
-            "group.id": scoring.group_id,
-            "client.id": f"streamscore-score-{scoring.worker_id}",
+            "group.id": group_id,
+            "client.id": client_id,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            # a batch's offsets are stored only when all its outputs are acknowledged
             "enable.auto.offset.store": False,
-            "enable.auto.commit": not scoring.exactly_once,
-            "auto.commit.interval.ms": 1000,
             "isolation.level": "read_committed",
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
-            # bounded prefetch: memory stays flat however far behind we are
             "queued.max.messages.kbytes": 16_384,
+        }
+    )
+    return conf
+
+
+def score_consumer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, Any]:
+    conf = _group_consumer(kafka, scoring.group_id, f"streamscore-score-{scoring.worker_id}")
+    conf.update(
+        {
+            "partition.assignment.strategy": "cooperative-sticky",
+            # a batch's offsets are stored only when all its outputs are acknowledged
+            "enable.auto.commit": not scoring.exactly_once,
+            "auto.commit.interval.ms": 1000,
             "fetch.wait.max.ms": 50,
         }
     )
@@ -101,24 +113,75 @@ def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[s
 
 
 def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
-    conf = kafka.client_config()
+    """The join loop: eager ``range`` assignment (it drops its join state on revocation)
+    and explicit commits of settled offsets only."""
+    conf = _group_consumer(kafka, group_id, client_id)
     conf.update(
         {
-            "group.id": group_id,
-            "client.id": client_id,
-            "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",
             "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-            "queued.max.messages.kbytes": 16_384,
             "fetch.wait.max.ms": 100,
         }
     )
     conf.update(kafka.extra)
     return conf
+
+
+def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """The feedback router: like a score worker (offsets stored when the batch's outputs
+    are acknowledged, then auto-committed), in its own group ``<group>.router``."""
+    conf = _group_consumer(kafka, f"{group_id}.router", f"{client_id}-router")
+    conf.update(
+        {
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    conf.update(kafka.extra)
+    return conf
+
+
+def partition_count(admin: Any, topic: str, *, timeout_s: float = 10.0) -> int | None:
+    """Partitions of ``topic`` per the cluster metadata, or None if it does not exist."""
+    md = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if md is None or md.error is not None or not md.partitions:
+        return None
+    return len(md.partitions)
+
+
+def ensure_topic(
+    admin: Any,
+    topic: str,
+    partitions: int,
+    config: dict[str, str],
+    *,
+    timeout_s: float = 30.0,
+) -> int:
+    """Create ``topic`` (broker-default replication) unless it exists; return the number
+    of partitions it has. An existing topic is used as it is (it may have been created
+    by an operator, or by another worker at the same moment)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.cimpl import NewTopic
+
+    have = partition_count(admin, topic)
+    if have is not None:
+        return have
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config)
+    fut = admin.create_topics([new], operation_timeout=timeout_s, request_timeout=timeout_s)
+    try:
+        fut[topic].result()
+    except KafkaException as exc:
+        err = exc.args[0]
+        if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise KafkaIOError(f"cannot create topic {topic!r}: {err}") from exc
+    if not wait_for_partition_leaders(admin, topic, partitions, timeout_s=timeout_s):
+        have = partition_count(admin, topic)
+        if have is None:
+            raise KafkaIOError(f"topic {topic!r} was created but has no leaders yet")
+        return have
+    return partitions
 
 
 def read_to_end(

@@ -177,6 +177,12 @@ class Metrics:
             "Labels consumed from the feedback topic.",
             registry=r,
         )
+        self.feedback_routed = Counter(
+            f"{PREFIX}_feedback_routed",
+            "Predictions and labels re-keyed by event id onto the join topic, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.feedback_joined = Counter(
             f"{PREFIX}_feedback_joined",
             "Labels joined with a prediction.",

@@ -227,3 +227,55 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     assert out["joined"] + out["duplicate"] >= 5000 - killed_at
     assert out["unmatched"] == 0
     print(f"MEASURED restarted worker: {out}")
+
+
+def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
+    stack: Stack,
+    make_worker: Callable[..., WorkerProcess],
+    make_feedback: Callable[..., FeedbackProcess],
+    tmp_path: Path,
+) -> None:
+    """Predictions (keyed by entity) and labels (keyed by event id) land in unrelated
+    partitions; the router re-keys both onto the join topic, so two workers of one group
+    each join their share and together write every row once, to one shared store."""
+    store = tmp_path / "gt"
+    group = f"{stack.group_id}-fb-pair"
+    stack.publish("ab", version=1)
+    make_worker("w1")
+    fb1 = make_feedback(store, "--window-s", "600", group_id=group)
+    fb2 = make_feedback(store, "--window-s", "600", group_id=group)
+
+    truth = produce_world(stack, 4000, seed=41)
+    produce_labels(stack, truth)
+    bad_label = b"\x00\x00\x00\x00"  # shorter than the wire-format header
+    stack.produce_raw([(b"bad-label-key", bad_label)], topic=stack.topics.feedback)
+
+    wait_rows(store, 4000, proc=fb1)
+    time.sleep(2)  # let any duplicate write show up
+    ids = [r["event_id"] for r in store_rows(store)]
+    assert len(ids) == len(set(ids)) == 4000  # every label once, across both writers
+    assert set(ids) == set(truth)
+    assert groundtruth.read_unmatched(store) == []
+
+    # both members joined a share: the join topic's 4 partitions were spread over them
+    joined = [fb.labels_outcomes()["joined"] for fb in (fb1, fb2)]
+    print(f"\nMEASURED labels joined per feedback worker: {joined}")
+    assert all(j > 0 for j in joined), joined
+    assert sum(joined) >= 4000
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    md = admin.list_topics(f"{group}.join", timeout=10).topics[f"{group}.join"]
+    assert len(md.partitions) == 4  # as many as predictions / feedback
+
+    # the bad label is in the dead-letter topic, untouched, with where it came from
+    dlq = stack.read(stack.topics.dlq, until=lambda ms: any(m.value() == bad_label for m in ms))
+    (dead,) = [m for m in dlq if m.value() == bad_label]
+    assert dead.key() == b"bad-label-key"
+    headers = dict(dead.headers() or [])
+    assert headers["streamscore.error.class"] == b"TruncatedMessageError"
+    assert headers["streamscore.source.topic"] == stack.topics.feedback.encode()
+    routed_dead = sum(
+        fb.sample("streamscore_dead_letters_total", {"reason": "truncated"}) for fb in (fb1, fb2)
+    )
+    assert routed_dead == 1

@@ -63,7 +63,7 @@ def test_rows_land_in_hour_partitions_and_read_back(tmp_path: Path) -> None:
     assert [r["event_id"] for r in got] == ["e1", "e2"]
     assert got[0]["event_time"] == T0 + 10 and isinstance(got[0]["observed_time"], int)
     assert got[0]["inputs"]["c"] == 2.5
-    assert not list((tmp_path / INPROGRESS).iterdir())
+    assert not list(s.writer_dir.iterdir())  # nothing left in progress
 
 
 def test_time_range_reads(tmp_path: Path) -> None:
@@ -88,6 +88,43 @@ def test_leftover_inprogress_file_is_ignored_and_cleaned(tmp_path: Path) -> None
     assert report.removed_inprogress == ("part-deadbeef.avro",)
     assert report.rows == 1
     assert not junk.exists()
+
+
+def test_a_dead_writers_leftovers_are_removed_a_live_writers_are_not(tmp_path: Path) -> None:
+    live = opened(tmp_path)
+    live_partial = live.writer_dir / "part-live.avro"
+    live_partial.write_bytes(b"Obj\x01being written")
+    dead_dir = tmp_path / INPROGRESS / "0123456789abcdef"  # its lock file is not held
+    dead_dir.mkdir()
+    (dead_dir / "part-dead.avro").write_bytes(b"Obj\x01partial")
+    (tmp_path / INPROGRESS / "0123456789abcdef.lock").touch()
+
+    report = GroundTruthStore(tmp_path).open()
+
+    assert report.removed_inprogress == ("part-dead.avro",)
+    assert not dead_dir.exists()
+    assert live_partial.exists()  # its writer holds the lock: left alone
+
+
+def test_close_releases_the_writer_lock(tmp_path: Path) -> None:
+    s = opened(tmp_path)
+    s.append(row("e1", T0))
+    s.close()  # flushes first
+    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
+    assert not s.writer_dir.exists()
+    assert list((tmp_path / INPROGRESS).iterdir()) == []
+
+
+def test_refresh_indexes_what_another_writer_finalized(tmp_path: Path) -> None:
+    a, b = opened(tmp_path), opened(tmp_path)
+    assert a.writer != b.writer
+    a.append(row("e1", T0))
+    a.flush()
+    assert not b.contains("e1")  # b indexed the store when it opened
+    assert b.refresh() == 1
+    assert b.contains("e1")
+    assert not b.append(row("e1", T0))  # a re-read label after a rebalance: no second row
+    assert b.refresh() == 0  # files already indexed are not read again
 
 
 def test_no_duplicate_event_ids_after_restart(tmp_path: Path) -> None:

@@ -1,0 +1,142 @@
+"""The join loop with a fake consumer: dispatch on the router's kind header, a label
+joined with its prediction into one stored row, bad messages dead-lettered and settled,
+and promote_shadow left alone when another worker has already promoted."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamscore import schemas, serde
+from streamscore.errors import StreamscoreError, TruncatedMessageError, UnknownKindError
+from streamscore.feedback import FeedbackLoop, promote_shadow
+from streamscore.feedback_router import KIND_HEADER
+from streamscore.groundtruth import GroundTruthStore, read_rows
+from streamscore.join import JoinState
+from streamscore.metrics import Metrics
+from streamscore.promotion import LiveQuality, PromotionDecision
+from streamscore.records import Role
+
+from .kafka_fakes import FakeConsumer, FakeMessage, prediction_record
+
+T0 = 1_700_000_000_000
+JOIN = "g.join"
+
+
+@pytest.fixture
+def registry() -> Any:
+    return serde.registry_client({"url": f"mock://feedback-loop-{id(object())}"})
+
+
+def prediction(registry: Any, eid: str) -> bytes:
+    ser = serde.AvroSerializer(registry, "p-value", schemas.load("prediction"))
+    return ser(prediction_record(eid, event_time_ms=T0))
+
+
+def label(registry: Any, eid: str, y: str = "2.5") -> bytes:
+    ser = serde.AvroSerializer(registry, "f-value", schemas.load("feedback"))
+    return ser({"event_id": eid, "label": y, "observed_time": T0 + 1000})
+
+
+def kind(k: bytes) -> list[tuple[str, bytes]]:
+    return [(KIND_HEADER, k)]
+
+
+def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path: Path) -> None:
+    cache = serde.WriterSchemaCache(registry)
+    metrics = Metrics(CollectorRegistry())
+    store = GroundTruthStore(tmp_path)
+    store.open()
+    stop = threading.Event()
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+        FakeMessage(JOIN, 0, 2, label(registry, "e2"), key=b"e2"),  # no kind header
+        FakeMessage(JOIN, 0, 3, label(registry, "e3")[:-4], key=b"e3", headers=kind(b"label")),
+    ]
+    consumer = FakeConsumer([batch], stop)
+    dead: list[tuple[int, StreamscoreError]] = []
+    loop = FeedbackLoop(
+        consumer=consumer,
+        join_topic=JOIN,
+        decode_prediction=serde.AvroDeserializer(cache, schemas.load("prediction")),
+        decode_feedback=serde.AvroDeserializer(cache, schemas.load("feedback")),
+        join=JoinState(60_000, 1000, already_written=store.contains),
+        store=store,
+        metrics=metrics,
+        quality=LiveQuality(metrics),
+        stop=stop,
+        dead_letter=lambda msg, err: dead.append((msg.offset(), err)),
+        checkpoint_s=60.0,
+    )
+    stats = loop.run()
+
+    assert consumer.subscribed == [JOIN]
+    assert (stats.predictions, stats.labels, stats.undecodable) == (1, 1, 2)
+    assert [(off, type(err)) for off, err in dead] == [
+        (2, UnknownKindError),
+        (3, TruncatedMessageError),
+    ]
+    rows = read_rows(tmp_path)
+    assert [(r["event_id"], r["label"], r["prediction_value"]) for r in rows] == [
+        ("e1", "2.5", 2.0)
+    ]
+    # every message is settled (joined, or dead-lettered): the final commit covers them all
+    assert consumer.commits[-1] == [(JOIN, 0, 4)]
+    joined = metrics.registry.get_sample_value(
+        "streamscore_feedback_labels_total", {"outcome": "joined"}
+    )
+    assert joined == 1
+
+
+class FakeModelTopic:
+    def __init__(self, envelopes: list[Any]) -> None:
+        self.envelopes = envelopes
+        self.published: list[Any] = []
+        self.retired: list[Any] = []
+
+    def read_all(self) -> list[Any]:
+        return self.envelopes
+
+    def publish(self, *args: Any, **kwargs: Any) -> None:
+        self.published.append(args)
+
+    def retire(self, *args: Any, **kwargs: Any) -> None:
+        self.retired.append(args)
+
+
+def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> None:
+    from streamscore.envelope import Action
+
+    class Env:
+        def __init__(self, role: Role, version: int, action: Action) -> None:
+            self.model_name, self.role, self.version, self.action = "demo", role, version, action
+
+    # another feedback worker promoted v2 first: v2 is primary, the shadow is retired
+    topic = FakeModelTopic(
+        [
+            Env(Role.PRIMARY, 1, Action.ACTIVATE),
+            Env(Role.SHADOW, 2, Action.ACTIVATE),
+            Env(Role.PRIMARY, 2, Action.ACTIVATE),
+            Env(Role.SHADOW, 2, Action.RETIRE),
+        ]
+    )
+    decision = PromotionDecision(
+        model_name="demo",
+        primary_version=1,
+        shadow_version=2,
+        promote=True,
+        metric="mae",
+        primary_value=1.0,
+        shadow_value=0.1,
+        improvement=0.9,
+        margin=0.05,
+        n_labels=600,
+    )
+    note = promote_shadow(topic, decision, key=b"k", key_id="k1", keyring={"k1": b"k"})
+    assert "no longer the shadow" in note and "primary is v2" in note
+    assert topic.published == [] and topic.retired == []

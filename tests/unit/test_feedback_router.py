@@ -1,0 +1,186 @@
+"""The feedback router with fake Kafka clients: re-keying by event id, dead letters,
+registry outages, shutdown."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamscore import schemas, serde
+from streamscore.delivery import OutBatch
+from streamscore.errors import RegistryUnavailableError
+from streamscore.event_ids import EventIdReader
+from streamscore.feedback_router import (
+    KIND_HEADER,
+    FeedbackRouter,
+    RouteTopics,
+    join_topic_for,
+)
+from streamscore.metrics import Metrics
+
+from .kafka_fakes import FakeConsumer, FakeMessage
+
+TOPICS = RouteTopics(predictions="preds", feedback="fb", join="g.join", dlq="dlq")
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.sent: list[OutBatch] = []
+        self.drained = 0
+
+    def send(self, batch: OutBatch) -> None:
+        self.sent.append(batch)
+
+    def poll(self, timeout: float = 0) -> None:
+        pass
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        self.drained += 1
+
+    def discard(self) -> None:
+        pass
+
+
+class EofError:
+    def code(self) -> int:
+        return -191  # _PARTITION_EOF
+
+
+@pytest.fixture
+def registry() -> Any:
+    return serde.registry_client({"url": f"mock://router-{id(object())}"})
+
+
+def label(registry: Any, eid: str) -> bytes:
+    ser = serde.AvroSerializer(registry, "fb-value", schemas.load("feedback"))
+    return ser({"event_id": eid, "label": "1.0", "observed_time": 1_700_000_000_000})
+
+
+def make_router(
+    event_id: Any, consumer: Any = None, sink: Any = None, stop: threading.Event | None = None
+) -> tuple[FeedbackRouter, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    router = FeedbackRouter(
+        consumer=consumer,
+        sink=sink or FakeSink(),
+        topics=TOPICS,
+        event_id=event_id,
+        metrics=metrics,
+        worker_id="fb-test",
+        stop=stop or threading.Event(),
+        registry_retry_s=0.01,
+    )
+    return router, metrics
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_join_topic_is_named_after_the_group() -> None:
+    assert join_topic_for("streamscore-feedback") == "streamscore-feedback.join"
+
+
+def test_predictions_and_labels_are_rekeyed_by_event_id(registry: Any) -> None:
+    reader = EventIdReader(serde.WriterSchemaCache(registry))
+    router, metrics = make_router(reader)
+    v1, v2, v3 = label(registry, "e1"), label(registry, "e2"), label(registry, "e1")
+    msgs = [
+        FakeMessage("preds", 2, 10, v1, key=b"entity-a"),
+        FakeMessage("preds", 2, 11, v2, key=b"entity-b"),
+        FakeMessage("fb", 0, 5, v3, key=b"e1"),
+        FakeMessage("fb", 0, 6, None, error=EofError()),  # not a message: skipped
+    ]
+    batch = router.route(msgs)  # type: ignore[arg-type]
+
+    assert [(m.topic, m.key, m.value) for m in batch.messages] == [
+        ("g.join", b"e1", v1),  # the original bytes, keyed by event id
+        ("g.join", b"e2", v2),
+        ("g.join", b"e1", v3),
+    ]
+    kinds = [dict(m.headers or [])[KIND_HEADER] for m in batch.messages]
+    assert kinds == [b"prediction", b"prediction", b"label"]
+    assert batch.offsets == {("preds", 2): 12, ("fb", 0): 6}
+    assert sample(metrics, "streamscore_feedback_routed_total", {"kind": "prediction"}) == 2
+    assert sample(metrics, "streamscore_feedback_routed_total", {"kind": "label"}) == 1
+    assert router.routed == 3
+
+
+def test_a_message_without_a_readable_id_is_dead_lettered_untouched(registry: Any) -> None:
+    reader = EventIdReader(serde.WriterSchemaCache(registry))
+    router, metrics = make_router(reader)
+    bad = b"\x07not avro"
+    good = label(registry, "e1")
+    batch = router.route(
+        [
+            FakeMessage("fb", 1, 40, bad, key=b"orig-key", timestamp_ms=123),
+            FakeMessage("fb", 1, 41, good, key=b"e1"),
+        ]  # type: ignore[list-item]
+    )
+    dlq, routed = batch.messages
+    assert (dlq.topic, dlq.key, dlq.value) == ("dlq", b"orig-key", bad)
+    h = dict(dlq.headers or [])
+    assert h["streamscore.error.class"] == b"MagicByteError"
+    assert h["streamscore.error.reason"] == b"bad_magic_byte"
+    assert h["streamscore.source.topic"] == b"fb"
+    assert h["streamscore.source.partition"] == b"1"
+    assert h["streamscore.source.offset"] == b"40"
+    assert h["streamscore.source.timestamp"] == b"123"
+    assert h["streamscore.worker.id"] == b"fb-test"
+    assert (routed.topic, routed.key) == ("g.join", b"e1")
+    assert batch.offsets == {("fb", 1): 42}  # the bad one is settled by its dead letter
+    assert sample(metrics, "streamscore_dead_letters_total", {"reason": "bad_magic_byte"}) == 1
+    assert router.dead_lettered == 1
+
+
+def test_a_registry_outage_is_retried_not_dead_lettered() -> None:
+    failures = [RegistryUnavailableError("down"), RegistryUnavailableError("still down")]
+
+    def flaky(_value: bytes | None) -> str:
+        if failures:
+            raise failures.pop(0)
+        return "e7"
+
+    router, metrics = make_router(flaky)
+    batch = router.route([FakeMessage("fb", 0, 0, b"x")])  # type: ignore[list-item]
+    assert [m.key for m in batch.messages] == [b"e7"]
+    assert failures == []
+    assert (
+        sample(metrics, "streamscore_dead_letters_total", {"reason": "registry_unavailable"}) == 0
+    )
+
+
+def test_stop_during_an_outage_sends_nothing_and_drains() -> None:
+    stop = threading.Event()
+
+    def down(_value: bytes | None) -> str:
+        stop.set()  # the worker is asked to stop while the registry is down
+        raise RegistryUnavailableError("down")
+
+    sink = FakeSink()
+    consumer = FakeConsumer([[FakeMessage("fb", 0, 0, b"x")]], stop)
+    router, _ = make_router(down, consumer=consumer, sink=sink, stop=stop)
+    router.run()
+    assert sink.sent == []  # the batch's offsets are never stored: it is read again
+    assert sink.drained == 1
+    assert consumer.closed
+
+
+def test_run_routes_every_batch_then_drains_and_closes(registry: Any) -> None:
+    reader = EventIdReader(serde.WriterSchemaCache(registry))
+    stop = threading.Event()
+    batches = [
+        [FakeMessage("preds", 0, i, label(registry, f"e{i}")) for i in range(3)],
+        [FakeMessage("fb", 0, 0, label(registry, "e0"))],
+    ]
+    sink = FakeSink()
+    consumer = FakeConsumer(batches, stop)
+    router, _ = make_router(reader, consumer=consumer, sink=sink, stop=stop)
+    router.run()
+    assert consumer.subscribed == ["preds", "fb"]
+    assert [len(b.messages) for b in sink.sent] == [3, 1]
+    assert sink.drained == 1 and consumer.closed
