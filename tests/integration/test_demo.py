@@ -29,7 +29,7 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
             "streamscore.cli",
             "demo",
             "--duration",
-            "20",
+            "30",  # promotion needs labels, a training run at low priority and N labels more
             "--rate",
             "300",
             "--results-dir",
@@ -67,6 +67,11 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
     fb = summary["live_mae_feedback_worker"]
     assert fb["v2/primary"] < fb["v1/primary"] / 10
     assert (results / "demo.png").stat().st_size > 10_000
+    # the training run is timed, and the latency of what was scored meanwhile reported apart
+    assert summary["training_runs_s"], summary
+    during, otherwise = summary["latency_ms_while_training"], summary["latency_ms_otherwise"]
+    assert during["n"] > 0 and otherwise["n"] > 0
+    assert during["n"] + otherwise["n"] == summary["predictions"]
     # no worker process is left behind
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(results) not in ps and "demo-1" not in ps
