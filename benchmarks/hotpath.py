@@ -1,6 +1,7 @@
 """The worker's per-batch hot path without a real broker, for profiling.
 
 Run: ``python -m benchmarks.hotpath [--model hgb|lr] [--batch 500] [--profile]``.
+``--decode`` times ``AvroDeserializer.decode_many`` alone instead (see :func:`bench_decode`).
 
 Drives :meth:`streamscore.worker.ScoreLoop._batch` (wrap consumed messages, decode,
 validate, features, predict, encode, build outputs, produce, record metrics) on
@@ -23,7 +24,7 @@ import numpy as np
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from streamscore import schemas, serde
+from streamscore import schemas, serde, synthetic
 from streamscore.bundle import sign_bundle, verify_and_load
 from streamscore.config import ScoringSettings, TopicSettings
 from streamscore.delivery import AtLeastOnceSink
@@ -130,7 +131,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--decode", action="store_true", help="time decode_many alone")
+    ap.add_argument("--repeats", type=int, default=7, help="--decode: runs per scenario")
     args = ap.parse_args()
+    if args.decode:
+        bench_decode(args.batch, args.batches, args.repeats)
+        return
 
     loop, enc, producer = build(args.model, args.batch)
     rng = np.random.default_rng(0)
@@ -169,6 +175,39 @@ def main() -> None:
         print(f"  {s:<9} {(_hist_sum(m, s) - before[s]) / events * 1e6:6.2f} us/event")
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def bench_decode(batch: int, batches: int, repeats: int) -> None:
+    """Median µs/event of ``decode_many`` on ``batch``-event batches of the demo events,
+    read with the v2 reader schema (what the workers run during the v1 -> v2 migration):
+    written with v2 (the reader's own schema), with v1 (resolved: ``c`` defaulted), and
+    half of each, interleaved at random."""
+    reg = serde.registry_client({"url": f"mock://hotpath-decode-{time.monotonic_ns()}"})
+    v1 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 1))
+    v2 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 2))
+    dec = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schemas.load("event", 2))
+    rng = np.random.default_rng(0)
+    pool = 20 * batch  # distinct events, reused round-robin
+    old = [v1(e) for e, _y in synthetic.events(pool, rng, with_c=False)]
+    new = [v2(e) for e, _y in synthetic.events(pool, rng, with_c=True)]
+    pick = rng.random(pool) < 0.5
+    mixed = [o if p else n for o, n, p in zip(old, new, pick.tolist(), strict=True)]
+    for name, values in (("v2-written", new), ("v1-written", old), ("50/50 mixed", mixed)):
+        chunks = [values[i : i + batch] for i in range(0, pool, batch)]
+        for c in chunks[:3]:  # warm up (schema fetches, plans)
+            dec.decode_many(c)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for i in range(batches):
+                dec.decode_many(chunks[i % len(chunks)])
+            runs.append((time.perf_counter() - t0) / (batches * batch) * 1e6)
+        kind = type(dec.decode_many(chunks[0])[1]).__name__
+        print(
+            f"decode_many batch={batch} {name:<12} median {np.median(runs):5.2f} us/event "
+            f"(min {min(runs):.2f}, max {max(runs):.2f}, {repeats} runs x {batches} batches; "
+            f"records: {kind})"
+        )
 
 
 _STAGES = ("decode", "validate", "features", "predict", "encode", "produce")

@@ -172,17 +172,18 @@ def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: in
     assert columnar >= 3
 
 
-def test_writer_schemas_that_need_resolution_take_the_per_message_path(registry: Any) -> None:
+def test_writer_schemas_that_need_resolution_decode_column_wise_too(registry: Any) -> None:
+    """(More cases of schema resolution in test_fast_decode_resolution.py.)"""
     v1 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
     v2 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
     dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
     rng = np.random.default_rng(2)
     v1_events = [v1(e) for e, _y in synthetic.events(30, rng, with_c=False)]
     v2_events = [v2(e) for e, _y in synthetic.events(30, rng, with_c=True)]
-    assert_same(dec, v2_events, columnar=True)  # the reader's own schema: column-wise
-    assert_same(dec, v1_events, columnar=False)  # v1 data read with v2: resolved per message
-    assert_same(dec, v2_events[:15] + v1_events + v2_events[15:], columnar=False)  # mixed
-    assert_same(dec, v2_events[:5], columnar=False)  # a small batch
+    assert_same(dec, v2_events, columnar=True)  # the reader's own schema
+    assert_same(dec, v1_events, columnar=True)  # v1 data read with v2: c defaulted
+    assert_same(dec, v2_events[:15] + v1_events + v2_events[15:], columnar=True)  # mixed
+    assert_same(dec, v2_events[:5], columnar=False)  # a small batch: per message
 
 
 def test_event_columns_behave_like_the_event_dicts() -> None:
