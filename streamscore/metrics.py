@@ -105,6 +105,12 @@ class Metrics:
             "Times consumption paused because the producer queue was full.",
             registry=r,
         )
+        self.registry_unavailable_batches = Counter(
+            f"{PREFIX}_registry_unavailable_batches",
+            "Batches put back and consumed again because the schema registry could not be "
+            "reached (retried with backoff, never dead-lettered).",
+            registry=r,
+        )
         self.batches_aborted = Counter(
             f"{PREFIX}_batches_aborted",
             "Batches aborted and re-consumed (exactly-once mode).",

@@ -23,7 +23,7 @@ from .bundle import LoadedModel
 from .config import ScoringSettings, TopicSettings
 from .delivery import AtLeastOnceSink, OutBatch, OutMessage, RetryBatch, TransactionalSink
 from .drift import DriftMonitor
-from .errors import StreamscoreError
+from .errors import RegistryUnavailableError, StreamscoreError
 from .metrics import Metrics
 from .model_store import ModelStore
 from .records import Telemetry
@@ -182,6 +182,7 @@ class ScoreLoop:
         encode_telemetry: Callable[[dict[str, Any]], bytes],
         stop: threading.Event,
         lag_interval_s: float = 1.0,
+        registry_backoff_s: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self._consumer = consumer
         self._sink = sink
@@ -193,6 +194,8 @@ class ScoreLoop:
         self._encode_telemetry = encode_telemetry
         self._stop = stop
         self._lag_interval_s = lag_interval_s
+        self._backoff_min_s, self._backoff_max_s = registry_backoff_s
+        self._backoff_s = 0.0
         self.partitions = PartitionTracker(metrics)
         self.stats = LoopStats()
         self.drift = DriftTracker(metrics) if settings.drift else None
@@ -281,6 +284,10 @@ class ScoreLoop:
 
         snapshot = self._store.snapshot()
         scored = self._scorer.score(MessageBatch(values, keys, make), snapshot)
+        if any(isinstance(dl.error, RegistryUnavailableError) for dl in scored.dead_letters):
+            self._put_back(first)
+            return
+        self._backoff_s = 0.0
         if self.drift is not None:
             self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
         t0 = time.perf_counter()
@@ -298,6 +305,25 @@ class ScoreLoop:
             return
         produce_s = time.perf_counter() - t0
         self._record(scored, produce_s)
+
+    def _put_back(self, first: dict[tuple[str, int], int]) -> None:
+        """The schema registry could not say what a message's writer schema is. That is
+        not bad input, so nothing is dead-lettered: the whole batch is consumed again
+        after a pause that doubles while the registry stays away (bounded), and nothing
+        of it is produced or committed meanwhile."""
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        self._m.registry_unavailable_batches.inc()
+        self._backoff_s = min(max(2 * self._backoff_s, self._backoff_min_s), self._backoff_max_s)
+        log.warning(
+            "schema registry unavailable: batch put back, retrying in %.1f s", self._backoff_s
+        )
+        deadline = time.monotonic() + self._backoff_s
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._sink.poll(min(left, 0.1))  # keep serving delivery reports
 
     def _outputs(
         self,

@@ -11,9 +11,10 @@ from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamscore.config import ScoringSettings, TopicSettings
+from streamscore.errors import RegistryUnavailableError
 from streamscore.metrics import Metrics
 from streamscore.model_store import ModelStore
-from streamscore.scoring import ScoredBatch
+from streamscore.scoring import DeadLetter, ScoredBatch
 from streamscore.worker import ScoreLoop
 
 
@@ -51,6 +52,7 @@ class FakeConsumer:
         self.paused: set[int] = set()
         self.closed = False
         self.callbacks: dict[str, Any] = {}
+        self.seeks: list[tuple[str, int, int]] = []
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
@@ -70,6 +72,9 @@ class FakeConsumer:
 
     def resume(self, tps: list[TopicPartition]) -> None:
         self.paused -= {tp.partition for tp in tps}
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, 5) for tp in tps]
@@ -109,17 +114,36 @@ class FakeScorer:
         )
 
 
+class RegistryDownScorer(FakeScorer):
+    """The registry is unreachable for the first ``down`` batches: their messages come
+    back as dead letters with RegistryUnavailableError, as the decoder reports them."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+
+    def score(self, msgs: list[Any], snapshot: Any) -> ScoredBatch:
+        if self.down <= 0:
+            return super().score(msgs, snapshot)
+        self.down -= 1
+        err = RegistryUnavailableError("schema registry failed while fetching schema id 1")
+        return ScoredBatch(
+            n_messages=len(msgs),
+            dead_letters=[DeadLetter(msgs[i], err) for i in range(len(msgs))],
+        )
+
+
 def make_loop(
     consumer: FakeConsumer,
     sink: FakeSink,
     stop: threading.Event,
     reg: CollectorRegistry,
     max_in_flight: int = 100,
+    scorer: Any = None,
 ) -> ScoreLoop:
     return ScoreLoop(
         consumer=consumer,
         sink=sink,
-        scorer=FakeScorer(),
+        scorer=scorer or FakeScorer(),
         store=ModelStore(),  # type: ignore[arg-type]
         metrics=Metrics(reg),
         settings=ScoringSettings(max_in_flight=max_in_flight),
@@ -127,6 +151,7 @@ def make_loop(
         encode_telemetry=lambda d: b"t",
         stop=stop,
         lag_interval_s=0.0,
+        registry_backoff_s=(0.01, 0.04),
     )
 
 
@@ -142,6 +167,27 @@ def test_offsets_of_each_batch_are_the_next_offset_per_partition() -> None:
     assert b.first_offsets == {("events", 0): 3, ("events", 1): 7}
     assert sink.drains == 1 and c.closed  # stop: drain, commit, leave
     assert reg.get_sample_value("streamscore_events_consumed_total", {"topic": "events"}) == 3
+
+
+def test_a_registry_outage_puts_the_batch_back_instead_of_dead_lettering_it() -> None:
+    stop = threading.Event()
+    batch = [Msg(0, 3), Msg(1, 7), Msg(0, 4)]
+    # the consumer hands the batch again after each seek, as the broker would
+    c = FakeConsumer([batch, batch, batch], lambda n: stop.set() if n > 3 else None)
+    sink = FakeSink()
+    reg = CollectorRegistry()
+    make_loop(c, sink, stop, reg, scorer=RegistryDownScorer(down=2)).run()
+
+    # twice put back to where the batch started, then scored once, nothing dead-lettered
+    assert c.seeks == [("events", 0, 3), ("events", 1, 7)] * 2
+    (sent,) = sink.sent
+    assert not [m for m in sent.messages if m.topic == TopicSettings().dlq]
+    assert sent.offsets == {("events", 0): 5, ("events", 1): 8}
+    assert reg.get_sample_value("streamscore_registry_unavailable_batches_total") == 2
+    assert (
+        reg.get_sample_value("streamscore_dead_letters_total", {"reason": "registry_unavailable"})
+        is None
+    )
 
 
 def test_backpressure_pauses_while_the_producer_queue_is_full_and_resumes() -> None:
