@@ -4,7 +4,8 @@ Run: ``python -m benchmarks.model_format``. Prints one table row per model: seri
 size, load time (median of repeats), predict throughput at batch 500 and latency at
 batch 1 (onnxruntime with ``intra_op_num_threads=1`` vs scikit-learn), and the largest
 output disagreement between the two on held-out rows. Also checks that the regressors
-the project may train convert. Needs ``skops``: ``pip install -e '.[bench]'`` (nothing else uses it).
+the project may train convert. Needs ``skops``: ``pip install -e '.[bench]'``
+(nothing else uses it).
 """
 
 from __future__ import annotations
