@@ -39,8 +39,8 @@ bench: install ## Throughput / latency / memory benchmark on the local cluster
 	$(PY) -m benchmarks.run
 
 lint: $(STAMP) ## ruff + mypy
-	$(VENV)/bin/ruff check streamscore tests
-	$(VENV)/bin/ruff format --check streamscore tests
+	$(VENV)/bin/ruff check streamscore tests benchmarks
+	$(VENV)/bin/ruff format --check streamscore tests benchmarks
 	$(VENV)/bin/mypy
 
 typecheck: $(STAMP) ## mypy only
