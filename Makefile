@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prometheus demo test test-unit test-integration bench lint typecheck cluster-up cluster-down cluster-status clean
+.PHONY: help install prometheus demo test test-unit test-integration bench bench-feedback lint typecheck cluster-up cluster-down cluster-status clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test-integration: install ## Integration tests only (real Kafka + registry)
 
 bench: install ## Throughput / latency / memory benchmark on the local cluster
 	$(PY) -m benchmarks.run
+
+bench-feedback: install ## Labels joined per second by 1 and 2 feedback workers
+	$(PY) -m benchmarks.feedback
 
 lint: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff check streamscore tests benchmarks
