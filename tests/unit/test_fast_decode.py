@@ -122,23 +122,28 @@ def test_bad_messages_in_a_columnar_batch_get_their_own_errors(registry: Any) ->
     rng = np.random.default_rng(1)
     good = [ser(flat_record(i, rng)) for i in range(40)]
     v = good[0]
-    bad = [
+    values = good[:10] + broken_versions(v) + good[10:]
+    assert_same(dec, values, columnar=True)
+    # every truncation point of a message
+    assert_same(dec, good[:20] + [v[:k] for k in range(len(v))] + good[20:], columnar=True)
+
+
+def broken_versions(v: bytes) -> list[bytes | None]:
+    """One message of each broken kind, made from a valid message ``v`` whose first field
+    is a string (the event id)."""
+    return [
         b"",
         None,
         b"\x05garbage",
         v[:3],
         v[:5],
-        v[:-1],  # truncated in the last double
+        v[:-1],  # truncated in the last field
         v[:12],  # truncated in a string
         v + b"\x00",  # trailing byte
         b"\x00\x00\x01\x00\x00" + v[5:],  # unknown schema id
-        v[:5] + b"\x02\xff" + v[7:],  # invalid UTF-8 in event_id ("id-0" -> "\xffd-0")
+        v[:6] + b"\xff" + v[7:],  # invalid UTF-8: the event id's first byte
         v[:5] + b"\x81" * 12 + v[5:],  # a string length that is not a varint
     ]
-    values = good[:10] + bad + good[10:]
-    assert_same(dec, values, columnar=True)
-    # every truncation point of a message
-    assert_same(dec, good[:20] + [v[:k] for k in range(len(v))] + good[20:], columnar=True)
 
 
 @pytest.mark.parametrize("seed", range(6))

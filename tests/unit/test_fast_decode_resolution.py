@@ -17,7 +17,7 @@ import pytest
 from streamscore import errors, schemas, serde, synthetic
 from streamscore.features import EventColumns
 
-from .test_fast_decode import assert_same
+from .test_fast_decode import assert_same, broken_versions
 
 KIND = {"type": "enum", "name": "Kind", "symbols": ["a", "b", "c"], "default": "a"}
 
@@ -241,20 +241,7 @@ def test_a_batch_mixing_v1_and_v2_events_decodes_column_wise_in_order(registry: 
 def test_corrupt_messages_inside_a_mixed_batch_get_their_own_errors(registry: Any) -> None:
     old, new = demo_events(registry, 40, 2)
     v = old[0]
-    bad = [
-        b"",
-        None,
-        b"\x05garbage",
-        v[:3],
-        v[:5],
-        v[:-1],  # truncated in the last double
-        v[:12],  # truncated in a string
-        v + b"\x00",  # trailing byte
-        b"\x00\x00\x01\x00\x00" + v[5:],  # unknown schema id
-        v[:5] + b"\x40\xff" + v[7:],  # invalid UTF-8 in event_id
-        v[:5] + b"\x81" * 12 + v[5:],  # a string length that is not a varint
-        new[0][:-3],  # v2, truncated in c
-    ]
+    bad = [*broken_versions(v), new[0][:-3]]  # and a v2 event truncated in c
     values = old[:10] + new[:10] + bad + new[10:] + old[10:]
     check(registry, values, columnar=True, reader=EVENT_V2)
     # every truncation point of a v1 and of a v2 message, among both
