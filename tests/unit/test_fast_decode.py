@@ -146,6 +146,26 @@ def broken_versions(v: bytes) -> list[bytes | None]:
     ]
 
 
+def corrupt(value: bytes, rng: np.random.Generator, kinds: int = 8) -> bytes:
+    """``value`` with one random flaw after the header (byte changed, inserted or
+    deleted, a length blown up, cut short), or intact: one of ``kinds`` equally likely
+    outcomes, the flaws first."""
+    v = bytearray(value)
+    kind = int(rng.integers(kinds))
+    at = int(rng.integers(5, len(v)))
+    if kind == 0:
+        v[at] = int(rng.integers(256))
+    elif kind == 1:
+        v.insert(at, int(rng.integers(256)))
+    elif kind == 2:
+        del v[at]
+    elif kind == 3:
+        v[at : at + 1] = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"  # a huge length
+    elif kind == 4:
+        del v[at:]
+    return bytes(v)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: int) -> None:
     """Random byte flips, insertions, deletions and lengths blown up: whatever fastavro
@@ -155,18 +175,7 @@ def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: in
     rng = np.random.default_rng(100 + seed)
     values = []
     for i in range(200):
-        v = bytearray(ser(flat_record(i, rng)))
-        kind = int(rng.integers(6))
-        at = int(rng.integers(5, len(v)))
-        if kind == 0:
-            v[at] = int(rng.integers(256))
-        elif kind == 1:
-            v.insert(at, int(rng.integers(256)))
-        elif kind == 2:
-            del v[at]
-        elif kind == 3:
-            v[at : at + 1] = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"  # a huge length
-        values.append(bytes(v))  # kinds 4, 5: intact
+        values.append(corrupt(ser(flat_record(i, rng)), rng, kinds=6))
     assert_same(dec, values, columnar=None)
     # in small batches most stay column-wise (a batch falls back to per-message decoding
     # when one of its messages is read by fastavro but not by the vectorised reader)

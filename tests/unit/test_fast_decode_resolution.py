@@ -17,7 +17,7 @@ import pytest
 from streamscore import errors, schemas, serde, synthetic
 from streamscore.features import EventColumns
 
-from .test_fast_decode import assert_same, broken_versions
+from .test_fast_decode import assert_same, broken_versions, corrupt
 
 KIND = {"type": "enum", "name": "Kind", "symbols": ["a", "b", "c"], "default": "a"}
 
@@ -477,23 +477,6 @@ def test_a_default_of_another_type_is_given_as_fastavro_gives_it(registry: Any) 
 
 
 # ------------------------------------------------------- random mixed batches
-
-
-def corrupt(value: bytes, rng: np.random.Generator) -> bytes:
-    v = bytearray(value)
-    kind = int(rng.integers(8))
-    at = int(rng.integers(5, len(v)))
-    if kind == 0:
-        v[at] = int(rng.integers(256))
-    elif kind == 1:
-        v.insert(at, int(rng.integers(256)))
-    elif kind == 2:
-        del v[at]
-    elif kind == 3:
-        v[at : at + 1] = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"  # a huge length
-    elif kind == 4:
-        del v[at:]
-    return bytes(v)  # kinds 5..7: intact
 
 
 @pytest.mark.parametrize("seed", range(8))
