@@ -255,7 +255,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     )
     metrics_settings = MetricsSettings(host=args.metrics_host, port=args.metrics_port)
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, "score")
     server = (
         serve(registry, metrics_settings.host, metrics_settings.port)
         if metrics_settings.port >= 0

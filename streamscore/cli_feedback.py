@@ -114,7 +114,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     if promo.enabled and not env.signing.key:
         raise ConfigError("--auto-promote publishes models: set STREAMSCORE_SIGNING_KEY")
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, "feedback")
     server = (
         serve(registry, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
     )
