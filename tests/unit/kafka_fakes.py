@@ -1,13 +1,30 @@
-"""Fake Kafka clients and records for unit tests of the thin loops (no broker)."""
+"""Fake Kafka clients and records for the thin loops without a broker: the one set used by
+the unit tests (score loop, feedback loop and router, delivery) and benchmarks/hotpath.py.
+
+Importable without pytest (the benchmarks import it too)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from confluent_kafka import TopicPartition
 
 
 class FakeMessage:
     """What the loops read of a ``confluent_kafka.Message``."""
+
+    __slots__ = (
+        "_error",
+        "_headers",
+        "_key",
+        "_offset",
+        "_partition",
+        "_timestamp_ms",
+        "_topic",
+        "_value",
+    )
 
     def __init__(
         self,
@@ -50,30 +67,108 @@ class FakeMessage:
         return (1, self._timestamp_ms)
 
 
-class FakeConsumer:
-    """Hands out ``batches`` one per ``consume``, then sets ``stop``; records commits."""
+def _triples(offsets: Sequence[Any]) -> list[tuple[str, int, int]]:
+    return [(tp.topic, tp.partition, tp.offset) for tp in offsets]
 
-    def __init__(self, batches: list[list[FakeMessage]], stop: threading.Event) -> None:
-        self.batches = batches
+
+class FakeConsumer:
+    """Hands out ``batches`` one per ``consume`` (none while a partition is paused); once
+    they run out it sets ``stop`` when given one. ``on_consume(n)`` runs at the n-th
+    ``consume`` call (tests stop or change the world from there). Records subscriptions,
+    seeks, stored offsets and commits (``None`` for a commit of the stored offsets).
+    ``assignment`` is ``partitions`` of ``topic``; every ``position`` is ``position`` and
+    every high watermark ``high_watermark``."""
+
+    def __init__(
+        self,
+        batches: list[list[FakeMessage]] | None = None,
+        stop: threading.Event | None = None,
+        *,
+        on_consume: Callable[[int], None] | None = None,
+        topic: str = "events",
+        partitions: Sequence[int] = (0, 1),
+        position: int = 5,
+        high_watermark: int = 12,
+    ) -> None:
+        self.batches = batches if batches is not None else []
         self.stop = stop
+        self.on_consume = on_consume
+        self.topic, self.partitions = topic, list(partitions)
+        self._position, self._high = position, high_watermark
+        self.calls = 0
         self.subscribed: list[str] = []
-        self.commits: list[list[tuple[str, int, int]]] = []
+        self.callbacks: dict[str, Any] = {}
+        self.paused: set[int] = set()
+        self.seeks: list[tuple[str, int, int]] = []
+        self.stored: list[list[tuple[str, int, int]]] = []
+        self.commits: list[list[tuple[str, int, int]] | None] = []
         self.closed = False
 
-    def subscribe(self, topics: list[str], **_callbacks: Any) -> None:
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.subscribed = topics
+        self.callbacks = callbacks
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.calls += 1
+        if self.on_consume is not None:
+            self.on_consume(self.calls)
         if not self.batches:
-            self.stop.set()
+            if self.stop is not None:
+                self.stop.set()
+            return []
+        if self.paused:
             return []
         return self.batches.pop(0)
 
-    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
-        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in self.partitions]
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self.paused |= {tp.partition for tp in tps}
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self.paused -= {tp.partition for tp in tps}
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self._position) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_kw: Any) -> tuple[int, int]:
+        return (0, self._high)
+
+    def store_offsets(self, offsets: Sequence[Any] | None = None, **_kw: Any) -> None:
+        self.stored.append(_triples(offsets or []))
+
+    def commit(self, offsets: Sequence[Any] | None = None, asynchronous: bool = True) -> None:
+        self.commits.append(None if offsets is None else _triples(offsets))
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeSink:
+    """An output sink (``AtLeastOnceSink``'s interface) that keeps what it is sent; the
+    test sets ``backlog`` (messages waiting in the producer queue)."""
+
+    def __init__(self) -> None:
+        self.backlog = 0
+        self.sent: list[Any] = []
+        self.drains = 0
+        self.discards = 0
+
+    def send(self, batch: Any) -> None:
+        self.sent.append(batch)
+
+    def poll(self, timeout: float = 0) -> None:
+        pass
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        self.drains += 1
+
+    def discard(self) -> None:
+        self.discards += 1
 
 
 def prediction_record(eid: str, *, event_time_ms: int = 1_700_000_000_000) -> dict[str, Any]:
