@@ -4,15 +4,10 @@ producers and readers against the real cluster. Imported by conftest.py."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +21,9 @@ from streamscore.kafka_clients import reader_consumer
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
 from streamscore.train import demo_bundle
+from tests.processes import WorkerProcess, free_port, launch, worker_env
+
+__all__ = ["Stack", "WorkerProcess", "free_port", "make_worker", "stack"]
 
 SIGNING_KEY = "integration-test-signing-key-not-a-real-secret"
 
@@ -45,20 +43,15 @@ class Stack:
         return KafkaSettings(bootstrap_servers=self.bootstrap)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "STREAMSCORE_BOOTSTRAP": self.bootstrap,
-                "STREAMSCORE_REGISTRY_URL": self.registry_url,
-                "STREAMSCORE_SIGNING_KEY": SIGNING_KEY,
-                "STREAMSCORE_SIGNING_KEY_ID": "test",
-                "PYTHONUNBUFFERED": "1",
-            }
+        return worker_env(
+            dict(os.environ),
+            self.bootstrap,
+            self.registry_url,
+            self.topics,
+            STREAMSCORE_SIGNING_KEY=SIGNING_KEY,
+            STREAMSCORE_SIGNING_KEY_ID="test",
+            **extra,
         )
-        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
-            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
-        env.update(extra)
-        return env
 
     # ---- models
     def model_topic(self) -> ModelTopic:
@@ -142,68 +135,6 @@ class Stack:
         return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class WorkerProcess:
-    worker_id: str
-    proc: subprocess.Popen[bytes]
-    metrics_port: int
-    log_path: Path
-    _log: Any = field(repr=False, default=None)
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            return str(r.read().decode())
-
-    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for fam in text_string_to_metric_families(self.metrics_text()):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                    total += s.value
-        return total
-
-    def wait_metrics(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.sample("streamscore_model_loaded") == 1.0:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"worker never loaded a model:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-5000:] if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def stack(
     cluster_endpoints: Any,
@@ -235,24 +166,14 @@ def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(worker_id: str = "w1", *args: str, wait: bool = True) -> WorkerProcess:
-        port = free_port()
-        log_path = stack.tmp / f"{worker_id}-{len(started)}.log"
-        log = log_path.open("wb")
-        cmd = [
-            sys.executable,
-            "-m",
-            "streamscore.cli",
+        w = launch(
             "score",
-            "--worker-id",
-            worker_id,
-            "--group-id",
-            stack.group_id,
-            "--metrics-port",
-            str(port),
             *args,
-        ]
-        proc = subprocess.Popen(cmd, env=stack.env(), stdout=log, stderr=subprocess.STDOUT)
-        w = WorkerProcess(worker_id, proc, port, log_path, log)
+            worker_id=worker_id,
+            group_id=stack.group_id,
+            env=stack.env(),
+            log_path=stack.tmp / f"{worker_id}-{len(started)}.log",
+        )
         started.append(w)
         if wait:
             w.wait_metrics()
@@ -260,5 +181,4 @@ def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
 
     yield start
     for w in started:
-        w.kill()
-        w._log.close()
+        w.close()
