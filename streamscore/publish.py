@@ -49,7 +49,8 @@ class ModelTopic:
 
     # ---- reading
     def read_all(self, timeout: float = 15.0) -> list[ModelEnvelope]:
-        """Every envelope the topic holds now, in offset order per partition."""
+        """Every envelope the topic holds now, in offset order per partition (records
+        above ``max_message_bytes`` skipped, as workers with that limit skip them)."""
         conf = reader_consumer(
             self._kafka,
             f"streamscore-model-reader-{uuid.uuid4().hex[:12]}",
@@ -60,6 +61,14 @@ class ModelTopic:
         try:
             for msg in read_to_end(c, self._topic, metadata_timeout=timeout, deadline_s=timeout):
                 if msg.value() is None:
+                    continue
+                if len(msg.value()) > self._max:  # as workers with this limit do
+                    log.warning(
+                        "skipping a %d-byte model record at offset %s (limit %d)",
+                        len(msg.value()),
+                        msg.offset(),
+                        self._max,
+                    )
                     continue
                 try:
                     out.append(ModelEnvelope.from_avro(self._decode(msg.value())))
@@ -193,8 +202,8 @@ class ModelTopic:
     def rollback(
         self, name: str, role: Role, *, key: bytes, key_id: str, keyring: Mapping[str, bytes]
     ) -> PublishResult:
-        """Re-activate, for ``role``, the newest archived version older than the current
-        one, in a signed rollback record naming the version it replaces. The archive's
+        """Re-activate, for ``role``, the newest version archived for that role older than
+        the current one, in a signed rollback record naming the version it replaces. The archive's
         envelope and artifact signatures are verified before it is signed again."""
         verifier = as_verifier(keyring)
         st, _current, envs = self.state(name, role, verifier)
@@ -202,7 +211,12 @@ class ModelTopic:
             raise ModelError(f"nothing to roll back: {name}/{role.value} is not active")
         older: dict[int, ModelEnvelope] = {}
         for e in envs:
-            if e.model_name != name or e.action is not Action.ARCHIVE or e.version >= st.current:
+            if (
+                e.model_name != name
+                or e.action is not Action.ARCHIVE
+                or e.role is not role  # the previous primary, not a shadow never promoted
+                or e.version >= st.current
+            ):
                 continue
             try:
                 env_mod.verify(e, verifier)

@@ -61,14 +61,14 @@ class Stack:
         return env
 
     # ---- models
-    def model_topic(self) -> ModelTopic:
+    def model_topic(self, max_message_bytes: int = 16 * 1024 * 1024) -> ModelTopic:
         schema = schemas.load("model_envelope")
         return ModelTopic(
             self.kafka,
             self.topics.models,
             encode=serde.AvroSerializer(self.registry, f"{self.topics.models}-value", schema),
             decode=serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schema),
-            max_message_bytes=16 * 1024 * 1024,
+            max_message_bytes=max_message_bytes,
         )
 
     def publish(self, kind: str = "ab", version: int = 1, role: Role = Role.PRIMARY) -> None:
@@ -234,7 +234,9 @@ def stack(
 def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(worker_id: str = "w1", *args: str, wait: bool = True) -> WorkerProcess:
+    def start(
+        worker_id: str = "w1", *args: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         port = free_port()
         log_path = stack.tmp / f"{worker_id}-{len(started)}.log"
         log = log_path.open("wb")
@@ -251,7 +253,9 @@ def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
             str(port),
             *args,
         ]
-        proc = subprocess.Popen(cmd, env=stack.env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env=stack.env(**(env or {})), stdout=log, stderr=subprocess.STDOUT
+        )
         w = WorkerProcess(worker_id, proc, port, log_path, log)
         started.append(w)
         if wait:
