@@ -204,7 +204,11 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
     key = env.signing.require_key()
     role = Role(args.role)
     if args.action == "publish":
-        data = _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
+        data = (
+            topic.archived(args.name, args.from_archive, env.keyring)
+            if args.from_archive is not None
+            else _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
+        )
         res = topic.publish(
             data, role, key=key, key_id=env.signing.key_id, publisher=args.publisher
         )
@@ -481,6 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ab", "abc"],
         default="ab",
         help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
+    )
+    src.add_argument(
+        "--from-archive",
+        type=int,
+        metavar="VERSION",
+        help="model publish: re-publish the archived, signed bundle of this version (e.g. "
+        "records from before envelopes were signed, which workers now refuse)",
     )
     m.add_argument("--spec", help="feature spec JSON (FeatureSpec.to_dict format)")
     m.add_argument("--data", help="a sample of inputs: .npy or CSV with the spec's columns")

@@ -199,6 +199,23 @@ class ModelTopic:
         self._send([e])
         return st.current
 
+    def archived(self, name: str, version: int, keyring: Mapping[str, bytes] | Verifier) -> bytes:
+        """The bundle of ``name`` v``version`` from its newest archive record whose
+        artifact signature verifies (records from before envelopes were signed included:
+        this is how an operator re-publishes them, e.g. ``model publish --from-archive``)."""
+        found: bytes | None = None
+        for e in self.read_all():
+            if e.model_name == name and e.version == version and e.action is Action.ARCHIVE:
+                try:
+                    verify_signature(e.artifact, e.signature, e.key_id, keyring)
+                except ModelError as exc:
+                    log.warning("skipping archived %r: %s", e, exc)
+                    continue
+                found = e.artifact
+        if found is None:
+            raise ModelError(f"no archive of {name} v{version} with a valid artifact signature")
+        return found
+
     def rollback(
         self, name: str, role: Role, *, key: bytes, key_id: str, keyring: Mapping[str, bytes]
     ) -> PublishResult:
