@@ -482,3 +482,20 @@ def test_watcher_rejects_an_oversized_record_by_size_and_reports_it(
     e = w._envelope(ok)
     assert e is not None and e.version == 1
     assert rejected(rig["reg"]) == 1
+
+
+def test_key_rotation_republish_of_the_same_artifact(
+    make_regressor_bundle: Callable[..., Bundle], keyring: Any
+) -> None:
+    """Re-publishing the serving artifact under a new key: a running worker takes it as
+    a no-op; a fresh worker whose keyring lost the old key serves it."""
+    b1 = make_regressor_bundle(1)
+    old, new = env_for(b1, keyring, key_id="k1"), env_for(b1, keyring, key_id="k2")
+    live = make_rig(keyring)
+    assert live["updater"].apply(old)
+    assert not live["updater"].apply(new)
+    assert rejected(live["reg"]) == 0 and versions(live["store"]) == {"primary": 1}
+    fresh = make_rig({"k2": keyring["k2"]})
+    fresh["updater"].apply_latest([old, new])
+    assert versions(fresh["store"]) == {"primary": 1}
+    assert rejected(fresh["reg"], "bad_signature") == 1
