@@ -7,6 +7,8 @@ forged records loads the legitimate primary."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -208,3 +210,41 @@ def test_signed_retire_works_and_a_replayed_one_cannot_clear_a_newer_model(
     assert fresh.sample("streamscore_model_updates_rejected_total") == 1
     assert fresh.terminate() == 0
     assert w.terminate() == 0
+
+
+def test_model_cli_lists_checks_rolls_back_and_retires_with_signed_records(
+    stack: Stack,
+) -> None:
+    stack.publish("ab", version=1)
+    stack.publish("ab", version=2)
+    topic = stack.model_topic()
+    v1 = _record(topic.read_all(), Action.ACTIVATE, Role.PRIMARY, 1)
+    topic._send([dataclasses.replace(v1, role=Role.SHADOW)])  # forged
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "streamscore.cli", "model", *args],
+            env=stack.env(),
+            capture_output=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        return out.stdout.decode()
+
+    assert "rolled back demo/primary to v1" in cli("rollback", "--name", "demo")
+    assert "retired demo/primary v1" in cli("retire", "--name", "demo")
+    rows = [line.split() for line in cli("list").splitlines()[1:]]
+    # key, action, version, target, date, time, signer, check, size, sha256
+    got = [(r[0], r[1], r[2], r[3], r[7]) for r in rows]
+    assert got == [
+        ("demo/archive/1", "archive", "1", "-", "ok"),
+        ("demo/primary", "activate", "1", "-", "ok"),
+        ("demo/archive/2", "archive", "2", "-", "ok"),
+        ("demo/primary", "activate", "2", "-", "ok"),
+        ("demo/shadow", "activate", "1", "-", "bad_signature"),
+        ("demo/archive/1", "archive", "1", "-", "ok"),
+        ("demo/primary", "activate*", "1", "2", "ok"),
+        ("demo/primary", "retire", "1", "1", "ok"),
+    ]
+    st, current, _ = topic.state("demo", Role.PRIMARY, {"test": stack.key})
+    assert (st.current, st.newest, current) == (None, 2, None)
