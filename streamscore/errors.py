@@ -208,6 +208,51 @@ class NoModelError(ModelError):
     reason = "no_model"
 
 
+class StaleModelVersionError(ModelError):
+    """An update's version is not above the newest one its role has had."""
+
+    reason = "stale_version"
+
+
+class UnsignedEnvelopeError(ModelError):
+    """A model-topic record carries no envelope signature (a retire written by anyone, or
+    a record from before envelopes were signed: republish it)."""
+
+    reason = "unsigned_envelope"
+
+
+class DigestMismatchError(ModelError):
+    """The envelope's ``sha256`` is not the SHA-256 of the artifact it carries."""
+
+    reason = "sha256_mismatch"
+
+
+class OutOfOrderEnvelopeError(ModelError):
+    """A signed envelope that does not follow the role's current state (a replayed old
+    record). ``current`` is the role's version (None: nothing active), ``newest`` the
+    highest version the role has had."""
+
+    reason = "out_of_order"
+
+    def __init__(self, message: str, *, current: int | None, newest: int) -> None:
+        super().__init__(message)
+        self.current = current
+        self.newest = newest
+
+
+class StaleRollbackError(OutOfOrderEnvelopeError):
+    """A rollback record that does not name the role's current version as the one it
+    replaces, or that does not go down."""
+
+    reason = "stale_rollback"
+
+
+class StaleRetireError(OutOfOrderEnvelopeError):
+    """A retire record that does not name the role's current version."""
+
+    reason = "stale_retire"
+
+
 # ---------------------------------------------------------------------------- kafka
 
 

@@ -54,14 +54,14 @@ class Stack:
         )
 
     # ---- models
-    def model_topic(self) -> ModelTopic:
+    def model_topic(self, max_message_bytes: int = 16 * 1024 * 1024) -> ModelTopic:
         schema = schemas.load("model_envelope")
         return ModelTopic(
             self.kafka,
             self.topics.models,
             encode=serde.AvroSerializer(self.registry, f"{self.topics.models}-value", schema),
             decode=serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schema),
-            max_message_bytes=16 * 1024 * 1024,
+            max_message_bytes=max_message_bytes,
         )
 
     def publish(self, kind: str = "ab", version: int = 1, role: Role = Role.PRIMARY) -> None:
@@ -165,13 +165,15 @@ def stack(
 def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(worker_id: str = "w1", *args: str, wait: bool = True) -> WorkerProcess:
+    def start(
+        worker_id: str = "w1", *args: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         w = launch(
             "score",
             *args,
             worker_id=worker_id,
             group_id=stack.group_id,
-            env=stack.env(),
+            env=stack.env(**(env or {})),
             log_path=stack.tmp / f"{worker_id}-{len(started)}.log",
         )
         started.append(w)

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from streamscore import bundle, envelope
 from streamscore.bundle import Bundle
 from streamscore.records import FeatureField, FeatureSpec, Role
+from streamscore.signing import HmacSigner
 from streamscore.train import demo_bundle
 
 from .stack import Stack, WorkerProcess
@@ -174,6 +175,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
                     created_at_ms=now,
                     published_at_ms=now,
                     publisher="attacker",
+                    signer=HmacSigner(stack.key, "test"),  # only the artifact is at fault
                 )
             ]
         )
@@ -206,6 +208,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
                 created_at_ms=now,
                 published_at_ms=now,
                 publisher="attacker",
+                signer=HmacSigner(b"wrong-key", "test"),
             )
         ]
     )
@@ -261,6 +264,7 @@ def test_restart_comes_back_on_latest_valid_model_not_a_rejected_one(
                 created_at_ms=now,
                 published_at_ms=now,
                 publisher="attacker",
+                signer=HmacSigner(stack.key, "test"),  # the artifact is what is tampered
             )
         ]
     )
