@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamscore import schemas, serde, synthetic
 from streamscore.config import KafkaSettings, TopicSettings
-from streamscore.kafka_clients import reader_consumer
+from streamscore.kafka_clients import read_to_end, reader_consumer
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
 from streamscore.train import demo_bundle
@@ -138,6 +138,18 @@ class Stack:
             c.close()
         return out
 
+    def read_to_end(self, topic: str, *, timeout: float = 120.0) -> list[Any]:
+        """Every message of ``topic`` (read_committed) up to its current end."""
+        c = Consumer(
+            reader_consumer(
+                self.kafka, f"reader-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
+            )
+        )
+        try:
+            return list(read_to_end(c, topic, deadline_s=timeout))
+        finally:
+            c.close()
+
     def decoder(self, family: str) -> serde.AvroDeserializer:
         return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
 
@@ -184,6 +196,17 @@ class WorkerProcess:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"worker never loaded a model:\n{self.log()}")
+
+    def owned_partitions(self) -> set[str]:
+        """The partitions this worker owns (it exports a lag series for each)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        parts = set()
+        for fam in text_string_to_metric_families(self.metrics_text()):
+            for s in fam.samples:
+                if s.name == "streamscore_consumer_lag":
+                    parts.add(s.labels["partition"])
+        return parts
 
     def log(self) -> str:
         return self.log_path.read_text()[-5000:] if self.log_path.exists() else ""
@@ -262,3 +285,18 @@ def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     for w in started:
         w.kill()
         w._log.close()
+
+
+def wait_group_settled(
+    workers: list[WorkerProcess], partitions: int, timeout: float = 60.0
+) -> None:
+    """Until the workers own disjoint, non-empty shares of all ``partitions``."""
+    everything = {str(p) for p in range(partitions)}
+    deadline = time.monotonic() + timeout
+    while True:
+        owned = [w.owned_partitions() for w in workers]
+        if all(owned) and set().union(*owned) == everything and sum(map(len, owned)) == partitions:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"group not settled: {owned}")
+        time.sleep(0.2)

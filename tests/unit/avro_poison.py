@@ -7,12 +7,18 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
+
 from streamscore import schemas, serde
 
 
 def varint(n: int) -> bytes:
     """Avro's zigzag varint of a long."""
     return serde._long(n)
+
+
+def field(name: str, type_: Any) -> dict[str, Any]:
+    return {"name": name, "type": type_}
 
 
 def event_with(name: str, *extra_fields: dict[str, Any], **retyped: Any) -> dict[str, Any]:
@@ -79,3 +85,40 @@ def null_array_bomb(valid_event: bytes, count: int = 2**62) -> bytes:
     the terminating block count 0) with a block claiming ``count`` nulls instead."""
     assert valid_event[-1:] == b"\x00"
     return valid_event[:-1] + varint(count) + b"\x00"
+
+
+PAIR = {"type": "record", "name": "Pair", "fields": [field("x", "float"), field("y", "double")]}
+ITEM = {
+    "type": "record",
+    "name": "Item",
+    "fields": [
+        field("sku", "string"),
+        field("qty", "int"),
+        field("tags", {"type": "map", "values": ["null", "double"]}),
+        field("blob", {"type": "fixed", "name": "Blob", "size": 3}),
+        field("nothing", {"type": "array", "items": "null"}),
+        field("pairs", {"type": "array", "items": PAIR}),  # fixed-width records
+    ],
+}
+#: arrays of records holding maps, fixed, arrays of nulls and of fixed-width records, and
+#: the recursive list
+RICH = event_with(
+    "rich",
+    field("items", {"type": "array", "items": ITEM}),
+    field("tree", NESTED_WRITER["fields"][-1]["type"]),
+)
+
+
+def rich_value(rng: np.random.Generator) -> dict[str, Any]:
+    def item() -> dict[str, Any]:
+        return {
+            "sku": "s" * int(rng.integers(0, 100)),
+            "qty": int(rng.integers(-1000, 1000)),
+            "tags": {f"k{j}": None if j % 3 else float(j) for j in range(int(rng.integers(0, 5)))},
+            "blob": bytes(rng.integers(0, 256, 3, dtype=np.uint8)),
+            "nothing": [None] * int(rng.integers(0, 4)),
+            "pairs": [{"x": 0.5, "y": float(j)} for j in range(int(rng.integers(0, 6)))],
+        }
+
+    n_items, depth = int(rng.integers(0, 5)), int(rng.integers(0, 60))
+    return {"items": [item() for _ in range(n_items)], "tree": chain(depth)}

@@ -26,10 +26,13 @@ from .avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,
     NULLABLE_A_WRITER,
+    RICH,
     chain,
     deep_tree,
     event_with,
+    field,
     null_array_bomb,
+    rich_value,
     varint,
 )
 from .test_fast_decode import _fit, assert_same, corrupt
@@ -100,10 +103,6 @@ def test_a_record_that_contains_itself_without_a_union_is_too_deep(registry: Any
     body = events(v1, 1)[0][5:]
     err = failure(deserializer(registry), b"\x00" + sid.to_bytes(4, "big") + body)
     assert type(err) is errors.NestingTooDeepError
-
-
-def field(name: str, type_: Any) -> dict[str, Any]:
-    return {"name": name, "type": type_}
 
 
 def _schema(writer: dict[str, Any]) -> Any:
@@ -220,43 +219,6 @@ def test_varints_longer_than_a_long_and_union_indexes_out_of_range(registry: Any
 
 
 # ---------------------------------------------------------------- property: valid data
-
-
-PAIR = {"type": "record", "name": "Pair", "fields": [field("x", "float"), field("y", "double")]}
-ITEM = {
-    "type": "record",
-    "name": "Item",
-    "fields": [
-        field("sku", "string"),
-        field("qty", "int"),
-        field("tags", {"type": "map", "values": ["null", "double"]}),
-        field("blob", {"type": "fixed", "name": "Blob", "size": 3}),
-        field("nothing", {"type": "array", "items": "null"}),
-        field("pairs", {"type": "array", "items": PAIR}),  # fixed-width records
-    ],
-}
-#: arrays of records holding maps, fixed, arrays of nulls and of fixed-width records, and
-#: the recursive list
-RICH = event_with(
-    "rich",
-    field("items", {"type": "array", "items": ITEM}),
-    field("tree", NESTED_WRITER["fields"][-1]["type"]),
-)
-
-
-def rich_value(rng: np.random.Generator) -> dict[str, Any]:
-    def item() -> dict[str, Any]:
-        return {
-            "sku": "s" * int(rng.integers(0, 100)),
-            "qty": int(rng.integers(-1000, 1000)),
-            "tags": {f"k{j}": None if j % 3 else float(j) for j in range(int(rng.integers(0, 5)))},
-            "blob": bytes(rng.integers(0, 256, 3, dtype=np.uint8)),
-            "nothing": [None] * int(rng.integers(0, 4)),
-            "pairs": [{"x": 0.5, "y": float(j)} for j in range(int(rng.integers(0, 6)))],
-        }
-
-    n_items, depth = int(rng.integers(0, 5)), int(rng.integers(0, 60))
-    return {"items": [item() for _ in range(n_items)], "tree": chain(depth)}
 
 
 def test_valid_messages_of_a_schema_that_nests_and_repeats_read_as_fastavro_reads_them(
