@@ -77,7 +77,7 @@ class _Node:
     fields (runs of fixed-width primitives merged into one), an array's item, a map's
     value, a union's branches."""
 
-    __slots__ = ("height", "kind", "least", "steps", "width")
+    __slots__ = ("close", "height", "kind", "least", "steps", "visits", "width")
 
     def __init__(self, kind: int, width: int = -1, least: int = 0) -> None:
         self.kind = kind
@@ -85,6 +85,9 @@ class _Node:
         self.least = max(width, least)
         self.height = 0
         self.steps: list[_Node] = []
+        #: a record's stack tasks, ready to push: its fields (last first), its closing
+        self.visits: tuple[tuple[int, _Node, int], ...] = ()
+        self.close = (_CLOSE, self, 0)
 
 
 class SchemaTooComplexError(Exception):
@@ -154,6 +157,7 @@ class _Compiler:
             else:
                 steps.append(f)
         record.steps = steps
+        record.visits = tuple((_VISIT, f, 0) for f in reversed(steps))
         record.least = sum(f.least for f in fields)  # a record still open counted 0
         record.height = 1 + max((f.height for f in fields), default=0)
         if all(f.width >= 0 for f in fields):
@@ -249,11 +253,18 @@ class BoundedScan:
                 if pos > end:
                     raise _ended(start, end, schema_id)
             elif kind == _VARINT:
-                _value, pos = _varint(data, pos, end, schema_id)
+                if pos < end and data[pos] < 0x80:  # one byte: most values
+                    pos += 1
+                else:
+                    _value, pos = _varint(data, pos, end, schema_id)
             elif kind == _BYTES:
                 pos = _skip_bytes(data, pos, end, schema_id)
             elif kind == _UNION:
-                index, pos = _varint(data, pos, end, schema_id)
+                if pos < end and (b := data[pos]) < 0x80:
+                    index = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    index, pos = _varint(data, pos, end, schema_id)
                 if not 0 <= index < len(node.steps):
                     raise AvroDecodeError(
                         f"union branch {index} out of range ({len(node.steps)} branches) "
@@ -264,10 +275,9 @@ class BoundedScan:
                 depth += 1
                 if depth > limit:
                     raise _too_deep(limit, pos - start, schema_id)
-                push((_CLOSE, node, 0))
+                push(node.close)
                 if kind == _RECORD:
-                    for step in reversed(node.steps):
-                        push((_VISIT, step, 0))
+                    stack.extend(node.visits)
                 else:
                     push((_BLOCK, node, 0))
         return pos
