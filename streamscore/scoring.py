@@ -9,6 +9,7 @@ nothing is dropped.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ import numpy as np
 
 from .bundle import LoadedModel, ScoreBatch
 from .config import LatePolicy, ScoringSettings
-from .errors import ModelError, NoModelError, StreamscoreError
+from .errors import ModelError, NoModelError, StreamscoreError, unexpected_decode_error
 from .features import Columns, extract, field_values, impute, take_events
 from .model_store import FallbackResult, ModelSnapshot, score_with_fallback
 from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
 from .serde import RecordColumns
 from .validation import validate
+
+log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
 BatchEncoder = Callable[[list[dict[str, Any]]], list[bytes]]
@@ -182,7 +185,10 @@ class BatchScorer:
         self, values: Sequence[bytes | None]
     ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
         if self._decode_many is not None:
-            return self._decode_many(values)
+            try:
+                return self._decode_many(values)
+            except Exception:  # a bug in the batch path: each message then says for itself
+                log.exception("batch decode failed; decoding the batch message by message")
         good: list[int] = []
         events: list[dict[str, Any]] = []
         failed: list[tuple[int, StreamscoreError]] = []
@@ -193,6 +199,8 @@ class BatchScorer:
                 good.append(i)
             except StreamscoreError as exc:
                 failed.append((i, exc))
+            except Exception as exc:  # whatever one message does to a decoder is its own
+                failed.append((i, unexpected_decode_error(exc)))
         return good, events, failed
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:

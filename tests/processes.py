@@ -71,6 +71,16 @@ def sample(port: int, name: str, labels: dict[str, str] | None = None) -> float:
     return total
 
 
+def wait_until(cond: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    """Poll ``cond`` until it holds; fail at the deadline saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+
+
 @dataclass
 class WorkerProcess:
     worker_id: str
@@ -111,6 +121,17 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the process serves /metrics."""
         self.wait_until(lambda: bool(self.metrics_text()), "/metrics", timeout)
+
+    def owned_partitions(self) -> set[str]:
+        """The partitions a score worker owns (it exports a lag series for each)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {
+            s.labels["partition"]
+            for fam in text_string_to_metric_families(self.metrics_text())
+            for s in fam.samples
+            if s.name == "streamscore_consumer_lag"
+        }
 
     def log(self, n: int = 5000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamscore import groundtruth, schemas, serde, synthetic
-from tests.processes import WorkerProcess, launch
+from tests.processes import WorkerProcess, launch, wait_until
 
 from .stack import Stack
 
@@ -115,15 +115,6 @@ def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.Completed
         timeout=300,
         check=False,
     )
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> None:

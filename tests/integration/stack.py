@@ -17,11 +17,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamscore import schemas, serde, synthetic
 from streamscore.config import KafkaSettings, TopicSettings
-from streamscore.kafka_clients import reader_consumer
+from streamscore.kafka_clients import read_to_end, reader_consumer
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
 from streamscore.train import demo_bundle
-from tests.processes import WorkerProcess, free_port, launch, worker_env
+from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
 
 __all__ = ["Stack", "WorkerProcess", "free_port", "make_worker", "stack"]
 
@@ -131,6 +131,18 @@ class Stack:
             c.close()
         return out
 
+    def read_to_end(self, topic: str, *, timeout: float = 120.0) -> list[Any]:
+        """Every message of ``topic`` (read_committed) up to its current end."""
+        c = Consumer(
+            reader_consumer(
+                self.kafka, f"reader-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
+            )
+        )
+        try:
+            return list(read_to_end(c, topic, deadline_s=timeout))
+        finally:
+            c.close()
+
     def decoder(self, family: str) -> serde.AvroDeserializer:
         return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
 
@@ -184,3 +196,20 @@ def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for w in started:
         w.close()
+
+
+def wait_group_settled(
+    workers: list[WorkerProcess], partitions: int, timeout: float = 60.0
+) -> None:
+    """Until the workers own disjoint, non-empty shares of all ``partitions``."""
+    everything = {str(p) for p in range(partitions)}
+    owned: list[set[str]] = []
+
+    def settled() -> bool:
+        nonlocal owned
+        owned = [w.owned_partitions() for w in workers]
+        return (
+            all(owned) and set().union(*owned) == everything and sum(map(len, owned)) == partitions
+        )
+
+    wait_until(settled, timeout, lambda: f"group not settled: {owned}")
