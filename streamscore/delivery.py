@@ -36,6 +36,7 @@ class _Pending:
     remaining: int
     failed: str | None = None
     on_acked: Any = None
+    replaced: int = 0
 
 
 #: Many messages to one topic, without headers: ``(topic, [(key, value), ...])``.
@@ -75,15 +76,17 @@ def _is_too_large(err: Any) -> bool:
     return callable(code) and code() == KafkaError.MSG_SIZE_TOO_LARGE
 
 
+#: How many times in a row an output may be replaced (a dead letter refused again is
+#: cut again, to a lower limit each time: a few steps get below any real limit)
+MAX_REPLACEMENTS = 32
+
+
 def _replacement(m: OutMessage, on_too_large: TooLarge | None) -> OutMessage | None:
-    """What to produce instead of ``m``, refused as too large; only ever something
-    smaller, so that a chain of refusals ends."""
+    """What to produce instead of ``m``, refused as too large (never ``m`` again)."""
     if on_too_large is None:
         return None
     repl = on_too_large(m)
-    if repl is None or wire_size(repl.key, repl.value, repl.headers) >= wire_size(
-        m.key, m.value, m.headers
-    ):
+    if repl is None or (repl.topic, repl.key, repl.value) == (m.topic, m.key, m.value):
         return None
     log.warning(
         "output of %d bytes refused by %s as too large: produced to %s instead",
@@ -97,6 +100,7 @@ def _replacement(m: OutMessage, on_too_large: TooLarge | None) -> OutMessage | N
 def _produce_one(
     producer: Any, m: OutMessage, on_delivery: Any, poll: Any, on_too_large: TooLarge | None
 ) -> None:
+    replaced = 0
     while True:
         try:
             producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)
@@ -105,10 +109,13 @@ def _produce_one(
             # local queue full: serve delivery reports until there is room
             poll(0.05)
         except KafkaException as exc:
-            repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
+            repl = None
+            if _is_too_large(exc.args[0]) and replaced < MAX_REPLACEMENTS:
+                repl = _replacement(m, on_too_large)
             if repl is None:
                 raise
             m = repl
+            replaced += 1
 
 
 def _produce_all(
@@ -194,9 +201,15 @@ class AtLeastOnceSink:
         producer = self._producer
 
         def acked(err: Any, msg: Any) -> None:
-            if err is not None and hook is not None and _is_too_large(err):
+            if (
+                err is not None
+                and hook is not None
+                and _is_too_large(err)
+                and entry.replaced < MAX_REPLACEMENTS * max(1, batch.n_outputs)
+            ):
                 # the broker refused it (its topic's limit is lower than the one read at
                 # start): its replacement takes its place in this batch's accounting
+                entry.replaced += 1
                 repl = _replacement(_out_message(msg), hook)
                 if repl is not None:
                     try:

@@ -71,8 +71,11 @@ class OutputLimits:
         return wire_size(key, value, headers) <= self.limit(topic)
 
     def lower(self, topic: str, refused_size: int) -> None:
-        """``topic`` refused a record of ``refused_size`` (:func:`wire_size`) bytes."""
-        self._limits[topic] = max(0, min(self.limit(topic), refused_size - 1))
+        """``topic`` (or the producer) refused a record of ``refused_size``
+        (:func:`wire_size`) bytes. The real limit is unknown, only lower: take three
+        quarters of the refused size, so that a few refusals in a row get below it (and
+        the learned limit is at most a quarter under it)."""
+        self._limits[topic] = max(0, min(self.limit(topic), refused_size * 3 // 4))
 
     def producer_max_bytes(self) -> int:
         """The producer's ``message.max.bytes``: room for the largest record any output
