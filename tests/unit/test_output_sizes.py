@@ -5,6 +5,7 @@ or broker refuses an output anyway."""
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
-from streamscore import errors, synthetic
+from streamscore import errors, schemas, serde, synthetic
 from streamscore.config import KafkaSettings, ScoringSettings, TopicSettings
 from streamscore.delivery import AtLeastOnceSink, OutBatch, OutMessage
+from streamscore.event_ids import EventIdReader
+from streamscore.feedback_router import FeedbackRouter, RouteTopics
 from streamscore.kafka_clients import score_consumer, score_producer
 from streamscore.metrics import Metrics
 from streamscore.model_store import ModelStore
@@ -392,3 +395,45 @@ def test_without_a_replacement_a_refusal_stays_an_error() -> None:
     assert [m.value for m in replaced] == [b"v" * 100]
     with pytest.raises(KafkaException):
         sink.send(OutBatch([OutMessage("out", b"k", b"v" * 100)], {}, on_too_large=same))
+
+
+# ------------------------------------------------------- the feedback router's share
+
+
+def test_feedback_router_cuts_dead_letters_and_dead_letters_what_the_join_topic_refuses() -> None:
+    reg = serde.registry_client({"url": f"mock://router-sizes-{id(object())}"})
+    ser = serde.AvroSerializer(reg, "fb-value", schemas.load("feedback"))
+    big_label = ser({"event_id": "e-big", "label": "x" * 300_000, "observed_time": 1})
+    small_label = ser({"event_id": "e-small", "label": "1.0", "observed_time": 1})
+    topics = RouteTopics(predictions="preds", feedback="fb", join="g.join", dlq="dlq")
+    limits = OutputLimits({"g.join": 100_000, "dlq": 50_000})
+    metrics = Metrics(CollectorRegistry())
+    router = FeedbackRouter(
+        consumer=None,
+        sink=None,  # type: ignore[arg-type]
+        topics=topics,
+        event_id=EventIdReader(serde.WriterSchemaCache(reg)),
+        metrics=metrics,
+        worker_id="fb",
+        stop=threading.Event(),
+        limits=limits,
+    )
+    batch = router.route(
+        [
+            FakeMessage("fb", 0, 0, small_label, key=b"e-small"),
+            FakeMessage("fb", 0, 1, big_label, key=b"e-big"),  # too large for the join
+            FakeMessage("fb", 0, 2, b"\x09" * 200_000, key=b"junk"),  # not Avro, too large
+        ]
+    )
+    by_topic = Counter(m.topic for m in batch.messages)
+    assert by_topic == {"g.join": 1, "dlq": 2}
+    dlq = {m.key: m for m in batch.messages if m.topic == "dlq"}
+    big = dict(dlq[b"e-big"].headers or [])
+    assert big["streamscore.error.reason"] == b"output_too_large"
+    assert big[ORIGINAL_SIZE_HEADER] == str(len(big_label)).encode()
+    junk = dict(dlq[b"junk"].headers or [])
+    assert junk["streamscore.error.reason"] == b"bad_magic_byte"
+    assert junk[TRUNCATED_HEADER] == b"true"
+    assert all(wire_size(m.key, m.value, m.headers) <= 50_000 for m in dlq.values())
+    assert batch.offsets == {("fb", 0): 3}
+    assert router.routed == 1 and router.dead_lettered == 2
