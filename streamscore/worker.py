@@ -345,6 +345,55 @@ class ScoreLoop:
                 break
             self._sink.poll(min(left, 0.1))  # keep serving delivery reports
 
+    def _outputs(
+        self,
+        scored: ScoredBatch,
+        versions: dict[str, int],
+        first: dict[tuple[str, int], int],
+        last: dict[tuple[str, int], int],
+        sources: list[tuple[OutMessage, DeadLetter]] | None = None,
+    ) -> list[OutMessage]:
+        t = self._topics
+        out: list[OutMessage] = []  # the predictions go in bulk
+        sources = [] if sources is None else sources
+        primary_version = versions.get("primary")
+        late: list[OutMessage] = []
+        for m in scored.late_routed:
+            headers = [
+                ("streamscore.source.topic", m.topic.encode()),
+                ("streamscore.source.partition", str(m.partition).encode()),
+                ("streamscore.source.offset", str(m.offset).encode()),
+            ]
+            size = wire_size(m.key, m.value, headers)
+            if size <= self._limits.limit(t.late):
+                late.append(OutMessage(t.late, m.key, m.value, headers))
+                sources.append((late[-1], DeadLetter(m, self._too_large(t.late, size))))
+            else:  # larger than the late topic takes: a dead letter (cut to fit) instead
+                scored.dead_letters.append(DeadLetter(m, self._too_large(t.late, size)))
+        for dl in scored.dead_letters:
+            out.append(self._dead_letter(dl, primary_version))
+            sources.append((out[-1], dl))
+        out.extend(late)
+        tele = Telemetry(
+            worker_id=self._s.worker_id,
+            kind="batch",
+            time_ms=int(time.time() * 1000),
+            topic=t.events,
+            partition_offsets={p: (first[(tp, p)], last[(tp, p)]) for (tp, p) in first},
+            batch_size=scored.n_messages,
+            valid=scored.n_scored,
+            invalid=len(scored.dead_letters),
+            late=scored.n_late,
+            timings=scored.timings,
+            model_versions=versions,
+        )
+        out.append(
+            OutMessage(
+                t.telemetry, self._s.worker_id.encode(), self._encode_telemetry(tele.to_avro())
+            )
+        )
+        return out
+
     def _dead_letter(self, dl: DeadLetter, primary_version: int | None) -> OutMessage:
         """The dead letter of ``dl``: its key and bytes, cut to fit the dead-letter
         topic if they are larger than it takes (headers say so, and the original size)."""
@@ -419,55 +468,6 @@ class ScoreLoop:
             limit=limit,
             topic=topic,
         )
-
-    def _outputs(
-        self,
-        scored: ScoredBatch,
-        versions: dict[str, int],
-        first: dict[tuple[str, int], int],
-        last: dict[tuple[str, int], int],
-        sources: list[tuple[OutMessage, DeadLetter]] | None = None,
-    ) -> list[OutMessage]:
-        t = self._topics
-        out: list[OutMessage] = []  # the predictions go in bulk
-        sources = [] if sources is None else sources
-        primary_version = versions.get("primary")
-        late: list[OutMessage] = []
-        for m in scored.late_routed:
-            headers = [
-                ("streamscore.source.topic", m.topic.encode()),
-                ("streamscore.source.partition", str(m.partition).encode()),
-                ("streamscore.source.offset", str(m.offset).encode()),
-            ]
-            size = wire_size(m.key, m.value, headers)
-            if size <= self._limits.limit(t.late):
-                late.append(OutMessage(t.late, m.key, m.value, headers))
-                sources.append((late[-1], DeadLetter(m, self._too_large(t.late, size))))
-            else:  # larger than the late topic takes: a dead letter (cut to fit) instead
-                scored.dead_letters.append(DeadLetter(m, self._too_large(t.late, size)))
-        for dl in scored.dead_letters:
-            out.append(self._dead_letter(dl, primary_version))
-            sources.append((out[-1], dl))
-        out.extend(late)
-        tele = Telemetry(
-            worker_id=self._s.worker_id,
-            kind="batch",
-            time_ms=int(time.time() * 1000),
-            topic=t.events,
-            partition_offsets={p: (first[(tp, p)], last[(tp, p)]) for (tp, p) in first},
-            batch_size=scored.n_messages,
-            valid=scored.n_scored,
-            invalid=len(scored.dead_letters),
-            late=scored.n_late,
-            timings=scored.timings,
-            model_versions=versions,
-        )
-        out.append(
-            OutMessage(
-                t.telemetry, self._s.worker_id.encode(), self._encode_telemetry(tele.to_avro())
-            )
-        )
-        return out
 
     def _record(self, scored: ScoredBatch, produce_s: float) -> None:
         m = self._m
