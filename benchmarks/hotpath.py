@@ -69,7 +69,7 @@ def build(model_kind: str, batch: int) -> tuple[ScoreLoop, Any, Producer]:
     loop = ScoreLoop(
         consumer=FakeConsumer(),
         sink=sink,
-        scorer=BatchScorer(decode, pred.encode_many, settings),
+        scorer=BatchScorer(decode, pred.encode_many, settings, prediction_limit=lambda: 1_048_588),
         store=store,
         metrics=Metrics(CollectorRegistry()),
         settings=settings,

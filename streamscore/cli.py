@@ -243,6 +243,28 @@ def install_stop_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None]:
+    """The output topics' record limits (and the events topic's, for the consumer's
+    fetch sizes): ``--max-message-bytes`` for all of them, or else each topic's
+    ``max.message.bytes`` read from the cluster."""
+    from .output_limits import OutputLimits
+
+    t = env.topics
+    outputs = (t.predictions, t.dlq, t.telemetry, t.late)
+    if scoring.max_message_bytes is not None:
+        n = scoring.max_message_bytes
+        return OutputLimits(dict.fromkeys(outputs, n), default=n), n
+    from confluent_kafka.admin import AdminClient
+
+    from .kafka_clients import topic_limits
+
+    read = topic_limits(AdminClient(env.kafka.client_config()), [*outputs, t.events])
+    input_limit = read.pop(t.events, None)
+    limits = OutputLimits(read)
+    log.info("output record limits (max.message.bytes): %s", limits.as_dict())
+    return limits, input_limit
+
+
 def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from prometheus_client import CollectorRegistry
@@ -274,6 +296,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         exactly_once=args.exactly_once,
         canary_fraction=args.canary_fraction,
         drift=not args.no_drift,
+        max_message_bytes=args.max_message_bytes,
     )
     metrics_settings = MetricsSettings(host=args.metrics_host, port=args.metrics_port)
     registry = CollectorRegistry()
@@ -298,7 +321,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
-    producer = Producer(score_producer(env.kafka, scoring))
+    limits, input_limit = _message_limits(env, scoring)
+    producer = Producer(score_producer(env.kafka, scoring, limits))
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
@@ -352,7 +376,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             waited += 1
         if stop.is_set():
             return 0
-        consumer = Consumer(score_consumer(env.kafka, scoring))
+        consumer = Consumer(score_consumer(env.kafka, scoring, max_input_bytes=input_limit))
         sink = (
             TransactionalSink(producer, consumer)
             if scoring.exactly_once
@@ -361,13 +385,19 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         loop = ScoreLoop(
             consumer=consumer,
             sink=sink,
-            scorer=BatchScorer(decode, predictions.encode_many, scoring),
+            scorer=BatchScorer(
+                decode,
+                predictions.encode_many,
+                scoring,
+                prediction_limit=lambda: limits.limit(env.topics.predictions),
+            ),
             store=store,
             metrics=metrics,
             settings=scoring,
             topics=env.topics,
             encode_telemetry=telemetry,
             stop=stop,
+            limits=limits,
         )
         log.info(
             "worker %s scoring %s (group %s, %s)",
@@ -465,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name", default=None, help="only serve this model name")
     s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     s.add_argument("--no-drift", action="store_true", help="turn off drift monitoring")
+    s.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        help="largest output record, for every output topic (default: each output "
+        "topic's max.message.bytes, read at start)",
+    )
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")

@@ -132,7 +132,6 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
     decode_fb = AvroDeserializer(cache, schemas.load("feedback"))
     telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
-    producer = Producer(plain_producer(env.kafka))
     topic = model_topic(env, reg) if promo.enabled else None
 
     def on_decision(d: PromotionDecision) -> bool:
@@ -170,11 +169,19 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     want = args.join_partitions or max([n for n in sources if n] + [1])
     retention_ms = int(args.join_retention_h * 3_600_000)
     n_join = ensure_topic(admin, topics.join, want, {"retention.ms": str(retention_ms)})
+    from .kafka_clients import topic_limits
+    from .output_limits import OutputLimits
+
+    limits = OutputLimits(topic_limits(admin, [topics.join, topics.dlq, env.topics.telemetry]))
+    log.info("output record limits (max.message.bytes): %s", limits.as_dict())
+    producer = Producer(plain_producer(env.kafka, max_message_bytes=limits.producer_max_bytes()))
 
     def dead_letter(msg: Any, err: StreamscoreError) -> None:
         from .feedback_router import dead_letter_message
 
-        out = dead_letter_message(msg, err, worker_id=worker_id, dlq_topic=topics.dlq)
+        out = dead_letter_message(
+            msg, err, worker_id=worker_id, dlq_topic=topics.dlq, limit=limits.limit(topics.dlq)
+        )
         headers: Any = out.headers
         producer.produce(out.topic, out.value, out.key, headers=headers)
         metrics.dead_letters.labels(err.reason).inc()
@@ -189,12 +196,16 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,
-        sink=AtLeastOnceSink(Producer(plain_producer(env.kafka)), router_c),
+        sink=AtLeastOnceSink(
+            Producer(plain_producer(env.kafka, max_message_bytes=limits.producer_max_bytes())),
+            router_c,
+        ),
         topics=topics,
         event_id=EventIdReader(cache),
         metrics=metrics,
         worker_id=worker_id,
         stop=stop,
+        limits=limits,
     )
     router_failure: list[BaseException] = []
 

@@ -128,12 +128,17 @@ class ScoringSettings:
     max_in_flight: int = 100_000
     #: Feature / score drift (PSI against the bundle's reference) per batch.
     drift: bool = True
+    #: The largest output record, for every output topic. None: each output topic's
+    #: ``max.message.bytes`` is read from the cluster at start.
+    max_message_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.max_message_bytes is not None and self.max_message_bytes < 4096:
+            raise ConfigError(f"max_message_bytes must be >= 4096, got {self.max_message_bytes}")
         if not 0.0 <= self.canary_fraction <= 1.0:
             raise ConfigError(f"canary_fraction must be in [0, 1], got {self.canary_fraction}")
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from .errors import DeliveryError
+from .output_limits import wire_size
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,16 @@ class _Pending:
     remaining: int
     failed: str | None = None
     on_acked: Any = None
+    replaced: int = 0
 
 
 #: Many messages to one topic, without headers: ``(topic, [(key, value), ...])``.
 Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]]]
+
+#: Called with an output that the producer (in ``produce()``) or the broker (in its
+#: delivery report) refused as too large; returns what to produce in its place (its
+#: source message dead-lettered, cut to fit), or None when nothing can replace it.
+TooLarge = Callable[[OutMessage], OutMessage | None]
 
 
 @dataclass(slots=True)
@@ -51,6 +58,9 @@ class OutBatch:
     #: outputs given column-wise (the predictions: no per-message object on the hot
     #: path); produced before ``messages`` and acknowledged like them
     bulk: Sequence[Bulk] = ()
+    #: what to produce instead of an output refused as too large (None: the refusal
+    #: is an error like any other)
+    on_too_large: TooLarge | None = None
 
     def topic_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in sorted(self.offsets.items())]
@@ -61,25 +71,74 @@ class OutBatch:
         return len(self.messages) + sum(len(pairs) for _topic, pairs in self.bulk)
 
 
+def _is_too_large(err: Any) -> bool:
+    code = getattr(err, "code", None)
+    return callable(code) and code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+#: How many times in a row an output may be replaced (a dead letter refused again is
+#: cut again, to a lower limit each time: a few steps get below any real limit)
+MAX_REPLACEMENTS = 32
+
+
+def _replacement(m: OutMessage, on_too_large: TooLarge | None) -> OutMessage | None:
+    """What to produce instead of ``m``, refused as too large (never ``m`` again)."""
+    if on_too_large is None:
+        return None
+    repl = on_too_large(m)
+    if repl is None or (repl.topic, repl.key, repl.value) == (m.topic, m.key, m.value):
+        return None
+    log.warning(
+        "output of %d bytes refused by %s as too large: produced to %s instead",
+        wire_size(m.key, m.value, m.headers),
+        m.topic,
+        repl.topic,
+    )
+    return repl
+
+
+def _produce_one(
+    producer: Any, m: OutMessage, on_delivery: Any, poll: Any, on_too_large: TooLarge | None
+) -> None:
+    replaced = 0
+    while True:
+        try:
+            producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            # local queue full: serve delivery reports until there is room
+            poll(0.05)
+        except KafkaException as exc:
+            repl = None
+            if _is_too_large(exc.args[0]) and replaced < MAX_REPLACEMENTS:
+                repl = _replacement(m, on_too_large)
+            if repl is None:
+                raise
+            m = repl
+            replaced += 1
+
+
 def _produce_all(
-    producer: Any, messages: Sequence[OutMessage], on_delivery: Any, poll: Any
+    producer: Any,
+    messages: Sequence[OutMessage],
+    on_delivery: Any,
+    poll: Any,
+    on_too_large: TooLarge | None = None,
 ) -> None:
     for m in messages:
-        while True:
-            try:
-                producer.produce(
-                    m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery
-                )
-                break
-            except BufferError:
-                # local queue full: serve delivery reports until there is room
-                poll(0.05)
+        _produce_one(producer, m, on_delivery, poll, on_too_large)
 
 
 _ANY_PARTITION = -1  # RD_KAFKA_PARTITION_UA: the partitioner picks (by key)
 
 
-def _produce_bulk(producer: Any, bulk: Sequence[Bulk], on_delivery: Any, poll: Any) -> None:
+def _produce_bulk(
+    producer: Any,
+    bulk: Sequence[Bulk],
+    on_delivery: Any,
+    poll: Any,
+    on_too_large: TooLarge | None = None,
+) -> None:
     # positional arguments (topic, value, key, partition, on_delivery), in the order
     # Producer.produce documents: parsing keywords costs a third of the call
     produce = producer.produce
@@ -95,11 +154,37 @@ def _produce_bulk(producer: Any, bulk: Sequence[Bulk], on_delivery: Any, poll: A
                         break
                     except BufferError:
                         continue
+            except KafkaException as exc:
+                # larger than the producer takes: the rest of the pipeline sized it wrong
+                m = OutMessage(topic, key, value)
+                repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
+                if repl is None:
+                    raise
+                _produce_one(producer, repl, on_delivery, poll, on_too_large)
+
+
+def _refusals(on_too_large: TooLarge) -> Any:
+    """A delivery callback that only reports outputs the broker refused as too large
+    (for a transaction, which fails as a whole: what replaces them is produced when the
+    batch is consumed again, sized against the limit the refusal taught)."""
+
+    def report(err: Any, msg: Any) -> None:
+        if err is not None and _is_too_large(err):
+            _replacement(_out_message(msg), on_too_large)
+
+    return report
+
+
+def _out_message(msg: Any) -> OutMessage:
+    return OutMessage(msg.topic(), msg.key(), msg.value(), list(msg.headers() or []) or None)
 
 
 def _produce_batch(producer: Any, batch: OutBatch, on_delivery: Any, poll: Any) -> None:
-    _produce_bulk(producer, batch.bulk, on_delivery, poll)
-    _produce_all(producer, batch.messages, on_delivery, poll)
+    hook = batch.on_too_large
+    if on_delivery is None and hook is not None:
+        on_delivery = _refusals(hook)
+    _produce_bulk(producer, batch.bulk, on_delivery, poll, hook)
+    _produce_all(producer, batch.messages, on_delivery, poll, hook)
 
 
 class AtLeastOnceSink:
@@ -112,7 +197,32 @@ class AtLeastOnceSink:
         entry = _Pending(batch.topic_partitions(), batch.n_outputs)
         self._pending.append(entry)
 
-        def acked(err: Any, _msg: Any) -> None:
+        hook = batch.on_too_large
+        producer = self._producer
+
+        def acked(err: Any, msg: Any) -> None:
+            if (
+                err is not None
+                and hook is not None
+                and _is_too_large(err)
+                and entry.replaced < MAX_REPLACEMENTS * max(1, batch.n_outputs)
+            ):
+                # the broker refused it (its topic's limit is lower than the one read at
+                # start): its replacement takes its place in this batch's accounting
+                entry.replaced += 1
+                repl = _replacement(_out_message(msg), hook)
+                if repl is not None:
+                    try:
+                        producer.produce(
+                            repl.topic,
+                            repl.value,
+                            repl.key,
+                            headers=repl.headers,
+                            on_delivery=acked,
+                        )
+                        return
+                    except (BufferError, KafkaException) as exc:
+                        log.error("cannot produce the replacement of a refused output: %s", exc)
             entry.remaining -= 1
             if err is not None and entry.failed is None:
                 entry.failed = str(err)

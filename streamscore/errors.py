@@ -316,6 +316,23 @@ class StaleRetireError(OutOfOrderEnvelopeError):
     reason = "stale_retire"
 
 
+# -------------------------------------------------------------------------- outputs
+
+
+class OutputTooLargeError(StreamscoreError):
+    """An output of a message is larger than its topic accepts (``max.message.bytes``):
+    its prediction, or the message itself on its way to the late topic. The message is
+    dead-lettered instead (cut to fit the dead-letter topic if needed)."""
+
+    reason = "output_too_large"
+
+    def __init__(self, message: str, *, size: int, limit: int, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+
+
 # ---------------------------------------------------------------------------- kafka
 
 

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .delivery import AtLeastOnceSink, OutBatch, OutMessage
-from .errors import RegistryUnavailableError, StreamscoreError
+from .errors import OutputTooLargeError, RegistryUnavailableError, StreamscoreError
 from .event_ids import EventIdReader
 from .metrics import Metrics
+from .output_limits import OutputLimits, fit, wire_size
 from .scoring import DeadLetter, InMessage, dead_letter_headers
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,11 @@ class FeedbackRouter:
         batch_size: int = 1000,
         batch_wait_s: float = 0.2,
         registry_retry_s: float = 1.0,
+        limits: OutputLimits | None = None,
     ) -> None:
         self._c = consumer
+        #: the join and dead-letter topics' record limits (None: not checked)
+        self._limits = limits
         self._sink = sink
         self.topics = topics
         self._event_id = event_id
@@ -149,6 +153,17 @@ class FeedbackRouter:
                 out.append(self._dead_letter(msg, exc))
                 continue
             headers = _PREDICTION_HEADERS if kind is PREDICTION else _LABEL_HEADERS
+            size = wire_size(eid.encode(), value, headers)
+            if self._limits is not None and size > self._limits.limit(self.topics.join):
+                limit = self._limits.limit(self.topics.join)
+                err = OutputTooLargeError(
+                    f"{size} bytes, more than the join topic accepts ({limit} bytes)",
+                    size=size,
+                    limit=limit,
+                    topic=self.topics.join,
+                )
+                out.append(self._dead_letter(msg, err))
+                continue
             out.append(OutMessage(self.topics.join, eid.encode(), value, headers))
             routed[kind] += 1
         for kind, n in routed.items():
@@ -178,14 +193,18 @@ class FeedbackRouter:
             type(exc).__name__,
             exc,
         )
-        return dead_letter_message(msg, exc, worker_id=self._worker_id, dlq_topic=self.topics.dlq)
+        limit = None if self._limits is None else self._limits.limit(self.topics.dlq)
+        return dead_letter_message(
+            msg, exc, worker_id=self._worker_id, dlq_topic=self.topics.dlq, limit=limit
+        )
 
 
 def dead_letter_message(
-    msg: Any, exc: StreamscoreError, *, worker_id: str, dlq_topic: str
+    msg: Any, exc: StreamscoreError, *, worker_id: str, dlq_topic: str, limit: int | None = None
 ) -> OutMessage:
     """A consumed message for the dead-letter topic: its key and bytes untouched, and
-    headers naming the error and where the message was read."""
+    headers naming the error and where the message was read. Larger than ``limit``
+    (the topic's record limit), it is cut to fit (:func:`~streamscore.output_limits.fit`)."""
     _ts_type, ts = msg.timestamp()
     source = InMessage(
         value=msg.value(),
@@ -196,4 +215,7 @@ def dead_letter_message(
         timestamp_ms=ts,
     )
     headers = dead_letter_headers(DeadLetter(source, exc), worker_id=worker_id, model_version=None)
-    return OutMessage(dlq_topic, source.key, source.value, headers)
+    if limit is None:
+        return OutMessage(dlq_topic, source.key, source.value, headers)
+    key, value, headers = fit(source.key, source.value, headers, limit)
+    return OutMessage(dlq_topic, key, value, headers)

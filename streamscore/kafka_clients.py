@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from .config import KafkaSettings, ScoringSettings
 from .errors import KafkaIOError
+from .output_limits import OutputLimits
+
+log = logging.getLogger(__name__)
+
+#: librdkafka's defaults for a consumer's fetch sizes (a larger input raises them)
+_FETCH_MAX_BYTES = 52_428_800
+_RECEIVE_MAX_BYTES = 100_000_000
+_RECEIVE_MAX_BYTES_CAP = 2_147_483_647
 
 
 def _group_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
@@ -33,7 +42,11 @@ def _group_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
     return conf
 
 
-def score_consumer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, Any]:
+def score_consumer(
+    kafka: KafkaSettings, scoring: ScoringSettings, *, max_input_bytes: int | None = None
+) -> dict[str, Any]:
+    """``max_input_bytes``: the events topic's ``max.message.bytes``; the fetch limits
+    are raised to take a message that large (the defaults take up to about 50 MB)."""
     conf = _group_consumer(kafka, scoring.group_id, f"streamscore-score-{scoring.worker_id}")
     conf.update(
         {
@@ -44,11 +57,20 @@ def score_consumer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, 
             "fetch.wait.max.ms": 50,
         }
     )
+    if max_input_bytes is not None and max_input_bytes + 65_536 > _FETCH_MAX_BYTES:
+        fetch = min(max_input_bytes + 65_536, _RECEIVE_MAX_BYTES_CAP - 1_048_576)
+        conf["fetch.max.bytes"] = fetch
+        conf["receive.message.max.bytes"] = max(_RECEIVE_MAX_BYTES, fetch + 1_048_576)
     conf.update(kafka.extra)
     return conf
 
 
-def score_producer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, Any]:
+def score_producer(
+    kafka: KafkaSettings, scoring: ScoringSettings, limits: OutputLimits | None = None
+) -> dict[str, Any]:
+    """``limits``: the output topics' limits; the producer's ``message.max.bytes`` is
+    set to take the largest record any of them accepts, and its ``batch.size`` to fit the
+    smallest (the outputs themselves are sized per topic before they are produced)."""
     conf = kafka.client_config()
     conf.update(
         {
@@ -61,9 +83,15 @@ def score_producer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, 
             "queue.buffering.max.kbytes": 262_144,
         }
     )
+    if limits is not None:
+        conf["message.max.bytes"] = limits.producer_max_bytes()
+        conf["batch.size"] = limits.batch_bytes()
     if scoring.exactly_once:
         conf["transactional.id"] = f"streamscore-score-{scoring.group_id}-{scoring.worker_id}"
         conf["transaction.timeout.ms"] = 30_000
+        # a transaction's outputs need no acknowledgement one by one (the commit is
+        # one); reports of refused outputs still come (delivery.py sizes them anew)
+        conf["delivery.report.only.error"] = True
     conf.update(kafka.extra)
     return conf
 
@@ -163,6 +191,29 @@ def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
     )
     conf.update(kafka.extra)
     return conf
+
+
+def topic_limits(admin: Any, topics: Iterable[str], *, timeout_s: float = 10.0) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker applies it (the topic's override,
+    else the broker's default), read with one DescribeConfigs request. A topic whose
+    configuration cannot be read (missing, not authorised, no answer) is left out and
+    logged; the caller falls back to its default limit for it."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in names]
+    futures = admin.describe_configs(resources, request_timeout=timeout_s)
+    out: dict[str, int] = {}
+    for resource, fut in futures.items():
+        try:
+            entries = fut.result(timeout=timeout_s)
+            out[resource.name] = int(entries["max.message.bytes"].value)
+        except (KafkaException, KeyError, ValueError, TypeError, TimeoutError) as exc:
+            log.warning("cannot read max.message.bytes of topic %r: %s", resource.name, exc)
+    return out
 
 
 def partition_count(admin: Any, topic: str, *, timeout_s: float = 10.0) -> int | None:

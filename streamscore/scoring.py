@@ -9,6 +9,7 @@ nothing is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,9 +20,16 @@ import numpy as np
 
 from .bundle import LoadedModel, ScoreBatch
 from .config import LatePolicy, ScoringSettings
-from .errors import ModelError, NoModelError, StreamscoreError, unexpected_decode_error
+from .errors import (
+    ModelError,
+    NoModelError,
+    OutputTooLargeError,
+    StreamscoreError,
+    unexpected_decode_error,
+)
 from .features import Columns, extract, field_values, impute, take_events
 from .model_store import FallbackResult, ModelSnapshot, score_with_fallback
+from .output_limits import RECORD_OVERHEAD, wire_size
 from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
 from .serde import RecordColumns
 from .validation import validate
@@ -132,6 +140,66 @@ class ScoredBatch:
     primary_raw_x: np.ndarray | None = None
     primary_scores: np.ndarray | None = None
     model_versions: dict[str, int] = field(default_factory=dict)
+    #: which consumed message each of ``predictions`` answers, and which share of
+    #: ``outputs`` counts it (for an output refused after scoring: see :meth:`unpredict`)
+    _placed: list[_Placed] = field(default_factory=list, repr=False)
+    _source: Callable[[int], InMessage] | None = field(default=None, repr=False)
+
+    def prediction_source(self, i: int) -> InMessage:
+        """The consumed message that ``predictions[i]`` answers."""
+        assert self._source is not None
+        start = 0
+        for p in self._placed:
+            if i < start + p.rows.size:
+                return self._source(int(p.rows[i - start]))
+            start += int(p.rows.size)
+        raise IndexError(f"no prediction {i}")
+
+    def unpredict(self, i: int) -> None:
+        """``predictions[i]`` was not produced after all (the producer refused it): take
+        it out of the counts of its model and role. Its message is dead-lettered by the
+        caller."""
+        start = 0
+        for p in self._placed:
+            if i < start + p.rows.size:
+                drop = np.zeros(p.rows.size, dtype=bool)
+                drop[i - start] = True
+                _uncount(self, p, drop)
+                if p.role is not Role.SHADOW:
+                    self.n_scored -= 1
+                return
+            start += int(p.rows.size)
+        raise IndexError(f"no prediction {i}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """One model's predictions queued by ``_emit``: the valid rows they answer, which of
+    them the fallback answered, and the index of their entries in ``outputs``."""
+
+    rows: np.ndarray
+    degraded: np.ndarray
+    role: Role
+    output: int
+    fallback_output: int | None
+
+
+def _uncount(out: ScoredBatch, p: _Placed, drop: np.ndarray) -> None:
+    """Take the rows ``drop`` (a mask over ``p.rows``) out of ``p``'s output counts."""
+    n_deg = int((drop & p.degraded).sum())
+    n_main = int(drop.sum()) - n_deg
+    ro = out.outputs[p.output]
+    out.outputs[p.output] = dataclasses.replace(
+        ro,
+        count=ro.count - n_main,
+        degraded=ro.degraded - n_deg,
+        scores=ro.scores[~drop] if ro.scores.size == drop.size else ro.scores,
+    )
+    if p.fallback_output is not None and n_deg:
+        fb = out.outputs[p.fallback_output]
+        out.outputs[p.fallback_output] = dataclasses.replace(
+            fb, count=fb.count - n_deg, degraded=fb.degraded - n_deg
+        )
 
 
 def _decode_key(key: bytes | None) -> str | None:
@@ -168,7 +236,13 @@ class BatchScorer:
         settings: ScoringSettings,
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        prediction_limit: Callable[[], int] | None = None,
     ) -> None:
+        """``prediction_limit()``: the largest prediction record (key and value, as
+        :func:`~streamscore.output_limits.wire_size` counts) the predictions topic takes,
+        asked once per batch. An event with a prediction larger than that is not
+        predicted: it is dead-lettered (:class:`~streamscore.errors.OutputTooLargeError`)."""
+        self._prediction_limit = prediction_limit
         self._decode = decode
         self._encode = encode_predictions
         self._settings = settings
@@ -350,6 +424,10 @@ class BatchScorer:
         else:
             encoded = self._encode([r for piece in pieces for r in piece.rows()])
         out.predictions = list(zip(rec_keys, encoded, strict=True))
+        if self._prediction_limit is not None and encoded:
+            limit = self._prediction_limit()
+            _drop_oversized(out, encoded, rec_keys, limit, messages, v_good)
+        out._source = _sources(messages, v_good)
         t5 = time.perf_counter()
         out.timings = StageTimings(
             decode_s=t1 - t0,
@@ -472,14 +550,79 @@ class BatchScorer:
         pieces.append(RecordColumns(n, constants, columns))
         rec_keys.extend(raw)
         version = meta.version
+        main = len(out.outputs)
         out.outputs.append(
             RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
         )
+        fb_index = None
         if n_degraded and fallback is not None and fallback.fallback is not None:
             fb = fallback.fallback
+            fb_index = len(out.outputs)
             out.outputs.append(
                 RoleOutput(fb.name, fb.version, role, n_degraded, np.empty(0), n_degraded)
             )
+        out._placed.append(_Placed(rows, degraded, role, main, fb_index))
+
+
+def _sources(messages: Sequence[InMessage], v_good: list[int]) -> Callable[[int], InMessage]:
+    return lambda row: messages[v_good[row]]
+
+
+def _drop_oversized(
+    out: ScoredBatch,
+    encoded: list[bytes],
+    rec_keys: list[bytes | None],
+    limit: int,
+    messages: Sequence[InMessage],
+    v_good: list[int],
+) -> None:
+    """Events with a prediction larger than ``limit`` are dead-lettered, not predicted
+    (none of their predictions is produced: consumed = predicted + dead-lettered). One
+    pass of C-level ``len`` calls per batch when nothing is too large."""
+    longest = max(map(len, encoded)) + max(map(len, filter(None, rec_keys)), default=0)
+    if longest + RECORD_OVERHEAD <= limit:
+        return
+    too_big: dict[int, tuple[int, str]] = {}  # valid row -> size, role of its largest
+    start = 0
+    for p in out._placed:
+        for j, row in enumerate(p.rows.tolist()):
+            size = wire_size(rec_keys[start + j], encoded[start + j])
+            if size > limit and size > too_big.get(row, (0, ""))[0]:
+                too_big[row] = (size, p.role.value)
+        start += int(p.rows.size)
+    if not too_big:
+        return
+    bad = np.fromiter(too_big, dtype=np.int64, count=len(too_big))
+    kept: list[tuple[bytes | None, bytes]] = []
+    placed: list[_Placed] = []
+    start = 0
+    for p in out._placed:
+        n = int(p.rows.size)
+        drop = np.isin(p.rows, bad)
+        if drop.any():
+            _uncount(out, p, drop)
+            keep = ~drop
+            mine = out.predictions[start : start + n]
+            kept.extend(pr for pr, k in zip(mine, keep.tolist(), strict=True) if k)
+            p = dataclasses.replace(p, rows=p.rows[keep], degraded=p.degraded[keep])
+        else:
+            kept.extend(out.predictions[start : start + n])
+        placed.append(p)
+        start += n
+    out.predictions = kept
+    out._placed = placed
+    for row, (size, role) in sorted(too_big.items()):
+        err = OutputTooLargeError(
+            f"the {role} prediction of this event is {size} bytes, more than the "
+            f"predictions topic accepts ({limit} bytes)",
+            size=size,
+            limit=limit,
+        )
+        out.dead_letters.append(DeadLetter(messages[v_good[row]], err))
+    out.n_scored -= len(too_big)
+    keep_rows = np.ones(out.event_times_ms.size, dtype=bool)
+    keep_rows[bad] = False
+    out.event_times_ms = out.event_times_ms[keep_rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,28 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from .bundle import LoadedModel
 from .config import ScoringSettings, TopicSettings
-from .delivery import AtLeastOnceSink, OutBatch, OutMessage, RetryBatch, TransactionalSink
+from .delivery import (
+    AtLeastOnceSink,
+    OutBatch,
+    OutMessage,
+    RetryBatch,
+    TooLarge,
+    TransactionalSink,
+)
 from .drift import DriftMonitor
-from .errors import RegistryUnavailableError, StreamscoreError
+from .errors import OutputTooLargeError, RegistryUnavailableError, StreamscoreError
 from .metrics import Metrics
 from .model_store import ModelStore
+from .output_limits import OutputLimits, fit, wire_size
 from .records import Telemetry
-from .scoring import BatchScorer, InMessage, MessageBatch, ScoredBatch, dead_letter_headers
+from .scoring import (
+    BatchScorer,
+    DeadLetter,
+    InMessage,
+    MessageBatch,
+    ScoredBatch,
+    dead_letter_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +198,7 @@ class ScoreLoop:
         stop: threading.Event,
         lag_interval_s: float = 1.0,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),
+        limits: OutputLimits | None = None,
     ) -> None:
         self._consumer = consumer
         self._sink = sink
@@ -200,6 +216,8 @@ class ScoreLoop:
         self.stats = LoopStats()
         self.drift = DriftTracker(metrics) if settings.drift else None
         self._paused = False
+        #: the largest record each output topic takes (outputs are sized before produce)
+        self._limits = limits or OutputLimits()
 
     # ---- rebalance callbacks: run inside consume(), i.e. between batches
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -291,12 +309,14 @@ class ScoreLoop:
         if self.drift is not None:
             self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
         t0 = time.perf_counter()
-        out = self._outputs(scored, snapshot.versions(), first, last)
+        sources: list[tuple[OutMessage, DeadLetter]] = []
+        out = self._outputs(scored, snapshot.versions(), first, last, sources)
         batch = OutBatch(
             out,
             {k: v + 1 for k, v in last.items()},
             first,
             bulk=[(self._topics.predictions, scored.predictions)],
+            on_too_large=self._rescuer(scored, sources, snapshot.versions().get("primary")),
         )
         try:
             self._sink.send(batch)
@@ -331,28 +351,29 @@ class ScoreLoop:
         versions: dict[str, int],
         first: dict[tuple[str, int], int],
         last: dict[tuple[str, int], int],
+        sources: list[tuple[OutMessage, DeadLetter]] | None = None,
     ) -> list[OutMessage]:
         t = self._topics
         out: list[OutMessage] = []  # the predictions go in bulk
+        sources = [] if sources is None else sources
         primary_version = versions.get("primary")
-        for dl in scored.dead_letters:
-            headers = dead_letter_headers(
-                dl, worker_id=self._s.worker_id, model_version=primary_version
-            )
-            out.append(OutMessage(t.dlq, dl.message.key, dl.message.value, headers))
+        late: list[OutMessage] = []
         for m in scored.late_routed:
-            out.append(
-                OutMessage(
-                    t.late,
-                    m.key,
-                    m.value,
-                    [
-                        ("streamscore.source.topic", m.topic.encode()),
-                        ("streamscore.source.partition", str(m.partition).encode()),
-                        ("streamscore.source.offset", str(m.offset).encode()),
-                    ],
-                )
-            )
+            headers = [
+                ("streamscore.source.topic", m.topic.encode()),
+                ("streamscore.source.partition", str(m.partition).encode()),
+                ("streamscore.source.offset", str(m.offset).encode()),
+            ]
+            size = wire_size(m.key, m.value, headers)
+            if size <= self._limits.limit(t.late):
+                late.append(OutMessage(t.late, m.key, m.value, headers))
+                sources.append((late[-1], DeadLetter(m, self._too_large(t.late, size))))
+            else:  # larger than the late topic takes: a dead letter (cut to fit) instead
+                scored.dead_letters.append(DeadLetter(m, self._too_large(t.late, size)))
+        for dl in scored.dead_letters:
+            out.append(self._dead_letter(dl, primary_version))
+            sources.append((out[-1], dl))
+        out.extend(late)
         tele = Telemetry(
             worker_id=self._s.worker_id,
             kind="batch",
@@ -372,6 +393,81 @@ class ScoreLoop:
             )
         )
         return out
+
+    def _dead_letter(self, dl: DeadLetter, primary_version: int | None) -> OutMessage:
+        """The dead letter of ``dl``: its key and bytes, cut to fit the dead-letter
+        topic if they are larger than it takes (headers say so, and the original size)."""
+        headers = dead_letter_headers(
+            dl, worker_id=self._s.worker_id, model_version=primary_version
+        )
+        m = dl.message
+        key, value, headers = fit(m.key, m.value, headers, self._limits.limit(self._topics.dlq))
+        return OutMessage(self._topics.dlq, key, value, headers)
+
+    def _rescuer(
+        self,
+        scored: ScoredBatch,
+        sources: list[tuple[OutMessage, DeadLetter]],
+        primary_version: int | None,
+    ) -> TooLarge:
+        """What replaces an output that the producer or the broker refused as too large
+        although it was sized against the limits read at start (they were lowered since,
+        or the client's own limit is lower): the limit is lowered to below the refused
+        size, and the message the output came from is dead-lettered (a dead letter is
+        cut again, to the lowered limit). The batch goes on; nothing is lost."""
+        t = self._topics
+        unpredicted: set[int] = set()
+
+        def rescue(refused: OutMessage) -> OutMessage | None:
+            size = wire_size(refused.key, refused.value, refused.headers)
+            self._limits.lower(refused.topic, size)
+            dl: DeadLetter | None = None
+            if refused.topic == t.predictions:
+                for i, (k, v) in enumerate(scored.predictions):
+                    if i not in unpredicted and v == refused.value and k == refused.key:
+                        unpredicted.add(i)
+                        scored.unpredict(i)  # counted as a dead letter instead
+                        dl = DeadLetter(
+                            scored.prediction_source(i), self._too_large(refused.topic, size)
+                        )
+                        break
+            else:
+                for o, source in sources:
+                    if o is refused or (
+                        o.topic == refused.topic
+                        and o.key == refused.key
+                        and o.value == refused.value
+                    ):
+                        dl = source
+                        break
+            if dl is None:
+                return None
+            if refused.topic != t.dlq:
+                self._m.invalid_events.labels(dl.error.reason).inc()
+                self._m.dead_letters.labels(dl.error.reason).inc()
+            repl = self._dead_letter(dl, primary_version)
+            sources.append((repl, dl))
+            log.warning(
+                "%s[%d]@%d: an output of %d bytes refused by %s: dead-lettered (%s)",
+                dl.message.topic,
+                dl.message.partition,
+                dl.message.offset,
+                size,
+                refused.topic,
+                dl.error.reason,
+            )
+            return repl
+
+        return rescue
+
+    def _too_large(self, topic: str, size: int) -> OutputTooLargeError:
+        limit = self._limits.limit(topic)
+        return OutputTooLargeError(
+            f"an output of {size} bytes is more than topic {topic} accepts ({limit} bytes)",
+            size=size,
+            limit=limit,
+            topic=topic,
+        )
 
     def _record(self, scored: ScoredBatch, produce_s: float) -> None:
         m = self._m

@@ -75,10 +75,19 @@ class Stack:
         )
 
     def produce_raw(
-        self, items: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None
+        self,
+        items: Iterable[tuple[bytes | None, bytes | None]],
+        topic: str | None = None,
+        *,
+        max_message_bytes: int = 1_000_000,
     ) -> int:
         p = Producer(
-            {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 5,
+                "enable.idempotence": True,
+                "message.max.bytes": max_message_bytes,
+            }
         )
         n = 0
         for key, value in items:
