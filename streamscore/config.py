@@ -123,6 +123,11 @@ class ScoringSettings:
     late_after_ms: int | None = None
     late_policy: LatePolicy = LatePolicy.SCORE_AND_FLAG
     exactly_once: bool = False
+    #: Exactly-once: how long a batch's transaction retries retriable errors (the broker
+    #: away) before it is aborted and the batch consumed again. Below the consumer's
+    #: ``max.poll.interval.ms`` (300 s), so a worker that rode out an outage is still in
+    #: its group.
+    eos_retry_s: float = 240.0
     canary_fraction: float = 0.1
     #: Producer queue fill (messages) above which consumption pauses.
     max_in_flight: int = 100_000
@@ -134,6 +139,8 @@ class ScoringSettings:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.eos_retry_s < 0:
+            raise ConfigError(f"eos_retry_s must be >= 0, got {self.eos_retry_s}")
         if not 0.0 <= self.canary_fraction <= 1.0:
             raise ConfigError(f"canary_fraction must be in [0, 1], got {self.canary_fraction}")
 
