@@ -294,6 +294,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         late_after_ms=args.late_after_ms,
         late_policy=LatePolicy(args.late_policy),
         exactly_once=args.exactly_once,
+        eos_retry_s=args.eos_retry_s,
         canary_fraction=args.canary_fraction,
         drift=not args.no_drift,
         max_message_bytes=args.max_message_bytes,
@@ -378,7 +379,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             return 0
         consumer = Consumer(score_consumer(env.kafka, scoring, max_input_bytes=input_limit))
         sink = (
-            TransactionalSink(producer, consumer)
+            TransactionalSink(producer, consumer, retry_s=scoring.eos_retry_s, stop=stop)
             if scoring.exactly_once
             else AtLeastOnceSink(producer, consumer)
         )
@@ -469,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("cluster", help="local Kafka (KRaft) + Apicurio Registry on loopback")
-    c.add_argument("action", choices=["install", "up", "down", "status"])
+    c.add_argument("action", choices=["install", "up", "down", "reset", "status"])
     c.set_defaults(func=cmd_cluster)
 
     s = sub.add_parser("score", help="run a score worker")
@@ -480,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--batch-wait-ms", type=int, default=10)
     s.add_argument("--exactly-once", action="store_true")
+    s.add_argument(
+        "--eos-retry-s",
+        type=float,
+        default=ScoringSettings.eos_retry_s,
+        help="exactly-once: how long a transaction retries while the broker is away before "
+        "it is aborted and the batch consumed again (default %(default)s)",
+    )
     s.add_argument("--late-after-ms", type=int, default=None)
     s.add_argument("--late-policy", choices=[p.value for p in LatePolicy], default="score")
     s.add_argument("--canary-fraction", type=float, default=0.1)

@@ -123,6 +123,11 @@ class ScoringSettings:
     late_after_ms: int | None = None
     late_policy: LatePolicy = LatePolicy.SCORE_AND_FLAG
     exactly_once: bool = False
+    #: Exactly-once: how long a batch's transaction retries retriable errors (the broker
+    #: away) before it is aborted and the batch consumed again. Below the consumer's
+    #: ``max.poll.interval.ms`` (300 s), so a worker that rode out an outage is still in
+    #: its group.
+    eos_retry_s: float = 240.0
     canary_fraction: float = 0.1
     #: Producer queue fill (messages) above which consumption pauses.
     max_in_flight: int = 100_000
@@ -139,6 +144,8 @@ class ScoringSettings:
             raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_message_bytes is not None and self.max_message_bytes < 4096:
             raise ConfigError(f"max_message_bytes must be >= 4096, got {self.max_message_bytes}")
+        if self.eos_retry_s < 0:
+            raise ConfigError(f"eos_retry_s must be >= 0, got {self.eos_retry_s}")
         if not 0.0 <= self.canary_fraction <= 1.0:
             raise ConfigError(f"canary_fraction must be in [0, 1], got {self.canary_fraction}")
 
@@ -186,6 +193,16 @@ class ClusterSettings:
     partitions: int = 4
     model_topic_max_bytes: int = 16 * 1024 * 1024
     start_timeout_s: float = 120.0
+    #: pid files, configs, logs, the broker's data and the registry's database; ``None``
+    #: means ``<cache_dir>/run``. A second (private) cluster shares the downloads in
+    #: ``cache_dir`` but needs its own run dir and ports.
+    run_dir: Path | None = None
+    #: extra JVM options for both servers (e.g. a smaller GC footprint in tests)
+    jvm_opts: tuple[str, ...] = ()
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or Path(self.cache_dir) / "run").expanduser().absolute()
 
     @property
     def bootstrap_servers(self) -> str:

@@ -9,6 +9,8 @@ the outputs and the consumed offsets (``send_offsets_to_transaction``).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from .errors import DeliveryError
+from .errors import DeliveryError, TransactionFailedError
 from .output_limits import wire_size
 
 log = logging.getLogger(__name__)
@@ -268,33 +270,159 @@ class AtLeastOnceSink:
         self._pending.clear()
 
 
+class _NeedsAbort(Exception):
+    """The transaction cannot complete: abort it and consume the batch again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 class TransactionalSink:
-    def __init__(self, producer: Any, consumer: Any, *, timeout: float = 30.0) -> None:
+    """One transaction per batch: its outputs and its consumed offsets.
+
+    While the broker is away the transactional calls fail with retriable errors. Before
+    any such call is made again the sink waits, with a backoff that doubles up to
+    ``backoff_s[1]``, until a broker answers a metadata request (for up to ``retry_s``
+    per batch): librdkafka 2.x may block forever in a ``send_offsets_to_transaction``
+    re-issued after a timeout (confluentinc/librdkafka#5456), so that call is never
+    repeated: the transaction is aborted instead, the consumer rewound to the batch's
+    first offsets and :class:`RetryBatch` raised, so the batch is consumed and scored
+    again (nothing was committed: no loss, no duplicate). ``commit_transaction`` and
+    ``abort_transaction``, which may be called again after a timeout, are retried once
+    the broker answers. An abortable error, a stop request or an exhausted budget also
+    abort. A fatal error (fenced by a newer instance), a non-retriable one, or an abort
+    that cannot complete raises :class:`TransactionFailedError`: the worker exits
+    non-zero and a new instance takes over (its ``init_transactions`` aborts what this
+    one left open).
+    """
+
+    def __init__(
+        self,
+        producer: Any,
+        consumer: Any,
+        *,
+        timeout: float = 30.0,
+        retry_s: float = 240.0,
+        backoff_s: tuple[float, float] = (0.5, 5.0),
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._producer = producer
         self._consumer = consumer
         self._timeout = timeout
-        producer.init_transactions(timeout)
+        self._retry_s = retry_s
+        self._backoff_min_s, self._backoff_max_s = backoff_s
+        self._stop = stop
+        self._clock = clock
+        try:
+            self._retrying(
+                lambda: producer.init_transactions(timeout),
+                "init_transactions",
+                clock() + retry_s,
+            )
+        except _NeedsAbort as exc:
+            raise TransactionFailedError(f"cannot initialise transactions: {exc.why}") from None
 
     def send(self, batch: OutBatch) -> None:
-        """One transaction: outputs + offsets. On an abortable error the transaction is
-        aborted and the consumer rewound to the last committed offsets, so the batch is
-        consumed again; fatal errors (fenced by a newer instance) propagate."""
+        """One transaction: outputs + offsets; :class:`RetryBatch` when it was aborted
+        (the consumer rewound to the batch's first offsets)."""
         p = self._producer
-        p.begin_transaction()
+        deadline = self._clock() + self._retry_s
         try:
+            self._retrying(p.begin_transaction, "begin_transaction", deadline)
             _produce_batch(p, batch, None, p.poll)
-            p.send_offsets_to_transaction(
-                batch.topic_partitions(), self._consumer.consumer_group_metadata(), self._timeout
+            offsets = batch.topic_partitions()
+            group = self._consumer.consumer_group_metadata()
+            name = "send_offsets_to_transaction"
+            try:
+                self._call(
+                    lambda: p.send_offsets_to_transaction(offsets, group, self._timeout), name
+                )
+            except _Retriable as exc:
+                # never re-issued (it may hang): wait for the broker, then abort
+                self._wait_for_broker(name, exc.why, deadline)
+                raise _NeedsAbort(f"{name}: {exc.why}") from None
+            self._retrying(
+                lambda: p.commit_transaction(self._timeout), "commit_transaction", deadline
             )
-            p.commit_transaction(self._timeout)
+        except _NeedsAbort as exc:
+            log.warning("aborting transaction: %s", exc.why)
+            self._abort(max(deadline, self._clock() + self._timeout))
+            self._rewind(batch)
+            raise RetryBatch(exc.why) from None
+
+    def _retrying(self, op: Callable[[], object], name: str, deadline: float) -> None:
+        """``op()`` until it succeeds; after a retriable error it is called again once a
+        broker answers, until ``deadline`` (or a stop request): then :class:`_NeedsAbort`,
+        as for an abortable error."""
+        failures = 0
+        while True:
+            try:
+                self._call(op, name)
+                if failures:
+                    log.info("%s succeeded after %d retries", name, failures)
+                return
+            except _Retriable as exc:
+                failures += 1
+                self._wait_for_broker(name, exc.why, deadline)
+
+    def _wait_for_broker(self, name: str, why: str, deadline: float) -> None:
+        """Back off until a broker answers a metadata request; :class:`_NeedsAbort` when
+        ``deadline`` passes or a stop is requested first."""
+        delay = self._backoff_min_s
+        attempts = 0
+        while True:
+            if self._stop is not None and self._stop.is_set():
+                raise _NeedsAbort(f"{name}: {why} (stopping)")
+            left = deadline - self._clock()
+            if left <= 0:
+                raise _NeedsAbort(
+                    f"{name}: {why}; the broker still away after {self._retry_s:.0f}s of retries"
+                )
+            log.warning(
+                "%s: %s (retriable: the broker may be away), waiting %.1fs for it",
+                name,
+                why,
+                min(delay, left),
+            )
+            self._producer.poll(min(delay, left))  # serves callbacks while it waits
+            delay = min(2 * delay, self._backoff_max_s)
+            attempts += 1
+            try:
+                md = self._producer.list_topics(timeout=max(0.1, min(5.0, left)))
+            except KafkaException:
+                continue
+            if md.brokers:
+                log.info("a broker answers again after %d checks: retrying", attempts)
+                return
+
+    def _call(self, op: Callable[[], object], name: str) -> None:
+        """``op()``, its KafkaException sorted by what may follow it."""
+        try:
+            op()
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if err is not None and err.txn_requires_abort():
-                log.warning("aborting transaction: %s", err)
-                p.abort_transaction(self._timeout)
-                self._rewind(batch)
-                raise RetryBatch(str(err)) from exc
-            raise
+            why = str(err) if err is not None else str(exc)
+            if err is None or err.fatal():
+                raise TransactionFailedError(f"{name} failed fatally: {why}") from exc
+            if err.txn_requires_abort():
+                raise _NeedsAbort(f"{name}: {why}") from None
+            if err.retriable():
+                raise _Retriable(why) from None
+            raise TransactionFailedError(f"{name} failed: {why}") from exc
+
+    def _abort(self, deadline: float) -> None:
+        p = self._producer
+        try:
+            self._retrying(
+                lambda: p.abort_transaction(self._timeout), "abort_transaction", deadline
+            )
+        except _NeedsAbort as exc:
+            raise TransactionFailedError(
+                f"cannot abort the transaction ({exc.why}); exiting so that a new instance "
+                "fences this one and aborts it"
+            ) from None
 
     def _rewind(self, batch: OutBatch) -> None:
         for (t, p), first in batch.first_offsets.items():
@@ -312,6 +440,12 @@ class TransactionalSink:
 
     def discard(self) -> None:
         pass
+
+
+class _Retriable(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class RetryBatch(Exception):

@@ -348,6 +348,13 @@ class DeliveryError(KafkaIOError):
     reason = "delivery"
 
 
+class TransactionFailedError(KafkaIOError):
+    """An exactly-once transaction can neither complete nor be aborted (fenced, a fatal
+    producer error, or the broker away past the retry budget): the worker must exit."""
+
+    reason = "transaction"
+
+
 # -------------------------------------------------------------------- local cluster
 
 

@@ -191,3 +191,111 @@ def prediction_record(eid: str, *, event_time_ms: int = 1_700_000_000_000) -> di
         "features": [1.0],
         "inputs": {},
     }
+
+
+def kafka_exception(
+    code: int,
+    *,
+    retriable: bool = False,
+    abortable: bool = False,
+    fatal: bool = False,
+) -> Exception:
+    """A ``KafkaException`` as the transactional API raises it (a real ``KafkaError``)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    return KafkaException(
+        KafkaError(
+            code,
+            f"fake {code}",
+            fatal=fatal,
+            retriable=retriable,
+            txn_requires_abort=abortable,
+        )
+    )
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTxnProducer:
+    """A transactional producer whose calls fail as scripted: ``script[name]`` is a list
+    of outcomes, one per call (an exception to raise, or ``None`` for success; calls past
+    the end succeed). A call that raises takes ``blocks_s`` of the fake clock (the
+    timeout it waited; ``list_topics_blocks_s`` for a metadata request), ``poll``
+    advances the clock by its timeout."""
+
+    def __init__(
+        self, clock: FakeClock, script: dict[str, list[Exception | None]] | None = None
+    ) -> None:
+        self.clock = clock
+        self.script = script or {}
+        self.calls: list[str] = []
+        self.produced: list[tuple[str, Any, Any]] = []
+        self.waits: list[float] = []
+        self.blocks_s = 30.0
+
+    def _outcome(self, name: str) -> None:
+        self.calls.append(name)
+        todo = self.script.get(name, [])
+        if todo:
+            exc = todo.pop(0)
+            if exc is not None:
+                self.clock.now += 1.0 if name == "list_topics" else self.blocks_s
+                raise exc
+
+    def init_transactions(self, timeout: float) -> None:
+        self._outcome("init_transactions")
+
+    def begin_transaction(self) -> None:
+        self._outcome("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets: Any, group: Any, timeout: float) -> None:
+        self._outcome("send_offsets_to_transaction")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._outcome("commit_transaction")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._outcome("abort_transaction")
+
+    def list_topics(self, timeout: float) -> Any:
+        """Metadata: scripted under ``"list_topics"`` (a failure = the broker away)."""
+        self._outcome("list_topics")
+        return _Metadata()
+
+    def produce(self, topic: str, value: Any, key: Any, *_args: Any, **_kw: Any) -> None:
+        self.produced.append((topic, key, value))
+
+    def poll(self, timeout: float = 0) -> int:
+        if timeout:
+            self.waits.append(timeout)
+            self.clock.now += timeout
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+class _Metadata:
+    brokers = {1: "127.0.0.1:9092"}
+
+
+class FakeTxnConsumer:
+    """What a ``TransactionalSink`` uses of the consumer: group metadata and ``seek``."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def seek(self, tp: Any) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
