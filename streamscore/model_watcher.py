@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from .config import KafkaSettings
 from .envelope import Action, ModelEnvelope
-from .errors import ModelError, SerdeError
+from .errors import ModelError, RegistryUnavailableError, SerdeError
 from .kafka_clients import model_watcher_consumer, read_to_end
 from .metrics import Metrics
 from .model_updates import ModelUpdater
@@ -26,6 +26,10 @@ from .model_updates import ModelUpdater
 log = logging.getLogger(__name__)
 
 HISTORY_PER_KEY = 5
+
+
+class _Stopped(Exception):
+    """Stop was asked for while waiting for the schema registry."""
 
 
 class ModelWatcher:
@@ -38,12 +42,14 @@ class ModelWatcher:
         metrics: Metrics,
         *,
         max_message_bytes: int,
+        registry_retry_s: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self._conf = model_watcher_consumer(kafka, max_message_bytes)
         self._topic = topic
         self._decode = decode
         self._updater = updater
         self._metrics = metrics
+        self._retry_s = registry_retry_s
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
@@ -68,12 +74,26 @@ class ModelWatcher:
         if value is None:
             return None  # tombstone: compaction will drop the key; nothing to serve
         try:
-            return ModelEnvelope.from_avro(self._decode(value))
+            return ModelEnvelope.from_avro(self._decoded(value))
         except (SerdeError, KeyError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, SerdeError) else "undecodable"
             self._metrics.model_updates_rejected.labels("undecodable").inc()
             log.warning("undecodable model envelope (%s): %s", reason, exc)
             return None
+
+    def _decoded(self, value: bytes) -> dict[str, Any]:
+        """The decoded envelope. A schema registry that cannot answer is waited for
+        (backoff doubling up to a bound), never counted as a rejection: the envelope is
+        fine, the registry is away. Raises ``_Stopped`` if asked to stop meanwhile."""
+        wait = 0.0
+        while True:
+            try:
+                return self._decode(value)
+            except RegistryUnavailableError as exc:
+                wait = min(max(2 * wait, self._retry_s[0]), self._retry_s[1])
+                log.warning("model envelope: %s; retrying in %.1f s", exc, wait)
+                if self._stop.wait(wait):
+                    raise _Stopped from exc
 
     def _run(self) -> None:
         consumer = Consumer(self._conf)
@@ -95,6 +115,8 @@ class ModelWatcher:
                         self._updater.apply(env)
                     except ModelError as exc:  # defensive: apply already reports
                         log.warning("model update failed: %s", exc)
+        except _Stopped:
+            self._caught_up.set()
         except BaseException as exc:
             self.error = exc
             log.exception("model watcher stopped")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .bundle import LoadedModel, ScoreBatch
 from .config import LatePolicy, ScoringSettings
-from .errors import ModelError, NoModelError, StreamscoreError
+from .errors import InfrastructureError, ModelError, NoModelError, StreamscoreError
 from .features import Columns, extract, field_values, impute, take_events
 from .model_store import FallbackResult, ModelSnapshot, score_with_fallback
 from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
@@ -181,8 +181,14 @@ class BatchScorer:
     def _decode_all(
         self, values: Sequence[bytes | None]
     ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        """Decode the batch; an :class:`InfrastructureError` (the registry away) is raised,
+        never returned as a message's error: the batch is not bad data."""
         if self._decode_many is not None:
-            return self._decode_many(values)
+            decoded = self._decode_many(values)
+            for _i, exc in decoded[2]:
+                if isinstance(exc, InfrastructureError):
+                    raise exc
+            return decoded
         good: list[int] = []
         events: list[dict[str, Any]] = []
         failed: list[tuple[int, StreamscoreError]] = []
@@ -191,6 +197,8 @@ class BatchScorer:
             try:
                 events.append(decode(v))
                 good.append(i)
+            except InfrastructureError:
+                raise
             except StreamscoreError as exc:
                 failed.append((i, exc))
         return good, events, failed

@@ -21,7 +21,7 @@ from streamscore.metrics import Metrics
 from streamscore.promotion import LiveQuality, PromotionDecision
 from streamscore.records import Role
 
-from .kafka_fakes import FakeConsumer, FakeMessage, prediction_record
+from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry, prediction_record
 
 T0 = 1_700_000_000_000
 JOIN = "g.join"
@@ -91,6 +91,50 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         "streamscore_feedback_labels_total", {"outcome": "joined"}
     )
     assert joined == 1
+
+
+def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The registry away at the batch's first lookup: nothing decoded, dead-lettered or
+    settled; the consumer paused and polled during the backoff, then resumed and sought
+    back; the same batch, handed again, is joined once."""
+    batch = [
+        FakeMessage(JOIN, 0, 7, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 8, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    flaky = FlakyRegistry(registry, down=1)
+    cache = serde.WriterSchemaCache(flaky)  # type: ignore[arg-type]
+    metrics = Metrics(CollectorRegistry())
+    store = GroundTruthStore(tmp_path)
+    store.open()
+    stop = threading.Event()
+    consumer = FakeConsumer([batch, batch], stop)
+    dead: list[Any] = []
+    loop = FeedbackLoop(
+        consumer=consumer,
+        join_topic=JOIN,
+        decode_prediction=serde.AvroDeserializer(cache, schemas.load("prediction")),
+        decode_feedback=serde.AvroDeserializer(cache, schemas.load("feedback")),
+        join=JoinState(60_000, 1000, already_written=store.contains),
+        store=store,
+        metrics=metrics,
+        quality=LiveQuality(metrics),
+        stop=stop,
+        dead_letter=lambda msg, err: dead.append(err),
+        checkpoint_s=60.0,
+        registry_backoff_s=(0.01, 0.02),
+    )
+    stats = loop.run()
+
+    assert consumer.seeks == [(JOIN, 0, 7)]
+    assert consumer.paused_polls >= 1 and not consumer.paused
+    assert dead == [] and stats.undecodable == 0
+    assert (stats.predictions, stats.labels) == (1, 1)
+    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
+    assert consumer.commits[-1] == [(JOIN, 0, 9)]
+    put_back = metrics.registry.get_sample_value("streamscore_registry_unavailable_batches_total")
+    assert put_back == 1
 
 
 class FakeModelTopic:
