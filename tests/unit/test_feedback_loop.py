@@ -46,19 +46,17 @@ def kind(k: bytes) -> list[tuple[str, bytes]]:
     return [(KIND_HEADER, k)]
 
 
-def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path: Path) -> None:
+def make_loop(
+    registry: Any, batches: list[list[FakeMessage]], tmp_path: Path, **kw: Any
+) -> tuple[FeedbackLoop, FakeConsumer, Metrics, list[tuple[int, StreamscoreError]]]:
+    """A join loop over a fake consumer handing out ``batches``, its writer schemas from
+    ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
     cache = serde.WriterSchemaCache(registry)
     metrics = Metrics(CollectorRegistry())
     store = GroundTruthStore(tmp_path)
     store.open()
     stop = threading.Event()
-    batch = [
-        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
-        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
-        FakeMessage(JOIN, 0, 2, label(registry, "e2"), key=b"e2"),  # no kind header
-        FakeMessage(JOIN, 0, 3, label(registry, "e3")[:-4], key=b"e3", headers=kind(b"label")),
-    ]
-    consumer = FakeConsumer([batch], stop)
+    consumer = FakeConsumer(batches, stop)
     dead: list[tuple[int, StreamscoreError]] = []
     loop = FeedbackLoop(
         consumer=consumer,
@@ -72,7 +70,19 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         stop=stop,
         dead_letter=lambda msg, err: dead.append((msg.offset(), err)),
         checkpoint_s=60.0,
+        **kw,
     )
+    return loop, consumer, metrics, dead
+
+
+def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path: Path) -> None:
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+        FakeMessage(JOIN, 0, 2, label(registry, "e2"), key=b"e2"),  # no kind header
+        FakeMessage(JOIN, 0, 3, label(registry, "e3")[:-4], key=b"e3", headers=kind(b"label")),
+    ]
+    loop, consumer, metrics, dead = make_loop(registry, [batch], tmp_path)
     stats = loop.run()
 
     assert consumer.subscribed == [JOIN]
@@ -104,26 +114,8 @@ def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(
         FakeMessage(JOIN, 0, 8, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
     ]
     flaky = FlakyRegistry(registry, down=1)
-    cache = serde.WriterSchemaCache(flaky)  # type: ignore[arg-type]
-    metrics = Metrics(CollectorRegistry())
-    store = GroundTruthStore(tmp_path)
-    store.open()
-    stop = threading.Event()
-    consumer = FakeConsumer([batch, batch], stop)
-    dead: list[Any] = []
-    loop = FeedbackLoop(
-        consumer=consumer,
-        join_topic=JOIN,
-        decode_prediction=serde.AvroDeserializer(cache, schemas.load("prediction")),
-        decode_feedback=serde.AvroDeserializer(cache, schemas.load("feedback")),
-        join=JoinState(60_000, 1000, already_written=store.contains),
-        store=store,
-        metrics=metrics,
-        quality=LiveQuality(metrics),
-        stop=stop,
-        dead_letter=lambda msg, err: dead.append(err),
-        checkpoint_s=60.0,
-        registry_backoff_s=(0.01, 0.02),
+    loop, consumer, metrics, dead = make_loop(
+        flaky, [batch, batch], tmp_path, registry_backoff_s=(0.01, 0.02)
     )
     stats = loop.run()
 

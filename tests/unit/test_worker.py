@@ -14,7 +14,7 @@ from streamscore.config import ScoringSettings, TopicSettings
 from streamscore.errors import RegistryUnavailableError
 from streamscore.metrics import Metrics
 from streamscore.model_store import ModelStore
-from streamscore.scoring import DeadLetter, ScoredBatch
+from streamscore.scoring import ScoredBatch
 from streamscore.worker import ScoreLoop
 
 
@@ -167,9 +167,7 @@ def test_offsets_of_each_batch_are_the_next_offset_per_partition() -> None:
     assert reg.get_sample_value("streamscore_events_consumed_total", {"topic": "events"}) == 3
 
 
-def test_a_registry_outage_puts_the_batch_back_paused_and_polling_instead_of_dead_lettering_it() -> (
-    None
-):
+def test_a_registry_outage_puts_the_batch_back_paused_and_polling_not_dead_lettered() -> None:
     stop = threading.Event()
     batch = [Msg(0, 3), Msg(1, 7), Msg(0, 4)]
     sink = FakeSink()
