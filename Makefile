@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prometheus demo test test-unit test-integration bench bench-feedback lint typecheck cluster-up cluster-down cluster-status clean
+.PHONY: help install prometheus demo test test-unit test-integration bench bench-feedback lint typecheck cluster-up cluster-down cluster-reset cluster-status clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -52,8 +52,11 @@ typecheck: $(STAMP) ## mypy only
 cluster-up: install ## Start the local Kafka (KRaft) + Apicurio Registry on loopback
 	$(VENV)/bin/streamscore cluster up
 
-cluster-down: $(STAMP) ## Stop the local cluster
+cluster-down: $(STAMP) ## Stop the local cluster (its data stays)
 	$(VENV)/bin/streamscore cluster down
+
+cluster-reset: $(STAMP) ## Stop the local cluster and wipe its broker data and registry store
+	$(VENV)/bin/streamscore cluster reset
 
 cluster-status: $(STAMP) ## Show whether the local cluster is running
 	$(VENV)/bin/streamscore cluster status

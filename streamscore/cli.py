@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("cluster", help="local Kafka (KRaft) + Apicurio Registry on loopback")
-    c.add_argument("action", choices=["install", "up", "down", "status"])
+    c.add_argument("action", choices=["install", "up", "down", "reset", "status"])
     c.set_defaults(func=cmd_cluster)
 
     s = sub.add_parser("score", help="run a score worker")

@@ -230,6 +230,16 @@ class ClusterSettings:
     partitions: int = 4
     model_topic_max_bytes: int = 16 * 1024 * 1024
     start_timeout_s: float = 120.0
+    #: pid files, configs, logs, the broker's data and the registry's database; ``None``
+    #: means ``<cache_dir>/run``. A second (private) cluster shares the downloads in
+    #: ``cache_dir`` but needs its own run dir and ports.
+    run_dir: Path | None = None
+    #: extra JVM options for both servers (e.g. a smaller GC footprint in tests)
+    jvm_opts: tuple[str, ...] = ()
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or Path(self.cache_dir) / "run").expanduser().absolute()
 
     @property
     def bootstrap_servers(self) -> str:

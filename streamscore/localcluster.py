@@ -3,18 +3,26 @@
 No Docker: both servers are plain JVM processes fetched once with Maven into
 ``settings.cache_dir`` and verified against a sha256 manifest.
 
-Layout of ``cache_dir``::
+Layout of ``cache_dir`` (downloads, shared by every cluster on the machine)::
 
     kafka-<ver>/libs/*.jar           Kafka and its runtime dependencies (+ log4j2 binding)
     kafka-<ver>/MANIFEST.json        sha256 + size of every installed file
     apicurio-<ver>/...               the extracted apicurio-registry-app ``-all`` tarball
     apicurio-<ver>/MANIFEST.json
-    run/                             state: pid files, generated configs, logs
-    run/kafka-data/                  the broker's log.dirs -- WIPED on ``down()`` and
-                                     before every fresh start: each ``up`` starts empty
-    run/kafka.log, run/registry.log  server output (stdout + stderr)
+    run/                             the default run dir (``settings.run_dir``)
 
-The registry keeps its data in an in-memory H2 database, so it starts empty too.
+Layout of the run dir (one per cluster: a private cluster has its own, and its own ports)::
+
+    kafka.pid, registry.pid          pid files
+    server.properties, log4j2.properties   generated on every start
+    kafka-data/                      the broker's log.dirs (formatted once)
+    registry-db/                     the registry's H2 *file* database (Apicurio SQL storage)
+    kafka.log, registry.log          server output of the current start (``.log.1``: the
+                                     start before)
+
+Both servers keep their data across ``down``/``up`` and across an ``up`` after a crash:
+topics, offsets and transactions survive, and schema ids stay the same. Only
+:meth:`LocalCluster.reset` (``streamscore cluster reset``) wipes them.
 
 Every JVM we start carries ``-Dstreamscore.localcluster=<run dir>#<role>`` on its command
 line. ``down()`` only signals processes whose ``/proc/<pid>/cmdline`` carries that marker
@@ -95,6 +103,24 @@ APICURIO_PROPERTIES: Mapping[str, str] = {
     # One INFO line per HTTP request (every readiness probe) is noise in registry.log.
     "quarkus.http.access-log.enabled": "false",
 }
+
+#: Where Apicurio's SQL storage (the default ``apicurio.storage.kind=sql`` on
+#: ``apicurio.storage.sql.kind=h2``) keeps its tables: an embedded H2 database in a file
+#: under the run dir instead of the default ``jdbc:h2:mem:``, so schemas and their ids
+#: survive a restart. ``WRITE_DELAY=0`` writes each commit at once (a crash loses nothing
+#: acknowledged).
+REGISTRY_DB = "registry-db"
+
+
+def registry_storage_properties(run_dir: Path) -> dict[str, str]:
+    url = f"jdbc:h2:file:{run_dir / REGISTRY_DB / 'registry'};WRITE_DELAY=0"
+    return {
+        "apicurio.storage.kind": "sql",
+        "apicurio.storage.sql.kind": "h2",
+        "apicurio.datasource.url": url,
+        # create the tables on first start, use them as they are afterwards
+        "apicurio.sql.init": "true",
+    }
 
 
 # ------------------------------------------------------------------------------ status
@@ -417,7 +443,8 @@ class _Server:
 
 
 class LocalCluster:
-    """One local Kafka + registry pair, rooted at ``settings.cache_dir``."""
+    """One local Kafka + registry pair: downloads in ``settings.cache_dir`` (shared),
+    state in ``settings.run_path`` (its own)."""
 
     def __init__(self, settings: ClusterSettings, topics: TopicSettings) -> None:
         self.settings = settings
@@ -425,8 +452,9 @@ class LocalCluster:
         self.cache_dir = Path(settings.cache_dir).expanduser().absolute()
         self.kafka_home = self.cache_dir / f"kafka-{settings.kafka_version}"
         self.registry_home = self.cache_dir / f"apicurio-{settings.apicurio_version}"
-        self.run_dir = self.cache_dir / "run"
+        self.run_dir = settings.run_path
         self.data_dir = self.run_dir / "kafka-data"
+        self.registry_db_dir = self.run_dir / REGISTRY_DB
         self._servers = {
             role: _Server(
                 role=role,
@@ -436,19 +464,28 @@ class LocalCluster:
             )
             for role in (KAFKA, REGISTRY)
         }
-        self._lock_depth = 0
-        self._lock_fd: int | None = None
+        self._lock_depth: dict[Path, int] = {}
+        self._lock_fd: dict[Path, int] = {}
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.settings.bootstrap_servers
+
+    @property
+    def registry_url(self) -> str:
+        return self.settings.registry_url
 
     # ------------------------------------------------------------------ public API
 
     def install(self) -> None:
         """Download and verify both servers once; a no-op when the cache verifies."""
-        with self._locked():
+        with self._locked(self.cache_dir):
             self._install()
 
     def up(self) -> ClusterStatus:
-        """Start whatever is not running, wait until both answer, create the topics."""
-        with self._locked():
+        """Start whatever is not running (on the data of the previous run, if any), wait
+        until both answer, create the topics."""
+        with self._locked(self.run_dir):
             st = self.status()
             if st.running:
                 log.info(
@@ -457,9 +494,9 @@ class LocalCluster:
                     st.registry_pid,
                 )
                 return st
-            self._install()
+            with self._locked(self.cache_dir):
+                self._install()
             java = check_java()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             started: list[str] = []
             try:
                 t0 = time.monotonic()
@@ -475,7 +512,7 @@ class LocalCluster:
                 if st.registry_pid is None:
                     self._start_registry(java)
                     started.append(REGISTRY)
-                self._wait_ready(t0)
+                self._wait_ready(t0, (KAFKA, REGISTRY))
                 self.create_topics()
                 log.info("local cluster up in %.1fs", time.monotonic() - t0)
             except BaseException:
@@ -485,13 +522,59 @@ class LocalCluster:
             return self.status()
 
     def down(self) -> None:
-        """Stop both servers (SIGTERM, then SIGKILL after a grace period) and wipe the
-        broker's data dir, so the next ``up`` starts from an empty cluster."""
-        with self._locked():
+        """Stop both servers (SIGTERM, then SIGKILL after a grace period). Their data
+        stays: the next ``up`` goes on from it."""
+        with self._locked(self.run_dir):
             for role in (REGISTRY, KAFKA):
                 self._stop(self._servers[role])
-            if self.data_dir.exists():
-                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def reset(self) -> None:
+        """Stop both servers and wipe the broker's data and the registry's database: the
+        next ``up`` starts an empty cluster (a new cluster id, schema ids from 1)."""
+        with self._locked(self.run_dir):
+            for role in (REGISTRY, KAFKA):
+                self._stop(self._servers[role])
+            for d in (self.data_dir, self.registry_db_dir):
+                if d.exists():
+                    shutil.rmtree(d)
+
+    # One server alone (tests of outages): start waits until it answers.
+
+    def stop_kafka(self, *, kill: bool = False) -> None:
+        """Stop the broker alone: SIGTERM (a clean shutdown), or SIGKILL (a crash)."""
+        with self._locked(self.run_dir):
+            self._stop(self._servers[KAFKA], kill=kill)
+
+    def start_kafka(self) -> None:
+        """Start the broker alone on its kept data; returns once it answers metadata
+        requests (:class:`ServerStartError` after ``start_timeout_s``)."""
+        self._start_one(KAFKA)
+
+    def stop_registry(self, *, kill: bool = False) -> None:
+        with self._locked(self.run_dir):
+            self._stop(self._servers[REGISTRY], kill=kill)
+
+    def start_registry(self) -> None:
+        """Start the registry alone on its kept database; returns once it answers."""
+        self._start_one(REGISTRY)
+
+    def _start_one(self, role: str) -> None:
+        with self._locked(self.run_dir):
+            if self._pid(self._servers[role]) is not None:
+                raise ClusterError(f"the local {role} of {self.run_dir} is already running")
+            java = check_java()
+            t0 = time.monotonic()
+            if role == KAFKA:
+                self._check_ports(KAFKA, [self.settings.kafka_port, self.settings.controller_port])
+                self._start_kafka(java)
+            else:
+                self._check_ports(REGISTRY, [self.settings.registry_port])
+                self._start_registry(java)
+            try:
+                self._wait_ready(t0, (role,))
+            except BaseException:
+                self._stop(self._servers[role])
+                raise
 
     def status(self) -> ClusterStatus:
         return ClusterStatus(
@@ -648,7 +731,20 @@ class LocalCluster:
                 )
 
     def _jvm_base(self, java: str, server: _Server, heap: str) -> list[str]:
-        return [java, f"-Xmx{heap}", "-Djava.awt.headless=true", server.marker]
+        return [
+            java,
+            f"-Xmx{heap}",
+            "-Djava.awt.headless=true",
+            *self.settings.jvm_opts,
+            server.marker,
+        ]
+
+    @staticmethod
+    def _rotate_log(server: _Server) -> None:
+        """Keep the previous start's output (``.log.1``: why it crashed), start afresh."""
+        if server.log.exists():
+            server.log.replace(server.log.with_name(server.log.name + ".1"))
+        server.log.write_bytes(b"")
 
     def _spawn(self, server: _Server, cmd: Sequence[str], cwd: Path) -> int:
         with server.log.open("ab") as out:
@@ -669,20 +765,23 @@ class LocalCluster:
 
     def _start_kafka(self, java: str) -> None:
         server = self._servers[KAFKA]
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.data_dir.mkdir(parents=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.run_dir / "server.properties"
         props.write_text(render_server_properties(self.settings, self.data_dir))
         log4j = self.run_dir / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES)
-        server.log.write_bytes(b"")
+        self._rotate_log(server)
         base = [
             *self._jvm_base(java, server, self.settings.kafka_heap),
             f"-Dlog4j2.configurationFile={log4j}",
             "-cp",
             str(self.kafka_home / "libs" / "*"),
         ]
-        # Format the storage (a fresh cluster id every time: the data dir was just wiped).
+        if (self.data_dir / "meta.properties").is_file():
+            # formatted by an earlier start: go on with its data and cluster id
+            self._spawn(server, [*base, "kafka.Kafka", str(props)], cwd=self.run_dir)
+            return
+        # An empty data dir (first start, or after reset): format it with a new cluster id.
         fmt = [
             *base,
             "kafka.tools.StorageTool",
@@ -713,12 +812,14 @@ class LocalCluster:
     def _start_registry(self, java: str) -> None:
         server = self._servers[REGISTRY]
         jar = self._registry_jar(self.registry_home)
+        self.registry_db_dir.mkdir(parents=True, exist_ok=True)
         props = {
             "quarkus.http.host": self.settings.host,
             "quarkus.http.port": str(self.settings.registry_port),
             **APICURIO_PROPERTIES,
+            **registry_storage_properties(self.run_dir),
         }
-        server.log.write_bytes(b"")
+        self._rotate_log(server)
         cmd = [
             *self._jvm_base(java, server, self.settings.registry_heap),
             *(f"-D{k}={v}" for k, v in props.items()),
@@ -727,10 +828,10 @@ class LocalCluster:
         ]
         self._spawn(server, cmd, cwd=jar.parent)
 
-    def _wait_ready(self, t0: float) -> None:
+    def _wait_ready(self, t0: float, roles: Sequence[str]) -> None:
         deadline = t0 + self.settings.start_timeout_s
         checks = {KAFKA: self._kafka_ready, REGISTRY: self._registry_ready}
-        pending = dict(checks)
+        pending = {role: checks[role] for role in roles}
         while pending:
             for role, ready in list(pending.items()):
                 server = self._servers[role]
@@ -776,21 +877,21 @@ class LocalCluster:
         me = os.getpid()
         return [p for p in list_pids() if p != me and is_ours(p, server.marker)]
 
-    def _stop(self, server: _Server) -> None:
+    def _stop(self, server: _Server, *, kill: bool = False) -> None:
         pids = set(self._scan(server))
         pid = read_pid_file(server.pid_file)
         if pid is not None and is_ours(pid, server.marker):
             pids.add(pid)
         for p in pids:
-            log.info("stopping %s (pid %d)", server.role, p)
-            self._signal(p, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+            log.info("stopping %s (pid %d)%s", server.role, p, " with SIGKILL" if kill else "")
+            self._signal(p, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + (0 if kill else STOP_GRACE_S)
         while pids and time.monotonic() < deadline:
             self._reap()
             pids = {p for p in pids if is_ours(p, server.marker)}
             if pids:
                 time.sleep(0.1)
-        for p in pids:
+        for p in pids if not kill else ():
             log.warning("%s (pid %d) ignored SIGTERM, killing it", server.role, p)
             self._signal(p, signal.SIGKILL)
         end = time.monotonic() + 10
@@ -858,22 +959,24 @@ class LocalCluster:
     # ------------------------------------------------------------------- locking
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise install/up/down across processes sharing ``cache_dir``."""
-        if self._lock_depth == 0:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.cache_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def _locked(self, where: Path) -> Iterator[None]:
+        """Serialise, across processes, installs into ``cache_dir`` (``where`` is the
+        cache dir) or starts/stops of one cluster (``where`` is its run dir)."""
+        depth = self._lock_depth.get(where, 0)
+        if depth == 0:
+            where.mkdir(parents=True, exist_ok=True)
+            fd = os.open(where / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-        self._lock_depth += 1
+            self._lock_fd[where] = fd
+        self._lock_depth[where] = depth + 1
         try:
             yield
         finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0 and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._lock_depth[where] -= 1
+            if self._lock_depth[where] == 0:
+                fd = self._lock_fd.pop(where)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -896,7 +999,7 @@ def format_status(st: ClusterStatus) -> str:
 
 
 def main_cluster(action: str, cluster: LocalCluster) -> int:
-    """``streamscore cluster install|up|down|status``. Exit codes: 0 ok, 1 error,
+    """``streamscore cluster install|up|down|reset|status``. Exit codes: 0 ok, 1 error,
     2 unknown action, 3 ``status`` of a cluster that is not (fully) running."""
     t0 = time.monotonic()
     try:
@@ -911,7 +1014,14 @@ def main_cluster(action: str, cluster: LocalCluster) -> int:
             return 0
         if action == "down":
             cluster.down()
-            print("local cluster stopped")
+            print(f"local cluster stopped (its data stays in {cluster.run_dir})")
+            return 0
+        if action == "reset":
+            cluster.reset()
+            print(
+                "local cluster stopped and its broker data and registry store wiped; "
+                "`streamscore cluster up` starts it empty"
+            )
             return 0
         if action == "status":
             st = cluster.status()
@@ -924,5 +1034,8 @@ def main_cluster(action: str, cluster: LocalCluster) -> int:
             print(f"last lines of {e.log_path}:", file=sys.stderr)
             print(tail(Path(e.log_path)), file=sys.stderr)
         return 1
-    print(f"error: unknown cluster action {action!r} (install, up, down, status)", file=sys.stderr)
+    print(
+        f"error: unknown cluster action {action!r} (install, up, down, reset, status)",
+        file=sys.stderr,
+    )
     return 2

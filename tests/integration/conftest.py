@@ -10,12 +10,15 @@ The cluster is chosen in this order:
    if it is already running (and then left running), else started for the session and
    stopped at the end.
 
+Tests that stop or start a broker or a registry never touch that shared cluster: they use
+``private_cluster`` (a cluster of their own, per test module) and ``private_stack`` /
+``make_private_worker`` on it.
+
 These tests are never skipped for lack of Docker: option 3 needs only Java and Maven.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -31,7 +34,6 @@ from typing import Any
 import pytest
 
 from streamscore.config import ClusterSettings, TopicSettings
-from streamscore.kafka_clients import wait_for_partition_leaders
 from streamscore.localcluster import LocalCluster, create_topics
 
 _HERE = Path(__file__).parent
@@ -168,28 +170,57 @@ def admin(cluster_endpoints: Endpoints) -> Any:
 def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callable[..., str]]:
     """``make_topic(partitions=4, **config) -> name``: a fresh topic, deleted after the
     test. Config keys may use underscores (``cleanup_policy="compact"``) or dots."""
-    from confluent_kafka.cimpl import NewTopic
+    with topic_factory(admin, unique_name) as make:
+        yield make
 
-    created: list[str] = []
 
-    def make(partitions: int = 4, *, name: str | None = None, **config: Any) -> str:
-        topic = name or unique_name("topic")
-        conf = {k.replace("_", "."): str(v) for k, v in config.items()}
-        futures = admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=conf)],
-            operation_timeout=30,
-        )
-        futures[topic].result()
-        created.append(topic)
-        wait_for_partition_leaders(admin, topic, partitions)
-        return topic
+# ----------------------------------------------------------------- private cluster
 
-    yield make
-    if created:
-        for fut in admin.delete_topics(created, operation_timeout=30).values():
-            with contextlib.suppress(Exception):  # best-effort cleanup
-                fut.result()
+
+def private_cluster_settings(run_dir: Path) -> ClusterSettings:
+    """A cluster of our own: the shared downloads, its own run dir, free ports, small
+    heaps (two more JVMs on a shared machine)."""
+    shared = ClusterSettings()
+    settings = ClusterSettings(
+        cache_dir=shared.cache_dir,
+        run_dir=run_dir,
+        kafka_port=free_port(),
+        controller_port=free_port(),
+        registry_port=free_port(),
+        kafka_heap="320m",
+        registry_heap="256m",
+        partitions=2,
+        jvm_opts=("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"),
+    )
+    # never the shared cluster's ports or run dir: other test runs use them right now
+    ours = {settings.kafka_port, settings.controller_port, settings.registry_port}
+    assert not ours & {shared.kafka_port, shared.controller_port, shared.registry_port}
+    assert settings.run_path != shared.run_path
+    return settings
+
+
+@pytest.fixture(scope="module")
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local cluster only this test module uses (a test may stop and start its broker
+    or registry: ``stop_kafka()``, ``start_kafka()``, ``stop_registry()``,
+    ``start_registry()``; endpoints ``bootstrap_servers``, ``registry_url``). Started once
+    per module in a temporary run dir on free ports; always stopped at the end."""
+    cluster = LocalCluster(
+        private_cluster_settings(tmp_path_factory.mktemp("private-cluster")), TopicSettings()
+    )
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
 
 
 # Factories for worker / stack tests (topics per test, worker processes, readers).
-from .stack import make_worker, stack  # noqa: E402, F401
+from .stack import (  # noqa: E402, F401
+    free_port,
+    make_private_worker,
+    make_worker,
+    private_stack,
+    stack,
+    topic_factory,
+)

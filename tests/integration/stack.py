@@ -3,6 +3,7 @@ producers and readers against the real cluster. Imported by conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +23,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamscore import schemas, serde, synthetic
 from streamscore.config import KafkaSettings, TopicSettings
-from streamscore.kafka_clients import reader_consumer
+from streamscore.kafka_clients import reader_consumer, wait_for_partition_leaders
+from streamscore.localcluster import LocalCluster
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
 from streamscore.train import demo_bundle
@@ -204,13 +206,43 @@ class WorkerProcess:
             self.proc.wait()
 
 
-@pytest.fixture
-def stack(
-    cluster_endpoints: Any,
+@contextlib.contextmanager
+def topic_factory(
+    admin: Any, unique_name: Callable[[str], str], *, cleanup: bool = True
+) -> Iterator[Callable[..., str]]:
+    """``make(partitions=4, *, name=None, **config) -> name``: fresh topics, deleted at the
+    end when ``cleanup``. Config keys may use underscores (``cleanup_policy="compact"``)."""
+    from confluent_kafka.cimpl import NewTopic
+
+    created: list[str] = []
+
+    def make(partitions: int = 4, *, name: str | None = None, **config: Any) -> str:
+        topic = name or unique_name("topic")
+        conf = {k.replace("_", "."): str(v) for k, v in config.items()}
+        futures = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=conf)],
+            operation_timeout=30,
+        )
+        futures[topic].result()
+        created.append(topic)
+        wait_for_partition_leaders(admin, topic, partitions)
+        return topic
+
+    yield make
+    if created and cleanup:
+        for fut in admin.delete_topics(created, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # best-effort cleanup
+                fut.result()
+
+
+def new_stack(
+    bootstrap: str,
+    registry_url: str,
     make_topic: Callable[..., str],
     unique_name: Callable[[str], str],
     tmp_path: Path,
 ) -> Stack:
+    """Fresh topics for one test and a ``Stack`` on them."""
     topics = TopicSettings(
         events=make_topic(4),
         predictions=make_topic(4),
@@ -221,17 +253,69 @@ def stack(
         late=make_topic(1),
     )
     return Stack(
-        cluster_endpoints.bootstrap_servers,
-        cluster_endpoints.registry_url,
+        bootstrap,
+        registry_url,
         topics,
         unique_name("group"),
         tmp_path,
-        registry=serde.registry_client({"url": cluster_endpoints.registry_url}),
+        registry=serde.registry_client({"url": registry_url}),
     )
 
 
 @pytest.fixture
+def stack(
+    cluster_endpoints: Any,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Stack:
+    return new_stack(
+        cluster_endpoints.bootstrap_servers,
+        cluster_endpoints.registry_url,
+        make_topic,
+        unique_name,
+        tmp_path,
+    )
+
+
+@pytest.fixture
+def private_stack(
+    private_cluster: LocalCluster, unique_name: Callable[[str], str], tmp_path: Path
+) -> Iterator[Stack]:
+    """A ``Stack`` on the module's private cluster (both servers started first if an
+    earlier test left one stopped)."""
+    from confluent_kafka.admin import AdminClient
+
+    private_cluster.up()
+    admin = AdminClient({"bootstrap.servers": private_cluster.bootstrap_servers})
+    # no cleanup: the private cluster is thrown away, and its broker may be down by then
+    with topic_factory(admin, unique_name, cleanup=False) as make:
+        yield new_stack(
+            private_cluster.bootstrap_servers,
+            private_cluster.registry_url,
+            make,
+            unique_name,
+            tmp_path,
+        )
+
+
+@pytest.fixture
 def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
+    with worker_launcher(stack) as start:
+        yield start
+
+
+@pytest.fixture
+def make_private_worker(private_stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
+    """``make_worker`` for workers of the private cluster's ``private_stack``."""
+    with worker_launcher(private_stack) as start:
+        yield start
+
+
+@contextlib.contextmanager
+def worker_launcher(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(worker_id="w1", *args, wait=True)``: a ``streamscore score`` process of
+    ``stack``'s group; every one started is killed at the end."""
     started: list[WorkerProcess] = []
 
     def start(worker_id: str = "w1", *args: str, wait: bool = True) -> WorkerProcess:
@@ -258,7 +342,9 @@ def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
             w.wait_metrics()
         return w
 
-    yield start
-    for w in started:
-        w.kill()
-        w._log.close()
+    try:
+        yield start
+    finally:
+        for w in started:
+            w.kill()
+            w._log.close()

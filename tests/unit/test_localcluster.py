@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,118 @@ def test_main_cluster_prints_errors_as_one_line(
     assert lc.main_cluster("up", c) == 1
     assert capsys.readouterr().err.splitlines()[0] == "error: local kafka exited during start"
     assert lc.main_cluster("frobnicate", c) == 2
+
+
+# ------------------------------------------------------------- run dir and kept data
+
+
+def test_run_dir_defaults_under_the_cache_and_can_be_moved(tmp_path: Path) -> None:
+    c = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    assert c.run_dir == tmp_path / "run"
+    assert c.data_dir == tmp_path / "run" / "kafka-data"
+    assert c.registry_db_dir == tmp_path / "run" / "registry-db"
+    private = lc.LocalCluster(
+        ClusterSettings(cache_dir=tmp_path, run_dir=tmp_path / "mine"), TopicSettings()
+    )
+    # the downloads are shared, the state is not
+    assert private.kafka_home == c.kafka_home and private.registry_home == c.registry_home
+    assert private.run_dir == tmp_path / "mine"
+    assert private.data_dir == tmp_path / "mine" / "kafka-data"
+    assert private._servers["kafka"].marker != c._servers["kafka"].marker
+
+
+def test_registry_storage_is_an_h2_file_in_the_run_dir(tmp_path: Path) -> None:
+    props = lc.registry_storage_properties(tmp_path / "run")
+    assert props["apicurio.storage.kind"] == "sql"
+    assert props["apicurio.storage.sql.kind"] == "h2"
+    url = props["apicurio.datasource.url"]
+    assert url.startswith(f"jdbc:h2:file:{tmp_path / 'run' / 'registry-db'}/")
+    assert ":mem:" not in url
+
+
+class _Recording(lc.LocalCluster):
+    """Records the commands it would run instead of starting JVMs."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(
+            ClusterSettings(cache_dir=tmp_path, jvm_opts=("-XX:+UseSerialGC",)), TopicSettings()
+        )
+        self.spawned: list[list[str]] = []
+        self.registry_home.mkdir(parents=True)
+        (self.registry_home / "app-runner.jar").write_bytes(b"")
+        self.run_dir.mkdir(parents=True)
+
+    def _spawn(self, server: Any, cmd: Any, cwd: Path) -> int:
+        self.spawned.append(list(cmd))
+        return 1
+
+
+def test_kafka_start_formats_only_an_empty_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats: list[list[str]] = []
+
+    def run(cmd: list[str], **_kw: Any) -> subprocess.CompletedProcess[bytes]:
+        formats.append(cmd)
+        (c.data_dir / "meta.properties").write_text("cluster.id=x\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(lc.subprocess, "run", run)
+    c = _Recording(tmp_path)
+    c._start_kafka("java")
+    assert len(formats) == 1 and "format" in formats[0]
+    (c.data_dir / "topic-0").mkdir()
+    c._start_kafka("java")  # a restart: the data and the cluster id are kept
+    assert len(formats) == 1
+    assert (c.data_dir / "topic-0").is_dir()
+    assert len(c.spawned) == 2 and all("kafka.Kafka" in cmd for cmd in c.spawned)
+    assert "-XX:+UseSerialGC" in c.spawned[0]
+
+
+def test_registry_start_uses_the_file_database_and_keeps_the_last_log(tmp_path: Path) -> None:
+    c = _Recording(tmp_path)
+    c._servers["registry"].log.write_text("why it crashed\n")
+    c._start_registry("java")
+    (cmd,) = c.spawned
+    url = lc.registry_storage_properties(c.run_dir)["apicurio.datasource.url"]
+    assert f"-Dapicurio.datasource.url={url}" in cmd
+    assert c.registry_db_dir.is_dir()
+    assert (c.run_dir / "registry.log.1").read_text() == "why it crashed\n"
+    assert c._servers["registry"].log.read_text() == ""
+
+
+def test_down_keeps_the_data_and_reset_wipes_it(tmp_path: Path) -> None:
+    s = ClusterSettings(
+        cache_dir=tmp_path,
+        kafka_port=_free_port(),
+        controller_port=_free_port(),
+        registry_port=_free_port(),
+    )
+    c = lc.LocalCluster(s, TopicSettings())
+    for d in (c.data_dir, c.registry_db_dir):
+        d.mkdir(parents=True)
+        (d / "x").write_text("kept")
+    c.down()
+    assert (c.data_dir / "x").read_text() == "kept"
+    assert (c.registry_db_dir / "x").read_text() == "kept"
+    c.reset()
+    assert not c.data_dir.exists() and not c.registry_db_dir.exists()
+    assert (tmp_path / "run").is_dir()  # logs and configs stay
+
+
+def test_main_cluster_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[str] = []
+
+    class Rec(lc.LocalCluster):
+        def reset(self) -> None:
+            calls.append("reset")
+
+        def down(self) -> None:
+            calls.append("down")
+
+    c = Rec(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    assert lc.main_cluster("reset", c) == 0
+    assert "wiped" in capsys.readouterr().out
+    assert lc.main_cluster("down", c) == 0
+    assert str(c.run_dir) in capsys.readouterr().out
+    assert calls == ["reset", "down"]
