@@ -4,6 +4,8 @@ At start it reads every partition to the high watermark it saw when it began, ke
 last few envelopes per key, and hands that history to ``ModelUpdater.apply_latest``; only
 then is :meth:`wait_caught_up` released. After that every envelope is applied as it comes.
 The scoring loop never waits on this thread: swaps land in the store between batches.
+An envelope whose writer schema cannot be fetched (the registry away) is retried with
+backoff, never rejected: it is the registry that is missing, not the envelope.
 """
 
 from __future__ import annotations
