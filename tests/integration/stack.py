@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,16 @@ class Stack:
 
     def decoder(self, family: str) -> serde.AvroDeserializer:
         return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
+
+    def primary_ids(self, preds: list[Any]) -> Counter[str]:
+        """How many primary predictions each event id has among ``preds``."""
+        dec = self.decoder("prediction")
+        ids: Counter[str] = Counter()
+        for m in preds:
+            p = dec(m.value())
+            if p["role"] == "primary":
+                ids[p["event_id"]] += 1
+        return ids
 
 
 def free_port() -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from streamscore import synthetic
@@ -21,16 +21,6 @@ from streamscore.localcluster import LocalCluster
 
 from .feedback_stack import wait_until
 from .stack import Stack, WorkerProcess
-
-
-def _primary_ids(stack: Stack, preds: list[Any]) -> Counter[str]:
-    dec = stack.decoder("prediction")
-    ids: Counter[str] = Counter()
-    for m in preds:
-        p = dec(m.value())
-        if p["role"] == "primary":
-            ids[p["event_id"]] += 1
-    return ids
 
 
 def _encoded(stack: Stack, n: int, *, version: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -58,29 +48,45 @@ def _rebalance_lines(w: WorkerProcess) -> list[str]:
     return re.findall(r".*\b(?:revoked|lost) \[.*", text)
 
 
-def _scored_once(stack: Stack, ids: list[str]) -> Counter[str]:
+def _scored_by(stack: Stack, ids: list[str]) -> Counter[str]:
+    """How many primary predictions each event got, once all of ``ids`` have one."""
     preds = stack.read(
         stack.topics.predictions,
-        until=lambda got: set(ids) <= set(_primary_ids(stack, got)),
+        until=lambda got: set(ids) <= set(stack.primary_ids(got)),
         timeout=240,
     )
-    return _primary_ids(stack, preds)
+    return stack.primary_ids(preds)
 
 
-def _no_dead_letters(stack: Stack) -> list[Any]:
-    return stack.read(stack.topics.dlq, until=lambda got: bool(got), timeout=5)
+def _assert_all_scored_once_in_group(stack: Stack, w: WorkerProcess, ids: list[str]) -> None:
+    """Every event of ``ids`` scored exactly once, none dead-lettered, and ``w`` still
+    the one stable member of its group, never revoked or lost."""
+    got = _scored_by(stack, ids)
+    assert set(got) == set(ids)
+    assert max(got.values()) == 1  # exactly once: nothing scored twice
+    assert stack.read(stack.topics.dlq, until=lambda got: bool(got), timeout=5) == []
+    assert w.sample("streamscore_dead_letters_total") == 0
+    assert w.sample("streamscore_model_updates_rejected_total") == 0
+    assert _rebalance_lines(w) == []  # never revoked, never lost: it stayed in its group
+    assert _members(stack) == ("STABLE", [f"streamscore-score-{w.worker_id}"])
+
+
+@pytest.fixture
+def published(private_stack: Stack) -> Stack:
+    """The module's private stack, a primary model published while the registry is up."""
+    private_stack.publish("ab", version=1)
+    return private_stack
 
 
 def test_registry_restart_under_a_running_worker(
     private_cluster: LocalCluster,
-    private_stack: Stack,
+    published: Stack,
     make_private_worker: Callable[..., WorkerProcess],
 ) -> None:
-    stack = private_stack
-    stack.publish("ab", version=1)
+    stack = published
     w = make_private_worker("running")
     first = stack.produce_events(200, seed=1)  # the worker caches schema v1
-    assert set(_scored_once(stack, first)) == set(first)
+    assert set(_scored_by(stack, first)) == set(first)
     # schema v2 registered now, but never seen by the worker: its id is not cached there
     uncached = _encoded(stack, 500, version=2, seed=2)
     cached = _encoded(stack, 200, version=1, seed=3)
@@ -102,25 +108,18 @@ def test_registry_restart_under_a_running_worker(
     finally:
         private_cluster.start_registry()
 
-    got = _scored_once(stack, ids)
-    assert set(got) == set(ids)
-    assert max(got.values()) == 1  # exactly once: nothing scored twice
-    assert _no_dead_letters(stack) == []
-    assert w.sample("streamscore_dead_letters_total") == 0
+    _assert_all_scored_once_in_group(stack, w, ids)
     assert w.sample("streamscore_events_consumed_total") == len(ids)
-    assert _rebalance_lines(w) == []  # never revoked, never lost: it stayed in its group
-    assert _members(stack) == ("STABLE", ["streamscore-score-running"])
     assert w.terminate() == 0
 
 
 def test_registry_down_when_a_worker_starts(
     private_cluster: LocalCluster,
-    private_stack: Stack,
+    published: Stack,
     make_private_worker: Callable[..., WorkerProcess],
 ) -> None:
-    stack = private_stack
-    stack.publish("ab", version=1)
-    ids = stack.produce_events(300, seed=4)
+    ids = published.produce_events(300, seed=4)  # schema v1 registered, never seen by w
+    stack = published
 
     private_cluster.stop_registry()
     try:
@@ -139,13 +138,6 @@ def test_registry_down_when_a_worker_starts(
 
     w.wait_metrics(timeout=180)  # the model is loaded once the registry answers
     more = stack.produce_events(200, seed=5)
-    got = _scored_once(stack, ids + more)
-    assert set(got) == set(ids + more)
-    assert max(got.values()) == 1
-    assert _no_dead_letters(stack) == []
-    assert w.sample("streamscore_dead_letters_total") == 0
-    assert w.sample("streamscore_model_updates_rejected_total") == 0
+    _assert_all_scored_once_in_group(stack, w, ids + more)
     assert w.sample("streamscore_model_updates_applied_total", {"role": "primary"}) == 1
-    assert _rebalance_lines(w) == []
-    assert _members(stack) == ("STABLE", ["streamscore-score-starting"])
     assert w.terminate() == 0
