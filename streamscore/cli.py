@@ -45,7 +45,7 @@ from .config import (
     SigningSettings,
     TopicSettings,
 )
-from .errors import ConfigError, StreamscoreError
+from .errors import ConfigError, InfrastructureError, StreamscoreError
 from .records import Role
 from .redact import redact_urls
 
@@ -302,11 +302,15 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             detail=f"{r.envelope.model_name}/{r.envelope.role.value} v{r.envelope.version}"
             + (f": {r.reason}: {r.detail}" if r.reason else ""),
         )
-        if not scoring.exactly_once:  # a transactional producer only sends inside a batch
-            with tele_lock:
-                producer.produce(
-                    env.topics.telemetry, telemetry(t.to_avro()), scoring.worker_id.encode()
-                )
+        if scoring.exactly_once:  # a transactional producer only sends inside a batch
+            return
+        try:
+            value = telemetry(t.to_avro())
+        except InfrastructureError as exc:  # the registry away: the log line has to do
+            log.warning("model %s not reported on telemetry: %s", r.kind, exc)
+            return
+        with tele_lock:
+            producer.produce(env.topics.telemetry, value, scoring.worker_id.encode())
 
     store = ModelStore()
     updater = ModelUpdater(

@@ -135,3 +135,17 @@ def test_an_unreachable_registry_with_credentials_leaks_them_nowhere(
     logged = cli_logs.getvalue()
     assert "lookup failed: http://***@127.0.0.1:9" in logged
     assert SECRET not in logged
+
+
+def test_settings_from_env_read_registry_timeouts_and_keep_the_url_secret() -> None:
+    env = cli.settings_from_env(
+        {
+            "STREAMSCORE_REGISTRY_URL": f"https://bob:{SECRET}@reg.example",
+            "STREAMSCORE_REGISTRY_TIMEOUT_S": "0.5",
+            "STREAMSCORE_REGISTRY_MAX_RETRIES": "0",
+        }
+    )
+    assert (env.registry.timeout_s, env.registry.max_retries) == (0.5, 0)
+    assert SECRET not in repr(env)
+    with pytest.raises(errors.ConfigError):
+        cli.settings_from_env({"STREAMSCORE_REGISTRY_TIMEOUT_S": "soon"})
