@@ -22,8 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -41,14 +39,9 @@ from streamscore.config import TopicSettings
 from streamscore.demo import group_settled
 from streamscore.feedback_router import join_topic_for
 from streamscore.kafka_clients import wait_for_partition_leaders
+from tests.processes import WorkerProcess, launch, worker_env
 
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def joined(port: int) -> float:
@@ -191,31 +184,31 @@ class FeedbackBench:
         )
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["STREAMSCORE_BOOTSTRAP"] = self.kafka.bootstrap_servers
-        env["STREAMSCORE_REGISTRY_URL"] = self.registry.url
-        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
-            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
-        return env
+        return worker_env(
+            dict(os.environ), self.kafka.bootstrap_servers, self.registry.url, self.topics
+        )
 
     def run(self, k: int, n: int, timeout_s: float) -> dict[str, Any]:
         self.fresh_inputs(k)
         group = self.topic(f"fb{k}")
         self.created.append(join_topic_for(group))
         store = self.workdir / f"gt-{self.run_id}-{k}"
-        procs: list[tuple[subprocess.Popen[bytes], int, Any]] = []
+        procs: list[WorkerProcess] = []
         try:
             for j in range(k):
-                port = free_port()
-                log = (self.workdir / f"feedback-{k}-{j}.log").open("wb")
-                cmd = [
-                    sys.executable, "-m", "streamscore.cli", "feedback",
-                    "--group-id", group, "--worker-id", f"fb{k}-{j}",
-                    "--store-dir", str(store), "--metrics-port", str(port),
-                    "--window-s", "3600",
-                ]  # fmt: skip
-                proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
-                procs.append((proc, port, log))
+                procs.append(
+                    launch(
+                        "feedback",
+                        "--store-dir",
+                        str(store),
+                        "--window-s",
+                        "3600",
+                        worker_id=f"fb{k}-{j}",
+                        group_id=group,
+                        env=self.env(),
+                        log_path=self.workdir / f"feedback-{k}-{j}.log",
+                    )
+                )
             self.wait_settled(
                 f"{group}.router", [self.topics.predictions, self.topics.feedback], k, 120
             )
@@ -225,10 +218,10 @@ class FeedbackBench:
             done_t = None
             deadline = t0 + timeout_s
             while time.monotonic() < deadline:
-                for proc, _port, _log in procs:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"a feedback worker exited {proc.returncode}")
-                total = sum(joined(port) for _p, port, _l in procs)
+                for w in procs:
+                    if w.proc.poll() is not None:
+                        raise RuntimeError(f"a feedback worker exited {w.proc.returncode}")
+                total = sum(joined(w.metrics_port) for w in procs)
                 now = time.monotonic()
                 if total >= n:
                     done_t = now
@@ -236,17 +229,13 @@ class FeedbackBench:
                 time.sleep(0.1)
             if done_t is None:
                 raise RuntimeError(f"{k} worker(s) did not join {n:,} labels in {timeout_s}s")
-            per_worker = [joined(port) for _p, port, _l in procs]
+            per_worker = [joined(w.metrics_port) for w in procs]
         finally:
-            for proc, _port, _log in procs:
-                proc.terminate()
-            for proc, _port, log in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                log.close()
+            for w in procs:
+                w.proc.terminate()  # all at once, then wait for each
+            for w in procs:
+                w.terminate()
+                w.close()
         rows = groundtruth.read_rows(store)
         ids = {r["event_id"] for r in rows}
         return {

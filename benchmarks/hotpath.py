@@ -33,55 +33,11 @@ from streamscore.model_store import ModelStore
 from streamscore.records import Role
 from streamscore.scoring import BatchScorer
 from streamscore.worker import ScoreLoop
+from tests.unit.kafka_fakes import FakeConsumer, FakeMessage
 
 from . import workload
 
 KEY = b"hotpath-bench-key"
-
-
-class FakeMessage:
-    __slots__ = ("_key", "_offset", "_partition", "_ts", "_value")
-
-    def __init__(self, value: bytes, key: bytes, partition: int, offset: int, ts: int) -> None:
-        self._value, self._key, self._partition, self._offset, self._ts = (
-            value,
-            key,
-            partition,
-            offset,
-            ts,
-        )
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "events"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)
-
-
-class FakeConsumer:
-    def store_offsets(self, offsets: Any = None) -> None:
-        pass
-
-    def commit(self, asynchronous: bool = True) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def build(model_kind: str, batch: int) -> tuple[ScoreLoop, Any, Producer]:
@@ -143,7 +99,7 @@ def main() -> None:
     now = int(time.time() * 1000)
     n = args.batch * 20  # a pool of distinct events, reused round-robin
     pool = [
-        FakeMessage(enc.encode(e), e["key"].encode(), i % 4, i, now)
+        FakeMessage("events", i % 4, i, enc.encode(e), key=e["key"].encode(), timestamp_ms=now)
         for i, e in enumerate(workload.events(n, rng, event_time_ms=now))
     ]
     batches = [pool[i : i + args.batch] for i in range(0, n, args.batch)]

@@ -46,13 +46,10 @@ import os
 import platform
 import re
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,6 +66,7 @@ from streamscore.config import KafkaSettings, RegistrySettings, TopicSettings
 from streamscore.kafka_clients import reader_consumer, wait_for_partition_leaders
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
+from tests.processes import launch, sample, worker_env
 
 from . import workload
 
@@ -95,12 +93,6 @@ QUICK = Profile("quick", 20_000, 60_000, 1, 1_000, 1, 20_000, 2000.0, 5.0, 2.0)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -364,49 +356,31 @@ class Bench:
         self, kind: str, topics: TopicSettings
     ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
         self._seq += 1
-        port = free_port()
-        log_path = self.workdir / f"worker-{self._seq:02d}-{kind}.log"
-        env = dict(os.environ)
-        env.update(
-            {
-                "STREAMSCORE_BOOTSTRAP": self.kafka.bootstrap_servers,
-                "STREAMSCORE_REGISTRY_URL": self.registry_settings.url,
-                "STREAMSCORE_SIGNING_KEY": self.key,
-                "STREAMSCORE_SIGNING_KEY_ID": KEY_ID,
-                "PYTHONUNBUFFERED": "1",
-            }
+        env = worker_env(
+            dict(os.environ),
+            self.kafka.bootstrap_servers,
+            self.registry_settings.url,
+            topics,
+            STREAMSCORE_SIGNING_KEY=self.key,
+            STREAMSCORE_SIGNING_KEY_ID=KEY_ID,
         )
-        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
-            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(topics, name)
-        cmd = [
-            sys.executable,
-            "-m",
-            "streamscore.cli",
+        w = launch(
             "score",
-            "--worker-id",
-            f"bench-{self._seq}",
-            "--group-id",
-            self.topic(f"group.{self._seq}"),
-            "--metrics-port",
-            str(port),
             "--batch-size",
             str(self.batch_size),
             "--reader-schema",
             str(workload.SCHEMA_PATH),
             *self.worker_args,
-        ]
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                yield proc, port, log_path
-            finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            worker_id=f"bench-{self._seq}",
+            group_id=self.topic(f"group.{self._seq}"),
+            env=env,
+            log_path=self.workdir / f"worker-{self._seq:02d}-{kind}.log",
+        )
+        try:
+            yield w.proc, w.metrics_port, w.log_path
+        finally:
+            w.terminate()
+            w.close()
 
     def high_watermarks(self, c: Consumer, topic: str, partitions: int = 4) -> int:
         """Messages in ``topic`` now (acknowledged by the broker). Retries while a freshly
@@ -464,7 +438,7 @@ class Bench:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited {proc.returncode}:\n{tail(log)}")
             try:
-                if metric(port, "streamscore_model_loaded") == 1.0:
+                if sample(port, "streamscore_model_loaded") == 1.0:
                     return
             except OSError:
                 pass
@@ -753,26 +727,13 @@ def overall(ts: np.ndarray) -> float:
     return ts.size / span if span > 0 else float("nan")
 
 
-def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                total += s.value
-    return total
-
-
 def stage_us(port: int) -> dict[str, float]:
     """Per-event microseconds per stage, from the worker's own stage histograms."""
-    consumed = metric(port, "streamscore_events_consumed_total")
+    consumed = sample(port, "streamscore_events_consumed_total")
     if consumed <= 0:
         return {}
     return {
-        stage: metric(port, "streamscore_stage_seconds_sum", {"stage": stage}) / consumed * 1e6
+        stage: sample(port, "streamscore_stage_seconds_sum", {"stage": stage}) / consumed * 1e6
         for stage in ("decode", "validate", "features", "predict", "encode", "produce")
     }
 

@@ -19,7 +19,8 @@ Serialized bundle (``Bundle.to_bytes()``), a small framed container, safe to par
 The header holds the :class:`ModelMeta`, the ONNX input/output names, a reference batch
 (<= 64 rows, NaN written as ``null``) and the ONNX outputs expected for it.
 
-Signing is HMAC-SHA256 over the exact bundle bytes (:func:`sign_bundle`); workers hold a
+Signing is HMAC-SHA256 over the exact bundle bytes (:func:`sign_bundle`, through the
+:mod:`streamscore.signing` Signer/Verifier interface); workers hold a
 keyring ``{key_id: key}`` so keys can be rotated (publish with the new id, keep the old key
 in workers until every live artifact is re-signed). :func:`verify_and_load` checks size,
 signature, container, graph safety, the ONNX checker, builds the onnxruntime session and
@@ -53,11 +54,11 @@ from .errors import (
     ModelError,
     NonFiniteOutputError,
     ReferenceMismatchError,
-    SignatureMismatchError,
     UnsignedBundleError,
     UntrustedContentError,
 )
 from .records import FeatureKind, FeatureSpec, Task
+from .signing import HmacSigner, Signer, Verifier, as_verifier
 
 __all__ = [
     "ALLOWED_DOMAINS",
@@ -418,31 +419,24 @@ class SignedArtifact:
         return f"SignedArtifact(key_id={self.key_id!r}, size={len(self.payload)})"
 
 
-def _hmac(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, payload, hashlib.sha256).digest()
-
-
-def sign_bundle(bundle_bytes: bytes, key: bytes, key_id: str) -> SignedArtifact:
-    """HMAC-SHA256 over the exact bundle bytes."""
-    if not key:
-        raise ValueError("signing key must not be empty")
-    return SignedArtifact(bytes(bundle_bytes), _hmac(key, bundle_bytes), key_id)
+def sign_bundle(bundle_bytes: bytes, key: bytes | Signer, key_id: str = "") -> SignedArtifact:
+    """Sign the exact bundle bytes (HMAC-SHA256 when given a key and its id; any
+    :class:`~streamscore.signing.Signer` otherwise)."""
+    signer = key if isinstance(key, Signer) else HmacSigner(key, key_id)
+    return SignedArtifact(bytes(bundle_bytes), signer.sign(bundle_bytes), signer.key_id)
 
 
 def verify_signature(
-    payload: bytes, signature: bytes | None, key_id: str | None, keyring: Mapping[str, bytes]
+    payload: bytes,
+    signature: bytes | None,
+    key_id: str | None,
+    keyring: Mapping[str, bytes] | Verifier,
 ) -> None:
+    """Raise UnsignedBundleError or SignatureMismatchError unless ``signature`` is a
+    signature of ``payload`` by the key ``key_id`` of ``keyring``."""
     if not signature:
         raise UnsignedBundleError("model artifact carries no signature")
-    if key_id is None or key_id not in keyring:
-        raise SignatureMismatchError(
-            f"model artifact signed with unknown key id {key_id!r}; "
-            f"known key ids: {sorted(keyring)}"
-        )
-    if not hmac.compare_digest(_hmac(keyring[key_id], payload), signature):
-        raise SignatureMismatchError(
-            f"signature does not verify with key id {key_id!r} (tampered or wrong key)"
-        )
+    as_verifier(keyring).verify(payload, signature, key_id, what="model artifact")
 
 
 # ------------------------------------------------------------------- graph safety
@@ -637,7 +631,7 @@ def verify_and_load(
     artifact_bytes: bytes,
     signature: bytes | None,
     key_id: str | None,
-    keyring: Mapping[str, bytes],
+    keyring: Mapping[str, bytes] | Verifier,
     *,
     intra_op_threads: int = 1,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,

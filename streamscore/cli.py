@@ -48,6 +48,7 @@ from .config import (
 from .errors import ConfigError, InfrastructureError, StreamscoreError
 from .records import Role
 from .redact import redact_urls
+from .signing import as_verifier
 
 log = logging.getLogger("streamscore")
 
@@ -192,22 +193,36 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         return 0
     topic = _model_topic(env)
     if args.action == "list":
+        from . import envelope as env_mod
+        from .errors import ModelError
+
         rows = topic.read_all()
         print(
-            f"{'key':<28} {'action':<9} {'ver':>4} {'created (UTC)':<20} "
-            f"{'signer':<10} {'size':>9}  sha256"
+            f"{'key':<28} {'action':<9} {'ver':>4} {'target':>6} {'created (UTC)':<20} "
+            f"{'signer':<10} {'check':<17} {'size':>9}  sha256"
         )
         for e in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.created_at_ms / 1000))
+            try:  # envelope signature and sha256, with the keys this shell has
+                env_mod.verify(e, as_verifier(env.keyring))
+                check = "ok"
+            except ModelError as exc:
+                check = exc.reason
+            target = "-" if e.target_version is None else str(e.target_version)
             print(
-                f"{e.key:<28} {e.action.value:<9} {e.version:>4} {created:<20} "
-                f"{e.key_id or '-':<10} {e.size:>9}  {e.sha256[:12]}"
+                f"{e.key:<28} {e.action.value + ('*' if e.rollback else ''):<9} {e.version:>4} "
+                f"{target:>6} {created:<20} {e.key_id or '-':<10} {check:<17} {e.size:>9}  "
+                f"{e.sha256[:12]}"
             )
         return 0
     key = env.signing.require_key()
     role = Role(args.role)
     if args.action == "publish":
-        data = _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
+        data = (
+            topic.archived(args.name, args.from_archive, env.keyring)
+            if args.from_archive is not None
+            else _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
+        )
         res = topic.publish(
             data, role, key=key, key_id=env.signing.key_id, publisher=args.publisher
         )
@@ -220,8 +235,15 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         print(f"rolled back {res.key} to v{res.version}")
         return 0
     if args.action == "retire":
-        topic.retire(args.name, role, publisher=args.publisher)
-        print(f"retired {args.name}/{role.value}")
+        v = topic.retire(
+            args.name,
+            role,
+            key=key,
+            key_id=env.signing.key_id,
+            publisher=args.publisher,
+            keyring=env.keyring,
+        )
+        print(f"retired {args.name}/{role.value} v{v}")
         return 0
     raise ConfigError(f"unknown model action {args.action}")
 
@@ -269,7 +291,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     )
     metrics_settings = MetricsSettings(host=args.metrics_host, port=args.metrics_port)
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, "score")
     server = (
         serve(registry, metrics_settings.host, metrics_settings.port)
         if metrics_settings.port >= 0
@@ -294,12 +316,13 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
+        e = r.envelope
         t = Telemetry(
             worker_id=scoring.worker_id,
             kind=r.kind,
             time_ms=int(time.time() * 1000),
-            model_versions={r.envelope.role.value: r.envelope.version},
-            detail=f"{r.envelope.model_name}/{r.envelope.role.value} v{r.envelope.version}"
+            model_versions={} if e is None else {e.role.value: e.version},
+            detail=(f"record {r.record}" if e is None else f"{e.key} v{e.version}")
             + (f": {r.reason}: {r.detail}" if r.reason else ""),
         )
         if scoring.exactly_once:  # a transactional producer only sends inside a batch
@@ -480,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ab", "abc"],
         default="ab",
         help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
+    )
+    src.add_argument(
+        "--from-archive",
+        type=int,
+        metavar="VERSION",
+        help="model publish: re-publish the archived, signed bundle of this version (e.g. "
+        "records from before envelopes were signed, which workers now refuse)",
     )
     m.add_argument("--spec", help="feature spec JSON (FeatureSpec.to_dict format)")
     m.add_argument("--data", help="a sample of inputs: .npy or CSV with the spec's columns")

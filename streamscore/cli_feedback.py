@@ -69,15 +69,12 @@ def model_topic(env: Env, reg: Any = None) -> ModelTopic:
 
 
 def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel | None:
-    """The active primary of ``name`` on the model topic (None if none or retired)."""
+    """The active primary of ``name`` on the model topic (None if none or retired), by
+    the workers' rules: forged or replayed records are not taken for it."""
     from .bundle import verify_and_load
-    from .envelope import Action
 
-    latest = None
-    for e in topic.read_all():
-        if e.model_name == name and e.role is Role.PRIMARY and e.action is not Action.ARCHIVE:
-            latest = e
-    if latest is None or latest.action is Action.RETIRE:
+    _state, latest, _envs = topic.state(name, Role.PRIMARY, keyring)
+    if latest is None:
         return None
     return verify_and_load(latest.artifact, latest.signature, latest.key_id, keyring)
 
@@ -114,7 +111,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     if promo.enabled and not env.signing.key:
         raise ConfigError("--auto-promote publishes models: set STREAMSCORE_SIGNING_KEY")
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, "feedback")
     server = (
         serve(registry, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
     )

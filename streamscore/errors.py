@@ -112,6 +112,69 @@ class AvroDecodeError(SerdeError):
     reason = "avro_decode"
 
 
+class UnexpectedNullError(SchemaResolutionError):
+    """A null was written (a nullable writer union) for a field the reader requires.
+    Resolved per record, as Avro does: the non-null records of that writer decode."""
+
+    reason = "unexpected_null"
+
+
+class UnreadableWriterSchemaError(SchemaResolutionError):
+    """The registry's schema for this id cannot be parsed (not JSON, not valid Avro,
+    or nested beyond the parser's limit). Cached: the id's schema never changes."""
+
+    reason = "bad_writer_schema"
+
+    def __init__(self, message: str, *, schema_id: int) -> None:
+        super().__init__(message)
+        self.schema_id = schema_id
+
+
+class NestingTooDeepError(AvroDecodeError):
+    """The Avro body nests records, arrays and maps deeper than the decoder's limit
+    (checked before anything is decoded: deep recursion would overflow the C stack)."""
+
+    reason = "too_deep"
+
+    def __init__(self, message: str, *, limit: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ClaimedCountTooLargeError(AvroDecodeError):
+    """An array or map block claims more items than the bytes left in the message can
+    hold (checked before any item is read)."""
+
+    reason = "bad_count"
+
+    def __init__(self, message: str, *, count: int, bytes_left: int) -> None:
+        super().__init__(message)
+        self.count = count
+        self.bytes_left = bytes_left
+
+
+class ClaimedLengthTooLargeError(TruncatedMessageError):
+    """A string, bytes or block length is larger than the bytes left in the message: a
+    corrupt length, or a message cut short inside that value."""
+
+    reason = "bad_length"
+
+    def __init__(self, message: str, *, length: int, bytes_left: int) -> None:
+        super().__init__(message)
+        self.length = length
+        self.bytes_left = bytes_left
+
+
+def unexpected_decode_error(exc: BaseException, *, limit: int | None = None) -> SerdeError:
+    """The typed error for an exception a decoder was not meant to raise on one message
+    (fastavro's RecursionError, MemoryError, OverflowError...): that message's flaw."""
+    if isinstance(exc, RecursionError):
+        return NestingTooDeepError(f"the Avro body nests too deeply to decode: {exc}", limit=limit)
+    return AvroDecodeError(
+        f"the Avro body could not be decoded: {type(exc).__name__}: {str(exc)[:200]}"
+    )
+
+
 class UnknownKindError(SerdeError):
     """A feedback join-topic message says neither ``prediction`` nor ``label``."""
 
@@ -221,6 +284,51 @@ class NoModelError(ModelError):
     """Scoring was asked for while no model is active."""
 
     reason = "no_model"
+
+
+class StaleModelVersionError(ModelError):
+    """An update's version is not above the newest one its role has had."""
+
+    reason = "stale_version"
+
+
+class UnsignedEnvelopeError(ModelError):
+    """A model-topic record carries no envelope signature (a retire written by anyone, or
+    a record from before envelopes were signed: republish it)."""
+
+    reason = "unsigned_envelope"
+
+
+class DigestMismatchError(ModelError):
+    """The envelope's ``sha256`` is not the SHA-256 of the artifact it carries."""
+
+    reason = "sha256_mismatch"
+
+
+class OutOfOrderEnvelopeError(ModelError):
+    """A signed envelope that does not follow the role's current state (a replayed old
+    record). ``current`` is the role's version (None: nothing active), ``newest`` the
+    highest version the role has had."""
+
+    reason = "out_of_order"
+
+    def __init__(self, message: str, *, current: int | None, newest: int) -> None:
+        super().__init__(message)
+        self.current = current
+        self.newest = newest
+
+
+class StaleRollbackError(OutOfOrderEnvelopeError):
+    """A rollback record that does not name the role's current version as the one it
+    replaces, or that does not go down."""
+
+    reason = "stale_rollback"
+
+
+class StaleRetireError(OutOfOrderEnvelopeError):
+    """A retire record that does not name the role's current version."""
+
+    reason = "stale_retire"
 
 
 # ---------------------------------------------------------------------------- kafka

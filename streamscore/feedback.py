@@ -353,5 +353,7 @@ def promote_shadow(
     env = next((e for e in candidates if e.action is Action.ARCHIVE), candidates[-1])
     verify_signature(env.artifact, env.signature, env.key_id, keyring)
     topic.publish(env.artifact, Role.PRIMARY, key=key, key_id=key_id, publisher="auto-promotion")
-    topic.retire(name, Role.SHADOW, publisher="auto-promotion")
+    topic.retire(
+        name, Role.SHADOW, key=key, key_id=key_id, publisher="auto-promotion", keyring=keyring
+    )
     return f"published v{version} as primary, shadow retired"

@@ -281,6 +281,11 @@ class JoinState:
             self.watermark_ms = p.event_time_ms
         e = self._entries.get(p.event_id)
         if e is None:
+            if self._already_written(p.event_id):
+                # re-read after a restart (its row was made durable, the commit was not):
+                # nothing to join, so holding it would stall its partition for a window
+                _settle(out, p.position)
+                return self._bounded(out)
             e = self._new_entry(p.event_id, p.event_time_ms + self.window_ms)
         k = (p.role, p.model_version)
         if k in e.preds:  # a re-delivered prediction: nothing new

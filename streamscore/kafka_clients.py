@@ -68,6 +68,30 @@ def score_producer(kafka: KafkaSettings, scoring: ScoringSettings) -> dict[str, 
     return conf
 
 
+#: librdkafka's largest ``receive.message.max.bytes``.
+MAX_RECEIVE_MESSAGE_BYTES = 2_147_483_647
+
+
+def model_reader_limits(max_message_bytes: int) -> dict[str, Any]:
+    """Fetch sizes for every reader of the model topic (workers, `model list/rollback`).
+
+    A fetch asks for about one model's worth (``fetch.max.bytes``,
+    ``max.partition.fetch.bytes``), but the broker returns the first record batch whole
+    even when it is larger (KIP-74), and the response must then fit
+    ``receive.message.max.bytes`` or librdkafka fails the fetch ("Invalid response size")
+    and retries the same offset forever: the reader is wedged. So the receive limit is
+    librdkafka's maximum (buffers are sized by what arrives, not by this limit): any record
+    the topic's ``max.message.bytes`` lets in, whatever that is, is received, and the
+    reader rejects one above ``max_message_bytes`` by its size and goes on.
+    """
+    fetch = max_message_bytes + 65_536
+    return {
+        "fetch.max.bytes": fetch,
+        "max.partition.fetch.bytes": fetch,
+        "receive.message.max.bytes": MAX_RECEIVE_MESSAGE_BYTES,
+    }
+
+
 def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict[str, Any]:
     conf = kafka.client_config()
     conf.update(
@@ -78,9 +102,7 @@ def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 20,
-            "max.partition.fetch.bytes": max_message_bytes + 65_536,
-            "fetch.max.bytes": max_message_bytes + 65_536,
-            "receive.message.max.bytes": max_message_bytes + 1_048_576,
+            **model_reader_limits(max_message_bytes),
         }
     )
     conf.update(kafka.extra)

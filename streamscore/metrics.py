@@ -7,7 +7,7 @@ Tests build a fresh ``CollectorRegistry`` and read exact sample values with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -18,224 +18,237 @@ _STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _SCORE_BUCKETS = (-1000, -500, -250, -100, -50, -10, 0, 0.1, 0.25, 0.5, 0.75, 0.9, 1, 10, 50, 100)
 
+ProcessKind = Literal["score", "feedback"]
+
 
 class Metrics:
-    """The score worker's and the feedback worker's metrics (one process uses a subset)."""
+    """The score worker's and the feedback worker's metrics (one process uses a subset).
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``kind`` names the process: only the series that kind of process sets are registered
+    on ``registry`` (and exported); the others stay usable objects that export nothing.
+    An unlabelled gauge exports its 0 from the start, so a feedback worker registering
+    ``model_loaded`` would report "no model loaded" forever. ``None`` (tests, benchmarks)
+    registers every series.
+    """
+
+    def __init__(self, registry: CollectorRegistry, kind: ProcessKind | None = None) -> None:
         self.registry = registry
-        r = registry
+        self.kind = kind
+        both = registry
+        score = registry if kind in (None, "score") else None
+        feedback = registry if kind in (None, "feedback") else None
         # ---- scoring
         self.events_consumed = Counter(
             f"{PREFIX}_events_consumed",
             "Messages consumed from the events topic.",
             ["topic"],
-            registry=r,
+            registry=score,
         )
         self.predictions = Counter(
             f"{PREFIX}_predictions",
             "Predictions produced.",
             ["model_name", "model_version", "role"],
-            registry=r,
+            registry=score,
         )
         self.invalid_events = Counter(
             f"{PREFIX}_invalid_events",
             "Messages that could not be scored, by reason.",
             ["reason"],
-            registry=r,
+            registry=both,
         )
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters",
             "Messages written to the dead-letter topic.",
             ["reason"],
-            registry=r,
+            registry=both,
         )
         self.late_events = Counter(
             f"{PREFIX}_late_events",
             "Events older than the latency SLA, by policy.",
             ["policy"],
-            registry=r,
+            registry=score,
         )
         self.degraded_predictions = Counter(
             f"{PREFIX}_degraded_predictions",
             "Predictions answered by a fallback because the primary failed.",
             ["model_name"],
-            registry=r,
+            registry=score,
         )
         self.shadow_skipped = Counter(
             f"{PREFIX}_shadow_skipped",
             "Events a shadow or canary model could not score (invalid for its feature spec).",
             ["role"],
-            registry=r,
+            registry=score,
         )
         self.batch_size = Histogram(
             f"{PREFIX}_batch_size",
             "Messages per micro-batch.",
             buckets=_BATCH_BUCKETS,
-            registry=r,
+            registry=score,
         )
         self.stage_seconds = Histogram(
             f"{PREFIX}_stage_seconds",
             "Time per batch spent in each stage.",
             ["stage"],
             buckets=_STAGE_BUCKETS,
-            registry=r,
+            registry=score,
         )
         self.end_to_end_latency = Histogram(
             f"{PREFIX}_end_to_end_latency_seconds",
             "Prediction handed to the producer, minus the event's own time.",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
+            registry=score,
         )
         self.scores = Histogram(
             f"{PREFIX}_prediction_score",
             "Scores produced (regression value or top probability).",
             ["role"],
             buckets=_SCORE_BUCKETS,
-            registry=r,
+            registry=score,
         )
         self.consumer_lag = Gauge(
             f"{PREFIX}_consumer_lag",
             "High watermark minus position, per owned partition.",
             ["topic", "partition"],
-            registry=r,
+            registry=score,
         )
         self.backpressure_pauses = Counter(
             f"{PREFIX}_backpressure_pauses",
             "Times consumption paused because the producer queue was full.",
-            registry=r,
+            registry=score,
         )
         self.registry_unavailable_batches = Counter(
             f"{PREFIX}_registry_unavailable_batches",
             "Batches put back and consumed again because the schema registry could not be "
-            "reached (retried with backoff, never dead-lettered).",
-            registry=r,
+            "reached (retried with backoff, never dead-lettered): score workers, and the "
+            "feedback worker's router and join loop.",
+            registry=both,
         )
         self.batches_aborted = Counter(
             f"{PREFIX}_batches_aborted",
             "Batches aborted and re-consumed (exactly-once mode).",
-            registry=r,
+            registry=score,
         )
         # ---- model lifecycle
         self.model_updates_applied = Counter(
             f"{PREFIX}_model_updates_applied",
             "Model updates activated.",
             ["role"],
-            registry=r,
+            registry=score,
         )
         self.model_updates_rejected = Counter(
             f"{PREFIX}_model_updates_rejected",
             "Model updates refused, by reason.",
             ["reason"],
-            registry=r,
+            registry=score,
         )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "1 for each active model (name, version, role).",
             ["model_name", "model_version", "role"],
-            registry=r,
+            registry=score,
         )
         self.model_loaded = Gauge(
             f"{PREFIX}_model_loaded",
             "1 when a primary model is active, 0 while waiting.",
-            registry=r,
+            registry=score,
         )
         self.model_swap_seconds = Histogram(
             f"{PREFIX}_model_swap_seconds",
             "Model publish time to activation in this worker.",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
+            registry=score,
         )
         # ---- drift
         self.drift_psi = Gauge(
             f"{PREFIX}_feature_drift_psi",
             "Population stability index of a live window against the bundle's reference.",
             ["feature", "model_version"],
-            registry=r,
+            registry=score,
         )
         self.drift_missing_share = Gauge(
             f"{PREFIX}_feature_missing_share",
             "Share of missing values in the live drift window (feature or score).",
             ["feature", "model_version"],
-            registry=r,
+            registry=score,
         )
         self.drift_out_of_range_share = Gauge(
             f"{PREFIX}_feature_out_of_range_share",
             "Share of live values outside the reference [min, max] (feature or score).",
             ["feature", "model_version"],
-            registry=r,
+            registry=score,
         )
         self.drift_window_events = Gauge(
             f"{PREFIX}_drift_window_events",
             "Events currently in the drift window (PSI is noisy while this is small).",
             ["model_version"],
-            registry=r,
+            registry=score,
         )
         self.model_holdout_metric = Gauge(
             f"{PREFIX}_model_holdout_metric",
             "Holdout metric recorded in the active bundle (e.g. mae), for live comparison.",
             ["model_version", "role", "metric"],
-            registry=r,
+            registry=score,
         )
         # ---- feedback
         self.feedback_received = Counter(
             f"{PREFIX}_feedback_received",
             "Labels consumed from the feedback topic.",
-            registry=r,
+            registry=feedback,
         )
         self.feedback_routed = Counter(
             f"{PREFIX}_feedback_routed",
             "Predictions and labels re-keyed by event id onto the join topic, by kind.",
             ["kind"],
-            registry=r,
+            registry=feedback,
         )
         self.feedback_joined = Counter(
             f"{PREFIX}_feedback_joined",
             "Labels joined with a prediction.",
             ["model_version", "role"],
-            registry=r,
+            registry=feedback,
         )
         self.feedback_unmatched = Counter(
             f"{PREFIX}_feedback_unmatched",
             "Labels that found no prediction within the window.",
-            registry=r,
+            registry=feedback,
         )
         self.feedback_pending = Gauge(
             f"{PREFIX}_feedback_pending",
             "Labels and predictions waiting in the join state.",
             ["side"],
-            registry=r,
+            registry=feedback,
         )
         self.residuals = Histogram(
             f"{PREFIX}_residual",
             "Label minus prediction (regressors).",
             ["model_version", "role"],
             buckets=(-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50),
-            registry=r,
+            registry=feedback,
         )
         self.live_mae = Gauge(
             f"{PREFIX}_live_mae",
             "Rolling mean absolute error.",
             ["model_version", "role"],
-            registry=r,
+            registry=feedback,
         )
         self.live_rmse = Gauge(
             f"{PREFIX}_live_rmse",
             "Rolling root mean squared error.",
             ["model_version", "role"],
-            registry=r,
+            registry=feedback,
         )
         self.live_accuracy = Gauge(
             f"{PREFIX}_live_accuracy",
             "Rolling accuracy (classifiers).",
             ["model_version", "role"],
-            registry=r,
+            registry=feedback,
         )
         self.label_delay = Histogram(
             f"{PREFIX}_label_delay_seconds",
             "Label observed time minus event time.",
             buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400),
-            registry=r,
+            registry=feedback,
         )
         # ---- feedback: label accounting, classifier quality, promotion (issue 4)
         self.feedback_labels = Counter(
@@ -243,13 +256,13 @@ class Metrics:
             "Labels settled, by outcome (joined | unmatched | duplicate | released); "
             "received = sum of outcomes + feedback_pending{side=label}.",
             ["outcome"],
-            registry=r,
+            registry=feedback,
         )
         self.live_log_loss = Gauge(
             f"{PREFIX}_live_log_loss",
             "Rolling log loss (classifiers).",
             ["model_version", "role"],
-            registry=r,
+            registry=feedback,
         )
         self.live_reliability = Gauge(
             f"{PREFIX}_live_reliability",
@@ -257,19 +270,19 @@ class Metrics:
             "predicted probability (stat=predicted), observed frequency (stat=observed) "
             "and row count (stat=count).",
             ["model_version", "role", "bucket", "stat"],
-            registry=r,
+            registry=feedback,
         )
         self.live_labelled = Gauge(
             f"{PREFIX}_live_labelled",
             "Labelled predictions currently in the rolling quality window.",
             ["model_version", "role"],
-            registry=r,
+            registry=feedback,
         )
         self.promotion_decisions = Counter(
             f"{PREFIX}_promotion_decisions",
             "Automatic shadow promotion decisions, by outcome (promoted | declined | failed).",
             ["outcome"],
-            registry=r,
+            registry=feedback,
         )
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .bundle import LoadedModel, ModelMeta, ScoreBatch
-from .errors import ModelError, NoModelError, NonFiniteOutputError
+from .errors import ModelError, NoModelError, NonFiniteOutputError, StaleModelVersionError
 from .records import Role
 
 __all__ = [
@@ -44,13 +44,6 @@ __all__ = [
 ]
 
 BoolArray = npt.NDArray[np.bool_]
-
-
-class StaleModelVersionError(ModelError):
-    """An update's version is not above the active one for its role (candidate for
-    errors.py)."""
-
-    reason = "stale_version"
 
 
 class NonFiniteRowsError(NonFiniteOutputError):

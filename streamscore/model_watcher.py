@@ -1,9 +1,15 @@
 """Follows the compacted model topic in a background thread and feeds the updater.
 
-At start it reads every partition to the high watermark it saw when it began, keeping the
-last few envelopes per key, and hands that history to ``ModelUpdater.apply_latest``; only
-then is :meth:`wait_caught_up` released. After that every envelope is applied as it comes.
-The scoring loop never waits on this thread: swaps land in the store between batches.
+At start it reads every partition to the high watermark it saw when it began and feeds
+each envelope, in order, to the updater's start-up catch-up (the live rules; see
+``ModelUpdater.catch_up``); only then is :meth:`wait_caught_up` released. After that every
+envelope is applied as it comes. The scoring loop never waits on this thread: swaps land
+in the store between batches.
+
+A record larger than ``max_message_bytes`` is rejected by its size before it is decoded
+(``too_large``: counted, reported) and the reader goes on: the consumer accepts fetch
+responses of any size the broker may send (see ``kafka_clients.model_reader_limits``), so
+a topic whose ``max.message.bytes`` is above the worker's limit cannot wedge it.
 An envelope whose writer schema cannot be fetched (the registry away) is retried with
 backoff, never rejected: it is the registry that is missing, not the envelope.
 """
@@ -12,22 +18,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError
 
 from .config import KafkaSettings
-from .envelope import Action, ModelEnvelope
+from .envelope import ModelEnvelope
 from .errors import ModelError, RegistryUnavailableError, SerdeError
 from .kafka_clients import model_watcher_consumer, read_to_end
 from .metrics import Metrics
 from .model_updates import ModelUpdater
 
 log = logging.getLogger(__name__)
-
-HISTORY_PER_KEY = 5
 
 
 class _Stopped(Exception):
@@ -47,6 +50,7 @@ class ModelWatcher:
         registry_retry_s: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self._conf = model_watcher_consumer(kafka, max_message_bytes)
+        self._max = max_message_bytes
         self._topic = topic
         self._decode = decode
         self._updater = updater
@@ -72,15 +76,22 @@ class ModelWatcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _envelope(self, value: bytes | None) -> ModelEnvelope | None:
+    def _envelope(self, msg: Any) -> ModelEnvelope | None:
+        value = msg.value()
         if value is None:
             return None  # tombstone: compaction will drop the key; nothing to serve
+        if len(value) > self._max:
+            self._updater.reject_record(
+                "too_large",
+                f"{len(value)} bytes; the limit is {self._max} (STREAMSCORE_MODEL_MAX_BYTES)",
+                _where(msg),
+            )
+            return None
         try:
             return ModelEnvelope.from_avro(self._decoded(value))
-        except (SerdeError, KeyError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, SerdeError) else "undecodable"
-            self._metrics.model_updates_rejected.labels("undecodable").inc()
-            log.warning("undecodable model envelope (%s): %s", reason, exc)
+        except (SerdeError, KeyError, ValueError, TypeError) as exc:
+            reason = exc.reason if isinstance(exc, SerdeError) else type(exc).__name__
+            self._updater.reject_record("undecodable", f"{reason}: {exc}", _where(msg))
             return None
 
     def _decoded(self, value: bytes) -> dict[str, Any]:
@@ -111,7 +122,7 @@ class ModelWatcher:
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("model topic: %s", err)
                     continue
-                env = self._envelope(msg.value())
+                env = self._envelope(msg)
                 if env is not None:
                     try:
                         self._updater.apply(env)
@@ -127,12 +138,17 @@ class ModelWatcher:
             consumer.close()
 
     def _catch_up(self, consumer: Any) -> None:
-        history: dict[str, deque[ModelEnvelope]] = defaultdict(
-            lambda: deque(maxlen=HISTORY_PER_KEY)
-        )
+        catch_up = self._updater.catch_up()
         # no deadline: a large compacted topic takes the time it takes (stop still works)
         for msg in read_to_end(consumer, self._topic, stop=self._stop.is_set):
-            env = self._envelope(msg.value())
-            if env is not None and env.action is not Action.ARCHIVE:
-                history[env.key].append(env)
-        self._updater.apply_latest({k: list(v) for k, v in history.items()})
+            env = self._envelope(msg)
+            if env is not None:
+                catch_up.feed(env)
+        catch_up.finish()
+
+
+def _where(msg: Any) -> str:
+    """Where a record is, for reports: topic[partition]@offset and its key (cut short)."""
+    key = msg.key()
+    shown = "none" if key is None else repr(bytes(key[:80]).decode("utf-8", "replace"))
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()} key={shown}"

@@ -9,6 +9,7 @@ nothing is dropped.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,20 @@ import numpy as np
 
 from .bundle import LoadedModel, ScoreBatch
 from .config import LatePolicy, ScoringSettings
-from .errors import InfrastructureError, ModelError, NoModelError, StreamscoreError
+from .errors import (
+    InfrastructureError,
+    ModelError,
+    NoModelError,
+    StreamscoreError,
+    unexpected_decode_error,
+)
 from .features import Columns, extract, field_values, impute, take_events
 from .model_store import FallbackResult, ModelSnapshot, score_with_fallback
 from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
 from .serde import RecordColumns
 from .validation import validate
+
+log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
 BatchEncoder = Callable[[list[dict[str, Any]]], list[bytes]]
@@ -184,11 +193,17 @@ class BatchScorer:
         """Decode the batch; an :class:`InfrastructureError` (the registry away) is raised,
         never returned as a message's error: the batch is not bad data."""
         if self._decode_many is not None:
-            decoded = self._decode_many(values)
-            for _i, exc in decoded[2]:
-                if isinstance(exc, InfrastructureError):
-                    raise exc
-            return decoded
+            try:
+                decoded = self._decode_many(values)
+            except InfrastructureError:
+                raise
+            except Exception:  # a bug in the batch path: each message then says for itself
+                log.exception("batch decode failed; decoding the batch message by message")
+            else:
+                for _i, exc in decoded[2]:
+                    if isinstance(exc, InfrastructureError):
+                        raise exc
+                return decoded
         good: list[int] = []
         events: list[dict[str, Any]] = []
         failed: list[tuple[int, StreamscoreError]] = []
@@ -201,6 +216,8 @@ class BatchScorer:
                 raise
             except StreamscoreError as exc:
                 failed.append((i, exc))
+            except Exception as exc:  # whatever one message does to a decoder is its own
+                failed.append((i, unexpected_decode_error(exc)))
         return good, events, failed
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:

@@ -26,6 +26,7 @@ import fastavro
 import numpy as np
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 
+from .avro_scan import DEFAULT_MAX_DEPTH, BoundedScan, SchemaTooComplexError
 from .errors import (
     AvroDecodeError,
     EmptyMessageError,
@@ -36,9 +37,12 @@ from .errors import (
     SchemaResolutionError,
     StreamscoreError,
     TruncatedMessageError,
+    UnexpectedNullError,
     UnknownSchemaError,
+    UnreadableWriterSchemaError,
     WriterMissingFieldError,
     WriterTypeMismatchError,
+    unexpected_decode_error,
 )
 from .features import EventColumns
 
@@ -124,6 +128,7 @@ class WriterSchemaCache:
     ) -> None:
         self._registry = registry
         self._parsed: dict[int, tuple[dict[str, Any], Any]] = {}
+        self._unreadable: dict[int, UnreadableWriterSchemaError] = {}
         self._unknown: dict[int, float] = {}
         self._negative_ttl_s = negative_ttl_s
         self._recovery_grace_s = recovery_grace_s
@@ -146,6 +151,8 @@ class WriterSchemaCache:
             hit = self._parsed.get(schema_id)
             if hit is not None:
                 return hit
+            if schema_id in self._unreadable:
+                raise self._unreadable[schema_id]
             until = self._unknown.get(schema_id)
             if until is not None and self._clock() < until:
                 fresh = self._fresh_unknown.pop(schema_id, None)
@@ -169,8 +176,11 @@ class WriterSchemaCache:
             schema_type = getattr(registered, "schema_type", "AVRO") or "AVRO"
             if schema_type != "AVRO":
                 raise SchemaResolutionError(f"schema id {schema_id} is {schema_type}, not AVRO")
-            as_json = json.loads(registered.schema_str)
-            entry = (as_json, parse(as_json))
+            try:
+                entry = _parse_writer(registered.schema_str, schema_id)
+            except UnreadableWriterSchemaError as exc:
+                self._unreadable[schema_id] = exc  # an id's schema never changes
+                raise
             self._parsed[schema_id] = entry
             return entry
 
@@ -222,15 +232,75 @@ class WriterSchemaCache:
                 continue  # that message's own error, reported by the decoder
 
 
+#: JSON nesting of a writer schema beyond which it is refused before it is parsed (the
+#: parsers recurse once or twice per level; a data nesting limit of 64 needs far less)
+MAX_SCHEMA_JSON_DEPTH = 200
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (iterative)."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            todo.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
+def _parse_writer(schema_str: str, schema_id: int) -> tuple[dict[str, Any], Any]:
+    """(schema as JSON, parsed schema), or :class:`UnreadableWriterSchemaError`."""
+    try:
+        as_json = json.loads(schema_str)
+        depth = _json_depth(as_json)
+        if depth > MAX_SCHEMA_JSON_DEPTH:
+            raise UnreadableWriterSchemaError(
+                f"writer schema id {schema_id} nests {depth} levels of JSON, more than "
+                f"{MAX_SCHEMA_JSON_DEPTH}",
+                schema_id=schema_id,
+            )
+        return as_json, parse(as_json)
+    except UnreadableWriterSchemaError:
+        raise
+    except Exception as exc:  # JSON, fastavro's SchemaParseException, RecursionError...
+        raise UnreadableWriterSchemaError(
+            f"writer schema id {schema_id} cannot be parsed: {type(exc).__name__}: "
+            f"{str(exc)[:200]}",
+            schema_id=schema_id,
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How messages of one writer schema id are read."""
+
+    writer: Any  # parsed writer schema
+    reader: Any  # parsed reader schema to resolve to, or None when writer == reader
+    scan: BoundedScan  # bounds checked before fastavro (``scan.guard``) or to name a flaw
+    #: top-level writer unions with branches the reader cannot take (resolved per
+    #: record): (writer field, reader field, the writer's branch names it can take)
+    unions: tuple[tuple[str, str, frozenset[str]], ...] = ()
+
+
 class AvroDeserializer:
     """``(bytes, ctx) -> dict`` decoding with the caller's reader schema."""
 
-    def __init__(self, schemas: WriterSchemaCache, reader_schema: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        schemas: WriterSchemaCache,
+        reader_schema: dict[str, Any],
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         self._schemas = schemas
         self._reader_json = _strip_logical_types(reader_schema)
         self._reader = parse(reader_schema)
-        # schema id -> parsed reader to resolve against, or None when writer == reader
-        self._resolution: dict[int, tuple[Any, Any]] = {}
+        self._max_depth = max_depth
+        # schema id -> how its messages are read
+        self._resolution: dict[int, _Plan] = {}
         # schema id -> column-wise decoding plan (None: left to the per-message path)
         self._flat: dict[int, _Resolution | None] = {}
 
@@ -242,35 +312,55 @@ class AvroDeserializer:
         """See :meth:`WriterSchemaCache.require`: the registry away raises here."""
         self._schemas.require(values)
 
-    def _plan(self, schema_id: int) -> tuple[Any, Any]:
+    def _plan(self, schema_id: int) -> _Plan:
         plan = self._resolution.get(schema_id)
         if plan is None:
             writer_json, writer = self._schemas.get(schema_id)
+            try:
+                scan = BoundedScan(writer, max_depth=self._max_depth)
+            except SchemaTooComplexError as exc:
+                raise UnreadableWriterSchemaError(
+                    f"writer schema id {schema_id} cannot be scanned: {exc}",
+                    schema_id=schema_id,
+                ) from exc
             stripped = _strip_logical_types(writer_json)
             if stripped == self._reader_json:
-                plan = (writer, None)
+                plan = _Plan(writer, None, scan)
             else:
-                _check_top_level(stripped, self._reader_json, schema_id)
-                plan = (writer, self._reader)
+                unions = _check_top_level(stripped, self._reader_json, schema_id)
+                plan = _Plan(writer, self._reader, scan, unions)
             self._resolution[schema_id] = plan
         return plan
 
     def __call__(self, data: bytes | None, ctx: object | None = None) -> dict[str, Any]:
+        """The record in ``data``, or a :class:`StreamscoreError` (never another
+        exception: whatever else goes wrong reading one message is that message's)."""
+        try:
+            return self._decode(data)
+        except StreamscoreError:
+            raise
+        except Exception as exc:  # RecursionError, MemoryError...: this message's problem
+            raise unexpected_decode_error(exc, limit=self._max_depth) from exc
+
+    def _decode(self, data: bytes | None) -> dict[str, Any]:
         schema_id, body = split_header(data)
-        writer, reader = self._plan(schema_id)
+        plan = self._plan(schema_id)
+        if plan.scan.guard:  # nests or repeats: bounds checked before fastavro recurses
+            plan.scan.scan(body, 0, schema_id)
         buf = io.BytesIO(body)
         try:
-            record: Any = fastavro.schemaless_reader(buf, writer, reader)
-        except EOFError as exc:
-            raise TruncatedMessageError(
-                f"Avro body ended early (schema id {schema_id}, {len(body)} bytes)"
-            ) from exc
+            record: Any = fastavro.schemaless_reader(buf, plan.writer, plan.reader)
         except _FastavroResolutionError as exc:
-            raise SchemaResolutionError(
-                f"writer schema id {schema_id} does not resolve to the reader schema: {exc}",
-                field=_field_in(str(exc)),
-            ) from exc
+            raise self._resolution_failure(plan, body, schema_id, exc) from exc
         except Exception as exc:  # fastavro raises ValueError, IndexError, UnicodeDecodeError...
+            if isinstance(exc, (RecursionError, MemoryError)):
+                raise unexpected_decode_error(exc, limit=self._max_depth) from exc
+            if not plan.scan.guard:
+                plan.scan.scan(body, 0, schema_id)  # names a broken bound, as for the others
+            if isinstance(exc, EOFError):
+                raise TruncatedMessageError(
+                    f"Avro body ended early (schema id {schema_id}, {len(body)} bytes)"
+                ) from exc
             if buf.tell() >= len(body):
                 # ran out of bytes mid-value (fastavro says so with struct/ValueErrors too)
                 raise TruncatedMessageError(
@@ -288,12 +378,44 @@ class AvroDeserializer:
             raise AvroDecodeError(f"schema id {schema_id} is not a record schema")
         return record
 
+    def _resolution_failure(
+        self, plan: _Plan, body: memoryview, schema_id: int, exc: Exception
+    ) -> SchemaResolutionError:
+        """fastavro's resolution error for one record, made precise where a writer union
+        is resolved per record: a null written for a field the reader requires, or a
+        branch of another type the reader cannot take."""
+        if plan.unions:
+            try:
+                written = fastavro.schemaless_reader(io.BytesIO(body), plan.writer, None)
+            except Exception:  # the generic error below says enough
+                written = None
+            if isinstance(written, dict):
+                for w_name, r_name, readable in plan.unions:
+                    value = written.get(w_name)
+                    if value is None and "null" not in readable:
+                        return UnexpectedNullError(
+                            f"field {r_name!r} is null in this record (writer schema id "
+                            f"{schema_id}), and the reader requires a value",
+                            field=r_name,
+                        )
+                    branches = _PY_BRANCHES.get(type(value), set())
+                    if value is not None and branches and not branches & readable:
+                        return WriterTypeMismatchError(
+                            f"field {r_name!r} holds a {type(value).__name__} in this record "
+                            f"(writer schema id {schema_id}), which the reader cannot take",
+                            field=r_name,
+                        )
+        return SchemaResolutionError(
+            f"writer schema id {schema_id} does not resolve to the reader schema: {exc}",
+            field=_field_in(str(exc)),
+        )
+
     def _flat_plan(self, schema_id: int) -> _Resolution | None:
         """How to decode messages written with ``schema_id`` column-wise, or None when
         the per-message path must read them (not a flat record, or a resolution this
         module does not mirror). Raises what ``__call__`` raises for a bad writer."""
         if schema_id not in self._flat:
-            _writer, reader = self._plan(schema_id)
+            reader = self._plan(schema_id).reader
             plan: _Resolution | None = None
             if reader is None:  # written with the reader schema: nothing to resolve
                 fields = _flat_fields(self._reader_json)
@@ -413,7 +535,10 @@ class AvroDeserializer:
         self.require(values)  # a registry away: raised here, nothing decoded
         known: dict[int, StreamscoreError] = {}  # errors already raised (_decode_columnar)
         if len(values) >= _MIN_COLUMNAR:
-            done = self._decode_columnar(values, known)
+            try:
+                done = self._decode_columnar(values, known)
+            except Exception:  # whatever it is, each message then says for itself
+                done = None
             if done is not None:
                 return done
         good: list[int] = []
@@ -424,6 +549,7 @@ class AvroDeserializer:
         last_header: bytes | None = None
         writer: Any = None
         reader: Any = None
+        guard: BoundedScan | None = None
         for i, data in enumerate(values):
             if known and i in known:
                 failed.append((i, known[i]))
@@ -436,11 +562,15 @@ class AvroDeserializer:
                 if header != last_header:
                     last_header = None
                     try:
-                        writer, reader = self._plan(HEADER.unpack(header)[1])
+                        plan = self._plan(HEADER.unpack(header)[1])
                     except StreamscoreError as exc:  # what __call__ raises for this header
                         failed.append((i, exc))
                         continue
+                    writer, reader = plan.writer, plan.reader
+                    guard = plan.scan if plan.scan.guard else None
                     last_header = header
+                if guard is not None:  # nests or repeats: bounds first (raises typed errors)
+                    guard.scan(data, HEADER_SIZE, 0)
                 buf = bytes_io(data)
                 buf.seek(HEADER_SIZE)
                 record = read(buf, writer, reader)
@@ -898,13 +1028,31 @@ def _branches(t: Any) -> set[str]:
     return out
 
 
-def _check_top_level(writer: Any, reader: Any, schema_id: int) -> None:
+#: the writer types (as :func:`_branches` names them) a decoded value may come from
+_PY_BRANCHES: dict[type, set[str]] = {
+    str: {"string", "enum"},
+    bytes: {"bytes", "fixed"},
+    bool: {"boolean"},
+    int: {"int", "long"},
+    float: {"float", "double"},
+}
+
+
+def _check_top_level(
+    writer: Any, reader: Any, schema_id: int
+) -> tuple[tuple[str, str, frozenset[str]], ...]:
     """Name the field when a writer record cannot resolve to the reader record, before
-    any message is read (fastavro's own messages do not always say which field)."""
+    any message is read (fastavro's own messages do not always say which field).
+
+    A writer union is resolved per record, as Avro does: it fails here only when none
+    of its branches can be read as the reader's type; otherwise only the records that
+    hold another branch (a null for a field the reader requires) fail. Returns those
+    unions: (writer field, reader field, the branches the reader can take)."""
     if not (isinstance(writer, dict) and isinstance(reader, dict)):
-        return
+        return ()
     if writer.get("type") != "record" or reader.get("type") != "record":
-        return
+        return ()
+    unions: list[tuple[str, str, frozenset[str]]] = []
     w_fields = {f["name"]: f for f in writer["fields"]}
     for rf in reader["fields"]:
         name = rf["name"]
@@ -920,13 +1068,16 @@ def _check_top_level(writer: Any, reader: Any, schema_id: int) -> None:
         w_types, r_types = _branches(wf["type"]), _branches(rf["type"])
         if "complex" in w_types or "complex" in r_types:
             continue
-        for wt in w_types:
-            if not (_PROMOTIONS.get(wt, {wt}) & r_types):
-                raise WriterTypeMismatchError(
-                    f"field {name!r} is {wt!r} in writer schema id {schema_id}, "
-                    f"which cannot be read as {sorted(r_types)}",
-                    field=name,
-                )
+        readable = {wt for wt in w_types if _PROMOTIONS.get(wt, {wt}) & r_types}
+        if not readable:
+            raise WriterTypeMismatchError(
+                f"field {name!r} is {' or '.join(map(repr, sorted(w_types)))} in writer "
+                f"schema id {schema_id}, which cannot be read as {sorted(r_types)}",
+                field=name,
+            )
+        if readable != w_types:
+            unions.append((name, name, frozenset(readable)))
+    return tuple(unions)
 
 
 def _field_in(message: str) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from streamscore import groundtruth, schemas, serde, synthetic
+from tests.processes import WorkerProcess, launch, wait_until
 
-from .stack import Stack, WorkerProcess, free_port
+from .stack import Stack
 
 FEEDBACK_MODULE = "streamscore.cli"
 
@@ -25,22 +26,6 @@ FEEDBACK_MODULE = "streamscore.cli"
 @dataclass
 class FeedbackProcess(WorkerProcess):
     store_dir: Path = field(default_factory=Path)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"feedback worker exited {self.proc.returncode}:\n{self.log()}"
-                )
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-                ):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"feedback worker never served /metrics:\n{self.log()}")
 
     def labels_outcomes(self) -> dict[str, float]:
         return {
@@ -54,36 +39,27 @@ def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProces
     started: list[FeedbackProcess] = []
 
     def start(store_dir: Path, *args: str, group_id: str | None = None) -> FeedbackProcess:
-        port = free_port()
-        log_path = stack.tmp / f"feedback-{len(started)}.log"
-        log = log_path.open("wb")
-        cmd = [
-            sys.executable,
-            "-m",
-            FEEDBACK_MODULE,
+        f = launch(
             "feedback",
-            "--group-id",
-            group_id or f"{stack.group_id}-feedback",
-            "--worker-id",
-            f"fb{len(started)}",
             "--store-dir",
             str(store_dir),
-            "--metrics-port",
-            str(port),
             "--checkpoint-s",
             "0.5",
             *args,
-        ]
-        proc = subprocess.Popen(cmd, env=stack.env(), stdout=log, stderr=subprocess.STDOUT)
-        f = FeedbackProcess(f"fb{len(started)}", proc, port, log_path, log, store_dir=store_dir)
+            worker_id=f"fb{len(started)}",
+            group_id=group_id or f"{stack.group_id}-feedback",
+            env=stack.env(),
+            log_path=stack.tmp / f"feedback-{len(started)}.log",
+            cls=FeedbackProcess,
+            store_dir=store_dir,
+        )
         started.append(f)
         f.wait_ready()
         return f
 
     yield start
     for f in started:
-        f.kill()
-        f._log.close()
+        f.close()
 
 
 def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
@@ -141,10 +117,41 @@ def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.Completed
     )
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> None:
+    """Until the feedback workers of ``group`` have processed everything their input holds
+    now (call it after the producers flushed): the router (group ``<group>.router``) has
+    committed the high watermarks of the predictions and feedback topics, and then the
+    joiners (``group``) the join topic's, read once the router is done. The loop commits
+    only after the store made the rows of what it settled durable, so from here on the
+    store holds every row that input can cause, duplicates included."""
+    from streamscore.feedback_router import join_topic_for
+
+    c = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"{group}-probe"})
+    try:
+
+        def high(topic: str) -> dict[TopicPartition, int]:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            out = {}
+            for p in parts:
+                tp = TopicPartition(topic, p)
+                out[tp] = c.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            return out
+
+        def caught_up(members: str, want: dict[TopicPartition, int]) -> bool:
+            probe = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": members})
+            try:
+                got = probe.committed(list(want), timeout=10)
+            finally:
+                probe.close()
+            return all(
+                tp.offset >= want[TopicPartition(tp.topic, tp.partition)] > 0
+                or want[TopicPartition(tp.topic, tp.partition)] == 0  # never written to
+                for tp in got
+            )
+
+        sources = high(stack.topics.predictions) | high(stack.topics.feedback)
+        wait_until(lambda: caught_up(f"{group}.router", sources), timeout, "the router")
+        join = high(join_topic_for(group))
+        wait_until(lambda: caught_up(group, join), timeout, f"{group} on the join topic")
+    finally:
+        c.close()

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +19,23 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamscore import schemas, serde, synthetic
 from streamscore.config import KafkaSettings, TopicSettings
-from streamscore.kafka_clients import reader_consumer, wait_for_partition_leaders
+from streamscore.kafka_clients import read_to_end, reader_consumer, wait_for_partition_leaders
 from streamscore.localcluster import LocalCluster
 from streamscore.publish import ModelTopic
 from streamscore.records import Role
 from streamscore.train import demo_bundle
+from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
+
+__all__ = [
+    "Stack",
+    "WorkerProcess",
+    "free_port",
+    "make_private_worker",
+    "make_worker",
+    "private_stack",
+    "stack",
+    "topic_factory",
+]
 
 SIGNING_KEY = "integration-test-signing-key-not-a-real-secret"
 
@@ -48,30 +55,25 @@ class Stack:
         return KafkaSettings(bootstrap_servers=self.bootstrap)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "STREAMSCORE_BOOTSTRAP": self.bootstrap,
-                "STREAMSCORE_REGISTRY_URL": self.registry_url,
-                "STREAMSCORE_SIGNING_KEY": SIGNING_KEY,
-                "STREAMSCORE_SIGNING_KEY_ID": "test",
-                "PYTHONUNBUFFERED": "1",
-            }
+        return worker_env(
+            dict(os.environ),
+            self.bootstrap,
+            self.registry_url,
+            self.topics,
+            STREAMSCORE_SIGNING_KEY=SIGNING_KEY,
+            STREAMSCORE_SIGNING_KEY_ID="test",
+            **extra,
         )
-        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
-            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
-        env.update(extra)
-        return env
 
     # ---- models
-    def model_topic(self) -> ModelTopic:
+    def model_topic(self, max_message_bytes: int = 16 * 1024 * 1024) -> ModelTopic:
         schema = schemas.load("model_envelope")
         return ModelTopic(
             self.kafka,
             self.topics.models,
             encode=serde.AvroSerializer(self.registry, f"{self.topics.models}-value", schema),
             decode=serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schema),
-            max_message_bytes=16 * 1024 * 1024,
+            max_message_bytes=max_message_bytes,
         )
 
     def publish(self, kind: str = "ab", version: int = 1, role: Role = Role.PRIMARY) -> None:
@@ -141,6 +143,18 @@ class Stack:
             c.close()
         return out
 
+    def read_to_end(self, topic: str, *, timeout: float = 120.0) -> list[Any]:
+        """Every message of ``topic`` (read_committed) up to its current end."""
+        c = Consumer(
+            reader_consumer(
+                self.kafka, f"reader-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
+            )
+        )
+        try:
+            return list(read_to_end(c, topic, deadline_s=timeout))
+        finally:
+            c.close()
+
     def decoder(self, family: str) -> serde.AvroDeserializer:
         return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
 
@@ -153,68 +167,6 @@ class Stack:
             if p["role"] == "primary":
                 ids[p["event_id"]] += 1
         return ids
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class WorkerProcess:
-    worker_id: str
-    proc: subprocess.Popen[bytes]
-    metrics_port: int
-    log_path: Path
-    _log: Any = field(repr=False, default=None)
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            return str(r.read().decode())
-
-    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for fam in text_string_to_metric_families(self.metrics_text()):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                    total += s.value
-        return total
-
-    def wait_metrics(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.sample("streamscore_model_loaded") == 1.0:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"worker never loaded a model:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-5000:] if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @contextlib.contextmanager
@@ -325,29 +277,21 @@ def make_private_worker(private_stack: Stack) -> Iterator[Callable[..., WorkerPr
 
 @contextlib.contextmanager
 def worker_launcher(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start(worker_id="w1", *args, wait=True)``: a ``streamscore score`` process of
-    ``stack``'s group; every one started is killed at the end."""
+    """``start(worker_id="w1", *args, wait=True, env=None)``: a ``streamscore score``
+    process of ``stack``'s group; every one started is killed at the end."""
     started: list[WorkerProcess] = []
 
-    def start(worker_id: str = "w1", *args: str, wait: bool = True) -> WorkerProcess:
-        port = free_port()
-        log_path = stack.tmp / f"{worker_id}-{len(started)}.log"
-        log = log_path.open("wb")
-        cmd = [
-            sys.executable,
-            "-m",
-            "streamscore.cli",
+    def start(
+        worker_id: str = "w1", *args: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        w = launch(
             "score",
-            "--worker-id",
-            worker_id,
-            "--group-id",
-            stack.group_id,
-            "--metrics-port",
-            str(port),
             *args,
-        ]
-        proc = subprocess.Popen(cmd, env=stack.env(), stdout=log, stderr=subprocess.STDOUT)
-        w = WorkerProcess(worker_id, proc, port, log_path, log)
+            worker_id=worker_id,
+            group_id=stack.group_id,
+            env=stack.env(**(env or {})),
+            log_path=stack.tmp / f"{worker_id}-{len(started)}.log",
+        )
         started.append(w)
         if wait:
             w.wait_metrics()
@@ -357,5 +301,21 @@ def worker_launcher(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
         yield start
     finally:
         for w in started:
-            w.kill()
-            w._log.close()
+            w.close()
+
+
+def wait_group_settled(
+    workers: list[WorkerProcess], partitions: int, timeout: float = 60.0
+) -> None:
+    """Until the workers own disjoint, non-empty shares of all ``partitions``."""
+    everything = {str(p) for p in range(partitions)}
+    owned: list[set[str]] = []
+
+    def settled() -> bool:
+        nonlocal owned
+        owned = [w.owned_partitions() for w in workers]
+        return (
+            all(owned) and set().union(*owned) == everything and sum(map(len, owned)) == partitions
+        )
+
+    wait_until(settled, timeout, lambda: f"group not settled: {owned}")

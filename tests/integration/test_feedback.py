@@ -25,6 +25,7 @@ from .feedback_stack import (
     produce_world,
     run_train,
     store_rows,
+    wait_group_caught_up,
     wait_rows,
     wait_until,
 )
@@ -84,6 +85,8 @@ def test_labels_store_train_publish_swap_and_live_mae_drops(
 
     # workers swap to v2; the bogus labels become unmatched as event time moves on
     wait_until(lambda: w.sample("streamscore_model_info", {"model_version": "2"}) == 1, 60, "swap")
+    # not a wait for a process: the next world's event times must lie past the bogus
+    # labels' 3 s window (the join's clock is event time, stamped at produce time)
     time.sleep(3.5)
     truth2 = produce_world(stack, 2000, seed=12)
     produce_labels(stack, truth2)
@@ -206,8 +209,8 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     fb2 = make_feedback(store, "--window-s", "600", group_id=group)
     produce_labels(stack, dict(list(b_truth.items())[1000:]))
 
-    rows = wait_rows(store, 5000, proc=fb2)
-    time.sleep(2)  # let any duplicate write show up
+    wait_rows(store, 5000, proc=fb2)
+    wait_group_caught_up(stack, group)  # any duplicate write would have happened by now
     rows = store_rows(store)
     ids = [r["event_id"] for r in rows]
     print(f"\nMEASURED rows at kill {killed_at}, after restart {len(ids)}")
@@ -251,7 +254,7 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     stack.produce_raw([(b"bad-label-key", bad_label)], topic=stack.topics.feedback)
 
     wait_rows(store, 4000, proc=fb1)
-    time.sleep(2)  # let any duplicate write show up
+    wait_group_caught_up(stack, group)  # any duplicate write would have happened by now
     ids = [r["event_id"] for r in store_rows(store)]
     assert len(ids) == len(set(ids)) == 4000  # every label once, across both writers
     assert set(ids) == set(truth)

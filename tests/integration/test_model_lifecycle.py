@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from streamscore import bundle, envelope
 from streamscore.bundle import Bundle
 from streamscore.records import FeatureField, FeatureSpec, Role
+from streamscore.signing import HmacSigner
 from streamscore.train import demo_bundle
 
 from .stack import Stack, WorkerProcess
@@ -43,14 +44,21 @@ def test_publish_v2_while_streaming_switches_without_loss_or_duplicates(
             ids.extend(stack.produce_events(200, seed=len(ids)))
             time.sleep(0.05)
 
+    def scored(version: int) -> float:
+        return w.sample("streamscore_predictions_total", {"model_version": str(version)})
+
     t = threading.Thread(target=stream)
     t.start()
-    time.sleep(2)
-    published = time.time()
-    stack.publish("ab", version=2)
-    time.sleep(3)
-    stop.set()
-    t.join()
+    try:
+        # v1 scores a few streamed batches, then v2 is published mid-stream and scores
+        # a few of its own while events keep coming
+        w.wait_until(lambda: scored(1) >= 600, "v1 scoring the stream", timeout=120)
+        published = time.time()
+        stack.publish("ab", version=2)
+        w.wait_until(lambda: scored(2) >= 600, "v2 scoring the stream", timeout=120)
+    finally:
+        stop.set()
+        t.join()
     msgs = stack.read(stack.topics.predictions, until=lambda got: len(got) >= len(ids))
     preds = _predictions(stack, msgs)
     by_id: dict[str, list[int]] = defaultdict(list)
@@ -167,6 +175,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
                     created_at_ms=now,
                     published_at_ms=now,
                     publisher="attacker",
+                    signer=HmacSigner(stack.key, "test"),  # only the artifact is at fault
                 )
             ]
         )
@@ -199,6 +208,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
                 created_at_ms=now,
                 published_at_ms=now,
                 publisher="attacker",
+                signer=HmacSigner(b"wrong-key", "test"),
             )
         ]
     )
@@ -210,14 +220,13 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
         "incompatible_features": 1,
         "reference_mismatch": 1,
     }
-    deadline = time.monotonic() + 30
-    got: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        got = {r: w.sample("streamscore_model_updates_rejected_total", {"reason": r}) for r in want}
-        if got == want:
-            break
-        time.sleep(0.3)
-    assert got == want
+
+    def rejected() -> dict[str, float]:
+        name = "streamscore_model_updates_rejected_total"
+        return {r: w.sample(name, {"reason": r}) for r in want}
+
+    w.wait_until(lambda: rejected() == want, f"rejections {want}", timeout=30)
+    assert rejected() == want
     assert w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) == 1
     ids = stack.produce_events(500, seed=11)
     preds = _predictions(stack, stack.read(stack.topics.predictions, until=lambda g: len(g) >= 500))
@@ -255,6 +264,7 @@ def test_restart_comes_back_on_latest_valid_model_not_a_rejected_one(
                 created_at_ms=now,
                 published_at_ms=now,
                 publisher="attacker",
+                signer=HmacSigner(stack.key, "test"),  # the artifact is what is tampered
             )
         ]
     )
@@ -281,12 +291,11 @@ def test_rollback_republishes_the_previous_version(
     stack.model_topic().rollback(
         "demo", Role.PRIMARY, key=stack.key, key_id="test", keyring={"test": stack.key}
     )
-    deadline = time.monotonic() + 20
-    while (
-        time.monotonic() < deadline
-        and w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) != 1
-    ):
-        time.sleep(0.2)
+    w.wait_until(
+        lambda: w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) == 1,
+        "the rollback to v1",
+        timeout=20,
+    )
     assert w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) == 1
     assert w.sample("streamscore_model_info", {"model_version": "2", "role": "primary"}) == 0
     assert w.terminate() == 0

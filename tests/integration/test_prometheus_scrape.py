@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_dashboard import (
+from tests.metric_refs import (
+    FEEDBACK_JOB,
+    SCORE_JOB,
     dashboard_exprs,
     exposed_names,
     referenced_metric_names,
     rule_exprs,
+    selected_jobs,
 )
 
+from .feedback_stack import FeedbackProcess, make_feedback_fixture  # noqa: F401
 from .stack import Stack, WorkerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,16 +220,34 @@ def test_prometheus_scrapes_a_live_worker(
     assert w.terminate() == 0
 
 
-def test_metrics_named_in_rules_and_dashboard_exist_on_a_live_worker(
-    stack: Stack, make_worker: Callable[..., WorkerProcess]
+def test_metrics_named_in_rules_and_dashboard_exist_on_live_workers(
+    stack: Stack,
+    make_worker: Callable[..., WorkerProcess],
+    make_feedback: Callable[..., FeedbackProcess],
+    tmp_path: Path,
 ) -> None:
     stack.publish("ab", version=1)
     w = make_worker("w1")
-    exposed = exposed_names(w.metrics_text())
+    fb = make_feedback(tmp_path / "gt")
+    score, feedback = exposed_names(w.metrics_text()), exposed_names(fb.metrics_text())
     wanted = referenced_metric_names(rule_exprs()) | referenced_metric_names(dashboard_exprs())
     assert len(wanted) >= 10
-    # feedback-side metrics are defined on the same Metrics class, so the score worker
-    # exports their families too (with no samples until the feedback worker sets them)
-    missing = sorted(wanted - exposed)
+    # each kind of process exports the families it sets (labelled ones with no samples
+    # until set); together they export every name deploy/ uses
+    missing = sorted(wanted - score - feedback)
     assert missing == [], f"named in deploy/ but not exported by a live worker: {missing}"
+    # a series a rule pins to a job is exported by that job's process
+    exporter = {SCORE_JOB: score, FEEDBACK_JOB: feedback}
+    pinned = 0
+    for expr in rule_exprs():
+        for name, jobs in selected_jobs(expr).items():
+            for job in jobs - {None}:
+                assert job is not None and name in exporter[job], (name, job)
+                pinned += 1
+    assert pinned >= 15
+    # the feedback worker loads no model: it has no model_loaded gauge stuck at 0
+    assert "streamscore_model_loaded" in score
+    assert "streamscore_model_loaded" not in feedback
+    assert "streamscore_live_mae" in feedback and "streamscore_live_mae" not in score
     assert w.terminate() == 0
+    assert fb.terminate() == 0

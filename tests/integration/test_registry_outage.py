@@ -18,8 +18,8 @@ from confluent_kafka.admin import AdminClient
 
 from streamscore import synthetic
 from streamscore.localcluster import LocalCluster
+from tests.processes import wait_until
 
-from .feedback_stack import wait_until
 from .stack import Stack, WorkerProcess
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import Schema
 
-from streamscore import errors, schemas, serde
+from streamscore import envelope, errors, schemas, serde
+from streamscore.envelope import ModelEnvelope
+from streamscore.records import Role
+from streamscore.signing import HmacSigner, HmacVerifier
 
 
 @pytest.fixture
@@ -88,3 +92,61 @@ def test_registry_compat_check_api_agrees(registry: Any, subject: str) -> None:
     bad = copy.deepcopy(schemas.load("event", 2))
     bad["fields"].append({"name": "d", "type": "double", "doc": "required, no default"})
     assert registry.test_compatibility(subject, Schema(json.dumps(bad), "AVRO")) is False
+
+
+def test_model_envelope_v2_evolves_backward_and_v1_records_are_refused_as_unsigned(
+    registry: Any, unique_name: Callable[[str], str]
+) -> None:
+    """model_envelope v2 adds target_version and envelope_signature (with defaults): the
+    registry takes v1 then v2 under BACKWARD; a v1 record read by today's worker has no
+    envelope signature and is refused (republish it); old readers still read v2 records;
+    a v2 without the defaults would not register."""
+    subject = f"{unique_name('models')}-value"
+    registry.set_compatibility(subject_name=subject, level="BACKWARD")
+    shipped = schemas.versions("model_envelope")
+    assert shipped[:2] == [1, 2]
+    ids = [
+        serde.AvroSerializer(registry, subject, schemas.load("model_envelope", v)).schema_id
+        for v in shipped
+    ]
+    assert len(set(ids)) == len(ids)
+    key = b"schema-evolution-test-key"
+    env = envelope.make(
+        model_name="m",
+        role=Role.PRIMARY,
+        version=1,
+        artifact=b"SSBUNDLE...",
+        signature=b"sig",
+        key_id="k",
+        created_at_ms=1_700_000_000_000,
+        published_at_ms=1_700_000_000_001,
+        publisher="p",
+        rollback=True,
+        target_version=2,
+        signer=HmacSigner(key, "k"),
+    )
+    v1_names = [f["name"] for f in schemas.load("model_envelope", 1)["fields"]]
+    old_fields = {k: v for k, v in env.to_avro().items() if k in v1_names}
+
+    def reader(v: int) -> serde.AvroDeserializer:
+        return serde.AvroDeserializer(
+            serde.WriterSchemaCache(registry), schemas.load("model_envelope", v)
+        )
+
+    old = serde.AvroSerializer(registry, subject, schemas.load("model_envelope", 1))(old_fields)
+    legacy = ModelEnvelope.from_avro(reader(2)(old))
+    assert (legacy.target_version, legacy.envelope_signature) == (None, None)
+    assert dataclasses.replace(legacy, target_version=2) == dataclasses.replace(
+        env, envelope_signature=None
+    )
+    with pytest.raises(errors.UnsignedEnvelopeError):
+        envelope.verify(legacy, HmacVerifier({"k": key}))
+    new = serde.AvroSerializer(registry, subject, schemas.load("model_envelope", 2))(env.to_avro())
+    current = ModelEnvelope.from_avro(reader(2)(new))
+    assert current == env
+    envelope.verify(current, HmacVerifier({"k": key}))
+    assert reader(1)(new) == old_fields
+    no_default = copy.deepcopy(schemas.load("model_envelope", 2))
+    no_default["fields"].append({"name": "required_later", "type": "long"})
+    with pytest.raises(errors.SchemaRegistrationError):
+        assert serde.AvroSerializer(registry, subject, no_default).schema_id > 0

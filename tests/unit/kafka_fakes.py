@@ -1,9 +1,12 @@
-"""Fake Kafka clients and records for unit tests of the thin loops (no broker)."""
+"""Fake Kafka clients and records for the thin loops without a broker: the one set used by
+the unit tests (score loop, feedback loop and router, delivery) and benchmarks/hotpath.py.
+
+Importable without pytest (the benchmarks import it too)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -11,6 +14,17 @@ from confluent_kafka import TopicPartition
 
 class FakeMessage:
     """What the loops read of a ``confluent_kafka.Message``."""
+
+    __slots__ = (
+        "_error",
+        "_headers",
+        "_key",
+        "_offset",
+        "_partition",
+        "_timestamp_ms",
+        "_topic",
+        "_value",
+    )
 
     def __init__(
         self,
@@ -53,61 +67,111 @@ class FakeMessage:
         return (1, self._timestamp_ms)
 
 
+def _triples(offsets: Sequence[Any]) -> list[tuple[str, int, int]]:
+    return [(tp.topic, tp.partition, tp.offset) for tp in offsets]
+
+
 class FakeConsumer:
-    """Hands out ``batches`` one per ``consume``, then sets ``stop``; records commits.
+    """Hands out ``batches`` one per ``consume`` (the next one is held back while a
+    partition of it is paused); once they run out it sets ``stop`` when given one.
+    ``on_consume(n)`` runs at the n-th ``consume`` call (tests stop or change the world
+    from there). Records subscriptions, seeks, stored offsets and commits (``None`` for a
+    commit of the stored offsets). ``assignment`` is ``partitions`` of ``topic``; every
+    ``position`` is ``position`` and every high watermark ``high_watermark``."""
 
-    Its assignment is every partition the batches hold (``assigned``); ``pause`` /
-    ``resume`` / ``seek`` are recorded, and the next batch is held back while a partition
-    in it is paused (``paused_polls`` counts the calls that kept the member in its group
-    meanwhile). ``on_consume``, if set, runs first in each ``consume`` (where a real
-    consumer runs its rebalance callbacks)."""
-
-    def __init__(self, batches: list[list[FakeMessage]], stop: threading.Event) -> None:
-        self.batches = batches
+    def __init__(
+        self,
+        batches: list[list[FakeMessage]] | None = None,
+        stop: threading.Event | None = None,
+        *,
+        on_consume: Callable[[int], None] | None = None,
+        topic: str = "events",
+        partitions: Sequence[int] = (0, 1),
+        position: int = 5,
+        high_watermark: int = 12,
+    ) -> None:
+        self.batches = batches if batches is not None else []
         self.stop = stop
+        self.on_consume = on_consume
+        self.topic, self.partitions = topic, list(partitions)
+        self._position, self._high = position, high_watermark
+        self.calls = 0
         self.subscribed: list[str] = []
-        self.commits: list[list[tuple[str, int, int]]] = []
-        self.closed = False
-        self.assigned = sorted({(m.topic(), m.partition()) for b in batches for m in b})
-        self.paused: set[tuple[str, int]] = set()
+        self.callbacks: dict[str, Any] = {}
+        self.paused: set[int] = set()
         self.paused_polls = 0
         self.seeks: list[tuple[str, int, int]] = []
-        self.on_consume: Callable[[], None] | None = None
+        self.stored: list[list[tuple[str, int, int]]] = []
+        self.commits: list[list[tuple[str, int, int]] | None] = []
+        self.closed = False
 
-    def subscribe(self, topics: list[str], **_callbacks: Any) -> None:
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.subscribed = topics
+        self.callbacks = callbacks
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.calls += 1
         if self.on_consume is not None:
-            self.on_consume()
-        held = self.batches[0] if self.batches else None
-        if self.paused and (
-            held is None or any((m.topic(), m.partition()) in self.paused for m in held)
-        ):
-            self.paused_polls += 1
-            return []
+            self.on_consume(self.calls)
+        if self.paused:
+            self.paused_polls += 1  # a poll that keeps a paused member in its group
         if not self.batches:
-            self.stop.set()
+            if self.stop is not None:
+                self.stop.set()
+            return []
+        if self.paused and any(m.partition() in self.paused for m in self.batches[0]):
             return []
         return self.batches.pop(0)
 
     def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p) for t, p in self.assigned]
+        return [TopicPartition(self.topic, p) for p in self.partitions]
 
     def pause(self, tps: list[TopicPartition]) -> None:
-        self.paused |= {(tp.topic, tp.partition) for tp in tps}
+        self.paused |= {tp.partition for tp in tps}
 
     def resume(self, tps: list[TopicPartition]) -> None:
-        self.paused -= {(tp.topic, tp.partition) for tp in tps}
+        self.paused -= {tp.partition for tp in tps}
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
 
-    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
-        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self._position) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_kw: Any) -> tuple[int, int]:
+        return (0, self._high)
+
+    def store_offsets(self, offsets: Sequence[Any] | None = None, **_kw: Any) -> None:
+        self.stored.append(_triples(offsets or []))
+
+    def commit(self, offsets: Sequence[Any] | None = None, asynchronous: bool = True) -> None:
+        self.commits.append(None if offsets is None else _triples(offsets))
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeSink:
+    """An output sink (``AtLeastOnceSink``'s interface) that keeps what it is sent; the
+    test sets ``backlog`` (messages waiting in the producer queue)."""
+
+    def __init__(self) -> None:
+        self.backlog = 0
+        self.sent: list[Any] = []
+        self.drains = 0
+        self.discards = 0
+
+    def send(self, batch: Any) -> None:
+        self.sent.append(batch)
+
+    def poll(self, timeout: float = 0) -> None:
+        pass
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        self.drains += 1
+
+    def discard(self) -> None:
+        self.discards += 1
 
 
 class FlakyRegistry:

@@ -1,74 +1,24 @@
 """The provisioned Grafana dashboard parses, has the operator panels, and every metric its
 queries (and the alert rules) name is defined in :class:`streamscore.metrics.Metrics`.
 
-The helpers are shared with tests/integration/test_prometheus_scrape.py, which runs the
-same name check against a live worker's /metrics."""
+The helpers live in tests/metric_refs.py: tests/integration/test_prometheus_scrape.py runs
+the same name check against live workers' /metrics."""
 
 from __future__ import annotations
-
-import json
-import re
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from streamscore.metrics import Metrics
-
-ROOT = Path(__file__).resolve().parents[2]
-GRAFANA = ROOT / "deploy" / "grafana"
-DASHBOARD = GRAFANA / "dashboards" / "streamscore.json"
-RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
-_NAME = re.compile(r"\bstreamscore_[a-z_]*[a-z]\b")
-
-
-def dashboard() -> dict[str, Any]:
-    d: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return d
-
-
-def _panels(panels: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-    for p in panels:
-        yield p
-        yield from _panels(p.get("panels", []))  # rows may nest panels
-
-
-def dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in _panels(dashboard()["panels"]) for t in p.get("targets", [])]
-
-
-def rule_exprs() -> list[str]:
-    return [
-        str(r["expr"])
-        for f in RULES
-        for g in yaml.safe_load(f.read_text())["groups"]
-        for r in g["rules"]
-    ]
-
-
-def referenced_metric_names(exprs: Iterable[str]) -> set[str]:
-    """``streamscore_*`` names in PromQL (recording-rule names use ``:`` and never match)."""
-    return {m for e in exprs for m in _NAME.findall(e)}
-
-
-def exposed_names(exposition: str) -> set[str]:
-    """Every series name a text exposition can carry, from its ``# TYPE`` lines (present
-    even for labelled families with no child yet): counters as ``x_total``, histograms as
-    ``x_bucket`` / ``x_sum`` / ``x_count``."""
-    out: set[str] = set()
-    for line in exposition.splitlines():
-        if not line.startswith("# TYPE "):
-            continue
-        _, _, name, kind = line.split(maxsplit=3)
-        out.add(name)
-        if kind == "counter":
-            base = name.removesuffix("_total")
-            out |= {base, f"{base}_total", f"{base}_created"}
-        elif kind == "histogram":
-            out |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
-    return out
+from tests.metric_refs import (
+    GRAFANA,
+    dashboard,
+    dashboard_exprs,
+    exposed_names,
+    panels,
+    referenced_metric_names,
+    rule_exprs,
+)
 
 
 def defined_names() -> set[str]:
@@ -80,7 +30,7 @@ def defined_names() -> set[str]:
 def test_dashboard_parses_and_has_the_operator_panels() -> None:
     d = dashboard()
     assert d["uid"] == "streamscore-overview"
-    titles = {p["title"] for p in _panels(d["panels"])}
+    titles = {p["title"] for p in panels(d["panels"])}
     for wanted in (
         "Throughput",
         "End-to-end latency percentiles",
@@ -93,9 +43,9 @@ def test_dashboard_parses_and_has_the_operator_panels() -> None:
         "Model updates",
     ):
         assert wanted in titles
-    ids = [p["id"] for p in _panels(d["panels"])]
+    ids = [p["id"] for p in panels(d["panels"])]
     assert len(ids) == len(set(ids))
-    for p in _panels(d["panels"]):
+    for p in panels(d["panels"]):
         assert p["datasource"]["uid"] == "prometheus"  # the provisioned datasource's uid
         refs = [t["refId"] for t in p["targets"]]
         assert len(refs) == len(set(refs)) and all(t["expr"].strip() for t in p["targets"])

@@ -29,7 +29,16 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S_VERSION = "1.30.0"  # oldest Kubernetes minor the manifests target
 CRD_KINDS = {"ScaledObject", "Kustomization"}
-YAML_FILES = sorted(p for ext in ("*.yml", "*.yaml") for p in DEPLOY.rglob(ext))
+
+
+def found(root: Path, *patterns: str, recursive: bool = False) -> list[Path]:
+    """The files below ``root`` matching ``patterns``; fails the test when there is none,
+    so a moved or renamed folder cannot turn a check into one over nothing."""
+    paths = sorted(
+        p for pat in patterns for p in (root.rglob(pat) if recursive else root.glob(pat))
+    )
+    assert paths, f"no {' or '.join(patterns)} under {root}"
+    return paths
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -37,7 +46,7 @@ def docs(path: Path) -> list[dict[str, Any]]:
 
 
 def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
-    return [(p.name, d) for p in sorted(K8S.glob("*.yaml")) for d in docs(p)]
+    return [(p.name, d) for p in found(K8S, "*.yaml") for d in docs(p)]
 
 
 def by_kind(kind: str) -> dict[str, dict[str, Any]]:
@@ -59,14 +68,15 @@ def compose_schema() -> dict[str, Any]:
 
 
 def test_every_yaml_file_parses() -> None:
-    assert len(YAML_FILES) >= 12
-    for p in YAML_FILES:
+    yaml_files = found(DEPLOY, "*.yml", "*.yaml", recursive=True)
+    assert len(yaml_files) >= 12
+    for p in yaml_files:
         assert docs(p), f"{p} is empty"
 
 
 def test_dashboard_json_parses() -> None:
-    for p in (DEPLOY / "grafana").rglob("*.json"):
-        json.loads(p.read_text())
+    for p in found(DEPLOY / "grafana", "*.json", recursive=True):
+        assert json.loads(p.read_text()), f"{p} is empty"
 
 
 # ------------------------------------------------------------------------ compose
@@ -227,7 +237,8 @@ def test_keda_scaled_object_scales_score_on_events_lag_up_to_the_partitions() ->
 def test_kustomization_lists_every_manifest() -> None:
     (k,) = docs(K8S / "kustomization.yaml")
     listed = set(k["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    present = {p.name for p in found(K8S, "*.yaml")} - {"kustomization.yaml"}
+    assert present, "no manifest besides kustomization.yaml"
     assert listed == present
 
 
@@ -250,3 +261,10 @@ def test_dockerfile_is_multistage_pinned_non_root_with_healthcheck() -> None:
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for part in src.split():
             assert (ROOT / part).exists(), part
+
+
+def test_found_fails_on_a_glob_that_matches_nothing(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match=r"no \*\.json under"):
+        found(tmp_path, "*.json", recursive=True)
+    (tmp_path / "a.json").write_text("{}")
+    assert found(tmp_path, "*.json") == [tmp_path / "a.json"]

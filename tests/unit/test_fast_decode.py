@@ -22,6 +22,8 @@ from streamscore.model_store import ModelStore
 from streamscore.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
 from streamscore.scoring import BatchScorer, InMessage, MessageBatch
 
+from .kafka_fakes import FakeMessage
+
 FLAT = {
     "type": "record",
     "name": "Flat",
@@ -384,20 +386,6 @@ def test_scorer_fast_paths_give_what_the_plain_paths_give(
     ]
 
 
-class _Msg:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-
 @pytest.mark.parametrize("topics", [["e"], ["e", "f"]])
 def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
     topics: list[str],
@@ -410,7 +398,7 @@ def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
     for _ in range(300):
         tp = (topics[int(rng.integers(len(topics)))], int(rng.integers(4)))
         next_offset[tp] = next_offset.get(tp, int(rng.integers(100))) + 1
-        msgs.append(_Msg(tp[0], tp[1], next_offset[tp]))
+        msgs.append(FakeMessage(tp[0], tp[1], next_offset[tp], None))
     first: dict[tuple[str, int], int] = {}
     last: dict[tuple[str, int], int] = {}
     for m in msgs:

@@ -56,7 +56,7 @@ def make_loop(
     store = GroundTruthStore(tmp_path)
     store.open()
     stop = threading.Event()
-    consumer = FakeConsumer(batches, stop)
+    consumer = FakeConsumer(batches, stop, topic=JOIN, partitions=(0,))
     dead: list[tuple[int, StreamscoreError]] = []
     loop = FeedbackLoop(
         consumer=consumer,

@@ -10,7 +10,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamscore import schemas, serde
-from streamscore.delivery import OutBatch
 from streamscore.errors import RegistryUnavailableError
 from streamscore.event_ids import EventIdReader
 from streamscore.feedback_router import (
@@ -21,27 +20,9 @@ from streamscore.feedback_router import (
 )
 from streamscore.metrics import Metrics
 
-from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry
+from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink, FlakyRegistry
 
 TOPICS = RouteTopics(predictions="preds", feedback="fb", join="g.join", dlq="dlq")
-
-
-class FakeSink:
-    def __init__(self) -> None:
-        self.sent: list[OutBatch] = []
-        self.drained = 0
-
-    def send(self, batch: OutBatch) -> None:
-        self.sent.append(batch)
-
-    def poll(self, timeout: float = 0) -> None:
-        pass
-
-    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
-        self.drained += 1
-
-    def discard(self) -> None:
-        pass
 
 
 class EofError:
@@ -147,7 +128,7 @@ def test_a_registry_outage_puts_the_batch_back_paused_and_polling(registry: Any)
     batch = [FakeMessage("fb", 0, 5, good), FakeMessage("fb", 1, 9, label(registry, "e8"))]
     reader = EventIdReader(serde.WriterSchemaCache(FlakyRegistry(registry, down=1)))
     sink = FakeSink()
-    consumer = FakeConsumer([batch, batch], stop)  # handed again after the seek
+    consumer = FakeConsumer([batch, batch], stop, topic="fb")  # handed again after the seek
     router, metrics = make_router(reader, consumer=consumer, sink=sink, stop=stop)
     router.run()
     assert consumer.seeks == [("fb", 0, 5), ("fb", 1, 9)]
@@ -170,12 +151,12 @@ def test_stop_during_an_outage_sends_nothing_and_drains() -> None:
         raise RegistryUnavailableError("down")
 
     sink = FakeSink()
-    consumer = FakeConsumer([[FakeMessage("fb", 0, 0, b"x")]], stop)
+    consumer = FakeConsumer([[FakeMessage("fb", 0, 0, b"x")]], stop, topic="fb")
     router, _ = make_router(down, consumer=consumer, sink=sink, stop=stop)
     router.run()
     assert sink.sent == []  # the batch's offsets are never stored: it is read again
     assert consumer.seeks == [("fb", 0, 0)]
-    assert sink.drained == 1
+    assert sink.drains == 1
     assert consumer.closed
 
 
@@ -192,4 +173,4 @@ def test_run_routes_every_batch_then_drains_and_closes(registry: Any) -> None:
     router.run()
     assert consumer.subscribed == ["preds", "fb"]
     assert [len(b.messages) for b in sink.sent] == [3, 1]
-    assert sink.drained == 1 and consumer.closed
+    assert sink.drains == 1 and consumer.closed

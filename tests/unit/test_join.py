@@ -119,6 +119,20 @@ def test_duplicates_are_settled_at_once_and_never_rejoined() -> None:
     assert j.stats.duplicate == 2 and j.stats.reconciles()
 
 
+def test_a_prediction_of_an_already_written_event_settles_at_once() -> None:
+    """After a crash between the store flush and the offset commit, a restarted worker
+    re-reads both sides of rows it already has: neither may wait for a window."""
+    written = {"done"}
+    j = JoinState(WINDOW, already_written=written.__contains__)
+    out = j.add_prediction(pred("done", off=7))
+    assert out.settled == [("predictions", 0, 7)] and out.pairs == [] and out.rows == []
+    assert len(j) == 0 and j.stats.pending_predictions == 0
+    assert j.add_label(label("done", off=8)).settled == [("feedback", 0, 8)]
+    assert j.stats.duplicate == 1 and j.stats.reconciles()
+    held = j.add_prediction(pred("new", off=9))  # not written yet: waits for its label
+    assert held.settled == [] and len(j) == 1
+
+
 def test_state_is_bounded_by_the_cap() -> None:
     j = JoinState(WINDOW, max_entries=10)
     settled = []

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.metric_refs import FEEDBACK_JOB, SCORE_JOB, selected_jobs
+
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 CONFIG = PROM / "prometheus.yml"
@@ -115,6 +117,56 @@ def test_drift_threshold_matches_the_code() -> None:
     from streamscore.drift import PSI_ALERT_THRESHOLD
 
     (rule,) = [r for r in alert_rules() if r["alert"] == "StreamscoreFeatureDrift"]
-    m = re.search(r"streamscore_feature_drift_psi\)\s*>\s*([0-9.]+)", str(rule["expr"]))
+    m = re.search(
+        r"streamscore_feature_drift_psi(?:\{[^}]*\})?\)\s*>\s*([0-9.]+)", str(rule["expr"])
+    )
     assert m is not None
     assert float(m.group(1)) == PSI_ALERT_THRESHOLD
+
+
+def test_every_alert_on_streamscore_series_selects_the_job_that_exports_them() -> None:
+    """Both kinds of process share metric names (dead letters, invalid events), and a
+    feedback target once exported model_loaded 0: an alert on a streamscore_* series
+    without a job selector fires on whichever target has it."""
+    checked = 0
+    for r in alert_rules():
+        for name, jobs in selected_jobs(str(r["expr"])).items():
+            assert None not in jobs, f"{r['alert']}: {name} without a job selector"
+            assert jobs <= {SCORE_JOB, FEEDBACK_JOB}, (r["alert"], name, jobs)
+            checked += 1
+    assert checked >= 15
+    assert selected_jobs('a{x="1"} streamscore_y') == {"streamscore_y": {None}}  # caught
+
+
+def test_no_model_loaded_selects_the_score_job() -> None:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "StreamscoreNoModelLoaded"]
+    assert selected_jobs(str(rule["expr"])) == {"streamscore_model_loaded": {SCORE_JOB}}
+
+
+def test_every_score_alert_is_fed_feedback_series_in_a_test_that_expects_silence() -> None:
+    """For each alert on score-job series, some promtool test feeds the same metric with
+    job=streamscore-feedback and expects no alert: the selector is exercised, not just
+    present (tests/alerts.test.yml, "feedback-job series fire none ...")."""
+    fed: dict[str, set[str]] = {}  # alertname -> metrics fed with the feedback job
+    for f in RULE_TESTS:
+        for t in yaml.safe_load(f.read_text())["tests"]:
+            names = {
+                name
+                for s in t.get("input_series", [])
+                for name, jobs in selected_jobs(s["series"]).items()
+                if FEEDBACK_JOB in jobs
+            }
+            for case in t.get("alert_rule_test", []):
+                if not case.get("exp_alerts"):
+                    fed.setdefault(case["alertname"], set()).update(names)
+    score_alerts = 0
+    for r in alert_rules():
+        jobs = selected_jobs(str(r["expr"]))
+        score_series = {n for n, j in jobs.items() if SCORE_JOB in j}
+        if not score_series:
+            continue
+        score_alerts += 1
+        assert score_series & fed.get(str(r["alert"]), set()), (
+            f"{r['alert']}: no silent case feeds {sorted(score_series)} from {FEEDBACK_JOB}"
+        )
+    assert score_alerts >= 10

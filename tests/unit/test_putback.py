@@ -35,20 +35,18 @@ def registry() -> Any:
 def test_put_back_pauses_polls_resumes_and_seeks_back_what_it_dropped() -> None:
     stop = threading.Event()
     late = FakeMessage("ev", 2, 40, b"x")  # from a partition assigned during the wait
-    c = FakeConsumer([[late]], stop)
-    c.assigned = [("ev", 0), ("ev", 1)]
+    c = FakeConsumer([[late]], topic="ev", partitions=(0, 1))  # never stops the put-back
     put_back = PutBack(c, stop=stop, backoff_s=(0.05, 0.1), poll_s=0.01)
-    polls = [0]
 
-    def rebalance() -> None:  # what a real consumer does inside consume()
-        polls[0] += 1
-        if polls[0] == 1:
-            c.assigned = [("ev", 0), ("ev", 2)]  # p1 revoked, p2 assigned
-            c.paused.discard(("ev", 1))
+    def rebalance(n: int) -> None:  # what a real consumer does inside consume()
+        if n == 1:
+            c.partitions = [0, 2]  # p1 revoked (and no longer paused), p2 assigned
+            c.paused.discard(1)
             put_back.revoked([TopicPartition("ev", 1)])
 
     c.on_consume = rebalance
     waited = put_back({("ev", 0): 3, ("ev", 1): 7}, "registry away")
+    c.on_consume = None
 
     assert 0.05 <= waited < 5
     assert c.seeks == [("ev", 0, 3), ("ev", 2, 40)]  # p1 forgotten, p2 sought back
@@ -165,7 +163,7 @@ def test_the_model_watcher_waits_for_the_registry_instead_of_rejecting(registry:
     flaky = FlakyRegistry(registry, down=3)
     decode = serde.AvroDeserializer(serde.WriterSchemaCache(flaky), schemas.load("model_envelope"))  # type: ignore[arg-type]
     metrics = Metrics(CollectorRegistry())
-    env = _watcher(decode, metrics)._envelope(data)
+    env = _watcher(decode, metrics)._envelope(FakeMessage("models", 0, 0, data))
     assert env is not None and (env.model_name, env.version) == ("demo", 3)
     assert flaky.lookups == 4  # three refusals, then the schema
     rejected = [
@@ -187,5 +185,5 @@ def test_the_model_watcher_stops_while_waiting_for_the_registry(registry: Any) -
     threading.Timer(0.2, watcher._stop.set).start()
     t0 = time.monotonic()
     with pytest.raises(_Stopped):
-        watcher._envelope(data)
+        watcher._envelope(FakeMessage("models", 0, 0, data))
     assert time.monotonic() - t0 < 5

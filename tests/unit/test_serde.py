@@ -250,6 +250,11 @@ def test_every_serde_error_has_its_own_reason() -> None:
         errors.WriterMissingFieldError,
         errors.WriterTypeMismatchError,
         errors.AvroDecodeError,
+        errors.UnexpectedNullError,
+        errors.UnreadableWriterSchemaError,
+        errors.NestingTooDeepError,
+        errors.ClaimedCountTooLargeError,
+        errors.ClaimedLengthTooLargeError,
         errors.EncodeError,
         errors.SchemaRegistrationError,
     ]

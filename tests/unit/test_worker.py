@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,92 +16,11 @@ from streamscore.model_store import ModelStore
 from streamscore.scoring import ScoredBatch
 from streamscore.worker import ScoreLoop
 
-
-class Msg:
-    def __init__(self, partition: int, offset: int) -> None:
-        self._p, self._o = partition, offset
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "events"
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self) -> bytes:
-        return b"v"
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1000)
+from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink
 
 
-class FakeConsumer:
-    def __init__(self, batches: list[list[Msg]], on_consume: Callable[[int], None]) -> None:
-        self.batches = batches
-        self.on_consume = on_consume
-        self.calls = 0
-        self.paused: set[int] = set()
-        self.closed = False
-        self.callbacks: dict[str, Any] = {}
-        self.seeks: list[tuple[str, int, int]] = []
-
-    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
-        self.callbacks = callbacks
-
-    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
-        self.calls += 1
-        self.on_consume(self.calls)
-        if self.paused or not self.batches:
-            return []
-        return self.batches.pop(0)
-
-    def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition("events", p) for p in (0, 1)]
-
-    def pause(self, tps: list[TopicPartition]) -> None:
-        self.paused |= {tp.partition for tp in tps}
-
-    def resume(self, tps: list[TopicPartition]) -> None:
-        self.paused -= {tp.partition for tp in tps}
-
-    def seek(self, tp: TopicPartition) -> None:
-        self.seeks.append((tp.topic, tp.partition, tp.offset))
-
-    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, 5) for tp in tps]
-
-    def get_watermark_offsets(self, tp: TopicPartition, **kw: Any) -> tuple[int, int]:
-        return (0, 12)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeSink:
-    def __init__(self) -> None:
-        self.backlog = 0
-        self.sent: list[Any] = []
-        self.drains = 0
-
-    def send(self, batch: Any) -> None:
-        self.sent.append(batch)
-
-    def poll(self, timeout: float = 0) -> None:
-        pass
-
-    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
-        self.drains += 1
-
-    def discard(self) -> None:
-        pass
+def msg(partition: int, offset: int) -> FakeMessage:
+    return FakeMessage("events", partition, offset, b"v", key=b"k", timestamp_ms=1000)
 
 
 class FakeScorer:
@@ -155,7 +73,9 @@ def make_loop(
 
 def test_offsets_of_each_batch_are_the_next_offset_per_partition() -> None:
     stop = threading.Event()
-    c = FakeConsumer([[Msg(0, 3), Msg(1, 7), Msg(0, 4)]], lambda n: stop.set() if n > 1 else None)
+    c = FakeConsumer(
+        [[msg(0, 3), msg(1, 7), msg(0, 4)]], on_consume=lambda n: stop.set() if n > 1 else None
+    )
     sink = FakeSink()
     reg = CollectorRegistry()
     stats = make_loop(c, sink, stop, reg).run()
@@ -169,7 +89,7 @@ def test_offsets_of_each_batch_are_the_next_offset_per_partition() -> None:
 
 def test_a_registry_outage_puts_the_batch_back_paused_and_polling_not_dead_lettered() -> None:
     stop = threading.Event()
-    batch = [Msg(0, 3), Msg(1, 7), Msg(0, 4)]
+    batch = [msg(0, 3), msg(1, 7), msg(0, 4)]
     sink = FakeSink()
     paused_polls: list[int] = []
 
@@ -180,7 +100,7 @@ def test_a_registry_outage_puts_the_batch_back_paused_and_polling_not_dead_lette
             stop.set()
 
     # the consumer hands the batch again after each seek, as the broker would
-    c = FakeConsumer([batch, batch, batch], step)
+    c = FakeConsumer([batch, batch, batch], on_consume=step)
     reg = CollectorRegistry()
     scorer = RegistryDownScorer(down=2)
     make_loop(c, sink, stop, reg, scorer=scorer).run()
@@ -213,7 +133,7 @@ def test_backpressure_pauses_while_the_producer_queue_is_full_and_resumes() -> N
         elif n == 6:
             stop.set()
 
-    c = FakeConsumer([[Msg(0, i)] for i in range(10)], step)
+    c = FakeConsumer([[msg(0, i)] for i in range(10)], on_consume=step)
     reg = CollectorRegistry()
     make_loop(c, sink, stop, reg, max_in_flight=100).run()
     assert seen_paused[:6] == [False, True, True, True, False, False]
@@ -222,7 +142,7 @@ def test_backpressure_pauses_while_the_producer_queue_is_full_and_resumes() -> N
 
 def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
     stop = threading.Event()
-    c = FakeConsumer([], lambda n: stop.set() if n > 2 else None)
+    c = FakeConsumer([], on_consume=lambda n: stop.set() if n > 2 else None)
     sink = FakeSink()
     reg = CollectorRegistry()
     loop = make_loop(c, sink, stop, reg)
