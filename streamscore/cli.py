@@ -2,8 +2,11 @@
 
 Environment (all optional unless said):
   STREAMSCORE_BOOTSTRAP            Kafka bootstrap servers (default: the local cluster)
-  STREAMSCORE_REGISTRY_URL         Confluent-compatible schema registry URL
+  STREAMSCORE_REGISTRY_URL         Confluent-compatible schema registry URL (credentials
+                                   in it, https://user:pass@host, are sent as basic auth)
   STREAMSCORE_REGISTRY_USER / STREAMSCORE_REGISTRY_PASSWORD   registry basic auth
+  STREAMSCORE_REGISTRY_TIMEOUT_S   per registry request (default 2)
+  STREAMSCORE_REGISTRY_MAX_RETRIES retries of one registry request (default 1)
   STREAMSCORE_SECURITY_PROTOCOL, STREAMSCORE_SASL_MECHANISM,
   STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD        Kafka auth
   STREAMSCORE_SIGNING_KEY or STREAMSCORE_SIGNING_KEY_FILE      HMAC key for model bundles
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import schemas
+from . import redact, schemas
 from .config import (
     ClusterSettings,
     KafkaSettings,
@@ -42,8 +45,9 @@ from .config import (
     SigningSettings,
     TopicSettings,
 )
-from .errors import ConfigError, StreamscoreError
+from .errors import ConfigError, InfrastructureError, StreamscoreError
 from .records import Role
+from .redact import redact_urls
 from .signing import as_verifier
 
 log = logging.getLogger("streamscore")
@@ -85,10 +89,20 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
         sasl_username=env.get("STREAMSCORE_SASL_USERNAME"),
         sasl_password=_secret(env, "STREAMSCORE_SASL_PASSWORD"),
     )
+    try:
+        timeout_s = float(env.get("STREAMSCORE_REGISTRY_TIMEOUT_S", "2"))
+        retries = int(env.get("STREAMSCORE_REGISTRY_MAX_RETRIES", "1"))
+    except ValueError:
+        raise ConfigError(
+            "STREAMSCORE_REGISTRY_TIMEOUT_S must be a number and "
+            "STREAMSCORE_REGISTRY_MAX_RETRIES an integer"
+        ) from None
     registry = RegistrySettings(
         url=env.get("STREAMSCORE_REGISTRY_URL", cluster.registry_url),
         basic_auth_user=env.get("STREAMSCORE_REGISTRY_USER"),
         basic_auth_password=_secret(env, "STREAMSCORE_REGISTRY_PASSWORD"),
+        timeout_s=timeout_s,
+        max_retries=retries,
     )
     signing = SigningSettings(
         key=_secret(env, "STREAMSCORE_SIGNING_KEY"),
@@ -336,11 +350,15 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             detail=(f"record {r.record}" if e is None else f"{e.key} v{e.version}")
             + (f": {r.reason}: {r.detail}" if r.reason else ""),
         )
-        if not scoring.exactly_once:  # a transactional producer only sends inside a batch
-            with tele_lock:
-                producer.produce(
-                    env.topics.telemetry, telemetry(t.to_avro()), scoring.worker_id.encode()
-                )
+        if scoring.exactly_once:  # a transactional producer only sends inside a batch
+            return
+        try:
+            value = telemetry(t.to_avro())
+        except InfrastructureError as exc:  # the registry away: the log line has to do
+            log.warning("model %s not reported on telemetry: %s", r.kind, exc)
+            return
+        with tele_lock:
+            producer.produce(env.topics.telemetry, value, scoring.worker_id.encode())
 
     store = ModelStore()
     updater = ModelUpdater(
@@ -558,18 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def setup_logging(*, verbose: bool = False) -> None:
+    """Log to stderr, with credentials in URLs redacted from every record whoever logs
+    it (httpx logs each registry request's URL at INFO)."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
     try:
         env = settings_from_env(os.environ)
         return int(args.func(args, env))
     except StreamscoreError as exc:
-        print(f"streamscore: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"streamscore: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -74,15 +74,64 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class RegistrySettings:
+    """The schema registry. Credentials may be in the URL (``https://user:pass@host``)
+    or given apart; either way they are sent as basic auth, never as part of a URL a
+    client could log, and ``repr`` shows neither."""
+
     url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
     basic_auth_user: str | None = None
     basic_auth_password: Secret | None = None
+    #: Per request. Short: a batch waiting on a registry that is away is put back, and
+    #: retried later, at the first lookup that fails (``worker.py``).
+    timeout_s: float = 2.0
+    #: Retries of one request (connection refused, timeout, 5xx) before it fails.
+    max_retries: int = 1
+    retry_wait_ms: int = 100
+    retry_max_wait_ms: int = 500
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ConfigError(f"registry timeout must be > 0 s, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ConfigError(f"registry max retries must be >= 0, got {self.max_retries}")
+
+    def __repr__(self) -> str:
+        from .redact import redact_urls
+
+        return (
+            f"RegistrySettings(url={redact_urls(self.url)!r}, "
+            f"basic_auth_user={self.basic_auth_user!r}, "
+            f"basic_auth_password={self.basic_auth_password!r}, timeout_s={self.timeout_s!r}, "
+            f"max_retries={self.max_retries!r}, retry_wait_ms={self.retry_wait_ms!r}, "
+            f"retry_max_wait_ms={self.retry_max_wait_ms!r})"
+        )
 
     def client_config(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {"url": self.url}
+        """``SchemaRegistryClient`` settings (secrets revealed here only)."""
+        from .redact import split_userinfo
+
+        urls: list[str] = []
+        from_url: tuple[str, str] | None = None
+        for one in self.url.split(","):
+            clean, userinfo = split_userinfo(one.strip())
+            urls.append(clean)
+            from_url = from_url or userinfo
+        conf: dict[str, Any] = {
+            "url": ",".join(urls),
+            "timeout": self.timeout_s,
+            "max.retries": self.max_retries,
+            "retries.wait.ms": self.retry_wait_ms,
+            "retries.max.wait.ms": self.retry_max_wait_ms,
+        }
         if self.basic_auth_user is not None:
+            if from_url is not None:
+                raise ConfigError(
+                    "registry credentials are given twice: in the URL and as a user/password"
+                )
             pw = self.basic_auth_password.reveal() if self.basic_auth_password else ""
             conf["basic.auth.user.info"] = f"{self.basic_auth_user}:{pw}"
+        elif from_url is not None:
+            conf["basic.auth.user.info"] = f"{from_url[0]}:{from_url[1]}"
         return conf
 
 

@@ -2,7 +2,10 @@
 
 Every error has a short machine-readable ``reason`` (used as a metrics label and in
 dead-letter headers) and, where one applies, the ``field`` at fault. Messages never
-contain secrets (signing keys, SASL passwords).
+contain secrets (signing keys, SASL passwords, credentials in URLs).
+
+Bad data (``SerdeError``, ``ValidationError``...) goes to the dead-letter topic;
+``InfrastructureError`` (a service away) never does: the work is retried.
 """
 
 from __future__ import annotations
@@ -23,6 +26,24 @@ class ConfigError(StreamscoreError):
     """Settings are missing, malformed or contradictory."""
 
     reason = "config"
+
+
+# ------------------------------------------------------------------ infrastructure
+
+
+class InfrastructureError(StreamscoreError):
+    """A service streamscore depends on is away (not the input's fault). Never
+    dead-lettered: the work is put back and retried with backoff until it answers."""
+
+    reason = "infrastructure"
+
+
+class RegistryUnavailableError(InfrastructureError):
+    """The schema registry could not be reached (refused, timed out, 5xx), or answered
+    as a registry that has just come back or lost its data does (see
+    :class:`~streamscore.serde.WriterSchemaCache`). Retryable."""
+
+    reason = "registry_unavailable"
 
 
 # --------------------------------------------------------------------------- serde
@@ -64,12 +85,6 @@ class UnknownSchemaError(SerdeError):
     def __init__(self, message: str, *, schema_id: int) -> None:
         super().__init__(message)
         self.schema_id = schema_id
-
-
-class RegistryUnavailableError(SerdeError):
-    """The schema registry could not be reached (network, 5xx). Retryable."""
-
-    reason = "registry_unavailable"
 
 
 class SchemaResolutionError(SerdeError):

@@ -14,6 +14,7 @@ empty id raises :class:`~streamscore.errors.MissingFieldError`.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import fastavro
@@ -70,6 +71,12 @@ class EventIdReader:
     def __init__(self, schemas: WriterSchemaCache) -> None:
         self._schemas = schemas
         self._leading: dict[int, bool] = {}
+
+    def require(self, values: Sequence[bytes | None]) -> None:
+        """Fetch the batch's writer schemas first: a registry that is away raises
+        :class:`~streamscore.errors.RegistryUnavailableError` before any message is read
+        (see :meth:`WriterSchemaCache.require`)."""
+        self._schemas.require(values)
 
     def __call__(self, data: bytes | None) -> str:
         schema_id, body = split_header(data)

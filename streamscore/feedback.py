@@ -42,7 +42,10 @@ resumes from the committed offsets.
 
 A message the loop cannot decode (or without a known ``streamscore.kind``) never blocks
 its partition: it is handed to ``dead_letter`` (the CLI writes it to the dead-letter
-topic), counted, and settled.
+topic), counted, and settled. A schema registry that cannot answer is not bad input: the
+batch, from the first message not yet joined, is put back
+(:class:`~streamscore.putback.PutBack`: paused, polled so the worker stays in its
+group, consumed again after a backoff).
 """
 
 from __future__ import annotations
@@ -56,12 +59,20 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from .errors import AvroDecodeError, ModelError, SerdeError, StreamscoreError, UnknownKindError
+from .errors import (
+    AvroDecodeError,
+    InfrastructureError,
+    ModelError,
+    SerdeError,
+    StreamscoreError,
+    UnknownKindError,
+)
 from .feedback_router import KIND_HEADER, LABEL, PREDICTION
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
 from .metrics import Metrics
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
+from .putback import PutBack, first_offsets
 from .records import Role, Telemetry
 
 log = logging.getLogger(__name__)
@@ -103,6 +114,7 @@ class FeedbackLoop:
         dead_letter: Callable[[Any, StreamscoreError], None] | None = None,
         checkpoint_s: float = 1.0,
         batch_size: int = 1000,
+        registry_backoff_s: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self._c = consumer
         self._topic = join_topic
@@ -122,6 +134,7 @@ class FeedbackLoop:
         self._to_settle: list[Position] = []
         self.stats = FeedbackStats()
         self._last_checkpoint = time.monotonic()
+        self._put_back = PutBack(consumer, stop=stop, backoff_s=registry_backoff_s)
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> FeedbackStats:
@@ -146,8 +159,10 @@ class FeedbackLoop:
                 self._c.close()
         return self.stats
 
-    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        if self._put_back.waiting:
+            consumer.pause(partitions)
         # rows other workers finalized for these partitions' event ids (store module doc)
         n = self.store.refresh()
         if n:
@@ -155,6 +170,7 @@ class FeedbackLoop:
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("revoked %s: checkpoint, then drop the join state", len(partitions))
+        self._put_back.revoked(partitions)
         try:
             self.checkpoint()
         except StreamscoreError as exc:  # never raise out of a rebalance callback
@@ -166,9 +182,23 @@ class FeedbackLoop:
         self._refresh_pending()
 
     # -------------------------------------------------------------------- work
+    def _registry_away(self, msgs: list[Any], exc: InfrastructureError) -> None:
+        self._m.registry_unavailable_batches.inc()
+        self._put_back(first_offsets(msgs), f"{type(exc).__name__}: {exc}")
+
     def _handle(self, msgs: list[Any]) -> None:
+        values = [m.value() for m in msgs if m.error() is None]
+        try:  # the batch's writer schemas first: a registry away puts it all back
+            for dec in (self._dec_pred, self._dec_fb):
+                require = getattr(dec, "require", None)
+                if require is not None:
+                    require(values)
+        except InfrastructureError as exc:
+            self._registry_away(msgs, exc)
+            return
+        self._put_back.ok()
         out = JoinOutput()
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -195,6 +225,10 @@ class FeedbackLoop:
                         f"join-topic message without a known {KIND_HEADER} header ({kind!r})",
                         field=KIND_HEADER,
                     )
+            except InfrastructureError as exc:  # away since the check above: the rest back
+                self.tracker.untrack(pos)
+                self._registry_away(msgs[i:], exc)
+                break
             except (SerdeError, KeyError, ValueError, TypeError) as exc:
                 # never blocks the partition: dead-lettered, counted, logged, settled
                 err = (

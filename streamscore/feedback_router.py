@@ -23,8 +23,9 @@ duplicates and writes one row per event id whatever happens.
 Bad input: a message whose event id cannot be read (not the wire format, unknown schema
 id, truncated, no id) goes to the dead-letter topic with its key and bytes untouched and
 the usual ``streamscore.error.*`` / ``streamscore.source.*`` headers. A schema registry
-that cannot be reached is not bad input: the message is retried until it answers (or
-the worker stops, leaving the batch uncommitted).
+that cannot be reached is not bad input: the whole batch is put back at the first lookup
+that fails (:class:`~streamscore.putback.PutBack`: paused, polled so the router stays in
+its group, consumed again after a backoff), nothing of it produced or committed.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .delivery import AtLeastOnceSink, OutBatch, OutMessage
-from .errors import OutputTooLargeError, RegistryUnavailableError, StreamscoreError
+from .errors import InfrastructureError, OutputTooLargeError, StreamscoreError
 from .event_ids import EventIdReader
 from .metrics import Metrics
 from .output_limits import OutputLimits, fit, wire_size
+from .putback import PutBack, first_offsets
 from .scoring import DeadLetter, InMessage, dead_letter_headers
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,6 @@ class RouteTopics:
     dlq: str
 
 
-class _Stopped(Exception):
-    """Stop was requested while waiting for the schema registry."""
-
-
 class FeedbackRouter:
     def __init__(
         self,
@@ -81,7 +79,7 @@ class FeedbackRouter:
         stop: threading.Event,
         batch_size: int = 1000,
         batch_wait_s: float = 0.2,
-        registry_retry_s: float = 1.0,
+        registry_backoff_s: tuple[float, float] = (0.5, 10.0),
         limits: OutputLimits | None = None,
     ) -> None:
         self._c = consumer
@@ -95,7 +93,7 @@ class FeedbackRouter:
         self._stop = stop
         self._batch = batch_size
         self._wait_s = batch_wait_s
-        self._retry_s = registry_retry_s
+        self._put_back = PutBack(consumer, stop=stop, backoff_s=registry_backoff_s, serve=sink.poll)
         self.routed = 0
         self.dead_lettered = 0
 
@@ -110,11 +108,16 @@ class FeedbackRouter:
             while not self._stop.is_set():
                 self._sink.poll(0)
                 msgs = self._c.consume(num_messages=self._batch, timeout=self._wait_s)
-                if msgs:
-                    try:
-                        self._sink.send(self.route(msgs))
-                    except _Stopped:
-                        break
+                if not msgs:
+                    continue
+                try:
+                    batch = self.route(msgs)
+                except InfrastructureError as exc:
+                    self._m.registry_unavailable_batches.inc()
+                    self._put_back(first_offsets(msgs), f"{type(exc).__name__}: {exc}")
+                    continue
+                self._put_back.ok()
+                self._sink.send(batch)
         finally:
             try:
                 self._sink.drain()
@@ -123,20 +126,28 @@ class FeedbackRouter:
             finally:
                 self._c.close()
 
-    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("router assigned %s", [(p.topic, p.partition) for p in partitions])
+        if self._put_back.waiting:
+            consumer.pause(partitions)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("router revoked %s", [(p.topic, p.partition) for p in partitions])
         self._sink.drain()
+        self._put_back.revoked(partitions)
 
     def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
         log.warning("router lost %s", [(p.topic, p.partition) for p in partitions])
         self._sink.discard()
+        self._put_back.revoked(partitions)
 
     def route(self, msgs: list[Any]) -> OutBatch:
         """The outputs of one consumed batch: each message re-keyed onto the join topic,
-        or dead-lettered; plus the offsets to store once they are all acknowledged."""
+        or dead-lettered; plus the offsets to store once they are all acknowledged.
+        Raises :class:`InfrastructureError` (the registry away) before anything."""
+        require = getattr(self._event_id, "require", None)
+        if require is not None:
+            require([m.value() for m in msgs if m.error() is None])
         out: list[OutMessage] = []
         offsets: dict[tuple[str, int], int] = {}
         routed = {PREDICTION: 0, LABEL: 0}
@@ -148,7 +159,9 @@ class FeedbackRouter:
             value = msg.value()
             kind = PREDICTION if topic == self.topics.predictions else LABEL
             try:
-                eid = self._read_id(value)
+                eid = self._event_id(value)
+            except InfrastructureError:
+                raise
             except StreamscoreError as exc:
                 out.append(self._dead_letter(msg, exc))
                 continue
@@ -171,15 +184,6 @@ class FeedbackRouter:
                 self._m.feedback_routed.labels(kind.decode()).inc(n)
         self.routed += routed[PREDICTION] + routed[LABEL]
         return OutBatch(out, offsets)
-
-    def _read_id(self, value: bytes | None) -> str:
-        while True:
-            try:
-                return self._event_id(value)
-            except RegistryUnavailableError as exc:
-                log.warning("schema registry unavailable, retrying: %s", exc)
-                if self._stop.wait(self._retry_s):
-                    raise _Stopped from exc
 
     def _dead_letter(self, msg: Any, exc: StreamscoreError) -> OutMessage:
         self._m.dead_letters.labels(exc.reason).inc()

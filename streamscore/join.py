@@ -440,6 +440,12 @@ class OffsetTracker:
         tp = (pos[0], pos[1])
         self._seen.setdefault(tp, deque()).append(pos[2])
 
+    def untrack(self, pos: Position) -> None:
+        """Forget the position tracked last for its partition (put back, not read)."""
+        seen = self._seen.get((pos[0], pos[1]))
+        if seen and seen[-1] == pos[2]:
+            seen.pop()
+
     def settle(self, positions: Iterable[Position]) -> None:
         touched: set[tuple[str, int]] = set()
         for topic, part, off in positions:

@@ -120,8 +120,9 @@ class Metrics:
         self.registry_unavailable_batches = Counter(
             f"{PREFIX}_registry_unavailable_batches",
             "Batches put back and consumed again because the schema registry could not be "
-            "reached (retried with backoff, never dead-lettered).",
-            registry=score,
+            "reached (retried with backoff, never dead-lettered): score workers, and the "
+            "feedback worker's router and join loop.",
+            registry=both,
         )
         self.batches_aborted = Counter(
             f"{PREFIX}_batches_aborted",

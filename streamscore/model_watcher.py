@@ -10,6 +10,8 @@ A record larger than ``max_message_bytes`` is rejected by its size before it is 
 (``too_large``: counted, reported) and the reader goes on: the consumer accepts fetch
 responses of any size the broker may send (see ``kafka_clients.model_reader_limits``), so
 a topic whose ``max.message.bytes`` is above the worker's limit cannot wedge it.
+An envelope whose writer schema cannot be fetched (the registry away) is retried with
+backoff, never rejected: it is the registry that is missing, not the envelope.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from confluent_kafka import Consumer, KafkaError
 
 from .config import KafkaSettings
 from .envelope import ModelEnvelope
-from .errors import ModelError, SerdeError
+from .errors import ModelError, RegistryUnavailableError, SerdeError
 from .kafka_clients import model_watcher_consumer, read_to_end
 from .metrics import Metrics
 from .model_updates import ModelUpdater
 
 log = logging.getLogger(__name__)
+
+
+class _Stopped(Exception):
+    """Stop was asked for while waiting for the schema registry."""
 
 
 class ModelWatcher:
@@ -41,6 +47,7 @@ class ModelWatcher:
         metrics: Metrics,
         *,
         max_message_bytes: int,
+        registry_retry_s: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self._conf = model_watcher_consumer(kafka, max_message_bytes)
         self._max = max_message_bytes
@@ -48,6 +55,7 @@ class ModelWatcher:
         self._decode = decode
         self._updater = updater
         self._metrics = metrics
+        self._retry_s = registry_retry_s
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
@@ -80,11 +88,25 @@ class ModelWatcher:
             )
             return None
         try:
-            return ModelEnvelope.from_avro(self._decode(value))
+            return ModelEnvelope.from_avro(self._decoded(value))
         except (SerdeError, KeyError, ValueError, TypeError) as exc:
             reason = exc.reason if isinstance(exc, SerdeError) else type(exc).__name__
             self._updater.reject_record("undecodable", f"{reason}: {exc}", _where(msg))
             return None
+
+    def _decoded(self, value: bytes) -> dict[str, Any]:
+        """The decoded envelope. A schema registry that cannot answer is waited for
+        (backoff doubling up to a bound), never counted as a rejection: the envelope is
+        fine, the registry is away. Raises ``_Stopped`` if asked to stop meanwhile."""
+        wait = 0.0
+        while True:
+            try:
+                return self._decode(value)
+            except RegistryUnavailableError as exc:
+                wait = min(max(2 * wait, self._retry_s[0]), self._retry_s[1])
+                log.warning("model envelope: %s; retrying in %.1f s", exc, wait)
+                if self._stop.wait(wait):
+                    raise _Stopped from exc
 
     def _run(self) -> None:
         consumer = Consumer(self._conf)
@@ -106,6 +128,8 @@ class ModelWatcher:
                         self._updater.apply(env)
                     except ModelError as exc:  # defensive: apply already reports
                         log.warning("model update failed: %s", exc)
+        except _Stopped:
+            self._caught_up.set()
         except BaseException as exc:
             self.error = exc
             log.exception("model watcher stopped")

@@ -21,6 +21,7 @@ import numpy as np
 from .bundle import LoadedModel, ScoreBatch
 from .config import LatePolicy, ScoringSettings
 from .errors import (
+    InfrastructureError,
     ModelError,
     NoModelError,
     OutputTooLargeError,
@@ -258,11 +259,20 @@ class BatchScorer:
     def _decode_all(
         self, values: Sequence[bytes | None]
     ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        """Decode the batch; an :class:`InfrastructureError` (the registry away) is raised,
+        never returned as a message's error: the batch is not bad data."""
         if self._decode_many is not None:
             try:
-                return self._decode_many(values)
+                decoded = self._decode_many(values)
+            except InfrastructureError:
+                raise
             except Exception:  # a bug in the batch path: each message then says for itself
                 log.exception("batch decode failed; decoding the batch message by message")
+            else:
+                for _i, exc in decoded[2]:
+                    if isinstance(exc, InfrastructureError):
+                        raise exc
+                return decoded
         good: list[int] = []
         events: list[dict[str, Any]] = []
         failed: list[tuple[int, StreamscoreError]] = []
@@ -271,6 +281,8 @@ class BatchScorer:
             try:
                 events.append(decode(v))
                 good.append(i)
+            except InfrastructureError:
+                raise
             except StreamscoreError as exc:
                 failed.append((i, exc))
             except Exception as exc:  # whatever one message does to a decoder is its own

@@ -94,7 +94,7 @@ def split_header(data: bytes | None) -> tuple[int, memoryview]:
     return schema_id, memoryview(data)[HEADER_SIZE:]
 
 
-def _registry_failure(exc: Exception, schema_id: int) -> Exception:
+def _registry_failure(exc: Exception, schema_id: int) -> StreamscoreError:
     status = getattr(exc, "http_status_code", None)
     if status == 404:
         return UnknownSchemaError(
@@ -108,13 +108,22 @@ def _registry_failure(exc: Exception, schema_id: int) -> Exception:
 
 class WriterSchemaCache:
     """Parsed writer schemas by id, with a short negative cache for unknown ids (so a
-    flood of messages with a bogus id does not become a flood of registry calls)."""
+    flood of messages with a bogus id does not become a flood of registry calls).
+
+    A registry that is away raises :class:`RegistryUnavailableError` (retry, never a
+    dead letter). So does a "not found" that only a registry in trouble gives: within
+    ``recovery_grace_s`` of this cache last finding the registry away (it may answer
+    before it has all its schemas back), or from a registry that holds no subject at all
+    (restarted without its storage, or the wrong registry): dead-lettering every event
+    then would turn an operator's incident into lost data. Such answers are never
+    negatively cached."""
 
     def __init__(
         self,
         registry: RegistryClient,
         *,
         negative_ttl_s: float = 30.0,
+        recovery_grace_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
@@ -122,8 +131,16 @@ class WriterSchemaCache:
         self._unreadable: dict[int, UnreadableWriterSchemaError] = {}
         self._unknown: dict[int, float] = {}
         self._negative_ttl_s = negative_ttl_s
+        self._recovery_grace_s = recovery_grace_s
+        self._away_at: float | None = None  # when the registry was last found away
+        # 404s met by require(), raised as they were to the first message that asks
+        self._fresh_unknown: dict[int, UnknownSchemaError] = {}
         self._clock = clock
         self._lock = threading.Lock()
+
+    def __contains__(self, schema_id: int) -> bool:
+        """Known and parsed already (no registry call needed)."""
+        return schema_id in self._parsed
 
     def get(self, schema_id: int) -> tuple[dict[str, Any], Any]:
         """(schema as JSON, parsed schema) for ``schema_id``."""
@@ -138,13 +155,21 @@ class WriterSchemaCache:
                 raise self._unreadable[schema_id]
             until = self._unknown.get(schema_id)
             if until is not None and self._clock() < until:
+                fresh = self._fresh_unknown.pop(schema_id, None)
+                if fresh is not None:
+                    raise fresh
                 raise UnknownSchemaError(
                     f"schema id {schema_id} is not in the registry (cached)", schema_id=schema_id
                 )
+            self._fresh_unknown.pop(schema_id, None)
             try:
                 registered = self._registry.get_schema(schema_id)
             except Exception as exc:
                 err = _registry_failure(exc, schema_id)
+                if isinstance(err, UnknownSchemaError):
+                    err = self._not_found(schema_id)
+                else:
+                    self._away_at = self._clock()
                 if isinstance(err, UnknownSchemaError):
                     self._unknown[schema_id] = self._clock() + self._negative_ttl_s
                 raise err from exc
@@ -158,6 +183,53 @@ class WriterSchemaCache:
                 raise
             self._parsed[schema_id] = entry
             return entry
+
+    def _not_found(self, schema_id: int) -> StreamscoreError:
+        """What a 404 for ``schema_id`` means: bad input, or a registry in trouble."""
+        if self._away_at is not None and self._clock() - self._away_at < self._recovery_grace_s:
+            return RegistryUnavailableError(
+                f"schema registry does not know schema id {schema_id} yet, "
+                f"{self._clock() - self._away_at:.0f} s after it was away"
+            )
+        subjects = getattr(self._registry, "get_subjects", None)
+        if subjects is not None:
+            try:
+                empty = not subjects()
+            except Exception as exc:
+                self._away_at = self._clock()
+                return _registry_failure(exc, schema_id)
+            if empty:
+                return RegistryUnavailableError(
+                    f"schema registry holds no subject at all (asked for schema id {schema_id}): "
+                    "restarted without its storage?"
+                )
+        return UnknownSchemaError(
+            f"schema id {schema_id} is not in the registry", schema_id=schema_id
+        )
+
+    def require(self, values: Sequence[bytes | None]) -> None:
+        """Fetch the writer schema of every wire-format value in a batch that is not
+        cached yet, raising :class:`RegistryUnavailableError` at the first lookup the
+        registry cannot answer (before any per-message work). Unknown ids and malformed
+        headers are left to the decoder, which reports them per message."""
+        try:
+            heads = {v[:HEADER_SIZE] for v in values}  # type: ignore[index]
+        except TypeError:  # a None value, or bytes-like values
+            heads = {bytes(v[:HEADER_SIZE]) for v in values if v is not None}
+        for head in heads:
+            if len(head) != HEADER_SIZE or head[0] != MAGIC_BYTE:
+                continue
+            schema_id = HEADER.unpack(head)[1]
+            if schema_id in self._parsed:
+                continue
+            try:
+                self.get(schema_id)
+            except UnknownSchemaError as exc:  # the decoder reports it, worded as it was
+                self._fresh_unknown[schema_id] = exc
+            except RegistryUnavailableError:
+                raise
+            except StreamscoreError:
+                continue  # that message's own error, reported by the decoder
 
 
 #: JSON nesting of a writer schema beyond which it is refused before it is parsed (the
@@ -235,6 +307,10 @@ class AvroDeserializer:
     @property
     def reader_schema(self) -> Any:
         return self._reader
+
+    def require(self, values: Sequence[bytes | None]) -> None:
+        """See :meth:`WriterSchemaCache.require`: the registry away raises here."""
+        self._schemas.require(values)
 
     def _plan(self, schema_id: int) -> _Plan:
         plan = self._resolution.get(schema_id)
@@ -452,7 +528,11 @@ class AvroDeserializer:
         with NumPy, one group per schema id, and the records come back as
         :class:`EventColumns`; otherwise each message takes a lean per-message path.
         Anything unusual (an error, an edge case of the encoding or of schema
-        resolution) is handed to ``__call__`` for its exact result."""
+        resolution) is handed to ``__call__`` for its exact result.
+
+        The writer schemas of the batch are fetched first: a registry that cannot
+        answer raises :class:`RegistryUnavailableError` before anything is decoded."""
+        self.require(values)  # a registry away: raised here, nothing decoded
         known: dict[int, StreamscoreError] = {}  # errors already raised (_decode_columnar)
         if len(values) >= _MIN_COLUMNAR:
             try:

@@ -30,10 +30,11 @@ from .delivery import (
     TransactionalSink,
 )
 from .drift import DriftMonitor
-from .errors import OutputTooLargeError, RegistryUnavailableError, StreamscoreError
+from .errors import InfrastructureError, OutputTooLargeError, StreamscoreError
 from .metrics import Metrics
 from .model_store import ModelStore
 from .output_limits import OutputLimits, fit, wire_size
+from .putback import PutBack
 from .records import Telemetry
 from .scoring import (
     BatchScorer,
@@ -210,8 +211,7 @@ class ScoreLoop:
         self._encode_telemetry = encode_telemetry
         self._stop = stop
         self._lag_interval_s = lag_interval_s
-        self._backoff_min_s, self._backoff_max_s = registry_backoff_s
-        self._backoff_s = 0.0
+        self._put_back = PutBack(consumer, stop=stop, backoff_s=registry_backoff_s, serve=sink.poll)
         self.partitions = PartitionTracker(metrics)
         self.stats = LoopStats()
         self.drift = DriftTracker(metrics) if settings.drift else None
@@ -223,18 +223,20 @@ class ScoreLoop:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         self.partitions.assigned(partitions)
-        if self._paused:
+        if self._paused or self._put_back.waiting:
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
         self._sink.drain()  # every output acknowledged, offsets committed
         self.partitions.revoked(partitions)
+        self._put_back.revoked(partitions)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         log.warning("lost %s", [(p.topic, p.partition) for p in partitions])
         self._sink.discard()
         self.partitions.revoked(partitions)
+        self._put_back.revoked(partitions)
 
     def run(self) -> LoopStats:
         c = self._consumer
@@ -301,16 +303,21 @@ class ScoreLoop:
             )
 
         snapshot = self._store.snapshot()
-        scored = self._scorer.score(MessageBatch(values, keys, make), snapshot)
-        if any(isinstance(dl.error, RegistryUnavailableError) for dl in scored.dead_letters):
-            self._put_back(first)
+        sources: list[tuple[OutMessage, DeadLetter]] = []
+        try:
+            # the registry away: raised before any scoring work (decode fetches first)
+            scored = self._scorer.score(MessageBatch(values, keys, make), snapshot)
+            t0 = time.perf_counter()
+            out = self._outputs(scored, snapshot.versions(), first, last, sources)
+        except InfrastructureError as exc:
+            self._m.registry_unavailable_batches.inc()
+            self._put_back(first, f"{type(exc).__name__}: {exc}")
+            if self._paused:  # backpressure still on: the put-back resumed everything
+                self._consumer.pause(self._consumer.assignment())
             return
-        self._backoff_s = 0.0
+        self._put_back.ok()
         if self.drift is not None:
             self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
-        t0 = time.perf_counter()
-        sources: list[tuple[OutMessage, DeadLetter]] = []
-        out = self._outputs(scored, snapshot.versions(), first, last, sources)
         batch = OutBatch(
             out,
             {k: v + 1 for k, v in last.items()},
@@ -325,25 +332,6 @@ class ScoreLoop:
             return
         produce_s = time.perf_counter() - t0
         self._record(scored, produce_s)
-
-    def _put_back(self, first: dict[tuple[str, int], int]) -> None:
-        """The schema registry could not say what a message's writer schema is. That is
-        not bad input, so nothing is dead-lettered: the whole batch is consumed again
-        after a pause that doubles while the registry stays away (bounded), and nothing
-        of it is produced or committed meanwhile."""
-        for (topic, partition), offset in first.items():
-            self._consumer.seek(TopicPartition(topic, partition, offset))
-        self._m.registry_unavailable_batches.inc()
-        self._backoff_s = min(max(2 * self._backoff_s, self._backoff_min_s), self._backoff_max_s)
-        log.warning(
-            "schema registry unavailable: batch put back, retrying in %.1f s", self._backoff_s
-        )
-        deadline = time.monotonic() + self._backoff_s
-        while not self._stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._sink.poll(min(left, 0.1))  # keep serving delivery reports
 
     def _outputs(
         self,

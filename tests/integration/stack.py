@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,16 @@ from streamscore.records import Role
 from streamscore.train import demo_bundle
 from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
 
-__all__ = ["Stack", "WorkerProcess", "free_port", "make_worker", "stack"]
+__all__ = [
+    "Stack",
+    "WorkerProcess",
+    "free_port",
+    "make_private_worker",
+    "make_worker",
+    "private_stack",
+    "stack",
+    "topic_factory",
+]
 
 SIGNING_KEY = "integration-test-signing-key-not-a-real-secret"
 
@@ -156,6 +166,16 @@ class Stack:
 
     def decoder(self, family: str) -> serde.AvroDeserializer:
         return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
+
+    def primary_ids(self, preds: list[Any]) -> Counter[str]:
+        """How many primary predictions each event id has among ``preds``."""
+        dec = self.decoder("prediction")
+        ids: Counter[str] = Counter()
+        for m in preds:
+            p = dec(m.value())
+            if p["role"] == "primary":
+                ids[p["event_id"]] += 1
+        return ids
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ def _topic_with_messages(
     for k, v in sent.items():
         p.produce(topic, key=k, value=v)
     assert p.flush(60) == 0
-    return sent
+    return topic, sent
 
 
 def _read_all(cluster: LocalCluster, topic: str, partitions: int, n: int) -> dict[bytes, bytes]:

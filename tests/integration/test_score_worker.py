@@ -20,14 +20,7 @@ def _headers(msg: Any) -> dict[str, str]:
     return {k: v.decode() for k, v in (msg.headers() or [])}
 
 
-def _primary_ids(stack: Stack, preds: list[Any]) -> Counter[str]:
-    dec = stack.decoder("prediction")
-    ids: Counter[str] = Counter()
-    for m in preds:
-        p = dec(m.value())
-        if p["role"] == "primary":
-            ids[p["event_id"]] += 1
-    return ids
+_primary_ids = Stack.primary_ids
 
 
 def test_two_workers_score_100k_events_and_counts_reconcile(

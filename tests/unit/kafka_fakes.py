@@ -72,12 +72,12 @@ def _triples(offsets: Sequence[Any]) -> list[tuple[str, int, int]]:
 
 
 class FakeConsumer:
-    """Hands out ``batches`` one per ``consume`` (none while a partition is paused); once
-    they run out it sets ``stop`` when given one. ``on_consume(n)`` runs at the n-th
-    ``consume`` call (tests stop or change the world from there). Records subscriptions,
-    seeks, stored offsets and commits (``None`` for a commit of the stored offsets).
-    ``assignment`` is ``partitions`` of ``topic``; every ``position`` is ``position`` and
-    every high watermark ``high_watermark``."""
+    """Hands out ``batches`` one per ``consume`` (the next one is held back while a
+    partition of it is paused); once they run out it sets ``stop`` when given one.
+    ``on_consume(n)`` runs at the n-th ``consume`` call (tests stop or change the world
+    from there). Records subscriptions, seeks, stored offsets and commits (``None`` for a
+    commit of the stored offsets). ``assignment`` is ``partitions`` of ``topic``; every
+    ``position`` is ``position`` and every high watermark ``high_watermark``."""
 
     def __init__(
         self,
@@ -99,6 +99,7 @@ class FakeConsumer:
         self.subscribed: list[str] = []
         self.callbacks: dict[str, Any] = {}
         self.paused: set[int] = set()
+        self.paused_polls = 0
         self.seeks: list[tuple[str, int, int]] = []
         self.stored: list[list[tuple[str, int, int]]] = []
         self.commits: list[list[tuple[str, int, int]] | None] = []
@@ -112,11 +113,13 @@ class FakeConsumer:
         self.calls += 1
         if self.on_consume is not None:
             self.on_consume(self.calls)
+        if self.paused:
+            self.paused_polls += 1  # a poll that keeps a paused member in its group
         if not self.batches:
             if self.stop is not None:
                 self.stop.set()
             return []
-        if self.paused:
+        if self.paused and any(m.partition() in self.paused for m in self.batches[0]):
             return []
         return self.batches.pop(0)
 
@@ -169,6 +172,30 @@ class FakeSink:
 
     def discard(self) -> None:
         self.discards += 1
+
+
+class FlakyRegistry:
+    """A schema registry client that is away (HTTP ``status``) for its first ``down``
+    lookups, then answers as ``inner`` (e.g. confluent's ``mock://`` registry)."""
+
+    def __init__(self, inner: Any, *, down: int = 1, status: int = 503) -> None:
+        self.inner, self.down, self.status = inner, down, status
+        self.lookups = 0
+
+    def get_schema(self, schema_id: int) -> Any:
+        self.lookups += 1
+        if self.down > 0:
+            self.down -= 1
+            exc = Exception(f"registry answered {self.status}")
+            exc.http_status_code = self.status  # type: ignore[attr-defined]
+            raise exc
+        return self.inner.get_schema(schema_id)
+
+    def register_schema(self, subject_name: str, schema: Any) -> int:
+        return int(self.inner.register_schema(subject_name, schema))
+
+    def get_subjects(self) -> list[str]:
+        return list(self.inner.get_subjects())
 
 
 def prediction_record(eid: str, *, event_time_ms: int = 1_700_000_000_000) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from streamscore.metrics import Metrics
 from streamscore.promotion import LiveQuality, PromotionDecision
 from streamscore.records import Role
 
-from .kafka_fakes import FakeConsumer, FakeMessage, prediction_record
+from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry, prediction_record
 
 T0 = 1_700_000_000_000
 JOIN = "g.join"
@@ -46,19 +46,17 @@ def kind(k: bytes) -> list[tuple[str, bytes]]:
     return [(KIND_HEADER, k)]
 
 
-def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path: Path) -> None:
+def make_loop(
+    registry: Any, batches: list[list[FakeMessage]], tmp_path: Path, **kw: Any
+) -> tuple[FeedbackLoop, FakeConsumer, Metrics, list[tuple[int, StreamscoreError]]]:
+    """A join loop over a fake consumer handing out ``batches``, its writer schemas from
+    ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
     cache = serde.WriterSchemaCache(registry)
     metrics = Metrics(CollectorRegistry())
     store = GroundTruthStore(tmp_path)
     store.open()
     stop = threading.Event()
-    batch = [
-        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
-        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
-        FakeMessage(JOIN, 0, 2, label(registry, "e2"), key=b"e2"),  # no kind header
-        FakeMessage(JOIN, 0, 3, label(registry, "e3")[:-4], key=b"e3", headers=kind(b"label")),
-    ]
-    consumer = FakeConsumer([batch], stop)
+    consumer = FakeConsumer(batches, stop, topic=JOIN, partitions=(0,))
     dead: list[tuple[int, StreamscoreError]] = []
     loop = FeedbackLoop(
         consumer=consumer,
@@ -72,7 +70,19 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         stop=stop,
         dead_letter=lambda msg, err: dead.append((msg.offset(), err)),
         checkpoint_s=60.0,
+        **kw,
     )
+    return loop, consumer, metrics, dead
+
+
+def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path: Path) -> None:
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+        FakeMessage(JOIN, 0, 2, label(registry, "e2"), key=b"e2"),  # no kind header
+        FakeMessage(JOIN, 0, 3, label(registry, "e3")[:-4], key=b"e3", headers=kind(b"label")),
+    ]
+    loop, consumer, metrics, dead = make_loop(registry, [batch], tmp_path)
     stats = loop.run()
 
     assert consumer.subscribed == [JOIN]
@@ -91,6 +101,32 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         "streamscore_feedback_labels_total", {"outcome": "joined"}
     )
     assert joined == 1
+
+
+def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The registry away at the batch's first lookup: nothing decoded, dead-lettered or
+    settled; the consumer paused and polled during the backoff, then resumed and sought
+    back; the same batch, handed again, is joined once."""
+    batch = [
+        FakeMessage(JOIN, 0, 7, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 8, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    flaky = FlakyRegistry(registry, down=1)
+    loop, consumer, metrics, dead = make_loop(
+        flaky, [batch, batch], tmp_path, registry_backoff_s=(0.01, 0.02)
+    )
+    stats = loop.run()
+
+    assert consumer.seeks == [(JOIN, 0, 7)]
+    assert consumer.paused_polls >= 1 and not consumer.paused
+    assert dead == [] and stats.undecodable == 0
+    assert (stats.predictions, stats.labels) == (1, 1)
+    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
+    assert consumer.commits[-1] == [(JOIN, 0, 9)]
+    put_back = metrics.registry.get_sample_value("streamscore_registry_unavailable_batches_total")
+    assert put_back == 1
 
 
 class FakeModelTopic:

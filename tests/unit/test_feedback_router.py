@@ -20,7 +20,7 @@ from streamscore.feedback_router import (
 )
 from streamscore.metrics import Metrics
 
-from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink
+from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink, FlakyRegistry
 
 TOPICS = RouteTopics(predictions="preds", feedback="fb", join="g.join", dlq="dlq")
 
@@ -52,7 +52,7 @@ def make_router(
         metrics=metrics,
         worker_id="fb-test",
         stop=stop or threading.Event(),
-        registry_retry_s=0.01,
+        registry_backoff_s=(0.01, 0.02),
     )
     return router, metrics
 
@@ -118,18 +118,26 @@ def test_a_message_without_a_readable_id_is_dead_lettered_untouched(registry: An
     assert router.dead_lettered == 1
 
 
-def test_a_registry_outage_is_retried_not_dead_lettered() -> None:
-    failures = [RegistryUnavailableError("down"), RegistryUnavailableError("still down")]
-
-    def flaky(_value: bytes | None) -> str:
-        if failures:
-            raise failures.pop(0)
-        return "e7"
-
-    router, metrics = make_router(flaky)
-    batch = router.route([FakeMessage("fb", 0, 0, b"x")])  # type: ignore[list-item]
-    assert [m.key for m in batch.messages] == [b"e7"]
-    assert failures == []
+def test_a_registry_outage_puts_the_batch_back_paused_and_polling(registry: Any) -> None:
+    """The registry away at the first lookup of a batch: nothing routed, dead-lettered
+    or committed; the consumer is paused and polled (stays in its group) during the
+    backoff, resumed and sought back to the batch's first offsets; once the registry
+    answers, the same batch is routed once."""
+    good = label(registry, "e7")
+    stop = threading.Event()
+    batch = [FakeMessage("fb", 0, 5, good), FakeMessage("fb", 1, 9, label(registry, "e8"))]
+    reader = EventIdReader(serde.WriterSchemaCache(FlakyRegistry(registry, down=1)))
+    sink = FakeSink()
+    consumer = FakeConsumer([batch, batch], stop, topic="fb")  # handed again after the seek
+    router, metrics = make_router(reader, consumer=consumer, sink=sink, stop=stop)
+    router.run()
+    assert consumer.seeks == [("fb", 0, 5), ("fb", 1, 9)]
+    assert consumer.paused_polls >= 1 and not consumer.paused
+    (sent,) = sink.sent
+    assert [m.key for m in sent.messages] == [b"e7", b"e8"]
+    assert sent.offsets == {("fb", 0): 6, ("fb", 1): 10}
+    assert router.dead_lettered == 0
+    assert sample(metrics, "streamscore_registry_unavailable_batches_total", {}) == 1
     assert (
         sample(metrics, "streamscore_dead_letters_total", {"reason": "registry_unavailable"}) == 0
     )
@@ -143,10 +151,11 @@ def test_stop_during_an_outage_sends_nothing_and_drains() -> None:
         raise RegistryUnavailableError("down")
 
     sink = FakeSink()
-    consumer = FakeConsumer([[FakeMessage("fb", 0, 0, b"x")]], stop)
+    consumer = FakeConsumer([[FakeMessage("fb", 0, 0, b"x")]], stop, topic="fb")
     router, _ = make_router(down, consumer=consumer, sink=sink, stop=stop)
     router.run()
     assert sink.sent == []  # the batch's offsets are never stored: it is read again
+    assert consumer.seeks == [("fb", 0, 0)]
     assert sink.drains == 1
     assert consumer.closed
 

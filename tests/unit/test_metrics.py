@@ -53,7 +53,11 @@ def test_a_feedback_worker_exports_no_model_loaded_gauge() -> None:
 def test_the_kinds_split_every_series_and_share_only_dead_letters_and_invalid_events() -> None:
     score, feedback, every = exported("score"), exported("feedback"), exported(None)
     assert score | feedback == every
-    assert score & feedback == {"streamscore_dead_letters", "streamscore_invalid_events"}
+    assert score & feedback == {
+        "streamscore_dead_letters",
+        "streamscore_invalid_events",
+        "streamscore_registry_unavailable_batches",
+    }
     assert "streamscore_predictions" in score and "streamscore_live_mae" in feedback
     assert len(every) >= 40
 

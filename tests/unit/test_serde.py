@@ -246,7 +246,6 @@ def test_every_serde_error_has_its_own_reason() -> None:
         errors.MagicByteError,
         errors.TruncatedMessageError,
         errors.UnknownSchemaError,
-        errors.RegistryUnavailableError,
         errors.SchemaResolutionError,
         errors.WriterMissingFieldError,
         errors.WriterTypeMismatchError,
@@ -259,9 +258,12 @@ def test_every_serde_error_has_its_own_reason() -> None:
         errors.EncodeError,
         errors.SchemaRegistrationError,
     ]
-    reasons = [k.reason for k in kinds]
+    reasons = [k.reason for k in kinds] + [errors.RegistryUnavailableError.reason]
     assert len(set(reasons)) == len(reasons)
     assert all(issubclass(k, errors.SerdeError) for k in kinds)
+    # a registry away is not bad data: never a SerdeError (those are dead-lettered)
+    assert issubclass(errors.RegistryUnavailableError, errors.InfrastructureError)
+    assert not issubclass(errors.RegistryUnavailableError, errors.SerdeError)
 
 
 def test_every_truncation_point_is_reported_as_truncated(registry: Any, v1_bytes: bytes) -> None:

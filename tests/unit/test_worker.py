@@ -13,7 +13,7 @@ from streamscore.config import ScoringSettings, TopicSettings
 from streamscore.errors import RegistryUnavailableError
 from streamscore.metrics import Metrics
 from streamscore.model_store import ModelStore
-from streamscore.scoring import DeadLetter, ScoredBatch
+from streamscore.scoring import ScoredBatch
 from streamscore.worker import ScoreLoop
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink
@@ -33,21 +33,19 @@ class FakeScorer:
 
 
 class RegistryDownScorer(FakeScorer):
-    """The registry is unreachable for the first ``down`` batches: their messages come
-    back as dead letters with RegistryUnavailableError, as the decoder reports them."""
+    """The registry is unreachable for the first ``down`` batches: scoring raises
+    RegistryUnavailableError before any work, as the decoder does at its first lookup."""
 
     def __init__(self, down: int) -> None:
         self.down = down
+        self.scored = 0
 
     def score(self, msgs: list[Any], snapshot: Any) -> ScoredBatch:
         if self.down <= 0:
+            self.scored += 1
             return super().score(msgs, snapshot)
         self.down -= 1
-        err = RegistryUnavailableError("schema registry failed while fetching schema id 1")
-        return ScoredBatch(
-            n_messages=len(msgs),
-            dead_letters=[DeadLetter(msgs[i], err) for i in range(len(msgs))],
-        )
+        raise RegistryUnavailableError("schema registry failed while fetching schema id 1")
 
 
 def make_loop(
@@ -89,20 +87,31 @@ def test_offsets_of_each_batch_are_the_next_offset_per_partition() -> None:
     assert reg.get_sample_value("streamscore_events_consumed_total", {"topic": "events"}) == 3
 
 
-def test_a_registry_outage_puts_the_batch_back_instead_of_dead_lettering_it() -> None:
+def test_a_registry_outage_puts_the_batch_back_paused_and_polling_not_dead_lettered() -> None:
     stop = threading.Event()
     batch = [msg(0, 3), msg(1, 7), msg(0, 4)]
-    # the consumer hands the batch again after each seek, as the broker would
-    c = FakeConsumer([batch, batch, batch], on_consume=lambda n: stop.set() if n > 3 else None)
     sink = FakeSink()
+    paused_polls: list[int] = []
+
+    def step(n: int) -> None:
+        if c.paused:
+            paused_polls.append(n)  # polled while paused: the member stays in its group
+        if sink.sent:
+            stop.set()
+
+    # the consumer hands the batch again after each seek, as the broker would
+    c = FakeConsumer([batch, batch, batch], on_consume=step)
     reg = CollectorRegistry()
-    make_loop(c, sink, stop, reg, scorer=RegistryDownScorer(down=2)).run()
+    scorer = RegistryDownScorer(down=2)
+    make_loop(c, sink, stop, reg, scorer=scorer).run()
 
     # twice put back to where the batch started, then scored once, nothing dead-lettered
     assert c.seeks == [("events", 0, 3), ("events", 1, 7)] * 2
+    assert scorer.scored == 1
     (sent,) = sink.sent
     assert not [m for m in sent.messages if m.topic == TopicSettings().dlq]
     assert sent.offsets == {("events", 0): 5, ("events", 1): 8}
+    assert len(paused_polls) >= 2 and not c.paused  # paused while waiting, resumed after
     assert reg.get_sample_value("streamscore_registry_unavailable_batches_total") == 2
     assert (
         reg.get_sample_value("streamscore_dead_letters_total", {"reason": "registry_unavailable"})

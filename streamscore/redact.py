@@ -1,0 +1,65 @@
+"""Credentials in URLs (``https://user:secret@host``) never reach a log line.
+
+Two layers: :func:`split_userinfo` takes the credentials out of a URL before any client
+sees it (they travel as basic auth instead), and :class:`RedactingFilter`, installed on
+the CLI's log handlers, rewrites ``scheme://user:pass@`` to ``scheme://***@`` in every
+record (message, arguments and traceback), whoever logs it: httpx logs each request's
+URL at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+#: ``scheme://userinfo@``: userinfo up to the first ``@`` before any ``/``, ``?`` or ``#``
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#@\s]+@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``***``."""
+    if "@" not in text:
+        return text
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``(url without userinfo, (user, password) or None)``; percent-escapes decoded."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return clean, (unquote(user), unquote(password))
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites credentials in URLs out of a record (install it on handlers: a filter
+    on a logger does not see records its children propagate)."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: leave it to the handler to report
+            return True
+        clean = redact_urls(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_urls(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_urls(record.stack_info)
+        return True
+
+
+def install(handlers: list[logging.Handler] | None = None) -> None:
+    """Put a :class:`RedactingFilter` on ``handlers`` (default: the root logger's)."""
+    for h in logging.getLogger().handlers if handlers is None else handlers:
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(RedactingFilter())
