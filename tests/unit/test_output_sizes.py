@@ -34,7 +34,7 @@ from streamscore.records import Role
 from streamscore.scoring import BatchScorer, InMessage
 from streamscore.worker import ScoreLoop
 
-from .kafka_fakes import FakeMessage
+from .kafka_fakes import FakeMessage, FakeSink
 from .test_scoring import decode_prediction, env, v1  # noqa: F401 (fixtures)
 
 TOPICS = TopicSettings()
@@ -410,7 +410,7 @@ def test_feedback_router_cuts_dead_letters_and_dead_letters_what_the_join_topic_
     metrics = Metrics(CollectorRegistry())
     router = FeedbackRouter(
         consumer=None,
-        sink=None,  # type: ignore[arg-type]
+        sink=FakeSink(),  # type: ignore[arg-type]
         topics=topics,
         event_id=EventIdReader(serde.WriterSchemaCache(reg)),
         metrics=metrics,
