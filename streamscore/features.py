@@ -201,18 +201,3 @@ def impute(cols: Columns, spec: FeatureSpec) -> np.ndarray:
             if fill.any():
                 x[fill, j] = f.impute_value
     return x
-
-
-def from_rows(
-    rows: Sequence[Mapping[str, Any]], spec: FeatureSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """Training entry point: (matrix of the valid rows, mask of which rows were valid).
-
-    Applies exactly the serving checks (see :mod:`streamscore.validation`) so a model is
-    never trained on rows it would refuse to score.
-    """
-    from .validation import validate
-
-    cols = extract(rows, spec)
-    result = validate(cols, spec)
-    return impute(cols, spec)[result.valid], result.valid

@@ -34,7 +34,7 @@ indexes the files the others finalized since, so a re-read label is still known.
 
 Reading (:func:`read_rows`, :func:`read_training_data`) prunes partitions by hour and
 filters on event time (``since`` inclusive, ``until`` exclusive, epoch ms). Training
-matrices are built with :func:`streamscore.features.from_rows` and the model's
+matrices are built with :func:`streamscore.prepare.from_rows` and the model's
 :class:`FeatureSpec`: the same checks and encoding as serving.
 """
 
@@ -420,10 +420,10 @@ def label_as_class(v: Any) -> str:
 def training_data(
     rows: Sequence[dict[str, Any]], spec: FeatureSpec, task: Task = Task.REGRESSION
 ) -> TrainingData:
-    """The training matrix for ``rows`` through :func:`features.from_rows` (serving's
+    """The training matrix for ``rows`` through :func:`prepare.from_rows` (serving's
     code path); rows the serving checks would refuse, or with unusable labels, are left
     out."""
-    from .features import from_rows
+    from .prepare import from_rows
 
     raws = [raw_inputs(r) for r in rows]
     y_all, y_ok = labels_array(rows, task)

@@ -4,7 +4,7 @@ Retraining from the ground-truth store (``streamscore train``)::
 
     rows  = groundtruth.read_rows(store, since, until)          # event-time ordered
     split = the most recent ``holdout_fraction`` of rows (by event time) is held out
-    X, y  = groundtruth.training_data(rows, spec)               # features.from_rows
+    X, y  = groundtruth.training_data(rows, spec)               # prepare.from_rows
     fit the candidate on the older part, evaluate candidate and current primary on the
     held-out part (each with its own feature spec, on the rows valid for both), and
     publish only when :func:`should_publish` says the candidate is better by the margin.

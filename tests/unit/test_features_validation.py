@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamscore import errors, features, validation
+from streamscore import errors, features, prepare, validation
 from streamscore.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy
 
 
@@ -94,7 +94,7 @@ def test_unknown_category_rejected_when_policy_rejects() -> None:
 
 
 def test_from_rows_uses_the_serving_checks(spec: FeatureSpec) -> None:
-    x, valid = features.from_rows([ev(), ev(a=500.0), ev(b=None)], spec)
+    x, valid = prepare.from_rows([ev(), ev(a=500.0), ev(b=None)], spec)
     assert valid.tolist() == [True, False, False]
     assert x.shape == (1, 4)
 
