@@ -29,13 +29,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import redact, schemas
 from .config import (
     ClusterSettings,
+    Env,
     KafkaSettings,
     LatePolicy,
     MetricsSettings,
@@ -49,22 +49,12 @@ from .errors import ConfigError, InfrastructureError, StreamscoreError
 from .records import Role
 from .redact import redact_urls
 from .signing import as_verifier
+from .stop import install_stop_signals
 
 log = logging.getLogger("streamscore")
 
 
 # ------------------------------------------------------------------ settings from env
-
-
-@dataclass(frozen=True)
-class Env:
-    kafka: KafkaSettings
-    registry: RegistrySettings
-    topics: TopicSettings
-    signing: SigningSettings
-    keyring: Mapping[str, bytes]
-    cluster: ClusterSettings
-    model_max_bytes: int
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:
@@ -246,15 +236,6 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         print(f"retired {args.name}/{role.value} v{v}")
         return 0
     raise ConfigError(f"unknown model action {args.action}")
-
-
-def install_stop_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("signal %s: finishing the batch in flight, then stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None]:

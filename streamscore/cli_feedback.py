@@ -21,7 +21,7 @@ from .records import Role, Task
 
 if TYPE_CHECKING:
     from .bundle import LoadedModel
-    from .cli import Env
+    from .config import Env
     from .publish import ModelTopic
 
 log = logging.getLogger("streamscore")
@@ -190,7 +190,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
     join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
     stop = threading.Event()
-    from .cli import install_stop_signals
+    from .stop import install_stop_signals
 
     install_stop_signals(stop)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))

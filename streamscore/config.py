@@ -16,6 +16,19 @@ from typing import Any
 from .errors import ConfigError
 
 
+@dataclass(frozen=True)
+class Env:
+    """Every setting a command reads from the environment (built by the CLI only)."""
+
+    kafka: KafkaSettings
+    registry: RegistrySettings
+    topics: TopicSettings
+    signing: SigningSettings
+    keyring: Mapping[str, bytes]
+    cluster: ClusterSettings
+    model_max_bytes: int
+
+
 class Secret:
     """A string that never shows itself in ``repr``, ``str``, logs or exceptions."""
 
