@@ -649,7 +649,7 @@ class LocalCluster:
 
     def _write_pom(self, staging: Path) -> Path:
         template = (
-            resources.files("streamscore")
+            resources.files(__package__ or "streamscore")  # resources/ sits beside this module
             .joinpath("resources/cluster-pom.xml")
             .read_text(encoding="utf-8")
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ _FILE = re.compile(r"^(?P<name>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
 
 
 def schema_dir() -> Path:
-    """``streamscore/_schemas`` in an installed wheel, the repo's ``schemas/`` otherwise."""
-    packaged = Path(__file__).parent / "_schemas"
+    """``streamscore/_schemas`` in an installed wheel, the repo's ``schemas/`` otherwise
+    (found from the top package, wherever in it this module lives)."""
+    package = Path(str(resources.files("streamscore")))
+    packaged = package / "_schemas"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return package.resolve().parent / "schemas"
 
 
 def versions(name: str) -> list[int]:
