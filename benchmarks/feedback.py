@@ -33,12 +33,14 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streamscore import groundtruth, schemas, serde
 from streamscore.cli import settings_from_env
-from streamscore.config import TopicSettings
-from streamscore.demo import group_settled
-from streamscore.feedback_router import join_topic_for
-from streamscore.kafka_clients import wait_for_partition_leaders
+from streamscore.core.config import TopicSettings
+from streamscore.dev.demo import group_settled
+from streamscore.feedback import groundtruth
+from streamscore.feedback.router import join_topic_for
+from streamscore.kafka.clients import wait_for_partition_leaders
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 from tests.processes import WorkerProcess, launch, worker_env
 
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         if "STREAMSCORE_BOOTSTRAP" not in os.environ:
-            from streamscore.localcluster import LocalCluster
+            from streamscore.dev.localcluster import LocalCluster
 
             cluster = LocalCluster(env.cluster, TopicSettings())
             if not cluster.status().running:

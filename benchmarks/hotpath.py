@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.hotpath [--model hgb|lr] [--batch 500] [--profile]``.
 ``--decode`` times ``AvroDeserializer.decode_many`` alone instead (see :func:`bench_decode`).
 
-Drives :meth:`streamscore.worker.ScoreLoop._batch` (wrap consumed messages, decode,
+Drives :meth:`streamscore.score.worker.ScoreLoop._batch` (wrap consumed messages, decode,
 validate, features, predict, encode, build outputs, produce, record metrics) on
 pre-encoded bench events. Consumed messages are in-memory stand-ins; the producer is a
 real librdkafka producer against librdkafka's in-process mock cluster
@@ -24,15 +24,17 @@ import numpy as np
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from streamscore import schemas, serde, synthetic
-from streamscore.bundle import sign_bundle, verify_and_load
-from streamscore.config import ScoringSettings, TopicSettings
-from streamscore.delivery import AtLeastOnceSink
-from streamscore.metrics import Metrics
-from streamscore.model_store import ModelStore
-from streamscore.records import Role
-from streamscore.scoring import BatchScorer
-from streamscore.worker import ScoreLoop
+from streamscore.core.config import ScoringSettings, TopicSettings
+from streamscore.core.records import Role
+from streamscore.kafka.delivery import AtLeastOnceSink
+from streamscore.metrics.series import Metrics
+from streamscore.models.bundle import sign_bundle, verify_and_load
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import BatchScorer
+from streamscore.score.worker import ScoreLoop
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
 from tests.unit.kafka_fakes import FakeConsumer, FakeMessage
 
 from . import workload

@@ -60,12 +60,13 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streamscore import schemas, serde
 from streamscore.cli import settings_from_env
-from streamscore.config import KafkaSettings, RegistrySettings, TopicSettings
-from streamscore.kafka_clients import reader_consumer, wait_for_partition_leaders
-from streamscore.publish import ModelTopic
-from streamscore.records import Role
+from streamscore.core.config import KafkaSettings, RegistrySettings, TopicSettings
+from streamscore.core.records import Role
+from streamscore.kafka.clients import reader_consumer, wait_for_partition_leaders
+from streamscore.models.publish import ModelTopic
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 from tests.processes import launch, sample, worker_env
 
 from . import workload
@@ -924,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     bench: Bench | None = None
     try:
         if not external:
-            from streamscore.localcluster import LocalCluster
+            from streamscore.dev.localcluster import LocalCluster
 
             cluster = LocalCluster(env.cluster, TopicSettings())
             if not cluster.status().running:

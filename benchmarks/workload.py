@@ -20,9 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streamscore import serde
-from streamscore.bundle import Bundle, build_bundle
-from streamscore.records import FeatureField, FeatureSpec
+from streamscore.core.records import FeatureField, FeatureSpec
+from streamscore.models.bundle import Bundle, build_bundle
+from streamscore.serde import codec as serde
 
 SCHEMA_PATH = Path(__file__).with_name("bench_event.avsc")
 N_FEATURES = 10

@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import redact, schemas
-from .config import (
+from .core import redact
+from .core.config import (
     ClusterSettings,
     Env,
     KafkaSettings,
@@ -45,11 +45,12 @@ from .config import (
     SigningSettings,
     TopicSettings,
 )
-from .errors import ConfigError, InfrastructureError, StreamscoreError
-from .records import Role
-from .redact import redact_urls
-from .signing import as_verifier
-from .stop import install_stop_signals
+from .core.errors import ConfigError, InfrastructureError, StreamscoreError
+from .core.records import Role
+from .core.redact import redact_urls
+from .core.stop import install_stop_signals
+from .models.signing import as_verifier
+from .serde import schemas
 
 log = logging.getLogger("streamscore")
 
@@ -124,20 +125,20 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
 
 
 def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
-    from .localcluster import LocalCluster, main_cluster
+    from .dev.localcluster import LocalCluster, main_cluster
 
     return main_cluster(args.action, LocalCluster(env.cluster, env.topics))
 
 
 def _registry(env: Env) -> Any:
-    from .serde import registry_client
+    from .serde.codec import registry_client
 
     return registry_client(env.registry.client_config())
 
 
 def _model_topic(env: Env) -> Any:
-    from .publish import ModelTopic
-    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .models.publish import ModelTopic
+    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
 
     reg = _registry(env)
     schema = schemas.load("model_envelope")
@@ -154,7 +155,7 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
     if args.bundle:
         return Path(args.bundle).read_bytes()
     if args.estimator:
-        from .model_build import bundle_from_files
+        from .models.build import bundle_from_files
 
         if not (args.spec and args.data):
             raise ConfigError("--estimator needs --spec (feature spec JSON) and --data (a sample)")
@@ -165,7 +166,7 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
             name=args.name,
             version=args.version or version(),
         ).to_bytes()
-    from .train import demo_bundle
+    from .train.training import demo_bundle
 
     return demo_bundle(args.demo, name=args.name, version=args.version or version()).to_bytes()
 
@@ -183,8 +184,8 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         return 0
     topic = _model_topic(env)
     if args.action == "list":
-        from . import envelope as env_mod
-        from .errors import ModelError
+        from .core.errors import ModelError
+        from .models import envelope as env_mod
 
         rows = topic.read_all()
         print(
@@ -242,7 +243,7 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     """The output topics' record limits (and the events topic's, for the consumer's
     fetch sizes): ``--max-message-bytes`` for all of them, or else each topic's
     ``max.message.bytes`` read from the cluster."""
-    from .output_limits import OutputLimits
+    from .kafka.output_limits import OutputLimits
 
     t = env.topics
     outputs = (t.predictions, t.dlq, t.telemetry, t.late)
@@ -251,7 +252,7 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
         return OutputLimits(dict.fromkeys(outputs, n), default=n), n
     from confluent_kafka.admin import AdminClient
 
-    from .kafka_clients import topic_limits
+    from .kafka.clients import topic_limits
 
     read = topic_limits(AdminClient(env.kafka.client_config()), [*outputs, t.events])
     input_limit = read.pop(t.events, None)
@@ -264,17 +265,17 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from prometheus_client import CollectorRegistry
 
-    from .bundle import reader_fields_from_schema
-    from .delivery import AtLeastOnceSink, TransactionalSink
-    from .kafka_clients import score_consumer, score_producer
-    from .metrics import Metrics, serve
-    from .model_store import ModelStore
-    from .model_updates import ModelUpdater, UpdateReport
-    from .model_watcher import ModelWatcher
-    from .records import Telemetry
-    from .scoring import BatchScorer
-    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
-    from .worker import ScoreLoop
+    from .core.records import Telemetry
+    from .kafka.clients import score_consumer, score_producer
+    from .kafka.delivery import AtLeastOnceSink, TransactionalSink
+    from .metrics.series import Metrics, serve
+    from .models.bundle import reader_fields_from_schema
+    from .models.store import ModelStore
+    from .models.updates import ModelUpdater, UpdateReport
+    from .models.watcher import ModelWatcher
+    from .score.batch import BatchScorer
+    from .score.worker import ScoreLoop
+    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
 
     if not env.keyring:
         raise ConfigError(
@@ -426,7 +427,7 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, env: Env) -> int:
-    from .demo import Demo, DemoSettings, print_summary
+    from .dev.demo import Demo, DemoSettings, print_summary
 
     # Ctrl-C and SIGTERM unwind the demo (its finally blocks stop every child), even when
     # SIGINT was inherited as ignored (a background job of a non-interactive shell).
@@ -446,7 +447,7 @@ def cmd_demo(args: argparse.Namespace, env: Env) -> int:
         summary = demo.run()
     finally:
         if args.down and not external:
-            from .localcluster import LocalCluster
+            from .dev.localcluster import LocalCluster
 
             LocalCluster(env.cluster, env.topics).down()
     print_summary(summary)

@@ -15,14 +15,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import schemas
-from .errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
-from .records import Role, Task
+from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
+from .core.records import Role, Task
+from .serde import schemas
 
 if TYPE_CHECKING:
-    from .bundle import LoadedModel
-    from .config import Env
-    from .publish import ModelTopic
+    from .core.config import Env
+    from .models.bundle import LoadedModel
+    from .models.publish import ModelTopic
 
 log = logging.getLogger("streamscore")
 
@@ -48,14 +48,14 @@ def parse_time_ms(text: str | None) -> int | None:
 
 
 def _registry(env: Env) -> Any:
-    from .serde import registry_client
+    from .serde.codec import registry_client
 
     return registry_client(env.registry.client_config())
 
 
 def model_topic(env: Env, reg: Any = None) -> ModelTopic:
-    from .publish import ModelTopic
-    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .models.publish import ModelTopic
+    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
 
     reg = reg if reg is not None else _registry(env)
     schema = schemas.load("model_envelope")
@@ -71,7 +71,7 @@ def model_topic(env: Env, reg: Any = None) -> ModelTopic:
 def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel | None:
     """The active primary of ``name`` on the model topic (None if none or retired), by
     the workers' rules: forged or replayed records are not taken for it."""
-    from .bundle import verify_and_load
+    from .models.bundle import verify_and_load
 
     _state, latest, _envs = topic.state(name, Role.PRIMARY, keyring)
     if latest is None:
@@ -87,22 +87,27 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka.admin import AdminClient
     from prometheus_client import CollectorRegistry
 
-    from .delivery import AtLeastOnceSink
-    from .event_ids import EventIdReader
-    from .feedback import FeedbackLoop, make_telemetry, promote_shadow
-    from .feedback_router import FeedbackRouter, RouteTopics, join_topic_for
-    from .groundtruth import GroundTruthStore
-    from .join import JoinState
-    from .kafka_clients import (
+    from .feedback.groundtruth import GroundTruthStore
+    from .feedback.join import JoinState
+    from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
+    from .feedback.promotion import (
+        LiveQuality,
+        PromotionDecision,
+        PromotionPolicy,
+        PromotionSettings,
+    )
+    from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .kafka.clients import (
         ensure_topic,
         feedback_consumer,
         partition_count,
         plain_producer,
         router_consumer,
     )
-    from .metrics import Metrics, serve
-    from .promotion import LiveQuality, PromotionDecision, PromotionPolicy, PromotionSettings
-    from .serde import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .kafka.delivery import AtLeastOnceSink
+    from .metrics.series import Metrics, serve
+    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .serde.event_ids import EventIdReader
 
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
     promo = PromotionSettings(
@@ -169,15 +174,15 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     want = args.join_partitions or max([n for n in sources if n] + [1])
     retention_ms = int(args.join_retention_h * 3_600_000)
     n_join = ensure_topic(admin, topics.join, want, {"retention.ms": str(retention_ms)})
-    from .kafka_clients import topic_limits
-    from .output_limits import OutputLimits
+    from .kafka.clients import topic_limits
+    from .kafka.output_limits import OutputLimits
 
     limits = OutputLimits(topic_limits(admin, [topics.join, topics.dlq, env.topics.telemetry]))
     log.info("output record limits (max.message.bytes): %s", limits.as_dict())
     producer = Producer(plain_producer(env.kafka, max_message_bytes=limits.producer_max_bytes()))
 
     def dead_letter(msg: Any, err: StreamscoreError) -> None:
-        from .feedback_router import dead_letter_message
+        from .feedback.router import dead_letter_message
 
         out = dead_letter_message(
             msg, err, worker_id=worker_id, dlq_topic=topics.dlq, limit=limits.limit(topics.dlq)
@@ -190,7 +195,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
     join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
     stop = threading.Event()
-    from .stop import install_stop_signals
+    from .core.stop import install_stop_signals
 
     install_stop_signals(stop)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
@@ -265,8 +270,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_train(args: argparse.Namespace, env: Env) -> int:
-    from .groundtruth import read_rows
-    from .train import retrain, spec_by_name
+    from .feedback.groundtruth import read_rows
+    from .train.training import retrain, spec_by_name
 
     spec = spec_by_name(args.features)
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)

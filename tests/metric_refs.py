@@ -2,7 +2,7 @@
 queries, the Prometheus rules) and which a text exposition carries.
 
 Shared by the unit tier (tests/unit/test_dashboard.py, test_prometheus_rules.py: against
-:class:`streamscore.metrics.Metrics`) and the integration tier
+:class:`streamscore.metrics.series.Metrics`) and the integration tier
 (tests/integration/test_prometheus_scrape.py: against live workers' /metrics)."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from streamscore.config import TopicSettings
+from streamscore.core.config import TopicSettings
 
 TOPIC_NAMES = ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
 

@@ -6,7 +6,7 @@ The cluster is chosen in this order:
    ``STREAMSCORE_TEST_REGISTRY_URL``;
 2. testcontainers with Confluent's Kafka and Schema Registry images, when a Docker engine
    answers ``docker info`` quickly;
-3. otherwise the local JVM cluster (:class:`streamscore.localcluster.LocalCluster`): reused
+3. otherwise the local JVM cluster (:class:`streamscore.dev.localcluster.LocalCluster`): reused
    if it is already running (and then left running), else started for the session and
    stopped at the end.
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from streamscore.config import ClusterSettings, TopicSettings
-from streamscore.localcluster import LocalCluster, create_topics
+from streamscore.core.config import ClusterSettings, TopicSettings
+from streamscore.dev.localcluster import LocalCluster, create_topics
 
 _HERE = Path(__file__).parent
 CONFLUENT_VERSION = "7.6.1"

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streamscore import groundtruth, schemas, serde, synthetic
+from streamscore.feedback import groundtruth
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
 from tests.processes import WorkerProcess, launch, wait_until
 
 from .stack import Stack
@@ -124,7 +127,7 @@ def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> No
     joiners (``group``) the join topic's, read once the router is done. The loop commits
     only after the store made the rows of what it settled durable, so from here on the
     store holds every row that input can cause, duplicates included."""
-    from streamscore.feedback_router import join_topic_for
+    from streamscore.feedback.router import join_topic_for
 
     c = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"{group}-probe"})
     try:

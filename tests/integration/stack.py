@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streamscore import schemas, serde, synthetic
-from streamscore.config import KafkaSettings, TopicSettings
-from streamscore.kafka_clients import read_to_end, reader_consumer, wait_for_partition_leaders
-from streamscore.localcluster import LocalCluster
-from streamscore.publish import ModelTopic
-from streamscore.records import Role
-from streamscore.train import demo_bundle
+from streamscore.core.config import KafkaSettings, TopicSettings
+from streamscore.core.records import Role
+from streamscore.dev.localcluster import LocalCluster
+from streamscore.kafka.clients import read_to_end, reader_consumer, wait_for_partition_leaders
+from streamscore.models.publish import ModelTopic
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
+from streamscore.train.training import demo_bundle
 from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
 
 __all__ = [

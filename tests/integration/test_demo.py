@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamscore import errors
+from streamscore.core import errors
 
 
 def test_short_demo_reconciles_and_swaps_to_the_better_model(

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from streamscore import groundtruth
-from streamscore.envelope import Action
-from streamscore.records import Role
+from streamscore.core.records import Role
+from streamscore.feedback import groundtruth
+from streamscore.models.envelope import Action
 
 from .feedback_stack import (
     FeedbackProcess,

@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 
-from streamscore.config import ClusterSettings, TopicSettings
-from streamscore.localcluster import LocalCluster
+from streamscore.core.config import ClusterSettings, TopicSettings
+from streamscore.dev.localcluster import LocalCluster
 
 # ``Endpoints`` (from conftest): ``bootstrap_servers`` and ``registry_url``.
 Endpoints = Any

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
-from streamscore import bundle, envelope
-from streamscore.bundle import Bundle
-from streamscore.records import FeatureField, FeatureSpec, Role
-from streamscore.signing import HmacSigner
-from streamscore.train import demo_bundle
+from streamscore.core.records import FeatureField, FeatureSpec, Role
+from streamscore.models import bundle, envelope
+from streamscore.models.bundle import Bundle
+from streamscore.models.signing import HmacSigner
+from streamscore.train.training import demo_bundle
 
 from .stack import Stack, WorkerProcess
 

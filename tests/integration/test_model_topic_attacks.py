@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from streamscore import envelope
-from streamscore.envelope import Action, ModelEnvelope
-from streamscore.records import Role
-from streamscore.signing import HmacSigner
+from streamscore.core.records import Role
+from streamscore.models import envelope
+from streamscore.models.envelope import Action, ModelEnvelope
+from streamscore.models.signing import HmacSigner
 
 from .stack import Stack, WorkerProcess
 

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamscore import schemas, serde, synthetic
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
 
 from ..unit.avro_poison import (
     NESTED_WRITER,

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streamscore.localcluster import LocalCluster
+from streamscore.dev.localcluster import LocalCluster
 
 from .stack import topic_factory
 

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import Schema
 
-from streamscore import envelope, errors, schemas, serde
-from streamscore.envelope import ModelEnvelope
-from streamscore.records import Role
-from streamscore.signing import HmacSigner, HmacVerifier
+from streamscore.core import errors
+from streamscore.core.records import Role
+from streamscore.models import envelope
+from streamscore.models.envelope import ModelEnvelope
+from streamscore.models.signing import HmacSigner, HmacVerifier
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 
 @pytest.fixture

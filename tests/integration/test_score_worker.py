@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from streamscore import schemas, serde
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 from .stack import Stack, WorkerProcess
 

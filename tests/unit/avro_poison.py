@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from streamscore import schemas, serde
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 
 def varint(n: int) -> bytes:

@@ -14,7 +14,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streamscore.bundle import (
+from streamscore.core.records import FeatureField, FeatureSpec, Task
+from streamscore.models.bundle import (
     Bundle,
     LoadedModel,
     ModelMeta,
@@ -22,7 +23,6 @@ from streamscore.bundle import (
     sign_bundle,
     verify_and_load,
 )
-from streamscore.records import FeatureField, FeatureSpec, Task
 
 N_FEATURES = 3
 KEYRING: Mapping[str, bytes] = MappingProxyType(

@@ -13,7 +13,19 @@ from onnx import TensorProto
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LinearRegression
 
-from streamscore.bundle import (
+from streamscore.core.errors import (
+    BundleDecodeError,
+    BundleTooLargeError,
+    IncompatibleFeatureSpecError,
+    ModelError,
+    NonFiniteOutputError,
+    ReferenceMismatchError,
+    SignatureMismatchError,
+    UnsignedBundleError,
+    UntrustedContentError,
+)
+from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, Task
+from streamscore.models.bundle import (
     MAGIC,
     Bundle,
     LoadedModel,
@@ -28,18 +40,6 @@ from streamscore.bundle import (
     sign_bundle,
     verify_and_load,
 )
-from streamscore.errors import (
-    BundleDecodeError,
-    BundleTooLargeError,
-    IncompatibleFeatureSpecError,
-    ModelError,
-    NonFiniteOutputError,
-    ReferenceMismatchError,
-    SignatureMismatchError,
-    UnsignedBundleError,
-    UntrustedContentError,
-)
-from streamscore.records import FeatureField, FeatureKind, FeatureSpec, Task
 
 Loader = Callable[..., LoadedModel]
 Verify = Callable[..., LoadedModel]

@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from streamscore.cli import settings_from_env
-from streamscore.config import KafkaSettings, ScoringSettings, Secret, SigningSettings
-from streamscore.errors import ConfigError
+from streamscore.core.config import KafkaSettings, ScoringSettings, Secret, SigningSettings
+from streamscore.core.errors import ConfigError
 
 
 def test_secret_never_shows_itself(caplog: pytest.LogCaptureFixture) -> None:

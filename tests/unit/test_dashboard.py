@@ -1,5 +1,5 @@
 """The provisioned Grafana dashboard parses, has the operator panels, and every metric its
-queries (and the alert rules) name is defined in :class:`streamscore.metrics.Metrics`.
+queries (and the alert rules) name is defined in :class:`streamscore.metrics.series.Metrics`.
 
 The helpers live in tests/metric_refs.py: tests/integration/test_prometheus_scrape.py runs
 the same name check against live workers' /metrics."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streamscore.metrics import Metrics
+from streamscore.metrics.series import Metrics
 from tests.metric_refs import (
     GRAFANA,
     dashboard,

@@ -14,13 +14,16 @@ import fastavro
 import numpy as np
 import pytest
 
-from streamscore import errors, schemas, serde, synthetic
-from streamscore.avro_scan import ZERO_WIDTH_ALLOWANCE, BoundedScan
-from streamscore.config import ScoringSettings
-from streamscore.features import EventColumns
-from streamscore.model_store import ModelStore
-from streamscore.records import Role
-from streamscore.scoring import BatchScorer, InMessage, MessageBatch
+from streamscore.core import errors
+from streamscore.core.config import ScoringSettings
+from streamscore.core.records import Role
+from streamscore.features.extract import EventColumns
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.serde.avro_scan import ZERO_WIDTH_ALLOWANCE, BoundedScan
+from streamscore.train import synthetic
 
 from .avro_poison import (
     NESTED_WRITER,

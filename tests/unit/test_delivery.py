@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from streamscore.delivery import AtLeastOnceSink, OutBatch, OutMessage
-from streamscore.errors import DeliveryError
+from streamscore.core.errors import DeliveryError
+from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
 
 from .kafka_fakes import FakeConsumer
 

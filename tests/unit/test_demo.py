@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamscore.config import KafkaSettings, RegistrySettings
-from streamscore.demo import (
+from streamscore.core.config import KafkaSettings, RegistrySettings
+from streamscore.dev.demo import (
     BACKGROUND_NICE,
     BACKGROUND_THREADS_ENV,
     Demo,

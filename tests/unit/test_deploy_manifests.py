@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streamscore.config import ClusterSettings
+from streamscore.core.config import ClusterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

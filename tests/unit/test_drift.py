@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore import synthetic
-from streamscore.bundle import Histogram, ReferenceDistributions, compute_histogram
-from streamscore.drift import PSI_ALERT_THRESHOLD, SCORE_LABEL, DriftMonitor, psi
-from streamscore.metrics import Metrics
+from streamscore.metrics.series import Metrics
+from streamscore.models.bundle import Histogram, ReferenceDistributions, compute_histogram
+from streamscore.score.drift import PSI_ALERT_THRESHOLD, SCORE_LABEL, DriftMonitor, psi
+from streamscore.train import synthetic
 
 NAMES = ("a", "b", "c")
 
@@ -151,7 +151,7 @@ def test_write_metrics_sets_gauges_and_remove_clears_them() -> None:
 
 
 def test_from_meta_uses_the_bundles_reference() -> None:
-    from streamscore.train import demo_bundle
+    from streamscore.train.training import demo_bundle
 
     meta = demo_bundle("ab", version=4, n=2000).meta
     mon = DriftMonitor.from_meta(meta, window=1000)

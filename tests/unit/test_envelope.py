@@ -11,15 +11,17 @@ from typing import Any
 import fastavro
 import pytest
 
-from streamscore import envelope, schemas, serde
-from streamscore.envelope import Action, ModelEnvelope
-from streamscore.errors import (
+from streamscore.core.errors import (
     DigestMismatchError,
     SignatureMismatchError,
     UnsignedEnvelopeError,
 )
-from streamscore.records import Role
-from streamscore.signing import HmacSigner, HmacVerifier, Signer, Verifier, as_verifier
+from streamscore.core.records import Role
+from streamscore.models import envelope
+from streamscore.models.envelope import Action, ModelEnvelope
+from streamscore.models.signing import HmacSigner, HmacVerifier, Signer, Verifier, as_verifier
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 KEY = b"envelope-test-key-0123456789"
 SIGNER = HmacSigner(KEY, "k1")

@@ -9,8 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from streamscore import schemas, serde
-from streamscore.errors import (
+from streamscore.core.errors import (
     AvroDecodeError,
     EmptyMessageError,
     MagicByteError,
@@ -18,7 +17,9 @@ from streamscore.errors import (
     TruncatedMessageError,
     UnknownSchemaError,
 )
-from streamscore.event_ids import EventIdReader, read_leading_string
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.serde.event_ids import EventIdReader, read_leading_string
 
 from .kafka_fakes import prediction_record
 

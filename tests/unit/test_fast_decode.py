@@ -13,14 +13,17 @@ import fastavro
 import numpy as np
 import pytest
 
-from streamscore import errors, schemas, serde, synthetic
-from streamscore.bundle import LoadedModel, build_bundle, sign_bundle, verify_and_load
-from streamscore.config import LatePolicy, ScoringSettings
-from streamscore.delivery import AtLeastOnceSink, OutBatch, OutMessage
-from streamscore.features import EventColumns, extract
-from streamscore.model_store import ModelStore
-from streamscore.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
-from streamscore.scoring import BatchScorer, InMessage, MessageBatch
+from streamscore.core import errors
+from streamscore.core.config import LatePolicy, ScoringSettings
+from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
+from streamscore.features.extract import EventColumns, extract
+from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
+from streamscore.models.bundle import LoadedModel, build_bundle, sign_bundle, verify_and_load
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
 
 from .kafka_fakes import FakeMessage
 
@@ -390,7 +393,7 @@ def test_scorer_fast_paths_give_what_the_plain_paths_give(
 def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
     topics: list[str],
 ) -> None:
-    from streamscore.worker import _offset_ranges
+    from streamscore.score.worker import _offset_ranges
 
     rng = np.random.default_rng(len(topics))
     next_offset: dict[tuple[str, int], int] = {}
@@ -410,7 +413,7 @@ def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
 def test_observe_many_sums_like_observe() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from streamscore.worker import observe_many
+    from streamscore.score.worker import observe_many
 
     values = np.random.default_rng(1).normal(size=64)
     one, bulk = (Histogram("x", "x", registry=CollectorRegistry()) for _ in range(2))
@@ -423,7 +426,7 @@ def test_observe_many_sums_like_observe() -> None:
 def test_observe_many_is_observe_one_by_one() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from streamscore.worker import observe_many
+    from streamscore.score.worker import observe_many
 
     bounds = (0.001, 0.01, 0.1, 1.0, 10.0)
     values = np.concatenate(

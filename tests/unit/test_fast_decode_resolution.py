@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamscore import errors, schemas, serde, synthetic
-from streamscore.features import EventColumns
+from streamscore.core import errors
+from streamscore.features.extract import EventColumns
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
 
 from .test_fast_decode import assert_same, broken_versions, corrupt
 

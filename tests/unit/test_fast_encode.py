@@ -12,7 +12,9 @@ import fastavro
 import numpy as np
 import pytest
 
-from streamscore import errors, schemas, serde
+from streamscore.core import errors
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 SPECIAL = [0.0, -0.0, 1.5, -1e308, 5e-324, float("nan"), float("inf"), float("-inf")]
 

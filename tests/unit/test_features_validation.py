@@ -6,8 +6,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamscore import errors, features, prepare, validation
-from streamscore.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy
+from streamscore.core import errors
+from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy
+from streamscore.features import extract as features
+from streamscore.features import prepare, validation
 
 
 @pytest.fixture

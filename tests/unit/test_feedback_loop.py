@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore import schemas, serde
-from streamscore.errors import StreamscoreError, TruncatedMessageError, UnknownKindError
-from streamscore.feedback import FeedbackLoop, promote_shadow
-from streamscore.feedback_router import KIND_HEADER
-from streamscore.groundtruth import GroundTruthStore, read_rows
-from streamscore.join import JoinState
-from streamscore.metrics import Metrics
-from streamscore.promotion import LiveQuality, PromotionDecision
-from streamscore.records import Role
+from streamscore.core.errors import StreamscoreError, TruncatedMessageError, UnknownKindError
+from streamscore.core.records import Role
+from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
+from streamscore.feedback.join import JoinState
+from streamscore.feedback.loop import FeedbackLoop, promote_shadow
+from streamscore.feedback.promotion import LiveQuality, PromotionDecision
+from streamscore.feedback.router import KIND_HEADER
+from streamscore.metrics.series import Metrics
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry, prediction_record
 
@@ -146,7 +147,7 @@ class FakeModelTopic:
 
 
 def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> None:
-    from streamscore.envelope import Action
+    from streamscore.models.envelope import Action
 
     class Env:
         def __init__(self, role: Role, version: int, action: Action) -> None:

@@ -9,16 +9,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore import schemas, serde
-from streamscore.errors import RegistryUnavailableError
-from streamscore.event_ids import EventIdReader
-from streamscore.feedback_router import (
-    KIND_HEADER,
-    FeedbackRouter,
-    RouteTopics,
-    join_topic_for,
-)
-from streamscore.metrics import Metrics
+from streamscore.core.errors import RegistryUnavailableError
+from streamscore.feedback.router import KIND_HEADER, FeedbackRouter, RouteTopics, join_topic_for
+from streamscore.metrics.series import Metrics
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.serde.event_ids import EventIdReader
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink, FlakyRegistry
 

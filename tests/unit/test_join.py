@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import random
 
-from streamscore.join import (
-    JoinState,
-    LabelIn,
-    OffsetTracker,
-    PredictionIn,
-)
-from streamscore.records import Role
+from streamscore.core.records import Role
+from streamscore.feedback.join import JoinState, LabelIn, OffsetTracker, PredictionIn
 
 T0 = 1_700_000_000_000
 WINDOW = 60_000

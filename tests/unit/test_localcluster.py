@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from streamscore import localcluster as lc
-from streamscore.config import ClusterSettings, TopicSettings
-from streamscore.errors import (
+from streamscore.core.config import ClusterSettings, TopicSettings
+from streamscore.core.errors import (
     ClusterError,
     DownloadError,
     JavaMissingError,
     PortInUseError,
     ServerStartError,
 )
+from streamscore.dev import localcluster as lc
 
 
 def _props(text: str) -> dict[str, str]:

@@ -7,13 +7,24 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streamscore.metrics import Metrics, ProcessKind
+from streamscore.metrics.series import Metrics, ProcessKind
 
 PACKAGE = Path(__file__).resolve().parents[2] / "streamscore"
 # the modules each process runs that touch metrics (cli.py / cli_feedback.py build them)
 USERS: dict[ProcessKind, tuple[str, ...]] = {
-    "score": ("cli.py", "worker.py", "drift.py", "model_updates.py", "model_watcher.py"),
-    "feedback": ("cli_feedback.py", "feedback.py", "feedback_router.py", "promotion.py"),
+    "score": (
+        "cli.py",
+        "score/worker.py",
+        "score/drift.py",
+        "models/updates.py",
+        "models/watcher.py",
+    ),
+    "feedback": (
+        "cli_feedback.py",
+        "feedback/loop.py",
+        "feedback/router.py",
+        "feedback/promotion.py",
+    ),
 }
 _USE = re.compile(r"\b(?:metrics|_m|_metrics|m)\.([a-z_]+)\b")
 

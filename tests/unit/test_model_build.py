@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from streamscore import synthetic
-from streamscore.bundle import decode_bundle, load_bundle
-from streamscore.errors import ConfigError
-from streamscore.model_build import bundle_from_files
+from streamscore.core.errors import ConfigError
+from streamscore.models.build import bundle_from_files
+from streamscore.models.bundle import decode_bundle, load_bundle
+from streamscore.train import synthetic
 
 
 @pytest.fixture

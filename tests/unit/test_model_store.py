@@ -13,16 +13,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from streamscore.bundle import Bundle, LoadedModel, PredictFailedError, ScoreBatch
-from streamscore.errors import NoModelError, NonFiniteOutputError
-from streamscore.model_store import (
+from streamscore.core.errors import NoModelError, NonFiniteOutputError
+from streamscore.core.records import Role
+from streamscore.models.bundle import Bundle, LoadedModel, PredictFailedError, ScoreBatch
+from streamscore.models.store import (
     ModelStore,
     NonFiniteRowsError,
     StaleModelVersionError,
     canary_mask,
     score_with_fallback,
 )
-from streamscore.records import Role
 
 Loader = Callable[..., LoadedModel]
 

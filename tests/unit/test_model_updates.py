@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore import envelope
-from streamscore.bundle import Bundle, sign_bundle
-from streamscore.config import KafkaSettings
-from streamscore.envelope import Action, ModelEnvelope
-from streamscore.metrics import Metrics
-from streamscore.model_store import ModelStore
-from streamscore.model_updates import ModelUpdater, UpdateReport
-from streamscore.model_watcher import ModelWatcher
-from streamscore.records import Role
-from streamscore.signing import HmacSigner
+from streamscore.core.config import KafkaSettings
+from streamscore.core.records import Role
+from streamscore.metrics.series import Metrics
+from streamscore.models import envelope
+from streamscore.models.bundle import Bundle, sign_bundle
+from streamscore.models.envelope import Action, ModelEnvelope
+from streamscore.models.signing import HmacSigner
+from streamscore.models.store import ModelStore
+from streamscore.models.updates import ModelUpdater, UpdateReport
+from streamscore.models.watcher import ModelWatcher
 
 from .kafka_fakes import FakeMessage
 

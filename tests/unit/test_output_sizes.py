@@ -13,15 +13,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
-from streamscore import errors, schemas, serde, synthetic
-from streamscore.config import KafkaSettings, ScoringSettings, TopicSettings
-from streamscore.delivery import AtLeastOnceSink, OutBatch, OutMessage
-from streamscore.event_ids import EventIdReader
-from streamscore.feedback_router import FeedbackRouter, RouteTopics
-from streamscore.kafka_clients import score_consumer, score_producer
-from streamscore.metrics import Metrics
-from streamscore.model_store import ModelStore
-from streamscore.output_limits import (
+from streamscore.core import errors
+from streamscore.core.config import KafkaSettings, ScoringSettings, TopicSettings
+from streamscore.core.records import Role
+from streamscore.feedback.router import FeedbackRouter, RouteTopics
+from streamscore.kafka.clients import score_consumer, score_producer
+from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
+from streamscore.kafka.output_limits import (
     ORIGINAL_KEY_SIZE_HEADER,
     ORIGINAL_SIZE_HEADER,
     RECORD_OVERHEAD,
@@ -30,9 +28,14 @@ from streamscore.output_limits import (
     fit,
     wire_size,
 )
-from streamscore.records import Role
-from streamscore.scoring import BatchScorer, InMessage
-from streamscore.worker import ScoreLoop
+from streamscore.metrics.series import Metrics
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import BatchScorer, InMessage
+from streamscore.score.worker import ScoreLoop
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.serde.event_ids import EventIdReader
+from streamscore.train import synthetic
 
 from .kafka_fakes import FakeMessage, FakeSink
 from .test_scoring import decode_prediction, env, v1  # noqa: F401 (fixtures)

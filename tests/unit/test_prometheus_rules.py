@@ -114,7 +114,7 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
 
 
 def test_drift_threshold_matches_the_code() -> None:
-    from streamscore.drift import PSI_ALERT_THRESHOLD
+    from streamscore.score.drift import PSI_ALERT_THRESHOLD
 
     (rule,) = [r for r in alert_rules() if r["alert"] == "StreamscoreFeatureDrift"]
     m = re.search(

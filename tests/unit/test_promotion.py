@@ -7,15 +7,15 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore.join import JoinedPair, LabelIn, PredictionIn
-from streamscore.metrics import Metrics
-from streamscore.promotion import (
+from streamscore.core.records import Role
+from streamscore.feedback.join import JoinedPair, LabelIn, PredictionIn
+from streamscore.feedback.promotion import (
     LiveQuality,
     PromotionPolicy,
     PromotionSettings,
     better_by,
 )
-from streamscore.records import Role
+from streamscore.metrics.series import Metrics
 
 T0 = 1_700_000_000_000
 

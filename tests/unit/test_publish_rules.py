@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from streamscore import envelope
-from streamscore.bundle import Bundle
-from streamscore.config import KafkaSettings
-from streamscore.envelope import Action, Ledger, ModelEnvelope
-from streamscore.errors import ModelError
-from streamscore.publish import ModelTopic
-from streamscore.records import Role
-from streamscore.signing import HmacVerifier
+from streamscore.core.config import KafkaSettings
+from streamscore.core.errors import ModelError
+from streamscore.core.records import Role
+from streamscore.models import envelope
+from streamscore.models.bundle import Bundle
+from streamscore.models.envelope import Action, Ledger, ModelEnvelope
+from streamscore.models.publish import ModelTopic
+from streamscore.models.signing import HmacVerifier
 
 
 class MemoryTopic(ModelTopic):

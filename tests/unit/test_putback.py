@@ -15,14 +15,17 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.schema_registry import Schema
 from prometheus_client import CollectorRegistry
 
-from streamscore import envelope, errors, schemas, serde
-from streamscore.config import KafkaSettings, RegistrySettings
-from streamscore.metrics import Metrics
-from streamscore.model_store import ModelStore
-from streamscore.model_updates import ModelUpdater
-from streamscore.model_watcher import ModelWatcher, _Stopped
-from streamscore.putback import PutBack, first_offsets
-from streamscore.records import Role
+from streamscore.core import errors
+from streamscore.core.config import KafkaSettings, RegistrySettings
+from streamscore.core.records import Role
+from streamscore.kafka.putback import PutBack, first_offsets
+from streamscore.metrics.series import Metrics
+from streamscore.models import envelope
+from streamscore.models.store import ModelStore
+from streamscore.models.updates import ModelUpdater
+from streamscore.models.watcher import ModelWatcher, _Stopped
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry
 

@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from streamscore import cli, errors, schemas, serde
-from streamscore.config import RegistrySettings, Secret
-from streamscore.redact import RedactingFilter, redact_urls, split_userinfo
+from streamscore import cli
+from streamscore.core import errors
+from streamscore.core.config import RegistrySettings, Secret
+from streamscore.core.redact import RedactingFilter, redact_urls, split_userinfo
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 SECRET = "s3cr3t-pw"
 

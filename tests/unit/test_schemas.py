@@ -10,7 +10,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from streamscore import schemas, serde
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 FAMILIES = schemas.families()
 

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from streamscore import bundle, errors, schemas, serde, synthetic
-from streamscore.config import LatePolicy, ScoringSettings
-from streamscore.model_store import ModelStore
-from streamscore.records import Role
-from streamscore.scoring import BatchScorer, InMessage, dead_letter_headers
+from streamscore.core import errors
+from streamscore.core.config import LatePolicy, ScoringSettings
+from streamscore.core.records import Role
+from streamscore.models import bundle
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import BatchScorer, InMessage, dead_letter_headers
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
+from streamscore.train import synthetic
 
 KEY = b"unit-test-key"
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from streamscore import errors, schemas, serde
+from streamscore.core import errors
+from streamscore.serde import codec as serde
+from streamscore.serde import schemas
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamscore import synthetic
-from streamscore.bundle import LoadedModel, decode_bundle
-from streamscore.records import Task
-from streamscore.train import (
+from streamscore.core.records import Task
+from streamscore.models.bundle import LoadedModel, decode_bundle
+from streamscore.train import synthetic
+from streamscore.train.training import (
     Comparison,
     TooFewRowsError,
     demo_bundle,

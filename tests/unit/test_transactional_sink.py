@@ -9,8 +9,8 @@ import threading
 import pytest
 from confluent_kafka import KafkaError
 
-from streamscore.delivery import OutBatch, OutMessage, RetryBatch, TransactionalSink
-from streamscore.errors import StreamscoreError, TransactionFailedError
+from streamscore.core.errors import StreamscoreError, TransactionFailedError
+from streamscore.kafka.delivery import OutBatch, OutMessage, RetryBatch, TransactionalSink
 
 from .kafka_fakes import FakeClock, FakeTxnConsumer, FakeTxnProducer, kafka_exception
 

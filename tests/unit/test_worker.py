@@ -9,12 +9,12 @@ import numpy as np
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from streamscore.config import ScoringSettings, TopicSettings
-from streamscore.errors import RegistryUnavailableError
-from streamscore.metrics import Metrics
-from streamscore.model_store import ModelStore
-from streamscore.scoring import ScoredBatch
-from streamscore.worker import ScoreLoop
+from streamscore.core.config import ScoringSettings, TopicSettings
+from streamscore.core.errors import RegistryUnavailableError
+from streamscore.metrics.series import Metrics
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import ScoredBatch
+from streamscore.score.worker import ScoreLoop
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink
 
@@ -165,11 +165,11 @@ def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
 
 
 def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> None:
-    from streamscore import synthetic
-    from streamscore.bundle import load_bundle
-    from streamscore.drift import PSI_ALERT_THRESHOLD
-    from streamscore.train import demo_bundle
-    from streamscore.worker import DriftTracker
+    from streamscore.models.bundle import load_bundle
+    from streamscore.score.drift import PSI_ALERT_THRESHOLD
+    from streamscore.score.worker import DriftTracker
+    from streamscore.train import synthetic
+    from streamscore.train.training import demo_bundle
 
     reg = CollectorRegistry()
     tracker = DriftTracker(Metrics(reg), window=4000, interval_s=0.0)

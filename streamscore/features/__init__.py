@@ -1,0 +1,6 @@
+"""Decoded events → feature matrix, one path for serving and training.
+
+- ``extract``: events → raw columns → imputed matrix
+- ``validation``: per-field checks, one typed error per bad row
+- ``prepare``: extract, check, impute: the training entry point
+"""

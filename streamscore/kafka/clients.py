@@ -1,0 +1,318 @@
+"""librdkafka settings for each client streamscore creates, in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from ..core.config import KafkaSettings, ScoringSettings
+from ..core.errors import KafkaIOError
+from .output_limits import OutputLimits
+
+log = logging.getLogger(__name__)
+
+#: librdkafka's defaults for a consumer's fetch sizes (a larger input raises them)
+_FETCH_MAX_BYTES = 52_428_800
+_RECEIVE_MAX_BYTES = 100_000_000
+_RECEIVE_MAX_BYTES_CAP = 2_147_483_647
+
+
+def _group_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """What every streamscore consumer-group member shares: read committed data from the
+    beginning, offsets stored by the loop (never on poll), prompt failure detection and a
+    bounded prefetch (memory stays flat however far behind it is)."""
+    conf = kafka.client_config()
+    conf.update(
+        {
+            "group.id": group_id,
+            "client.id": client_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "queued.max.messages.kbytes": 16_384,
+        }
+    )
+    return conf
+
+
+def score_consumer(
+    kafka: KafkaSettings, scoring: ScoringSettings, *, max_input_bytes: int | None = None
+) -> dict[str, Any]:
+    """``max_input_bytes``: the events topic's ``max.message.bytes``; the fetch limits
+    are raised to take a message that large (the defaults take up to about 50 MB)."""
+    conf = _group_consumer(kafka, scoring.group_id, f"streamscore-score-{scoring.worker_id}")
+    conf.update(
+        {
+            "partition.assignment.strategy": "cooperative-sticky",
+            # a batch's offsets are stored only when all its outputs are acknowledged
+            "enable.auto.commit": not scoring.exactly_once,
+            "auto.commit.interval.ms": 1000,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    if max_input_bytes is not None and max_input_bytes + 65_536 > _FETCH_MAX_BYTES:
+        fetch = min(max_input_bytes + 65_536, _RECEIVE_MAX_BYTES_CAP - 1_048_576)
+        conf["fetch.max.bytes"] = fetch
+        conf["receive.message.max.bytes"] = max(_RECEIVE_MAX_BYTES, fetch + 1_048_576)
+    conf.update(kafka.extra)
+    return conf
+
+
+def score_producer(
+    kafka: KafkaSettings, scoring: ScoringSettings, limits: OutputLimits | None = None
+) -> dict[str, Any]:
+    """``limits``: the output topics' limits; the producer's ``message.max.bytes`` is
+    set to take the largest record any of them accepts, and its ``batch.size`` to fit the
+    smallest (the outputs themselves are sized per topic before they are produced)."""
+    conf = kafka.client_config()
+    conf.update(
+        {
+            "client.id": f"streamscore-score-{scoring.worker_id}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": max(scoring.max_in_flight * 2, 10_000),
+            "queue.buffering.max.kbytes": 262_144,
+        }
+    )
+    if limits is not None:
+        conf["message.max.bytes"] = limits.producer_max_bytes()
+        conf["batch.size"] = limits.batch_bytes()
+    if scoring.exactly_once:
+        conf["transactional.id"] = f"streamscore-score-{scoring.group_id}-{scoring.worker_id}"
+        conf["transaction.timeout.ms"] = 30_000
+        # a transaction's outputs need no acknowledgement one by one (the commit is
+        # one); reports of refused outputs still come (delivery.py sizes them anew)
+        conf["delivery.report.only.error"] = True
+    conf.update(kafka.extra)
+    return conf
+
+
+#: librdkafka's largest ``receive.message.max.bytes``.
+MAX_RECEIVE_MESSAGE_BYTES = 2_147_483_647
+
+
+def model_reader_limits(max_message_bytes: int) -> dict[str, Any]:
+    """Fetch sizes for every reader of the model topic (workers, `model list/rollback`).
+
+    A fetch asks for about one model's worth (``fetch.max.bytes``,
+    ``max.partition.fetch.bytes``), but the broker returns the first record batch whole
+    even when it is larger (KIP-74), and the response must then fit
+    ``receive.message.max.bytes`` or librdkafka fails the fetch ("Invalid response size")
+    and retries the same offset forever: the reader is wedged. So the receive limit is
+    librdkafka's maximum (buffers are sized by what arrives, not by this limit): any record
+    the topic's ``max.message.bytes`` lets in, whatever that is, is received, and the
+    reader rejects one above ``max_message_bytes`` by its size and goes on.
+    """
+    fetch = max_message_bytes + 65_536
+    return {
+        "fetch.max.bytes": fetch,
+        "max.partition.fetch.bytes": fetch,
+        "receive.message.max.bytes": MAX_RECEIVE_MESSAGE_BYTES,
+    }
+
+
+def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict[str, Any]:
+    conf = kafka.client_config()
+    conf.update(
+        {
+            # never subscribes: assign() only, so this group id never joins or commits
+            "group.id": f"streamscore-model-watcher-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,
+            **model_reader_limits(max_message_bytes),
+        }
+    )
+    conf.update(kafka.extra)
+    return conf
+
+
+def plain_producer(kafka: KafkaSettings, *, max_message_bytes: int | None = None) -> dict[str, Any]:
+    conf = kafka.client_config()
+    conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    if max_message_bytes is not None:
+        conf["message.max.bytes"] = max_message_bytes + 65_536
+    conf.update(kafka.extra)
+    return conf
+
+
+def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
+    """A plain consumer for tools and tests (read_committed, from the beginning)."""
+    conf = kafka.client_config()
+    conf.update(
+        {
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    conf.update(extra)
+    conf.update(kafka.extra)
+    return conf
+
+
+def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """The join loop: eager ``range`` assignment (it drops its join state on revocation)
+    and explicit commits of settled offsets only."""
+    conf = _group_consumer(kafka, group_id, client_id)
+    conf.update(
+        {
+            "partition.assignment.strategy": "range",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    conf.update(kafka.extra)
+    return conf
+
+
+def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """The feedback router: like a score worker (offsets stored when the batch's outputs
+    are acknowledged, then auto-committed), in its own group ``<group>.router``."""
+    conf = _group_consumer(kafka, f"{group_id}.router", f"{client_id}-router")
+    conf.update(
+        {
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    conf.update(kafka.extra)
+    return conf
+
+
+def topic_limits(admin: Any, topics: Iterable[str], *, timeout_s: float = 10.0) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker applies it (the topic's override,
+    else the broker's default), read with one DescribeConfigs request. A topic whose
+    configuration cannot be read (missing, not authorised, no answer) is left out and
+    logged; the caller falls back to its default limit for it."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in names]
+    futures = admin.describe_configs(resources, request_timeout=timeout_s)
+    out: dict[str, int] = {}
+    for resource, fut in futures.items():
+        try:
+            entries = fut.result(timeout=timeout_s)
+            out[resource.name] = int(entries["max.message.bytes"].value)
+        except (KafkaException, KeyError, ValueError, TypeError, TimeoutError) as exc:
+            log.warning("cannot read max.message.bytes of topic %r: %s", resource.name, exc)
+    return out
+
+
+def partition_count(admin: Any, topic: str, *, timeout_s: float = 10.0) -> int | None:
+    """Partitions of ``topic`` per the cluster metadata, or None if it does not exist."""
+    md = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if md is None or md.error is not None or not md.partitions:
+        return None
+    return len(md.partitions)
+
+
+def ensure_topic(
+    admin: Any,
+    topic: str,
+    partitions: int,
+    config: dict[str, str],
+    *,
+    timeout_s: float = 30.0,
+) -> int:
+    """Create ``topic`` (broker-default replication) unless it exists; return the number
+    of partitions it has. An existing topic is used as it is (it may have been created
+    by an operator, or by another worker at the same moment)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.cimpl import NewTopic
+
+    have = partition_count(admin, topic)
+    if have is not None:
+        return have
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config)
+    fut = admin.create_topics([new], operation_timeout=timeout_s, request_timeout=timeout_s)
+    try:
+        fut[topic].result()
+    except KafkaException as exc:
+        err = exc.args[0]
+        if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise KafkaIOError(f"cannot create topic {topic!r}: {err}") from exc
+    if not wait_for_partition_leaders(admin, topic, partitions, timeout_s=timeout_s):
+        have = partition_count(admin, topic)
+        if have is None:
+            raise KafkaIOError(f"topic {topic!r} was created but has no leaders yet")
+        return have
+    return partitions
+
+
+def read_to_end(
+    consumer: Any,
+    topic: str,
+    *,
+    metadata_timeout: float = 15.0,
+    deadline_s: float | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Any]:
+    """Assign every partition of ``topic`` from the beginning and yield its messages
+    (tombstones included, errors not) up to the high watermarks seen at the start. The
+    consumer needs ``enable.partition.eof``. ``deadline_s`` bounds the whole read (None:
+    until the end, or until ``stop()``)."""
+    timeout = metadata_timeout
+    md = consumer.list_topics(topic, timeout=timeout)
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None:
+        raise RuntimeError(f"topic {topic!r} is not available: {tmd and tmd.error}")
+    parts = sorted(tmd.partitions)
+    ends: dict[int, int] = {}
+    pending: set[int] = set()
+    for p in parts:
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        ends[p] = hi
+        if hi > lo:
+            pending.add(p)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    while pending and not stop() and (deadline is None or time.monotonic() < deadline):
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        err = msg.error()
+        partition = msg.partition() or 0
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(partition)
+            continue
+        yield msg
+        if (msg.offset() or 0) + 1 >= ends[partition]:
+            pending.discard(partition)
+
+
+def wait_for_partition_leaders(
+    admin: Any, topic: str, partitions: int, *, timeout_s: float = 10.0
+) -> bool:
+    """After a create: wait until the metadata shows ``partitions`` partitions of
+    ``topic``, each with a leader (produce/assign before that can fail). True if so."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic, timeout=5).topics.get(topic)
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 for p in md.partitions.values())
+        ):
+            return True
+        time.sleep(0.1)
+    return False

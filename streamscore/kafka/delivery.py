@@ -1,0 +1,452 @@
+"""Getting a batch's outputs to the broker, and its offsets committed, per guarantee.
+
+``AtLeastOnceSink``: outputs are produced asynchronously; a batch's consumed offsets are
+stored (and then auto-committed) only once every output of that batch, and of every
+batch before it, is acknowledged. ``TransactionalSink``: one transaction per batch holds
+the outputs and the consumed offsets (``send_offsets_to_transaction``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from ..core.errors import DeliveryError, TransactionFailedError
+from .output_limits import wire_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    offsets: list[TopicPartition]
+    remaining: int
+    failed: str | None = None
+    on_acked: Any = None
+    replaced: int = 0
+
+
+#: Many messages to one topic, without headers: ``(topic, [(key, value), ...])``.
+Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]]]
+
+#: Called with an output that the producer (in ``produce()``) or the broker (in its
+#: delivery report) refused as too large; returns what to produce in its place (its
+#: source message dead-lettered, cut to fit), or None when nothing can replace it.
+TooLarge = Callable[[OutMessage], OutMessage | None]
+
+
+@dataclass(slots=True)
+class OutBatch:
+    messages: Sequence[OutMessage]
+    #: next offset to consume per (topic, partition): what a commit records
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: first offset of the batch per (topic, partition): where an aborted batch restarts
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: outputs given column-wise (the predictions: no per-message object on the hot
+    #: path); produced before ``messages`` and acknowledged like them
+    bulk: Sequence[Bulk] = ()
+    #: what to produce instead of an output refused as too large (None: the refusal
+    #: is an error like any other)
+    on_too_large: TooLarge | None = None
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in sorted(self.offsets.items())]
+
+    @property
+    def n_outputs(self) -> int:
+        """Every output of the batch (``messages`` and ``bulk``)."""
+        return len(self.messages) + sum(len(pairs) for _topic, pairs in self.bulk)
+
+
+def _is_too_large(err: Any) -> bool:
+    code = getattr(err, "code", None)
+    return callable(code) and code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+#: How many times in a row an output may be replaced (a dead letter refused again is
+#: cut again, to a lower limit each time: a few steps get below any real limit)
+MAX_REPLACEMENTS = 32
+
+
+def _replacement(m: OutMessage, on_too_large: TooLarge | None) -> OutMessage | None:
+    """What to produce instead of ``m``, refused as too large (never ``m`` again)."""
+    if on_too_large is None:
+        return None
+    repl = on_too_large(m)
+    if repl is None or (repl.topic, repl.key, repl.value) == (m.topic, m.key, m.value):
+        return None
+    log.warning(
+        "output of %d bytes refused by %s as too large: produced to %s instead",
+        wire_size(m.key, m.value, m.headers),
+        m.topic,
+        repl.topic,
+    )
+    return repl
+
+
+def _produce_one(
+    producer: Any, m: OutMessage, on_delivery: Any, poll: Any, on_too_large: TooLarge | None
+) -> None:
+    replaced = 0
+    while True:
+        try:
+            producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            # local queue full: serve delivery reports until there is room
+            poll(0.05)
+        except KafkaException as exc:
+            repl = None
+            if _is_too_large(exc.args[0]) and replaced < MAX_REPLACEMENTS:
+                repl = _replacement(m, on_too_large)
+            if repl is None:
+                raise
+            m = repl
+            replaced += 1
+
+
+def _produce_all(
+    producer: Any,
+    messages: Sequence[OutMessage],
+    on_delivery: Any,
+    poll: Any,
+    on_too_large: TooLarge | None = None,
+) -> None:
+    for m in messages:
+        _produce_one(producer, m, on_delivery, poll, on_too_large)
+
+
+_ANY_PARTITION = -1  # RD_KAFKA_PARTITION_UA: the partitioner picks (by key)
+
+
+def _produce_bulk(
+    producer: Any,
+    bulk: Sequence[Bulk],
+    on_delivery: Any,
+    poll: Any,
+    on_too_large: TooLarge | None = None,
+) -> None:
+    # positional arguments (topic, value, key, partition, on_delivery), in the order
+    # Producer.produce documents: parsing keywords costs a third of the call
+    produce = producer.produce
+    for topic, pairs in bulk:
+        for key, value in pairs:
+            try:
+                produce(topic, value, key, _ANY_PARTITION, on_delivery)
+            except BufferError:
+                while True:  # local queue full: serve delivery reports until there is room
+                    poll(0.05)
+                    try:
+                        produce(topic, value, key, _ANY_PARTITION, on_delivery)
+                        break
+                    except BufferError:
+                        continue
+            except KafkaException as exc:
+                # larger than the producer takes: the rest of the pipeline sized it wrong
+                m = OutMessage(topic, key, value)
+                repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
+                if repl is None:
+                    raise
+                _produce_one(producer, repl, on_delivery, poll, on_too_large)
+
+
+def _refusals(on_too_large: TooLarge) -> Any:
+    """A delivery callback that only reports outputs the broker refused as too large
+    (for a transaction, which fails as a whole: what replaces them is produced when the
+    batch is consumed again, sized against the limit the refusal taught)."""
+
+    def report(err: Any, msg: Any) -> None:
+        if err is not None and _is_too_large(err):
+            _replacement(_out_message(msg), on_too_large)
+
+    return report
+
+
+def _out_message(msg: Any) -> OutMessage:
+    return OutMessage(msg.topic(), msg.key(), msg.value(), list(msg.headers() or []) or None)
+
+
+def _produce_batch(producer: Any, batch: OutBatch, on_delivery: Any, poll: Any) -> None:
+    hook = batch.on_too_large
+    if on_delivery is None and hook is not None:
+        on_delivery = _refusals(hook)
+    _produce_bulk(producer, batch.bulk, on_delivery, poll, hook)
+    _produce_all(producer, batch.messages, on_delivery, poll, hook)
+
+
+class AtLeastOnceSink:
+    def __init__(self, producer: Any, consumer: Any) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._pending: deque[_Pending] = deque()
+
+    def send(self, batch: OutBatch) -> None:
+        entry = _Pending(batch.topic_partitions(), batch.n_outputs)
+        self._pending.append(entry)
+
+        hook = batch.on_too_large
+        producer = self._producer
+
+        def acked(err: Any, msg: Any) -> None:
+            if (
+                err is not None
+                and hook is not None
+                and _is_too_large(err)
+                and entry.replaced < MAX_REPLACEMENTS * max(1, batch.n_outputs)
+            ):
+                # the broker refused it (its topic's limit is lower than the one read at
+                # start): its replacement takes its place in this batch's accounting
+                entry.replaced += 1
+                repl = _replacement(_out_message(msg), hook)
+                if repl is not None:
+                    try:
+                        producer.produce(
+                            repl.topic,
+                            repl.value,
+                            repl.key,
+                            headers=repl.headers,
+                            on_delivery=acked,
+                        )
+                        return
+                    except (BufferError, KafkaException) as exc:
+                        log.error("cannot produce the replacement of a refused output: %s", exc)
+            entry.remaining -= 1
+            if err is not None and entry.failed is None:
+                entry.failed = str(err)
+
+        _produce_batch(self._producer, batch, acked, self.poll)
+        self.poll(0)
+
+    def poll(self, timeout: float = 0) -> None:
+        self._producer.poll(timeout)
+        self._store_completed()
+
+    def _store_completed(self) -> None:
+        while self._pending and self._pending[0].remaining <= 0:
+            entry = self._pending.popleft()
+            if entry.failed is not None:
+                # never store offsets past an output the broker did not take
+                self._pending.clear()
+                raise DeliveryError(f"broker did not acknowledge an output: {entry.failed}")
+            if entry.offsets:
+                self._consumer.store_offsets(offsets=entry.offsets)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._producer)
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        """Wait for every acknowledgement, store their offsets, commit synchronously."""
+        remaining = self._producer.flush(timeout)
+        self._store_completed()
+        if remaining:
+            raise DeliveryError(f"{remaining} outputs still unacknowledged after {timeout}s")
+        if commit:
+            try:
+                self._consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                # _NO_OFFSET: nothing stored since the last commit
+                if exc.args and getattr(exc.args[0], "code", lambda: None)() != -168:
+                    raise
+
+    def discard(self) -> None:
+        """Partitions were lost: their pending offsets must not be committed."""
+        self._producer.flush(10)
+        self._pending.clear()
+
+
+class _NeedsAbort(Exception):
+    """The transaction cannot complete: abort it and consume the batch again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class TransactionalSink:
+    """One transaction per batch: its outputs and its consumed offsets.
+
+    While the broker is away the transactional calls fail with retriable errors. Before
+    any such call is made again the sink waits, with a backoff that doubles up to
+    ``backoff_s[1]``, until a broker answers a metadata request (for up to ``retry_s``
+    per batch): librdkafka 2.x may block forever in a ``send_offsets_to_transaction``
+    re-issued after a timeout (confluentinc/librdkafka#5456), so that call is never
+    repeated: the transaction is aborted instead, the consumer rewound to the batch's
+    first offsets and :class:`RetryBatch` raised, so the batch is consumed and scored
+    again (nothing was committed: no loss, no duplicate). ``commit_transaction`` and
+    ``abort_transaction``, which may be called again after a timeout, are retried once
+    the broker answers. An abortable error, a stop request or an exhausted budget also
+    abort. A fatal error (fenced by a newer instance), a non-retriable one, or an abort
+    that cannot complete raises :class:`TransactionFailedError`: the worker exits
+    non-zero and a new instance takes over (its ``init_transactions`` aborts what this
+    one left open).
+    """
+
+    def __init__(
+        self,
+        producer: Any,
+        consumer: Any,
+        *,
+        timeout: float = 30.0,
+        retry_s: float = 240.0,
+        backoff_s: tuple[float, float] = (0.5, 5.0),
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._timeout = timeout
+        self._retry_s = retry_s
+        self._backoff_min_s, self._backoff_max_s = backoff_s
+        self._stop = stop
+        self._clock = clock
+        try:
+            self._retrying(
+                lambda: producer.init_transactions(timeout),
+                "init_transactions",
+                clock() + retry_s,
+            )
+        except _NeedsAbort as exc:
+            raise TransactionFailedError(f"cannot initialise transactions: {exc.why}") from None
+
+    def send(self, batch: OutBatch) -> None:
+        """One transaction: outputs + offsets; :class:`RetryBatch` when it was aborted
+        (the consumer rewound to the batch's first offsets)."""
+        p = self._producer
+        deadline = self._clock() + self._retry_s
+        try:
+            self._retrying(p.begin_transaction, "begin_transaction", deadline)
+            _produce_batch(p, batch, None, p.poll)
+            offsets = batch.topic_partitions()
+            group = self._consumer.consumer_group_metadata()
+            name = "send_offsets_to_transaction"
+            try:
+                self._call(
+                    lambda: p.send_offsets_to_transaction(offsets, group, self._timeout), name
+                )
+            except _Retriable as exc:
+                # never re-issued (it may hang): wait for the broker, then abort
+                self._wait_for_broker(name, exc.why, deadline)
+                raise _NeedsAbort(f"{name}: {exc.why}") from None
+            self._retrying(
+                lambda: p.commit_transaction(self._timeout), "commit_transaction", deadline
+            )
+        except _NeedsAbort as exc:
+            log.warning("aborting transaction: %s", exc.why)
+            self._abort(max(deadline, self._clock() + self._timeout))
+            self._rewind(batch)
+            raise RetryBatch(exc.why) from None
+
+    def _retrying(self, op: Callable[[], object], name: str, deadline: float) -> None:
+        """``op()`` until it succeeds; after a retriable error it is called again once a
+        broker answers, until ``deadline`` (or a stop request): then :class:`_NeedsAbort`,
+        as for an abortable error."""
+        failures = 0
+        while True:
+            try:
+                self._call(op, name)
+                if failures:
+                    log.info("%s succeeded after %d retries", name, failures)
+                return
+            except _Retriable as exc:
+                failures += 1
+                self._wait_for_broker(name, exc.why, deadline)
+
+    def _wait_for_broker(self, name: str, why: str, deadline: float) -> None:
+        """Back off until a broker answers a metadata request; :class:`_NeedsAbort` when
+        ``deadline`` passes or a stop is requested first."""
+        delay = self._backoff_min_s
+        attempts = 0
+        while True:
+            if self._stop is not None and self._stop.is_set():
+                raise _NeedsAbort(f"{name}: {why} (stopping)")
+            left = deadline - self._clock()
+            if left <= 0:
+                raise _NeedsAbort(
+                    f"{name}: {why}; the broker still away after {self._retry_s:.0f}s of retries"
+                )
+            log.warning(
+                "%s: %s (retriable: the broker may be away), waiting %.1fs for it",
+                name,
+                why,
+                min(delay, left),
+            )
+            self._producer.poll(min(delay, left))  # serves callbacks while it waits
+            delay = min(2 * delay, self._backoff_max_s)
+            attempts += 1
+            try:
+                md = self._producer.list_topics(timeout=max(0.1, min(5.0, left)))
+            except KafkaException:
+                continue
+            if md.brokers:
+                log.info("a broker answers again after %d checks: retrying", attempts)
+                return
+
+    def _call(self, op: Callable[[], object], name: str) -> None:
+        """``op()``, its KafkaException sorted by what may follow it."""
+        try:
+            op()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            why = str(err) if err is not None else str(exc)
+            if err is None or err.fatal():
+                raise TransactionFailedError(f"{name} failed fatally: {why}") from exc
+            if err.txn_requires_abort():
+                raise _NeedsAbort(f"{name}: {why}") from None
+            if err.retriable():
+                raise _Retriable(why) from None
+            raise TransactionFailedError(f"{name} failed: {why}") from exc
+
+    def _abort(self, deadline: float) -> None:
+        p = self._producer
+        try:
+            self._retrying(
+                lambda: p.abort_transaction(self._timeout), "abort_transaction", deadline
+            )
+        except _NeedsAbort as exc:
+            raise TransactionFailedError(
+                f"cannot abort the transaction ({exc.why}); exiting so that a new instance "
+                "fences this one and aborts it"
+            ) from None
+
+    def _rewind(self, batch: OutBatch) -> None:
+        for (t, p), first in batch.first_offsets.items():
+            self._consumer.seek(TopicPartition(t, p, first))
+
+    def poll(self, timeout: float = 0) -> None:
+        self._producer.poll(timeout)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._producer)
+
+    def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
+        self._producer.flush(timeout)
+
+    def discard(self) -> None:
+        pass
+
+
+class _Retriable(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class RetryBatch(Exception):
+    """The batch was aborted and will be consumed again."""

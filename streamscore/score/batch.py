@@ -1,0 +1,709 @@
+"""One micro-batch, from raw messages to encoded outputs. Pure: no Kafka imports.
+
+``BatchScorer.score`` decodes every message, applies the late-event policy, validates the
+batch against the primary's feature spec, builds one feature matrix per distinct spec,
+calls each active model once (primary, canary, shadow), and encodes the predictions.
+Messages that cannot be scored come back as :class:`DeadLetter` with their typed error;
+nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+import numpy as np
+
+from ..core.config import LatePolicy, ScoringSettings
+from ..core.errors import (
+    InfrastructureError,
+    ModelError,
+    NoModelError,
+    OutputTooLargeError,
+    StreamscoreError,
+    unexpected_decode_error,
+)
+from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
+from ..features.extract import Columns, extract, field_values, impute, take_events
+from ..features.validation import validate
+from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
+from ..models.bundle import LoadedModel, ScoreBatch
+from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
+from ..serde.codec import RecordColumns
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[bytes | None], dict[str, Any]]
+BatchEncoder = Callable[[list[dict[str, Any]]], list[bytes]]
+#: ``RecordColumns -> encoded records``; see
+#: :meth:`streamscore.serde.codec.AvroSerializer.encode_columns`
+ColumnEncoder = Callable[[RecordColumns], list[bytes]]
+#: ``values -> (indices decoded, records, [(index, error)])``;
+#: see :meth:`streamscore.serde.codec.AvroDeserializer.decode_many`
+ManyDecoder = Callable[
+    [Sequence[bytes | None]],
+    tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """What the scorer needs of a consumed message (the Kafka loop fills it)."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class MessageBatch(Sequence[InMessage]):
+    """Consumed messages, column-wise: the values and keys the scorer reads for every
+    message, and a full :class:`InMessage` built only when one is asked for (dead letters,
+    late routing). The worker hands one of these to :meth:`BatchScorer.score` so that no
+    per-message object is created on the hot path; any ``Sequence[InMessage]`` works too."""
+
+    __slots__ = ("_make", "keys", "values")
+
+    def __init__(
+        self,
+        values: list[bytes | None],
+        keys: list[bytes | None],
+        make: Callable[[int], InMessage],
+    ) -> None:
+        if len(values) != len(keys):
+            raise ValueError("values and keys must have the same length")
+        self.values = values
+        self.keys = keys
+        self._make = make
+
+    @classmethod
+    def of(cls, messages: Sequence[InMessage]) -> MessageBatch:
+        msgs = list(messages)
+        return cls([m.value for m in msgs], [m.key for m in msgs], msgs.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, i: int) -> InMessage: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[InMessage]: ...
+
+    def __getitem__(self, i: int | slice) -> InMessage | list[InMessage]:
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(len(self.values)))]
+        n = len(self.values)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("message index out of range")
+        return self._make(i)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: InMessage
+    error: StreamscoreError
+
+
+@dataclass(frozen=True, slots=True)
+class RoleOutput:
+    """Accounting of one model's share of a batch."""
+
+    model_name: str
+    model_version: int
+    role: Role
+    count: int
+    scores: np.ndarray
+    degraded: int = 0
+
+
+@dataclass(slots=True)
+class ScoredBatch:
+    predictions: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    late_routed: list[InMessage] = field(default_factory=list)
+    n_messages: int = 0
+    n_scored: int = 0
+    n_late: int = 0
+    outputs: list[RoleOutput] = field(default_factory=list)
+    shadow_skipped: dict[str, int] = field(default_factory=dict)
+    event_times_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    timings: StageTimings = field(default_factory=StageTimings)
+    #: for drift: the primary's rows as extracted (before imputation; NaN = missing) and
+    #: the scores it gave them
+    primary_raw_x: np.ndarray | None = None
+    primary_scores: np.ndarray | None = None
+    model_versions: dict[str, int] = field(default_factory=dict)
+    #: which consumed message each of ``predictions`` answers, and which share of
+    #: ``outputs`` counts it (for an output refused after scoring: see :meth:`unpredict`)
+    _placed: list[_Placed] = field(default_factory=list, repr=False)
+    _source: Callable[[int], InMessage] | None = field(default=None, repr=False)
+
+    def prediction_source(self, i: int) -> InMessage:
+        """The consumed message that ``predictions[i]`` answers."""
+        assert self._source is not None
+        start = 0
+        for p in self._placed:
+            if i < start + p.rows.size:
+                return self._source(int(p.rows[i - start]))
+            start += int(p.rows.size)
+        raise IndexError(f"no prediction {i}")
+
+    def unpredict(self, i: int) -> None:
+        """``predictions[i]`` was not produced after all (the producer refused it): take
+        it out of the counts of its model and role. Its message is dead-lettered by the
+        caller."""
+        start = 0
+        for p in self._placed:
+            if i < start + p.rows.size:
+                drop = np.zeros(p.rows.size, dtype=bool)
+                drop[i - start] = True
+                _uncount(self, p, drop)
+                if p.role is not Role.SHADOW:
+                    self.n_scored -= 1
+                return
+            start += int(p.rows.size)
+        raise IndexError(f"no prediction {i}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """One model's predictions queued by ``_emit``: the valid rows they answer, which of
+    them the fallback answered, and the index of their entries in ``outputs``."""
+
+    rows: np.ndarray
+    degraded: np.ndarray
+    role: Role
+    output: int
+    fallback_output: int | None
+
+
+def _uncount(out: ScoredBatch, p: _Placed, drop: np.ndarray) -> None:
+    """Take the rows ``drop`` (a mask over ``p.rows``) out of ``p``'s output counts."""
+    n_deg = int((drop & p.degraded).sum())
+    n_main = int(drop.sum()) - n_deg
+    ro = out.outputs[p.output]
+    out.outputs[p.output] = dataclasses.replace(
+        ro,
+        count=ro.count - n_main,
+        degraded=ro.degraded - n_deg,
+        scores=ro.scores[~drop] if ro.scores.size == drop.size else ro.scores,
+    )
+    if p.fallback_output is not None and n_deg:
+        fb = out.outputs[p.fallback_output]
+        out.outputs[p.fallback_output] = dataclasses.replace(
+            fb, count=fb.count - n_deg, degraded=fb.degraded - n_deg
+        )
+
+
+def _decode_key(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return key.hex()
+
+
+def _decode_keys(keys: list[bytes | None]) -> list[str | None]:
+    try:
+        return [None if k is None else k.decode("utf-8") for k in keys]
+    except UnicodeDecodeError:
+        return [_decode_key(k) for k in keys]
+
+
+class BatchScorer:
+    """Scores micro-batches. ``decode`` turns one message value into an event dict;
+    ``encode_predictions`` turns prediction dicts into encoded values.
+
+    Fast paths, used when the collaborators offer them (the worker's do): a ``decode``
+    with a ``decode_many`` method decodes the whole batch in one call, and an
+    ``encode_predictions`` that is the bound ``encode_many`` of an object with an
+    ``encode_columns`` method (an :class:`~streamscore.serde.codec.AvroSerializer`) gets the
+    predictions column-wise (constants once per batch, NumPy arrays as they are) instead
+    of one dict per prediction. Results are identical either way."""
+
+    def __init__(
+        self,
+        decode: Decoder,
+        encode_predictions: BatchEncoder,
+        settings: ScoringSettings,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        prediction_limit: Callable[[], int] | None = None,
+    ) -> None:
+        """``prediction_limit()``: the largest prediction record (key and value, as
+        :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic takes,
+        asked once per batch. An event with a prediction larger than that is not
+        predicted: it is dead-lettered (:class:`~streamscore.core.errors.OutputTooLargeError`)."""
+        self._prediction_limit = prediction_limit
+        self._decode = decode
+        self._encode = encode_predictions
+        self._settings = settings
+        self._clock_ms = clock_ms
+        self._decode_many: ManyDecoder | None = getattr(decode, "decode_many", None)
+        owner = getattr(encode_predictions, "__self__", None)
+        self._encode_columns: ColumnEncoder | None = (
+            getattr(owner, "encode_columns", None)
+            if getattr(encode_predictions, "__name__", None) == "encode_many"
+            else None
+        )
+
+    def _decode_all(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        """Decode the batch; an :class:`InfrastructureError` (the registry away) is raised,
+        never returned as a message's error: the batch is not bad data."""
+        if self._decode_many is not None:
+            try:
+                decoded = self._decode_many(values)
+            except InfrastructureError:
+                raise
+            except Exception:  # a bug in the batch path: each message then says for itself
+                log.exception("batch decode failed; decoding the batch message by message")
+            else:
+                for _i, exc in decoded[2]:
+                    if isinstance(exc, InfrastructureError):
+                        raise exc
+                return decoded
+        good: list[int] = []
+        events: list[dict[str, Any]] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        decode = self._decode
+        for i, v in enumerate(values):
+            try:
+                events.append(decode(v))
+                good.append(i)
+            except InfrastructureError:
+                raise
+            except StreamscoreError as exc:
+                failed.append((i, exc))
+            except Exception as exc:  # whatever one message does to a decoder is its own
+                failed.append((i, unexpected_decode_error(exc)))
+        return good, events, failed
+
+    def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:
+        if snapshot.primary is None:
+            raise NoModelError("scoring needs an active primary model")
+        out = ScoredBatch(n_messages=len(messages), model_versions=snapshot.versions())
+        if isinstance(messages, MessageBatch):
+            values, raw_keys = messages.values, messages.keys
+        else:
+            values, raw_keys = [m.value for m in messages], [m.key for m in messages]
+        t0 = time.perf_counter()
+
+        # ---- decode: one typed error per bad message, never a crash
+        good, events, failed = self._decode_all(values)
+        for i, exc in failed:
+            out.dead_letters.append(DeadLetter(messages[i], exc))
+        t1 = time.perf_counter()
+
+        # ---- late events
+        now = self._clock_ms()
+        times = np.fromiter(
+            field_values(events, EVENT_TIME_FIELD), dtype=np.int64, count=len(events)
+        )
+        late = np.zeros(len(events), dtype=bool)
+        if self._settings.late_after_ms is not None and events:
+            late = (now - times) > self._settings.late_after_ms
+            out.n_late = int(late.sum())
+            if out.n_late and self._settings.late_policy is LatePolicy.ROUTE:
+                keep = ~late
+                out.late_routed = [messages[good[j]] for j in np.flatnonzero(late).tolist()]
+                kept = np.flatnonzero(keep).tolist()
+                events = take_events(events, kept)
+                good = [good[j] for j in kept]
+                times, late = times[keep], late[keep]
+
+        # ---- validate against the primary's spec
+        primary = snapshot.primary
+        spec = primary.meta.feature_spec
+        cols = extract(events, spec)
+        result = validate(cols, spec)
+        for i, err in result.errors.items():
+            out.dead_letters.append(DeadLetter(messages[good[i]], err))
+        t2 = time.perf_counter()
+
+        valid = result.valid
+        if valid.all():
+            x = impute(cols, spec)
+            v_events, v_good = events, good
+            out.event_times_ms = times
+            v_late = late.tolist()
+        else:
+            idx = np.flatnonzero(valid)
+            x = impute(cols, spec)[idx]
+            take = idx.tolist()
+            v_events = take_events(events, take)
+            v_good = [good[i] for i in take]
+            out.event_times_ms = times[idx]
+            v_late = late[idx].tolist()
+        v_raw_keys = [raw_keys[g] for g in v_good]
+        keys = _decode_keys(v_raw_keys)
+        inputs = _inputs(v_events, spec, cols.missing if valid.all() else cols.missing[valid])
+        t3 = time.perf_counter()
+
+        # ---- predict: one call per role
+        pieces: list[RecordColumns] = []
+        rec_keys: list[bytes | None] = []
+        n = len(v_events)
+        answered_by_canary = np.zeros(n, dtype=bool)
+        ctx = _RowContext(
+            field_values(v_events, EVENT_ID_FIELD),
+            out.event_times_ms.tolist(),
+            v_raw_keys,
+            keys,
+            v_late,
+            now,
+            inputs,
+        )
+        if n:
+            canary = snapshot.canary
+            if canary is not None:
+                mask = snapshot.canary_mask(keys, self._settings.canary_fraction)
+                rows = np.flatnonzero(mask)
+                if rows.size:
+                    got = self._score_other(canary, Role.CANARY, ctx, rows, v_events, x, spec, out)
+                    if got is not None:
+                        ok_rows, batch, xc = got
+                        answered_by_canary[ok_rows] = True
+                        self._emit(
+                            pieces,
+                            rec_keys,
+                            ctx,
+                            canary,
+                            Role.CANARY,
+                            ok_rows,
+                            batch,
+                            np.zeros(ok_rows.size, dtype=bool),
+                            xc,
+                            out,
+                        )
+            rows = np.flatnonzero(~answered_by_canary)
+            if rows.size:
+                xp = x if rows.size == n else x[rows]
+                fr: FallbackResult = score_with_fallback(snapshot, xp)
+                raw_x = cols.values if valid.all() else cols.values[valid]
+                out.primary_raw_x = raw_x if rows.size == n else raw_x[rows]
+                out.primary_scores = fr.batch.score()
+                self._emit(
+                    pieces,
+                    rec_keys,
+                    ctx,
+                    primary,
+                    Role.PRIMARY,
+                    rows,
+                    fr.batch,
+                    fr.degraded,
+                    xp,
+                    out,
+                    fallback=fr,
+                )
+            shadow = snapshot.shadow
+            if shadow is not None:
+                got = self._score_other(
+                    shadow, Role.SHADOW, ctx, np.arange(n), v_events, x, spec, out
+                )
+                if got is not None:
+                    ok_rows, batch, xs = got
+                    self._emit(
+                        pieces,
+                        rec_keys,
+                        ctx,
+                        shadow,
+                        Role.SHADOW,
+                        ok_rows,
+                        batch,
+                        np.zeros(ok_rows.size, dtype=bool),
+                        xs,
+                        out,
+                    )
+        out.n_scored = n
+        t4 = time.perf_counter()
+
+        # ---- encode
+        if self._encode_columns is not None:
+            encoded: list[bytes] = []
+            for piece in pieces:
+                encoded.extend(self._encode_columns(piece))
+        else:
+            encoded = self._encode([r for piece in pieces for r in piece.rows()])
+        out.predictions = list(zip(rec_keys, encoded, strict=True))
+        if self._prediction_limit is not None and encoded:
+            limit = self._prediction_limit()
+            _drop_oversized(out, encoded, rec_keys, limit, messages, v_good)
+        out._source = _sources(messages, v_good)
+        t5 = time.perf_counter()
+        out.timings = StageTimings(
+            decode_s=t1 - t0,
+            validate_s=t2 - t1,
+            features_s=t3 - t2,
+            predict_s=t4 - t3,
+            encode_s=t5 - t4,
+        )
+        return out
+
+    def _score_other(
+        self,
+        model: LoadedModel,
+        role: Role,
+        ctx: _RowContext,
+        rows: np.ndarray,
+        v_events: Sequence[Mapping[str, Any]],
+        x_primary: np.ndarray,
+        primary_spec: Any,
+        out: ScoredBatch,
+    ) -> tuple[np.ndarray, ScoreBatch, np.ndarray] | None:
+        """Score ``rows`` with a canary or shadow; rows invalid for its own spec are skipped
+        (counted); a failing model scores nothing this batch (the primary answers)."""
+        spec = model.meta.feature_spec
+        if spec == primary_spec:
+            ok_rows, xm = rows, x_primary[rows]
+        else:
+            sub = take_events(v_events, rows.tolist())
+            cols: Columns = extract(sub, spec)
+            res = validate(cols, spec)
+            ok_rows = rows[res.valid]
+            xm = impute(cols, spec)[res.valid]
+            skipped = int(rows.size - ok_rows.size)
+            if skipped:
+                out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + skipped
+        if ok_rows.size == 0:
+            return None
+        try:
+            batch = model.predict(xm.astype(np.float32))
+        except ModelError:
+            out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + int(
+                ok_rows.size
+            )
+            return None
+        finite = batch.finite_mask()
+        if not finite.all():
+            out.shadow_skipped[role.value] = out.shadow_skipped.get(role.value, 0) + int(
+                ok_rows.size
+            )
+            return None
+        return ok_rows, batch, xm
+
+    def _emit(
+        self,
+        pieces: list[RecordColumns],
+        rec_keys: list[bytes | None],
+        ctx: _RowContext,
+        model: LoadedModel,
+        role: Role,
+        rows: np.ndarray,
+        batch: ScoreBatch,
+        degraded: np.ndarray,
+        xm: np.ndarray,
+        out: ScoredBatch,
+        fallback: FallbackResult | None = None,
+    ) -> None:
+        """Queue ``rows``' predictions by ``model`` as one column-wise piece."""
+        meta = model.meta
+        n = int(rows.size)
+        inputs = ctx.inputs
+        if n == len(ctx.ids):  # rows are increasing and unique: every row, in order
+            ids, keys, times, late, raw = ctx.ids, ctx.keys, ctx.times, ctx.late, ctx.raw_keys
+        else:
+            take = rows.tolist()
+            ids = [ctx.ids[i] for i in take]
+            keys = [ctx.keys[i] for i in take]
+            times = [ctx.times[i] for i in take]
+            late = [ctx.late[i] for i in take]
+            raw = [ctx.raw_keys[i] for i in take]
+            if inputs is not None:
+                inputs = [inputs[i] for i in take]
+        constants: dict[str, Any] = {
+            "scored_time": ctx.now,
+            "model_name": meta.name,
+            "role": role.value,
+            "feature_names": list(meta.feature_spec.names),
+        }
+        if inputs is None:
+            constants["inputs"] = {}
+        columns: dict[str, Any] = {
+            "event_id": ids,
+            "key": keys,
+            "event_time": times,
+            "features": np.asarray(xm, dtype=np.float64),
+        }
+        if inputs is not None:
+            columns["inputs"] = inputs
+        n_degraded = int(degraded.sum())
+        if fallback is not None and n_degraded:
+            columns["model_version"] = fallback.model_versions().tolist()
+        else:
+            constants["model_version"] = meta.version
+        if n_degraded:
+            columns["degraded"] = degraded.tolist()
+        else:
+            constants["degraded"] = False
+        if any(late):
+            columns["late"] = late
+        else:
+            constants["late"] = False
+        if batch.task is Task.REGRESSION:
+            assert batch.values is not None
+            columns["value"] = np.asarray(batch.values, dtype=np.float64)
+            constants.update(label=None, probabilities=[], classes=[])
+        else:
+            assert batch.probabilities is not None and batch.labels is not None
+            columns["label"] = batch.labels.tolist()
+            columns["probabilities"] = np.asarray(batch.probabilities, dtype=np.float64)
+            constants.update(value=None, classes=list(batch.classes))
+        pieces.append(RecordColumns(n, constants, columns))
+        rec_keys.extend(raw)
+        version = meta.version
+        main = len(out.outputs)
+        out.outputs.append(
+            RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
+        )
+        fb_index = None
+        if n_degraded and fallback is not None and fallback.fallback is not None:
+            fb = fallback.fallback
+            fb_index = len(out.outputs)
+            out.outputs.append(
+                RoleOutput(fb.name, fb.version, role, n_degraded, np.empty(0), n_degraded)
+            )
+        out._placed.append(_Placed(rows, degraded, role, main, fb_index))
+
+
+def _sources(messages: Sequence[InMessage], v_good: list[int]) -> Callable[[int], InMessage]:
+    return lambda row: messages[v_good[row]]
+
+
+def _drop_oversized(
+    out: ScoredBatch,
+    encoded: list[bytes],
+    rec_keys: list[bytes | None],
+    limit: int,
+    messages: Sequence[InMessage],
+    v_good: list[int],
+) -> None:
+    """Events with a prediction larger than ``limit`` are dead-lettered, not predicted
+    (none of their predictions is produced: consumed = predicted + dead-lettered). One
+    pass of C-level ``len`` calls per batch when nothing is too large."""
+    longest = max(map(len, encoded)) + max(map(len, filter(None, rec_keys)), default=0)
+    if longest + RECORD_OVERHEAD <= limit:
+        return
+    too_big: dict[int, tuple[int, str]] = {}  # valid row -> size, role of its largest
+    start = 0
+    for p in out._placed:
+        for j, row in enumerate(p.rows.tolist()):
+            size = wire_size(rec_keys[start + j], encoded[start + j])
+            if size > limit and size > too_big.get(row, (0, ""))[0]:
+                too_big[row] = (size, p.role.value)
+        start += int(p.rows.size)
+    if not too_big:
+        return
+    bad = np.fromiter(too_big, dtype=np.int64, count=len(too_big))
+    kept: list[tuple[bytes | None, bytes]] = []
+    placed: list[_Placed] = []
+    start = 0
+    for p in out._placed:
+        n = int(p.rows.size)
+        drop = np.isin(p.rows, bad)
+        if drop.any():
+            _uncount(out, p, drop)
+            keep = ~drop
+            mine = out.predictions[start : start + n]
+            kept.extend(pr for pr, k in zip(mine, keep.tolist(), strict=True) if k)
+            p = dataclasses.replace(p, rows=p.rows[keep], degraded=p.degraded[keep])
+        else:
+            kept.extend(out.predictions[start : start + n])
+        placed.append(p)
+        start += n
+    out.predictions = kept
+    out._placed = placed
+    for row, (size, role) in sorted(too_big.items()):
+        err = OutputTooLargeError(
+            f"the {role} prediction of this event is {size} bytes, more than the "
+            f"predictions topic accepts ({limit} bytes)",
+            size=size,
+            limit=limit,
+        )
+        out.dead_letters.append(DeadLetter(messages[v_good[row]], err))
+    out.n_scored -= len(too_big)
+    keep_rows = np.ones(out.event_times_ms.size, dtype=bool)
+    keep_rows[bad] = False
+    out.event_times_ms = out.event_times_ms[keep_rows]
+
+
+@dataclass(frozen=True, slots=True)
+class _RowContext:
+    """Per valid row of the batch, what every prediction repeats."""
+
+    ids: list[Any]
+    times: list[int]
+    raw_keys: list[bytes | None]
+    keys: list[str | None]
+    late: list[bool]
+    now: int
+    inputs: list[dict[str, Any]] | None  # None: every prediction's ``inputs`` is empty
+
+
+_ENVELOPE_FIELDS = frozenset({EVENT_ID_FIELD, EVENT_TIME_FIELD, "key"})
+
+
+def _input_value(v: Any) -> float | str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return str(v)
+
+
+def _inputs(
+    events: Sequence[Mapping[str, Any]], spec: Any, missing: np.ndarray
+) -> list[dict[str, Any]] | None:
+    """Per event, what the scored feature vector does not hold as it was, so that the
+    ground truth can rebuild the raw event for retraining: fields the model does not
+    use, raw values of categorical features, and numeric features that were missing
+    (and imputed). ``None`` when that is nothing for the whole batch (no per-row work:
+    an event whose fields are all numeric model inputs costs nothing here)."""
+    if not events:
+        return None
+    numeric = {f.name for f in spec.fields if f.kind is FeatureKind.NUMERIC}
+    other = [k for k in events[0] if k not in _ENVELOPE_FIELDS and k not in numeric]
+    miss_cols = [
+        (j, f.name)
+        for j, f in enumerate(spec.fields)
+        if f.kind is FeatureKind.NUMERIC and missing[:, j].any()
+    ]
+    if not other and not miss_cols:
+        return None
+    out = [{k: _input_value(e.get(k)) for k in other} for e in events]
+    for j, name in miss_cols:
+        for i in np.flatnonzero(missing[:, j]).tolist():
+            out[i][name] = None
+    return out
+
+
+def dead_letter_headers(
+    dl: DeadLetter, *, worker_id: str, model_version: int | None
+) -> list[tuple[str, bytes]]:
+    """Headers that say why a message is in the dead-letter topic and where it came from."""
+    err, m = dl.error, dl.message
+    headers = [
+        ("streamscore.error.class", type(err).__name__.encode()),
+        ("streamscore.error.reason", err.reason.encode()),
+        ("streamscore.error.message", str(err).encode("utf-8", "replace")[:1000]),
+        ("streamscore.source.topic", m.topic.encode()),
+        ("streamscore.source.partition", str(m.partition).encode()),
+        ("streamscore.source.offset", str(m.offset).encode()),
+        ("streamscore.source.timestamp", str(m.timestamp_ms).encode()),
+        ("streamscore.worker.id", worker_id.encode()),
+        ("streamscore.model.version", str(model_version or "").encode()),
+    ]
+    if err.field is not None:
+        headers.append(("streamscore.error.field", err.field.encode()))
+    return headers

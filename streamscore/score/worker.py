@@ -1,0 +1,509 @@
+"""The scoring loop: poll a micro-batch, score it, hand outputs to the sink, repeat.
+
+Small on purpose. Wiring lives in ``cli.py``, batch logic in ``scoring.py``, delivery
+and commits in ``delivery.py``, model updates in ``model_watcher.py`` /
+``model_updates.py``; this module only loops, and handles rebalances, backpressure and
+the stop signal between batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from ..core.config import ScoringSettings, TopicSettings
+from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
+from ..core.records import Telemetry
+from ..kafka.delivery import (
+    AtLeastOnceSink,
+    OutBatch,
+    OutMessage,
+    RetryBatch,
+    TooLarge,
+    TransactionalSink,
+)
+from ..kafka.output_limits import OutputLimits, fit, wire_size
+from ..kafka.putback import PutBack
+from ..metrics.series import Metrics
+from ..models.bundle import LoadedModel
+from ..models.store import ModelStore
+from .batch import (
+    BatchScorer,
+    DeadLetter,
+    InMessage,
+    MessageBatch,
+    ScoredBatch,
+    dead_letter_headers,
+)
+from .drift import DriftMonitor
+
+log = logging.getLogger(__name__)
+
+Sink = AtLeastOnceSink | TransactionalSink
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    consumed: int = 0
+
+
+class PartitionTracker:
+    """Owned partitions and their lag gauges (no stale series for partitions we lost)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.owned: set[tuple[str, int]] = set()
+
+    def assigned(self, partitions: Sequence[Any]) -> None:
+        for tp in partitions:
+            self.owned.add((tp.topic, tp.partition))
+
+    def revoked(self, partitions: Sequence[Any]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self.owned.discard(key)
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def refresh_lag(self, consumer: Any, *, cached: bool = False) -> None:
+        """Set the lag gauges: high watermark minus position, per owned partition.
+
+        ``cached=True`` takes the high watermarks from the consumer's latest fetch
+        responses instead of asking the broker (one blocking round trip per partition):
+        what the scoring loop uses while it is consuming, so that refreshing a gauge never
+        stalls a batch."""
+        if not self.owned:
+            return
+        tps = [TopicPartition(t, p) for t, p in sorted(self.owned)]
+        try:
+            positions = consumer.position(tps)
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                _lo, hi = consumer.get_watermark_offsets(tp, timeout=0.5, cached=cached)
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and hi >= 0:
+                lag = max(0, hi - tp.offset)
+            elif hi >= 0:
+                committed = 0
+                lag = hi - committed
+            else:
+                continue
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every ``v``, in one pass.
+
+    prometheus_client's histogram keeps one counter per bucket (the first bucket whose
+    upper bound is >= the value) and a sum; this adds each bucket's count at once, which
+    costs a few NumPy calls instead of about a microsecond per value. Falls back to
+    ``observe`` one by one if the histogram does not look like that."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    vals = np.asarray(values, dtype=np.float64).ravel()
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in vals.tolist():
+            histogram.observe(v)
+        return
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), vals, side="left")
+    counts = np.bincount(idx[idx < len(bounds)], minlength=len(bounds))  # NaN: no bucket
+    total.inc(sum(vals.tolist()))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
+
+
+def _offset_ranges(
+    msgs: list[Any],
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """First and last offset seen per (topic, partition), in one pass of C-level calls."""
+    topics = [m.topic() for m in msgs]
+    parts = [m.partition() for m in msgs]
+    offs = [m.offset() for m in msgs]
+    first: dict[tuple[str, int], int] = {}
+    last: dict[tuple[str, int], int] = {}
+    if topics.count(topics[0]) == len(topics):  # one topic (we subscribe to one)
+        topic = topics[0]
+        p = np.asarray(parts)
+        uniq, i_first = np.unique(p, return_index=True)
+        _, i_last = np.unique(p[::-1], return_index=True)
+        for part, i, j in zip(uniq.tolist(), i_first.tolist(), i_last.tolist(), strict=True):
+            first[(topic, part)] = offs[i]
+            last[(topic, part)] = offs[len(offs) - 1 - j]
+        return first, last
+    for tp, off in zip(zip(topics, parts, strict=True), offs, strict=True):
+        if tp not in first:
+            first[tp] = off
+        last[tp] = off
+    return first, last
+
+
+class DriftTracker:
+    """One drift monitor for the active primary version; gauges written about once a
+    second (the per-batch update is a few vectorised NumPy calls)."""
+
+    def __init__(self, metrics: Metrics, *, window: int = 5000, interval_s: float = 1.0) -> None:
+        self._metrics = metrics
+        self._window = window
+        self._interval_s = interval_s
+        self._version: tuple[str, int] | None = None
+        self._monitor: DriftMonitor | None = None
+        self._next = 0.0
+
+    def observe(self, model: LoadedModel | None, x: Any, scores: Any) -> None:
+        if model is None or x is None or scores is None:
+            return
+        key = (model.meta.name, model.meta.version)
+        if key != self._version:
+            if self._monitor is not None:
+                self._monitor.remove_metrics(self._metrics)
+            self._version = key
+            try:
+                self._monitor = DriftMonitor.from_meta(model.meta, window=self._window)
+            except (ValueError, KeyError) as exc:  # a bundle without reference histograms
+                log.warning("no drift monitoring for %s v%s: %s", key[0], key[1], exc)
+                self._monitor = None
+        if self._monitor is None:
+            return
+        self._monitor.update(x, scores)
+        now = time.monotonic()
+        if now >= self._next:
+            self._monitor.write_metrics(self._metrics)
+            self._next = now + self._interval_s
+
+
+class ScoreLoop:
+    def __init__(
+        self,
+        *,
+        consumer: Any,
+        sink: Sink,
+        scorer: BatchScorer,
+        store: ModelStore,
+        metrics: Metrics,
+        settings: ScoringSettings,
+        topics: TopicSettings,
+        encode_telemetry: Callable[[dict[str, Any]], bytes],
+        stop: threading.Event,
+        lag_interval_s: float = 1.0,
+        registry_backoff_s: tuple[float, float] = (0.5, 10.0),
+        limits: OutputLimits | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._sink = sink
+        self._scorer = scorer
+        self._store = store
+        self._m = metrics
+        self._s = settings
+        self._topics = topics
+        self._encode_telemetry = encode_telemetry
+        self._stop = stop
+        self._lag_interval_s = lag_interval_s
+        self._put_back = PutBack(consumer, stop=stop, backoff_s=registry_backoff_s, serve=sink.poll)
+        self.partitions = PartitionTracker(metrics)
+        self.stats = LoopStats()
+        self.drift = DriftTracker(metrics) if settings.drift else None
+        self._paused = False
+        #: the largest record each output topic takes (outputs are sized before produce)
+        self._limits = limits or OutputLimits()
+
+    # ---- rebalance callbacks: run inside consume(), i.e. between batches
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self.partitions.assigned(partitions)
+        if self._paused or self._put_back.waiting:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+        self._sink.drain()  # every output acknowledged, offsets committed
+        self.partitions.revoked(partitions)
+        self._put_back.revoked(partitions)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        log.warning("lost %s", [(p.topic, p.partition) for p in partitions])
+        self._sink.discard()
+        self.partitions.revoked(partitions)
+        self._put_back.revoked(partitions)
+
+    def run(self) -> LoopStats:
+        c = self._consumer
+        c.subscribe(
+            [self._topics.events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        wait_s = self._s.batch_wait_ms / 1000.0
+        next_lag = 0.0
+        try:
+            while not self._stop.is_set():
+                self._sink.poll(0)
+                self._backpressure()
+                msgs = c.consume(num_messages=self._s.batch_size, timeout=wait_s)
+                now = time.monotonic()
+                if now >= next_lag:
+                    # from the last fetch while consuming; ask the broker while paused
+                    self.partitions.refresh_lag(c, cached=not self._paused)
+                    next_lag = now + self._lag_interval_s
+                if msgs:
+                    self._batch(msgs)
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _backpressure(self) -> None:
+        backlog = self._sink.backlog
+        high = self._s.max_in_flight
+        if not self._paused and backlog > high:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+            self._m.backpressure_pauses.inc()
+            log.info("producer queue at %d messages: consumption paused", backlog)
+        elif self._paused and backlog < high // 2:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+            log.info("producer queue drained to %d: consumption resumed", backlog)
+        if self._paused:
+            self._sink.poll(0.05)
+
+    def _batch(self, msgs: list[Any]) -> None:
+        good = [m for m in msgs if m.error() is None]
+        if len(good) != len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+        if not good:
+            return
+        values: list[bytes | None] = [m.value() for m in good]
+        keys: list[bytes | None] = [m.key() for m in good]
+        first, last = _offset_ranges(good)
+
+        def make(i: int) -> InMessage:  # only for dead letters and late routing
+            m = good[i]
+            return InMessage(
+                values[i], keys[i], m.topic(), m.partition(), m.offset(), m.timestamp()[1]
+            )
+
+        snapshot = self._store.snapshot()
+        sources: list[tuple[OutMessage, DeadLetter]] = []
+        try:
+            # the registry away: raised before any scoring work (decode fetches first)
+            scored = self._scorer.score(MessageBatch(values, keys, make), snapshot)
+            t0 = time.perf_counter()
+            out = self._outputs(scored, snapshot.versions(), first, last, sources)
+        except InfrastructureError as exc:
+            self._m.registry_unavailable_batches.inc()
+            self._put_back(first, f"{type(exc).__name__}: {exc}")
+            if self._paused:  # backpressure still on: the put-back resumed everything
+                self._consumer.pause(self._consumer.assignment())
+            return
+        self._put_back.ok()
+        if self.drift is not None:
+            self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
+        batch = OutBatch(
+            out,
+            {k: v + 1 for k, v in last.items()},
+            first,
+            bulk=[(self._topics.predictions, scored.predictions)],
+            on_too_large=self._rescuer(scored, sources, snapshot.versions().get("primary")),
+        )
+        try:
+            self._sink.send(batch)
+        except RetryBatch:
+            self._m.batches_aborted.inc()
+            return
+        produce_s = time.perf_counter() - t0
+        self._record(scored, produce_s)
+
+    def _outputs(
+        self,
+        scored: ScoredBatch,
+        versions: dict[str, int],
+        first: dict[tuple[str, int], int],
+        last: dict[tuple[str, int], int],
+        sources: list[tuple[OutMessage, DeadLetter]] | None = None,
+    ) -> list[OutMessage]:
+        t = self._topics
+        out: list[OutMessage] = []  # the predictions go in bulk
+        sources = [] if sources is None else sources
+        primary_version = versions.get("primary")
+        late: list[OutMessage] = []
+        for m in scored.late_routed:
+            headers = [
+                ("streamscore.source.topic", m.topic.encode()),
+                ("streamscore.source.partition", str(m.partition).encode()),
+                ("streamscore.source.offset", str(m.offset).encode()),
+            ]
+            size = wire_size(m.key, m.value, headers)
+            if size <= self._limits.limit(t.late):
+                late.append(OutMessage(t.late, m.key, m.value, headers))
+                sources.append((late[-1], DeadLetter(m, self._too_large(t.late, size))))
+            else:  # larger than the late topic takes: a dead letter (cut to fit) instead
+                scored.dead_letters.append(DeadLetter(m, self._too_large(t.late, size)))
+        for dl in scored.dead_letters:
+            out.append(self._dead_letter(dl, primary_version))
+            sources.append((out[-1], dl))
+        out.extend(late)
+        tele = Telemetry(
+            worker_id=self._s.worker_id,
+            kind="batch",
+            time_ms=int(time.time() * 1000),
+            topic=t.events,
+            partition_offsets={p: (first[(tp, p)], last[(tp, p)]) for (tp, p) in first},
+            batch_size=scored.n_messages,
+            valid=scored.n_scored,
+            invalid=len(scored.dead_letters),
+            late=scored.n_late,
+            timings=scored.timings,
+            model_versions=versions,
+        )
+        out.append(
+            OutMessage(
+                t.telemetry, self._s.worker_id.encode(), self._encode_telemetry(tele.to_avro())
+            )
+        )
+        return out
+
+    def _dead_letter(self, dl: DeadLetter, primary_version: int | None) -> OutMessage:
+        """The dead letter of ``dl``: its key and bytes, cut to fit the dead-letter
+        topic if they are larger than it takes (headers say so, and the original size)."""
+        headers = dead_letter_headers(
+            dl, worker_id=self._s.worker_id, model_version=primary_version
+        )
+        m = dl.message
+        key, value, headers = fit(m.key, m.value, headers, self._limits.limit(self._topics.dlq))
+        return OutMessage(self._topics.dlq, key, value, headers)
+
+    def _rescuer(
+        self,
+        scored: ScoredBatch,
+        sources: list[tuple[OutMessage, DeadLetter]],
+        primary_version: int | None,
+    ) -> TooLarge:
+        """What replaces an output that the producer or the broker refused as too large
+        although it was sized against the limits read at start (they were lowered since,
+        or the client's own limit is lower): the limit is lowered to below the refused
+        size, and the message the output came from is dead-lettered (a dead letter is
+        cut again, to the lowered limit). The batch goes on; nothing is lost."""
+        t = self._topics
+        unpredicted: set[int] = set()
+
+        def rescue(refused: OutMessage) -> OutMessage | None:
+            size = wire_size(refused.key, refused.value, refused.headers)
+            self._limits.lower(refused.topic, size)
+            dl: DeadLetter | None = None
+            if refused.topic == t.predictions:
+                for i, (k, v) in enumerate(scored.predictions):
+                    if i not in unpredicted and v == refused.value and k == refused.key:
+                        unpredicted.add(i)
+                        scored.unpredict(i)  # counted as a dead letter instead
+                        dl = DeadLetter(
+                            scored.prediction_source(i), self._too_large(refused.topic, size)
+                        )
+                        break
+            else:
+                for o, source in sources:
+                    if o is refused or (
+                        o.topic == refused.topic
+                        and o.key == refused.key
+                        and o.value == refused.value
+                    ):
+                        dl = source
+                        break
+            if dl is None:
+                return None
+            if refused.topic != t.dlq:
+                self._m.invalid_events.labels(dl.error.reason).inc()
+                self._m.dead_letters.labels(dl.error.reason).inc()
+            repl = self._dead_letter(dl, primary_version)
+            sources.append((repl, dl))
+            log.warning(
+                "%s[%d]@%d: an output of %d bytes refused by %s: dead-lettered (%s)",
+                dl.message.topic,
+                dl.message.partition,
+                dl.message.offset,
+                size,
+                refused.topic,
+                dl.error.reason,
+            )
+            return repl
+
+        return rescue
+
+    def _too_large(self, topic: str, size: int) -> OutputTooLargeError:
+        limit = self._limits.limit(topic)
+        return OutputTooLargeError(
+            f"an output of {size} bytes is more than topic {topic} accepts ({limit} bytes)",
+            size=size,
+            limit=limit,
+            topic=topic,
+        )
+
+    def _record(self, scored: ScoredBatch, produce_s: float) -> None:
+        m = self._m
+        self.stats.batches += 1
+        self.stats.consumed += scored.n_messages
+        m.events_consumed.labels(self._topics.events).inc(scored.n_messages)
+        m.batch_size.observe(scored.n_messages)
+        tm = scored.timings
+        for stage, secs in (
+            ("decode", tm.decode_s),
+            ("validate", tm.validate_s),
+            ("features", tm.features_s),
+            ("predict", tm.predict_s),
+            ("encode", tm.encode_s),
+            ("produce", produce_s),
+        ):
+            m.stage_seconds.labels(stage).observe(secs)
+        for ro in scored.outputs:
+            if ro.count:
+                m.predictions.labels(ro.model_name, str(ro.model_version), ro.role.value).inc(
+                    ro.count
+                )
+            if ro.degraded and ro.scores.size == 0:
+                m.degraded_predictions.labels(ro.model_name).inc(ro.degraded)
+            sample = (
+                ro.scores if ro.scores.size <= 64 else ro.scores[:: max(1, ro.scores.size // 64)]
+            )
+            if sample.size:
+                observe_many(m.scores.labels(ro.role.value), sample)
+        for dl in scored.dead_letters:
+            m.invalid_events.labels(dl.error.reason).inc()
+            m.dead_letters.labels(dl.error.reason).inc()
+        if scored.n_late:
+            m.late_events.labels(self._s.late_policy.value).inc(scored.n_late)
+        for role, n in scored.shadow_skipped.items():
+            m.shadow_skipped.labels(role).inc(n)
+        if scored.event_times_ms.size:
+            now_ms = time.time() * 1000.0
+            lat = (now_ms - scored.event_times_ms) / 1000.0
+            # a bounded sample per batch keeps metrics cost O(1) per batch
+            step = max(1, lat.size // 64)
+            observe_many(m.end_to_end_latency, lat[::step])
+
+    def _shutdown(self) -> None:
+        log.info("stopping: draining outputs, committing, leaving the group")
+        try:
+            self._sink.drain()
+        except StreamscoreError as exc:
+            log.error("could not drain outputs on shutdown: %s", exc)
+        finally:
+            self._consumer.close()

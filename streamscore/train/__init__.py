@@ -1,0 +1,5 @@
+"""Retraining from the ground truth.
+
+- ``training``: fit, evaluate, compare, retrain
+- ``synthetic``: the demo's synthetic world
+"""
