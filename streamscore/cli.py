@@ -269,7 +269,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .kafka.clients import score_consumer, score_producer
     from .kafka.delivery import AtLeastOnceSink, TransactionalSink
     from .metrics.series import Metrics, serve
-    from .models.bundle import reader_fields_from_schema
+    from .models.compat import reader_fields_from_schema
     from .models.store import ModelStore
     from .models.updates import ModelUpdater, UpdateReport
     from .models.watcher import ModelWatcher
