@@ -124,8 +124,9 @@ class ScoringSettings:
     late_policy: LatePolicy = LatePolicy.SCORE_AND_FLAG
     exactly_once: bool = False
     #: Exactly-once: how long a batch's transaction retries retriable errors (the broker
-    #: away) before it is aborted and the batch consumed again. Below the consumer's
-    #: ``max.poll.interval.ms`` (300 s), so a worker that rode out an outage is still in
+    #: away) before it is aborted and the batch consumed again. The consumer's
+    #: ``max.poll.interval.ms`` is set above the longest a batch can take with this
+    #: budget (``delivery.send_bound_s``), so a worker that rode out an outage is still in
     #: its group.
     eos_retry_s: float = 240.0
     canary_fraction: float = 0.1

@@ -12,7 +12,14 @@ from streamscore.metrics import Metrics, ProcessKind
 PACKAGE = Path(__file__).resolve().parents[2] / "streamscore"
 # the modules each process runs that touch metrics (cli.py / cli_feedback.py build them)
 USERS: dict[ProcessKind, tuple[str, ...]] = {
-    "score": ("cli.py", "worker.py", "drift.py", "model_updates.py", "model_watcher.py"),
+    "score": (
+        "cli.py",
+        "worker.py",
+        "delivery.py",
+        "drift.py",
+        "model_updates.py",
+        "model_watcher.py",
+    ),
     "feedback": ("cli_feedback.py", "feedback.py", "feedback_router.py", "promotion.py"),
 }
 _USE = re.compile(r"\b(?:metrics|_m|_metrics|m)\.([a-z_]+)\b")
