@@ -61,6 +61,14 @@ class KafkaSettings:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            # When every broker it knows is away (a whole-cluster outage, a single-broker
+            # restart), librdkafka 2.16 re-bootstraps by default, decommissioning those
+            # brokers; after that, seen here, an idempotent producer can stay stuck on
+            # partitions whose leader is "not found in cache" once the broker is back, and
+            # a transactional one blocks forever on the group coordinator it had cached
+            # (confluentinc/librdkafka#5511). Reconnecting to the known brokers instead
+            # is the behaviour librdkafka had before 2.10.
+            "metadata.recovery.strategy": "none",
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism

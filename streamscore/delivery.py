@@ -306,8 +306,9 @@ class RetryBatch(Exception):
 TXN_CALL_TIMEOUT_S = 30.0
 #: How long past its own timeout a transactional call may run before it is taken as hung:
 #: librdkafka 2.16 can block in ``send_offsets_to_transaction`` forever, whatever its
-#: timeout, once the group coordinator it cached was decommissioned (which a re-bootstrap
-#: after every broker was away does): confluentinc/librdkafka#5456, #5511.
+#: timeout, once the group coordinator it cached was decommissioned (by a re-bootstrap
+#: after every broker was away, which ``KafkaSettings.client_config`` turns off, or because
+#: that broker left the metadata): confluentinc/librdkafka#5456, #5511.
 HANG_GRACE_S = 10.0
 #: Producers abandoned in a hung call (their thread still blocked) a worker keeps before
 #: it exits instead (each holds a librdkafka client that cannot be destroyed).

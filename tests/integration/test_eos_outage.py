@@ -46,6 +46,9 @@ class SteadyStream:
                 "enable.idempotence": True,
                 "linger.ms": 5,
                 "message.timeout.ms": 300_000,
+                # as streamscore's own clients (config.KafkaSettings): librdkafka 2.16's
+                # re-bootstrap after every broker was away can leave it stuck for good
+                "metadata.recovery.strategy": "none",
             }
         )
         self.acked: list[str] = []
