@@ -319,7 +319,12 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
     limits, input_limit = _message_limits(env, scoring)
-    producer = Producer(score_producer(env.kafka, scoring, limits))
+    producer_config = score_producer(env.kafka, scoring, limits)
+
+    def new_producer() -> Any:  # exactly-once: a hung producer is replaced by another
+        return Producer(producer_config)
+
+    producer = new_producer()
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
@@ -363,6 +368,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     )
     stop = threading.Event()
     install_stop_signals(stop)
+    sink: AtLeastOnceSink | TransactionalSink | None = None
     watcher.start()
     metrics.model_loaded.set(0)
     try:
@@ -379,7 +385,14 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             return 0
         consumer = Consumer(score_consumer(env.kafka, scoring, max_input_bytes=input_limit))
         sink = (
-            TransactionalSink(producer, consumer, retry_s=scoring.eos_retry_s, stop=stop)
+            TransactionalSink(
+                producer,
+                consumer,
+                new_producer=new_producer,
+                retry_s=scoring.eos_retry_s,
+                stop=stop,
+                metrics=metrics,
+            )
             if scoring.exactly_once
             else AtLeastOnceSink(producer, consumer)
         )
@@ -417,7 +430,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         return 0
     finally:
         watcher.stop()
-        producer.flush(10)
+        # the sink's producer: never one it abandoned in a hung call
+        (sink.producer if isinstance(sink, TransactionalSink) else producer).flush(10)
         if server is not None:
             server.stop()
 
