@@ -54,9 +54,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -75,6 +75,9 @@ from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
 from .router import KIND_HEADER, LABEL, PREDICTION
+
+if TYPE_CHECKING:
+    from ..models.signing import Signer, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -320,9 +323,8 @@ def promote_shadow(
     topic: Any,
     decision: PromotionDecision,
     *,
-    key: bytes,
-    key_id: str,
-    keyring: Mapping[str, bytes],
+    signer: Signer,
+    verifier: Verifier,
 ) -> str:
     """Re-publish the shadow's signed artifact as ``<name>/primary`` (its archive copy is
     the source; its own signature is verified first), then retire the shadow role. The
@@ -352,9 +354,7 @@ def promote_shadow(
     if not candidates:
         raise ModelError(f"no published artifact of {name} v{version} on the model topic")
     env = next((e for e in candidates if e.action is Action.ARCHIVE), candidates[-1])
-    verify_signature(env.artifact, env.signature, env.key_id, keyring)
-    topic.publish(env.artifact, Role.PRIMARY, key=key, key_id=key_id, publisher="auto-promotion")
-    topic.retire(
-        name, Role.SHADOW, key=key, key_id=key_id, publisher="auto-promotion", keyring=keyring
-    )
+    verify_signature(env.artifact, env.signature, env.key_id, verifier)
+    topic.publish(env.artifact, Role.PRIMARY, key=signer, publisher="auto-promotion")
+    topic.retire(name, Role.SHADOW, key=signer, publisher="auto-promotion", keyring=verifier)
     return f"published v{version} as primary, shadow retired"

@@ -5,6 +5,7 @@ and promote_shadow left alone when another worker has already promoted."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from streamscore.feedback.loop import FeedbackLoop, promote_shadow
 from streamscore.feedback.promotion import LiveQuality, PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
+from streamscore.models.signing import Signer
 from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 
@@ -146,7 +148,9 @@ class FakeModelTopic:
         self.retired.append(args)
 
 
-def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> None:
+def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted(
+    signers: Mapping[str, Signer],
+) -> None:
     from streamscore.models.envelope import Action
 
     class Env:
@@ -174,6 +178,7 @@ def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> N
         margin=0.05,
         n_labels=600,
     )
-    note = promote_shadow(topic, decision, key=b"k", key_id="k1", keyring={"k1": b"k"})
+    signer = signers["k1"]
+    note = promote_shadow(topic, decision, signer=signer, verifier=signer.verifier())
     assert "no longer the shadow" in note and "primary is v2" in note
     assert topic.published == [] and topic.retired == []
