@@ -223,7 +223,7 @@ def test_model_cli_lists_checks_rolls_back_and_retires_with_signed_records(
     def cli(*args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "streamscore.cli", "model", *args],
-            env=stack.env(),
+            env=stack.env(publisher=True),  # rollback and retire sign
             capture_output=True,
             timeout=120,
         )
