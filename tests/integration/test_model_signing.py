@@ -47,8 +47,7 @@ def test_public_keys_only_worker_serves_signed_models_and_refuses_an_unlisted_ke
 
     w = make_worker("pubkeys")
     w.wait_until(
-        lambda: w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"})
-        == 1,
+        lambda: w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) == 1,
         "v1 (signed by the publishers' key) serving",
     )
     # a key the workers do not list signs v2 and writes it to the model topic
