@@ -49,6 +49,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -61,10 +62,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamscore.cli import settings_from_env
-from streamscore.core.config import KafkaSettings, RegistrySettings, TopicSettings
+from streamscore.core.config import SIGNING_ENV, KafkaSettings, RegistrySettings, TopicSettings
 from streamscore.core.records import Role
 from streamscore.kafka.clients import reader_consumer, wait_for_partition_leaders
 from streamscore.models.publish import ModelTopic
+from streamscore.models.signing import Ed25519Signer, keygen
 from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 from tests.processes import launch, sample, worker_env
@@ -213,7 +215,11 @@ class Bench:
         self.batch_size = batch_size
         self.workdir = workdir
         self.run_id = f"{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(3)}"
-        self.key = secrets.token_hex(32)  # per run, handed to the worker by env only
+        # a key pair per run: the bench publishes with the private key, workers get the
+        # public key only
+        self._keys_dir = tempfile.TemporaryDirectory(prefix="streamscore-bench-keys-")
+        self.keys = keygen(Path(self._keys_dir.name), KEY_ID)
+        self.key = Ed25519Signer.from_file(self.keys.private_file)
         self.admin = AdminClient({**kafka.client_config(), "log_level": 0})
         self.reg = serde.registry_client(registry.client_config())
         self.created: list[str] = []
@@ -279,8 +285,7 @@ class Bench:
             self.model_topic(topic).publish(
                 bm.bundle.to_bytes(),
                 Role.PRIMARY,
-                key=self.key.encode(),
-                key_id=KEY_ID,
+                key=self.key,
                 publisher="bench",
             )
             print(
@@ -358,12 +363,11 @@ class Bench:
     ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
         self._seq += 1
         env = worker_env(
-            dict(os.environ),
+            {k: v for k, v in os.environ.items() if k not in SIGNING_ENV},
             self.kafka.bootstrap_servers,
             self.registry_settings.url,
             topics,
-            STREAMSCORE_SIGNING_KEY=self.key,
-            STREAMSCORE_SIGNING_KEY_ID=KEY_ID,
+            STREAMSCORE_PUBLIC_KEY_FILE=str(self.keys.public_file),
         )
         w = launch(
             "score",

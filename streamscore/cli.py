@@ -9,9 +9,14 @@ Environment (all optional unless said):
   STREAMSCORE_REGISTRY_MAX_RETRIES retries of one registry request (default 1)
   STREAMSCORE_SECURITY_PROTOCOL, STREAMSCORE_SASL_MECHANISM,
   STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD        Kafka auth
-  STREAMSCORE_SIGNING_KEY or STREAMSCORE_SIGNING_KEY_FILE      HMAC key for model bundles
-  STREAMSCORE_SIGNING_KEY_ID       id of that key (default "default")
-  STREAMSCORE_KEYRING_FILE         extra verification keys, lines "key_id=secret" (rotation)
+  STREAMSCORE_SIGNING              ed25519 (default) or hmac (a shared secret: legacy)
+  STREAMSCORE_SIGNING_KEY_FILE     publishers only: the Ed25519 private key written by
+                                   `streamscore model keygen` (hmac: the shared secret)
+  STREAMSCORE_SIGNING_KEY_ID       id of that key (default: the key file's own)
+  STREAMSCORE_KEYRING_FILE         workers: public keys, lines "key_id=<base64>" (rotation:
+                                   several ids; hmac: "key_id=secret")
+  STREAMSCORE_PUBLIC_KEY_FILE      workers: one more keyring file (keygen's <id>.pub)
+  STREAMSCORE_SIGNING_KEY          hmac only: the shared secret itself
   STREAMSCORE_CACHE_DIR            where the local cluster is downloaded and run
   STREAMSCORE_MODEL_MAX_BYTES      largest model envelope (default 16 MiB)
   STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _TELEMETRY, _MODELS, _FEEDBACK, _DLQ, _LATE
@@ -42,6 +47,7 @@ from .core.config import (
     RegistrySettings,
     ScoringSettings,
     Secret,
+    SigningScheme,
     SigningSettings,
     TopicSettings,
 )
@@ -49,7 +55,7 @@ from .core.errors import ConfigError, InfrastructureError, StreamscoreError
 from .core.records import Role
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
-from .models.signing import as_verifier
+from .models.signing import keygen, publisher_keys, tool_verifier, worker_verifier
 from .serde import schemas
 
 log = logging.getLogger("streamscore")
@@ -95,18 +101,7 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
         timeout_s=timeout_s,
         max_retries=retries,
     )
-    signing = SigningSettings(
-        key=_secret(env, "STREAMSCORE_SIGNING_KEY"),
-        key_id=env.get("STREAMSCORE_SIGNING_KEY_ID", "default"),
-    )
-    keyring: dict[str, bytes] = {}
-    if signing.key:
-        keyring[signing.key_id] = signing.key.reveal().encode()
-    if env.get("STREAMSCORE_KEYRING_FILE"):
-        for line in Path(env["STREAMSCORE_KEYRING_FILE"]).read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                kid, _, secret = line.partition("=")
-                keyring[kid.strip()] = secret.strip().encode()
+    signing = signing_settings(env)
     try:
         max_bytes = int(env.get("STREAMSCORE_MODEL_MAX_BYTES", cluster.model_topic_max_bytes))
     except ValueError:
@@ -118,7 +113,31 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
             for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
         }
     )
-    return Env(kafka, registry, topics, signing, keyring, cluster, max_bytes)
+    return Env(kafka, registry, topics, signing, cluster, max_bytes)
+
+
+def signing_settings(env: Mapping[str, str]) -> SigningSettings:
+    try:
+        scheme = SigningScheme(env.get("STREAMSCORE_SIGNING", "ed25519").strip().lower())
+    except ValueError:
+        raise ConfigError("STREAMSCORE_SIGNING must be ed25519 or hmac") from None
+    hmac_scheme = scheme is SigningScheme.HMAC
+    inline = env.get("STREAMSCORE_SIGNING_KEY")
+    key_file = env.get("STREAMSCORE_SIGNING_KEY_FILE")
+    return SigningSettings(
+        scheme=scheme,
+        key_file=Path(key_file) if key_file and not hmac_scheme else None,
+        key_id=env.get("STREAMSCORE_SIGNING_KEY_ID") or None,
+        keyring_files=tuple(
+            Path(env[name])
+            for name in ("STREAMSCORE_KEYRING_FILE", "STREAMSCORE_PUBLIC_KEY_FILE")
+            if env.get(name)
+        ),
+        # with Ed25519 (the default) an inline secret is refused, saying what to do instead
+        hmac_key=_secret(env, "STREAMSCORE_SIGNING_KEY")
+        if hmac_scheme
+        else (Secret(inline) if inline else None),
+    )
 
 
 # ------------------------------------------------------------------------- commands
@@ -182,11 +201,24 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
             f"`streamscore model publish --bundle {args.out}`"
         )
         return 0
+    if args.action == "keygen":
+        if not args.out:
+            raise ConfigError("model keygen needs --out DIR")
+        pair = keygen(Path(args.out), args.key_id)
+        print(
+            f"key id {pair.key_id}\n"
+            f"  private key (publishers only, mode 0600): {pair.private_file}\n"
+            f"    STREAMSCORE_SIGNING_KEY_FILE={pair.private_file}\n"
+            f"  public key (workers; append it to their keyring): {pair.public_file}\n"
+            f"    STREAMSCORE_PUBLIC_KEY_FILE={pair.public_file}"
+        )
+        return 0
     topic = _model_topic(env)
     if args.action == "list":
         from .core.errors import ModelError
         from .models import envelope as env_mod
 
+        verifier = tool_verifier(env.signing)
         rows = topic.read_all()
         print(
             f"{'key':<28} {'action':<9} {'ver':>4} {'target':>6} {'created (UTC)':<20} "
@@ -195,7 +227,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         for e in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.created_at_ms / 1000))
             try:  # envelope signature and sha256, with the keys this shell has
-                env_mod.verify(e, as_verifier(env.keyring))
+                env_mod.verify(e, verifier)
                 check = "ok"
             except ModelError as exc:
                 check = exc.reason
@@ -206,33 +238,28 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
                 f"{e.sha256[:12]}"
             )
         return 0
-    key = env.signing.require_key()
+    signer, verifier = publisher_keys(env.signing)
     role = Role(args.role)
     if args.action == "publish":
         data = (
-            topic.archived(args.name, args.from_archive, env.keyring)
+            topic.archived(args.name, args.from_archive, verifier)
             if args.from_archive is not None
             else _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
         )
-        res = topic.publish(
-            data, role, key=key, key_id=env.signing.key_id, publisher=args.publisher
-        )
+        res = topic.publish(data, role, key=signer, publisher=args.publisher)
         print(f"published {res.key} v{res.version} ({res.size} bytes, sha256 {res.sha256[:12]})")
         return 0
     if args.action == "rollback":
-        res = topic.rollback(
-            args.name, role, key=key, key_id=env.signing.key_id, keyring=env.keyring
-        )
+        res = topic.rollback(args.name, role, key=signer, keyring=verifier)
         print(f"rolled back {res.key} to v{res.version}")
         return 0
     if args.action == "retire":
         v = topic.retire(
             args.name,
             role,
-            key=key,
-            key_id=env.signing.key_id,
+            key=signer,
             publisher=args.publisher,
-            keyring=env.keyring,
+            keyring=verifier,
         )
         print(f"retired {args.name}/{role.value} v{v}")
         return 0
@@ -277,11 +304,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .score.worker import ScoreLoop
     from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
 
-    if not env.keyring:
-        raise ConfigError(
-            "no model verification key: set STREAMSCORE_SIGNING_KEY (or _FILE) so the worker "
-            "can check model signatures; it never runs unsigned models"
-        )
+    verifier = worker_verifier(env.signing)  # public keys only: this process cannot sign
     scoring = ScoringSettings(
         group_id=args.group_id,
         worker_id=args.worker_id or f"{os.uname().nodename}-{os.getpid()}",
@@ -350,7 +373,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     store = ModelStore()
     updater = ModelUpdater(
         store,
-        keyring=env.keyring,
+        keyring=verifier,
         reader_fields=reader_fields_from_schema(reader_schema),
         metrics=metrics,
         report=report,
@@ -527,12 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")
-    m.add_argument("action", choices=["build", "publish", "list", "rollback", "retire"])
+    m.add_argument("action", choices=["build", "publish", "list", "rollback", "retire", "keygen"])
     m.add_argument("--name", default="demo")
     m.add_argument("--role", choices=[r.value for r in Role], default="primary")
     src = m.add_mutually_exclusive_group()
     src.add_argument(
-        "--bundle", help="a bundle file written by `streamscore train` or bundle.Bundle.to_bytes()"
+        "--bundle",
+        help="a bundle file written by `streamscore train` or models.container.Bundle.to_bytes()",
     )
     src.add_argument(
         "--estimator",
@@ -554,7 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--spec", help="feature spec JSON (FeatureSpec.to_dict format)")
     m.add_argument("--data", help="a sample of inputs: .npy or CSV with the spec's columns")
-    m.add_argument("--out", help="model build: where to write the bundle")
+    m.add_argument(
+        "--out", help="model build: where to write the bundle; model keygen: the directory"
+    )
+    m.add_argument(
+        "--key-id", default=None, help="model keygen: the new key's id (default: its fingerprint)"
+    )
     m.add_argument("--version", type=int, default=None)
     m.add_argument("--publisher", default=os.environ.get("USER", "cli"))
     m.set_defaults(func=cmd_model)

@@ -113,8 +113,16 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     promo = PromotionSettings(
         enabled=args.auto_promote, min_labels=args.promote_min_labels, margin=args.promote_margin
     )
-    if promo.enabled and not env.signing.key:
-        raise ConfigError("--auto-promote publishes models: set STREAMSCORE_SIGNING_KEY")
+    signer = verifier = None
+    if promo.enabled:  # a publisher: it signs what it promotes, so it holds the private key
+        from .models.signing import publisher_keys
+
+        if not env.signing.can_sign:
+            raise ConfigError(
+                "--auto-promote publishes models, so this feedback worker is a publisher: set "
+                "STREAMSCORE_SIGNING_KEY_FILE to the private key (`streamscore model keygen`)"
+            )
+        signer, verifier = publisher_keys(env.signing)
     registry = CollectorRegistry()
     metrics = Metrics(registry, "feedback")
     server = (
@@ -142,15 +150,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     def on_decision(d: PromotionDecision) -> bool:
         ok, note = True, ""
         if d.promote:
-            assert topic is not None
+            assert topic is not None and signer is not None and verifier is not None
             try:
-                note = promote_shadow(
-                    topic,
-                    d,
-                    key=env.signing.require_key(),
-                    key_id=env.signing.key_id,
-                    keyring=env.keyring,
-                )
+                note = promote_shadow(topic, d, signer=signer, verifier=verifier)
             except StreamscoreError as exc:
                 ok, note = False, f"promotion failed: {type(exc).__name__}: {exc}"
                 log.error("%s", note)
@@ -280,7 +282,9 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     topic = None if args.offline else model_topic(env)
     current = None
     if topic is not None:
-        current = current_primary(topic, args.name, env.keyring)
+        from .models.signing import tool_verifier
+
+        current = current_primary(topic, args.name, tool_verifier(env.signing))
     version = args.version or (topic.next_version(args.name) if topic is not None else 1)
     res = retrain(
         rows,
@@ -309,11 +313,12 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     if topic is None or args.dry_run:
         print("not published (--dry-run / --offline)")
         return 0
+    from .models.signing import signer_from
+
     pub = topic.publish(
         res.bundle.to_bytes(),
         Role(args.role),
-        key=env.signing.require_key(),
-        key_id=env.signing.key_id,
+        key=signer_from(env.signing),
         publisher=args.publisher,
     )
     print(f"published {pub.key} v{pub.version} ({pub.size} bytes, sha256 {pub.sha256[:12]})")

@@ -24,7 +24,6 @@ class Env:
     registry: RegistrySettings
     topics: TopicSettings
     signing: SigningSettings
-    keyring: Mapping[str, bytes]
     cluster: ClusterSettings
     model_max_bytes: int
 
@@ -221,20 +220,51 @@ class ScoringSettings:
             raise ConfigError(f"canary_fraction must be in [0, 1], got {self.canary_fraction}")
 
 
+#: every environment variable that sets how models are signed or verified
+SIGNING_ENV = frozenset(
+    {
+        "STREAMSCORE_SIGNING",
+        "STREAMSCORE_SIGNING_KEY",
+        "STREAMSCORE_SIGNING_KEY_FILE",
+        "STREAMSCORE_SIGNING_KEY_ID",
+        "STREAMSCORE_KEYRING_FILE",
+        "STREAMSCORE_PUBLIC_KEY_FILE",
+    }
+)
+
+
+class SigningScheme(enum.Enum):
+    """How model records are signed. ``ed25519`` (default): publishers hold a private key,
+    workers public keys only. ``hmac``: one shared secret that every worker holds and so
+    could sign with (for deployments whose model topic was signed that way)."""
+
+    ED25519 = "ed25519"
+    HMAC = "hmac"
+
+
 @dataclass(frozen=True)
 class SigningSettings:
-    """HMAC-SHA256 key shared by publishers and workers."""
+    """Where the model signing keys are (``streamscore.models.signing`` reads them):
+    ``key_file`` the publishers' Ed25519 private key; ``keyring_files`` the public keys
+    workers verify with (HMAC scheme: ``hmac_key`` and keyring files of secrets)."""
 
-    key: Secret | None = None
-    key_id: str = "default"
+    scheme: SigningScheme = SigningScheme.ED25519
+    key_file: Path | None = None
+    key_id: str | None = None
+    keyring_files: tuple[Path, ...] = ()
+    hmac_key: Secret | None = None
 
-    def require_key(self) -> bytes:
-        if not self.key:
+    def __post_init__(self) -> None:
+        if self.scheme is SigningScheme.ED25519 and self.hmac_key is not None:
             raise ConfigError(
-                "no model signing key configured: set STREAMSCORE_SIGNING_KEY or "
-                "STREAMSCORE_SIGNING_KEY_FILE"
+                "STREAMSCORE_SIGNING_KEY is an HMAC secret: Ed25519 (the default) reads the "
+                "private key from STREAMSCORE_SIGNING_KEY_FILE (`streamscore model keygen`); "
+                "set STREAMSCORE_SIGNING=hmac to keep a shared secret"
             )
-        return self.key.reveal().encode()
+
+    @property
+    def can_sign(self) -> bool:
+        return bool(self.hmac_key if self.scheme is SigningScheme.HMAC else self.key_file)
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,13 @@ class SignatureMismatchError(ModelError):
     reason = "bad_signature"
 
 
+class UnknownSigningKeyError(SignatureMismatchError):
+    """Signed by a key id the verifier does not list (an unknown publisher, or a key
+    removed from the keyring after a rotation)."""
+
+    reason = "unknown_key"
+
+
 class UntrustedContentError(ModelError):
     """The artifact contains a type or operator outside the allow-list."""
 

@@ -21,11 +21,11 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -38,10 +38,17 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from ..core.config import ClusterSettings, KafkaSettings, RegistrySettings, TopicSettings
+from ..core.config import (
+    SIGNING_ENV,
+    ClusterSettings,
+    KafkaSettings,
+    RegistrySettings,
+    TopicSettings,
+)
 from ..core.records import Role
 from ..kafka.clients import reader_consumer
 from ..models.publish import ModelTopic
+from ..models.signing import Ed25519Signer, keygen
 from ..serde import codec as serde
 from ..serde import schemas
 from ..train import synthetic
@@ -198,7 +205,12 @@ class Demo:
         self.registry_settings = registry
         self.cluster = cluster
         self.topics = _topics(settings.run_id)
-        self.key = secrets.token_hex(32)  # per run; handed to children by env, never printed
+        # a key pair per run, made on the spot (removed with this object or at exit): the
+        # publishers (this process, training, the auto-promoting feedback worker) get the
+        # private key's file, the score workers only the public key's
+        self._keys_dir = tempfile.TemporaryDirectory(prefix="streamscore-demo-keys-")
+        self.keys = keygen(Path(self._keys_dir.name), "demo")
+        self.signer = Ed25519Signer.from_file(self.keys.private_file)
         self.truth = DemoTruth()
         self.obs = DemoObservations()
         self.stop = threading.Event()
@@ -236,19 +248,21 @@ class Demo:
         for fut in admin.create_topics(new, operation_timeout=30).values():
             fut.result()
 
-    def _child_env(self, *, background: bool = False) -> dict[str, str]:
-        env = dict(os.environ)
+    def _child_env(self, *, background: bool = False, publisher: bool = False) -> dict[str, str]:
+        # the caller's own signing settings are not handed on: the children use the demo's
+        env = {k: v for k, v in os.environ.items() if k not in SIGNING_ENV}
         if background:
             env.update(BACKGROUND_THREADS_ENV)
         env.update(
             {
                 "STREAMSCORE_BOOTSTRAP": self.kafka.bootstrap_servers,
                 "STREAMSCORE_REGISTRY_URL": self.registry_settings.url,
-                "STREAMSCORE_SIGNING_KEY": self.key,
-                "STREAMSCORE_SIGNING_KEY_ID": "demo",
+                "STREAMSCORE_PUBLIC_KEY_FILE": str(self.keys.public_file),
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if publisher:
+            env["STREAMSCORE_SIGNING_KEY_FILE"] = str(self.keys.private_file)
         for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
             env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
         return env
@@ -351,11 +365,13 @@ class Demo:
             flush=True,
         )
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _start(
+        self, name: str, args: list[str], *, publisher: bool = False
+    ) -> subprocess.Popen[bytes]:
         log = open(self.s.results_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed by exit)
         return subprocess.Popen(
             [sys.executable, "-m", "streamscore.cli", *args],
-            env=self._child_env(),
+            env=self._child_env(publisher=publisher),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -496,7 +512,7 @@ class Demo:
         started = time.time()
         proc = subprocess.Popen(
             cmd,
-            env=self._child_env(background=True),
+            env=self._child_env(background=True, publisher=True),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -637,8 +653,7 @@ class Demo:
         models.publish(
             demo_bundle("ab", version=1).to_bytes(),
             Role.PRIMARY,
-            key=self.key.encode(),
-            key_id="demo",
+            key=self.signer,
             publisher="demo",
         )
         shutil.rmtree(self.store_dir, ignore_errors=True)
@@ -675,6 +690,7 @@ class Demo:
                     "--window-s",
                     "600",
                 ],
+                publisher=True,  # --auto-promote signs what it promotes
             )
             procs.append(feedback)
             workers = list(procs)  # the long-running ones; training runs come and go

@@ -54,9 +54,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -74,6 +74,9 @@ from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
 from .router import KIND_HEADER, LABEL, PREDICTION
+
+if TYPE_CHECKING:
+    from ..models.signing import Signer, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +322,8 @@ def promote_shadow(
     topic: Any,
     decision: PromotionDecision,
     *,
-    key: bytes,
-    key_id: str,
-    keyring: Mapping[str, bytes],
+    signer: Signer,
+    verifier: Verifier,
 ) -> str:
     """Re-publish the shadow's signed artifact as ``<name>/primary`` (its archive copy is
     the source, else the shadow record itself; its own signature is verified first), then
@@ -334,20 +336,17 @@ def promote_shadow(
     count), and a shadow that is no longer the shadow (already promoted, retired or
     replaced) is left alone. Returns what was done."""
     from ..models.container import verify_signature
-    from ..models.signing import as_verifier
     from ..models.topic_state import fold
 
     name, version = decision.model_name, decision.shadow_version
-    state = fold(topic.read_all(), as_verifier(keyring), name=name)
+    state = fold(topic.read_all(), verifier, name=name)
     shadow = state.role(name, Role.SHADOW)
     if shadow.current != version or shadow.record is None:
         primary = state.role(name, Role.PRIMARY).current
         now = "none" if primary is None else f"v{primary}"
         return f"v{version} is no longer the shadow (primary is {now}): nothing to do"
     env = state.archive(name, version) or shadow.record
-    verify_signature(env.artifact, env.signature, env.key_id, keyring)
-    topic.publish(env.artifact, Role.PRIMARY, key=key, key_id=key_id, publisher="auto-promotion")
-    topic.retire(
-        name, Role.SHADOW, key=key, key_id=key_id, publisher="auto-promotion", keyring=keyring
-    )
+    verify_signature(env.artifact, env.signature, env.key_id, verifier)
+    topic.publish(env.artifact, Role.PRIMARY, key=signer, publisher="auto-promotion")
+    topic.retire(name, Role.SHADOW, key=signer, publisher="auto-promotion", keyring=verifier)
     return f"published v{version} as primary, shadow retired"

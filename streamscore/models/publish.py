@@ -18,7 +18,7 @@ from ..kafka.clients import model_reader_limits, plain_producer, read_to_end, re
 from . import envelope as env_mod
 from .container import decode_bundle, sign_bundle
 from .envelope import Action, ModelEnvelope
-from .signing import HmacSigner, Verifier, as_verifier
+from .signing import Signer, Verifier, as_signer, as_verifier
 from .topic_state import TopicState, fold
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ class ModelTopic:
         bundle_bytes: bytes,
         role: Role,
         *,
-        key: bytes,
-        key_id: str,
+        key: bytes | Signer,
+        key_id: str = "",
         publisher: str,
         rollback: bool = False,
         target_version: int | None = None,
@@ -130,7 +130,7 @@ class ModelTopic:
         if rollback and target_version is None:
             raise ModelError("a rollback must name the version it replaces")
         b = decode_bundle(bundle_bytes)  # refuse to publish what workers could not read
-        signer = HmacSigner(key, key_id)
+        signer = as_signer(key, key_id)
         signed = sign_bundle(bundle_bytes, signer)
         now = int(time.time() * 1000)
         common = dict(
@@ -139,7 +139,7 @@ class ModelTopic:
             version=b.meta.version,
             artifact=signed.payload,
             signature=signed.signature,
-            key_id=key_id,
+            key_id=signer.key_id,
             created_at_ms=b.meta.created_at_ms,
             published_at_ms=now,
             publisher=publisher,
@@ -159,13 +159,15 @@ class ModelTopic:
         name: str,
         role: Role,
         *,
-        key: bytes,
-        key_id: str,
+        key: bytes | Signer,
+        key_id: str = "",
         publisher: str,
         keyring: Mapping[str, bytes] | Verifier | None = None,
     ) -> int:
         """Publish a signed retire of the role's current version (returned)."""
-        st = self.state(name, keyring or {key_id: key}).role(name, role)
+        signer = as_signer(key, key_id)
+        verifier = keyring if keyring is not None else signer.verifier()
+        st = self.state(name, verifier).role(name, role)
         if st.current is None:
             raise ModelError(f"nothing to retire: {name}/{role.value} is not active")
         now = int(time.time() * 1000)
@@ -175,13 +177,13 @@ class ModelTopic:
             version=st.current,
             artifact=b"",
             signature=None,
-            key_id=key_id,
+            key_id=signer.key_id,
             created_at_ms=now,
             published_at_ms=now,
             publisher=publisher,
             action=Action.RETIRE,
             target_version=st.current,
-            signer=HmacSigner(key, key_id),
+            signer=signer,
         )
         self._send([e])
         return st.current
@@ -196,7 +198,13 @@ class ModelTopic:
         return found.artifact
 
     def rollback(
-        self, name: str, role: Role, *, key: bytes, key_id: str, keyring: Mapping[str, bytes]
+        self,
+        name: str,
+        role: Role,
+        *,
+        key: bytes | Signer,
+        key_id: str = "",
+        keyring: Mapping[str, bytes] | Verifier,
     ) -> PublishResult:
         """Re-activate, for ``role``, the newest version archived for that role older than
         the current one, in a signed rollback record naming the version it replaces. The archive's

@@ -51,7 +51,7 @@ def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProces
             *args,
             worker_id=f"fb{len(started)}",
             group_id=group_id or f"{stack.group_id}-feedback",
-            env=stack.env(),
+            env=stack.env(publisher=True),
             log_path=stack.tmp / f"feedback-{len(started)}.log",
             cls=FeedbackProcess,
             store_dir=store_dir,
@@ -112,7 +112,7 @@ def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None)
 def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", FEEDBACK_MODULE, "train", "--store-dir", str(store_dir), *args],
-        env=stack.env(),
+        env=stack.env(publisher=True),
         capture_output=True,
         text=True,
         timeout=300,

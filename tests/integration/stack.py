@@ -4,7 +4,9 @@ producers and readers against the real cluster. Imported by conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -17,11 +19,12 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streamscore.core.config import KafkaSettings, TopicSettings
+from streamscore.core.config import SIGNING_ENV, KafkaSettings, TopicSettings
 from streamscore.core.records import Role
 from streamscore.dev.localcluster import LocalCluster
 from streamscore.kafka.clients import read_to_end, reader_consumer, wait_for_partition_leaders
 from streamscore.models.publish import ModelTopic
+from streamscore.models.signing import Ed25519Signer, KeyPair, Verifier, keygen
 from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 from streamscore.train import synthetic
@@ -39,7 +42,24 @@ __all__ = [
     "topic_factory",
 ]
 
-SIGNING_KEY = "integration-test-signing-key-not-a-real-secret"
+SIGNING_KEY_ID = "test"
+
+
+@functools.cache
+def signing_keys() -> KeyPair:
+    """The tests' Ed25519 key pair (id ``test``), made once per session in a private
+    temporary directory that is removed at exit: the private key for publishers, the
+    public key (a one-line keyring) for workers."""
+    tmp = tempfile.TemporaryDirectory(prefix="streamscore-test-keys-")
+    _KEEP.append(tmp)
+    return keygen(Path(tmp.name), SIGNING_KEY_ID)
+
+
+_KEEP: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def signing_key() -> Ed25519Signer:
+    return Ed25519Signer.from_file(signing_keys().private_file)
 
 
 @dataclass
@@ -49,21 +69,35 @@ class Stack:
     topics: TopicSettings
     group_id: str
     tmp: Path
-    key: bytes = SIGNING_KEY.encode()
     registry: Any = None
+
+    @property
+    def key(self) -> Ed25519Signer:
+        """The publishers' signer (key id ``test``)."""
+        return signing_key()
+
+    @property
+    def verifier(self) -> Verifier:
+        """What workers verify with: the public key only."""
+        return self.key.verifier()
 
     @property
     def kafka(self) -> KafkaSettings:
         return KafkaSettings(bootstrap_servers=self.bootstrap)
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, *, publisher: bool = False, **extra: str) -> dict[str, str]:
+        """A process's environment: workers get the public key only (they cannot sign);
+        ``publisher`` adds the private key (``train``, ``feedback --auto-promote``)."""
+        keys = signing_keys()
+        signing = {"STREAMSCORE_PUBLIC_KEY_FILE": str(keys.public_file)}
+        if publisher:
+            signing["STREAMSCORE_SIGNING_KEY_FILE"] = str(keys.private_file)
         return worker_env(
-            dict(os.environ),
+            {k: v for k, v in os.environ.items() if k not in SIGNING_ENV},
             self.bootstrap,
             self.registry_url,
             self.topics,
-            STREAMSCORE_SIGNING_KEY=SIGNING_KEY,
-            STREAMSCORE_SIGNING_KEY_ID="test",
+            **signing,
             **extra,
         )
 
@@ -80,7 +114,7 @@ class Stack:
 
     def publish(self, kind: str = "ab", version: int = 1, role: Role = Role.PRIMARY) -> None:
         data = demo_bundle(kind, version=version, seed=version).to_bytes()
-        self.model_topic().publish(data, role, key=self.key, key_id="test", publisher="test")
+        self.model_topic().publish(data, role, key=self.key, publisher="test")
 
     # ---- events
     def event_serializer(self, version: int) -> serde.AvroSerializer:

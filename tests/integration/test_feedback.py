@@ -169,9 +169,7 @@ def test_automatic_promotion_of_a_better_shadow(
     assert shad[-1].action is Action.RETIRE
     assert any(e.action is Action.ARCHIVE and e.version == 1 for e in envs)
     # the old primary is the rollback target
-    back = stack.model_topic().rollback(
-        "demo", Role.PRIMARY, key=stack.key, key_id="test", keyring={"test": stack.key}
-    )
+    back = stack.model_topic().rollback("demo", Role.PRIMARY, key=stack.key, keyring=stack.verifier)
     assert back.version == 1
 
 

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
 from streamscore.core.records import FeatureField, FeatureSpec, Role
 from streamscore.models import envelope
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.runtime import LoadedModel, load_bundle
-from streamscore.models.signing import HmacSigner
+from streamscore.models.signing import Ed25519Signer
 from streamscore.train.training import demo_bundle
 
 from .stack import Stack, WorkerProcess
@@ -84,9 +85,7 @@ def test_twenty_swaps_during_50k_events_each_prediction_stamped_with_its_model(
     bundles = {v: demo_bundle("ab", version=v, seed=v) for v in range(1, 22)}
     models = {v: _loaded(b) for v, b in bundles.items()}
     topic = stack.model_topic()
-    topic.publish(
-        bundles[1].to_bytes(), Role.PRIMARY, key=stack.key, key_id="test", publisher="test"
-    )
+    topic.publish(bundles[1].to_bytes(), Role.PRIMARY, key=stack.key, publisher="test")
     w = make_worker("twenty")
     ids: list[str] = []
     done = threading.Event()
@@ -101,9 +100,7 @@ def test_twenty_swaps_during_50k_events_each_prediction_stamped_with_its_model(
     t.start()
     for v in range(2, 22):
         time.sleep(0.2)
-        topic.publish(
-            bundles[v].to_bytes(), Role.PRIMARY, key=stack.key, key_id="test", publisher="test"
-        )
+        topic.publish(bundles[v].to_bytes(), Role.PRIMARY, key=stack.key, publisher="test")
     t.join()
     msgs = stack.read(stack.topics.predictions, until=lambda got: len(got) >= 50_000)
     preds = _predictions(stack, msgs)
@@ -160,7 +157,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
     now = int(time.time() * 1000)
 
     def send(b: bytes, *, sign: bool = True, tamper: bool = False, version: int) -> None:
-        signed = sign_bundle(b, stack.key, "test")
+        signed = sign_bundle(b, stack.key)
         art = bytearray(signed.payload)
         if tamper:
             art[len(art) // 2] ^= 0xFF
@@ -176,7 +173,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
                     created_at_ms=now,
                     published_at_ms=now,
                     publisher="attacker",
-                    signer=HmacSigner(stack.key, "test"),  # only the artifact is at fault
+                    signer=stack.key,  # only the artifact is at fault
                 )
             ]
         )
@@ -195,8 +192,9 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
     send(incompatible.to_bytes(), version=5)
     drifted = demo_bundle("ab", version=6)
     send(dataclasses.replace(drifted, expected=drifted.expected + 5.0).to_bytes(), version=6)
-    # another key altogether
-    other = sign_bundle(demo_bundle("ab", version=7).to_bytes(), b"wrong-key", "test")
+    # another key altogether, under the workers' key id
+    attacker = Ed25519Signer(Ed25519PrivateKey.generate(), "test")
+    other = sign_bundle(demo_bundle("ab", version=7).to_bytes(), attacker)
     topic._send(
         [
             envelope.make(
@@ -209,7 +207,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
                 created_at_ms=now,
                 published_at_ms=now,
                 publisher="attacker",
-                signer=HmacSigner(b"wrong-key", "test"),
+                signer=attacker,
             )
         ]
     )
@@ -251,7 +249,7 @@ def test_restart_comes_back_on_latest_valid_model_not_a_rejected_one(
     stack.publish("ab", version=2)
     stack.publish("ab", version=3)
     # v4 is tampered: must be skipped on restart too
-    b4 = sign_bundle(demo_bundle("ab", version=4).to_bytes(), stack.key, "test")
+    b4 = sign_bundle(demo_bundle("ab", version=4).to_bytes(), stack.key)
     now = int(time.time() * 1000)
     stack.model_topic()._send(
         [
@@ -265,7 +263,7 @@ def test_restart_comes_back_on_latest_valid_model_not_a_rejected_one(
                 created_at_ms=now,
                 published_at_ms=now,
                 publisher="attacker",
-                signer=HmacSigner(stack.key, "test"),  # the artifact is what is tampered
+                signer=stack.key,  # the artifact is what is tampered
             )
         ]
     )
@@ -289,9 +287,7 @@ def test_rollback_republishes_the_previous_version(
     stack.publish("ab", version=2)
     w = make_worker("rollback")
     assert w.sample("streamscore_model_info", {"model_version": "2", "role": "primary"}) == 1
-    stack.model_topic().rollback(
-        "demo", Role.PRIMARY, key=stack.key, key_id="test", keyring={"test": stack.key}
-    )
+    stack.model_topic().rollback("demo", Role.PRIMARY, key=stack.key, keyring=stack.verifier)
     w.wait_until(
         lambda: w.sample("streamscore_model_info", {"model_version": "1", "role": "primary"}) == 1,
         "the rollback to v1",

@@ -17,7 +17,6 @@ from typing import Any
 from streamscore.core.records import Role
 from streamscore.models import envelope
 from streamscore.models.envelope import Action, ModelEnvelope
-from streamscore.models.signing import HmacSigner
 
 from .stack import Stack, WorkerProcess
 
@@ -99,7 +98,7 @@ def test_forged_replayed_and_oversized_model_records(
         created_at_ms=now,
         published_at_ms=now,
         publisher="test",
-        signer=HmacSigner(stack.key, "test"),
+        signer=stack.key,
     )
     unsigned_retire = envelope.make(
         model_name="demo",
@@ -152,7 +151,7 @@ def test_forged_replayed_and_oversized_model_records(
     # (an operator whose STREAMSCORE_MODEL_MAX_BYTES is the workers': it skips the
     # oversized record as they do, so it names the version they serve)
     res = stack.model_topic(WORKER_MAX).rollback(
-        "demo", Role.PRIMARY, key=stack.key, key_id="test", keyring={"test": stack.key}
+        "demo", Role.PRIMARY, key=stack.key, keyring=stack.verifier
     )
     assert res.version == 2
     _wait(lambda: _serving(w1, "primary", 2) and _serving(w2, "primary", 2), "rollback to v2")
@@ -191,7 +190,7 @@ def test_signed_retire_works_and_a_replayed_one_cannot_clear_a_newer_model(
     w = make_worker("retire")
     assert _serving(w, "shadow", 2)
     topic = stack.model_topic()
-    assert topic.retire("demo", Role.SHADOW, key=stack.key, key_id="test", publisher="t") == 2
+    assert topic.retire("demo", Role.SHADOW, key=stack.key, publisher="t") == 2
     _wait(lambda: not _serving(w, "shadow", 2), "shadow retired")
     retire = _record(topic.read_all(), Action.RETIRE, Role.SHADOW, 2)
     stack.publish("abc", version=3, role=Role.SHADOW)
@@ -224,7 +223,7 @@ def test_model_cli_lists_checks_rolls_back_and_retires_with_signed_records(
     def cli(*args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "streamscore.cli", "model", *args],
-            env=stack.env(),
+            env=stack.env(publisher=True),  # rollback and retire sign
             capture_output=True,
             timeout=120,
         )
@@ -246,5 +245,5 @@ def test_model_cli_lists_checks_rolls_back_and_retires_with_signed_records(
         ("demo/primary", "activate*", "1", "2", "ok"),
         ("demo/primary", "retire", "1", "1", "ok"),
     ]
-    st = topic.state("demo", {"test": stack.key}).role("demo", Role.PRIMARY)
+    st = topic.state("demo", stack.verifier).role("demo", Role.PRIMARY)
     assert (st.current, st.newest, st.record) == (None, 2, None)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -19,11 +20,22 @@ from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.convert import build_bundle
 from streamscore.models.meta import ModelMeta
 from streamscore.models.runtime import LoadedModel, verify_and_load
+from streamscore.models.signing import Ed25519Signer, Ed25519Verifier
 
 N_FEATURES = 3
 KEYRING: Mapping[str, bytes] = MappingProxyType(
     {"k1": b"test-key-one-0123456789abcdef", "k2": b"test-key-two-fedcba9876543210"}
 )
+
+#: The default scheme's test keys: publishers sign with these (fixed seeds, so runs are
+#: reproducible); workers verify with ``ED25519_VERIFIER``, which holds public keys only.
+ED25519_SIGNERS: Mapping[str, Ed25519Signer] = MappingProxyType(
+    {
+        kid: Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32), kid)
+        for n, kid in ((1, "k1"), (2, "k2"))
+    }
+)
+ED25519_VERIFIER = Ed25519Verifier({k: s.public_key() for k, s in ED25519_SIGNERS.items()})
 
 
 def feature_spec(n: int = N_FEATURES) -> FeatureSpec:
@@ -37,6 +49,18 @@ def training_data(n_rows: int = 400, n: int = N_FEATURES, seed: int = 0) -> np.n
 @pytest.fixture
 def keyring() -> Mapping[str, bytes]:
     return KEYRING
+
+
+@pytest.fixture
+def signers() -> Mapping[str, Ed25519Signer]:
+    """Ed25519 signers ``k1`` and ``k2`` (publishers)."""
+    return ED25519_SIGNERS
+
+
+@pytest.fixture
+def verifier() -> Ed25519Verifier:
+    """The public keys of ``signers`` (what a worker holds)."""
+    return ED25519_VERIFIER
 
 
 @pytest.fixture
@@ -100,13 +124,13 @@ def make_classifier_bundle(classifier: Any) -> Callable[..., Bundle]:
 
 
 def _load(bundle: Bundle, key_id: str = "k1") -> LoadedModel:
-    art = sign_bundle(bundle.to_bytes(), KEYRING[key_id], key_id)
-    return verify_and_load(art.payload, art.signature, art.key_id, KEYRING)
+    art = sign_bundle(bundle.to_bytes(), ED25519_SIGNERS[key_id])
+    return verify_and_load(art.payload, art.signature, art.key_id, ED25519_VERIFIER)
 
 
 @pytest.fixture
 def load() -> Callable[..., LoadedModel]:
-    """Sign with the test keyring and verify+load."""
+    """Sign with the test Ed25519 key and verify+load with its public key."""
     return _load
 
 

@@ -88,6 +88,7 @@ def test_background_children_run_single_threaded_workers_keep_the_environment(
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("STREAMSCORE_SIGNING_KEY", "the-caller-s-own-secret")
     demo = _demo(tmp_path)
     bg = demo._child_env(background=True)
     fg = demo._child_env()
@@ -95,10 +96,15 @@ def test_background_children_run_single_threaded_workers_keep_the_environment(
         assert bg[name] == value == "1"
     assert fg["OMP_NUM_THREADS"] == "8"
     assert "OPENBLAS_NUM_THREADS" not in fg
-    # both get the demo's cluster, topics and per-run key
+    # both get the demo's cluster, topics and per-run public key; only publishers (the
+    # training runs, the auto-promoting feedback worker) get its private key
     for env in (bg, fg):
-        assert env["STREAMSCORE_SIGNING_KEY"] == demo.key
+        assert env["STREAMSCORE_PUBLIC_KEY_FILE"] == str(demo.keys.public_file)
         assert env["STREAMSCORE_TOPIC_EVENTS"] == demo.topics.events
+    assert "STREAMSCORE_SIGNING_KEY_FILE" not in fg
+    assert "STREAMSCORE_SIGNING_KEY" not in fg and "STREAMSCORE_SIGNING_KEY" not in bg
+    pub = demo._child_env(background=True, publisher=True)
+    assert pub["STREAMSCORE_SIGNING_KEY_FILE"] == str(demo.keys.private_file)
 
 
 def test_summary_splits_latency_by_training_runs(

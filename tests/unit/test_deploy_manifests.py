@@ -123,6 +123,15 @@ def test_compose_has_the_whole_system_on_pinned_images() -> None:
     prom_args = " ".join(services["prometheus"]["command"])
     conf = re.search(r"--config.file=/etc/prometheus/(\S+)", prom_args)
     assert conf is not None and (DEPLOY / "prometheus" / conf.group(1)).is_file()
+    # only the publisher tool holds the private key; workers get the public keyring
+    holders = {name for name, svc in services.items() if "signing_key" in svc.get("secrets", [])}
+    assert holders == {"publisher"} and services["publisher"]["profiles"] == ["tools"]
+    for name in ("score", "feedback", "publisher"):
+        (ring,) = services[name]["configs"]
+        assert ring["target"] == services[name]["environment"]["STREAMSCORE_KEYRING_FILE"]
+    env = services["publisher"]["environment"]
+    assert env["STREAMSCORE_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
+    assert "STREAMSCORE_SIGNING_KEY_FILE" not in services["score"]["environment"]
     # events partitions in the init job == the KEDA cap == the local cluster's default
     init = " ".join(services["kafka-init"]["command"])
     m = re.search(r"t events --partitions (\d+)", init)
@@ -191,13 +200,21 @@ def test_deployments_are_hardened_and_probed(name: str, port: int) -> None:
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     assert c["envFrom"] == [{"configMapRef": {"name": "streamscore-config"}}]
     assert "streamscore-config" in by_kind("ConfigMap")
-    # the signing key comes from the Secret, mounted where the ConfigMap says
-    secret_vols = [v for v in spec["volumes"] if "secret" in v]
-    assert [v["secret"]["secretName"] for v in secret_vols] == ["streamscore-signing"]
-    assert "signing-key" in by_kind("Secret")["streamscore-signing"]["stringData"]
-    mount = next(m for m in c["volumeMounts"] if m["name"] == secret_vols[0]["name"])
-    key_file = by_kind("ConfigMap")["streamscore-config"]["data"]["STREAMSCORE_SIGNING_KEY_FILE"]
-    assert key_file == f"{mount['mountPath']}/signing-key"
+    # workers verify models with the public keyring (a ConfigMap, mounted where the shared
+    # settings say); neither Deployment mounts the private key's Secret or names a key file
+    assert not [v for v in spec["volumes"] if "secret" in v]
+    assert not {e["name"] for e in c.get("env", [])} & {"STREAMSCORE_SIGNING_KEY_FILE"}
+    config = by_kind("ConfigMap")["streamscore-config"]["data"]
+    assert "STREAMSCORE_SIGNING_KEY_FILE" not in config and "STREAMSCORE_SIGNING_KEY" not in config
+    (ring,) = [v for v in spec["volumes"] if "configMap" in v]
+    assert ring["configMap"]["name"] == "streamscore-keyring"
+    (item,) = ring["configMap"]["items"]
+    assert item["key"] in by_kind("ConfigMap")["streamscore-keyring"]["data"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == ring["name"])
+    assert mount["readOnly"] is True
+    assert config["STREAMSCORE_KEYRING_FILE"] == f"{mount['mountPath']}/{item['path']}"
+    assert "--auto-promote" not in c["args"]  # a publisher would need the private key
+    assert "signing.key" in by_kind("Secret")["streamscore-signing"]["stringData"]
     # pod labels are what the PDB and the Prometheus SD relabelling select on
     labels = pod["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()

@@ -21,6 +21,7 @@ from streamscore.feedback.promotion import LiveQuality, PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
 from streamscore.models.envelope import Action
+from streamscore.models.signing import HmacSigner, as_verifier
 from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 
@@ -162,7 +163,8 @@ def promote_v2(topic: FakeModelTopic) -> str:
         margin=0.05,
         n_labels=600,
     )
-    return promote_shadow(topic, decision, key=RECORD_KEY, key_id="k1", keyring=RECORD_KEYRING)
+    signer = HmacSigner(RECORD_KEY, "k1")
+    return promote_shadow(topic, decision, signer=signer, verifier=as_verifier(RECORD_KEYRING))
 
 
 def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> None:
