@@ -319,6 +319,10 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         max_message_bytes=args.max_message_bytes,
     )
     metrics_settings = MetricsSettings(host=args.metrics_host, port=args.metrics_port)
+    # before anything a supervisor can see (the /metrics port): a SIGTERM from then on
+    # stops the worker cleanly, however far its start has got
+    stop = threading.Event()
+    install_stop_signals(stop)
     registry = CollectorRegistry()
     metrics = Metrics(registry, "score")
     server = (
@@ -389,8 +393,6 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         metrics,
         max_message_bytes=env.model_max_bytes,
     )
-    stop = threading.Event()
-    install_stop_signals(stop)
     sink: AtLeastOnceSink | TransactionalSink | None = None
     watcher.start()
     metrics.model_loaded.set(0)

@@ -87,6 +87,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka.admin import AdminClient
     from prometheus_client import CollectorRegistry
 
+    from .core.stop import install_stop_signals
     from .feedback.groundtruth import GroundTruthStore
     from .feedback.join import JoinState
     from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
@@ -123,6 +124,10 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
                 "STREAMSCORE_SIGNING_KEY_FILE to the private key (`streamscore model keygen`)"
             )
         signer, verifier = publisher_keys(env.signing)
+    # before anything a supervisor can see (the /metrics port): a SIGTERM from then on
+    # stops the worker cleanly, however far its start has got
+    stop = threading.Event()
+    install_stop_signals(stop)
     registry = CollectorRegistry()
     metrics = Metrics(registry, "feedback")
     server = (
@@ -196,10 +201,6 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
             raise DeliveryError("a dead letter was not acknowledged within 10 s")
 
     join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
-    stop = threading.Event()
-    from .core.stop import install_stop_signals
-
-    install_stop_signals(stop)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,
