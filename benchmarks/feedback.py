@@ -39,8 +39,9 @@ from streamscore.dev.demo import group_settled
 from streamscore.feedback import groundtruth
 from streamscore.feedback.router import join_topic_for
 from streamscore.kafka.clients import wait_for_partition_leaders
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroSerializer
+from streamscore.serde.wire import registry_client
 from tests.processes import WorkerProcess, launch, worker_env
 
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
@@ -86,7 +87,7 @@ class FeedbackBench:
         self.workdir = workdir
         self.run_id = f"{time.strftime('%Y%m%d%H%M%S')}.{os.getpid()}"
         self.admin = AdminClient({**kafka.client_config(), "log_level": 0})
-        self.reg = serde.registry_client(registry.client_config())
+        self.reg = registry_client(registry.client_config())
         self.created: list[str] = []
         self.topics = TopicSettings(
             events=self.topic("events"),
@@ -146,12 +147,10 @@ class FeedbackBench:
 
     def fill(self, n: int) -> None:
         t0 = time.perf_counter()
-        enc_p = serde.AvroSerializer(
+        enc_p = AvroSerializer(
             self.reg, f"{self.topics.predictions}-value", schemas.load("prediction")
         )
-        enc_f = serde.AvroSerializer(
-            self.reg, f"{self.topics.feedback}-value", schemas.load("feedback")
-        )
+        enc_f = AvroSerializer(self.reg, f"{self.topics.feedback}-value", schemas.load("feedback"))
         p = Producer(
             {
                 **self.kafka.client_config(),

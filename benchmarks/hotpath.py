@@ -33,8 +33,9 @@ from streamscore.models.runtime import verify_and_load
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer
 from streamscore.score.worker import ScoreLoop
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 from streamscore.train import synthetic
 from tests.unit.kafka_fakes import FakeConsumer, FakeMessage
 
@@ -44,12 +45,12 @@ KEY = b"hotpath-bench-key"
 
 
 def build(model_kind: str, batch: int) -> tuple[ScoreLoop, Any, Producer]:
-    reg = serde.registry_client({"url": f"mock://hotpath-{time.monotonic_ns()}"})
+    reg = registry_client({"url": f"mock://hotpath-{time.monotonic_ns()}"})
     schema = workload.event_schema()
-    ser = serde.AvroSerializer(reg, "events-value", schema)
-    decode = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schema)
-    pred = serde.AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
-    tele = serde.AvroSerializer(reg, "telemetry-value", schemas.load("telemetry"))
+    ser = AvroSerializer(reg, "events-value", schema)
+    decode = AvroDeserializer(WriterSchemaCache(reg), schema)
+    pred = AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
+    tele = AvroSerializer(reg, "telemetry-value", schemas.load("telemetry"))
     bm = workload.train(model_kind)
     signed = sign_bundle(bm.bundle.to_bytes(), KEY, "k")
     model = verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
@@ -72,7 +73,7 @@ def build(model_kind: str, batch: int) -> tuple[ScoreLoop, Any, Producer]:
     loop = ScoreLoop(
         consumer=FakeConsumer(),
         sink=sink,
-        scorer=BatchScorer(decode, pred.encode_many, settings, prediction_limit=lambda: 1_048_588),
+        scorer=BatchScorer(decode, pred, settings, prediction_limit=lambda: 1_048_588),
         store=store,
         metrics=Metrics(CollectorRegistry()),
         settings=settings,
@@ -141,10 +142,10 @@ def bench_decode(batch: int, batches: int, repeats: int) -> None:
     read with the v2 reader schema (what the workers run during the v1 -> v2 migration):
     written with v2 (the reader's own schema), with v1 (resolved: ``c`` defaulted), and
     half of each, interleaved at random."""
-    reg = serde.registry_client({"url": f"mock://hotpath-decode-{time.monotonic_ns()}"})
-    v1 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 1))
-    v2 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 2))
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schemas.load("event", 2))
+    reg = registry_client({"url": f"mock://hotpath-decode-{time.monotonic_ns()}"})
+    v1 = AvroSerializer(reg, "events-value", schemas.load("event", 1))
+    v2 = AvroSerializer(reg, "events-value", schemas.load("event", 2))
+    dec = AvroDeserializer(WriterSchemaCache(reg), schemas.load("event", 2))
     rng = np.random.default_rng(0)
     pool = 20 * batch  # distinct events, reused round-robin
     old = [v1(e) for e, _y in synthetic.events(pool, rng, with_c=False)]

@@ -67,8 +67,9 @@ from streamscore.core.records import Role
 from streamscore.kafka.clients import reader_consumer, wait_for_partition_leaders
 from streamscore.models.publish import ModelTopic
 from streamscore.models.signing import Ed25519Signer, keygen
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 from tests.processes import launch, sample, worker_env
 
 from . import workload
@@ -221,7 +222,7 @@ class Bench:
         self.keys = keygen(Path(self._keys_dir.name), KEY_ID)
         self.key = Ed25519Signer.from_file(self.keys.private_file)
         self.admin = AdminClient({**kafka.client_config(), "log_level": 0})
-        self.reg = serde.registry_client(registry.client_config())
+        self.reg = registry_client(registry.client_config())
         self.created: list[str] = []
         self.schema_id = 0
         self.models: dict[str, workload.BenchModel] = {}
@@ -271,7 +272,7 @@ class Bench:
         self.create(s.events)
         for t in (s.telemetry, s.dlq, s.late, s.feedback):
             self.create(t, 1)
-        ser = serde.AvroSerializer(self.reg, f"{s.events}-value", workload.event_schema())
+        ser = AvroSerializer(self.reg, f"{s.events}-value", workload.event_schema())
         self.schema_id = ser.schema_id
         for kind in workload.MODEL_KINDS:
             t0 = time.perf_counter()
@@ -300,8 +301,8 @@ class Bench:
         return ModelTopic(
             self.kafka,
             topic,
-            encode=serde.AvroSerializer(self.reg, f"{topic}-value", schema),
-            decode=serde.AvroDeserializer(serde.WriterSchemaCache(self.reg), schema),
+            encode=AvroSerializer(self.reg, f"{topic}-value", schema),
+            decode=AvroDeserializer(WriterSchemaCache(self.reg), schema),
             max_message_bytes=16 * 1024 * 1024,
         )
 
@@ -576,13 +577,9 @@ class Bench:
                     time.sleep(0.1)
             finally:
                 watcher.close()
-        decode = serde.AvroDeserializer(
-            serde.WriterSchemaCache(self.reg), schemas.load("prediction")
-        )
+        decode = AvroDeserializer(WriterSchemaCache(self.reg), schemas.load("prediction"))
         ts_all, vals = self.read_topic(preds, decode)
-        ev_decode = serde.AvroDeserializer(
-            serde.WriterSchemaCache(self.reg), workload.event_schema()
-        )
+        ev_decode = AvroDeserializer(WriterSchemaCache(self.reg), workload.event_schema())
         ev_ts, ev_vals = self.read_topic(events, ev_decode)
         self.delete_topics([events, preds])
         # when the broker appended each event: splits the latency into the producer's
@@ -624,8 +621,8 @@ class Bench:
         bm = self.models[kind]
         est = bm.estimator
         preds = self.create(self.topic(f"predictions.naive.{kind}.{secrets.token_hex(2)}"), 4)
-        decode = serde.AvroDeserializer(serde.WriterSchemaCache(self.reg), workload.event_schema())
-        encode = serde.AvroSerializer(self.reg, f"{preds}-value", schemas.load("prediction"))
+        decode = AvroDeserializer(WriterSchemaCache(self.reg), workload.event_schema())
+        encode = AvroSerializer(self.reg, f"{preds}-value", schemas.load("prediction"))
         encode.schema_id  # noqa: B018 - register before timing
         c = Consumer(
             {

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from streamscore.core.records import FeatureField, FeatureSpec
 from streamscore.models.container import Bundle
 from streamscore.models.convert import build_bundle
-from streamscore.serde import codec as serde
+from streamscore.serde.wire import HEADER, MAGIC_BYTE, parse
 
 SCHEMA_PATH = Path(__file__).with_name("bench_event.avsc")
 N_FEATURES = 10
@@ -96,8 +96,8 @@ class EventEncoder:
     """Wire-format bench events (magic byte, schema id, Avro body) with fastavro."""
 
     def __init__(self, schema_id: int) -> None:
-        self._header = serde.HEADER.pack(serde.MAGIC_BYTE, schema_id)
-        self._parsed = serde.parse(event_schema())
+        self._header = HEADER.pack(MAGIC_BYTE, schema_id)
+        self._parsed = parse(event_schema())
 
     def encode(self, event: dict[str, Any]) -> bytes:
         buf = io.BytesIO()

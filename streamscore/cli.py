@@ -150,14 +150,15 @@ def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
 
 
 def _registry(env: Env) -> Any:
-    from .serde.codec import registry_client
+    from .serde.wire import registry_client
 
     return registry_client(env.registry.client_config())
 
 
 def _model_topic(env: Env) -> Any:
     from .models.publish import ModelTopic
-    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.wire import WriterSchemaCache
 
     reg = _registry(env)
     schema = schemas.load("model_envelope")
@@ -302,7 +303,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .models.watcher import ModelWatcher
     from .score.batch import BatchScorer
     from .score.worker import ScoreLoop
-    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.wire import WriterSchemaCache
 
     verifier = worker_verifier(env.signing)  # public keys only: this process cannot sign
     scoring = ScoringSettings(
@@ -425,8 +427,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             consumer=consumer,
             sink=sink,
             scorer=BatchScorer(
-                decode,
-                predictions.encode_many,
+                decode,  # a BatchDecoder: whole batches, column-wise
+                predictions,  # a BatchEncoder: predictions encoded column-wise
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
             ),

@@ -48,14 +48,15 @@ def parse_time_ms(text: str | None) -> int | None:
 
 
 def _registry(env: Env) -> Any:
-    from .serde.codec import registry_client
+    from .serde.wire import registry_client
 
     return registry_client(env.registry.client_config())
 
 
 def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     from .models.publish import ModelTopic
-    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
+    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.wire import WriterSchemaCache
 
     reg = reg if reg is not None else _registry(env)
     schema = schemas.load("model_envelope")
@@ -107,8 +108,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     )
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
-    from .serde.codec import AvroDeserializer, AvroSerializer, WriterSchemaCache
     from .serde.event_ids import EventIdReader
+    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.wire import WriterSchemaCache
 
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
     promo = PromotionSettings(

@@ -41,7 +41,7 @@ class InfrastructureError(StreamscoreError):
 class RegistryUnavailableError(InfrastructureError):
     """The schema registry could not be reached (refused, timed out, 5xx), or answered
     as a registry that has just come back or lost its data does (see
-    :class:`~streamscore.serde.codec.WriterSchemaCache`). Retryable."""
+    :class:`~streamscore.serde.wire.WriterSchemaCache`). Retryable."""
 
     reason = "registry_unavailable"
 

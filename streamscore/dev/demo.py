@@ -49,8 +49,9 @@ from ..core.records import Role
 from ..kafka.clients import reader_consumer
 from ..models.publish import ModelTopic
 from ..models.signing import Ed25519Signer, keygen
-from ..serde import codec as serde
 from ..serde import schemas
+from ..serde.message import AvroDeserializer, AvroSerializer
+from ..serde.wire import WriterSchemaCache, registry_client
 from ..train import synthetic
 from ..train.training import demo_bundle
 
@@ -272,8 +273,8 @@ class Demo:
         return ModelTopic(
             self.kafka,
             self.topics.models,
-            encode=serde.AvroSerializer(reg, f"{self.topics.models}-value", schema),
-            decode=serde.AvroDeserializer(serde.WriterSchemaCache(reg), schema),
+            encode=AvroSerializer(reg, f"{self.topics.models}-value", schema),
+            decode=AvroDeserializer(WriterSchemaCache(reg), schema),
             max_message_bytes=16 * 1024 * 1024,
         )
 
@@ -282,8 +283,8 @@ class Demo:
         """The events' serializers (v1, v2) and producer, connected and with the v1 schema
         registered, so the first measured events do not wait for either."""
         ser = {
-            1: serde.AvroSerializer(reg, f"{self.topics.events}-value", schemas.load("event", 1)),
-            2: serde.AvroSerializer(reg, f"{self.topics.events}-value", schemas.load("event", 2)),
+            1: AvroSerializer(reg, f"{self.topics.events}-value", schemas.load("event", 1)),
+            2: AvroSerializer(reg, f"{self.topics.events}-value", schemas.load("event", 2)),
         }
         p = Producer({**self.kafka.client_config(), "linger.ms": 2, "enable.idempotence": True})
         ((e, _y),) = synthetic.events(1, np.random.default_rng(0), with_c=False)
@@ -379,7 +380,7 @@ class Demo:
 
     def _label(self, reg: Any) -> None:
         """Sends each event's true y to the feedback topic once its delay has passed."""
-        ser = serde.AvroSerializer(reg, f"{self.topics.feedback}-value", schemas.load("feedback"))
+        ser = AvroSerializer(reg, f"{self.topics.feedback}-value", schemas.load("feedback"))
         p = Producer({**self.kafka.client_config(), "linger.ms": 5, "enable.idempotence": True})
         while True:
             now = time.time()
@@ -396,8 +397,8 @@ class Demo:
         p.flush(30)
 
     def _observe(self) -> None:
-        reg = serde.registry_client(self.registry_settings.client_config())
-        dec = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schemas.load("prediction"))
+        reg = registry_client(self.registry_settings.client_config())
+        dec = AvroDeserializer(WriterSchemaCache(reg), schemas.load("prediction"))
         c = Consumer(reader_consumer(self.kafka, f"demo-observer-{self.s.run_id}"))
         parts = []
         for topic in (self.topics.predictions, self.topics.dlq):
@@ -648,7 +649,7 @@ class Demo:
             fresh_cluster = not local.status().running
             local.up()
         self._create_topics()
-        reg = serde.registry_client(self.registry_settings.client_config())
+        reg = registry_client(self.registry_settings.client_config())
         models = self._model_topic(reg)
         models.publish(
             demo_bundle("ab", version=1).to_bytes(),

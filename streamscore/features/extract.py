@@ -6,18 +6,20 @@ float). Missing values (absent or null) and unknown categories are NaN in
 :attr:`Columns.values` and flagged in their masks; :func:`impute` then applies each
 field's missing-value policy. Work is per column, never per event and field in Python
 beyond the one list comprehension that pulls a column out of the decoded dicts; events
-decoded column-wise (:class:`EventColumns`, what the worker's batch decoder gives) hand
-their numeric columns over as arrays, with no per-event work at all.
+decoded column-wise (:class:`~streamscore.core.columns.EventColumns`, what the worker's
+batch decoder gives) hand their numeric columns over as arrays, with no per-event work at
+all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
+from ..core.columns import EventColumns
 from ..core.records import FeatureKind, FeatureSpec, MissingPolicy
 
 
@@ -33,95 +35,6 @@ class Columns:
     @property
     def n(self) -> int:
         return int(self.values.shape[0])
-
-
-class EventColumns(Sequence[Mapping[str, Any]]):
-    """Decoded events held column-wise, as a batch decoder produces them.
-
-    Behaves as a sequence of event dicts (``events[i]`` builds one, with the same Python
-    types a per-message decode gives), and lets the hot path read whole columns without
-    building any: :func:`extract` takes numeric columns as they are. A column is a NumPy
-    array (numbers or booleans, no nulls) or a list of Python values (anything else;
-    ``None`` for null). Every column has one entry per event; ``names`` is the field
-    order of the event schema."""
-
-    __slots__ = ("_cols", "_n", "names")
-
-    def __init__(self, n: int, columns: Mapping[str, np.ndarray | list[Any]]) -> None:
-        for name, col in columns.items():
-            if len(col) != n:
-                raise ValueError(f"column {name!r} has {len(col)} entries, expected {n}")
-        self._n = n
-        self._cols = dict(columns)
-        self.names = tuple(columns)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def has_field(self, name: str) -> bool:
-        return name in self._cols
-
-    def column(self, name: str) -> np.ndarray | list[Any]:
-        return self._cols[name]
-
-    def values_of(self, name: str) -> list[Any]:
-        """The column as Python values (as the event dicts hold them)."""
-        col = self._cols[name]
-        return col.tolist() if isinstance(col, np.ndarray) else col
-
-    def take(self, rows: Sequence[int] | np.ndarray) -> EventColumns:
-        """The events at ``rows``, in that order."""
-        idx = np.asarray(rows, dtype=np.intp)
-        take = idx.tolist()
-        return EventColumns(
-            len(take),
-            {
-                name: col[idx] if isinstance(col, np.ndarray) else [col[i] for i in take]
-                for name, col in self._cols.items()
-            },
-        )
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every event as a dict."""
-        cols = [self.values_of(name) for name in self.names]
-        return [dict(zip(self.names, vals, strict=True)) for vals in zip(*cols, strict=True)]
-
-    @overload
-    def __getitem__(self, i: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError("event index out of range")
-        return {
-            name: col[i].item() if isinstance(col, np.ndarray) else col[i]
-            for name, col in self._cols.items()
-        }
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.rows())
-
-
-def field_values(events: Sequence[Mapping[str, Any]], name: str) -> list[Any]:
-    """``[e[name] for e in events]`` (a column read, for :class:`EventColumns`)."""
-    if isinstance(events, EventColumns):
-        return events.values_of(name)
-    return [e[name] for e in events]
-
-
-def take_events(
-    events: Sequence[Mapping[str, Any]], rows: Sequence[int]
-) -> Sequence[Mapping[str, Any]]:
-    """``[events[i] for i in rows]``, column-wise for :class:`EventColumns`."""
-    if isinstance(events, EventColumns):
-        return events.take(rows)
-    return [events[i] for i in rows]
 
 
 _NUMBER_TYPES = {float, int}

@@ -56,8 +56,8 @@ import fastavro
 import numpy as np
 
 from ..core.records import FeatureSpec, Task
-from ..serde import codec as serde
 from ..serde import schemas
+from ..serde.wire import parse
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class _Area:
         self._store = store
         self.base = base
         self._writer_schema = fastavro.parse_schema(schema, named_schemas={})
-        self._reader_schema = serde.parse(schema)  # timestamps as epoch-ms ints
+        self._reader_schema = parse(schema)  # timestamps as epoch-ms ints
         self._time_key = tkey
         self.ids: set[str] = set()
         self._indexed: set[Path] = set()
@@ -342,7 +342,7 @@ def read_rows(
     root: Path | str, since_ms: int | None = None, until_ms: int | None = None
 ) -> list[dict[str, Any]]:
     """Finalized rows with ``since <= event_time < until``, sorted by (event_time, id)."""
-    reader = serde.parse(_row_schema())
+    reader = parse(_row_schema())
     out = [
         r
         for p in _finalized_files(Path(root), since_ms, until_ms)
@@ -358,7 +358,7 @@ def read_unmatched(
     root: Path | str, since_ms: int | None = None, until_ms: int | None = None
 ) -> list[dict[str, Any]]:
     """Unmatched labels with ``since <= observed_time < until``."""
-    reader = serde.parse(_unmatched_schema())
+    reader = parse(_unmatched_schema())
     out = [
         r
         for p in _finalized_files(Path(root) / UNMATCHED, since_ms, until_ms)

@@ -10,7 +10,6 @@ nothing is dropped.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,36 +17,24 @@ from typing import Any, overload
 
 import numpy as np
 
+from ..core.columns import RecordColumns, field_values, take_events
 from ..core.config import LatePolicy, ScoringSettings
-from ..core.errors import (
-    InfrastructureError,
-    ModelError,
-    NoModelError,
-    OutputTooLargeError,
-    StreamscoreError,
-    unexpected_decode_error,
-)
+from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
 from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
-from ..features.extract import Columns, extract, field_values, impute, take_events
+from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
 from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
 from ..models.runtime import LoadedModel, ScoreBatch
 from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
-from ..serde.codec import RecordColumns
-
-log = logging.getLogger(__name__)
-
-Decoder = Callable[[bytes | None], dict[str, Any]]
-BatchEncoder = Callable[[list[dict[str, Any]]], list[bytes]]
-#: ``RecordColumns -> encoded records``; see
-#: :meth:`streamscore.serde.codec.AvroSerializer.encode_columns`
-ColumnEncoder = Callable[[RecordColumns], list[bytes]]
-#: ``values -> (indices decoded, records, [(index, error)])``;
-#: see :meth:`streamscore.serde.codec.AvroDeserializer.decode_many`
-ManyDecoder = Callable[
-    [Sequence[bytes | None]],
-    tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]],
-]
+from .codecs import (
+    BatchDecoder,
+    BatchEncoder,
+    Decoder,
+    RowsEncoder,
+    batch_decoder,
+    batch_encoder,
+    decode_batch,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,20 +208,20 @@ def _decode_keys(keys: list[bytes | None]) -> list[str | None]:
 
 
 class BatchScorer:
-    """Scores micro-batches. ``decode`` turns one message value into an event dict;
-    ``encode_predictions`` turns prediction dicts into encoded values.
+    """Scores micro-batches. ``decoder`` turns message values into events, ``encoder``
+    turns predictions into encoded values (see :mod:`streamscore.score.codecs`).
 
-    Fast paths, used when the collaborators offer them (the worker's do): a ``decode``
-    with a ``decode_many`` method decodes the whole batch in one call, and an
-    ``encode_predictions`` that is the bound ``encode_many`` of an object with an
-    ``encode_columns`` method (an :class:`~streamscore.serde.codec.AvroSerializer`) gets the
-    predictions column-wise (constants once per batch, NumPy arrays as they are) instead
-    of one dict per prediction. Results are identical either way."""
+    The worker passes its Avro codecs, a :class:`~streamscore.score.codecs.BatchDecoder`
+    and a :class:`~streamscore.score.codecs.BatchEncoder`: the whole batch is decoded in
+    one call, and the predictions are encoded column-wise (constants once per batch, NumPy
+    arrays as they are) instead of one dict per prediction. Plain callables are taken too
+    (one value -> event dict; prediction dicts -> encoded values), decoded and encoded
+    one record at a time. Results are identical either way."""
 
     def __init__(
         self,
-        decode: Decoder,
-        encode_predictions: BatchEncoder,
+        decoder: BatchDecoder | Decoder,
+        encoder: BatchEncoder | RowsEncoder,
         settings: ScoringSettings,
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -245,50 +232,10 @@ class BatchScorer:
         asked once per batch. An event with a prediction larger than that is not
         predicted: it is dead-lettered (:class:`~streamscore.core.errors.OutputTooLargeError`)."""
         self._prediction_limit = prediction_limit
-        self._decode = decode
-        self._encode = encode_predictions
+        self._decoder = batch_decoder(decoder)
+        self._encoder = batch_encoder(encoder)
         self._settings = settings
         self._clock_ms = clock_ms
-        self._decode_many: ManyDecoder | None = getattr(decode, "decode_many", None)
-        owner = getattr(encode_predictions, "__self__", None)
-        self._encode_columns: ColumnEncoder | None = (
-            getattr(owner, "encode_columns", None)
-            if getattr(encode_predictions, "__name__", None) == "encode_many"
-            else None
-        )
-
-    def _decode_all(
-        self, values: Sequence[bytes | None]
-    ) -> tuple[list[int], Sequence[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
-        """Decode the batch; an :class:`InfrastructureError` (the registry away) is raised,
-        never returned as a message's error: the batch is not bad data."""
-        if self._decode_many is not None:
-            try:
-                decoded = self._decode_many(values)
-            except InfrastructureError:
-                raise
-            except Exception:  # a bug in the batch path: each message then says for itself
-                log.exception("batch decode failed; decoding the batch message by message")
-            else:
-                for _i, exc in decoded[2]:
-                    if isinstance(exc, InfrastructureError):
-                        raise exc
-                return decoded
-        good: list[int] = []
-        events: list[dict[str, Any]] = []
-        failed: list[tuple[int, StreamscoreError]] = []
-        decode = self._decode
-        for i, v in enumerate(values):
-            try:
-                events.append(decode(v))
-                good.append(i)
-            except InfrastructureError:
-                raise
-            except StreamscoreError as exc:
-                failed.append((i, exc))
-            except Exception as exc:  # whatever one message does to a decoder is its own
-                failed.append((i, unexpected_decode_error(exc)))
-        return good, events, failed
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:
         if snapshot.primary is None:
@@ -301,7 +248,7 @@ class BatchScorer:
         t0 = time.perf_counter()
 
         # ---- decode: one typed error per bad message, never a crash
-        good, events, failed = self._decode_all(values)
+        good, events, failed = decode_batch(self._decoder, values)
         for i, exc in failed:
             out.dead_letters.append(DeadLetter(messages[i], exc))
         t1 = time.perf_counter()
@@ -430,12 +377,9 @@ class BatchScorer:
         t4 = time.perf_counter()
 
         # ---- encode
-        if self._encode_columns is not None:
-            encoded: list[bytes] = []
-            for piece in pieces:
-                encoded.extend(self._encode_columns(piece))
-        else:
-            encoded = self._encode([r for piece in pieces for r in piece.rows()])
+        encoded: list[bytes] = []
+        for piece in pieces:
+            encoded.extend(self._encoder.encode_columns(piece))
         out.predictions = list(zip(rec_keys, encoded, strict=True))
         if self._prediction_limit is not None and encoded:
             limit = self._prediction_limit()

@@ -20,7 +20,7 @@ from typing import Any
 import fastavro
 
 from ..core.errors import AvroDecodeError, MissingFieldError, TruncatedMessageError, WrongTypeError
-from .codec import WriterSchemaCache, split_header
+from .wire import WriterSchemaCache, split_header
 
 FIELD = "event_id"
 

@@ -16,8 +16,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamscore.feedback import groundtruth
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroSerializer
 from streamscore.train import synthetic
 from tests.processes import WorkerProcess, launch, wait_until
 
@@ -79,9 +79,7 @@ def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
 
 
 def produce_labels(stack: Stack, labels: dict[str, float]) -> None:
-    ser = serde.AvroSerializer(
-        stack.registry, f"{stack.topics.feedback}-value", schemas.load("feedback")
-    )
+    ser = AvroSerializer(stack.registry, f"{stack.topics.feedback}-value", schemas.load("feedback"))
     now = int(time.time() * 1000)
     stack.produce_raw(
         (

@@ -25,8 +25,9 @@ from streamscore.dev.localcluster import LocalCluster
 from streamscore.kafka.clients import read_to_end, reader_consumer, wait_for_partition_leaders
 from streamscore.models.publish import ModelTopic
 from streamscore.models.signing import Ed25519Signer, KeyPair, Verifier, keygen
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 from streamscore.train import synthetic
 from streamscore.train.training import demo_bundle
 from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
@@ -107,8 +108,8 @@ class Stack:
         return ModelTopic(
             self.kafka,
             self.topics.models,
-            encode=serde.AvroSerializer(self.registry, f"{self.topics.models}-value", schema),
-            decode=serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schema),
+            encode=AvroSerializer(self.registry, f"{self.topics.models}-value", schema),
+            decode=AvroDeserializer(WriterSchemaCache(self.registry), schema),
             max_message_bytes=max_message_bytes,
         )
 
@@ -117,8 +118,8 @@ class Stack:
         self.model_topic().publish(data, role, key=self.key, publisher="test")
 
     # ---- events
-    def event_serializer(self, version: int) -> serde.AvroSerializer:
-        return serde.AvroSerializer(
+    def event_serializer(self, version: int) -> AvroSerializer:
+        return AvroSerializer(
             self.registry, f"{self.topics.events}-value", schemas.load("event", version)
         )
 
@@ -200,8 +201,8 @@ class Stack:
         finally:
             c.close()
 
-    def decoder(self, family: str) -> serde.AvroDeserializer:
-        return serde.AvroDeserializer(serde.WriterSchemaCache(self.registry), schemas.load(family))
+    def decoder(self, family: str) -> AvroDeserializer:
+        return AvroDeserializer(WriterSchemaCache(self.registry), schemas.load(family))
 
     def primary_ids(self, preds: list[Any]) -> Counter[str]:
         """How many primary predictions each event id has among ``preds``."""
@@ -266,7 +267,7 @@ def new_stack(
         topics,
         unique_name("group"),
         tmp_path,
-        registry=serde.registry_client({"url": registry_url}),
+        registry=registry_client({"url": registry_url}),
     )
 
 

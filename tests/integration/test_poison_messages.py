@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroSerializer
 from streamscore.train import synthetic
 
 from ..unit.avro_poison import (
@@ -115,9 +115,9 @@ def wait_consumed(workers: list[WorkerProcess], total: int, timeout: float = 120
         time.sleep(0.2)
 
 
-def serializer(stack: Stack, name: str, writer: dict[str, Any]) -> serde.AvroSerializer:
+def serializer(stack: Stack, name: str, writer: dict[str, Any]) -> AvroSerializer:
     """Registers ``writer`` in the real registry under a subject of its own."""
-    return serde.AvroSerializer(stack.registry, f"{stack.topics.events}-{name}", writer)
+    return AvroSerializer(stack.registry, f"{stack.topics.events}-{name}", writer)
 
 
 #: per case of the issue: the poison's writer schema, a valid record of it (for event i),

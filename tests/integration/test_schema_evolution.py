@@ -16,13 +16,14 @@ from streamscore.core.records import Role
 from streamscore.models import envelope
 from streamscore.models.envelope import ModelEnvelope
 from streamscore.models.signing import HmacSigner, HmacVerifier
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 
 @pytest.fixture
 def registry(cluster_endpoints: Any) -> Any:
-    return serde.registry_client({"url": cluster_endpoints.registry_url})
+    return registry_client({"url": cluster_endpoints.registry_url})
 
 
 @pytest.fixture
@@ -42,8 +43,8 @@ EVENT = {
 }
 
 
-def _reader(registry: Any, version: int) -> serde.AvroDeserializer:
-    return serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", version))
+def _reader(registry: Any, version: int) -> AvroDeserializer:
+    return AvroDeserializer(WriterSchemaCache(registry), schemas.load("event", version))
 
 
 def test_every_shipped_event_version_registers_in_order_under_backward(
@@ -51,14 +52,14 @@ def test_every_shipped_event_version_registers_in_order_under_backward(
 ) -> None:
     ids = []
     for v in schemas.versions("event"):
-        ids.append(serde.AvroSerializer(registry, subject, schemas.load("event", v)).schema_id)
+        ids.append(AvroSerializer(registry, subject, schemas.load("event", v)).schema_id)
     assert len(set(ids)) == len(ids)
     assert len(registry.get_versions(subject)) == len(ids)
 
 
 def test_v1_data_read_by_v2_reader_and_v2_data_by_v1_reader(registry: Any, subject: str) -> None:
-    v1 = serde.AvroSerializer(registry, subject, schemas.load("event", 1))
-    v2 = serde.AvroSerializer(registry, subject, schemas.load("event", 2))
+    v1 = AvroSerializer(registry, subject, schemas.load("event", 1))
+    v2 = AvroSerializer(registry, subject, schemas.load("event", 2))
     old = v1(EVENT)
     new = v2({**EVENT, "c": 2.75})
     assert _reader(registry, 2)(old) == {**EVENT, "c": None}
@@ -67,29 +68,29 @@ def test_v1_data_read_by_v2_reader_and_v2_data_by_v1_reader(registry: Any, subje
 
 
 def test_registry_refuses_an_incompatible_change(registry: Any, subject: str) -> None:
-    assert serde.AvroSerializer(registry, subject, schemas.load("event", 2)).schema_id > 0
+    assert AvroSerializer(registry, subject, schemas.load("event", 2)).schema_id > 0
     # a new required field without a default cannot read old data: not BACKWARD
     bad = copy.deepcopy(schemas.load("event", 2))
     bad["fields"].append({"name": "d", "type": "double", "doc": "required, no default"})
     with pytest.raises(errors.SchemaRegistrationError):
-        assert serde.AvroSerializer(registry, subject, bad).schema_id > 0
+        assert AvroSerializer(registry, subject, bad).schema_id > 0
     # and so is changing a field's type incompatibly
     retyped = copy.deepcopy(schemas.load("event", 2))
     next(f for f in retyped["fields"] if f["name"] == "a")["type"] = "string"
     with pytest.raises(errors.SchemaRegistrationError):
-        assert serde.AvroSerializer(registry, subject, retyped).schema_id > 0
+        assert AvroSerializer(registry, subject, retyped).schema_id > 0
     assert len(registry.get_versions(subject)) == 1
 
 
 def test_unknown_schema_id_from_the_real_registry(registry: Any, subject: str) -> None:
-    data = serde.AvroSerializer(registry, subject, schemas.load("event", 1))(EVENT)
+    data = AvroSerializer(registry, subject, schemas.load("event", 1))(EVENT)
     bogus = b"\x00\x7f\xff\xff\xf0" + data[5:]
     with pytest.raises(errors.UnknownSchemaError):
         _reader(registry, 2)(bogus)
 
 
 def test_registry_compat_check_api_agrees(registry: Any, subject: str) -> None:
-    assert serde.AvroSerializer(registry, subject, schemas.load("event", 1)).schema_id > 0
+    assert AvroSerializer(registry, subject, schemas.load("event", 1)).schema_id > 0
     v2 = Schema(json.dumps(schemas.load("event", 2)), "AVRO")
     assert registry.test_compatibility(subject, v2) is True
     bad = copy.deepcopy(schemas.load("event", 2))
@@ -109,7 +110,7 @@ def test_model_envelope_v2_evolves_backward_and_v1_records_are_refused_as_unsign
     shipped = schemas.versions("model_envelope")
     assert shipped[:2] == [1, 2]
     ids = [
-        serde.AvroSerializer(registry, subject, schemas.load("model_envelope", v)).schema_id
+        AvroSerializer(registry, subject, schemas.load("model_envelope", v)).schema_id
         for v in shipped
     ]
     assert len(set(ids)) == len(ids)
@@ -131,12 +132,10 @@ def test_model_envelope_v2_evolves_backward_and_v1_records_are_refused_as_unsign
     v1_names = [f["name"] for f in schemas.load("model_envelope", 1)["fields"]]
     old_fields = {k: v for k, v in env.to_avro().items() if k in v1_names}
 
-    def reader(v: int) -> serde.AvroDeserializer:
-        return serde.AvroDeserializer(
-            serde.WriterSchemaCache(registry), schemas.load("model_envelope", v)
-        )
+    def reader(v: int) -> AvroDeserializer:
+        return AvroDeserializer(WriterSchemaCache(registry), schemas.load("model_envelope", v))
 
-    old = serde.AvroSerializer(registry, subject, schemas.load("model_envelope", 1))(old_fields)
+    old = AvroSerializer(registry, subject, schemas.load("model_envelope", 1))(old_fields)
     legacy = ModelEnvelope.from_avro(reader(2)(old))
     assert (legacy.target_version, legacy.envelope_signature) == (None, None)
     assert dataclasses.replace(legacy, target_version=2) == dataclasses.replace(
@@ -144,7 +143,7 @@ def test_model_envelope_v2_evolves_backward_and_v1_records_are_refused_as_unsign
     )
     with pytest.raises(errors.UnsignedEnvelopeError):
         envelope.verify(legacy, HmacVerifier({"k": key}))
-    new = serde.AvroSerializer(registry, subject, schemas.load("model_envelope", 2))(env.to_avro())
+    new = AvroSerializer(registry, subject, schemas.load("model_envelope", 2))(env.to_avro())
     current = ModelEnvelope.from_avro(reader(2)(new))
     assert current == env
     envelope.verify(current, HmacVerifier({"k": key}))
@@ -152,4 +151,4 @@ def test_model_envelope_v2_evolves_backward_and_v1_records_are_refused_as_unsign
     no_default = copy.deepcopy(schemas.load("model_envelope", 2))
     no_default["fields"].append({"name": "required_later", "type": "long"})
     with pytest.raises(errors.SchemaRegistrationError):
-        assert serde.AvroSerializer(registry, subject, no_default).schema_id > 0
+        assert AvroSerializer(registry, subject, no_default).schema_id > 0

@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroSerializer
 
 from .stack import Stack, WorkerProcess
 
@@ -88,8 +88,8 @@ def test_fuzz_every_kind_of_bad_input_lands_in_the_dlq_with_its_class(
         "segment": None,
     }
     v1 = stack.event_serializer(1)
-    no_b = serde.AvroSerializer(stack.registry, f"{stack.topics.events}-nob", _writer_without("b"))
-    a_str = serde.AvroSerializer(
+    no_b = AvroSerializer(stack.registry, f"{stack.topics.events}-nob", _writer_without("b"))
+    a_str = AvroSerializer(
         stack.registry, f"{stack.topics.events}-astr", _writer_with_type("a", "string")
     )
     good_body = v1(base)

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.columnar_encode import _long
 
 
 def varint(n: int) -> bytes:
     """Avro's zigzag varint of a long."""
-    return serde._long(n)
+    return _long(n)
 
 
 def field(name: str, type_: Any) -> dict[str, Any]:

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 from streamscore.core import errors
+from streamscore.core.columns import EventColumns
 from streamscore.core.config import ScoringSettings
 from streamscore.core.records import Role
-from streamscore.features.extract import EventColumns
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 from streamscore.serde.avro_scan import ZERO_WIDTH_ALLOWANCE, BoundedScan
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import MAX_SCHEMA_JSON_DEPTH, WriterSchemaCache, parse, registry_client
 from streamscore.train import synthetic
 
 from .avro_poison import (
@@ -45,22 +46,22 @@ READER = schemas.load("event", 2)
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://decode-bounds-{id(object())}"})
+    return registry_client({"url": f"mock://decode-bounds-{id(object())}"})
 
 
-def deserializer(registry: Any, **kw: Any) -> serde.AvroDeserializer:
-    return serde.AvroDeserializer(serde.WriterSchemaCache(registry), READER, **kw)
+def deserializer(registry: Any, **kw: Any) -> AvroDeserializer:
+    return AvroDeserializer(WriterSchemaCache(registry), READER, **kw)
 
 
 def event_dicts(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return [e for e, _y in synthetic.events(n, np.random.default_rng(seed), with_c=False)]
 
 
-def events(ser: serde.AvroSerializer, n: int, seed: int = 0, **fields: Any) -> list[bytes]:
+def events(ser: AvroSerializer, n: int, seed: int = 0, **fields: Any) -> list[bytes]:
     return [ser({**e, **fields}) for e in event_dicts(n, seed)]
 
 
-def failure(dec: serde.AvroDeserializer, value: bytes) -> errors.StreamscoreError:
+def failure(dec: AvroDeserializer, value: bytes) -> errors.StreamscoreError:
     """The error of ``value``, the same from the per-message and the batch decoder."""
     with pytest.raises(errors.StreamscoreError) as info:
         dec(value)
@@ -76,7 +77,7 @@ def failure(dec: serde.AvroDeserializer, value: bytes) -> errors.StreamscoreErro
 
 def test_a_message_nested_20000_levels_is_too_deep_not_a_crash(registry: Any) -> None:
     """The issue's case 1: fastavro alone dies with SIGSEGV on this message."""
-    ser = serde.AvroSerializer(registry, "nested-value", NESTED_WRITER)
+    ser = AvroSerializer(registry, "nested-value", NESTED_WRITER)
     dec = deserializer(registry)
     poison = deep_tree(events(ser, 1)[0], 20_000)
     assert len(poison) > 40_000
@@ -88,7 +89,7 @@ def test_a_message_nested_20000_levels_is_too_deep_not_a_crash(registry: Any) ->
 @pytest.mark.parametrize("limit", [3, 8, 64])
 def test_nesting_is_refused_exactly_past_the_limit(registry: Any, limit: int) -> None:
     """The event record is level 1 and each node one more: ``limit - 1`` nodes read."""
-    ser = serde.AvroSerializer(registry, "nested-value", NESTED_WRITER)
+    ser = AvroSerializer(registry, "nested-value", NESTED_WRITER)
     dec = deserializer(registry, max_depth=limit)
     event = event_dicts(1)[0]
     base = ser(event)
@@ -102,7 +103,7 @@ def test_a_record_that_contains_itself_without_a_union_is_too_deep(registry: Any
     """No message of such a schema ends: fastavro would recurse for ever on any bytes."""
     loop = {"type": "record", "name": "Loop", "fields": [{"name": "again", "type": "Loop"}]}
     sid = registry.register_schema("self-value", _schema(event_with("self", field("loop", loop))))
-    v1 = serde.AvroSerializer(registry, "v1-value", schemas.load("event", 1))
+    v1 = AvroSerializer(registry, "v1-value", schemas.load("event", 1))
     body = events(v1, 1)[0][5:]
     err = failure(deserializer(registry), b"\x00" + sid.to_bytes(4, "big") + body)
     assert type(err) is errors.NestingTooDeepError
@@ -121,7 +122,7 @@ def _schema(writer: dict[str, Any]) -> Any:
 
 def test_an_array_of_nulls_claiming_2_62_items_is_a_bad_count_at_once(registry: Any) -> None:
     """The issue's case 3 (fastavro alone spends about 70 ns per claimed null)."""
-    ser = serde.AvroSerializer(registry, "bomb-value", NULL_ARRAY_WRITER)
+    ser = AvroSerializer(registry, "bomb-value", NULL_ARRAY_WRITER)
     dec = deserializer(registry)
     poison = null_array_bomb(events(ser, 1)[0])
     t0 = time.perf_counter()
@@ -132,7 +133,7 @@ def test_an_array_of_nulls_claiming_2_62_items_is_a_bad_count_at_once(registry: 
 
 
 def test_items_that_take_no_bytes_are_bounded_by_the_message_length(registry: Any) -> None:
-    ser = serde.AvroSerializer(registry, "bomb-value", NULL_ARRAY_WRITER)
+    ser = AvroSerializer(registry, "bomb-value", NULL_ARRAY_WRITER)
     dec = deserializer(registry)
     event = event_dicts(1)[0]
     base = ser(event)
@@ -156,7 +157,7 @@ def test_a_block_cannot_claim_more_items_than_the_bytes_left_can_hold(
     """Property: for every claimed count around the bytes left, the count is refused
     exactly when ``count * smallest item`` exceeds them."""
     writer = event_with(f"array-{items}", field("xs", {"type": "array", "items": items}))
-    ser = serde.AvroSerializer(registry, f"array-{items}-value", writer)
+    ser = AvroSerializer(registry, f"array-{items}-value", writer)
     dec = deserializer(registry)
     base = events(ser, 1, xs=[])[0]
     payload = bytes(40)  # zeros: valid items of every kind above (0, 0.0, False, "")
@@ -176,7 +177,7 @@ def test_a_block_cannot_claim_more_items_than_the_bytes_left_can_hold(
 
 def test_a_map_block_claiming_too_many_entries_is_a_bad_count(registry: Any) -> None:
     writer = event_with("map", field("m", {"type": "map", "values": "double"}))
-    ser = serde.AvroSerializer(registry, "map-value", writer)
+    ser = AvroSerializer(registry, "map-value", writer)
     dec = deserializer(registry)
     event = event_dicts(1)[0]
     base = ser({**event, "m": {}})
@@ -197,7 +198,7 @@ def test_a_string_length_past_the_end_is_a_bad_length(registry: Any, nested: boo
     """Flat schemas too: fastavro reads them safely (an EOFError, nothing allocated) and
     the scan then names the flaw the same way."""
     writer = NESTED_WRITER if nested else schemas.load("event", 1)
-    ser = serde.AvroSerializer(registry, f"len-{nested}-value", writer)
+    ser = AvroSerializer(registry, f"len-{nested}-value", writer)
     dec = deserializer(registry)
     base = events(ser, 1)[0]
     assert base[5] < 0x80  # the event id's length: one byte
@@ -212,7 +213,7 @@ def test_a_string_length_past_the_end_is_a_bad_length(registry: Any, nested: boo
 
 
 def test_varints_longer_than_a_long_and_union_indexes_out_of_range(registry: Any) -> None:
-    ser = serde.AvroSerializer(registry, "nested-value", NESTED_WRITER)
+    ser = AvroSerializer(registry, "nested-value", NESTED_WRITER)
     dec = deserializer(registry)
     base = events(ser, 1)[0]
     err = failure(dec, base[:5] + b"\x80" * 10 + b"\x00" + base[6:])
@@ -227,13 +228,13 @@ def test_varints_longer_than_a_long_and_union_indexes_out_of_range(registry: Any
 def test_valid_messages_of_a_schema_that_nests_and_repeats_read_as_fastavro_reads_them(
     registry: Any,
 ) -> None:
-    ser = serde.AvroSerializer(registry, "rich-value", RICH)
+    ser = AvroSerializer(registry, "rich-value", RICH)
     dec = deserializer(registry)
-    scan = BoundedScan(serde.parse(RICH))
+    scan = BoundedScan(parse(RICH))
     assert scan.guard
     rng = np.random.default_rng(3)
     values = [ser({**e, **rich_value(rng)}) for e, _y in synthetic.events(200, rng, with_c=False)]
-    parsed, reader = serde.parse(RICH), serde.parse(READER)
+    parsed, reader = parse(RICH), parse(READER)
     for v in values:
         assert scan.scan(v, 5, 0) == len(v)  # the scan ends where the value ends
         assert dec(v) == fastavro.schemaless_reader(io.BytesIO(v[5:]), parsed, reader)
@@ -247,7 +248,7 @@ def test_corrupted_nested_messages_fail_with_typed_errors_in_bounded_time(
     """Property: random flaws (corrupt() of the fast-decode tests) in messages of a
     schema that nests and repeats give a record or a StreamscoreError, the same from both
     paths, quickly: nothing hangs, nothing crashes."""
-    ser = serde.AvroSerializer(registry, "rich-value", RICH)
+    ser = AvroSerializer(registry, "rich-value", RICH)
     dec = deserializer(registry)
     rng = np.random.default_rng(200 + seed)
     values = [
@@ -264,11 +265,11 @@ def test_corrupted_nested_messages_fail_with_typed_errors_in_bounded_time(
 
 def test_flat_schemas_are_not_scanned_before_fastavro(registry: Any) -> None:
     """The hot path stays as it was: the reader's own flat schema has no guard."""
-    assert not BoundedScan(serde.parse(schemas.load("event", 2))).guard
-    assert not BoundedScan(serde.parse(NULLABLE_A_WRITER)).guard
-    assert BoundedScan(serde.parse(NESTED_WRITER)).guard
-    assert BoundedScan(serde.parse(NULL_ARRAY_WRITER)).guard
-    ser = serde.AvroSerializer(registry, "events-value", READER)
+    assert not BoundedScan(parse(schemas.load("event", 2))).guard
+    assert not BoundedScan(parse(NULLABLE_A_WRITER)).guard
+    assert BoundedScan(parse(NESTED_WRITER)).guard
+    assert BoundedScan(parse(NULL_ARRAY_WRITER)).guard
+    ser = AvroSerializer(registry, "events-value", READER)
     dec = deserializer(registry)
     values = [ser(e) for e, _y in synthetic.events(100, np.random.default_rng(1), with_c=True)]
     with mock.patch.object(BoundedScan, "scan", side_effect=AssertionError("scanned")):
@@ -282,7 +283,7 @@ def test_flat_schemas_are_not_scanned_before_fastavro(registry: Any) -> None:
 
 def test_a_nullable_writer_field_read_as_required_fails_only_where_null(registry: Any) -> None:
     """The issue's case 9: ``["null", "double"]`` read as ``double``."""
-    ser = serde.AvroSerializer(registry, "nullable-value", NULLABLE_A_WRITER)
+    ser = AvroSerializer(registry, "nullable-value", NULLABLE_A_WRITER)
     dec = deserializer(registry)
     rng = np.random.default_rng(9)
     values = []
@@ -302,7 +303,7 @@ def test_a_nullable_writer_field_read_as_required_fails_only_where_null(registry
 def test_a_writer_union_resolves_per_record_and_fails_whole_only_if_no_branch_reads(
     registry: Any,
 ) -> None:
-    string_or_double = serde.AvroSerializer(
+    string_or_double = AvroSerializer(
         registry, "sd-value", event_with("sd", a=["string", "double"])
     )
     dec = deserializer(registry)
@@ -311,9 +312,7 @@ def test_a_writer_union_resolves_per_record_and_fails_whole_only_if_no_branch_re
     assert dec(ok)["a"] == 1.5
     err = failure(dec, bad)
     assert type(err) is errors.WriterTypeMismatchError and err.field == "a"
-    null_or_string = serde.AvroSerializer(
-        registry, "ns-value", event_with("ns", a=["null", "string"])
-    )
+    null_or_string = AvroSerializer(registry, "ns-value", event_with("ns", a=["null", "string"]))
     err = failure(dec, null_or_string({**base, "a": "1.5"}))
     assert type(err) is errors.WriterTypeMismatchError and err.field == "a"  # up front
 
@@ -323,7 +322,7 @@ def test_a_writer_union_resolves_per_record_and_fails_whole_only_if_no_branch_re
 
 def test_a_writer_schema_nested_too_deep_to_parse_is_refused_once(registry: Any) -> None:
     t: Any = "double"
-    for i in range(serde.MAX_SCHEMA_JSON_DEPTH // 3):  # three JSON levels a record
+    for i in range(MAX_SCHEMA_JSON_DEPTH // 3):  # three JSON levels a record
         t = {"type": "record", "name": f"R{i}", "fields": [field("f", t)]}
     sid = registry.register_schema("deep-value", _schema(event_with("deep", field("d", t))))
     calls = 0
@@ -360,10 +359,10 @@ def test_a_writer_schema_nested_too_deep_to_parse_is_refused_once(registry: Any)
 def test_whatever_fastavro_raises_on_one_message_is_that_messages_typed_error(
     registry: Any, raised: Exception, expected: type
 ) -> None:
-    ser = serde.AvroSerializer(registry, "nested-value", NESTED_WRITER)
+    ser = AvroSerializer(registry, "nested-value", NESTED_WRITER)
     dec = deserializer(registry)
     values = events(ser, 20, tree=chain(2))
-    with mock.patch.object(serde.fastavro, "schemaless_reader", side_effect=raised):
+    with mock.patch.object(fastavro, "schemaless_reader", side_effect=raised):
         err = failure(dec, values[0])
         assert type(err) is expected
         _good, _records, failed = dec.decode_many(values)
@@ -373,7 +372,7 @@ def test_whatever_fastavro_raises_on_one_message_is_that_messages_typed_error(
 def test_the_scorer_dead_letters_whatever_a_decoder_raises(registry: Any) -> None:
     """A decoder without ``decode_many`` that raises anything at all on some messages:
     those are dead letters with a typed error, the others are scored."""
-    ser = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    ser = AvroSerializer(registry, "events-value", schemas.load("event", 1))
     dec = deserializer(registry)
 
     def fragile(value: bytes | None) -> dict[str, Any]:
@@ -398,7 +397,7 @@ def test_the_scorer_dead_letters_whatever_a_decoder_raises(registry: Any) -> Non
 def test_a_failing_batch_decoder_falls_back_to_one_message_at_a_time(
     registry: Any, broken: str
 ) -> None:
-    ser = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    ser = AvroSerializer(registry, "events-value", schemas.load("event", 1))
     dec = deserializer(registry)
     values = events(ser, 30, seed=5)
     values[7] = values[7][:-3]

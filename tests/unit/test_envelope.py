@@ -20,8 +20,8 @@ from streamscore.core.records import Role
 from streamscore.models import envelope
 from streamscore.models.envelope import Action, ModelEnvelope
 from streamscore.models.signing import HmacSigner, HmacVerifier, Signer, Verifier, as_verifier
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.wire import parse
 
 KEY = b"envelope-test-key-0123456789"
 SIGNER = HmacSigner(KEY, "k1")
@@ -135,7 +135,7 @@ def test_schema_v2_is_v1_plus_defaulted_fields_and_reads_v1_data() -> None:
     assert all("default" in f for f in new)
     e = make(rollback=True, target_version=3, version=1)
     old = {k: v for k, v in e.to_avro().items() if k in names1}
-    pv1, pv2 = serde.parse(v1), serde.parse(v2)
+    pv1, pv2 = parse(v1), parse(v2)
     buf = BytesIO()
     fastavro.schemaless_writer(buf, pv1, old)
     back = fastavro.schemaless_reader(BytesIO(buf.getvalue()), pv1, pv2)

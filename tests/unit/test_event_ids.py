@@ -17,9 +17,10 @@ from streamscore.core.errors import (
     TruncatedMessageError,
     UnknownSchemaError,
 )
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 from streamscore.serde.event_ids import EventIdReader, read_leading_string
+from streamscore.serde.message import AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 from .kafka_fakes import prediction_record
 
@@ -39,15 +40,15 @@ OTHER_ORDER = {
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://event-ids-{id(object())}"})
+    return registry_client({"url": f"mock://event-ids-{id(object())}"})
 
 
 def make_reader(registry: Any) -> EventIdReader:
-    return EventIdReader(serde.WriterSchemaCache(registry))
+    return EventIdReader(WriterSchemaCache(registry))
 
 
 def encode(registry: Any, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
-    return serde.AvroSerializer(registry, "t-value", schema)(record)
+    return AvroSerializer(registry, "t-value", schema)(record)
 
 
 def test_reads_the_leading_event_id_of_a_label(registry: Any) -> None:
@@ -122,7 +123,7 @@ def test_full_decode_errors_are_typed(registry: Any) -> None:
 
 def test_the_shortcut_is_decided_once_per_schema_id(registry: Any) -> None:
     calls = []
-    cache = serde.WriterSchemaCache(registry)
+    cache = WriterSchemaCache(registry)
     real = cache.get
 
     def counting(schema_id: int) -> Any:

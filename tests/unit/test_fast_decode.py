@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 
 from streamscore.core import errors
+from streamscore.core.columns import EventColumns
 from streamscore.core.config import LatePolicy, ScoringSettings
 from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
-from streamscore.features.extract import EventColumns, extract
+from streamscore.features.extract import extract
 from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
 from streamscore.models.container import sign_bundle
 from streamscore.models.convert import build_bundle
 from streamscore.models.runtime import LoadedModel, verify_and_load
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
 from streamscore.train import synthetic
 
 from .kafka_fakes import FakeMessage
@@ -78,10 +80,10 @@ def flat_record(i: int, rng: np.random.Generator) -> dict[str, Any]:
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://fast-decode-{id(object())}"})
+    return registry_client({"url": f"mock://fast-decode-{id(object())}"})
 
 
-def per_message(dec: serde.AvroDeserializer, values: list[Any]) -> tuple[Any, Any, Any]:
+def per_message(dec: AvroDeserializer, values: list[Any]) -> tuple[Any, Any, Any]:
     good, records, failed = [], [], []
     for i, v in enumerate(values):
         try:
@@ -92,11 +94,9 @@ def per_message(dec: serde.AvroDeserializer, values: list[Any]) -> tuple[Any, An
     return good, records, failed
 
 
-def assert_same(dec: serde.AvroDeserializer, values: list[Any], *, columnar: bool | None) -> None:
+def assert_same(dec: AvroDeserializer, values: list[Any], *, columnar: bool | None) -> None:
     # each side with its own schema cache (their negative caches would tell apart)
-    fresh = serde.AvroDeserializer(
-        serde.WriterSchemaCache(dec._schemas._registry), dec._reader_json
-    )
+    fresh = AvroDeserializer(WriterSchemaCache(dec._schemas._registry), dec._reader_json)
     exp_good, exp_records, exp_failed = per_message(fresh, values)
     good, records, failed = dec.decode_many(values)
     if columnar is not None:
@@ -116,16 +116,16 @@ def assert_same(dec: serde.AvroDeserializer, values: list[Any], *, columnar: boo
 
 
 def test_flat_records_decode_column_wise_exactly_as_one_by_one(registry: Any) -> None:
-    ser = serde.AvroSerializer(registry, "flat-value", FLAT)
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), FLAT)
+    ser = AvroSerializer(registry, "flat-value", FLAT)
+    dec = AvroDeserializer(WriterSchemaCache(registry), FLAT)
     rng = np.random.default_rng(0)
     values = [ser(flat_record(i, rng)) for i in range(300)]
     assert_same(dec, values, columnar=True)
 
 
 def test_bad_messages_in_a_columnar_batch_get_their_own_errors(registry: Any) -> None:
-    ser = serde.AvroSerializer(registry, "flat-value", FLAT)
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), FLAT)
+    ser = AvroSerializer(registry, "flat-value", FLAT)
+    dec = AvroDeserializer(WriterSchemaCache(registry), FLAT)
     rng = np.random.default_rng(1)
     good = [ser(flat_record(i, rng)) for i in range(40)]
     v = good[0]
@@ -177,8 +177,8 @@ def corrupt(value: bytes, rng: np.random.Generator, kinds: int = 8) -> bytes:
 def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: int) -> None:
     """Random byte flips, insertions, deletions and lengths blown up: whatever fastavro
     makes of each message (a record or a typed error), the batch decoder makes too."""
-    ser = serde.AvroSerializer(registry, "flat-value", FLAT)
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), FLAT)
+    ser = AvroSerializer(registry, "flat-value", FLAT)
+    dec = AvroDeserializer(WriterSchemaCache(registry), FLAT)
     rng = np.random.default_rng(100 + seed)
     values = []
     for i in range(200):
@@ -195,9 +195,9 @@ def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: in
 
 def test_writer_schemas_that_need_resolution_decode_column_wise_too(registry: Any) -> None:
     """(More cases of schema resolution in test_fast_decode_resolution.py.)"""
-    v1 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
-    v2 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
+    v1 = AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    v2 = AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    dec = AvroDeserializer(WriterSchemaCache(registry), schemas.load("event", 2))
     rng = np.random.default_rng(2)
     v1_events = [v1(e) for e, _y in synthetic.events(30, rng, with_c=False)]
     v2_events = [v2(e) for e, _y in synthetic.events(30, rng, with_c=True)]
@@ -327,7 +327,7 @@ def _fit(with_c: bool, version: int) -> LoadedModel:
 
 
 def decode_prediction(data: bytes) -> dict[str, Any]:
-    parsed = serde.parse(schemas.load("prediction"))
+    parsed = parse(schemas.load("prediction"))
     record = fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed)
     assert isinstance(record, dict)
     return record
@@ -337,9 +337,9 @@ def decode_prediction(data: bytes) -> dict[str, Any]:
 def test_scorer_fast_paths_give_what_the_plain_paths_give(
     registry: Any, policy: LatePolicy
 ) -> None:
-    v2 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
-    pred = serde.AvroSerializer(registry, "predictions-value", schemas.load("prediction"))
+    v2 = AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    dec = AvroDeserializer(WriterSchemaCache(registry), schemas.load("event", 2))
+    pred = AvroSerializer(registry, "predictions-value", schemas.load("prediction"))
     rng = np.random.default_rng(5)
     msgs = []
     for i, (e, _y) in enumerate(synthetic.events(400, rng, with_c=True, event_time_ms=1_000_000)):
@@ -363,7 +363,7 @@ def test_scorer_fast_paths_give_what_the_plain_paths_give(
     def clock() -> int:
         return 1_000_500
 
-    fast = BatchScorer(dec, pred.encode_many, settings, clock_ms=clock)
+    fast = BatchScorer(dec, pred, settings, clock_ms=clock)
     plain = BatchScorer(lambda v: dec(v), lambda r: pred.encode_many(r), settings, clock_ms=clock)
     with mock.patch.object(pred, "encode_many", side_effect=AssertionError("slow encode")):
         got = fast.score(MessageBatch.of(msgs), store.snapshot())

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from streamscore.core import errors
-from streamscore.features.extract import EventColumns
-from streamscore.serde import codec as serde
+from streamscore.core.columns import EventColumns
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 from streamscore.train import synthetic
 
 from .test_fast_decode import assert_same, broken_versions, corrupt
@@ -165,8 +166,8 @@ def random_record(schema: dict[str, Any], rng: np.random.Generator) -> dict[str,
     return rec
 
 
-def fresh(registry: Any, reader: dict[str, Any] = READER) -> serde.AvroDeserializer:
-    return serde.AvroDeserializer(serde.WriterSchemaCache(registry), reader)
+def fresh(registry: Any, reader: dict[str, Any] = READER) -> AvroDeserializer:
+    return AvroDeserializer(WriterSchemaCache(registry), reader)
 
 
 def check(
@@ -178,12 +179,12 @@ def check(
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://fast-decode-resolution-{id(object())}"})
+    return registry_client({"url": f"mock://fast-decode-resolution-{id(object())}"})
 
 
-def serializers(registry: Any) -> dict[str, serde.AvroSerializer]:
+def serializers(registry: Any) -> dict[str, AvroSerializer]:
     return {
-        name: serde.AvroSerializer(registry, f"{name}-value", schema)
+        name: AvroSerializer(registry, f"{name}-value", schema)
         for name, schema in {
             **WRITERS,
             "reordered": W_REORDERED,
@@ -192,7 +193,7 @@ def serializers(registry: Any) -> dict[str, serde.AvroSerializer]:
     }
 
 
-def encoded(ser: serde.AvroSerializer, schema: dict[str, Any], n: int, seed: int) -> list[bytes]:
+def encoded(ser: AvroSerializer, schema: dict[str, Any], n: int, seed: int) -> list[bytes]:
     rng = np.random.default_rng(seed)
     return [ser(random_record(schema, rng)) for _ in range(n)]
 
@@ -204,8 +205,8 @@ EVENT_V2 = schemas.load("event", 2)
 
 
 def demo_events(registry: Any, n: int, seed: int) -> tuple[list[bytes], list[bytes]]:
-    v1 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
-    v2 = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    v1 = AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    v2 = AvroSerializer(registry, "events-value", schemas.load("event", 2))
     rng = np.random.default_rng(seed)
     return (
         [v1(e) for e, _y in synthetic.events(n, rng, with_c=False)],
@@ -217,7 +218,7 @@ def test_v1_events_read_with_the_v2_reader_decode_column_wise_with_c_defaulted(
     registry: Any,
 ) -> None:
     old, _new = demo_events(registry, 200, 0)
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
+    dec = AvroDeserializer(WriterSchemaCache(registry), schemas.load("event", 2))
     good, records, failed = dec.decode_many(old)
     assert isinstance(records, EventColumns) and failed == [] and good == list(range(200))
     assert records.names == ("event_id", "key", "event_time", "a", "b", "segment", "c")
@@ -231,7 +232,7 @@ def test_a_batch_mixing_v1_and_v2_events_decodes_column_wise_in_order(registry: 
     old, new = demo_events(registry, 300, 1)
     pick = np.random.default_rng(1).random(300) < 0.5
     mixed = [o if p else n for o, n, p in zip(old, new, pick.tolist(), strict=True)]
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", 2))
+    dec = AvroDeserializer(WriterSchemaCache(registry), schemas.load("event", 2))
     good, records, failed = dec.decode_many(mixed)
     assert isinstance(records, EventColumns) and failed == [] and good == list(range(300))
     c = records.values_of("c")
@@ -263,7 +264,7 @@ def test_an_unknown_schema_id_first_in_a_mixed_batch_reads_as_one_by_one(registr
     check(registry, [five_bytes, *values], columnar=True, reader=EVENT_V2)
     # and when the batch falls back to per message: event_time written as a 10-byte
     # varint (valid for fastavro, longer than the vectorised reader takes)
-    v2 = serde.AvroSerializer(registry, "events-value", EVENT_V2)
+    v2 = AvroSerializer(registry, "events-value", EVENT_V2)
     event = {"event_id": "e", "key": "k", "event_time": 1, "a": 1.0, "b": 2.0, "segment": None}
     plain = v2({**event, "c": None})
     assert plain[5:10] == b"\x02e\x02k\x02"
@@ -306,7 +307,7 @@ def test_skipped_fields_are_checked_only_as_fastavro_skips_them(registry: Any) -
             *copy.deepcopy(READER["fields"][:6]),
         ],
     )
-    ser = serde.AvroSerializer(registry, "skip-value", writer)
+    ser = AvroSerializer(registry, "skip-value", writer)
     rng = np.random.default_rng(12)
     values = []
     for _ in range(40):
@@ -417,7 +418,7 @@ def test_a_reader_union_takes_the_first_branch_the_writer_matches(registry: Any)
     reader = record("Ev", [field("id", "string"), field("w", ["null", "long", "double"])])
     for i, w_type in enumerate(["int", ["null", "int"], "float", ["string", "null"]]):
         writer = record("Ev", [field("id", "string"), field("w", w_type)])
-        ser = serde.AvroSerializer(registry, f"union-{i}-value", writer)
+        ser = AvroSerializer(registry, f"union-{i}-value", writer)
         values = encoded(ser, writer, 30, seed=13)
         columnar = w_type != ["string", "null"]  # a string matches no branch: fastavro's
         check(registry, values, columnar=columnar, reader=reader)
@@ -433,11 +434,11 @@ def test_a_reader_field_claimed_twice_through_an_alias_is_left_to_fastavro(
     writer = record(
         "Ev", [*copy.deepcopy(READER["fields"][:6]), field("y", "double"), field("y_old", "int")]
     )
-    ser = serde.AvroSerializer(registry, "twice-value", writer)
+    ser = AvroSerializer(registry, "twice-value", writer)
     check(registry, encoded(ser, writer, 30, seed=14), columnar=None)
     # the other way round, y_old fills y and y is skipped: no error
     writer["fields"][6:] = [field("y_old", "int"), field("y", "double")]
-    ser = serde.AvroSerializer(registry, "twice-reversed-value", writer)
+    ser = AvroSerializer(registry, "twice-reversed-value", writer)
     values = encoded(ser, writer, 30, seed=14)
     check(registry, values, columnar=True)
     assert all(type(r["y"]) is float for r in fresh(registry).decode_many(values)[1])
@@ -449,7 +450,7 @@ def test_nulls_written_for_a_reader_field_that_takes_none_error_as_one_by_one(
     """y_old (an alias of y, so no type check before reading) is nullable; y is not:
     each null is fastavro's resolution error, the other messages decode column-wise."""
     writer = record("Ev", [*copy.deepcopy(READER["fields"][:6]), field("y_old", ["null", "int"])])
-    ser = serde.AvroSerializer(registry, "nullable-alias-value", writer)
+    ser = AvroSerializer(registry, "nullable-alias-value", writer)
     values = encoded(ser, writer, 60, seed=15)
     _good, records, failed = fresh(registry).decode_many(values)
     assert isinstance(records, EventColumns) and failed
@@ -459,7 +460,7 @@ def test_nulls_written_for_a_reader_field_that_takes_none_error_as_one_by_one(
 
 def test_a_writer_of_another_record_name_is_left_to_fastavro(registry: Any) -> None:
     other = record("NotEv", copy.deepcopy(READER["fields"]))
-    ser = serde.AvroSerializer(registry, "other-value", other)
+    ser = AvroSerializer(registry, "other-value", other)
     values = encoded(ser, other, 30, seed=10)
     check(registry, values, columnar=None)
 

@@ -13,33 +13,35 @@ import numpy as np
 import pytest
 
 from streamscore.core import errors
-from streamscore.serde import codec as serde
+from streamscore.core.columns import RecordColumns
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroSerializer
+from streamscore.serde.wire import HEADER, MAGIC_BYTE, parse, registry_client
 
 SPECIAL = [0.0, -0.0, 1.5, -1e308, 5e-324, float("nan"), float("inf"), float("-inf")]
 
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://fast-encode-{id(object())}"})
+    return registry_client({"url": f"mock://fast-encode-{id(object())}"})
 
 
 def fastavro_bytes(schema: dict[str, Any], header: bytes, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     buf.write(header)
-    fastavro.schemaless_writer(buf, serde.parse(schema), record)
+    fastavro.schemaless_writer(buf, parse(schema), record)
     return buf.getvalue()
 
 
 def same_as_fastavro(
-    ser: serde.AvroSerializer, schema: dict[str, Any], cols: Any, *, fast_path: bool = True
+    ser: AvroSerializer, schema: dict[str, Any], cols: Any, *, fast_path: bool = True
 ) -> None:
     if fast_path:  # and it really is the fast path: no fallback to encode_many
         with mock.patch.object(ser, "encode_many", side_effect=AssertionError("fell back")):
             fast = ser.encode_columns(cols)
     else:
         fast = ser.encode_columns(cols)
-    header = serde.HEADER.pack(serde.MAGIC_BYTE, ser.schema_id)
+    header = HEADER.pack(MAGIC_BYTE, ser.schema_id)
     reference = [fastavro_bytes(schema, header, r) for r in cols.rows()]
     assert fast == reference
     assert fast == ser.encode_many(cols.rows())
@@ -47,7 +49,7 @@ def same_as_fastavro(
 
 def prediction_columns(
     n: int, rng: np.random.Generator, *, classifier: bool, k: int = 10, odd: bool = False
-) -> serde.RecordColumns:
+) -> RecordColumns:
     """Like the scorer's: constants once, per-row lists and NumPy arrays."""
     feats = rng.normal(size=(n, k)) * 10.0 ** rng.integers(-3, 4, size=(n, k))
     if odd and n and k:
@@ -81,7 +83,7 @@ def prediction_columns(
             values[: min(n, len(SPECIAL))] = SPECIAL[: min(n, len(SPECIAL))]
         columns["value"] = values
         constants.update(label=None, probabilities=[], classes=[])
-    return serde.RecordColumns(n, constants, columns)
+    return RecordColumns(n, constants, columns)
 
 
 @pytest.mark.parametrize("version", schemas.versions("prediction"))
@@ -91,7 +93,7 @@ def test_predictions_match_fastavro_byte_for_byte(
     registry: Any, version: int, classifier: bool, odd: bool
 ) -> None:
     schema = schemas.load("prediction", version)
-    ser = serde.AvroSerializer(registry, "predictions-value", schema)
+    ser = AvroSerializer(registry, "predictions-value", schema)
     rng = np.random.default_rng(version * 10 + classifier + 2 * odd)
     for n in (1, 7, 300):
         same_as_fastavro(ser, schema, prediction_columns(n, rng, classifier=classifier, odd=odd))
@@ -100,19 +102,19 @@ def test_predictions_match_fastavro_byte_for_byte(
 @pytest.mark.parametrize("k", [0, 1, 64])
 def test_feature_vectors_of_any_width(registry: Any, k: int) -> None:
     schema = schemas.load("prediction", 1)
-    ser = serde.AvroSerializer(registry, "predictions-value", schema)
+    ser = AvroSerializer(registry, "predictions-value", schema)
     cols = prediction_columns(20, np.random.default_rng(k), classifier=False, k=k)
     same_as_fastavro(ser, schema, cols)
 
 
 def test_every_constant_and_an_empty_batch(registry: Any) -> None:
     schema = schemas.load("prediction", 1)
-    ser = serde.AvroSerializer(registry, "predictions-value", schema)
+    ser = AvroSerializer(registry, "predictions-value", schema)
     cols = prediction_columns(5, np.random.default_rng(1), classifier=True)
     # everything constant
-    const = serde.RecordColumns(5, {**cols.constants, **cols.rows()[0]}, {})
+    const = RecordColumns(5, {**cols.constants, **cols.rows()[0]}, {})
     same_as_fastavro(ser, schema, const)
-    assert ser.encode_columns(serde.RecordColumns(0, cols.constants, {})) == []
+    assert ser.encode_columns(RecordColumns(0, cols.constants, {})) == []
 
 
 GENERIC = {
@@ -139,9 +141,9 @@ GENERIC = {
 }
 
 
-def generic_columns(n: int, rng: np.random.Generator) -> serde.RecordColumns:
+def generic_columns(n: int, rng: np.random.Generator) -> RecordColumns:
     pick = rng.integers(0, 3, n).tolist()
-    return serde.RecordColumns(
+    return RecordColumns(
         n,
         {"n": None, "e": "y"},
         {
@@ -162,7 +164,7 @@ def generic_columns(n: int, rng: np.random.Generator) -> serde.RecordColumns:
 
 
 def test_generic_flat_schema_matches_fastavro(registry: Any) -> None:
-    ser = serde.AvroSerializer(registry, "generic-value", GENERIC)
+    ser = AvroSerializer(registry, "generic-value", GENERIC)
     same_as_fastavro(ser, GENERIC, generic_columns(200, np.random.default_rng(0)))
 
 
@@ -183,11 +185,11 @@ def test_generic_flat_schema_matches_fastavro(registry: Any) -> None:
 def test_values_outside_the_fast_path_fall_back_to_fastavro(
     registry: Any, field: str, value: Any
 ) -> None:
-    ser = serde.AvroSerializer(registry, "generic-value", GENERIC)
+    ser = AvroSerializer(registry, "generic-value", GENERIC)
     cols = generic_columns(4, np.random.default_rng(1))
     col = list(cols.rows()[i][field] for i in range(4))
     col[2] = value
-    odd = serde.RecordColumns(4, cols.constants, {**cols.columns, field: col})
+    odd = RecordColumns(4, cols.constants, {**cols.columns, field: col})
     try:
         expected: Any = ser.encode_many(odd.rows())
     except errors.EncodeError as exc:
@@ -201,12 +203,12 @@ def test_values_outside_the_fast_path_fall_back_to_fastavro(
 
 def test_a_missing_field_without_default_is_an_encode_error(registry: Any) -> None:
     schema = schemas.load("prediction", 1)
-    ser = serde.AvroSerializer(registry, "predictions-value", schema)
+    ser = AvroSerializer(registry, "predictions-value", schema)
     cols = prediction_columns(3, np.random.default_rng(2), classifier=True)
     columns = dict(cols.columns)
     del columns["event_id"]
     with pytest.raises(errors.EncodeError):
-        ser.encode_columns(serde.RecordColumns(3, cols.constants, columns))
+        ser.encode_columns(RecordColumns(3, cols.constants, columns))
 
 
 def test_an_unsupported_schema_is_encoded_by_fastavro(registry: Any) -> None:
@@ -219,13 +221,13 @@ def test_an_unsupported_schema_is_encoded_by_fastavro(registry: Any) -> None:
             {"name": "raw", "type": "bytes"},
         ],
     }  # fmt: skip
-    ser = serde.AvroSerializer(registry, "nested-value", schema)
-    cols = serde.RecordColumns(3, {"inner": {"x": 4}}, {"raw": [b"a", b"", b"\x00\xff"]})
+    ser = AvroSerializer(registry, "nested-value", schema)
+    cols = RecordColumns(3, {"inner": {"x": 4}}, {"raw": [b"a", b"", b"\x00\xff"]})
     same_as_fastavro(ser, schema, cols, fast_path=False)
 
 
 def test_rows_are_the_dicts_the_columns_describe() -> None:
-    cols = serde.RecordColumns(
+    cols = RecordColumns(
         2, {"c": [1]}, {"a": np.array([1.5, 2.5]), "b": ["x", None], "m": np.eye(2)}
     )
     assert cols.rows() == [

@@ -22,8 +22,9 @@ from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
 from streamscore.models.envelope import Action
 from streamscore.models.signing import HmacSigner, as_verifier
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry, prediction_record
 from .model_records import RECORD_KEY, RECORD_KEYRING, signed_record
@@ -34,16 +35,16 @@ JOIN = "g.join"
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://feedback-loop-{id(object())}"})
+    return registry_client({"url": f"mock://feedback-loop-{id(object())}"})
 
 
 def prediction(registry: Any, eid: str) -> bytes:
-    ser = serde.AvroSerializer(registry, "p-value", schemas.load("prediction"))
+    ser = AvroSerializer(registry, "p-value", schemas.load("prediction"))
     return ser(prediction_record(eid, event_time_ms=T0))
 
 
 def label(registry: Any, eid: str, y: str = "2.5") -> bytes:
-    ser = serde.AvroSerializer(registry, "f-value", schemas.load("feedback"))
+    ser = AvroSerializer(registry, "f-value", schemas.load("feedback"))
     return ser({"event_id": eid, "label": y, "observed_time": T0 + 1000})
 
 
@@ -56,7 +57,7 @@ def make_loop(
 ) -> tuple[FeedbackLoop, FakeConsumer, Metrics, list[tuple[int, StreamscoreError]]]:
     """A join loop over a fake consumer handing out ``batches``, its writer schemas from
     ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
-    cache = serde.WriterSchemaCache(registry)
+    cache = WriterSchemaCache(registry)
     metrics = Metrics(CollectorRegistry())
     store = GroundTruthStore(tmp_path)
     store.open()
@@ -66,8 +67,8 @@ def make_loop(
     loop = FeedbackLoop(
         consumer=consumer,
         join_topic=JOIN,
-        decode_prediction=serde.AvroDeserializer(cache, schemas.load("prediction")),
-        decode_feedback=serde.AvroDeserializer(cache, schemas.load("feedback")),
+        decode_prediction=AvroDeserializer(cache, schemas.load("prediction")),
+        decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
         join=JoinState(60_000, 1000, already_written=store.contains),
         store=store,
         metrics=metrics,

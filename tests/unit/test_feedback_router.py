@@ -12,9 +12,10 @@ from prometheus_client import CollectorRegistry
 from streamscore.core.errors import RegistryUnavailableError
 from streamscore.feedback.router import KIND_HEADER, FeedbackRouter, RouteTopics, join_topic_for
 from streamscore.metrics.series import Metrics
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 from streamscore.serde.event_ids import EventIdReader
+from streamscore.serde.message import AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink, FlakyRegistry
 
@@ -28,11 +29,11 @@ class EofError:
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://router-{id(object())}"})
+    return registry_client({"url": f"mock://router-{id(object())}"})
 
 
 def label(registry: Any, eid: str) -> bytes:
-    ser = serde.AvroSerializer(registry, "fb-value", schemas.load("feedback"))
+    ser = AvroSerializer(registry, "fb-value", schemas.load("feedback"))
     return ser({"event_id": eid, "label": "1.0", "observed_time": 1_700_000_000_000})
 
 
@@ -63,7 +64,7 @@ def test_join_topic_is_named_after_the_group() -> None:
 
 
 def test_predictions_and_labels_are_rekeyed_by_event_id(registry: Any) -> None:
-    reader = EventIdReader(serde.WriterSchemaCache(registry))
+    reader = EventIdReader(WriterSchemaCache(registry))
     router, metrics = make_router(reader)
     v1, v2, v3 = label(registry, "e1"), label(registry, "e2"), label(registry, "e1")
     msgs = [
@@ -88,7 +89,7 @@ def test_predictions_and_labels_are_rekeyed_by_event_id(registry: Any) -> None:
 
 
 def test_a_message_without_a_readable_id_is_dead_lettered_untouched(registry: Any) -> None:
-    reader = EventIdReader(serde.WriterSchemaCache(registry))
+    reader = EventIdReader(WriterSchemaCache(registry))
     router, metrics = make_router(reader)
     bad = b"\x07not avro"
     good = label(registry, "e1")
@@ -122,7 +123,7 @@ def test_a_registry_outage_puts_the_batch_back_paused_and_polling(registry: Any)
     good = label(registry, "e7")
     stop = threading.Event()
     batch = [FakeMessage("fb", 0, 5, good), FakeMessage("fb", 1, 9, label(registry, "e8"))]
-    reader = EventIdReader(serde.WriterSchemaCache(FlakyRegistry(registry, down=1)))
+    reader = EventIdReader(WriterSchemaCache(FlakyRegistry(registry, down=1)))
     sink = FakeSink()
     consumer = FakeConsumer([batch, batch], stop, topic="fb")  # handed again after the seek
     router, metrics = make_router(reader, consumer=consumer, sink=sink, stop=stop)
@@ -157,7 +158,7 @@ def test_stop_during_an_outage_sends_nothing_and_drains() -> None:
 
 
 def test_run_routes_every_batch_then_drains_and_closes(registry: Any) -> None:
-    reader = EventIdReader(serde.WriterSchemaCache(registry))
+    reader = EventIdReader(WriterSchemaCache(registry))
     stop = threading.Event()
     batches = [
         [FakeMessage("preds", 0, i, label(registry, f"e{i}")) for i in range(3)],

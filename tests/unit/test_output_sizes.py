@@ -32,9 +32,10 @@ from streamscore.metrics.series import Metrics
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage
 from streamscore.score.worker import ScoreLoop
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 from streamscore.serde.event_ids import EventIdReader
+from streamscore.serde.message import AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 from streamscore.train import synthetic
 
 from .kafka_fakes import FakeMessage, FakeSink
@@ -126,9 +127,7 @@ def test_an_event_whose_prediction_is_too_large_is_dead_lettered_not_predicted(
     store.offer(Role.SHADOW, v1)  # a second prediction per event: both must go
     msgs = _messages(env, 20, big={3, 11})
     limit = 100_000
-    scorer = BatchScorer(
-        env["dec"], env["pred"].encode_many, ScoringSettings(), prediction_limit=lambda: limit
-    )
+    scorer = BatchScorer(env["dec"], env["pred"], ScoringSettings(), prediction_limit=lambda: limit)
     out = scorer.score(msgs, store.snapshot())
     assert out.n_scored == 18
     assert {dl.message.offset for dl in out.dead_letters} == {3, 11}
@@ -151,9 +150,7 @@ def test_an_event_whose_prediction_is_too_large_is_dead_lettered_not_predicted(
         assert decode_prediction(v)["event_id"] == env["dec"](source.value)["event_id"]
 
     # no limit, or one they fit: every event predicted (the check costs one len() pass)
-    whole = BatchScorer(env["dec"], env["pred"].encode_many, ScoringSettings()).score(
-        msgs, store.snapshot()
-    )
+    whole = BatchScorer(env["dec"], env["pred"], ScoringSettings()).score(msgs, store.snapshot())
     assert whole.n_scored == 20 and whole.dead_letters == []
 
 
@@ -261,7 +258,7 @@ def _run(
         sink=AtLeastOnceSink(producer, consumer),
         scorer=BatchScorer(
             codecs["dec"],
-            codecs["pred"].encode_many,
+            codecs["pred"],
             ScoringSettings(),
             prediction_limit=lambda: limits.limit(TOPICS.predictions),
         ),
@@ -404,8 +401,8 @@ def test_without_a_replacement_a_refusal_stays_an_error() -> None:
 
 
 def test_feedback_router_cuts_dead_letters_and_dead_letters_what_the_join_topic_refuses() -> None:
-    reg = serde.registry_client({"url": f"mock://router-sizes-{id(object())}"})
-    ser = serde.AvroSerializer(reg, "fb-value", schemas.load("feedback"))
+    reg = registry_client({"url": f"mock://router-sizes-{id(object())}"})
+    ser = AvroSerializer(reg, "fb-value", schemas.load("feedback"))
     big_label = ser({"event_id": "e-big", "label": "x" * 300_000, "observed_time": 1})
     small_label = ser({"event_id": "e-small", "label": "1.0", "observed_time": 1})
     topics = RouteTopics(predictions="preds", feedback="fb", join="g.join", dlq="dlq")
@@ -415,7 +412,7 @@ def test_feedback_router_cuts_dead_letters_and_dead_letters_what_the_join_topic_
         consumer=None,
         sink=FakeSink(),  # type: ignore[arg-type]
         topics=topics,
-        event_id=EventIdReader(serde.WriterSchemaCache(reg)),
+        event_id=EventIdReader(WriterSchemaCache(reg)),
         metrics=metrics,
         worker_id="fb",
         stop=threading.Event(),

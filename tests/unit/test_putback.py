@@ -24,15 +24,16 @@ from streamscore.models import envelope
 from streamscore.models.store import ModelStore
 from streamscore.models.updates import ModelUpdater
 from streamscore.models.watcher import ModelWatcher, _Stopped
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry
 
 
 @pytest.fixture
 def registry() -> Any:
-    return serde.registry_client({"url": f"mock://putback-{id(object())}"})
+    return registry_client({"url": f"mock://putback-{id(object())}"})
 
 
 def test_put_back_pauses_polls_resumes_and_seeks_back_what_it_dropped() -> None:
@@ -90,8 +91,8 @@ class _Counting:
 def test_a_batch_fails_fast_at_its_first_unreachable_lookup() -> None:
     # the default settings' timeout and retries, against a port nothing listens on
     settings = RegistrySettings(url="http://127.0.0.1:9/apis/ccompat/v7")
-    client = _Counting(serde.registry_client(settings.client_config()))
-    decoder = serde.AvroDeserializer(serde.WriterSchemaCache(client), schemas.load("event"))
+    client = _Counting(registry_client(settings.client_config()))
+    decoder = AvroDeserializer(WriterSchemaCache(client), schemas.load("event"))
     body = b"\x00" * 40
     batch = [struct.pack(">bI", 0, 100 + i % 5) + body for i in range(500)]  # 5 uncached ids
     t0 = time.monotonic()
@@ -105,7 +106,7 @@ def test_not_found_right_after_an_outage_is_retried_not_dead_lettered(registry: 
     now = [0.0]
     flaky = FlakyRegistry(registry, down=1)
     registry.register_schema("ev-value", event_schema())  # a registry in use
-    cache = serde.WriterSchemaCache(flaky, recovery_grace_s=60, clock=lambda: now[0])  # type: ignore[arg-type]
+    cache = WriterSchemaCache(flaky, recovery_grace_s=60, clock=lambda: now[0])  # type: ignore[arg-type]
     with pytest.raises(errors.RegistryUnavailableError):
         cache.get(999)  # the registry is away (503)
     now[0] = 30.0
@@ -124,7 +125,7 @@ def event_schema() -> Schema:
 
 
 def test_not_found_from_a_registry_without_any_subject_is_retried(registry: Any) -> None:
-    cache = serde.WriterSchemaCache(registry)
+    cache = WriterSchemaCache(registry)
     with pytest.raises(errors.RegistryUnavailableError, match="no subject"):
         cache.get(7)  # an empty registry: restarted without its storage
     registry.register_schema("ev-value", event_schema())
@@ -157,14 +158,14 @@ def _envelope_bytes(registry: Any) -> bytes:
         published_at_ms=2,
         publisher="test",
     )
-    ser = serde.AvroSerializer(registry, "models-value", schemas.load("model_envelope"))
+    ser = AvroSerializer(registry, "models-value", schemas.load("model_envelope"))
     return ser(env.to_avro())
 
 
 def test_the_model_watcher_waits_for_the_registry_instead_of_rejecting(registry: Any) -> None:
     data = _envelope_bytes(registry)
     flaky = FlakyRegistry(registry, down=3)
-    decode = serde.AvroDeserializer(serde.WriterSchemaCache(flaky), schemas.load("model_envelope"))  # type: ignore[arg-type]
+    decode = AvroDeserializer(WriterSchemaCache(flaky), schemas.load("model_envelope"))  # type: ignore[arg-type]
     metrics = Metrics(CollectorRegistry())
     env = _watcher(decode, metrics)._envelope(FakeMessage("models", 0, 0, data))
     assert env is not None and (env.model_name, env.version) == ("demo", 3)
@@ -180,8 +181,8 @@ def test_the_model_watcher_waits_for_the_registry_instead_of_rejecting(registry:
 
 def test_the_model_watcher_stops_while_waiting_for_the_registry(registry: Any) -> None:
     data = _envelope_bytes(registry)
-    decode = serde.AvroDeserializer(
-        serde.WriterSchemaCache(FlakyRegistry(registry, down=10**6)),  # type: ignore[arg-type]
+    decode = AvroDeserializer(
+        WriterSchemaCache(FlakyRegistry(registry, down=10**6)),  # type: ignore[arg-type]
         schemas.load("model_envelope"),
     )
     watcher = _watcher(decode, Metrics(CollectorRegistry()))

@@ -17,8 +17,8 @@ from streamscore import cli
 from streamscore.core import errors
 from streamscore.core.config import RegistrySettings, Secret
 from streamscore.core.redact import RedactingFilter, redact_urls, split_userinfo
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 SECRET = "s3cr3t-pw"
 
@@ -113,11 +113,11 @@ def test_a_real_request_logs_no_credentials_and_still_authenticates(
 ) -> None:
     url = f"http://bob:{SECRET}@127.0.0.1:{registry_server}/apis/ccompat/v7"
     # as the CLI builds it: credentials out of the URL, sent as basic auth
-    client = serde.registry_client(RegistrySettings(url=url).client_config())
-    assert serde.WriterSchemaCache(client).get(1)[0]["name"] == "Event"
+    client = registry_client(RegistrySettings(url=url).client_config())
+    assert WriterSchemaCache(client).get(1)[0]["name"] == "Event"
     # a client handed the raw URL: httpx logs the URL, the CLI's filter redacts it
-    raw = serde.registry_client({"url": url})
-    assert serde.WriterSchemaCache(raw).get(2)[0]["name"] == "Event"
+    raw = registry_client({"url": url})
+    assert WriterSchemaCache(raw).get(2)[0]["name"] == "Event"
 
     logged = cli_logs.getvalue()
     assert logged.count("HTTP Request: GET") == 2  # the request log line is there...
@@ -130,9 +130,9 @@ def test_an_unreachable_registry_with_credentials_leaks_them_nowhere(
     cli_logs: io.StringIO,
 ) -> None:
     url = f"http://bob:{SECRET}@127.0.0.1:9/apis/ccompat/v7"  # nothing listens on port 9
-    client = serde.registry_client(RegistrySettings(url=url).client_config())
+    client = registry_client(RegistrySettings(url=url).client_config())
     with pytest.raises(errors.RegistryUnavailableError) as info:
-        serde.WriterSchemaCache(client).get(1)
+        WriterSchemaCache(client).get(1)
     logging.getLogger("streamscore.test").exception("lookup failed: %s", url, exc_info=info.value)
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
     logged = cli_logs.getvalue()

@@ -10,8 +10,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.wire import parse
 
 FAMILIES = schemas.families()
 
@@ -71,13 +71,13 @@ def _minimal_record(schema: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_new_reader_reads_data_of_every_older_version(family: str) -> None:
     vs = schemas.versions(family)
-    latest = serde.parse(schemas.load(family, vs[-1]))
+    latest = parse(schemas.load(family, vs[-1]))
     for v in vs:
         old = schemas.load(family, v)
         buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, serde.parse(old), _minimal_record(old))
+        fastavro.schemaless_writer(buf, parse(old), _minimal_record(old))
         buf.seek(0)
-        record = fastavro.schemaless_reader(buf, serde.parse(old), latest)
+        record = fastavro.schemaless_reader(buf, parse(old), latest)
         assert set(record) == {f["name"] for f in schemas.load(family, vs[-1])["fields"]}
 
 

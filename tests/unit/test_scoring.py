@@ -20,8 +20,9 @@ from streamscore.models.meta import ModelMeta
 from streamscore.models.runtime import LoadedModel, verify_and_load
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage, dead_letter_headers
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
 from streamscore.train import synthetic
 
 KEY = b"unit-test-key"
@@ -57,11 +58,11 @@ def v2() -> LoadedModel:
 
 @pytest.fixture
 def env() -> dict[str, Any]:
-    reg = serde.registry_client({"url": f"mock://scoring-{id(object())}"})
-    enc_v1 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 1))
-    enc_v2 = serde.AvroSerializer(reg, "events-value", schemas.load("event", 2))
-    dec = serde.AvroDeserializer(serde.WriterSchemaCache(reg), schemas.load("event", 2))
-    pred = serde.AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
+    reg = registry_client({"url": f"mock://scoring-{id(object())}"})
+    enc_v1 = AvroSerializer(reg, "events-value", schemas.load("event", 1))
+    enc_v2 = AvroSerializer(reg, "events-value", schemas.load("event", 2))
+    dec = AvroDeserializer(WriterSchemaCache(reg), schemas.load("event", 2))
+    pred = AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
     return {"reg": reg, "v1": enc_v1, "v2": enc_v2, "dec": dec, "pred": pred}
 
 
@@ -79,13 +80,13 @@ def make_messages(env: dict[str, Any]) -> Callable[..., list[InMessage]]:
 
 
 def decode_prediction(data: bytes) -> dict[str, Any]:
-    parsed = serde.parse(schemas.load("prediction"))
+    parsed = parse(schemas.load("prediction"))
     return fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed)  # type: ignore[no-any-return]
 
 
 def scorer(env: dict[str, Any], **settings: Any) -> BatchScorer:
     return BatchScorer(
-        env["dec"], env["pred"].encode_many, ScoringSettings(**settings), clock_ms=lambda: 1_000_500
+        env["dec"], env["pred"], ScoringSettings(**settings), clock_ms=lambda: 1_000_500
     )
 
 

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 
 from streamscore.core import errors
-from streamscore.serde import codec as serde
 from streamscore.serde import schemas
+from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 
 @pytest.fixture
 def registry() -> Any:
     # a fresh in-memory registry per test (mock:// is fine in unit tests)
-    return serde.registry_client({"url": f"mock://unit-{id(object())}"})
+    return registry_client({"url": f"mock://unit-{id(object())}"})
 
 
 @pytest.fixture
@@ -39,17 +40,17 @@ def make_event() -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture
 def v1_bytes(registry: Any, make_event: Callable[..., dict[str, Any]]) -> bytes:
-    return serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))(make_event())
+    return AvroSerializer(registry, "events-value", schemas.load("event", 1))(make_event())
 
 
-def decoder(registry: Any, version: int = 2) -> serde.AvroDeserializer:
-    return serde.AvroDeserializer(serde.WriterSchemaCache(registry), schemas.load("event", version))
+def decoder(registry: Any, version: int = 2) -> AvroDeserializer:
+    return AvroDeserializer(WriterSchemaCache(registry), schemas.load("event", version))
 
 
 def test_round_trip_same_schema_keeps_timestamps_as_epoch_millis(
     registry: Any, make_event: Callable[..., dict[str, Any]]
 ) -> None:
-    ser = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    ser = AvroSerializer(registry, "events-value", schemas.load("event", 2))
     data = ser(make_event(c=2.5))
     assert data[0] == 0
     assert struct.unpack(">I", data[1:5])[0] == ser.schema_id
@@ -65,9 +66,7 @@ def test_v1_data_read_with_v2_reader_gets_default(registry: Any, v1_bytes: bytes
 def test_v2_data_read_with_v1_reader_drops_new_field(
     registry: Any, make_event: Callable[..., dict[str, Any]]
 ) -> None:
-    data = serde.AvroSerializer(registry, "events-value", schemas.load("event", 2))(
-        make_event(c=1.0)
-    )
+    data = AvroSerializer(registry, "events-value", schemas.load("event", 2))(make_event(c=1.0))
     event = decoder(registry, 1)(data)
     assert "c" not in event
     assert event["b"] == 40.25
@@ -144,8 +143,8 @@ def test_unknown_schema_id_is_negatively_cached(v1_bytes: bytes) -> None:
             raise NotImplementedError
 
     now = [0.0]
-    cache = serde.WriterSchemaCache(CountingRegistry(), negative_ttl_s=10, clock=lambda: now[0])
-    d = serde.AvroDeserializer(cache, schemas.load("event", 2))
+    cache = WriterSchemaCache(CountingRegistry(), negative_ttl_s=10, clock=lambda: now[0])
+    d = AvroDeserializer(cache, schemas.load("event", 2))
     for _ in range(5):
         with pytest.raises(errors.UnknownSchemaError):
             d(v1_bytes)
@@ -158,7 +157,7 @@ def test_unknown_schema_id_is_negatively_cached(v1_bytes: bytes) -> None:
 
 def test_registry_unreachable(v1_bytes: bytes) -> None:
     # nothing listens on port 9 of loopback: a real connection failure
-    unreachable = serde.registry_client({"url": "http://127.0.0.1:9", "timeout": 2})
+    unreachable = registry_client({"url": "http://127.0.0.1:9", "timeout": 2})
     with pytest.raises(errors.RegistryUnavailableError) as info:
         decoder(unreachable)(v1_bytes)
     assert info.value.reason == "registry_unavailable"
@@ -174,7 +173,7 @@ def test_registry_server_error_is_unavailable_not_unknown(v1_bytes: bytes) -> No
         def register_schema(self, subject_name: str, schema: Any) -> int:
             raise NotImplementedError
 
-    d = serde.AvroDeserializer(serde.WriterSchemaCache(Failing()), schemas.load("event", 2))
+    d = AvroDeserializer(WriterSchemaCache(Failing()), schemas.load("event", 2))
     with pytest.raises(errors.RegistryUnavailableError):
         d(v1_bytes)
 
@@ -186,7 +185,7 @@ def test_writer_missing_required_field_names_it(
     writer["fields"] = [f for f in writer["fields"] if f["name"] != "b"]
     event = make_event()
     del event["b"]
-    data = serde.AvroSerializer(registry, "other-value", writer)(event)
+    data = AvroSerializer(registry, "other-value", writer)(event)
     with pytest.raises(errors.WriterMissingFieldError) as info:
         decoder(registry)(data)
     assert info.value.field == "b"
@@ -198,7 +197,7 @@ def test_writer_wrong_type_names_the_field(
 ) -> None:
     writer = copy.deepcopy(schemas.load("event", 1))
     next(f for f in writer["fields"] if f["name"] == "a")["type"] = "string"
-    data = serde.AvroSerializer(registry, "other-value", writer)(make_event(a="minus thirty"))
+    data = AvroSerializer(registry, "other-value", writer)(make_event(a="minus thirty"))
     with pytest.raises(errors.WriterTypeMismatchError) as info:
         decoder(registry)(data)
     assert info.value.field == "a"
@@ -209,7 +208,7 @@ def test_int_writer_promotes_to_double_reader(
 ) -> None:
     writer = copy.deepcopy(schemas.load("event", 1))
     next(f for f in writer["fields"] if f["name"] == "a")["type"] = "int"
-    data = serde.AvroSerializer(registry, "other-value", writer)(make_event(a=-30))
+    data = AvroSerializer(registry, "other-value", writer)(make_event(a=-30))
     event = decoder(registry)(data)
     assert event["a"] == -30.0
     assert isinstance(event["a"], float)
@@ -225,7 +224,7 @@ def test_non_avro_schema_id(registry: Any, v1_bytes: bytes) -> None:
 
 
 def test_encode_error_is_typed(registry: Any, make_event: Callable[..., dict[str, Any]]) -> None:
-    ser = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    ser = AvroSerializer(registry, "events-value", schemas.load("event", 1))
     with pytest.raises(errors.EncodeError):
         ser(make_event(a="not a number"))
     bad = make_event()
@@ -237,7 +236,7 @@ def test_encode_error_is_typed(registry: Any, make_event: Callable[..., dict[str
 def test_encode_many_matches_single(
     registry: Any, make_event: Callable[..., dict[str, Any]]
 ) -> None:
-    ser = serde.AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    ser = AvroSerializer(registry, "events-value", schemas.load("event", 1))
     events = [make_event(event_id=f"e-{i}", a=float(i)) for i in range(5)]
     assert ser.encode_many(events) == [ser(e) for e in events]
 
