@@ -46,18 +46,16 @@ import os
 import platform
 import re
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -72,128 +70,25 @@ from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
 from tests.processes import launch, sample, worker_env
 
-from . import workload
+from . import naive, traffic, workload
+from .measure import (
+    Sample,
+    high_watermarks,
+    latency_figures,
+    machine_jiffies,
+    overall,
+    proc_cpu_s,
+    proc_mem_kb,
+    read_topic,
+    stage_us,
+    sustained,
+    tail,
+)
+from .report import print_table, summarize
+from .results import FULL, QUICK, LatencyRun, NaiveRun, Profile, Results, WorkerRun
 
 KEY_ID = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    n_short: int  # events of the short run (memory / CPU comparison)
-    n_long: int  # events pre-filled; the long runs drain all of them
-    repeats: int  # long runs per model (throughput = median)
-    naive_events: int  # events per naive run
-    naive_repeats: int
-    burst_events: int  # full-speed latency run
-    paced_rate: float  # events/s of the paced latency run
-    paced_seconds: float
-    warmup_seconds: float  # paced traffic before each latency measurement (not measured)
-
-
-FULL = Profile("full", 200_000, 600_000, 3, 10_000, 3, 150_000, 2000.0, 30.0, 5.0)
-QUICK = Profile("quick", 20_000, 60_000, 1, 1_000, 1, 20_000, 2000.0, 5.0, 2.0)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` (its threads included), seconds."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
-
-
-def proc_mem_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            out[name] = int(rest.split()[0])
-    return out
-
-
-def machine_jiffies() -> tuple[int, int]:
-    """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields), fields[3] + fields[4]
-
-
-def percentile(a: np.ndarray, q: float) -> float:
-    return float(np.percentile(a, q)) if a.size else float("nan")
-
-
-def median(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-@dataclass
-class Sample:
-    t: float  # monotonic seconds
-    count: int  # predictions acknowledged by the broker (sum of high watermarks)
-    cpu_s: float
-    rss_kb: int
-    hwm_kb: int
-    broker_cpu_s: float  # the local broker's utime + stime (0 when not known)
-    machine: tuple[int, int]  # /proc/stat: (all jiffies, idle jiffies)
-
-
-@dataclass
-class WorkerRun:
-    model: str
-    label: str
-    events: int
-    predictions: int
-    sustained_eps: float
-    overall_eps: float
-    cpu_s_per_1k: float
-    broker_cpu_s_per_1k: float  # the local broker's CPU over the same window
-    machine_busy_cpus: float  # CPUs busy (all processes) over the same window
-    peak_rss_mb: float  # VmHWM at the end of the run
-    rss_mb_end: float
-    rss_mb_at: dict[str, float]  # VmRSS when a fraction of the events was done
-    stage_us_per_event: dict[str, float]  # from the worker's own histograms
-    wall_s: float
-
-
-@dataclass
-class LatencyRun:
-    model: str
-    mode: str
-    offered_eps: float
-    events: int
-    drained_eps: float
-    broker_p50_ms: float
-    broker_p99_ms: float
-    broker_max_ms: float
-    broker_p99_incl_warmup_ms: float
-    producer_p99_ms: float  # event appended - event_time (the benchmark's producer)
-    worker_p50_ms: float  # prediction appended - event appended (consume, score, produce)
-    worker_p99_ms: float
-    scored_p50_ms: float
-    scored_p99_ms: float
-
-
-@dataclass
-class NaiveRun:
-    model: str
-    events: int
-    eps: float
-    cpu_s_per_1k: float
-
-
-@dataclass
-class Results:
-    profile: str
-    batch_size: int
-    host: dict[str, Any]
-    throughput: list[WorkerRun] = field(default_factory=list)
-    latency: list[LatencyRun] = field(default_factory=list)
-    naive: list[NaiveRun] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 
 
 # ------------------------------------------------------------------------ the bench
@@ -306,44 +201,8 @@ class Bench:
             max_message_bytes=16 * 1024 * 1024,
         )
 
-    def producer(self, **extra: Any) -> Producer:
-        conf = {
-            **self.kafka.client_config(),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 20,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 500_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-            "log_level": 0,
-        }
-        conf.update(extra)
-        return Producer(conf)
-
     def fill(self, topic: str, n: int) -> None:
-        """Pre-fill ``topic`` with ``n`` events (event_time = when each was encoded)."""
-        t0 = time.perf_counter()
-        enc = workload.EventEncoder(self.schema_id)
-        p = self.producer()
-        rng = np.random.default_rng(11)
-        produce, poll = p.produce, p.poll
-        for i, e in enumerate(workload.events(n, rng)):
-            value, key = enc.encode(e), e["key"].encode()
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:
-                    poll(0.05)
-            if i % 5000 == 0:
-                poll(0)
-        left = p.flush(120)
-        if left:
-            raise RuntimeError(f"{left} events not acknowledged while filling {topic}")
-        print(
-            f"bench: filled {topic} with {n:,} events in {time.perf_counter() - t0:.1f}s",
-            flush=True,
-        )
+        traffic.fill(self.kafka, self.schema_id, topic, n)
 
     # ---- worker processes
     def worker_topics(self, kind: str, events: str, predictions: str) -> TopicSettings:
@@ -388,56 +247,6 @@ class Bench:
             w.terminate()
             w.close()
 
-    def high_watermarks(self, c: Consumer, topic: str, partitions: int = 4) -> int:
-        """Messages in ``topic`` now (acknowledged by the broker). Retries while a freshly
-        created topic's leaders are still settling."""
-        for attempt in range(50):
-            try:
-                total = 0
-                for p in range(partitions):
-                    _lo, hi = c.get_watermark_offsets(
-                        TopicPartition(topic, p), timeout=5, cached=False
-                    )
-                    total += max(0, hi)
-                return total
-            except KafkaException:
-                if attempt == 49:
-                    raise
-                time.sleep(0.1)
-        raise AssertionError("unreachable")
-
-    def read_topic(
-        self, topic: str, decode: Callable[[bytes | None], dict[str, Any]] | None = None
-    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Every message of ``topic``: broker timestamps (ms) and, with ``decode``, values."""
-        c = Consumer(reader_consumer(self.kafka, self.topic(f"reader.{secrets.token_hex(3)}")))
-        try:
-            md = c.list_topics(topic, timeout=10).topics[topic]
-            his = {}
-            for p in md.partitions:
-                _lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                his[p] = hi
-            c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-            want = sum(his.values())
-            ts: list[int] = []
-            values: list[dict[str, Any]] = []
-            idle = 0
-            while len(ts) < want and idle < 20:
-                batch = c.consume(num_messages=10_000, timeout=0.5)
-                if not batch:
-                    idle += 1
-                    continue
-                idle = 0
-                for m in batch:
-                    if m.error() is not None:
-                        continue
-                    ts.append(m.timestamp()[1])
-                    if decode is not None:
-                        values.append(decode(m.value()))
-        finally:
-            c.close()
-        return np.asarray(ts, dtype=np.int64), values
-
     def wait_loaded(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -474,7 +283,7 @@ class Bench:
                 while True:
                     if proc.poll() is not None:
                         raise RuntimeError(f"worker exited {proc.returncode}:\n{tail(log)}")
-                    count = self.high_watermarks(watcher, preds)
+                    count = high_watermarks(watcher, preds)
                     now = time.monotonic()
                     mem = proc_mem_kb(proc.pid)
                     samples.append(
@@ -501,7 +310,7 @@ class Bench:
         finally:
             watcher.close()
         wall = time.monotonic() - t_start
-        ts, _ = self.read_topic(preds)
+        ts, _ = read_topic(self.kafka, self.topic("reader"), preds)
         self.delete_topics([preds])
         # CPU per 1k: from the last sample before the first prediction to the end
         first = next(i for i, s in enumerate(samples) if s.count > 0)
@@ -544,32 +353,20 @@ class Bench:
         with self.worker(kind, topics) as (proc, port, log):
             self.wait_loaded(proc, port, log)
             self.wait_assigned(proc, log)
-            p = self.producer(**{"linger.ms": 1})
-            warm = paced(p, events, enc, rng, self.p.paced_rate, self.p.warmup_seconds, 0)
+            p = traffic.producer(self.kafka, **{"linger.ms": 1})
+            warm = traffic.paced(p, events, enc, rng, self.p.paced_rate, self.p.warmup_seconds, 0)
             t0 = time.perf_counter()
             if rate is None:
                 assert n is not None
-                chunk = 1000
-                for start in range(warm, warm + n, chunk):
-                    batch = workload.events(min(chunk, warm + n - start), rng, start=start)
-                    for e in batch:  # event_time is taken as each event is made
-                        value, key = enc.encode(e), e["key"].encode()
-                        while True:
-                            try:
-                                p.produce(events, value, key)
-                                break
-                            except BufferError:
-                                p.poll(0.01)
-                    p.poll(0)
-                sent = n
+                sent = traffic.burst(p, events, enc, rng, n, warm)
             else:
-                sent = paced(p, events, enc, rng, rate, self.p.paced_seconds, warm)
+                sent = traffic.paced(p, events, enc, rng, rate, self.p.paced_seconds, warm)
             p.flush(60)
             produce_s = time.perf_counter() - t0
             watcher = Consumer(reader_consumer(self.kafka, self.topic("watch")))
             try:
                 deadline = time.monotonic() + 300
-                while self.high_watermarks(watcher, preds) < warm + sent:
+                while high_watermarks(watcher, preds) < warm + sent:
                     if proc.poll() is not None:
                         raise RuntimeError(f"worker exited {proc.returncode}:\n{tail(log)}")
                     if time.monotonic() > deadline:
@@ -578,297 +375,25 @@ class Bench:
             finally:
                 watcher.close()
         decode = AvroDeserializer(WriterSchemaCache(self.reg), schemas.load("prediction"))
-        ts_all, vals = self.read_topic(preds, decode)
+        ts_all, vals = read_topic(self.kafka, self.topic("reader"), preds, decode)
         ev_decode = AvroDeserializer(WriterSchemaCache(self.reg), workload.event_schema())
-        ev_ts, ev_vals = self.read_topic(events, ev_decode)
+        ev_ts, ev_vals = read_topic(self.kafka, self.topic("reader"), events, ev_decode)
         self.delete_topics([events, preds])
-        # when the broker appended each event: splits the latency into the producer's
-        # share (event append - event_time) and the worker's (prediction - event append)
-        appended = dict(zip((v["event_id"] for v in ev_vals), ev_ts.tolist(), strict=True))
-        ev_append = np.fromiter(
-            (appended.get(v["event_id"], -1) for v in vals), dtype=np.int64, count=len(vals)
+        run, self.last_latency = latency_figures(
+            kind, mode, sent / produce_s, warm, (ts_all, vals), (ev_ts, ev_vals)
         )
-        ev_all = np.fromiter((v["event_time"] for v in vals), dtype=np.int64, count=len(vals))
-        sc_all = np.fromiter((v["scored_time"] for v in vals), dtype=np.int64, count=len(vals))
-        self.last_latency = (ev_all, sc_all, ts_all, ev_append)  # raw times, for digging
-        # event ids count up from 0: the first ``warm`` are the warm-up's
-        measured = np.fromiter((int(v["event_id"], 16) >= warm for v in vals), dtype=bool)
-        ev, sc, ts = ev_all[measured], sc_all[measured], ts_all[measured]
-        broker = (ts - ev).astype(np.float64)
-        scored = (sc - ev).astype(np.float64)
-        app = ev_append[measured]
-        producer_share = (app - ev).astype(np.float64)[app >= 0]
-        worker_share = (ts - app).astype(np.float64)[app >= 0]
-        return LatencyRun(
-            model=kind,
-            mode=mode,
-            offered_eps=sent / produce_s,
-            events=int(ts.size),
-            drained_eps=overall(ts),
-            broker_p50_ms=percentile(broker, 50),
-            broker_p99_ms=percentile(broker, 99),
-            broker_max_ms=float(broker.max()) if broker.size else float("nan"),
-            broker_p99_incl_warmup_ms=percentile((ts_all - ev_all).astype(np.float64), 99),
-            producer_p99_ms=percentile(producer_share, 99),
-            worker_p50_ms=percentile(worker_share, 50),
-            worker_p99_ms=percentile(worker_share, 99),
-            scored_p50_ms=percentile(scored, 50),
-            scored_p99_ms=percentile(scored, 99),
-        )
+        return run
 
     # ---- 4: the naive baseline
     def naive(self, kind: str, n: int) -> NaiveRun:
-        bm = self.models[kind]
-        est = bm.estimator
         preds = self.create(self.topic(f"predictions.naive.{kind}.{secrets.token_hex(2)}"), 4)
-        decode = AvroDeserializer(WriterSchemaCache(self.reg), workload.event_schema())
-        encode = AvroSerializer(self.reg, f"{preds}-value", schemas.load("prediction"))
-        encode.schema_id  # noqa: B018 - register before timing
-        c = Consumer(
-            {
-                **self.kafka.client_config(),
-                "group.id": self.topic(f"naive.{secrets.token_hex(3)}"),
-                "auto.offset.reset": "earliest",
-                "log_level": 0,
-            }
-        )
-        p = Producer({**self.kafka.client_config(), "log_level": 0})
-        c.subscribe([self.events_topic])
-        classes = [str(x) for x in est.classes_]
-        names = list(workload.FEATURES)
-        done = 0
-        t0 = 0.0
-        cpu0 = 0.0
         try:
-            while done < n:
-                m = c.poll(1.0)
-                if m is None or m.error() is not None:
-                    continue
-                if done == 0:
-                    t0, cpu0 = time.perf_counter(), time.process_time()
-                e = decode(m.value())
-                feats = [float(e[f]) for f in names]
-                proba = est.predict_proba(np.array([feats]))[0]
-                record = {
-                    "event_id": e["event_id"],
-                    "key": e["key"],
-                    "event_time": e["event_time"],
-                    "scored_time": int(time.time() * 1000),
-                    "model_name": bm.name,
-                    "model_version": 1,
-                    "role": "primary",
-                    "value": None,
-                    "label": classes[int(np.argmax(proba))],
-                    "probabilities": [float(x) for x in proba],
-                    "classes": classes,
-                    "degraded": False,
-                    "late": False,
-                    "feature_names": names,
-                    "features": feats,
-                }
-                while True:
-                    try:
-                        p.produce(preds, encode(record), m.key())
-                        break
-                    except BufferError:
-                        p.poll(0.05)
-                p.poll(0)
-                done += 1
-            p.flush(60)
-            elapsed = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
+            group = self.topic(f"naive.{secrets.token_hex(3)}")
+            return naive.run(
+                self.kafka, self.reg, self.models[kind], self.events_topic, preds, group, n
+            )
         finally:
-            c.close()
-        self.delete_topics([preds])
-        return NaiveRun(kind, n, n / elapsed, cpu / n * 1000)
-
-
-LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
-
-
-def paced(
-    p: Producer,
-    topic: str,
-    enc: workload.EventEncoder,
-    rng: np.random.Generator,
-    rate: float,
-    seconds: float,
-    start: int,
-) -> int:
-    """Produce ``rate`` events/s for ``seconds`` (event_time = when each is sent)."""
-    total = int(rate * seconds)
-    gen = workload.events(total, rng, start=start)
-    sent = 0
-    t0 = time.perf_counter()
-    while sent < total:
-        due = min(total, int((time.perf_counter() - t0) * rate) + 1)
-        while sent < due:
-            e = next(gen)
-            e["event_time"] = int(time.time() * 1000)
-            p.produce(topic, enc.encode(e), e["key"].encode())
-            sent += 1
-        p.poll(0)
-        time.sleep(0.0005)
-    return sent
-
-
-def sustained(ts: np.ndarray) -> float:
-    """Events/s over the central 90 % of the predictions (by broker time)."""
-    if ts.size < 20:
-        return float("nan")
-    s = np.sort(ts)
-    lo, hi = int(s.size * 0.05), int(s.size * 0.95)
-    span = (s[hi] - s[lo]) / 1000.0
-    return (hi - lo) / span if span > 0 else float("nan")
-
-
-def overall(ts: np.ndarray) -> float:
-    if ts.size < 2:
-        return float("nan")
-    span = (int(ts.max()) - int(ts.min())) / 1000.0
-    return ts.size / span if span > 0 else float("nan")
-
-
-def stage_us(port: int) -> dict[str, float]:
-    """Per-event microseconds per stage, from the worker's own stage histograms."""
-    consumed = sample(port, "streamscore_events_consumed_total")
-    if consumed <= 0:
-        return {}
-    return {
-        stage: sample(port, "streamscore_stage_seconds_sum", {"stage": stage}) / consumed * 1e6
-        for stage in ("decode", "validate", "features", "predict", "encode", "produce")
-    }
-
-
-def tail(path: Path, n: int = 4000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else ""
-
-
-# --------------------------------------------------------------------------- report
-
-
-def summarize(res: Results, p: Profile) -> None:
-    summary: dict[str, Any] = {}
-    targets = {"hgb": 50_000.0, "lr": 100_000.0}
-    for kind in workload.MODEL_KINDS:
-        longs = [r for r in res.throughput if r.model == kind and r.label == "long"]
-        shorts = [r for r in res.throughput if r.model == kind and r.label == "short"]
-        naive = [r.eps for r in res.naive if r.model == kind]
-        eps = median([r.sustained_eps for r in longs])
-        naive_eps = median(naive)
-        lat = {r.mode: r for r in res.latency if r.model == kind}
-        paced = lat.get("paced")
-        s: dict[str, Any] = {
-            "throughput_eps_median": eps,
-            "throughput_target_eps": targets[kind],
-            "throughput_target_met": eps >= targets[kind],
-            "naive_eps_median": naive_eps,
-            "worker_over_naive": eps / naive_eps if naive_eps else float("nan"),
-            "ratio_target_met": bool(naive_eps) and eps / naive_eps >= 10,
-            "cpu_s_per_1k_long": median([r.cpu_s_per_1k for r in longs]),
-            "cpu_s_per_1k_short": median([r.cpu_s_per_1k for r in shorts]),
-            "peak_rss_mb_short": median([r.peak_rss_mb for r in shorts]),
-            "peak_rss_mb_long": median([r.peak_rss_mb for r in longs]),
-        }
-        if shorts and longs:
-            growth = s["peak_rss_mb_long"] - s["peak_rss_mb_short"]
-            s["peak_rss_growth_mb"] = growth
-            s["rss_flat"] = growth < 0.1 * s["peak_rss_mb_short"]
-        if paced is not None:
-            s["paced_p99_ms"] = paced.broker_p99_ms
-            s["paced_p99_target_met"] = paced.broker_p99_ms < 50.0
-            s["paced_worker_p99_ms"] = paced.worker_p99_ms
-        summary[kind] = s
-    res.summary = summary
-
-
-def met(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
-
-
-def print_table(res: Results, command: str) -> None:
-    print()
-    print(f"streamscore bench ({res.profile}, batch size {res.batch_size}) — {command}")
-    print(f"host: {res.host['cpus']} CPUs, {res.host['python']}, {res.host['machine']}")
-    print()
-    hdr = (
-        f"{'model':<5} {'run':<6} {'events':>8} {'sustained ev/s':>15} {'overall ev/s':>13} "
-        f"{'CPU s/1k':>9} {'broker s/1k':>11} {'busy CPUs':>9} {'peak RSS MB':>12} "
-        f"{'RSS 25/50/100%':>15}"
-    )
-    print(
-        "1+3. drain a pre-filled topic (one worker; throughput from the broker's LogAppendTime "
-        "of the predictions)"
-    )
-    print(hdr)
-    print("-" * len(hdr))
-    for r in res.throughput:
-        rss = "/".join(f"{v:.0f}" for v in r.rss_mb_at.values())
-        print(
-            f"{r.model:<5} {r.label:<6} {r.events:>8,} {r.sustained_eps:>15,.0f} "
-            f"{r.overall_eps:>13,.0f} {r.cpu_s_per_1k:>9.4f} {r.broker_cpu_s_per_1k:>11.4f} "
-            f"{r.machine_busy_cpus:>9.2f} {r.peak_rss_mb:>12.1f} {rss:>15}"
-        )
-    print()
-    print("   worker stage times (its own histograms), us/event:")
-    for r in res.throughput:
-        if r.label == "long":
-            print(
-                f"   {r.model:<5} "
-                + "  ".join(f"{k} {v:.2f}" for k, v in r.stage_us_per_event.items())
-            )
-    print()
-    print(
-        "2. end-to-end latency, ms, after a paced warm-up: prediction's broker append time - "
-        "event_time;\n   split into the producer's share (event appended - event_time) and the "
-        "worker's (prediction appended - event appended)"
-    )
-    hdr = (
-        f"{'model':<5} {'offered':<7} {'offered ev/s':>12} {'events':>8} {'drained ev/s':>13} "
-        f"{'p50':>7} {'p99':>7} {'max':>7} {'producer p99':>13} {'worker p50/p99':>15} "
-        f"{'p99 incl. warm-up':>18}"
-    )
-    print(hdr)
-    print("-" * len(hdr))
-    for lr in res.latency:
-        worker = f"{lr.worker_p50_ms:.1f}/{lr.worker_p99_ms:.1f}"
-        print(
-            f"{lr.model:<5} {lr.mode:<7} {lr.offered_eps:>12,.0f} {lr.events:>8,} "
-            f"{lr.drained_eps:>13,.0f} {lr.broker_p50_ms:>7.1f} {lr.broker_p99_ms:>7.1f} "
-            f"{lr.broker_max_ms:>7.0f} {lr.producer_p99_ms:>13.1f} {worker:>15} "
-            f"{lr.broker_p99_incl_warmup_ms:>18.1f}"
-        )
-    print()
-    print("4. naive baseline (poll/decode/sklearn predict/encode/produce per message)")
-    for nr in res.naive:
-        print(
-            f"   {nr.model:<5} {nr.events:>7,} events  {nr.eps:>9,.0f} ev/s  "
-            f"{nr.cpu_s_per_1k:.3f} CPU s/1k"
-        )
-    print()
-    print("targets")
-    if res.profile != "full":
-        print(
-            "   (a smoke run: short runs, often on a broker that has just started and is still "
-            "compiling; judge the targets on the full run)"
-        )
-    for kind, s in res.summary.items():
-        print(
-            f"   {kind:<4} throughput {s['throughput_eps_median']:,.0f} ev/s "
-            f"(target {s['throughput_target_eps']:,.0f}: {met(s['throughput_target_met'])}); "
-            f"worker/naive {s['worker_over_naive']:.1f}x (>= 10x: {met(s['ratio_target_met'])})"
-        )
-        if "paced_p99_ms" in s:
-            print(
-                f"        p99 at 2,000 ev/s offered {s['paced_p99_ms']:.1f} ms "
-                f"(< 50 ms: {met(s['paced_p99_target_met'])}; the worker's share "
-                f"{s['paced_worker_p99_ms']:.1f} ms)"
-            )
-        if "rss_flat" in s:
-            print(
-                f"        peak RSS short/long {s['peak_rss_mb_short']:.1f}/"
-                f"{s['peak_rss_mb_long']:.1f} MB (flat: {met(s['rss_flat'])})"
-            )
+            self.delete_topics([preds])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,14 +103,21 @@ class FeatureSpec:
         return cls(tuple(FeatureField.from_dict(f) for f in d["fields"]))
 
 
+#: (topic, partition, offset) of a consumed message.
+Position = tuple[str, int, int]
+
+_NOT_INPUTS = frozenset({EVENT_ID_FIELD, "key", EVENT_TIME_FIELD})
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """What a worker says about one event, with the context later analysis needs."""
+    """A record of the predictions topic (``prediction`` schema v1 or v2), as the feedback
+    side reads it, with where it was read from. The score worker writes these records
+    column-wise (``streamscore.serde``), never through this class."""
 
     event_id: str
     key: str | None
     event_time_ms: int
-    scored_time_ms: int
     model_name: str
     model_version: int
     role: Role
@@ -118,58 +125,60 @@ class Prediction:
     label: str | None  # classifiers: predicted class
     probabilities: tuple[float, ...]  # classifiers, ordered as ``classes``
     classes: tuple[str, ...]
-    degraded: bool
-    late: bool
     feature_names: tuple[str, ...]
     features: tuple[float, ...]
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "key": self.key,
-            "event_time": self.event_time_ms,
-            "scored_time": self.scored_time_ms,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "role": self.role.value,
-            "value": self.value,
-            "label": self.label,
-            "probabilities": list(self.probabilities),
-            "classes": list(self.classes),
-            "degraded": self.degraded,
-            "late": self.late,
-            "feature_names": list(self.feature_names),
-            "features": list(self.features),
-        }
+    inputs: Mapping[str, Any]  # v2: the event's fields the scored vector does not hold
+    position: Position | None = None
 
     @classmethod
-    def from_avro(cls, d: Mapping[str, Any]) -> Prediction:
+    def from_avro(cls, d: Mapping[str, Any], position: Position | None = None) -> Prediction:
         return cls(
-            event_id=d["event_id"],
-            key=d["key"],
+            event_id=str(d["event_id"]),
+            key=d.get("key"),
             event_time_ms=_millis(d["event_time"]),
-            scored_time_ms=_millis(d["scored_time"]),
-            model_name=d["model_name"],
+            model_name=str(d["model_name"]),
             model_version=int(d["model_version"]),
             role=Role(d["role"]),
-            value=d["value"],
-            label=d["label"],
-            probabilities=tuple(d["probabilities"]),
-            classes=tuple(d["classes"]),
-            degraded=bool(d["degraded"]),
-            late=bool(d["late"]),
-            feature_names=tuple(d["feature_names"]),
-            features=tuple(d["features"]),
+            value=d.get("value"),
+            label=d.get("label"),
+            probabilities=tuple(d.get("probabilities") or ()),
+            classes=tuple(d.get("classes") or ()),
+            feature_names=tuple(d.get("feature_names") or ()),
+            features=tuple(d.get("features") or ()),
+            inputs=dict(d.get("inputs") or {}),
+            position=position,
         )
+
+    @property
+    def answers(self) -> bool:
+        """True for the prediction that was the answer (primary or canary)."""
+        return self.role is not Role.SHADOW
+
+    def raw_inputs(self) -> dict[str, Any]:
+        """The event's raw fields: the scored features by name (NaN as None), overlaid
+        with ``inputs``, which carries every field the scored vector does not hold as it
+        was (fields the model did not use, raw categorical values, missing values)."""
+        raw = {
+            n: (None if isinstance(v, float) and math.isnan(v) else v)
+            for n, v in zip(self.feature_names, self.features, strict=False)
+        }
+        raw.update((k, v) for k, v in self.inputs.items() if k not in _NOT_INPUTS)
+        return raw
 
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
-    """The truth about one event, learnt after the fact."""
+    """A record of the feedback topic: the truth about one event, learnt after the fact,
+    with where it was read from."""
 
     event_id: str
     label: float | str
     observed_time_ms: int
+    position: Position | None = None
+
+    @classmethod
+    def from_avro(cls, d: Mapping[str, Any], position: Position | None = None) -> Feedback:
+        return cls(str(d["event_id"]), d["label"], _millis(d["observed_time"]), position)
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -177,10 +186,6 @@ class Feedback:
             "label": self.label,
             "observed_time": self.observed_time_ms,
         }
-
-    @classmethod
-    def from_avro(cls, d: Mapping[str, Any]) -> Feedback:
-        return cls(d["event_id"], d["label"], _millis(d["observed_time"]))
 
 
 @dataclass(frozen=True, slots=True)

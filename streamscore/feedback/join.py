@@ -47,112 +47,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.records import Role
-
-#: (topic, partition, offset) of a consumed message.
-Position = tuple[str, int, int]
+from ..core.records import Feedback, Position, Prediction, Role
 
 DEFAULT_WINDOW_MS = 3_600_000
 DEFAULT_MAX_ENTRIES = 500_000
-
-_SKIP_INPUTS = frozenset({"event_id", "key", "event_time"})
-
-
-def _millis(v: Any) -> int:
-    if isinstance(v, int):
-        return v
-    return round(float(v.timestamp()) * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionIn:
-    """A decoded prediction (v1 or v2 schema) with where it was read from."""
-
-    event_id: str
-    key: str | None
-    event_time_ms: int
-    model_name: str
-    model_version: int
-    role: Role
-    value: float | None
-    label: str | None
-    probabilities: tuple[float, ...]
-    classes: tuple[str, ...]
-    feature_names: tuple[str, ...]
-    features: tuple[float, ...]
-    inputs: Mapping[str, Any]
-    position: Position | None = None
-
-    @classmethod
-    def from_avro(cls, d: Mapping[str, Any], position: Position | None = None) -> PredictionIn:
-        return cls(
-            event_id=str(d["event_id"]),
-            key=d.get("key"),
-            event_time_ms=_millis(d["event_time"]),
-            model_name=str(d["model_name"]),
-            model_version=int(d["model_version"]),
-            role=Role(d["role"]),
-            value=d.get("value"),
-            label=d.get("label"),
-            probabilities=tuple(d.get("probabilities") or ()),
-            classes=tuple(d.get("classes") or ()),
-            feature_names=tuple(d.get("feature_names") or ()),
-            features=tuple(d.get("features") or ()),
-            inputs=dict(d.get("inputs") or {}),
-            position=position,
-        )
-
-    @property
-    def answers(self) -> bool:
-        """True for the prediction that was the answer (primary or canary)."""
-        return self.role is not Role.SHADOW
-
-    def raw_inputs(self) -> dict[str, Any]:
-        """The event's raw fields: the scored features by name (NaN as None), overlaid
-        with ``inputs``, which carries every field the scored vector does not hold as it
-        was (fields the model did not use, raw categorical values, missing values)."""
-        raw = {
-            n: (None if isinstance(v, float) and math.isnan(v) else v)
-            for n, v in zip(self.feature_names, self.features, strict=False)
-        }
-        raw.update((k, v) for k, v in self.inputs.items() if k not in _SKIP_INPUTS)
-        return raw
-
-
-@dataclass(frozen=True, slots=True)
-class LabelIn:
-    """A decoded feedback record."""
-
-    event_id: str
-    label: float | str
-    observed_time_ms: int
-    position: Position | None = None
-
-    @classmethod
-    def from_avro(cls, d: Mapping[str, Any], position: Position | None = None) -> LabelIn:
-        return cls(str(d["event_id"]), d["label"], _millis(d["observed_time"]), position)
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "label": self.label,
-            "observed_time": self.observed_time_ms,
-        }
 
 
 @dataclass(frozen=True, slots=True)
 class JoinedPair:
     """One label matched with one prediction of its event."""
 
-    label: LabelIn
-    prediction: PredictionIn
+    label: Feedback
+    prediction: Prediction
     #: True for the first pair of this label (label-level accounting: delay, counts).
     first_for_label: bool = False
 
@@ -165,7 +77,7 @@ class JoinedPair:
 class JoinOutput:
     pairs: list[JoinedPair] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
-    unmatched: list[LabelIn] = field(default_factory=list)
+    unmatched: list[Feedback] = field(default_factory=list)
     settled: list[Position] = field(default_factory=list)
     evicted_predictions: int = 0
 
@@ -198,17 +110,17 @@ class _Entry:
     event_id: str
     expire_at: int
     token: int
-    preds: dict[tuple[Role, int], PredictionIn] = field(default_factory=dict)
-    label: LabelIn | None = None
+    preds: dict[tuple[Role, int], Prediction] = field(default_factory=dict)
+    label: Feedback | None = None
     joined: bool = False
     written: bool = False
     held: list[Position] = field(default_factory=list)
 
 
 def build_row(
-    label: LabelIn,
-    answer: PredictionIn,
-    others: Iterable[PredictionIn],
+    label: Feedback,
+    answer: Prediction,
+    others: Iterable[Prediction],
     joined_time_ms: int,
 ) -> dict[str, Any]:
     """A ``groundtruth_row`` record (see ``schemas/groundtruth_row.v1.avsc``)."""
@@ -236,8 +148,8 @@ def build_row(
     }
 
 
-def _answer_of(preds: Iterable[PredictionIn]) -> PredictionIn | None:
-    best: PredictionIn | None = None
+def _answer_of(preds: Iterable[Prediction]) -> Prediction | None:
+    best: Prediction | None = None
     for p in preds:
         if p.role is Role.PRIMARY:
             return p
@@ -275,7 +187,7 @@ class JoinState:
         return len(self._entries)
 
     # ------------------------------------------------------------------ inputs
-    def add_prediction(self, p: PredictionIn) -> JoinOutput:
+    def add_prediction(self, p: Prediction) -> JoinOutput:
         out = JoinOutput()
         if self.watermark_ms is None or p.event_time_ms > self.watermark_ms:
             self.watermark_ms = p.event_time_ms
@@ -308,7 +220,7 @@ class JoinState:
                 self._write(e, p, out)
         return self._bounded(out)
 
-    def add_label(self, lab: LabelIn) -> JoinOutput:
+    def add_label(self, lab: Feedback) -> JoinOutput:
         out = JoinOutput()
         self.stats.received += 1
         e = self._entries.get(lab.event_id)
@@ -387,7 +299,7 @@ class JoinState:
             if was_pending:
                 self.stats.pending_labels -= 1
 
-    def _write(self, e: _Entry, answer: PredictionIn, out: JoinOutput) -> None:
+    def _write(self, e: _Entry, answer: Prediction, out: JoinOutput) -> None:
         assert e.label is not None
         out.rows.append(build_row(e.label, answer, e.preds.values(), self._clock()))
         e.written = True

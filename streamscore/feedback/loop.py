@@ -3,10 +3,9 @@
 One consumer in its own group (``streamscore feedback``) reads the **join topic**, where
 the router (:mod:`streamscore.feedback.router`) has put every prediction and label keyed
 by event id, with a ``streamscore.kind`` header. Each polled message is decoded into a
-:class:`~streamscore.feedback.join.PredictionIn` / :class:`~streamscore.feedback.join.LabelIn` and
-fed to
-the pure :class:`~streamscore.feedback.join.JoinState`; joined pairs update the live quality
-metrics and the promotion policy; rows and unmatched labels go to the
+:class:`~streamscore.core.records.Prediction` / :class:`~streamscore.core.records.Feedback`
+and fed to the pure :class:`~streamscore.feedback.join.JoinState`; joined pairs update the
+live quality metrics and the promotion policy; rows and unmatched labels go to the
 :class:`~streamscore.feedback.groundtruth.GroundTruthStore`. Because both sides of an event share
 a key, they share a partition, and the members of the group each join their own
 partitions: feedback workers scale out up to the join topic's partition count.
@@ -67,11 +66,11 @@ from ..core.errors import (
     StreamscoreError,
     UnknownKindError,
 )
-from ..core.records import Role, Telemetry
+from ..core.records import Feedback, Position, Prediction, Role, Telemetry
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
 from .groundtruth import GroundTruthStore
-from .join import JoinOutput, JoinState, LabelIn, OffsetTracker, Position, PredictionIn
+from .join import JoinOutput, JoinState, OffsetTracker
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
 from .router import KIND_HEADER, LABEL, PREDICTION
 
@@ -212,11 +211,11 @@ class FeedbackLoop:
             try:
                 kind = _kind(msg)
                 if kind == PREDICTION:
-                    p = PredictionIn.from_avro(self._dec_pred(msg.value()), pos)
+                    p = Prediction.from_avro(self._dec_pred(msg.value()), pos)
                     self.stats.predictions += 1
                     out.extend(self.join.add_prediction(p))
                 elif kind == LABEL:
-                    lab = LabelIn.from_avro(self._dec_fb(msg.value()), pos)
+                    lab = Feedback.from_avro(self._dec_fb(msg.value()), pos)
                     self.stats.labels += 1
                     self._m.feedback_received.inc()
                     before = self.join.stats.duplicate

@@ -26,10 +26,10 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..core.records import Role, Task
+from ..core.records import Prediction, Role, Task
 from ..metrics.series import Metrics
 from .groundtruth import label_as_class
-from .join import JoinedPair, PredictionIn
+from .join import JoinedPair
 
 #: Metrics where a lower value is better; all others (accuracy) are higher-is-better.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
@@ -54,7 +54,7 @@ def decision_metric(task: Task) -> str:
     return "mae" if task is Task.REGRESSION else "accuracy"
 
 
-def task_of(p: PredictionIn) -> Task:
+def task_of(p: Prediction) -> Task:
     return Task.REGRESSION if p.value is not None else Task.CLASSIFICATION
 
 

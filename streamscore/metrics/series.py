@@ -2,6 +2,8 @@
 
 Tests build a fresh ``CollectorRegistry`` and read exact sample values with
 ``registry.get_sample_value(...)``; processes pass their own registry to :func:`serve`.
+Lag and drift are gauges computed at scrape time, the per-event histograms take arrays
+(:mod:`streamscore.metrics.collectors`); the rest are prometheus_client's own classes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .collectors import BulkHistogram, GaugeSpec, ScrapedGauges
 
 PREFIX = "streamscore"
 
@@ -93,23 +97,28 @@ class Metrics:
             buckets=_STAGE_BUCKETS,
             registry=score,
         )
-        self.end_to_end_latency = Histogram(
+        # per-event histograms, fed a sample array per batch
+        self.end_to_end_latency = BulkHistogram(
             f"{PREFIX}_end_to_end_latency_seconds",
             "Prediction handed to the producer, minus the event's own time.",
             buckets=_LATENCY_BUCKETS,
             registry=score,
         )
-        self.scores = Histogram(
+        self.scores = BulkHistogram(
             f"{PREFIX}_prediction_score",
             "Scores produced (regression value or top probability).",
             ["role"],
             buckets=_SCORE_BUCKETS,
             registry=score,
         )
-        self.consumer_lag = Gauge(
-            f"{PREFIX}_consumer_lag",
-            "High watermark minus position, per owned partition.",
-            ["topic", "partition"],
+        #: computed at scrape time from the positions and high watermarks the score loop
+        #: records (its ``PartitionTracker`` binds itself): one row per owned partition
+        self.consumer_lag = ScrapedGauges(
+            GaugeSpec(
+                f"{PREFIX}_consumer_lag",
+                "High watermark minus position, per owned partition.",
+                ("topic", "partition"),
+            ),
             registry=score,
         )
         self.backpressure_pauses = Counter(
@@ -167,29 +176,29 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=score,
         )
-        # ---- drift
-        self.drift_psi = Gauge(
-            f"{PREFIX}_feature_drift_psi",
-            "Population stability index of a live window against the bundle's reference.",
-            ["feature", "model_version"],
-            registry=score,
-        )
-        self.drift_missing_share = Gauge(
-            f"{PREFIX}_feature_missing_share",
-            "Share of missing values in the live drift window (feature or score).",
-            ["feature", "model_version"],
-            registry=score,
-        )
-        self.drift_out_of_range_share = Gauge(
-            f"{PREFIX}_feature_out_of_range_share",
-            "Share of live values outside the reference [min, max] (feature or score).",
-            ["feature", "model_version"],
-            registry=score,
-        )
-        self.drift_window_events = Gauge(
-            f"{PREFIX}_drift_window_events",
-            "Events currently in the drift window (PSI is noisy while this is small).",
-            ["model_version"],
+        # ---- drift: computed at scrape time from the active primary's drift window
+        #: (the score loop's ``DriftTracker`` binds itself); families in this order
+        self.drift = ScrapedGauges(
+            GaugeSpec(
+                f"{PREFIX}_feature_drift_psi",
+                "Population stability index of a live window against the bundle's reference.",
+                ("feature", "model_version"),
+            ),
+            GaugeSpec(
+                f"{PREFIX}_feature_missing_share",
+                "Share of missing values in the live drift window (feature or score).",
+                ("feature", "model_version"),
+            ),
+            GaugeSpec(
+                f"{PREFIX}_feature_out_of_range_share",
+                "Share of live values outside the reference [min, max] (feature or score).",
+                ("feature", "model_version"),
+            ),
+            GaugeSpec(
+                f"{PREFIX}_drift_window_events",
+                "Events currently in the drift window (PSI is noisy while this is small).",
+                ("model_version",),
+            ),
             registry=score,
         )
         self.model_holdout_metric = Gauge(

@@ -33,21 +33,17 @@ This module never imports ``confluent_kafka``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from ..metrics.collectors import Row
 from ..models.meta import Histogram, ModelMeta, ReferenceDistributions
-
-if TYPE_CHECKING:
-    from ..metrics.series import Metrics
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -105,6 +101,23 @@ class DriftReport:
         vals = [v.psi for v in self.features.values() if not math.isnan(v.psi)]
         return max(vals) if vals else math.nan
 
+    def gauge_rows(self) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
+        """This report as the rows of ``streamscore_feature_drift_psi``,
+        ``..._missing_share``, ``..._out_of_range_share`` (labels ``feature``: the feature
+        name, or :data:`SCORE_LABEL` for the score; ``model_version``) and
+        ``streamscore_drift_window_events`` (``model_version``), in that order: what the
+        metrics' drift collector exports at scrape time."""
+        version = str(self.model_version)
+        items = list(self.features.items())
+        if self.score is not None:
+            items.append((SCORE_LABEL, self.score))
+        return (
+            [((name, version), v.psi) for name, v in items],
+            [((name, version), v.missing_share) for name, v in items],
+            [((name, version), v.out_of_range_share) for name, v in items],
+            [((version,), float(self.window_events))],
+        )
+
     def drifted(self, threshold: float = PSI_ALERT_THRESHOLD) -> list[str]:
         """Names of the variables (``SCORE_LABEL`` for the score) with PSI above threshold."""
         out = [n for n, v in self.features.items() if v.psi > threshold]
@@ -124,7 +137,7 @@ class DriftMonitor:
 
     ``feature_names`` are the matrix columns in order (the feature spec's order); columns
     without a reference histogram are ignored. Not thread-safe: one monitor per scoring
-    loop, fed between batches.
+    loop, fed between batches (the loop's tracker locks it against the scrape thread).
     """
 
     def __init__(
@@ -273,35 +286,3 @@ class DriftMonitor:
             else:
                 feats[name] = self._variable(j)
         return DriftReport(self.model_version, self._events, MappingProxyType(feats), score)
-
-    # ------------------------------------------------------------------ metrics
-
-    def write_metrics(self, metrics: Metrics, report: DriftReport | None = None) -> DriftReport:
-        """Set ``streamscore_feature_drift_psi``, ``..._missing_share``,
-        ``..._out_of_range_share`` (label ``feature``: the feature name, or
-        :data:`SCORE_LABEL` for the score) and ``streamscore_drift_window_events``."""
-        rep = report if report is not None else self.report()
-        version = str(rep.model_version)
-        items = list(rep.features.items())
-        if rep.score is not None:
-            items.append((SCORE_LABEL, rep.score))
-        for name, v in items:
-            metrics.drift_psi.labels(name, version).set(v.psi)
-            metrics.drift_missing_share.labels(name, version).set(v.missing_share)
-            metrics.drift_out_of_range_share.labels(name, version).set(v.out_of_range_share)
-        metrics.drift_window_events.labels(version).set(rep.window_events)
-        return rep
-
-    def remove_metrics(self, metrics: Metrics) -> None:
-        """Drop this monitor's series (call when its model version is replaced)."""
-        version = str(self.model_version)
-        for name in self._names:
-            for g in (
-                metrics.drift_psi,
-                metrics.drift_missing_share,
-                metrics.drift_out_of_range_share,
-            ):
-                with contextlib.suppress(KeyError):
-                    g.remove(name, version)
-        with contextlib.suppress(KeyError):
-            metrics.drift_window_events.remove(version)

@@ -8,7 +8,6 @@ the stop signal between batches.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -32,6 +31,7 @@ from ..kafka.delivery import (
 )
 from ..kafka.output_limits import OutputLimits, fit, wire_size
 from ..kafka.putback import PutBack
+from ..metrics.collectors import Row
 from ..metrics.series import Metrics
 from ..models.runtime import LoadedModel
 from ..models.store import ModelStore
@@ -43,7 +43,7 @@ from .batch import (
     ScoredBatch,
     dead_letter_headers,
 )
-from .drift import DriftMonitor
+from .drift import DriftMonitor, DriftReport
 
 log = logging.getLogger(__name__)
 
@@ -57,72 +57,73 @@ class LoopStats:
 
 
 class PartitionTracker:
-    """Owned partitions and their lag gauges (no stale series for partitions we lost)."""
+    """Owned partitions and the last position and high watermark the loop recorded for
+    each; ``lag_rows`` (bound to ``streamscore_consumer_lag``) computes the lag from them
+    at scrape time, on the HTTP server's thread, without calling the consumer. A
+    partition revoked or lost leaves no series."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self.owned: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+        self._owned: set[tuple[str, int]] = set()
+        #: (topic, partition) -> (position, high watermark), as last recorded
+        self._last: dict[tuple[str, int], tuple[int, int]] = {}
+        metrics.consumer_lag.bind(self.lag_rows)
+
+    @property
+    def owned(self) -> set[tuple[str, int]]:
+        with self._lock:
+            return set(self._owned)
 
     def assigned(self, partitions: Sequence[Any]) -> None:
-        for tp in partitions:
-            self.owned.add((tp.topic, tp.partition))
+        with self._lock:
+            for tp in partitions:
+                self._owned.add((tp.topic, tp.partition))
 
     def revoked(self, partitions: Sequence[Any]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self.owned.discard(key)
-            with contextlib.suppress(KeyError):
-                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        with self._lock:
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                self._owned.discard(key)
+                self._last.pop(key, None)
 
-    def refresh_lag(self, consumer: Any, *, cached: bool = False) -> None:
-        """Set the lag gauges: high watermark minus position, per owned partition.
+    def record(self, consumer: Any, *, cached: bool = False) -> None:
+        """Record each owned partition's position and high watermark (the loop's thread).
 
         ``cached=True`` takes the high watermarks from the consumer's latest fetch
-        responses instead of asking the broker (one blocking round trip per partition):
-        what the scoring loop uses while it is consuming, so that refreshing a gauge never
-        stalls a batch."""
-        if not self.owned:
+        responses (no broker round trip: what the loop records after every poll while it
+        consumes); ``cached=False`` asks the broker (one blocking round trip per
+        partition: only while consumption is paused, when no fetch updates the cache).
+        A partition whose offsets cannot be read keeps its last recorded values."""
+        with self._lock:
+            owned = sorted(self._owned)
+        if not owned:
             return
-        tps = [TopicPartition(t, p) for t, p in sorted(self.owned)]
         try:
-            positions = consumer.position(tps)
+            positions = consumer.position([TopicPartition(t, p) for t, p in owned])
         except KafkaException:
             return
+        seen: dict[tuple[str, int], tuple[int, int]] = {}
         for tp in positions:
             try:
                 _lo, hi = consumer.get_watermark_offsets(tp, timeout=0.5, cached=cached)
             except KafkaException:
                 continue
-            if tp.offset >= 0 and hi >= 0:
-                lag = max(0, hi - tp.offset)
-            elif hi >= 0:
-                committed = 0
-                lag = hi - committed
-            else:
-                continue
-            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            if hi >= 0:
+                seen[(tp.topic, tp.partition)] = (tp.offset, hi)
+        with self._lock:  # a partition revoked meanwhile stays out
+            self._last.update((k, v) for k, v in seen.items() if k in self._owned)
 
-
-def observe_many(histogram: Any, values: np.ndarray) -> None:
-    """``histogram.observe(v)`` for every ``v``, in one pass.
-
-    prometheus_client's histogram keeps one counter per bucket (the first bucket whose
-    upper bound is >= the value) and a sum; this adds each bucket's count at once, which
-    costs a few NumPy calls instead of about a microsecond per value. Falls back to
-    ``observe`` one by one if the histogram does not look like that."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    vals = np.asarray(values, dtype=np.float64).ravel()
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for v in vals.tolist():
-            histogram.observe(v)
-        return
-    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), vals, side="left")
-    counts = np.bincount(idx[idx < len(bounds)], minlength=len(bounds))  # NaN: no bucket
-    total.inc(sum(vals.tolist()))
-    for i in np.flatnonzero(counts).tolist():
-        buckets[i].inc(int(counts[i]))
+    def lag_rows(self) -> tuple[list[Row]]:
+        """High watermark minus position per owned partition (the high watermark when
+        there is no position yet), from the last recorded values."""
+        with self._lock:
+            last = sorted(self._last.items())
+        return (
+            [
+                ((topic, str(part)), float(max(0, hi - pos) if pos >= 0 else hi))
+                for (topic, part), (pos, hi) in last
+            ],
+        )
 
 
 def _offset_ranges(
@@ -151,37 +152,43 @@ def _offset_ranges(
 
 
 class DriftTracker:
-    """One drift monitor for the active primary version; gauges written about once a
-    second (the per-batch update is a few vectorised NumPy calls)."""
+    """One drift monitor for the active primary version, fed once per batch (a few
+    vectorised NumPy calls); ``gauge_rows`` (bound to the drift gauges) reads its report
+    at scrape time, so only the current version has series."""
 
-    def __init__(self, metrics: Metrics, *, window: int = 5000, interval_s: float = 1.0) -> None:
-        self._metrics = metrics
+    def __init__(self, metrics: Metrics, *, window: int = 5000) -> None:
         self._window = window
-        self._interval_s = interval_s
+        self._lock = threading.Lock()  # the loop updates, the scrape thread reads
         self._version: tuple[str, int] | None = None
         self._monitor: DriftMonitor | None = None
-        self._next = 0.0
+        metrics.drift.bind(self.gauge_rows)
 
     def observe(self, model: LoadedModel | None, x: Any, scores: Any) -> None:
         if model is None or x is None or scores is None:
             return
         key = (model.meta.name, model.meta.version)
         if key != self._version:
-            if self._monitor is not None:
-                self._monitor.remove_metrics(self._metrics)
-            self._version = key
+            monitor: DriftMonitor | None
             try:
-                self._monitor = DriftMonitor.from_meta(model.meta, window=self._window)
+                monitor = DriftMonitor.from_meta(model.meta, window=self._window)
             except (ValueError, KeyError) as exc:  # a bundle without reference histograms
                 log.warning("no drift monitoring for %s v%s: %s", key[0], key[1], exc)
-                self._monitor = None
+                monitor = None
+            with self._lock:
+                self._version, self._monitor = key, monitor
         if self._monitor is None:
             return
-        self._monitor.update(x, scores)
-        now = time.monotonic()
-        if now >= self._next:
-            self._monitor.write_metrics(self._metrics)
-            self._next = now + self._interval_s
+        with self._lock:
+            self._monitor.update(x, scores)
+
+    def report(self) -> DriftReport | None:
+        """The current window's report (None before the first batch of a monitored model)."""
+        with self._lock:
+            return self._monitor.report() if self._monitor is not None else None
+
+    def gauge_rows(self) -> tuple[list[Row], ...]:
+        rep = self.report()
+        return rep.gauge_rows() if rep is not None else ()
 
 
 class ScoreLoop:
@@ -247,19 +254,21 @@ class ScoreLoop:
             on_lost=self._on_lost,
         )
         wait_s = self._s.batch_wait_ms / 1000.0
-        next_lag = 0.0
+        next_broker_lag = 0.0
         try:
             while not self._stop.is_set():
                 self._sink.poll(0)
                 self._backpressure()
                 msgs = c.consume(num_messages=self._s.batch_size, timeout=wait_s)
-                now = time.monotonic()
-                if now >= next_lag:
-                    # from the last fetch while consuming; ask the broker while paused
-                    self.partitions.refresh_lag(c, cached=not self._paused)
-                    next_lag = now + self._lag_interval_s
                 if msgs:
                     self._batch(msgs)
+                # the lag gauge's inputs: from the last fetch after every poll while
+                # consuming (local calls); from the broker while paused, once a while
+                if not self._paused:
+                    self.partitions.record(c, cached=True)
+                elif (now := time.monotonic()) >= next_broker_lag:
+                    self.partitions.record(c, cached=False)
+                    next_broker_lag = now + self._lag_interval_s
         finally:
             self._shutdown()
         return self.stats
@@ -484,7 +493,7 @@ class ScoreLoop:
                 ro.scores if ro.scores.size <= 64 else ro.scores[:: max(1, ro.scores.size // 64)]
             )
             if sample.size:
-                observe_many(m.scores.labels(ro.role.value), sample)
+                m.scores.labels(ro.role.value).observe_many(sample)
         for dl in scored.dead_letters:
             m.invalid_events.labels(dl.error.reason).inc()
             m.dead_letters.labels(dl.error.reason).inc()
@@ -497,7 +506,7 @@ class ScoreLoop:
             lat = (now_ms - scored.event_times_ms) / 1000.0
             # a bounded sample per batch keeps metrics cost O(1) per batch
             step = max(1, lat.size // 64)
-            observe_many(m.end_to_end_latency, lat[::step])
+            m.end_to_end_latency.observe_many(lat[::step])
 
     def _shutdown(self) -> None:
         log.info("stopping: draining outputs, committing, leaving the group")

@@ -125,15 +125,16 @@ def test_missing_and_out_of_range_shares() -> None:
     assert rep.score.out_of_range_share == pytest.approx(1 / 8)
 
 
-def test_write_metrics_sets_gauges_and_remove_clears_them() -> None:
+def test_the_drift_gauges_export_the_report_at_scrape_time() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     mon = DriftMonitor(reference(), NAMES, window=5000, model_version=7)
+    metrics.drift.bind(lambda: mon.report().gauge_rows())
     feed(mon, 5000, seed=2, b_shift_sd=2.0)
-    rep = mon.write_metrics(metrics)
+    rep = mon.report()
 
-    def get(metric: str, feature: str) -> float | None:
-        return registry.get_sample_value(metric, {"feature": feature, "model_version": "7"})
+    def get(metric: str, feature: str, version: str = "7") -> float | None:
+        return registry.get_sample_value(metric, {"feature": feature, "model_version": version})
 
     b_psi = get("streamscore_feature_drift_psi", "b")
     assert b_psi is not None and b_psi == pytest.approx(rep.features["b"].psi)
@@ -141,13 +142,20 @@ def test_write_metrics_sets_gauges_and_remove_clears_them() -> None:
     assert a_psi is not None and a_psi < PSI_ALERT_THRESHOLD
     assert get("streamscore_feature_drift_psi", SCORE_LABEL) is not None
     assert get("streamscore_feature_missing_share", "c") == 0.0
-    assert get("streamscore_feature_out_of_range_share", "a") is not None
+    assert get("streamscore_feature_out_of_range_share", "a") == pytest.approx(
+        rep.features["a"].out_of_range_share
+    )
     assert (
         registry.get_sample_value("streamscore_drift_window_events", {"model_version": "7"}) == 5000
     )
-    mon.remove_metrics(metrics)
-    assert get("streamscore_feature_drift_psi", "b") is None
-    mon.remove_metrics(metrics)  # idempotent
+    mon.reset()  # the window as it is when scraped, not as it was
+    assert registry.get_sample_value("streamscore_drift_window_events", {"model_version": "7"}) == 0
+    empty_psi = get("streamscore_feature_drift_psi", "b")
+    assert empty_psi is not None and math.isnan(empty_psi)
+    other = DriftMonitor(reference(), NAMES, window=5000, model_version=8)
+    metrics.drift.bind(lambda: other.report().gauge_rows())  # the model was replaced
+    assert get("streamscore_feature_drift_psi", "b") is None  # no stale series
+    assert get("streamscore_feature_missing_share", "b", "8") is not None
 
 
 def test_from_meta_uses_the_bundles_reference() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from streamscore.core.records import Role
-from streamscore.feedback.join import JoinState, LabelIn, OffsetTracker, PredictionIn
+from streamscore.core.records import Feedback, Prediction, Role
+from streamscore.feedback.join import JoinState, OffsetTracker
 
 T0 = 1_700_000_000_000
 WINDOW = 60_000
@@ -20,8 +20,8 @@ def pred(
     value: float = 10.0,
     off: int = 0,
     inputs: dict[str, object] | None = None,
-) -> PredictionIn:
-    return PredictionIn(
+) -> Prediction:
+    return Prediction(
         event_id=eid,
         key=f"k-{eid}",
         event_time_ms=t,
@@ -39,8 +39,8 @@ def pred(
     )
 
 
-def label(eid: str, t: int = T0 + 1000, *, y: float = 12.0, off: int = 0) -> LabelIn:
-    return LabelIn(eid, y, t, ("feedback", 0, off))
+def label(eid: str, t: int = T0 + 1000, *, y: float = 12.0, off: int = 0) -> Feedback:
+    return Feedback(eid, y, t, ("feedback", 0, off))
 
 
 def test_label_before_prediction_joins_when_the_prediction_arrives() -> None:

@@ -7,8 +7,8 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore.core.records import Role
-from streamscore.feedback.join import JoinedPair, LabelIn, PredictionIn
+from streamscore.core.records import Feedback, Prediction, Role
+from streamscore.feedback.join import JoinedPair
 from streamscore.feedback.promotion import (
     LiveQuality,
     PromotionPolicy,
@@ -20,13 +20,13 @@ from streamscore.metrics.series import Metrics
 T0 = 1_700_000_000_000
 
 
-def rpred(eid: str, role: Role, version: int, value: float) -> PredictionIn:
-    return PredictionIn(eid, None, T0, "demo", version, role, value, None, (), (), (), (), {})
+def rpred(eid: str, role: Role, version: int, value: float) -> Prediction:
+    return Prediction(eid, None, T0, "demo", version, role, value, None, (), (), (), (), {})
 
 
-def cpred(eid: str, role: Role, version: int, p_yes: float) -> PredictionIn:
+def cpred(eid: str, role: Role, version: int, p_yes: float) -> Prediction:
     lab = "yes" if p_yes >= 0.5 else "no"
-    return PredictionIn(
+    return Prediction(
         eid,
         None,
         T0,
@@ -43,8 +43,8 @@ def cpred(eid: str, role: Role, version: int, p_yes: float) -> PredictionIn:
     )
 
 
-def pairs_for(eid: str, y: float | str, *preds: PredictionIn) -> list[JoinedPair]:
-    lab = LabelIn(eid, y, T0 + 2000)
+def pairs_for(eid: str, y: float | str, *preds: Prediction) -> list[JoinedPair]:
+    lab = Feedback(eid, y, T0 + 2000)
     return [JoinedPair(lab, p, first_for_label=i == 0) for i, p in enumerate(preds)]
 
 

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 import numpy as np
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamscore.core.config import ScoringSettings, TopicSettings
@@ -148,7 +148,11 @@ def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
     loop = make_loop(c, sink, stop, reg)
     tps = [TopicPartition("events", 0), TopicPartition("events", 1)]
     loop._on_assign(c, tps)
-    loop.partitions.refresh_lag(c)
+    assert (
+        reg.get_sample_value("streamscore_consumer_lag", {"topic": "events", "partition": "1"})
+        is None
+    )  # nothing recorded yet: no series
+    loop.partitions.record(c)
     assert (
         reg.get_sample_value("streamscore_consumer_lag", {"topic": "events", "partition": "1"}) == 7
     )
@@ -172,7 +176,7 @@ def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> No
     from streamscore.train.training import demo_bundle
 
     reg = CollectorRegistry()
-    tracker = DriftTracker(Metrics(reg), window=4000, interval_s=0.0)
+    tracker = DriftTracker(Metrics(reg), window=4000)
     v1 = load_bundle(demo_bundle("ab", version=1))
     rng = np.random.default_rng(3)
     for _ in range(10):
@@ -194,3 +198,73 @@ def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> No
     )
     assert psi("b", "1") is None  # no stale series for the model that left
     assert psi("b", "2") is not None and psi("b", "2") < PSI_ALERT_THRESHOLD
+
+
+def test_the_loop_records_offsets_after_each_poll_and_a_scrape_computes_the_lag() -> None:
+    stop = threading.Event()
+    reg = CollectorRegistry()
+    seen: list[float | None] = []
+
+    def lag(partition: int) -> float | None:
+        return reg.get_sample_value(
+            "streamscore_consumer_lag", {"topic": "events", "partition": str(partition)}
+        )
+
+    def step(n: int) -> None:
+        if n == 1:  # librdkafka runs the rebalance callbacks inside consume()
+            c.callbacks["on_assign"](c, [TopicPartition("events", 0), TopicPartition("events", 1)])
+        elif n == 2:
+            seen.append(lag(0))
+            c._high = 30  # the next fetch response moves the high watermark
+        elif n == 3:
+            seen.append(lag(1))
+            stop.set()
+
+    c = FakeConsumer([[msg(0, 3)], [msg(0, 4)], [msg(1, 5)]], on_consume=step)
+    make_loop(c, FakeSink(), stop, reg).run()
+    assert seen == [12 - 5, 30 - 5]
+
+
+class _Offsets:
+    """A consumer whose offsets the test sets; ``broken`` makes every call raise."""
+
+    def __init__(self) -> None:
+        self.positions = {0: 5, 1: -1001}  # partition 1: no position yet
+        self.high = {0: 12, 1: 40}
+        self.broken = False
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        if self.broken:
+            raise KafkaException("broker away")
+        return [TopicPartition(tp.topic, tp.partition, self.positions[tp.partition]) for tp in tps]
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_kw: Any) -> tuple[int, int]:
+        if self.broken:
+            raise KafkaException("broker away")
+        return (0, self.high[tp.partition])
+
+
+def test_a_scrape_reads_recorded_offsets_and_never_calls_the_consumer() -> None:
+    from streamscore.score.worker import PartitionTracker
+
+    reg = CollectorRegistry()
+    tracker = PartitionTracker(Metrics(reg))
+    c = _Offsets()
+    tracker.assigned([TopicPartition("events", 0), TopicPartition("events", 1)])
+    tracker.record(c)
+
+    def lag(partition: int) -> float | None:
+        return reg.get_sample_value(
+            "streamscore_consumer_lag", {"topic": "events", "partition": str(partition)}
+        )
+
+    assert (lag(0), lag(1)) == (7, 40)  # no position yet: the whole partition
+    c.positions[0] = 20  # past the recorded high watermark: never a negative lag
+    c.high[0] = 15
+    tracker.record(c)
+    assert lag(0) == 0
+    c.broken = True  # a scrape does not touch the consumer; a failed record keeps values
+    tracker.record(c)
+    assert (lag(0), lag(1)) == (0, 40)
+    tracker.revoked([TopicPartition("events", 1)])
+    assert (lag(0), lag(1)) == (0, None)
