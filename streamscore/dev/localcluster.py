@@ -61,6 +61,7 @@ from ..core.errors import (
     ClusterError,
     DownloadError,
     JavaMissingError,
+    KafkaIOError,
     PortInUseError,
     ServerStartError,
 )
@@ -384,49 +385,6 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-# ------------------------------------------------------------------------------ topics
-
-
-def create_topics(
-    bootstrap_servers: str,
-    topics: TopicSettings,
-    *,
-    partitions: int,
-    model_topic_max_bytes: int,
-    timeout_s: float = 30.0,
-) -> None:
-    """Create ``topics.all()`` on any cluster (replication 1, ``partitions`` partitions);
-    the models topic is compacted with a raised ``max.message.bytes``. Topics that already
-    exist are left as they are."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
-    models_config = {
-        "cleanup.policy": "compact",
-        "max.message.bytes": str(model_topic_max_bytes),
-    }
-    new = [
-        NewTopic(
-            name,
-            num_partitions=partitions,
-            replication_factor=1,
-            config=models_config if name == topics.models else {},
-        )
-        for name in dict.fromkeys(topics.all())
-    ]
-    futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
-    for name, fut in futures.items():
-        try:
-            fut.result()
-        except KafkaException as e:
-            err = e.args[0]
-            if getattr(err, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise ClusterError(f"cannot create topic {name!r}: {err}") from e
-
-
 # ----------------------------------------------------------------------------- cluster
 
 # Popen handles of the servers this Python process started, so that they are reaped
@@ -589,13 +547,23 @@ class LocalCluster:
         )
 
     def create_topics(self) -> None:
-        """Create every topic of ``topics.all()``; topics that already exist are fine."""
-        create_topics(
-            self.settings.bootstrap_servers,
+        """Create every topic of ``topics.all()``
+        (:func:`~streamscore.kafka.admin.standard_topics`); topics that already exist are
+        fine."""
+        from confluent_kafka.admin import AdminClient
+
+        from ..kafka.admin import create_topics, standard_topics
+
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers, "log_level": 0})
+        specs = standard_topics(
             self.topics,
             partitions=self.settings.partitions,
             model_topic_max_bytes=self.settings.model_topic_max_bytes,
         )
+        try:
+            create_topics(admin, specs, wait_for_leaders=False)
+        except KafkaIOError as e:
+            raise ClusterError(str(e)) from e
 
     # ------------------------------------------------------------------- install
 

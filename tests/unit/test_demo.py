@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from streamscore.core.config import KafkaSettings, RegistrySettings
-from streamscore.dev.demo import (
+from streamscore.dev.demo import Demo, DemoSettings
+from streamscore.dev.report import print_summary
+from streamscore.dev.supervise import (
     BACKGROUND_NICE,
     BACKGROUND_THREADS_ENV,
-    Demo,
-    DemoSettings,
     group_settled,
     lower_priority,
-    print_summary,
 )
 
 # A child that starts a thread, says so, then (on a line from us) starts another and
@@ -153,3 +152,32 @@ def test_group_settled_only_when_every_worker_owns_partitions() -> None:
     # more workers than partitions: the extra one idles, and that is settled
     one = {("events", 0)}
     assert group_settled(stable, [one, set()], one, members=2)
+
+
+def test_metrics_are_read_with_the_exposition_parser() -> None:
+    """What the demo reads of its workers' /metrics, from the series the workers export."""
+    from prometheus_client import CollectorRegistry
+
+    from streamscore.dev import observe
+    from streamscore.metrics.series import Metrics, serve
+
+    m = Metrics(CollectorRegistry())
+    server = serve(m.registry, "127.0.0.1", 0)
+    try:
+        assert not observe.model_loaded(server.port)
+        assert observe.active_models(server.port) == ""
+        m.model_loaded.set(1)
+        m.model_info.labels("demo", "2", "shadow").set(1)
+        m.model_info.labels("demo", "1", "primary").set(1)
+        m.model_info.labels("demo", "0", "canary").set(0)  # retired: not active
+        m.live_mae.labels("1", "primary").set(0.5)
+        m.live_mae.labels("2", "shadow").set(0.025)
+        assert observe.model_loaded(server.port)
+        assert observe.active_models(server.port) == "primary v1, shadow v2"
+        assert observe.feedback_mae(server.port) == {"v1/primary": 0.5, "v2/shadow": 0.025}
+        assert observe.scrape(server.port, "streamscore_no_such_series") == []
+    finally:
+        server.stop()
+    # nothing answers on the port any more: no samples, no error
+    assert observe.scrape(server.port, "streamscore_model_loaded") == []
+    assert not observe.model_loaded(server.port)
