@@ -125,7 +125,8 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
 
 
 def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
-    from .dev.localcluster import LocalCluster, main_cluster
+    from .dev.cluster_cli import main_cluster
+    from .dev.localcluster import LocalCluster
 
     return main_cluster(args.action, LocalCluster(env.cluster, env.topics))
 
