@@ -28,7 +28,8 @@ from streamscore.core.config import ScoringSettings, TopicSettings
 from streamscore.core.records import Role
 from streamscore.kafka.delivery import AtLeastOnceSink
 from streamscore.metrics.series import Metrics
-from streamscore.models.bundle import sign_bundle, verify_and_load
+from streamscore.models.container import sign_bundle
+from streamscore.models.runtime import verify_and_load
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer
 from streamscore.score.worker import ScoreLoop

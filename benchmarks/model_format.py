@@ -23,7 +23,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streamscore.models.bundle import to_onnx_bytes
+from streamscore.models.convert import to_onnx_bytes
 
 N_FEATURES = 10
 SEED = 7

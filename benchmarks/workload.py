@@ -21,7 +21,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streamscore.core.records import FeatureField, FeatureSpec
-from streamscore.models.bundle import Bundle, build_bundle
+from streamscore.models.container import Bundle
+from streamscore.models.convert import build_bundle
 from streamscore.serde import codec as serde
 
 SCHEMA_PATH = Path(__file__).with_name("bench_event.avsc")

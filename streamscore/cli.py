@@ -270,7 +270,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .kafka.clients import score_consumer, score_producer
     from .kafka.delivery import AtLeastOnceSink, TransactionalSink
     from .metrics.series import Metrics, serve
-    from .models.bundle import reader_fields_from_schema
+    from .models.compat import reader_fields_from_schema
     from .models.store import ModelStore
     from .models.updates import ModelUpdater, UpdateReport
     from .models.watcher import ModelWatcher
@@ -320,7 +320,12 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
     limits, input_limit = _message_limits(env, scoring)
-    producer = Producer(score_producer(env.kafka, scoring, limits))
+    producer_config = score_producer(env.kafka, scoring, limits)
+
+    def new_producer() -> Any:  # exactly-once: a hung producer is replaced by another
+        return Producer(producer_config)
+
+    producer = new_producer()
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
@@ -364,6 +369,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     )
     stop = threading.Event()
     install_stop_signals(stop)
+    sink: AtLeastOnceSink | TransactionalSink | None = None
     watcher.start()
     metrics.model_loaded.set(0)
     try:
@@ -380,7 +386,14 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             return 0
         consumer = Consumer(score_consumer(env.kafka, scoring, max_input_bytes=input_limit))
         sink = (
-            TransactionalSink(producer, consumer, retry_s=scoring.eos_retry_s, stop=stop)
+            TransactionalSink(
+                producer,
+                consumer,
+                new_producer=new_producer,
+                retry_s=scoring.eos_retry_s,
+                stop=stop,
+                metrics=metrics,
+            )
             if scoring.exactly_once
             else AtLeastOnceSink(producer, consumer)
         )
@@ -418,7 +431,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         return 0
     finally:
         watcher.stop()
-        producer.flush(10)
+        # the sink's producer: never one it abandoned in a hung call
+        (sink.producer if isinstance(sink, TransactionalSink) else producer).flush(10)
         if server is not None:
             server.stop()
 

@@ -21,8 +21,8 @@ from .serde import schemas
 
 if TYPE_CHECKING:
     from .core.config import Env
-    from .models.bundle import LoadedModel
     from .models.publish import ModelTopic
+    from .models.runtime import LoadedModel
 
 log = logging.getLogger("streamscore")
 
@@ -71,9 +71,9 @@ def model_topic(env: Env, reg: Any = None) -> ModelTopic:
 def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel | None:
     """The active primary of ``name`` on the model topic (None if none or retired), by
     the workers' rules: forged or replayed records are not taken for it."""
-    from .models.bundle import verify_and_load
+    from .models.runtime import verify_and_load
 
-    _state, latest, _envs = topic.state(name, Role.PRIMARY, keyring)
+    latest = topic.state(name, keyring).role(name, Role.PRIMARY).record
     if latest is None:
         return None
     return verify_and_load(latest.artifact, latest.signature, latest.key_id, keyring)

@@ -74,6 +74,14 @@ class KafkaSettings:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            # When every broker it knows is away (a whole-cluster outage, a single-broker
+            # restart), librdkafka 2.16 re-bootstraps by default, decommissioning those
+            # brokers; after that, seen here, an idempotent producer can stay stuck on
+            # partitions whose leader is "not found in cache" once the broker is back, and
+            # a transactional one blocks forever on the group coordinator it had cached
+            # (confluentinc/librdkafka#5511). Reconnecting to the known brokers instead
+            # is the behaviour librdkafka had before 2.10.
+            "metadata.recovery.strategy": "none",
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
@@ -186,8 +194,9 @@ class ScoringSettings:
     late_policy: LatePolicy = LatePolicy.SCORE_AND_FLAG
     exactly_once: bool = False
     #: Exactly-once: how long a batch's transaction retries retriable errors (the broker
-    #: away) before it is aborted and the batch consumed again. Below the consumer's
-    #: ``max.poll.interval.ms`` (300 s), so a worker that rode out an outage is still in
+    #: away) before it is aborted and the batch consumed again. The consumer's
+    #: ``max.poll.interval.ms`` is set above the longest a batch can take with this
+    #: budget (``delivery.send_bound_s``), so a worker that rode out an outage is still in
     #: its group.
     eos_retry_s: float = 240.0
     canary_fraction: float = 0.1

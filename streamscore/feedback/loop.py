@@ -63,7 +63,6 @@ from confluent_kafka import KafkaError, TopicPartition
 from ..core.errors import (
     AvroDecodeError,
     InfrastructureError,
-    ModelError,
     SerdeError,
     StreamscoreError,
     UnknownKindError,
@@ -325,33 +324,27 @@ def promote_shadow(
     keyring: Mapping[str, bytes],
 ) -> str:
     """Re-publish the shadow's signed artifact as ``<name>/primary`` (its archive copy is
-    the source; its own signature is verified first), then retire the shadow role. The
-    old primary stays archived, so ``ModelTopic.rollback`` restores it.
+    the source, else the shadow record itself; its own signature is verified first), then
+    retire the shadow role. The old primary stays archived, so ``ModelTopic.rollback``
+    restores it.
 
     Several feedback workers may reach the same decision (each sees its share of the
-    labels): the topic's current state is read first, and a shadow that is no longer the
-    shadow (already promoted, retired or replaced) is left alone. Returns what was done."""
-    from ..models.bundle import verify_signature
-    from ..models.envelope import Action
+    labels): the topic's current state is read first, by the workers' rules
+    (:func:`~streamscore.models.topic_state.fold`: forged or replayed records do not
+    count), and a shadow that is no longer the shadow (already promoted, retired or
+    replaced) is left alone. Returns what was done."""
+    from ..models.container import verify_signature
+    from ..models.signing import as_verifier
+    from ..models.topic_state import fold
 
     name, version = decision.model_name, decision.shadow_version
-    envelopes = topic.read_all()
-    current = {
-        e.role: e for e in envelopes if e.model_name == name and e.action is not Action.ARCHIVE
-    }
-    shadow = current.get(Role.SHADOW)
-    if shadow is None or shadow.action is Action.RETIRE or shadow.version != version:
-        primary = current.get(Role.PRIMARY)
-        now = f"v{primary.version}" if primary is not None else "none"
+    state = fold(topic.read_all(), as_verifier(keyring), name=name)
+    shadow = state.role(name, Role.SHADOW)
+    if shadow.current != version or shadow.record is None:
+        primary = state.role(name, Role.PRIMARY).current
+        now = "none" if primary is None else f"v{primary}"
         return f"v{version} is no longer the shadow (primary is {now}): nothing to do"
-    candidates = [
-        e
-        for e in envelopes
-        if e.model_name == name and e.version == version and e.action is not Action.RETIRE
-    ]
-    if not candidates:
-        raise ModelError(f"no published artifact of {name} v{version} on the model topic")
-    env = next((e for e in candidates if e.action is Action.ARCHIVE), candidates[-1])
+    env = state.archive(name, version) or shadow.record
     verify_signature(env.artifact, env.signature, env.key_id, keyring)
     topic.publish(env.artifact, Role.PRIMARY, key=key, key_id=key_id, publisher="auto-promotion")
     topic.retire(

@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from ..core.config import KafkaSettings, ScoringSettings
+from .delivery import send_bound_s
 from .output_limits import OutputLimits
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def score_consumer(
             "fetch.wait.max.ms": 50,
         }
     )
+    if scoring.exactly_once:
+        # a batch may wait out a broker outage inside its transaction (delivery.py):
+        # the consumer stays a member of its group for as long as that can take
+        conf["max.poll.interval.ms"] = int(1000 * max(300.0, send_bound_s(scoring.eos_retry_s)))
     if max_input_bytes is not None and max_input_bytes + 65_536 > _FETCH_MAX_BYTES:
         fetch = min(max_input_bytes + 65_536, _RECEIVE_MAX_BYTES_CAP - 1_048_576)
         conf["fetch.max.bytes"] = fetch

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.errors import DeliveryError, TransactionFailedError
+from ..metrics.series import Metrics
 from .output_limits import wire_size
 
 log = logging.getLogger(__name__)
@@ -278,23 +279,108 @@ class _NeedsAbort(Exception):
         self.why = why
 
 
+class _Retriable(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class _Hung(Exception):
+    """A transactional call still blocked well past its own timeout; ``thread`` is the
+    one blocked in it."""
+
+    def __init__(self, why: str, thread: threading.Thread, since: float = 0.0) -> None:
+        super().__init__(why)
+        self.why = why
+        self.thread = thread
+        #: when the call was made (the sink's clock)
+        self.since = since
+
+
+class RetryBatch(Exception):
+    """The batch was aborted and will be consumed again."""
+
+
+#: The timeout given to each transactional call (``init_transactions``,
+#: ``send_offsets_to_transaction``, ``commit_transaction``, ``abort_transaction``).
+TXN_CALL_TIMEOUT_S = 30.0
+#: How long past its own timeout a transactional call may run before it is taken as hung:
+#: librdkafka 2.16 can block in ``send_offsets_to_transaction`` forever, whatever its
+#: timeout, once the group coordinator it cached was decommissioned (by a re-bootstrap
+#: after every broker was away, which ``KafkaSettings.client_config`` turns off, or because
+#: that broker left the metadata): confluentinc/librdkafka#5456, #5511.
+HANG_GRACE_S = 10.0
+#: Producers abandoned in a hung call (their thread still blocked) a worker keeps before
+#: it exits instead (each holds a librdkafka client that cannot be destroyed).
+MAX_HUNG_PRODUCERS = 3
+
+
+def send_bound_s(retry_s: float) -> float:
+    """The longest one :meth:`TransactionalSink.send` can take with a ``retry_s`` budget:
+    the budget, the call running when it ends, an abort, a replacement producer's
+    ``init_transactions`` and reading the committed offsets (each a call timeout plus
+    the hang grace). The consumer's ``max.poll.interval.ms`` is set above it, so a worker
+    that waited out an outage inside a batch is still a member of its group."""
+    return retry_s + 4 * (TXN_CALL_TIMEOUT_S + HANG_GRACE_S)
+
+
+def _bounded(op: Callable[[], object], limit_s: float, name: str) -> None:
+    """``op()`` on a daemon thread, waited for at most ``limit_s`` seconds: its exception
+    is raised here, and :class:`_Hung` if it is still running by then. A hung call's
+    thread, and the client ``op`` holds, are left to themselves: never joined, never
+    destroyed from the caller's thread (``rd_kafka_destroy`` of a client blocked in a call
+    may block as well); the client is freed, in that thread, if its call ever returns."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op()
+        except BaseException as exc:  # raised again in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"txn-{name}", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        raise _Hung(f"{name} still blocked {limit_s:.0f}s after it was called", thread)
+    if failure:
+        raise failure[0]
+
+
+#: A transactional call, given the producer and a timeout (seconds).
+TxnOp = Callable[[Any, float], object]
+
+
 class TransactionalSink:
     """One transaction per batch: its outputs and its consumed offsets.
 
     While the broker is away the transactional calls fail with retriable errors. Before
     any such call is made again the sink waits, with a backoff that doubles up to
     ``backoff_s[1]``, until a broker answers a metadata request (for up to ``retry_s``
-    per batch): librdkafka 2.x may block forever in a ``send_offsets_to_transaction``
-    re-issued after a timeout (confluentinc/librdkafka#5456), so that call is never
-    repeated: the transaction is aborted instead, the consumer rewound to the batch's
-    first offsets and :class:`RetryBatch` raised, so the batch is consumed and scored
-    again (nothing was committed: no loss, no duplicate). ``commit_transaction`` and
-    ``abort_transaction``, which may be called again after a timeout, are retried once
-    the broker answers. An abortable error, a stop request or an exhausted budget also
-    abort. A fatal error (fenced by a newer instance), a non-retriable one, or an abort
-    that cannot complete raises :class:`TransactionFailedError`: the worker exits
-    non-zero and a new instance takes over (its ``init_transactions`` aborts what this
-    one left open).
+    per batch). A timed-out ``send_offsets_to_transaction`` is never re-issued: the
+    transaction is aborted, the consumer rewound to the batch's first offsets and
+    :class:`RetryBatch` raised, so the batch is consumed and scored again (nothing was
+    committed: no loss, no duplicate). ``commit_transaction`` and ``abort_transaction``,
+    which may be called again after a timeout, are retried once the broker answers. An
+    abortable error, a stop request or an exhausted budget also abort.
+
+    Every call that talks to the broker runs on a watchdog thread: one still blocked
+    ``hang_grace_s`` past its own timeout (librdkafka#5456 / #5511) is abandoned with its
+    producer, and ``new_producer()`` builds a replacement with the same
+    ``transactional.id``. Its ``init_transactions`` fences the old one and ends the old
+    one's open transaction (aborted, or committed if its commit had already reached the
+    coordinator); the consumer is then put at the group's committed offsets for the
+    batch's partitions, which tell which: the batch is consumed again (:class:`RetryBatch`)
+    unless it was committed. A fatal error (fenced by a newer instance), a non-retriable
+    one, an abort that cannot complete, a hang without ``new_producer`` or more than
+    :data:`MAX_HUNG_PRODUCERS` hung producers raise :class:`TransactionFailedError`: the
+    worker exits non-zero and a new instance takes over (its ``init_transactions`` aborts
+    what this one left open).
+
+    ``metrics.transaction_retries{outcome}`` counts ``retried`` (a call made again once
+    the broker answered), ``aborted`` (a batch aborted and consumed again) and
+    ``producer_replaced``. Each batch that met trouble logs one warning when it starts
+    and one line when it is over.
     """
 
     def __init__(
@@ -302,58 +388,125 @@ class TransactionalSink:
         producer: Any,
         consumer: Any,
         *,
-        timeout: float = 30.0,
+        new_producer: Callable[[], Any] | None = None,
+        timeout: float = TXN_CALL_TIMEOUT_S,
         retry_s: float = 240.0,
         backoff_s: tuple[float, float] = (0.5, 5.0),
+        hang_grace_s: float = HANG_GRACE_S,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._producer = producer
         self._consumer = consumer
+        self._new_producer = new_producer
         self._timeout = timeout
         self._retry_s = retry_s
         self._backoff_min_s, self._backoff_max_s = backoff_s
+        self._hang_grace_s = hang_grace_s
         self._stop = stop
         self._clock = clock
+        self._metrics = metrics
+        #: threads still blocked in a call of an abandoned producer
+        self._hung: list[threading.Thread] = []
+        #: when this batch's trouble started, and what it was (None: no trouble)
+        self._trouble: tuple[float, str] | None = None
+        self._replacements = 0
         try:
-            self._retrying(
-                lambda: producer.init_transactions(timeout),
-                "init_transactions",
-                clock() + retry_s,
-            )
+            self._init_transactions(clock() + retry_s)
         except _NeedsAbort as exc:
             raise TransactionFailedError(f"cannot initialise transactions: {exc.why}") from None
 
+    @property
+    def producer(self) -> Any:
+        """The producer in use (a hung one is replaced)."""
+        return self._producer
+
+    @property
+    def replaced(self) -> int:
+        """Producers replaced so far because a call hung."""
+        return self._replacements
+
     def send(self, batch: OutBatch) -> None:
         """One transaction: outputs + offsets; :class:`RetryBatch` when it was aborted
-        (the consumer rewound to the batch's first offsets)."""
-        p = self._producer
+        (the consumer rewound to where the batch starts: it is consumed again)."""
         deadline = self._clock() + self._retry_s
+        self._trouble = None
+        outcome = "committed"
         try:
-            self._retrying(p.begin_transaction, "begin_transaction", deadline)
-            _produce_batch(p, batch, None, p.poll)
-            offsets = batch.topic_partitions()
-            group = self._consumer.consumer_group_metadata()
-            name = "send_offsets_to_transaction"
             try:
-                self._call(
-                    lambda: p.send_offsets_to_transaction(offsets, group, self._timeout), name
-                )
-            except _Retriable as exc:
-                # never re-issued (it may hang): wait for the broker, then abort
-                self._wait_for_broker(name, exc.why, deadline)
-                raise _NeedsAbort(f"{name}: {exc.why}") from None
-            self._retrying(
-                lambda: p.commit_transaction(self._timeout), "commit_transaction", deadline
-            )
-        except _NeedsAbort as exc:
-            log.warning("aborting transaction: %s", exc.why)
-            self._abort(max(deadline, self._clock() + self._timeout))
-            self._rewind(batch)
+                self._transaction(batch, deadline)
+            except _NeedsAbort as exc:
+                outcome = "aborted, the batch consumed again"
+                log.warning("aborting transaction: %s", exc.why)
+                self._abort(max(deadline, self._clock() + self._timeout))
+                self._rewind(batch)
+                self._count("aborted")
+                raise RetryBatch(exc.why) from None
+        except _Hung as exc:
+            self._replace(exc, deadline)
+            if self._at_committed_offsets(batch, deadline):
+                outcome = "producer replaced, the batch was committed"
+                return
+            outcome = "producer replaced, the batch consumed again"
             raise RetryBatch(exc.why) from None
+        except TransactionFailedError as exc:
+            outcome = f"giving up: {exc}"
+            raise
+        finally:
+            if self._trouble is not None:
+                since, what = self._trouble
+                log.warning(
+                    "exactly-once: trouble over after %.1fs (%s): %s",
+                    self._clock() - since,
+                    what,
+                    outcome,
+                )
 
-    def _retrying(self, op: Callable[[], object], name: str, deadline: float) -> None:
-        """``op()`` until it succeeds; after a retriable error it is called again once a
+    def _transaction(self, batch: OutBatch, deadline: float) -> None:
+        self._call(lambda p, _t: p.begin_transaction(), "begin_transaction", bounded=False)
+        p = self._producer
+        _produce_batch(p, batch, None, p.poll)
+        offsets = batch.topic_partitions()
+        group = self._consumer.consumer_group_metadata()
+        name = "send_offsets_to_transaction"
+        try:
+            self._call(lambda p, t: p.send_offsets_to_transaction(offsets, group, t), name)
+        except _Retriable as exc:
+            # never re-issued (it may hang): wait for the broker, then abort
+            self._wait_for_broker(name, exc.why, deadline)
+            raise _NeedsAbort(f"{name}: {exc.why}") from None
+        self._retrying(lambda p, t: p.commit_transaction(t), "commit_transaction", deadline)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.transaction_retries.labels(outcome).inc()
+
+    def _noticed(self, what: str, *, quiet: bool = False, since: float | None = None) -> None:
+        """The first trouble of this batch (which started at ``since``, or now) gets one
+        warning (unless ``quiet``: the caller says more); the rest is debug."""
+        if self._trouble is None:
+            self._trouble = (self._clock() if since is None else since, what)
+            if quiet:
+                return
+            log.warning(
+                "exactly-once: %s; the broker may be away: nothing is committed until it "
+                "answers (waiting up to %.0fs, then the batch is aborted and consumed again)",
+                what,
+                self._retry_s,
+            )
+
+    def _init_transactions(self, deadline: float) -> None:
+        """``init_transactions`` on the current producer; a hung one is replaced."""
+        while True:
+            try:
+                self._retrying(lambda p, t: p.init_transactions(t), "init_transactions", deadline)
+                return
+            except _Hung as exc:
+                self._abandon(exc)
+
+    def _retrying(self, op: TxnOp, name: str, deadline: float) -> None:
+        """``op`` until it succeeds; after a retriable error it is called again once a
         broker answers, until ``deadline`` (or a stop request): then :class:`_NeedsAbort`,
         as for an abortable error."""
         failures = 0
@@ -366,10 +519,12 @@ class TransactionalSink:
             except _Retriable as exc:
                 failures += 1
                 self._wait_for_broker(name, exc.why, deadline)
+                self._count("retried")
 
     def _wait_for_broker(self, name: str, why: str, deadline: float) -> None:
         """Back off until a broker answers a metadata request; :class:`_NeedsAbort` when
         ``deadline`` passes or a stop is requested first."""
+        self._noticed(f"{name} failed: {why}")
         delay = self._backoff_min_s
         attempts = 0
         while True:
@@ -380,12 +535,7 @@ class TransactionalSink:
                 raise _NeedsAbort(
                     f"{name}: {why}; the broker still away after {self._retry_s:.0f}s of retries"
                 )
-            log.warning(
-                "%s: %s (retriable: the broker may be away), waiting %.1fs for it",
-                name,
-                why,
-                min(delay, left),
-            )
+            log.debug("%s: %s (retriable), waiting %.1fs", name, why, min(delay, left))
             self._producer.poll(min(delay, left))  # serves callbacks while it waits
             delay = min(2 * delay, self._backoff_max_s)
             attempts += 1
@@ -394,13 +544,22 @@ class TransactionalSink:
             except KafkaException:
                 continue
             if md.brokers:
-                log.info("a broker answers again after %d checks: retrying", attempts)
+                log.info("a broker answers again after %d checks: retrying %s", attempts, name)
                 return
 
-    def _call(self, op: Callable[[], object], name: str) -> None:
-        """``op()``, its KafkaException sorted by what may follow it."""
+    def _call(self, op: TxnOp, name: str, *, bounded: bool = True) -> None:
+        """``op(producer, timeout)`` (on a watchdog thread when ``bounded``), its
+        KafkaException sorted by what may follow it; :class:`_Hung` if it hangs."""
+        p, timeout = self._producer, self._timeout
+        since = self._clock()
         try:
-            op()
+            if bounded:
+                _bounded(lambda: op(p, timeout), timeout + self._hang_grace_s, name)
+            else:
+                op(p, timeout)
+        except _Hung as exc:
+            exc.since = since
+            raise
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             why = str(err) if err is not None else str(exc)
@@ -413,20 +572,87 @@ class TransactionalSink:
             raise TransactionFailedError(f"{name} failed: {why}") from exc
 
     def _abort(self, deadline: float) -> None:
-        p = self._producer
         try:
-            self._retrying(
-                lambda: p.abort_transaction(self._timeout), "abort_transaction", deadline
-            )
+            self._retrying(lambda p, t: p.abort_transaction(t), "abort_transaction", deadline)
         except _NeedsAbort as exc:
             raise TransactionFailedError(
                 f"cannot abort the transaction ({exc.why}); exiting so that a new instance "
                 "fences this one and aborts it"
             ) from None
 
+    def _abandon(self, exc: _Hung) -> None:
+        """Leave the hung producer to its thread and build a new one (not initialised)."""
+        self._noticed(exc.why, quiet=True, since=exc.since)
+        if self._new_producer is None:
+            raise TransactionFailedError(f"{exc.why}, and no producer to replace it with")
+        self._hung = [t for t in self._hung if t.is_alive()]
+        self._hung.append(exc.thread)
+        if len(self._hung) > MAX_HUNG_PRODUCERS:
+            raise TransactionFailedError(
+                f"{exc.why}; {len(self._hung)} producers hung: exiting so that a new "
+                "instance starts clean"
+            )
+        log.warning(
+            "exactly-once: %s (librdkafka#5456/#5511): replacing the producer; the new one "
+            "(same transactional.id) fences it and ends its open transaction",
+            exc.why,
+        )
+        self._producer = self._new_producer()
+        self._replacements += 1
+        self._count("producer_replaced")
+
+    def _replace(self, exc: _Hung, deadline: float) -> None:
+        self._abandon(exc)
+        try:
+            self._init_transactions(max(deadline, self._clock() + self._timeout))
+        except _NeedsAbort as err:
+            raise TransactionFailedError(
+                f"cannot initialise the replacement producer: {err.why}"
+            ) from None
+
+    def _at_committed_offsets(self, batch: OutBatch, deadline: float) -> bool:
+        """After a replacement the hung transaction is over, committed or aborted: put
+        the consumer at the group's committed offsets for the batch's partitions (the
+        batch's first offsets where none is committed). True when they are the batch's
+        end offsets: the batch was committed and is not consumed again."""
+        tps = [TopicPartition(t, p) for (t, p) in sorted(batch.first_offsets)]
+        until = max(deadline, self._clock() + self._timeout)
+        while True:
+            try:
+                got = self._consumer.committed(tps, timeout=self._timeout)
+                if not any(tp.error for tp in got):
+                    break
+                why = "; ".join(str(tp.error) for tp in got if tp.error)
+            except KafkaException as exc:
+                why = str(exc)
+            if self._clock() >= until:
+                raise TransactionFailedError(
+                    f"cannot read the committed offsets after replacing the producer ({why}); "
+                    "exiting: a new instance resumes from them"
+                )
+            self._producer.poll(self._backoff_min_s)
+        committed = {
+            (tp.topic, tp.partition): (
+                tp.offset if tp.offset >= 0 else batch.first_offsets[(tp.topic, tp.partition)]
+            )
+            for tp in got
+        }
+        if all(committed.get(k) == v for k, v in batch.offsets.items()):
+            return True
+        self._seek(committed)
+        return False
+
     def _rewind(self, batch: OutBatch) -> None:
-        for (t, p), first in batch.first_offsets.items():
-            self._consumer.seek(TopicPartition(t, p, first))
+        self._seek(batch.first_offsets)
+
+    def _seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        for (t, p), offset in offsets.items():
+            try:
+                self._consumer.seek(TopicPartition(t, p, offset))
+            except KafkaException as exc:
+                # no longer ours (lost while the broker was away): whoever owns it next
+                # starts at the committed offset, which this batch did not move
+                log.warning("cannot rewind %s[%d] to %d: %s", t, p, offset, exc)
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
@@ -440,13 +666,3 @@ class TransactionalSink:
 
     def discard(self) -> None:
         pass
-
-
-class _Retriable(Exception):
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-
-class RetryBatch(Exception):
-    """The batch was aborted and will be consumed again."""

@@ -129,6 +129,14 @@ class Metrics:
             "Batches aborted and re-consumed (exactly-once mode).",
             registry=score,
         )
+        self.transaction_retries = Counter(
+            f"{PREFIX}_transaction_retries",
+            "Exactly-once trouble, by outcome: retried (a transactional call made again once "
+            "the broker answered), aborted (a batch aborted and consumed again), "
+            "producer_replaced (a call hung: a new producer fenced the old one).",
+            ["outcome"],
+            registry=score,
+        )
         # ---- model lifecycle
         self.model_updates_applied = Counter(
             f"{PREFIX}_model_updates_applied",

@@ -1,11 +1,21 @@
 """How a signed model travels from a file to a worker's store.
 
-- ``bundle``: the signed ONNX bundle: format, checks, runtime
-- ``signing``: signing keys and verifiers
-- ``envelope``: a model-topic record
+Read in this order (each module imports only the ones above it):
+
+- ``meta``: what a bundle says about its model (name, version, task, feature spec,
+  reference histograms)
+- ``signing``: signing keys and verifiers (the one place for signature schemes)
+- ``container``: the bundle's bytes (framed header + ONNX) and its signature
+- ``safety``: the ONNX safety scan (allowed operator domains, no external data)
+- ``runtime``: a verified bundle behind an onnxruntime session (``verify_and_load``,
+  ``LoadedModel``, ``ScoreBatch``)
+- ``convert``: a fitted scikit-learn estimator to an ONNX bundle (skl2onnx)
+- ``build``: a bundle from a data scientist's files (estimator, spec, data sample)
+- ``compat``: can a model's feature spec be fed from the event schema
+- ``envelope``: a model-topic record and its signature
+- ``topic_state``: what the model topic says is active, one fold used by every reader
 - ``store``: a worker's active models per role, swapped atomically
 - ``updates``: applying envelopes to the store
-- ``watcher``: follows the compacted model topic
-- ``publish``: publishes, lists and rolls back models
-- ``build``: a bundle from a data scientist's files
+- ``watcher``: follows the compacted model topic (Kafka)
+- ``publish``: publishes, lists, rolls back and retires models (Kafka)
 """

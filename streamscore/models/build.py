@@ -18,7 +18,8 @@ import numpy as np
 
 from ..core.errors import ConfigError
 from ..core.records import FeatureSpec
-from .bundle import Bundle, build_bundle
+from .container import Bundle
+from .convert import build_bundle
 
 
 def load_spec(path: Path) -> FeatureSpec:

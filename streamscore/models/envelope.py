@@ -8,9 +8,9 @@ length-prefixed encoding of the envelope (action, role, rollback, model name, ve
 the version a rollback or retire replaces, format, the artifact's sha256, key id,
 publisher, times), prefixed by a domain tag so that it can never be mistaken for a signed
 artifact (bundles start with ``SSBUNDLE``). :func:`verify` checks that signature and the
-artifact's sha256. :class:`Ledger` then decides whether a verified envelope follows the
-role's signed history, so a replayed old record cannot lower a role's version, revive a
-rolled-back or retired one, or clear a newer one.
+artifact's sha256. Whether a verified envelope follows its role's signed history (so a
+replayed old record cannot lower a role's version, revive a rolled-back or retired one,
+or clear a newer one) is :class:`~streamscore.models.topic_state.TopicState`'s concern.
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ from typing import Any
 from ..core.errors import (
     BundleDecodeError,
     DigestMismatchError,
-    StaleModelVersionError,
-    StaleRetireError,
-    StaleRollbackError,
     UnsignedEnvelopeError,
 )
 from ..core.records import Role
@@ -235,94 +232,3 @@ def verify(env: ModelEnvelope, verifier: Verifier) -> None:
             f"model record {env.key} v{env.version}: the artifact's sha256 is "
             f"{digest[:12]}..., the envelope says {env.sha256[:12]}..."
         )
-
-
-# --------------------------------------------------------------------------- ledger
-
-
-@dataclass(slots=True)
-class RoleState:
-    """What a role's accepted history says: ``current`` is the version of its last
-    accepted record (None: retired, or nothing yet), ``newest`` the highest version it
-    has had (rollback and retire targets included)."""
-
-    current: int | None = None
-    newest: int = 0
-    last: tuple[Any, ...] | None = None
-
-
-def _identity(env: ModelEnvelope) -> tuple[Any, ...]:
-    return (env.action, env.version, env.rollback, env.target_version, env.sha256)
-
-
-class Ledger:
-    """Decides, per role key, whether a signed envelope follows the role's history.
-
-    Rules (the same live and at start-up, and for publishers computing what to replace):
-
-    - activate: the version must be above every version the role has had (a replayed
-      older record, or a rolled-back or retired version, is ``stale_version``);
-    - rollback: must name, as ``target_version``, the role's current version, and go
-      below it (``stale_rollback`` otherwise: e.g. an old rollback replayed later);
-    - retire: must name the role's current version (``stale_retire``);
-    - the record last accepted for the role, seen again, is a no-op (not a rejection).
-
-    The first record a ledger sees for a role is taken as the role's state (a compacted
-    topic may hold nothing older). Archives are never served and not tracked here.
-    Nothing is recorded for a rejected envelope.
-    """
-
-    def __init__(self, verifier: Verifier) -> None:
-        self._verifier = verifier
-        self._roles: dict[str, RoleState] = {}
-
-    def state(self, key: str) -> RoleState:
-        return self._roles.get(key) or RoleState()
-
-    def admit(self, env: ModelEnvelope) -> bool:
-        """Verify ``env`` and check it against its role's state. True: act on it (the
-        state now includes it); False: a repeat of the role's last record (nothing to
-        do). Raises a typed ModelError for anything else."""
-        verify(env, self._verifier)
-        st = self._roles.setdefault(env.key, RoleState())
-        ident = _identity(env)
-        if st.last == ident:
-            return False
-        target = env.target_version
-        where = f"{env.key} v{env.version}"
-        if env.action is Action.RETIRE:
-            if target is None or (st.last is not None and target != st.current):
-                raise StaleRetireError(
-                    f"retire of {env.model_name}/{env.role.value} v{target} does not match "
-                    f"the current version ({_v(st.current)}; a replayed record?)",
-                    current=st.current,
-                    newest=st.newest,
-                )
-        elif env.rollback:
-            if target is None or env.version >= target:
-                raise StaleRollbackError(
-                    f"rollback {where} must name the higher version it replaces "
-                    f"(names {_v(target)})",
-                    current=st.current,
-                    newest=st.newest,
-                )
-            if st.last is not None and target != st.current:
-                raise StaleRollbackError(
-                    f"rollback {where} replaces v{target} but the current version is "
-                    f"{_v(st.current)} (a replayed record?)",
-                    current=st.current,
-                    newest=st.newest,
-                )
-        elif env.version <= st.newest:
-            raise StaleModelVersionError(
-                f"{where} is not newer than v{st.newest}, the newest this role has had "
-                "(a replayed record? a rollback needs a signed rollback record)"
-            )
-        st.current = None if env.action is Action.RETIRE else env.version
-        st.newest = max(st.newest, env.version, target or 0)
-        st.last = ident
-        return True
-
-
-def _v(version: int | None) -> str:
-    return "none" if version is None else f"v{version}"

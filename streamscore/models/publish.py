@@ -16,9 +16,10 @@ from ..core.errors import BundleTooLargeError, DeliveryError, ModelError, SerdeE
 from ..core.records import Role
 from ..kafka.clients import model_reader_limits, plain_producer, read_to_end, reader_consumer
 from . import envelope as env_mod
-from .bundle import decode_bundle, sign_bundle, verify_signature
-from .envelope import Action, Ledger, ModelEnvelope, RoleState
+from .container import decode_bundle, sign_bundle
+from .envelope import Action, ModelEnvelope
 from .signing import HmacSigner, Verifier, as_verifier
+from .topic_state import TopicState, fold
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class ModelTopic:
         return out
 
     def next_version(self, name: str) -> int:
+        """One above every version any record of ``name`` carries, signed or not (not the
+        topic state: a new version must never reuse the archive key of an old record)."""
         versions = [e.version for e in self.read_all() if e.model_name == name]
         return max(versions, default=0) + 1
 
@@ -106,26 +109,10 @@ class ModelTopic:
         if left or failures:
             raise DeliveryError(f"model envelope not acknowledged: {failures or left}")
 
-    def state(
-        self, name: str, role: Role, keyring: Mapping[str, bytes] | Verifier
-    ) -> tuple[RoleState, ModelEnvelope | None, list[ModelEnvelope]]:
-        """The role's state by the workers' rules (signed records only, in order), the
-        record that made its current version (None if retired or never published), and
-        every envelope read (for archives)."""
-        verifier = as_verifier(keyring)
-        ledger = Ledger(verifier)
-        envs = self.read_all()
-        current: ModelEnvelope | None = None
-        key = env_mod.role_key(name, role)
-        for e in envs:
-            if e.action is Action.ARCHIVE or e.key != key:
-                continue
-            try:
-                if ledger.admit(e):
-                    current = None if e.action is Action.RETIRE else e
-            except ModelError as exc:
-                log.info("ignoring model record %r: %s", e, exc)
-        return ledger.state(key), current, envs
+    def state(self, name: str, keyring: Mapping[str, bytes] | Verifier) -> TopicState:
+        """``name``'s state on the topic by the workers' rules (signed records only, in
+        order; see :mod:`streamscore.models.topic_state`), its archives included."""
+        return fold(self.read_all(), as_verifier(keyring), name=name)
 
     def publish(
         self,
@@ -178,7 +165,7 @@ class ModelTopic:
         keyring: Mapping[str, bytes] | Verifier | None = None,
     ) -> int:
         """Publish a signed retire of the role's current version (returned)."""
-        st, _current, _envs = self.state(name, role, keyring or {key_id: key})
+        st = self.state(name, keyring or {key_id: key}).role(name, role)
         if st.current is None:
             raise ModelError(f"nothing to retire: {name}/{role.value} is not active")
         now = int(time.time() * 1000)
@@ -203,18 +190,10 @@ class ModelTopic:
         """The bundle of ``name`` v``version`` from its newest archive record whose
         artifact signature verifies (records from before envelopes were signed included:
         this is how an operator re-publishes them, e.g. ``model publish --from-archive``)."""
-        found: bytes | None = None
-        for e in self.read_all():
-            if e.model_name == name and e.version == version and e.action is Action.ARCHIVE:
-                try:
-                    verify_signature(e.artifact, e.signature, e.key_id, keyring)
-                except ModelError as exc:
-                    log.warning("skipping archived %r: %s", e, exc)
-                    continue
-                found = e.artifact
+        found = self.state(name, keyring).archive(name, version, envelope_signed=False)
         if found is None:
             raise ModelError(f"no archive of {name} v{version} with a valid artifact signature")
-        return found
+        return found.artifact
 
     def rollback(
         self, name: str, role: Role, *, key: bytes, key_id: str, keyring: Mapping[str, bytes]
@@ -222,29 +201,19 @@ class ModelTopic:
         """Re-activate, for ``role``, the newest version archived for that role older than
         the current one, in a signed rollback record naming the version it replaces. The archive's
         envelope and artifact signatures are verified before it is signed again."""
-        verifier = as_verifier(keyring)
-        st, _current, envs = self.state(name, role, verifier)
+        state = self.state(name, keyring)
+        st = state.role(name, role)
         if st.current is None:
             raise ModelError(f"nothing to roll back: {name}/{role.value} is not active")
-        older: dict[int, ModelEnvelope] = {}
-        for e in envs:
-            if (
-                e.model_name != name
-                or e.action is not Action.ARCHIVE
-                or e.role is not role  # the previous primary, not a shadow never promoted
-                or e.version >= st.current
-            ):
-                continue
-            try:
-                env_mod.verify(e, verifier)
-                verify_signature(e.artifact, e.signature, e.key_id, verifier)
-            except ModelError as exc:
-                log.warning("skipping archived %r: %s", e, exc)
-                continue
-            older[e.version] = e
-        if not older:
+        target: ModelEnvelope | None = None
+        for version in reversed(state.archived_versions(name)):
+            if version < st.current:
+                # the previous primary, not a shadow never promoted
+                target = state.archive(name, version, role=role)
+                if target is not None:
+                    break
+        if target is None:
             raise ModelError(f"no signed archive of {name} older than v{st.current}")
-        target = older[max(older)]
         return self.publish(
             target.artifact,
             role,

@@ -1,7 +1,7 @@
 """The active models of one worker, per role, behind an atomic swap.
 
 The model watcher thread calls :meth:`ModelStore.offer` / :meth:`ModelStore.clear` with
-models that :func:`streamscore.models.bundle.verify_and_load` already verified and self-checked.
+models that :func:`streamscore.models.runtime.verify_and_load` already verified and self-checked.
 The scoring loop calls :meth:`ModelStore.snapshot` once per batch and uses that immutable
 :class:`ModelSnapshot` for the whole batch, so a batch never sees a half-applied swap.
 
@@ -31,7 +31,8 @@ import numpy.typing as npt
 
 from ..core.errors import ModelError, NoModelError, NonFiniteOutputError, StaleModelVersionError
 from ..core.records import Role
-from .bundle import LoadedModel, ModelMeta, ScoreBatch
+from .meta import ModelMeta
+from .runtime import LoadedModel, ScoreBatch
 
 __all__ = [
     "FallbackResult",

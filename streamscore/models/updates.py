@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from ..core.errors import BundleDecodeError, IncompatibleFeatureSpecError, ModelError
 from ..core.records import Role
 from ..metrics.series import Metrics
-from .bundle import LoadedModel, check_feature_compat, verify_and_load
-from .envelope import FORMAT, Action, Ledger, ModelEnvelope
+from .compat import check_feature_compat
+from .envelope import FORMAT, Action, ModelEnvelope
+from .runtime import LoadedModel, verify_and_load
 from .signing import Verifier, as_verifier
 from .store import ModelStore
+from .topic_state import TopicState
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class UpdateReport:
 
 class ModelUpdater:
     """Verifies each envelope (signature over every field, sha256), checks it against the
-    role's signed history (:class:`~streamscore.models.envelope.Ledger`), loads and
+    role's signed history (:class:`~streamscore.models.topic_state.TopicState`), loads and
     self-checks the model, then swaps. Live (:meth:`apply`) and at start-up
     (:meth:`catch_up`) by the same rules."""
 
@@ -60,7 +62,7 @@ class ModelUpdater:
     ) -> None:
         self._store = store
         self._verifier = as_verifier(keyring)
-        self._ledger = Ledger(self._verifier)
+        self._state = TopicState(self._verifier)
         self._reader_fields = reader_fields
         self._metrics = metrics
         self._report = report
@@ -104,7 +106,7 @@ class ModelUpdater:
         if not self._ours(env):
             return False
         try:
-            if not self._ledger.admit(env):
+            if not self._state.admit(env):
                 return False  # the role's last record again
             if env.action is Action.RETIRE:
                 changed = self._store.clear(env.role)
@@ -197,7 +199,7 @@ class ModelUpdater:
 class CatchUp:
     """Start-up catch-up under the live rules.
 
-    Every record is fed in topic order through the same ledger as live updates (so a
+    Every record is fed in topic order through the same topic state as live updates (so a
     forged or replayed record at the end of history is rejected, and counted, exactly as
     a running worker would have); per role the last few accepted activations since its
     last accepted retire are kept. :meth:`finish` loads, per role, the newest of them
@@ -214,7 +216,7 @@ class CatchUp:
         if not u._ours(env):
             return
         try:
-            if not u._ledger.admit(env):
+            if not u._state.admit(env):
                 return
         except ModelError as exc:
             u._reject(env, exc)

@@ -31,7 +31,7 @@ from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, 
 from ..features.extract import Columns, extract, field_values, impute, take_events
 from ..features.validation import validate
 from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
-from ..models.bundle import LoadedModel, ScoreBatch
+from ..models.runtime import LoadedModel, ScoreBatch
 from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
 from ..serde.codec import RecordColumns
 

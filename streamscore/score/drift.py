@@ -1,8 +1,8 @@
 """Feature and score drift: PSI of a sliding live window against the bundle's reference.
 
 A :class:`DriftMonitor` is built from a bundle's
-:class:`~streamscore.models.bundle.ReferenceDistributions` (one quantile
-:class:`~streamscore.models.bundle.Histogram` per feature, one for the model score) and a window
+:class:`~streamscore.models.meta.ReferenceDistributions` (one quantile
+:class:`~streamscore.models.meta.Histogram` per feature, one for the model score) and a window
 size in events. Each scored batch is fed once with :meth:`DriftMonitor.update`, giving the
 batch's feature matrix ``(n, k)`` (columns in feature-spec order) and score vector ``(n,)``.
 
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ..models.bundle import Histogram, ModelMeta, ReferenceDistributions
+from ..models.meta import Histogram, ModelMeta, ReferenceDistributions
 
 if TYPE_CHECKING:
     from ..metrics.series import Metrics

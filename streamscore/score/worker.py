@@ -34,7 +34,7 @@ from ..kafka.delivery import (
 from ..kafka.output_limits import OutputLimits, wire_size
 from ..kafka.putback import PutBack
 from ..metrics.series import Metrics
-from ..models.bundle import LoadedModel
+from ..models.runtime import LoadedModel
 from ..models.store import ModelStore
 from .batch import (
     BatchScorer,

@@ -28,7 +28,9 @@ from ..core.errors import StreamscoreError
 from ..core.records import FeatureSpec, Task
 from ..feedback.groundtruth import training_data
 from ..feedback.promotion import LOWER_IS_BETTER, better_by, decision_metric
-from ..models.bundle import Bundle, LoadedModel, build_bundle, load_bundle
+from ..models.container import Bundle
+from ..models.convert import build_bundle
+from ..models.runtime import LoadedModel, load_bundle
 from . import synthetic
 
 

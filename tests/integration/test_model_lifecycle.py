@@ -14,16 +14,17 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from streamscore.core.records import FeatureField, FeatureSpec, Role
-from streamscore.models import bundle, envelope
-from streamscore.models.bundle import Bundle
+from streamscore.models import envelope
+from streamscore.models.container import Bundle, sign_bundle
+from streamscore.models.runtime import LoadedModel, load_bundle
 from streamscore.models.signing import HmacSigner
 from streamscore.train.training import demo_bundle
 
 from .stack import Stack, WorkerProcess
 
 
-def _loaded(b: Bundle) -> bundle.LoadedModel:
-    return bundle.load_bundle(b)
+def _loaded(b: Bundle) -> LoadedModel:
+    return load_bundle(b)
 
 
 def _predictions(stack: Stack, msgs: list[Any]) -> list[dict[str, Any]]:
@@ -159,7 +160,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
     now = int(time.time() * 1000)
 
     def send(b: bytes, *, sign: bool = True, tamper: bool = False, version: int) -> None:
-        signed = bundle.sign_bundle(b, stack.key, "test")
+        signed = sign_bundle(b, stack.key, "test")
         art = bytearray(signed.payload)
         if tamper:
             art[len(art) // 2] ^= 0xFF
@@ -195,7 +196,7 @@ def test_each_bad_update_is_rejected_with_its_reason_and_v1_keeps_serving(
     drifted = demo_bundle("ab", version=6)
     send(dataclasses.replace(drifted, expected=drifted.expected + 5.0).to_bytes(), version=6)
     # another key altogether
-    other = bundle.sign_bundle(demo_bundle("ab", version=7).to_bytes(), b"wrong-key", "test")
+    other = sign_bundle(demo_bundle("ab", version=7).to_bytes(), b"wrong-key", "test")
     topic._send(
         [
             envelope.make(
@@ -250,7 +251,7 @@ def test_restart_comes_back_on_latest_valid_model_not_a_rejected_one(
     stack.publish("ab", version=2)
     stack.publish("ab", version=3)
     # v4 is tampered: must be skipped on restart too
-    b4 = bundle.sign_bundle(demo_bundle("ab", version=4).to_bytes(), stack.key, "test")
+    b4 = sign_bundle(demo_bundle("ab", version=4).to_bytes(), stack.key, "test")
     now = int(time.time() * 1000)
     stack.model_topic()._send(
         [

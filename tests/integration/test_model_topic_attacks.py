@@ -246,5 +246,5 @@ def test_model_cli_lists_checks_rolls_back_and_retires_with_signed_records(
         ("demo/primary", "activate*", "1", "2", "ok"),
         ("demo/primary", "retire", "1", "1", "ok"),
     ]
-    st, current, _ = topic.state("demo", Role.PRIMARY, {"test": stack.key})
-    assert (st.current, st.newest, current) == (None, 2, None)
+    st = topic.state("demo", {"test": stack.key}).role("demo", Role.PRIMARY)
+    assert (st.current, st.newest, st.record) == (None, 2, None)

@@ -15,14 +15,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streamscore.core.records import FeatureField, FeatureSpec, Task
-from streamscore.models.bundle import (
-    Bundle,
-    LoadedModel,
-    ModelMeta,
-    build_bundle,
-    sign_bundle,
-    verify_and_load,
-)
+from streamscore.models.container import Bundle, sign_bundle
+from streamscore.models.convert import build_bundle
+from streamscore.models.meta import ModelMeta
+from streamscore.models.runtime import LoadedModel, verify_and_load
 
 N_FEATURES = 3
 KEYRING: Mapping[str, bytes] = MappingProxyType(

@@ -249,29 +249,43 @@ class FakeClock:
         return self.now
 
 
+class Hang:
+    """A scripted outcome: the call blocks (in real time) until ``release`` is set, as
+    librdkafka's ``send_offsets_to_transaction`` can, past any timeout."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+
+Outcome = Exception | Hang | None
+
+
 class FakeTxnProducer:
     """A transactional producer whose calls fail as scripted: ``script[name]`` is a list
-    of outcomes, one per call (an exception to raise, or ``None`` for success; calls past
-    the end succeed). A call that raises takes ``blocks_s`` of the fake clock (the
-    timeout it waited; ``list_topics_blocks_s`` for a metadata request), ``poll``
-    advances the clock by its timeout."""
+    of outcomes, one per call (an exception to raise, a :class:`Hang`, or ``None`` for
+    success; calls past the end succeed). A call that raises takes ``blocks_s`` of the
+    fake clock (the timeout it waited; 1 s for a metadata request), ``poll`` advances the
+    clock by its timeout."""
 
-    def __init__(
-        self, clock: FakeClock, script: dict[str, list[Exception | None]] | None = None
-    ) -> None:
+    def __init__(self, clock: FakeClock, script: dict[str, list[Outcome]] | None = None) -> None:
         self.clock = clock
         self.script = script or {}
         self.calls: list[str] = []
         self.produced: list[tuple[str, Any, Any]] = []
         self.waits: list[float] = []
         self.blocks_s = 30.0
+        self.flushed = 0
 
     def _outcome(self, name: str) -> None:
         self.calls.append(name)
         todo = self.script.get(name, [])
         if todo:
             exc = todo.pop(0)
-            if exc is not None:
+            if isinstance(exc, Hang):
+                exc.entered.set()
+                exc.release.wait(30)
+            elif exc is not None:
                 self.clock.now += 1.0 if name == "list_topics" else self.blocks_s
                 raise exc
 
@@ -305,10 +319,36 @@ class FakeTxnProducer:
         return 0
 
     def flush(self, timeout: float = 0) -> int:
+        self.flushed += 1
         return 0
 
     def __len__(self) -> int:
         return 0
+
+
+class FakeTxnProducers:
+    """A factory of :class:`FakeTxnProducer` on one clock (what the CLI gives a
+    ``TransactionalSink`` to replace a hung producer): the n-th one made follows
+    ``scripts[n]`` (none past the end); ``made`` holds them all, the first included."""
+
+    def __init__(self, clock: FakeClock, *scripts: dict[str, list[Outcome]]) -> None:
+        self.clock = clock
+        self.scripts = list(scripts)
+        self.made: list[FakeTxnProducer] = []
+
+    def __call__(self) -> FakeTxnProducer:
+        n = len(self.made)
+        p = FakeTxnProducer(self.clock, self.scripts[n] if n < len(self.scripts) else None)
+        self.made.append(p)
+        return p
+
+    def release(self) -> None:
+        """Let every hung call return (test teardown: no thread left blocked)."""
+        for p in self.made:
+            for todo in p.script.values():
+                for o in todo:
+                    if isinstance(o, Hang):
+                        o.release.set()
 
 
 class _Metadata:
@@ -316,13 +356,40 @@ class _Metadata:
 
 
 class FakeTxnConsumer:
-    """What a ``TransactionalSink`` uses of the consumer: group metadata and ``seek``."""
+    """What a ``TransactionalSink`` uses of the consumer: group metadata, ``seek`` and
+    ``committed`` (``committed_offsets`` per (topic, partition); none committed: -1001;
+    ``committed_failures`` calls fail first, as while the coordinator is away). A seek
+    of a partition in ``lost`` fails, as for a partition no longer assigned."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        committed_offsets: dict[tuple[str, int], int] | None = None,
+        *,
+        committed_failures: int = 0,
+        lost: Sequence[tuple[str, int]] = (),
+    ) -> None:
         self.seeks: list[tuple[str, int, int]] = []
+        self.committed_offsets = committed_offsets or {}
+        self.committed_failures = committed_failures
+        self.committed_calls = 0
+        self.lost = set(lost)
 
     def consumer_group_metadata(self) -> object:
         return object()
 
     def seek(self, tp: Any) -> None:
+        if (tp.topic, tp.partition) in self.lost:
+            raise kafka_exception(-190)  # _UNKNOWN_PARTITION
         self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def committed(self, tps: Sequence[Any], timeout: float = 0) -> list[TopicPartition]:
+        self.committed_calls += 1
+        if self.committed_failures:
+            self.committed_failures -= 1
+            raise kafka_exception(-185, retriable=True)  # _TIMED_OUT
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, self.committed_offsets.get((tp.topic, tp.partition), -1001)
+            )
+            for tp in tps
+        ]

@@ -25,21 +25,15 @@ from streamscore.core.errors import (
     UntrustedContentError,
 )
 from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, Task
-from streamscore.models.bundle import (
-    MAGIC,
-    Bundle,
-    LoadedModel,
-    ModelMeta,
-    ScoreBatch,
-    build_bundle,
+from streamscore.models.compat import (
     check_feature_compat,
-    compute_histogram,
-    decode_bundle,
     normalize_avro_type,
     reader_fields_from_schema,
-    sign_bundle,
-    verify_and_load,
 )
+from streamscore.models.container import MAGIC, Bundle, decode_bundle, sign_bundle
+from streamscore.models.convert import build_bundle
+from streamscore.models.meta import ModelMeta, compute_histogram
+from streamscore.models.runtime import LoadedModel, ScoreBatch, verify_and_load
 
 Loader = Callable[..., LoadedModel]
 Verify = Callable[..., LoadedModel]

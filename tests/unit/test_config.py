@@ -57,3 +57,10 @@ def test_unreadable_key_file_names_the_file_not_the_content() -> None:
 def test_scoring_settings_refuse_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         ScoringSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_clients_reconnect_to_known_brokers_instead_of_re_bootstrapping() -> None:
+    # librdkafka 2.16's re-bootstrap after a whole-cluster outage wedges producers (#5511)
+    assert KafkaSettings().client_config()["metadata.recovery.strategy"] == "none"
+    extra = KafkaSettings(extra={"metadata.recovery.strategy": "rebootstrap"})
+    assert extra.client_config()["metadata.recovery.strategy"] == "rebootstrap"

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamscore.metrics.series import Metrics
-from streamscore.models.bundle import Histogram, ReferenceDistributions, compute_histogram
+from streamscore.models.meta import Histogram, ReferenceDistributions, compute_histogram
 from streamscore.score.drift import PSI_ALERT_THRESHOLD, SCORE_LABEL, DriftMonitor, psi
 from streamscore.train import synthetic
 

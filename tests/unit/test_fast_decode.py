@@ -18,7 +18,9 @@ from streamscore.core.config import LatePolicy, ScoringSettings
 from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
 from streamscore.features.extract import EventColumns, extract
 from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
-from streamscore.models.bundle import LoadedModel, build_bundle, sign_bundle, verify_and_load
+from streamscore.models.container import sign_bundle
+from streamscore.models.convert import build_bundle
+from streamscore.models.runtime import LoadedModel, verify_and_load
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
 from streamscore.serde import codec as serde

@@ -4,6 +4,7 @@ and promote_shadow left alone when another worker has already promoted."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from streamscore.feedback.loop import FeedbackLoop, promote_shadow
 from streamscore.feedback.promotion import LiveQuality, PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
+from streamscore.models.envelope import Action
 from streamscore.serde import codec as serde
 from streamscore.serde import schemas
 
 from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry, prediction_record
+from .model_records import RECORD_KEY, RECORD_KEYRING, signed_record
 
 T0 = 1_700_000_000_000
 JOIN = "g.join"
@@ -146,22 +149,7 @@ class FakeModelTopic:
         self.retired.append(args)
 
 
-def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> None:
-    from streamscore.models.envelope import Action
-
-    class Env:
-        def __init__(self, role: Role, version: int, action: Action) -> None:
-            self.model_name, self.role, self.version, self.action = "demo", role, version, action
-
-    # another feedback worker promoted v2 first: v2 is primary, the shadow is retired
-    topic = FakeModelTopic(
-        [
-            Env(Role.PRIMARY, 1, Action.ACTIVATE),
-            Env(Role.SHADOW, 2, Action.ACTIVATE),
-            Env(Role.PRIMARY, 2, Action.ACTIVATE),
-            Env(Role.SHADOW, 2, Action.RETIRE),
-        ]
-    )
+def promote_v2(topic: FakeModelTopic) -> str:
     decision = PromotionDecision(
         model_name="demo",
         primary_version=1,
@@ -174,6 +162,50 @@ def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> N
         margin=0.05,
         n_labels=600,
     )
-    note = promote_shadow(topic, decision, key=b"k", key_id="k1", keyring={"k1": b"k"})
+    return promote_shadow(topic, decision, key=RECORD_KEY, key_id="k1", keyring=RECORD_KEYRING)
+
+
+def test_promote_shadow_does_nothing_when_the_shadow_was_already_promoted() -> None:
+    # another feedback worker promoted v2 first: v2 is primary, the shadow is retired
+    topic = FakeModelTopic(
+        [
+            signed_record(Role.PRIMARY, 1),
+            signed_record(Role.SHADOW, 2),
+            signed_record(Role.PRIMARY, 2),
+            signed_record(Role.SHADOW, 2, Action.RETIRE, target=2),
+        ]
+    )
+    note = promote_v2(topic)
     assert "no longer the shadow" in note and "primary is v2" in note
+    assert topic.published == [] and topic.retired == []
+
+
+def test_promote_shadow_publishes_the_archived_shadow_and_retires_the_role() -> None:
+    archive = signed_record(Role.SHADOW, 2, Action.ARCHIVE)
+    topic = FakeModelTopic([signed_record(Role.PRIMARY, 1), archive, signed_record(Role.SHADOW, 2)])
+    assert promote_v2(topic) == "published v2 as primary, shadow retired"
+    assert topic.published == [(archive.artifact, Role.PRIMARY)]
+    assert topic.retired == [("demo", Role.SHADOW)]
+
+
+def test_promote_shadow_is_not_steered_by_forged_or_replayed_records() -> None:
+    shadow_v2 = signed_record(Role.SHADOW, 2)
+    forged_primary = dataclasses.replace(
+        signed_record(Role.PRIMARY, 9), envelope_signature=b"x" * 32
+    )
+    # the shadow moved on to v3; v2's shadow record replayed after it is stale
+    topic = FakeModelTopic(
+        [signed_record(Role.PRIMARY, 1), shadow_v2, signed_record(Role.SHADOW, 3), shadow_v2]
+    )
+    note = promote_v2(topic)
+    assert "no longer the shadow" in note and "primary is v1" in note
+    # a forged primary record does not count as the primary either
+    topic = FakeModelTopic(
+        [signed_record(Role.PRIMARY, 1), forged_primary, signed_record(Role.SHADOW, 3)]
+    )
+    assert "primary is v1" in promote_v2(topic)
+    # a forged shadow record naming v2 is not a shadow to promote
+    forged_shadow = dataclasses.replace(shadow_v2, envelope_signature=b"x" * 32)
+    topic = FakeModelTopic([signed_record(Role.PRIMARY, 1), forged_shadow])
+    assert "no longer the shadow" in promote_v2(topic)
     assert topic.published == [] and topic.retired == []

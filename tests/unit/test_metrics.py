@@ -15,6 +15,7 @@ USERS: dict[ProcessKind, tuple[str, ...]] = {
     "score": (
         "cli.py",
         "score/worker.py",
+        "kafka/delivery.py",
         "score/drift.py",
         "models/updates.py",
         "models/watcher.py",

@@ -10,7 +10,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from streamscore.core.errors import ConfigError
 from streamscore.models.build import bundle_from_files
-from streamscore.models.bundle import decode_bundle, load_bundle
+from streamscore.models.container import decode_bundle
+from streamscore.models.runtime import load_bundle
 from streamscore.train import synthetic
 
 

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 
 from streamscore.core.errors import NoModelError, NonFiniteOutputError
 from streamscore.core.records import Role
-from streamscore.models.bundle import Bundle, LoadedModel, PredictFailedError, ScoreBatch
+from streamscore.models.container import Bundle
+from streamscore.models.runtime import LoadedModel, PredictFailedError, ScoreBatch
 from streamscore.models.store import (
     ModelStore,
     NonFiniteRowsError,

@@ -18,7 +18,7 @@ from streamscore.core.config import KafkaSettings
 from streamscore.core.records import Role
 from streamscore.metrics.series import Metrics
 from streamscore.models import envelope
-from streamscore.models.bundle import Bundle, sign_bundle
+from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.envelope import Action, ModelEnvelope
 from streamscore.models.signing import HmacSigner
 from streamscore.models.store import ModelStore

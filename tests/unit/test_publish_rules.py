@@ -14,10 +14,11 @@ from streamscore.core.config import KafkaSettings
 from streamscore.core.errors import ModelError
 from streamscore.core.records import Role
 from streamscore.models import envelope
-from streamscore.models.bundle import Bundle
-from streamscore.models.envelope import Action, Ledger, ModelEnvelope
+from streamscore.models.container import Bundle
+from streamscore.models.envelope import Action, ModelEnvelope
 from streamscore.models.publish import ModelTopic
 from streamscore.models.signing import HmacVerifier
+from streamscore.models.topic_state import TopicState
 
 
 class MemoryTopic(ModelTopic):
@@ -61,13 +62,12 @@ def test_every_published_record_is_signed_and_follows_the_ledger(
     assert topic.retire("m", Role.SHADOW, key=keyring["k1"], key_id="k1", publisher="t") == 3
     rb = topic.records[-2]
     assert (rb.rollback, rb.version, rb.target_version) == (True, 1, 2)
-    ledger = Ledger(HmacVerifier(keyring))
+    state = TopicState(HmacVerifier(keyring))
     for e in topic.records:
         envelope.verify(e, HmacVerifier(keyring))
-        if e.action is not Action.ARCHIVE:
-            assert ledger.admit(e)
-    assert ledger.state("m/primary").current == 1
-    assert ledger.state("m/shadow").current is None
+        assert state.admit(e) is (e.action is not Action.ARCHIVE)
+    assert state.role("m", Role.PRIMARY).current == 1
+    assert state.role("m", Role.SHADOW).current is None
     with pytest.raises(ModelError, match="not active"):
         topic.retire("m", Role.SHADOW, key=keyring["k1"], key_id="k1", publisher="t")
     with pytest.raises(ModelError, match="name the version"):
@@ -87,8 +87,8 @@ def test_forged_records_do_not_steer_what_the_publisher_replaces(
         v1,  # replayed: stale
         dataclasses.replace(topic.records[-1], envelope_signature=None),  # unsigned
     ]
-    st, current, _ = topic.state("m", Role.PRIMARY, keyring)
-    assert (st.current, current is not None and current.version) == (2, 2)
+    st = topic.state("m", keyring).role("m", Role.PRIMARY)
+    assert (st.current, st.record is not None and st.record.version) == (2, 2)
     res = topic.rollback("m", Role.PRIMARY, key=keyring["k1"], key_id="k1", keyring=keyring)
     assert (res.version, topic.records[-1].target_version) == (1, 2)
 
@@ -99,11 +99,11 @@ def test_from_archive_republishes_records_from_before_envelope_signatures(
     publish(topic, make_regressor_bundle(1), keyring)
     legacy = [dataclasses.replace(e, envelope_signature=None) for e in topic.records]
     topic.records = legacy
-    st, _current, _ = topic.state("m", Role.PRIMARY, keyring)
+    st = topic.state("m", keyring).role("m", Role.PRIMARY)
     assert st.current is None  # nothing signed yet: workers serve nothing from it
     data = topic.archived("m", 1, keyring)
     assert data == legacy[0].artifact
     topic.publish(data, Role.PRIMARY, key=keyring["k1"], key_id="k1", publisher="t")
-    assert topic.state("m", Role.PRIMARY, keyring)[0].current == 1
+    assert topic.state("m", keyring).role("m", Role.PRIMARY).current == 1
     with pytest.raises(ModelError, match="no archive"):
         topic.archived("m", 1, {"k1": b"another key"})

@@ -13,9 +13,12 @@ from sklearn.linear_model import LinearRegression
 
 from streamscore.core import errors
 from streamscore.core.config import LatePolicy, ScoringSettings
-from streamscore.core.records import Role
+from streamscore.core.records import Role, Task
 from streamscore.kafka.dead_letters import dead_letter_headers
-from streamscore.models import bundle
+from streamscore.models.container import Bundle, sign_bundle
+from streamscore.models.convert import build_bundle
+from streamscore.models.meta import ModelMeta
+from streamscore.models.runtime import LoadedModel, verify_and_load
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage
 from streamscore.serde import codec as serde
@@ -25,12 +28,12 @@ from streamscore.train import synthetic
 KEY = b"unit-test-key"
 
 
-def _fit(with_c: bool, version: int, name: str = "demo") -> bundle.LoadedModel:
+def _fit(with_c: bool, version: int, name: str = "demo") -> LoadedModel:
     rng = np.random.default_rng(version)
     s = synthetic.sample(2000, rng)
     x = s.matrix(with_c)
     est = LinearRegression().fit(x, s.y)
-    b = bundle.build_bundle(
+    b = build_bundle(
         est,
         name=name,
         version=version,
@@ -39,17 +42,17 @@ def _fit(with_c: bool, version: int, name: str = "demo") -> bundle.LoadedModel:
         X_reference=x[:64],
         created_at_ms=1,
     )
-    signed = bundle.sign_bundle(b.to_bytes(), KEY, "k")
-    return bundle.verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
+    signed = sign_bundle(b.to_bytes(), KEY, "k")
+    return verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
 
 
 @pytest.fixture(scope="module")
-def v1() -> bundle.LoadedModel:
+def v1() -> LoadedModel:
     return _fit(False, 1)
 
 
 @pytest.fixture(scope="module")
-def v2() -> bundle.LoadedModel:
+def v2() -> LoadedModel:
     return _fit(True, 2)
 
 
@@ -88,7 +91,7 @@ def scorer(env: dict[str, Any], **settings: Any) -> BatchScorer:
 
 
 def test_every_valid_event_gets_one_primary_prediction(
-    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: bundle.LoadedModel
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: LoadedModel
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
@@ -109,7 +112,7 @@ def test_every_valid_event_gets_one_primary_prediction(
 
 
 def test_bad_messages_become_dead_letters_and_the_rest_is_scored(
-    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: bundle.LoadedModel
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: LoadedModel
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
@@ -150,7 +153,7 @@ def test_bad_messages_become_dead_letters_and_the_rest_is_scored(
 
 
 def test_dead_letter_headers_name_error_field_and_source(
-    env: dict[str, Any], v1: bundle.LoadedModel
+    env: dict[str, Any], v1: LoadedModel
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
@@ -177,8 +180,8 @@ def test_dead_letter_headers_name_error_field_and_source(
 def test_shadow_scores_the_same_events_with_its_own_spec(
     env: dict[str, Any],
     make_messages: Callable[..., list[InMessage]],
-    v1: bundle.LoadedModel,
-    v2: bundle.LoadedModel,
+    v1: LoadedModel,
+    v2: LoadedModel,
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
@@ -213,8 +216,8 @@ def test_shadow_scores_the_same_events_with_its_own_spec(
 def test_canary_answers_its_share_of_keys_instead_of_primary(
     env: dict[str, Any],
     make_messages: Callable[..., list[InMessage]],
-    v1: bundle.LoadedModel,
-    v2: bundle.LoadedModel,
+    v1: LoadedModel,
+    v2: LoadedModel,
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
@@ -235,7 +238,7 @@ def test_canary_answers_its_share_of_keys_instead_of_primary(
 def test_late_events_follow_the_policy(
     env: dict[str, Any],
     make_messages: Callable[..., list[InMessage]],
-    v1: bundle.LoadedModel,
+    v1: LoadedModel,
     policy: LatePolicy,
 ) -> None:
     store = ModelStore()
@@ -260,7 +263,7 @@ def test_no_primary_refuses_to_score(env: dict[str, Any]) -> None:
         scorer(env).score([], ModelStore().snapshot())
 
 
-def _log_model(version: int) -> bundle.LoadedModel:
+def _log_model(version: int) -> LoadedModel:
     """y = log(a) * 1 + log(b) * 1: finite on its positive reference rows, NaN at serve
     time for the demo's negative a — a data-dependent failure no load-time check sees."""
     import onnxruntime as ort
@@ -281,20 +284,20 @@ def _log_model(version: int) -> bundle.LoadedModel:
     ref = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = sess.run(None, {"X": ref})[0].ravel().astype(np.float64)
-    meta = bundle.ModelMeta(
+    meta = ModelMeta(
         name="demo",
         version=version,
-        task=bundle.Task.REGRESSION,
+        task=Task.REGRESSION,
         feature_spec=synthetic.spec_ab(),
         created_at_ms=1,
     )
-    b = bundle.Bundle(meta, model.SerializeToString(), ref, expected, "variable")
-    signed = bundle.sign_bundle(b.to_bytes(), KEY, "k")
-    return bundle.verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
+    b = Bundle(meta, model.SerializeToString(), ref, expected, "variable")
+    signed = sign_bundle(b.to_bytes(), KEY, "k")
+    return verify_and_load(signed.payload, signed.signature, "k", {"k": KEY})
 
 
 def test_primary_failing_at_predict_time_falls_back_and_marks_degraded(
-    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: bundle.LoadedModel
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: LoadedModel
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)
@@ -313,7 +316,7 @@ def test_primary_failing_at_predict_time_falls_back_and_marks_degraded(
 
 
 def test_predictions_carry_what_the_scored_vector_does_not(
-    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: bundle.LoadedModel
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: LoadedModel
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v1)  # scores (a, b) only
@@ -329,7 +332,7 @@ def test_predictions_carry_what_the_scored_vector_does_not(
 
 
 def test_model_inputs_are_not_repeated_in_inputs(
-    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v2: bundle.LoadedModel
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v2: LoadedModel
 ) -> None:
     store = ModelStore()
     store.offer(Role.PRIMARY, v2)  # scores (a, b, c)

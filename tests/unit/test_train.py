@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from streamscore.core.records import Task
-from streamscore.models.bundle import LoadedModel, decode_bundle
+from streamscore.models.container import decode_bundle
+from streamscore.models.runtime import LoadedModel
 from streamscore.train import synthetic
 from streamscore.train.training import (
     Comparison,

@@ -1,18 +1,40 @@
 """Exactly-once delivery while the broker is away: which transactional errors are
 retried (once a broker answers again), when the transaction is aborted and the batch
-rewound, and when the worker must give up."""
+rewound, what replaces a producer hung in a call, and when the worker must give up."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import KafkaError
+from prometheus_client import CollectorRegistry
 
+from streamscore.core.config import KafkaSettings, ScoringSettings
 from streamscore.core.errors import StreamscoreError, TransactionFailedError
-from streamscore.kafka.delivery import OutBatch, OutMessage, RetryBatch, TransactionalSink
+from streamscore.kafka.clients import score_consumer
+from streamscore.kafka.delivery import (
+    MAX_HUNG_PRODUCERS,
+    OutBatch,
+    OutMessage,
+    RetryBatch,
+    TransactionalSink,
+    send_bound_s,
+)
+from streamscore.metrics.series import Metrics
 
-from .kafka_fakes import FakeClock, FakeTxnConsumer, FakeTxnProducer, kafka_exception
+from .kafka_fakes import (
+    FakeClock,
+    FakeTxnConsumer,
+    FakeTxnProducer,
+    FakeTxnProducers,
+    Hang,
+    Outcome,
+    kafka_exception,
+)
 
 FIRST = [("events", 0, 10), ("events", 1, 5)]
 
@@ -42,7 +64,7 @@ def batch() -> OutBatch:
 
 
 def sink(
-    script: dict[str, list[Exception | None]],
+    script: dict[str, list[Outcome]],
     *,
     retry_s: float = 240.0,
     stop: threading.Event | None = None,
@@ -175,3 +197,174 @@ def test_each_batch_gets_its_own_budget() -> None:
     s.send(batch())  # a fresh budget: would not fit in what the first batch left
     assert p.calls.count("commit_transaction") == 4
     assert "abort_transaction" not in p.calls
+
+
+# ---- a call that hangs (librdkafka#5456 / #5511): the producer is replaced
+
+END = {("events", 0): 12, ("events", 1): 7}
+FIRST_OFFSETS = {("events", 0): 10, ("events", 1): 5}
+
+
+@pytest.fixture
+def producers() -> Iterator[FakeTxnProducers]:
+    made = FakeTxnProducers(FakeClock())
+    yield made
+    made.release()  # no thread left blocked in a fake call
+
+
+def hanging_sink(
+    producers: FakeTxnProducers,
+    script: dict[str, list[Outcome]],
+    consumer: FakeTxnConsumer,
+    *,
+    replace: bool = True,
+) -> tuple[TransactionalSink, Metrics]:
+    """A sink whose first producer follows ``script``; a call is hung after 0.15 s."""
+    producers.scripts.insert(0, script)
+    metrics = Metrics(CollectorRegistry(), "score")
+    s = TransactionalSink(
+        producers(),
+        consumer,
+        new_producer=producers if replace else None,
+        timeout=0.05,
+        hang_grace_s=0.1,
+        backoff_s=(0.5, 4.0),
+        clock=producers.clock,
+        metrics=metrics,
+    )
+    return s, metrics
+
+
+def outcomes(m: Metrics) -> dict[str, float]:
+    name = "streamscore_transaction_retries_total"
+    return {
+        o: m.registry.get_sample_value(name, {"outcome": o}) or 0.0
+        for o in ("retried", "aborted", "producer_replaced")
+    }
+
+
+def test_hung_send_offsets_replaces_the_producer_and_the_batch_is_consumed_again(
+    producers: FakeTxnProducers,
+) -> None:
+    hang = Hang()
+    c = FakeTxnConsumer(FIRST_OFFSETS)  # the new producer's init aborted the open transaction
+    s, m = hanging_sink(producers, {"send_offsets_to_transaction": [hang]}, c)
+    t0 = time.monotonic()
+    with pytest.raises(RetryBatch, match="send_offsets_to_transaction still blocked"):
+        s.send(batch())
+    assert time.monotonic() - t0 < 5  # bounded by timeout + grace, not by the hang
+    assert hang.entered.is_set() and not hang.release.is_set()  # still blocked
+    old, new = producers.made
+    assert s.producer is new and s.replaced == 1
+    # the new producer (same transactional.id) was initialised: that fences the old one
+    assert new.calls == ["init_transactions"]
+    assert "abort_transaction" not in old.calls and old.flushed == 0  # left alone
+    assert sorted(c.seeks) == FIRST  # where the group's committed offsets say
+    assert outcomes(m) == {"retried": 0, "aborted": 0, "producer_replaced": 1}
+    s.send(batch())  # the next batch goes through the new producer
+    assert new.calls[-1] == "commit_transaction" and len(new.produced) == 2
+
+
+def test_hung_commit_whose_transaction_was_committed_is_not_consumed_again(
+    producers: FakeTxnProducers,
+) -> None:
+    c = FakeTxnConsumer(END)  # the commit had reached the coordinator: it completed
+    s, m = hanging_sink(producers, {"commit_transaction": [Hang()]}, c)
+    s.send(batch())  # no RetryBatch: the batch is done
+    assert c.seeks == [] and c.committed_calls == 1
+    assert s.replaced == 1 and outcomes(m)["producer_replaced"] == 1
+
+
+def test_committed_offsets_unreadable_at_first_are_read_again(
+    producers: FakeTxnProducers,
+) -> None:
+    c = FakeTxnConsumer({("events", 0): 10}, committed_failures=2)  # partition 1: none yet
+    s, _m = hanging_sink(producers, {"send_offsets_to_transaction": [Hang()]}, c)
+    with pytest.raises(RetryBatch):
+        s.send(batch())
+    assert c.committed_calls == 3
+    assert sorted(c.seeks) == FIRST  # none committed for partition 1: the batch's first
+
+
+def test_hung_abort_is_replaced_too(producers: FakeTxnProducers) -> None:
+    c = FakeTxnConsumer(FIRST_OFFSETS)
+    s, m = hanging_sink(
+        producers, {"commit_transaction": [abortable()], "abort_transaction": [Hang()]}, c
+    )
+    with pytest.raises(RetryBatch):
+        s.send(batch())
+    assert s.replaced == 1 and sorted(c.seeks) == FIRST
+    assert outcomes(m) == {"retried": 0, "aborted": 0, "producer_replaced": 1}
+
+
+def test_hung_init_transactions_is_replaced_at_start(producers: FakeTxnProducers) -> None:
+    s, _m = hanging_sink(producers, {"init_transactions": [Hang()]}, FakeTxnConsumer())
+    assert s.replaced == 1 and producers.made[1].calls == ["init_transactions"]
+
+
+def test_producers_that_keep_hanging_end_in_a_clear_fatal_error(
+    producers: FakeTxnProducers,
+) -> None:
+    producers.scripts.extend({"init_transactions": [Hang()]} for _ in range(MAX_HUNG_PRODUCERS))
+    with pytest.raises(TransactionFailedError, match="producers hung"):
+        hanging_sink(producers, {"init_transactions": [Hang()]}, FakeTxnConsumer())
+    assert len(producers.made) == MAX_HUNG_PRODUCERS + 1
+
+
+def test_a_hang_without_a_producer_factory_is_a_clear_fatal_error(
+    producers: FakeTxnProducers,
+) -> None:
+    c = FakeTxnConsumer(FIRST_OFFSETS)
+    s, _m = hanging_sink(producers, {"send_offsets_to_transaction": [Hang()]}, c, replace=False)
+    with pytest.raises(TransactionFailedError, match="no producer to replace it with"):
+        s.send(batch())
+    assert c.seeks == []
+
+
+def test_rewind_skips_a_partition_no_longer_assigned() -> None:
+    clock = FakeClock()
+    p = FakeTxnProducer(clock, {"commit_transaction": [abortable()]})
+    c = FakeTxnConsumer(lost=[("events", 1)])
+    s = TransactionalSink(p, c, clock=clock)
+    with pytest.raises(RetryBatch):
+        s.send(batch())
+    assert c.seeks == [("events", 0, 10)]  # partition 1's next owner starts at its commit
+
+
+def test_an_outage_is_counted_and_logged_once_when_it_starts_and_once_when_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    p = FakeTxnProducer(
+        clock, {"commit_transaction": [timed_out(), timed_out()], "list_topics": [broker_away()]}
+    )
+    metrics = Metrics(CollectorRegistry(), "score")
+    s = TransactionalSink(p, FakeTxnConsumer(), clock=clock, metrics=metrics)
+    with caplog.at_level(logging.INFO, logger="streamscore.delivery"):
+        s.send(batch())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "commit_transaction failed" in warnings[0] and "waiting up to 240s" in warnings[0]
+    assert "trouble over after" in warnings[1] and warnings[1].endswith("committed")
+    assert outcomes(metrics) == {"retried": 2, "aborted": 0, "producer_replaced": 0}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="streamscore.delivery"):
+        s.send(batch())  # a healthy batch logs nothing
+    assert caplog.records == []
+
+
+def test_an_aborted_batch_is_counted() -> None:
+    clock = FakeClock()
+    p = FakeTxnProducer(clock, {"commit_transaction": [abortable()]})
+    metrics = Metrics(CollectorRegistry(), "score")
+    s = TransactionalSink(p, FakeTxnConsumer(), clock=clock, metrics=metrics)
+    with pytest.raises(RetryBatch):
+        s.send(batch())
+    assert outcomes(metrics)["aborted"] == 1
+
+
+def test_the_consumer_stays_in_its_group_for_as_long_as_a_batch_can_wait() -> None:
+    eos = score_consumer(KafkaSettings(), ScoringSettings(exactly_once=True, eos_retry_s=240))
+    assert eos["max.poll.interval.ms"] >= 1000 * send_bound_s(240) > 300_000
+    alo = score_consumer(KafkaSettings(), ScoringSettings())
+    assert "max.poll.interval.ms" not in alo  # librdkafka's default (300 s)

@@ -165,7 +165,7 @@ def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
 
 
 def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> None:
-    from streamscore.models.bundle import load_bundle
+    from streamscore.models.runtime import load_bundle
     from streamscore.score.drift import PSI_ALERT_THRESHOLD
     from streamscore.score.worker import DriftTracker
     from streamscore.train import synthetic
