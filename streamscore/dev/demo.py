@@ -124,6 +124,8 @@ class Demo:
         self.store_dir = settings.results_dir / "groundtruth"
         self.children: list[subprocess.Popen[Any]] = []
         self.training_runs: list[tuple[float, float]] = []  # (start, end), wall clock
+        self._shadow_out = False  # the retrained candidate has been published
+        self._shown_output = ""  # what of the training run's output was printed
         self.final_active = ""
         self.final_feedback_mae: dict[str, float] = {}
 
@@ -204,20 +206,43 @@ class Demo:
             "demo-retrain",
         ]
         started = time.time()
+        lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            # the candidate is out now, whenever the process exits (a busy machine can
+            # take seconds to end it, and the promotion may come first)
+            if line.startswith("published ") and not self._shadow_out:
+                self._shadow_published("".join(lines))
+
         try:
             # stopped with the others, Ctrl-C included; below the score workers' priority
             rc, out = run_background(
-                args, self._child_env(background=True), self.children, timeout_s=120
+                args,
+                self._child_env(background=True),
+                self.children,
+                timeout_s=120,
+                on_line=on_line,
             )
         finally:
             self.training_runs.append((started, time.time()))
         (self.s.results_dir / "train.log").write_text(out)
+        if self._shadow_out:
+            rest = out[len(self._shown_output) :].rstrip()
+            if rest:
+                print(rest, flush=True)
+            return True
         if rc != 0:
             print(f"demo: training not published yet (exit {rc}); retrying", flush=True)
             return False
-        print(out.rstrip(), flush=True)
-        self._mark("v2 (a, b, c) trained on the ground truth, out as shadow")
+        self._shadow_published(out)
         return True
+
+    def _shadow_published(self, output: str) -> None:
+        print(output.rstrip(), flush=True)
+        self._shown_output = output
+        self._shadow_out = True
+        self._mark("v2 (a, b, c) trained on the ground truth, out as shadow")
 
     # ---- output
     def _active_models(self) -> str:

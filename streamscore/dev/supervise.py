@@ -14,8 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,14 @@ def run_background(
     children: list[subprocess.Popen[Any]],
     *,
     timeout_s: float,
+    on_line: Callable[[str], None] = lambda _line: None,
 ) -> tuple[int, str]:
     """A batch ``streamscore`` command (a training run) below the workers' priority: run
     to its end, in a session of its own, registered in ``children`` (so it is stopped
-    with the others, Ctrl-C included). Returns its exit status and output."""
+    with the others, Ctrl-C included). Each line of its output is handed to ``on_line``
+    as it comes (the caller can act on what the command has done before it exits).
+    Returns its exit status and output; killed after ``timeout_s`` seconds
+    (:class:`subprocess.TimeoutExpired`)."""
     proc = subprocess.Popen(
         cli_command(args),
         env={**env, **BACKGROUND_THREADS_ENV},
@@ -112,7 +117,26 @@ def run_background(
     )
     children.append(proc)
     lower_priority(proc.pid)  # batch work: the score workers come first
-    out, _ = proc.communicate(timeout=timeout_s)
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.start()
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            on_line(line)
+        proc.wait()
+    finally:
+        timer.cancel()
+    out = "".join(lines)
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(proc.args, timeout_s, output=out)
     return proc.returncode, out
 
 

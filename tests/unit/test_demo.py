@@ -181,3 +181,26 @@ def test_metrics_are_read_with_the_exposition_parser() -> None:
     # nothing answers on the port any more: no samples, no error
     assert observe.scrape(server.port, "streamscore_model_loaded") == []
     assert not observe.model_loaded(server.port)
+
+
+def test_run_background_streams_each_line_and_registers_the_child() -> None:
+    from streamscore.dev.supervise import run_background
+
+    children: list[subprocess.Popen[str]] = []
+    seen: list[str] = []
+    rc, out = run_background(
+        ["--help"], dict(os.environ), children, timeout_s=120, on_line=seen.append
+    )
+    assert rc == 0 and "usage: streamscore" in out
+    assert "".join(seen) == out and len(seen) > 3  # line by line, as they came
+    assert len(children) == 1 and children[0].poll() == 0  # stopped with the others
+
+
+def test_run_background_kills_a_run_past_its_timeout() -> None:
+    from streamscore.dev.supervise import run_background
+
+    children: list[subprocess.Popen[str]] = []
+    with pytest.raises(subprocess.TimeoutExpired):
+        # far less than the interpreter needs to start and import the CLI
+        run_background(["--help"], dict(os.environ), children, timeout_s=0.005)
+    assert children[0].poll() is not None  # killed, not left running
