@@ -31,14 +31,13 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from streamscore.cli import settings_from_env
 from streamscore.core.config import TopicSettings
-from streamscore.dev.demo import group_settled
+from streamscore.dev.supervise import group_settled
 from streamscore.feedback import groundtruth
 from streamscore.feedback.router import join_topic_for
-from streamscore.kafka.clients import wait_for_partition_leaders
+from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import registry_client
@@ -104,12 +103,10 @@ class FeedbackBench:
         return f"bench.{self.run_id}.{suffix}"
 
     def create(self, name: str, partitions: int) -> None:
-        self.admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
-            operation_timeout=30,
-        )[name].result()
+        create_topics(
+            self.admin, [TopicSpec(name, partitions, replication_factor=1)], exist_ok=False
+        )
         self.created.append(name)
-        wait_for_partition_leaders(self.admin, name, partitions)
 
     def setup(self) -> None:
         self.create(self.topics.telemetry, 1)

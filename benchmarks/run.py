@@ -57,12 +57,12 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from streamscore.cli import settings_from_env
 from streamscore.core.config import SIGNING_ENV, KafkaSettings, RegistrySettings, TopicSettings
 from streamscore.core.records import Role
-from streamscore.kafka.clients import reader_consumer, wait_for_partition_leaders
+from streamscore.kafka.admin import TopicSpec, create_topics
+from streamscore.kafka.clients import reader_consumer
 from streamscore.models.publish import ModelTopic
 from streamscore.models.signing import Ed25519Signer, keygen
 from streamscore.serde import schemas
@@ -139,13 +139,10 @@ class Bench:
         return f"bench.{self.run_id}.{suffix}"
 
     def create(self, name: str, partitions: int = 4, **config: str) -> str:
-        fut = self.admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)],
-            operation_timeout=30,
-        )[name]
-        fut.result()
+        create_topics(
+            self.admin, [TopicSpec(name, partitions, config, replication_factor=1)], exist_ok=False
+        )
         self.created.append(name)
-        wait_for_partition_leaders(self.admin, name, partitions)
         return name
 
     def delete_topics(self, names: list[str]) -> None:

@@ -144,7 +144,8 @@ def signing_settings(env: Mapping[str, str]) -> SigningSettings:
 
 
 def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
-    from .dev.localcluster import LocalCluster, main_cluster
+    from .dev.cluster_cli import main_cluster
+    from .dev.localcluster import LocalCluster
 
     return main_cluster(args.action, LocalCluster(env.cluster, env.topics))
 
@@ -280,7 +281,7 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
         return OutputLimits(dict.fromkeys(outputs, n), default=n), n
     from confluent_kafka.admin import AdminClient
 
-    from .kafka.clients import topic_limits
+    from .kafka.admin import topic_limits
 
     read = topic_limits(AdminClient(env.kafka.client_config()), [*outputs, t.events])
     input_limit = read.pop(t.events, None)
@@ -468,7 +469,8 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, env: Env) -> int:
-    from .dev.demo import Demo, DemoSettings, print_summary
+    from .dev.demo import Demo, DemoSettings
+    from .dev.report import print_summary
 
     # Ctrl-C and SIGTERM unwind the demo (its finally blocks stop every child), even when
     # SIGINT was inherited as ignored (a background job of a non-interactive shell).

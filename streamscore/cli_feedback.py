@@ -99,13 +99,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
-    from .kafka.clients import (
-        ensure_topic,
-        feedback_consumer,
-        partition_count,
-        plain_producer,
-        router_consumer,
-    )
+    from .kafka.admin import ensure_topic, partition_count
+    from .kafka.clients import feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
@@ -183,7 +178,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     want = args.join_partitions or max([n for n in sources if n] + [1])
     retention_ms = int(args.join_retention_h * 3_600_000)
     n_join = ensure_topic(admin, topics.join, want, {"retention.ms": str(retention_ms)})
-    from .kafka.clients import topic_limits
+    from .kafka.admin import topic_limits
     from .kafka.output_limits import OutputLimits
 
     limits = OutputLimits(topic_limits(admin, [topics.join, topics.dlq, env.topics.telemetry]))
@@ -191,10 +186,14 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     producer = Producer(plain_producer(env.kafka, max_message_bytes=limits.producer_max_bytes()))
 
     def dead_letter(msg: Any, err: StreamscoreError) -> None:
-        from .feedback.router import dead_letter_message
+        from .kafka.dead_letters import Consumed, dead_letter
 
-        out = dead_letter_message(
-            msg, err, worker_id=worker_id, dlq_topic=topics.dlq, limit=limits.limit(topics.dlq)
+        out = dead_letter(
+            Consumed(msg),
+            err,
+            dlq_topic=topics.dlq,
+            worker_id=worker_id,
+            limit=limits.limit(topics.dlq),
         )
         headers: Any = out.headers
         producer.produce(out.topic, out.value, out.key, headers=headers)

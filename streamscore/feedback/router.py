@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
+from ..kafka.dead_letters import Consumed, dead_letter
 from ..kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
-from ..kafka.output_limits import OutputLimits, fit, wire_size
+from ..kafka.output_limits import OutputLimits, wire_size
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
-from ..score.batch import DeadLetter, InMessage, dead_letter_headers
 from ..serde.event_ids import EventIdReader
 
 log = logging.getLogger(__name__)
@@ -198,28 +198,6 @@ class FeedbackRouter:
             exc,
         )
         limit = None if self._limits is None else self._limits.limit(self.topics.dlq)
-        return dead_letter_message(
-            msg, exc, worker_id=self._worker_id, dlq_topic=self.topics.dlq, limit=limit
+        return dead_letter(
+            Consumed(msg), exc, dlq_topic=self.topics.dlq, worker_id=self._worker_id, limit=limit
         )
-
-
-def dead_letter_message(
-    msg: Any, exc: StreamscoreError, *, worker_id: str, dlq_topic: str, limit: int | None = None
-) -> OutMessage:
-    """A consumed message for the dead-letter topic: its key and bytes untouched, and
-    headers naming the error and where the message was read. Larger than ``limit``
-    (the topic's record limit), it is cut to fit (:func:`~streamscore.kafka.output_limits.fit`)."""
-    _ts_type, ts = msg.timestamp()
-    source = InMessage(
-        value=msg.value(),
-        key=msg.key(),
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        timestamp_ms=ts,
-    )
-    headers = dead_letter_headers(DeadLetter(source, exc), worker_id=worker_id, model_version=None)
-    if limit is None:
-        return OutMessage(dlq_topic, source.key, source.value, headers)
-    key, value, headers = fit(source.key, source.value, headers, limit)
-    return OutMessage(dlq_topic, key, value, headers)

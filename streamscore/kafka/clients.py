@@ -1,17 +1,18 @@
-"""librdkafka settings for each client streamscore creates, in one place."""
+"""librdkafka settings for each client streamscore creates, in one place; and reading a
+topic to its end (:func:`read_to_end`). Topics are created and described in
+:mod:`streamscore.kafka.admin`."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from ..core.config import KafkaSettings, ScoringSettings
-from ..core.errors import KafkaIOError
 from .delivery import send_bound_s
 from .output_limits import OutputLimits
 
@@ -198,70 +199,6 @@ def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
     return conf
 
 
-def topic_limits(admin: Any, topics: Iterable[str], *, timeout_s: float = 10.0) -> dict[str, int]:
-    """Each topic's ``max.message.bytes`` as the broker applies it (the topic's override,
-    else the broker's default), read with one DescribeConfigs request. A topic whose
-    configuration cannot be read (missing, not authorised, no answer) is left out and
-    logged; the caller falls back to its default limit for it."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
-
-    names = list(dict.fromkeys(topics))
-    if not names:
-        return {}
-    resources = [ConfigResource(ResourceType.TOPIC, t) for t in names]
-    futures = admin.describe_configs(resources, request_timeout=timeout_s)
-    out: dict[str, int] = {}
-    for resource, fut in futures.items():
-        try:
-            entries = fut.result(timeout=timeout_s)
-            out[resource.name] = int(entries["max.message.bytes"].value)
-        except (KafkaException, KeyError, ValueError, TypeError, TimeoutError) as exc:
-            log.warning("cannot read max.message.bytes of topic %r: %s", resource.name, exc)
-    return out
-
-
-def partition_count(admin: Any, topic: str, *, timeout_s: float = 10.0) -> int | None:
-    """Partitions of ``topic`` per the cluster metadata, or None if it does not exist."""
-    md = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if md is None or md.error is not None or not md.partitions:
-        return None
-    return len(md.partitions)
-
-
-def ensure_topic(
-    admin: Any,
-    topic: str,
-    partitions: int,
-    config: dict[str, str],
-    *,
-    timeout_s: float = 30.0,
-) -> int:
-    """Create ``topic`` (broker-default replication) unless it exists; return the number
-    of partitions it has. An existing topic is used as it is (it may have been created
-    by an operator, or by another worker at the same moment)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.cimpl import NewTopic
-
-    have = partition_count(admin, topic)
-    if have is not None:
-        return have
-    new = NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config)
-    fut = admin.create_topics([new], operation_timeout=timeout_s, request_timeout=timeout_s)
-    try:
-        fut[topic].result()
-    except KafkaException as exc:
-        err = exc.args[0]
-        if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise KafkaIOError(f"cannot create topic {topic!r}: {err}") from exc
-    if not wait_for_partition_leaders(admin, topic, partitions, timeout_s=timeout_s):
-        have = partition_count(admin, topic)
-        if have is None:
-            raise KafkaIOError(f"topic {topic!r} was created but has no leaders yet")
-        return have
-    return partitions
-
-
 def read_to_end(
     consumer: Any,
     topic: str,
@@ -302,22 +239,3 @@ def read_to_end(
         yield msg
         if (msg.offset() or 0) + 1 >= ends[partition]:
             pending.discard(partition)
-
-
-def wait_for_partition_leaders(
-    admin: Any, topic: str, partitions: int, *, timeout_s: float = 10.0
-) -> bool:
-    """After a create: wait until the metadata shows ``partitions`` partitions of
-    ``topic``, each with a leader (produce/assign before that can fail). True if so."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        md = admin.list_topics(topic, timeout=5).topics.get(topic)
-        if (
-            md is not None
-            and md.error is None
-            and len(md.partitions) == partitions
-            and all(p.leader >= 0 for p in md.partitions.values())
-        ):
-            return True
-        time.sleep(0.1)
-    return False

@@ -3,11 +3,12 @@
 A topic refuses a record batch larger than its ``max.message.bytes`` (the broker's
 ``message.max.bytes`` when the topic has no override), and the producer refuses, in
 ``produce()``, a message larger than its own ``message.max.bytes``. The score worker
-reads its output topics' limits at start (:func:`streamscore.kafka.clients.topic_limits`),
+reads its output topics' limits at start (:func:`streamscore.kafka.admin.topic_limits`),
 sets its producer's limit from them, and sizes every output against its topic's limit
 *before* producing: a prediction that does not fit is not produced (its event is
 dead-lettered, :class:`~streamscore.core.errors.OutputTooLargeError`), and a dead letter that
-does not fit is cut to fit, with headers that say so (:func:`fit`).
+does not fit is cut to fit, with headers that say so
+(:func:`streamscore.kafka.dead_letters.fit`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ DEFAULT_LIMIT = 1_000_000
 DEFAULT_BATCH_BYTES = 1_000_000
 #: The producer's ``message.max.bytes`` cannot go beyond this (librdkafka's maximum).
 MAX_PRODUCER_BYTES = 1_000_000_000
-
-TRUNCATED_HEADER = "streamscore.truncated"
-ORIGINAL_SIZE_HEADER = "streamscore.original.size"
-ORIGINAL_KEY_SIZE_HEADER = "streamscore.original.key.size"
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -88,28 +85,3 @@ class OutputLimits:
         smallest output topic too (the broker refuses a whole batch that is too large)."""
         smallest = min([self._default, *self._limits.values()])
         return max(1, min(DEFAULT_BATCH_BYTES, smallest - RECORD_OVERHEAD))
-
-
-def fit(
-    key: bytes | None, value: bytes | None, headers: Headers, limit: int
-) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """A message as it can be forwarded to a topic taking records up to ``limit`` bytes:
-    whole if it fits; else its value cut to fit, with the headers ``streamscore.truncated
-    = true`` and ``streamscore.original.size`` (the value's length). A key that would
-    take more than half of the room left is cut too (``streamscore.original.key.size``).
-    What is kept is a prefix: the original's first bytes, so the cut copy still shows
-    what the message was."""
-    out = list(headers)
-    if wire_size(key, value, out) <= limit:
-        return key, value, out
-    out.append((TRUNCATED_HEADER, b"true"))
-    out.append((ORIGINAL_SIZE_HEADER, str(len(value or b"")).encode()))
-    room = limit - wire_size(None, None, out)
-    if key is not None and len(key) > room // 2:
-        out.append((ORIGINAL_KEY_SIZE_HEADER, str(len(key)).encode()))
-        room = limit - wire_size(None, None, out)
-        key = key[: max(0, room // 2)]
-    room -= len(key or b"")
-    if value is not None:
-        value = value[: max(0, room)]
-    return key, value, out

@@ -630,24 +630,3 @@ def _inputs(
         for i in np.flatnonzero(missing[:, j]).tolist():
             out[i][name] = None
     return out
-
-
-def dead_letter_headers(
-    dl: DeadLetter, *, worker_id: str, model_version: int | None
-) -> list[tuple[str, bytes]]:
-    """Headers that say why a message is in the dead-letter topic and where it came from."""
-    err, m = dl.error, dl.message
-    headers = [
-        ("streamscore.error.class", type(err).__name__.encode()),
-        ("streamscore.error.reason", err.reason.encode()),
-        ("streamscore.error.message", str(err).encode("utf-8", "replace")[:1000]),
-        ("streamscore.source.topic", m.topic.encode()),
-        ("streamscore.source.partition", str(m.partition).encode()),
-        ("streamscore.source.offset", str(m.offset).encode()),
-        ("streamscore.source.timestamp", str(m.timestamp_ms).encode()),
-        ("streamscore.worker.id", worker_id.encode()),
-        ("streamscore.model.version", str(model_version or "").encode()),
-    ]
-    if err.field is not None:
-        headers.append(("streamscore.error.field", err.field.encode()))
-    return headers

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from ..core.config import ScoringSettings, TopicSettings
 from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
 from ..core.records import Telemetry
+from ..kafka.dead_letters import dead_letter, source_headers
 from ..kafka.delivery import (
     AtLeastOnceSink,
     OutBatch,
@@ -29,7 +30,7 @@ from ..kafka.delivery import (
     TooLarge,
     TransactionalSink,
 )
-from ..kafka.output_limits import OutputLimits, fit, wire_size
+from ..kafka.output_limits import OutputLimits, wire_size
 from ..kafka.putback import PutBack
 from ..metrics.collectors import Row
 from ..metrics.series import Metrics
@@ -41,7 +42,6 @@ from .batch import (
     InMessage,
     MessageBatch,
     ScoredBatch,
-    dead_letter_headers,
 )
 from .drift import DriftMonitor, DriftReport
 
@@ -356,11 +356,7 @@ class ScoreLoop:
         primary_version = versions.get("primary")
         late: list[OutMessage] = []
         for m in scored.late_routed:
-            headers = [
-                ("streamscore.source.topic", m.topic.encode()),
-                ("streamscore.source.partition", str(m.partition).encode()),
-                ("streamscore.source.offset", str(m.offset).encode()),
-            ]
+            headers = source_headers(m.topic, m.partition, m.offset)
             size = wire_size(m.key, m.value, headers)
             if size <= self._limits.limit(t.late):
                 late.append(OutMessage(t.late, m.key, m.value, headers))
@@ -392,14 +388,16 @@ class ScoreLoop:
         return out
 
     def _dead_letter(self, dl: DeadLetter, primary_version: int | None) -> OutMessage:
-        """The dead letter of ``dl``: its key and bytes, cut to fit the dead-letter
-        topic if they are larger than it takes (headers say so, and the original size)."""
-        headers = dead_letter_headers(
-            dl, worker_id=self._s.worker_id, model_version=primary_version
+        """The dead letter of ``dl``, cut to fit the dead-letter topic if it is larger
+        than the topic takes (:func:`~streamscore.kafka.dead_letters.dead_letter`)."""
+        return dead_letter(
+            dl.message,
+            dl.error,
+            dlq_topic=self._topics.dlq,
+            worker_id=self._s.worker_id,
+            model_version=primary_version,
+            limit=self._limits.limit(self._topics.dlq),
         )
-        m = dl.message
-        key, value, headers = fit(m.key, m.value, headers, self._limits.limit(self._topics.dlq))
-        return OutMessage(self._topics.dlq, key, value, headers)
 
     def _rescuer(
         self,

@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 
 from streamscore.core.config import ClusterSettings, TopicSettings
-from streamscore.dev.localcluster import LocalCluster, create_topics
+from streamscore.dev.localcluster import LocalCluster
+from streamscore.kafka.admin import create_topics, standard_topics
 
 _HERE = Path(__file__).parent
 CONFLUENT_VERSION = "7.6.1"
@@ -139,12 +140,14 @@ def cluster_endpoints(cluster_kind: str, local_cluster: LocalCluster) -> Iterato
                 local_cluster.up()
             ep = Endpoints(settings.bootstrap_servers, settings.registry_url)
         if cluster_kind != "local":
-            create_topics(
-                ep.bootstrap_servers,
+            from confluent_kafka.admin import AdminClient
+
+            specs = standard_topics(
                 topics,
                 partitions=settings.partitions,
                 model_topic_max_bytes=settings.model_topic_max_bytes,
             )
+            create_topics(AdminClient({"bootstrap.servers": ep.bootstrap_servers}), specs)
         yield ep
 
 

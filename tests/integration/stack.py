@@ -22,7 +22,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamscore.core.config import SIGNING_ENV, KafkaSettings, TopicSettings
 from streamscore.core.records import Role
 from streamscore.dev.localcluster import LocalCluster
-from streamscore.kafka.clients import read_to_end, reader_consumer, wait_for_partition_leaders
+from streamscore.kafka.admin import TopicSpec, create_topics
+from streamscore.kafka.clients import read_to_end, reader_consumer
 from streamscore.models.publish import ModelTopic
 from streamscore.models.signing import Ed25519Signer, KeyPair, Verifier, keygen
 from streamscore.serde import schemas
@@ -221,20 +222,15 @@ def topic_factory(
 ) -> Iterator[Callable[..., str]]:
     """``make(partitions=4, *, name=None, **config) -> name``: fresh topics, deleted at the
     end when ``cleanup``. Config keys may use underscores (``cleanup_policy="compact"``)."""
-    from confluent_kafka.cimpl import NewTopic
-
     created: list[str] = []
 
     def make(partitions: int = 4, *, name: str | None = None, **config: Any) -> str:
         topic = name or unique_name("topic")
         conf = {k.replace("_", "."): str(v) for k, v in config.items()}
-        futures = admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=conf)],
-            operation_timeout=30,
+        create_topics(
+            admin, [TopicSpec(topic, partitions, conf, replication_factor=1)], exist_ok=False
         )
-        futures[topic].result()
         created.append(topic)
-        wait_for_partition_leaders(admin, topic, partitions)
         return topic
 
     yield make

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from streamscore.core.config import KafkaSettings, RegistrySettings
-from streamscore.dev.demo import (
+from streamscore.dev.demo import Demo, DemoSettings
+from streamscore.dev.report import print_summary
+from streamscore.dev.supervise import (
     BACKGROUND_NICE,
     BACKGROUND_THREADS_ENV,
-    Demo,
-    DemoSettings,
     group_settled,
     lower_priority,
-    print_summary,
 )
 
 # A child that starts a thread, says so, then (on a line from us) starts another and
@@ -159,3 +158,55 @@ def test_group_settled_only_when_every_worker_owns_partitions() -> None:
     # more workers than partitions: the extra one idles, and that is settled
     one = {("events", 0)}
     assert group_settled(stable, [one, set()], one, members=2)
+
+
+def test_metrics_are_read_with_the_exposition_parser() -> None:
+    """What the demo reads of its workers' /metrics, from the series the workers export."""
+    from prometheus_client import CollectorRegistry
+
+    from streamscore.dev import observe
+    from streamscore.metrics.series import Metrics, serve
+
+    m = Metrics(CollectorRegistry())
+    server = serve(m.registry, "127.0.0.1", 0)
+    try:
+        assert not observe.model_loaded(server.port)
+        assert observe.active_models(server.port) == ""
+        m.model_loaded.set(1)
+        m.model_info.labels("demo", "2", "shadow").set(1)
+        m.model_info.labels("demo", "1", "primary").set(1)
+        m.model_info.labels("demo", "0", "canary").set(0)  # retired: not active
+        m.live_mae.labels("1", "primary").set(0.5)
+        m.live_mae.labels("2", "shadow").set(0.025)
+        assert observe.model_loaded(server.port)
+        assert observe.active_models(server.port) == "primary v1, shadow v2"
+        assert observe.feedback_mae(server.port) == {"v1/primary": 0.5, "v2/shadow": 0.025}
+        assert observe.scrape(server.port, "streamscore_no_such_series") == []
+    finally:
+        server.stop()
+    # nothing answers on the port any more: no samples, no error
+    assert observe.scrape(server.port, "streamscore_model_loaded") == []
+    assert not observe.model_loaded(server.port)
+
+
+def test_run_background_streams_each_line_and_registers_the_child() -> None:
+    from streamscore.dev.supervise import run_background
+
+    children: list[subprocess.Popen[str]] = []
+    seen: list[str] = []
+    rc, out = run_background(
+        ["--help"], dict(os.environ), children, timeout_s=120, on_line=seen.append
+    )
+    assert rc == 0 and "usage: streamscore" in out
+    assert "".join(seen) == out and len(seen) > 3  # line by line, as they came
+    assert len(children) == 1 and children[0].poll() == 0  # stopped with the others
+
+
+def test_run_background_kills_a_run_past_its_timeout() -> None:
+    from streamscore.dev.supervise import run_background
+
+    children: list[subprocess.Popen[str]] = []
+    with pytest.raises(subprocess.TimeoutExpired):
+        # far less than the interpreter needs to start and import the CLI
+        run_background(["--help"], dict(os.environ), children, timeout_s=0.005)
+    assert children[0].poll() is not None  # killed, not left running

@@ -19,6 +19,10 @@ from streamscore.core.errors import (
     PortInUseError,
     ServerStartError,
 )
+from streamscore.dev import cluster_cli as ccli
+from streamscore.dev import cluster_config as cconf
+from streamscore.dev import cluster_install as inst
+from streamscore.dev import cluster_processes as procs
 from streamscore.dev import localcluster as lc
 
 
@@ -39,7 +43,7 @@ def test_server_properties_single_node_kraft(tmp_path: Path) -> None:
         partitions=3,
         model_topic_max_bytes=1000,
     )
-    p = _props(lc.render_server_properties(s, tmp_path / "data"))
+    p = _props(cconf.render_server_properties(s, tmp_path / "data"))
     assert p["process.roles"] == "broker,controller"
     assert p["node.id"] == "1"
     assert p["controller.quorum.voters"] == "1@127.0.0.1:29093"
@@ -67,12 +71,12 @@ def test_server_properties_single_node_kraft(tmp_path: Path) -> None:
     ],
 )
 def test_parse_java_version(text: str, major: int) -> None:
-    assert lc.parse_java_version(text) == major
+    assert procs.parse_java_version(text) == major
 
 
 def test_parse_java_version_garbage() -> None:
     with pytest.raises(ValueError):
-        lc.parse_java_version("")
+        procs.parse_java_version("")
 
 
 def _fake_java(tmp_path: Path, version_line: str) -> str:
@@ -84,17 +88,17 @@ def _fake_java(tmp_path: Path, version_line: str) -> str:
 
 def test_check_java_too_old(tmp_path: Path) -> None:
     with pytest.raises(JavaMissingError, match="Java 8"):
-        lc.check_java(_fake_java(tmp_path, 'java version "1.8.0_292"'))
+        procs.check_java(_fake_java(tmp_path, 'java version "1.8.0_292"'))
 
 
 def test_check_java_ok(tmp_path: Path) -> None:
     exe = _fake_java(tmp_path, 'openjdk version "17.0.1" 2021-10-19')
-    assert lc.check_java(exe) == exe
+    assert procs.check_java(exe) == exe
 
 
 def test_check_java_missing(tmp_path: Path) -> None:
     with pytest.raises(JavaMissingError):
-        lc.check_java(str(tmp_path / "no-such-java"))
+        procs.check_java(str(tmp_path / "no-such-java"))
 
 
 def test_port_in_use_detects_a_bound_socket() -> None:
@@ -102,9 +106,9 @@ def test_port_in_use_detects_a_bound_socket() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert lc.port_in_use("127.0.0.1", port)
-        assert lc.port_answers("127.0.0.1", port)
-    assert not lc.port_in_use("127.0.0.1", port)
+        assert procs.port_in_use("127.0.0.1", port)
+        assert procs.port_answers("127.0.0.1", port)
+    assert not procs.port_in_use("127.0.0.1", port)
 
 
 def test_up_refuses_a_port_taken_by_someone_else(tmp_path: Path) -> None:
@@ -126,28 +130,28 @@ def test_manifest_roundtrip_and_corruption(tmp_path: Path) -> None:
     (root / "libs").mkdir(parents=True)
     (root / "libs" / "a.jar").write_bytes(b"a" * 100)
     (root / "libs" / "b.jar").write_bytes(b"b" * 100)
-    assert lc.verify_manifest(root) is not None  # no manifest yet
-    lc.write_manifest(root)
-    assert lc.verify_manifest(root) is None
+    assert inst.verify_manifest(root) is not None  # no manifest yet
+    inst.write_manifest(root)
+    assert inst.verify_manifest(root) is None
 
     (root / "libs" / "a.jar").write_bytes(b"x" * 100)  # same size, other bytes
-    assert "sha256 mismatch" in (lc.verify_manifest(root) or "")
+    assert "sha256 mismatch" in (inst.verify_manifest(root) or "")
 
-    lc.write_manifest(root)
+    inst.write_manifest(root)
     (root / "libs" / "b.jar").write_bytes(b"b" * 10)  # truncated
-    assert "size mismatch" in (lc.verify_manifest(root) or "")
+    assert "size mismatch" in (inst.verify_manifest(root) or "")
 
-    lc.write_manifest(root)
+    inst.write_manifest(root)
     (root / "libs" / "b.jar").unlink()  # partial
-    assert "missing" in (lc.verify_manifest(root) or "")
+    assert "missing" in (inst.verify_manifest(root) or "")
 
-    (root / lc.MANIFEST).write_text("{not json")
-    assert "unreadable" in (lc.verify_manifest(root) or "")
+    (root / inst.MANIFEST).write_text("{not json")
+    assert "unreadable" in (inst.verify_manifest(root) or "")
 
 
 def test_write_manifest_refuses_empty_dir(tmp_path: Path) -> None:
     with pytest.raises(DownloadError):
-        lc.write_manifest(tmp_path)
+        inst.write_manifest(tmp_path)
 
 
 def test_install_redoes_a_corrupted_install(
@@ -165,8 +169,8 @@ def test_install_redoes_a_corrupted_install(
         fetched.append("registry")
         (staging / "apicurio-runner.jar").write_bytes(b"jar")
 
-    monkeypatch.setattr(cluster, "_fetch_kafka", fake_kafka)
-    monkeypatch.setattr(cluster, "_fetch_registry", fake_registry)
+    monkeypatch.setattr(cluster.installer, "_fetch_kafka", fake_kafka)
+    monkeypatch.setattr(cluster.installer, "_fetch_registry", fake_registry)
     cluster.install()
     assert fetched == ["kafka", "registry"]
     cluster.install()  # verified: nothing fetched again
@@ -175,7 +179,7 @@ def test_install_redoes_a_corrupted_install(
     (cluster.kafka_home / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"bad")
     cluster.install()
     assert fetched == ["kafka", "registry", "kafka"]
-    assert lc.verify_manifest(cluster.kafka_home) is None
+    assert inst.verify_manifest(cluster.kafka_home) is None
     # no staging leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "apicurio-3.0.9", "kafka-4.1.1"]
 
@@ -190,7 +194,7 @@ def test_interrupted_fetch_never_looks_installed(
         (staging / "libs" / "half.jar").write_bytes(b"x")
         raise DownloadError("network went away")
 
-    monkeypatch.setattr(cluster, "_fetch_kafka", broken)
+    monkeypatch.setattr(cluster.installer, "_fetch_kafka", broken)
     with pytest.raises(DownloadError):
         cluster.install()
     assert not cluster.kafka_home.exists()
@@ -201,7 +205,7 @@ def test_mvn_missing_is_a_download_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PATH", str(tmp_path))
     cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
     with pytest.raises(DownloadError, match="mvn"):
-        cluster._mvn(["-v"], cwd=tmp_path)
+        cluster.installer._mvn(["-v"], cwd=tmp_path)
 
 
 def test_mvn_failure_carries_output_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,28 +215,28 @@ def test_mvn_failure_carries_output_tail(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
     with pytest.raises(DownloadError, match=r"Could not resolve kafka_2\.13"):
-        cluster._mvn(["x"], cwd=tmp_path)
+        cluster.installer._mvn(["x"], cwd=tmp_path)
 
 
 def test_pid_file_staleness(tmp_path: Path) -> None:
     cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
     server = cluster._servers[lc.KAFKA]
     cluster.run_dir.mkdir(parents=True)
-    assert cluster._pid(server) is None  # no pid file
+    assert server.pid() is None  # no pid file
 
     server.pid_file.write_text("garbage")
-    assert cluster._pid(server) is None
+    assert server.pid() is None
 
     # a live process that is not ours (our own pytest process): never treated as ours
     server.pid_file.write_text(str(os.getpid()))
-    assert not lc.is_ours(os.getpid(), server.marker)
-    assert cluster._pid(server) is None
+    assert not procs.is_ours(os.getpid(), server.marker)
+    assert server.pid() is None
 
     # a dead pid
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     server.pid_file.write_text(str(proc.pid))
-    assert cluster._pid(server) is None
+    assert server.pid() is None
 
     # down() with stale pid files cleans them up and does not fail
     cluster._servers[lc.REGISTRY].pid_file.write_text("999999999")
@@ -245,27 +249,27 @@ def test_is_ours_needs_java_and_marker(tmp_path: Path) -> None:
     marker = f"-D{lc.MARKER_PROP}={tmp_path}#kafka"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
     try:
-        args = lc.process_cmdline(proc.pid)
+        args = procs.process_cmdline(proc.pid)
         assert args is not None and marker in args
-        assert not lc.is_ours(proc.pid, marker)  # carries the marker but is not java
+        assert not procs.is_ours(proc.pid, marker)  # carries the marker but is not java
     finally:
         proc.kill()
         proc.wait()
-    assert lc.process_cmdline(proc.pid) is None
+    assert procs.process_cmdline(proc.pid) is None
 
 
 def test_cluster_id_shape() -> None:
     for _ in range(50):
-        cid = lc.random_cluster_id()
+        cid = cconf.random_cluster_id()
         assert len(cid) == 22 and not cid.startswith("-")
 
 
 def test_tail(tmp_path: Path) -> None:
     p = tmp_path / "x.log"
     p.write_text("".join(f"line {i}\n" for i in range(100)))
-    out = lc.tail(p, 3)
+    out = procs.tail(p, 3)
     assert out == "line 97\nline 98\nline 99"
-    assert lc.tail(tmp_path / "missing.log") == "(no log)"
+    assert procs.tail(tmp_path / "missing.log") == "(no log)"
 
 
 def test_status_of_a_stopped_cluster(tmp_path: Path) -> None:
@@ -293,11 +297,11 @@ def test_main_cluster_prints_errors_as_one_line(
             raise ClusterError("nope")
 
     c = Boom(ClusterSettings(cache_dir=tmp_path), TopicSettings())
-    assert lc.main_cluster("install", c) == 1
+    assert ccli.main_cluster("install", c) == 1
     assert capsys.readouterr().err.strip() == "error: nope"
-    assert lc.main_cluster("up", c) == 1
+    assert ccli.main_cluster("up", c) == 1
     assert capsys.readouterr().err.splitlines()[0] == "error: local kafka exited during start"
-    assert lc.main_cluster("frobnicate", c) == 2
+    assert ccli.main_cluster("frobnicate", c) == 2
 
 
 # ------------------------------------------------------------- run dir and kept data
@@ -319,7 +323,7 @@ def test_run_dir_defaults_under_the_cache_and_can_be_moved(tmp_path: Path) -> No
 
 
 def test_registry_storage_is_an_h2_file_in_the_run_dir(tmp_path: Path) -> None:
-    props = lc.registry_storage_properties(tmp_path / "run")
+    props = cconf.registry_storage_properties(tmp_path / "run")
     assert props["apicurio.storage.kind"] == "sql"
     assert props["apicurio.storage.sql.kind"] == "h2"
     url = props["apicurio.datasource.url"]
@@ -371,7 +375,7 @@ def test_registry_start_uses_the_file_database_and_keeps_the_last_log(tmp_path: 
     c._servers["registry"].log.write_text("why it crashed\n")
     c._start_registry("java")
     (cmd,) = c.spawned
-    url = lc.registry_storage_properties(c.run_dir)["apicurio.datasource.url"]
+    url = cconf.registry_storage_properties(c.run_dir)["apicurio.datasource.url"]
     assert f"-Dapicurio.datasource.url={url}" in cmd
     assert c.registry_db_dir.is_dir()
     assert (c.run_dir / "registry.log.1").read_text() == "why it crashed\n"
@@ -408,8 +412,8 @@ def test_main_cluster_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             calls.append("down")
 
     c = Rec(ClusterSettings(cache_dir=tmp_path), TopicSettings())
-    assert lc.main_cluster("reset", c) == 0
+    assert ccli.main_cluster("reset", c) == 0
     assert "wiped" in capsys.readouterr().out
-    assert lc.main_cluster("down", c) == 0
+    assert ccli.main_cluster("down", c) == 0
     assert str(c.run_dir) in capsys.readouterr().out
     assert calls == ["reset", "down"]

@@ -18,16 +18,14 @@ from streamscore.core.config import KafkaSettings, ScoringSettings, TopicSetting
 from streamscore.core.records import Role
 from streamscore.feedback.router import FeedbackRouter, RouteTopics
 from streamscore.kafka.clients import score_consumer, score_producer
-from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
-from streamscore.kafka.output_limits import (
+from streamscore.kafka.dead_letters import (
     ORIGINAL_KEY_SIZE_HEADER,
     ORIGINAL_SIZE_HEADER,
-    RECORD_OVERHEAD,
     TRUNCATED_HEADER,
-    OutputLimits,
     fit,
-    wire_size,
 )
+from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
+from streamscore.kafka.output_limits import RECORD_OVERHEAD, OutputLimits, wire_size
 from streamscore.metrics.series import Metrics
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage

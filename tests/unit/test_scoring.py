@@ -14,12 +14,13 @@ from sklearn.linear_model import LinearRegression
 from streamscore.core import errors
 from streamscore.core.config import LatePolicy, ScoringSettings
 from streamscore.core.records import Role, Task
+from streamscore.kafka.dead_letters import dead_letter_headers
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.convert import build_bundle
 from streamscore.models.meta import ModelMeta
 from streamscore.models.runtime import LoadedModel, verify_and_load
 from streamscore.models.store import ModelStore
-from streamscore.score.batch import BatchScorer, InMessage, dead_letter_headers
+from streamscore.score.batch import BatchScorer, InMessage
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
@@ -168,7 +169,7 @@ def test_dead_letter_headers_name_error_field_and_source(
         7,
     )
     (dl,) = scorer(env).score([msg], store.snapshot()).dead_letters
-    headers = dict(dead_letter_headers(dl, worker_id="w1", model_version=1))
+    headers = dict(dead_letter_headers(dl.message, dl.error, worker_id="w1", model_version=1))
     assert headers["streamscore.error.class"] == b"OutOfRangeError"
     assert headers["streamscore.error.field"] == b"a"
     assert headers["streamscore.source.partition"] == b"3"
