@@ -1,4 +1,5 @@
-"""Command line: the only module that reads the environment and wires objects together.
+"""Command line: the only module that reads the environment and wires objects together
+(one concern: the long list of subcommands and settings is why it is long).
 
 Environment (all optional unless said):
   STREAMSCORE_BOOTSTRAP            Kafka bootstrap servers (default: the local cluster)

@@ -4,6 +4,9 @@
 stored (and then auto-committed) only once every output of that batch, and of every
 batch before it, is acknowledged. ``TransactionalSink``: one transaction per batch holds
 the outputs and the consumed offsets (``send_offsets_to_transaction``).
+
+One concern, hence its length: delivery under the two guarantees, including the
+exactly-once side's retries and hung-call recovery through a broker outage.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ batch against the primary's feature spec, builds one feature matrix per distinct
 calls each active model once (primary, canary, shadow), and encodes the predictions.
 Messages that cannot be scored come back as :class:`DeadLetter` with their typed error;
 nothing is dropped.
+
+One concern, hence its length: the scoring batch (per-role prediction, fallback, canary
+routing and output sizing are parts of it).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The scoring loop: poll a micro-batch, score it, hand outputs to the sink, repeat.
 
-Small on purpose. Wiring lives in ``cli.py``, batch logic in ``scoring.py``, delivery
-and commits in ``delivery.py``, model updates in ``model_watcher.py`` /
-``model_updates.py``; this module only loops, and handles rebalances, backpressure and
-the stop signal between batches.
+Wiring lives in ``cli.py``, batch logic in :mod:`streamscore.score.batch`, delivery and
+commits in :mod:`streamscore.kafka.delivery`, model updates in
+:mod:`streamscore.models.watcher` / :mod:`streamscore.models.updates`; this module only
+loops, and handles rebalances, backpressure, put-backs, output refusals and the stop
+signal between batches (one concern: the score worker's loop).
 """
 
 from __future__ import annotations
