@@ -16,21 +16,21 @@ import pytest
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from streamscore.train import synthetic
-
-from ..unit.avro_poison import (
+from tests.avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,
     NULLABLE_A_WRITER,
     RICH,
     chain,
+    corrupt,
     deep_tree,
     event_with,
     null_array_bomb,
+    random_value,
     rich_value,
     varint,
 )
-from ..unit.test_fast_decode import corrupt
-from ..unit.test_fast_decode_resolution import random_value
+
 from .stack import Stack, WorkerProcess, wait_group_settled
 from .test_score_worker import _headers, _primary_ids
 

@@ -25,13 +25,13 @@ from streamscore.serde.avro_scan import ZERO_WIDTH_ALLOWANCE, BoundedScan
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import MAX_SCHEMA_JSON_DEPTH, WriterSchemaCache, parse, registry_client
 from streamscore.train import synthetic
-
-from .avro_poison import (
+from tests.avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,
     NULLABLE_A_WRITER,
     RICH,
     chain,
+    corrupt,
     deep_tree,
     event_with,
     field,
@@ -39,7 +39,8 @@ from .avro_poison import (
     rich_value,
     varint,
 )
-from .test_fast_decode import _fit, assert_same, corrupt
+
+from .test_fast_decode import _fit, assert_same
 
 READER = schemas.load("event", 2)
 

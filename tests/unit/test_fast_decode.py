@@ -28,6 +28,7 @@ from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
 from streamscore.train import synthetic
+from tests.avro_poison import corrupt
 
 from .kafka_fakes import FakeMessage
 
@@ -151,26 +152,6 @@ def broken_versions(v: bytes) -> list[bytes | None]:
         v[:6] + b"\xff" + v[7:],  # invalid UTF-8: the event id's first byte
         v[:5] + b"\x81" * 12 + v[5:],  # a string length that is not a varint
     ]
-
-
-def corrupt(value: bytes, rng: np.random.Generator, kinds: int = 8) -> bytes:
-    """``value`` with one random flaw after the header (byte changed, inserted or
-    deleted, a length blown up, cut short), or intact: one of ``kinds`` equally likely
-    outcomes, the flaws first."""
-    v = bytearray(value)
-    kind = int(rng.integers(kinds))
-    at = int(rng.integers(5, len(v)))
-    if kind == 0:
-        v[at] = int(rng.integers(256))
-    elif kind == 1:
-        v.insert(at, int(rng.integers(256)))
-    elif kind == 2:
-        del v[at]
-    elif kind == 3:
-        v[at : at + 1] = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"  # a huge length
-    elif kind == 4:
-        del v[at:]
-    return bytes(v)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -20,8 +20,9 @@ from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
 from streamscore.train import synthetic
+from tests.avro_poison import corrupt, random_value
 
-from .test_fast_decode import assert_same, broken_versions, corrupt
+from .test_fast_decode import assert_same, broken_versions
 
 KIND = {"type": "enum", "name": "Kind", "symbols": ["a", "b", "c"], "default": "a"}
 
@@ -131,32 +132,6 @@ W_REORDERED = record(
 W_NO_X = record("Ev", [field("id", "string"), field("t", "long"), field("kind", KIND)])
 
 WRITERS = {"same": READER, "old": W_OLD, "extra": W_EXTRA, "promote": W_PROMOTE, "alias": W_ALIAS}
-
-
-def random_value(t: Any, rng: np.random.Generator) -> Any:
-    if isinstance(t, list):
-        if "null" in t and rng.random() < 0.3:
-            return None
-        return random_value(next(b for b in t if b != "null"), rng)
-    if isinstance(t, dict):
-        if t["type"] == "enum":
-            return t["symbols"][int(rng.integers(len(t["symbols"])))]
-        return random_value(t["type"], rng)
-    if t == "string":
-        return "".join(rng.choice(list("abcé€😀 "), int(rng.integers(0, 70))).tolist())
-    if t == "bytes":
-        return bytes(rng.integers(0, 256, int(rng.integers(0, 20)), dtype=np.uint8))
-    if t == "int":
-        return int(rng.integers(-(2**31), 2**31 - 1))
-    if t == "long":  # includes values a double cannot hold exactly
-        return int(rng.integers(-(2**62), 2**62))
-    if t == "float":
-        return float(np.float32(rng.normal() * 1e3))
-    if t == "double":
-        return float(rng.normal() * 1e6)
-    if t == "boolean":
-        return bool(rng.integers(2))
-    raise AssertionError(t)
 
 
 def random_record(schema: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Poison messages of issue 10, shared by the unit tests and the integration tests: writer
 schemas that extend the demo event (so that a worker reading events with its own reader
-schema resolves them) and messages built byte by byte against them."""
+schema resolves them) and messages built byte by byte against them; plus the random flaws
+(``corrupt``) and random values of an Avro type (``random_value``) the property tests and
+the fuzz test draw from. It lives beside the tiers, not in one: both import it."""
 
 from __future__ import annotations
 
@@ -123,3 +125,49 @@ def rich_value(rng: np.random.Generator) -> dict[str, Any]:
 
     n_items, depth = int(rng.integers(0, 5)), int(rng.integers(0, 60))
     return {"items": [item() for _ in range(n_items)], "tree": chain(depth)}
+
+
+def corrupt(value: bytes, rng: np.random.Generator, kinds: int = 8) -> bytes:
+    """``value`` with one random flaw after the header (byte changed, inserted or
+    deleted, a length blown up, cut short), or intact: one of ``kinds`` equally likely
+    outcomes, the flaws first."""
+    v = bytearray(value)
+    kind = int(rng.integers(kinds))
+    at = int(rng.integers(5, len(v)))
+    if kind == 0:
+        v[at] = int(rng.integers(256))
+    elif kind == 1:
+        v.insert(at, int(rng.integers(256)))
+    elif kind == 2:
+        del v[at]
+    elif kind == 3:
+        v[at : at + 1] = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"  # a huge length
+    elif kind == 4:
+        del v[at:]
+    return bytes(v)
+
+
+def random_value(t: Any, rng: np.random.Generator) -> Any:
+    if isinstance(t, list):
+        if "null" in t and rng.random() < 0.3:
+            return None
+        return random_value(next(b for b in t if b != "null"), rng)
+    if isinstance(t, dict):
+        if t["type"] == "enum":
+            return t["symbols"][int(rng.integers(len(t["symbols"])))]
+        return random_value(t["type"], rng)
+    if t == "string":
+        return "".join(rng.choice(list("abcé€😀 "), int(rng.integers(0, 70))).tolist())
+    if t == "bytes":
+        return bytes(rng.integers(0, 256, int(rng.integers(0, 20)), dtype=np.uint8))
+    if t == "int":
+        return int(rng.integers(-(2**31), 2**31 - 1))
+    if t == "long":  # includes values a double cannot hold exactly
+        return int(rng.integers(-(2**62), 2**62))
+    if t == "float":
+        return float(np.float32(rng.normal() * 1e3))
+    if t == "double":
+        return float(rng.normal() * 1e6)
+    if t == "boolean":
+        return bool(rng.integers(2))
+    raise AssertionError(t)
