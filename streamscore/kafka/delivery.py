@@ -288,16 +288,44 @@ class _Retriable(Exception):
         self.why = why
 
 
-class _Hung(Exception):
+class _Unusable(Exception):
+    """The producer can do no more transactions: it is replaced by a new one with the same
+    ``transactional.id`` (which fences it and ends its open transaction)."""
+
+    def __init__(self, why: str, thread: threading.Thread | None = None, since: float = 0.0):
+        super().__init__(why)
+        self.why = why
+        #: the thread still blocked in the producer's call (None: the call returned)
+        self.thread = thread
+        #: when the call was made (the sink's clock)
+        self.since = since
+
+
+class _Hung(_Unusable):
     """A transactional call still blocked well past its own timeout; ``thread`` is the
     one blocked in it."""
 
     def __init__(self, why: str, thread: threading.Thread, since: float = 0.0) -> None:
-        super().__init__(why)
-        self.why = why
-        self.thread = thread
-        #: when the call was made (the sink's clock)
-        self.since = since
+        super().__init__(why, thread, since)
+
+
+class _Broken(_Unusable):
+    """A fatal error that is not a fencing: the producer's own transactional state is
+    lost (seen after a broker outage: the coordinator had aborted the transaction, and
+    ``abort_transaction`` then failed with a fatal ``INVALID_TXN_STATE``)."""
+
+
+#: Fatal errors that say another instance owns the ``transactional.id`` now (or that this
+#: one may not use it): never answered by a new producer, which would fence the other.
+_FENCING = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
 
 
 class RetryBatch(Exception):
@@ -313,8 +341,9 @@ TXN_CALL_TIMEOUT_S = 30.0
 #: after every broker was away, which ``KafkaSettings.client_config`` turns off, or because
 #: that broker left the metadata): confluentinc/librdkafka#5456, #5511.
 HANG_GRACE_S = 10.0
-#: Producers abandoned in a hung call (their thread still blocked) a worker keeps before
-#: it exits instead (each holds a librdkafka client that cannot be destroyed).
+#: Producers abandoned (hung in a call, their thread still blocked, or broken by a fatal
+#: error) a worker keeps before it exits instead (each holds a librdkafka client that is
+#: never destroyed from the loop).
 MAX_HUNG_PRODUCERS = 3
 
 
@@ -374,7 +403,9 @@ class TransactionalSink:
     one's open transaction (aborted, or committed if its commit had already reached the
     coordinator); the consumer is then put at the group's committed offsets for the
     batch's partitions, which tell which: the batch is consumed again (:class:`RetryBatch`)
-    unless it was committed. A fatal error (fenced by a newer instance), a non-retriable
+    unless it was committed. A fatal error that is not a fencing (the producer's own
+    transactional state lost, e.g. ``INVALID_TXN_STATE`` from an abort after an outage) is
+    answered the same way. A fencing (a newer instance owns the id), a non-retriable
     one, an abort that cannot complete, a hang without ``new_producer`` or more than
     :data:`MAX_HUNG_PRODUCERS` hung producers raise :class:`TransactionFailedError`: the
     worker exits non-zero and a new instance takes over (its ``init_transactions`` aborts
@@ -412,6 +443,8 @@ class TransactionalSink:
         self._metrics = metrics
         #: threads still blocked in a call of an abandoned producer
         self._hung: list[threading.Thread] = []
+        #: producers replaced after a fatal error that was not a fencing
+        self._broken: list[Any] = []
         #: when this batch's trouble started, and what it was (None: no trouble)
         self._trouble: tuple[float, str] | None = None
         self._replacements = 0
@@ -446,7 +479,7 @@ class TransactionalSink:
                 self._rewind(batch)
                 self._count("aborted")
                 raise RetryBatch(exc.why) from None
-        except _Hung as exc:
+        except _Unusable as exc:
             self._replace(exc, deadline)
             if self._at_committed_offsets(batch, deadline):
                 outcome = "producer replaced, the batch was committed"
@@ -505,7 +538,7 @@ class TransactionalSink:
             try:
                 self._retrying(lambda p, t: p.init_transactions(t), "init_transactions", deadline)
                 return
-            except _Hung as exc:
+            except _Unusable as exc:
                 self._abandon(exc)
 
     def _retrying(self, op: TxnOp, name: str, deadline: float) -> None:
@@ -566,6 +599,9 @@ class TransactionalSink:
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             why = str(err) if err is not None else str(exc)
+            broken = err is not None and err.fatal() and err.code() not in _FENCING
+            if broken and self._new_producer is not None:
+                raise _Broken(f"{name} failed fatally: {why}", since=since) from None
             if err is None or err.fatal():
                 raise TransactionFailedError(f"{name} failed fatally: {why}") from exc
             if err.txn_requires_abort():
@@ -583,28 +619,34 @@ class TransactionalSink:
                 "fences this one and aborts it"
             ) from None
 
-    def _abandon(self, exc: _Hung) -> None:
-        """Leave the hung producer to its thread and build a new one (not initialised)."""
+    def _abandon(self, exc: _Unusable) -> None:
+        """Leave the unusable producer (to its thread, if hung) and build a new one (not
+        initialised)."""
         self._noticed(exc.why, quiet=True, since=exc.since)
         if self._new_producer is None:
             raise TransactionFailedError(f"{exc.why}, and no producer to replace it with")
         self._hung = [t for t in self._hung if t.is_alive()]
-        self._hung.append(exc.thread)
-        if len(self._hung) > MAX_HUNG_PRODUCERS:
+        if exc.thread is not None:
+            self._hung.append(exc.thread)
+        else:  # kept, not destroyed here: nothing of it runs in the loop's thread
+            self._broken.append(self._producer)
+        abandoned = len(self._hung) + len(self._broken)
+        if abandoned > MAX_HUNG_PRODUCERS:
             raise TransactionFailedError(
-                f"{exc.why}; {len(self._hung)} producers hung: exiting so that a new "
+                f"{exc.why}; {abandoned} producers hung or broken: exiting so that a new "
                 "instance starts clean"
             )
         log.warning(
-            "exactly-once: %s (librdkafka#5456/#5511): replacing the producer; the new one "
-            "(same transactional.id) fences it and ends its open transaction",
+            "exactly-once: %s%s: replacing the producer; the new one (same "
+            "transactional.id) fences it and ends its open transaction",
             exc.why,
+            " (librdkafka#5456/#5511)" if exc.thread is not None else "",
         )
         self._producer = self._new_producer()
         self._replacements += 1
         self._count("producer_replaced")
 
-    def _replace(self, exc: _Hung, deadline: float) -> None:
+    def _replace(self, exc: _Unusable, deadline: float) -> None:
         self._abandon(exc)
         try:
             self._init_transactions(max(deadline, self._clock() + self._timeout))

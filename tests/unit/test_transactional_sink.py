@@ -368,3 +368,40 @@ def test_the_consumer_stays_in_its_group_for_as_long_as_a_batch_can_wait() -> No
     assert eos["max.poll.interval.ms"] >= 1000 * send_bound_s(240) > 300_000
     alo = score_consumer(KafkaSettings(), ScoringSettings())
     assert "max.poll.interval.ms" not in alo  # librdkafka's default (300 s)
+
+
+def test_a_fatal_abort_after_an_outage_replaces_the_producer(
+    producers: FakeTxnProducers,
+) -> None:
+    """Seen on the real broker: send_offsets timed out while it was away; once it was
+    back, the coordinator had already aborted the transaction and abort_transaction
+    failed with a fatal INVALID_TXN_STATE. Not a fencing: a new producer with the same
+    transactional.id takes over and the batch is consumed again."""
+    invalid_state = kafka_exception(KafkaError.INVALID_TXN_STATE, fatal=True)
+    c = FakeTxnConsumer(FIRST_OFFSETS)
+    s, m = hanging_sink(
+        producers,
+        {"send_offsets_to_transaction": [timed_out()], "abort_transaction": [invalid_state]},
+        c,
+    )
+    with pytest.raises(RetryBatch, match="abort_transaction failed fatally"):
+        s.send(batch())
+    old, new = producers.made
+    assert s.producer is new and s.replaced == 1
+    assert new.calls == ["init_transactions"]
+    assert old.calls.count("abort_transaction") == 1  # not called again on a dead producer
+    assert sorted(c.seeks) == FIRST
+    assert outcomes(m)["producer_replaced"] == 1
+    s.send(batch())
+    assert new.calls[-1] == "commit_transaction"
+
+
+def test_a_fenced_producer_is_never_replaced(producers: FakeTxnProducers) -> None:
+    """Fenced: another instance owns the transactional.id now; a new producer would fence
+    it in turn. The worker exits instead."""
+    c = FakeTxnConsumer(FIRST_OFFSETS)
+    s, m = hanging_sink(producers, {"commit_transaction": [fenced()]}, c)
+    with pytest.raises(TransactionFailedError, match="fatally"):
+        s.send(batch())
+    assert len(producers.made) == 1 and s.replaced == 0
+    assert c.seeks == [] and outcomes(m)["producer_replaced"] == 0
