@@ -131,9 +131,12 @@ def event_ids(
         err = _missing(name, "id")
         return [""] * n, dict.fromkeys(range(n), err)
     values: list[Any] = col.tolist() if isinstance(col, np.ndarray) else col
-    if any(type(v) is not str for v in values):
+    types = set(map(type, values))
+    if types == {str}:  # the common case, one pass in C
+        return values, {}
+    if types - {str, type(None)}:
         values = [v if v is None or isinstance(v, str) else str(v) for v in values]
-    if None not in values:
+    if type(None) not in types:
         return values, {}
     bad: dict[int, StreamscoreError] = {}
     out = list(values)
