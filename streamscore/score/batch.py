@@ -21,7 +21,7 @@ from ..core.columns import RecordColumns, take_events
 from ..core.config import EventFields, LatePolicy, ScoringSettings
 from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
 from ..core.records import FeatureKind, Role, StageTimings, Task
-from ..features.envelope import event_ids, event_keys, event_times_ms
+from ..features.event_fields import event_ids, event_keys, event_times_ms
 from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
 from ..kafka.output_limits import RECORD_OVERHEAD, wire_size

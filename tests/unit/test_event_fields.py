@@ -14,7 +14,7 @@ from streamscore.core.columns import EventColumns
 from streamscore.core.config import EventFields, LatePolicy, ScoringSettings, TimeEncoding
 from streamscore.core.errors import BadEventTimeError, MissingFieldError, WrongTypeError
 from streamscore.core.records import Role
-from streamscore.features.envelope import event_ids, event_keys, event_times_ms
+from streamscore.features.event_fields import event_ids, event_keys, event_times_ms
 from streamscore.models.container import sign_bundle
 from streamscore.models.runtime import verify_and_load
 from streamscore.models.store import ModelStore
