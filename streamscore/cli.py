@@ -1,7 +1,9 @@
 """Command line: the only module that reads the environment and wires objects together
 (one concern: the long list of subcommands and settings is why it is long).
 
-Environment (all optional unless said):
+Environment (all optional unless said; each wins over the project file):
+  STREAMSCORE_CONFIG               the project file, streamscore.toml (--config wins over
+                                   it; see streamscore.core.project)
   STREAMSCORE_BOOTSTRAP            Kafka bootstrap servers (default: the local cluster)
   STREAMSCORE_REGISTRY_URL         Confluent-compatible schema registry URL (credentials
                                    in it, https://user:pass@host, are sent as basic auth)
@@ -52,7 +54,8 @@ from .core.config import (
     SigningSettings,
     TopicSettings,
 )
-from .core.errors import ConfigError, InfrastructureError, StreamscoreError
+from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
+from .core.project import CONFIG_ENV, TOPIC_KEYS, ProjectFile, parse_project
 from .core.records import Role
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
@@ -77,11 +80,33 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return None
 
 
-def settings_from_env(env: Mapping[str, str]) -> Env:
+def read_project(path: str) -> ProjectFile:
+    """The project file at ``path`` (``--config`` or ``STREAMSCORE_CONFIG``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProjectFileError(f"cannot read it: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise ProjectFileError("is not UTF-8 text", path=path) from None
+    return parse_project(text, path)
+
+
+def project_path(flag: str | None, env: Mapping[str, str]) -> str | None:
+    """The project file to read: ``--config`` wins over ``STREAMSCORE_CONFIG``; none is
+    read when neither names one."""
+    return flag or env.get(CONFIG_ENV) or None
+
+
+def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None) -> Env:
+    """Settings from the environment over those of the project file (if any), over the
+    defaults."""
+    file = project or ProjectFile(path="")
     cache = env.get("STREAMSCORE_CACHE_DIR")
     cluster = ClusterSettings(cache_dir=Path(cache)) if cache else ClusterSettings()
     kafka = KafkaSettings(
-        bootstrap_servers=env.get("STREAMSCORE_BOOTSTRAP", cluster.bootstrap_servers),
+        bootstrap_servers=env.get(
+            "STREAMSCORE_BOOTSTRAP", file.bootstrap_servers or cluster.bootstrap_servers
+        ),
         security_protocol=env.get("STREAMSCORE_SECURITY_PROTOCOL", "PLAINTEXT"),
         sasl_mechanism=env.get("STREAMSCORE_SASL_MECHANISM"),
         sasl_username=env.get("STREAMSCORE_SASL_USERNAME"),
@@ -96,7 +121,7 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
             "STREAMSCORE_REGISTRY_MAX_RETRIES an integer"
         ) from None
     registry = RegistrySettings(
-        url=env.get("STREAMSCORE_REGISTRY_URL", cluster.registry_url),
+        url=env.get("STREAMSCORE_REGISTRY_URL", file.registry_url or cluster.registry_url),
         basic_auth_user=env.get("STREAMSCORE_REGISTRY_USER"),
         basic_auth_password=_secret(env, "STREAMSCORE_REGISTRY_PASSWORD"),
         timeout_s=timeout_s,
@@ -108,13 +133,18 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
     except ValueError:
         raise ConfigError("STREAMSCORE_MODEL_MAX_BYTES must be an integer") from None
     defaults = TopicSettings()
+    from_file = dict(file.topics)
+    if file.events_topic is not None:
+        from_file["events"] = file.events_topic
     topics = TopicSettings(
         **{
-            name: env.get(f"STREAMSCORE_TOPIC_{name.upper()}", getattr(defaults, name))
-            for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
+            name: env.get(
+                f"STREAMSCORE_TOPIC_{name.upper()}", from_file.get(name, getattr(defaults, name))
+            )
+            for name in ("events", *TOPIC_KEYS)
         }
     )
-    return Env(kafka, registry, topics, signing, cluster, max_bytes)
+    return Env(kafka, registry, topics, signing, cluster, max_bytes, file.events)
 
 
 def signing_settings(env: Mapping[str, str]) -> SigningSettings:
@@ -433,6 +463,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 predictions,  # a BatchEncoder: predictions encoded column-wise
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
+                events=env.events,
             ),
             store=store,
             metrics=metrics,
@@ -605,7 +636,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_feedback import add_commands
 
     add_commands(sub)
+    _add_config_flag(p, sub)
     return p
+
+
+def _add_config_flag(p: argparse.ArgumentParser, sub: Any) -> None:
+    """``--config PATH`` before or after the subcommand (``streamscore --config x score``,
+    ``streamscore score --config x``), on every subcommand at every depth."""
+    text = f"the project file (streamscore.toml); default: ${CONFIG_ENV}, else none"
+    p.add_argument("--config", metavar="PATH", default=None, help=text)
+    todo = [sub]
+    while todo:
+        action = todo.pop()
+        for child in dict.fromkeys(action.choices.values()):
+            # SUPPRESS: a subcommand without the flag keeps the value given before it
+            child.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=text)
+            todo.extend(a for a in child._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def setup_logging(*, verbose: bool = False) -> None:
@@ -623,7 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
     try:
-        env = settings_from_env(os.environ)
+        path = project_path(args.config, os.environ)
+        env = settings_from_env(os.environ, read_project(path) if path else None)
         return int(args.func(args, env))
     except StreamscoreError as exc:
         print(f"streamscore: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
+from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Env:
     signing: SigningSettings
     cluster: ClusterSettings
     model_max_bytes: int
+    #: which of the event's own fields are its id, time and key (the project file's
+    #: ``[events]``; the defaults are the shipped event schema's)
+    events: EventFields = field(default_factory=lambda: EventFields())
 
 
 class Secret:
@@ -52,6 +56,31 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+class TimeEncoding(enum.StrEnum):
+    """How an event's time field holds its time."""
+
+    TIMESTAMP_MILLIS = "timestamp-millis"  # Avro long, logical type timestamp-millis
+    TIMESTAMP_MICROS = "timestamp-micros"  # Avro long, logical type timestamp-micros
+    EPOCH_MILLIS = "epoch-millis"  # a plain long: milliseconds since the epoch
+    ISO_8601 = "iso-8601"  # a string, with a UTC offset (``2026-01-02T03:04:05Z``)
+
+
+@dataclass(frozen=True)
+class EventFields:
+    """Which of the event's own fields the scorer reads as its id, its time and its key.
+    The defaults are the shipped ``event`` schema's; ``key_field`` None: the message key.
+    The prediction record keeps its own ``event_id``/``event_time``, filled from these."""
+
+    id_field: str = EVENT_ID_FIELD
+    time_field: str = EVENT_TIME_FIELD
+    time_encoding: TimeEncoding = TimeEncoding.TIMESTAMP_MILLIS
+    key_field: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.id_field == self.time_field:
+            raise ConfigError(f"the event id and time fields are both {self.id_field!r}")
 
 
 def _frozen(m: Mapping[str, str] | None) -> Mapping[str, str]:

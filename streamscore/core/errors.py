@@ -410,3 +410,30 @@ class ServerStartError(ClusterError):
     def __init__(self, message: str, *, log_path: str | None = None) -> None:
         super().__init__(message)
         self.log_path = log_path
+
+
+# ------------------------------------------------------------------- project file
+
+
+class ProjectFileError(ConfigError):
+    """The project file (``streamscore.toml``) cannot be read or does not fit: names the
+    file, the table and key at fault (where one applies) and what is wrong."""
+
+    reason = "project_file"
+
+    def __init__(
+        self, message: str, *, path: str, table: str | None = None, key: str | None = None
+    ) -> None:
+        where = path
+        if table is not None:
+            where += f": [{table}]" + (f" {key}" if key is not None else "")
+        super().__init__(f"{where}: {message}", field=key)
+        self.path = path
+        self.table = table
+        self.key = key
+
+
+class BadEventTimeError(ValidationError):
+    """An event's time field holds a value its configured encoding cannot read."""
+
+    reason = "bad_event_time"

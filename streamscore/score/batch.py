@@ -20,10 +20,11 @@ from typing import Any, overload
 
 import numpy as np
 
-from ..core.columns import RecordColumns, field_values, take_events
-from ..core.config import LatePolicy, ScoringSettings
+from ..core.columns import RecordColumns, take_events
+from ..core.config import EventFields, LatePolicy, ScoringSettings
 from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
-from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureKind, Role, StageTimings, Task
+from ..core.records import FeatureKind, Role, StageTimings, Task
+from ..features.event_fields import event_ids, event_keys, event_times_ms
 from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
 from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
@@ -229,16 +230,22 @@ class BatchScorer:
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         prediction_limit: Callable[[], int] | None = None,
+        events: EventFields | None = None,
     ) -> None:
         """``prediction_limit()``: the largest prediction record (key and value, as
         :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic takes,
         asked once per batch. An event with a prediction larger than that is not
-        predicted: it is dead-lettered (:class:`~streamscore.core.errors.OutputTooLargeError`)."""
+        predicted: it is dead-lettered (:class:`~streamscore.core.errors.OutputTooLargeError`).
+        ``events``: the event's own id, time and key fields (default: the shipped event
+        schema's); an event whose id or time cannot be read is dead-lettered."""
         self._prediction_limit = prediction_limit
         self._decoder = batch_decoder(decoder)
         self._encoder = batch_encoder(encoder)
         self._settings = settings
         self._clock_ms = clock_ms
+        self._events = events or EventFields()
+        #: the event's fields every prediction carries already (not repeated in ``inputs``)
+        self._envelope = frozenset({self._events.id_field, self._events.time_field, "key"})
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:
         if snapshot.primary is None:
@@ -256,11 +263,24 @@ class BatchScorer:
             out.dead_letters.append(DeadLetter(messages[i], exc))
         t1 = time.perf_counter()
 
+        # ---- the event's own id and time (by the configured names), once per batch
+        fields = self._events
+        times, bad = event_times_ms(events, fields.time_field, fields.time_encoding)
+        ids, bad_ids = event_ids(events, fields.id_field)
+        if bad or bad_ids:
+            bad = {**bad, **bad_ids}  # an event without an id is dead-lettered as such
+            for i in sorted(bad):
+                out.dead_letters.append(DeadLetter(messages[good[i]], bad[i]))
+            keep_rows = np.ones(len(events), dtype=bool)
+            keep_rows[list(bad)] = False
+            kept = np.flatnonzero(keep_rows).tolist()
+            events = take_events(events, kept)
+            good = [good[j] for j in kept]
+            ids = [ids[j] for j in kept]
+            times = times[keep_rows]
+
         # ---- late events
         now = self._clock_ms()
-        times = np.fromiter(
-            field_values(events, EVENT_TIME_FIELD), dtype=np.int64, count=len(events)
-        )
         late = np.zeros(len(events), dtype=bool)
         if self._settings.late_after_ms is not None and events:
             late = (now - times) > self._settings.late_after_ms
@@ -271,6 +291,7 @@ class BatchScorer:
                 kept = np.flatnonzero(keep).tolist()
                 events = take_events(events, kept)
                 good = [good[j] for j in kept]
+                ids = [ids[j] for j in kept]
                 times, late = times[keep], late[keep]
 
         # ---- validate against the primary's spec
@@ -285,7 +306,7 @@ class BatchScorer:
         valid = result.valid
         if valid.all():
             x = impute(cols, spec)
-            v_events, v_good = events, good
+            v_events, v_good, v_ids = events, good, ids
             out.event_times_ms = times
             v_late = late.tolist()
         else:
@@ -294,11 +315,21 @@ class BatchScorer:
             take = idx.tolist()
             v_events = take_events(events, take)
             v_good = [good[i] for i in take]
+            v_ids = [ids[i] for i in take]
             out.event_times_ms = times[idx]
             v_late = late[idx].tolist()
-        v_raw_keys = [raw_keys[g] for g in v_good]
-        keys = _decode_keys(v_raw_keys)
-        inputs = _inputs(v_events, spec, cols.missing if valid.all() else cols.missing[valid])
+        if fields.key_field is None:
+            v_raw_keys = [raw_keys[g] for g in v_good]
+            keys = _decode_keys(v_raw_keys)
+        else:
+            keys = event_keys(v_events, fields.key_field)
+            v_raw_keys = [None if k is None else k.encode() for k in keys]
+        inputs = _inputs(
+            v_events,
+            spec,
+            cols.missing if valid.all() else cols.missing[valid],
+            self._envelope,
+        )
         t3 = time.perf_counter()
 
         # ---- predict: one call per role
@@ -307,7 +338,7 @@ class BatchScorer:
         n = len(v_events)
         answered_by_canary = np.zeros(n, dtype=bool)
         ctx = _RowContext(
-            field_values(v_events, EVENT_ID_FIELD),
+            v_ids,
             out.event_times_ms.tolist(),
             v_raw_keys,
             keys,
@@ -598,9 +629,6 @@ class _RowContext:
     inputs: list[dict[str, Any]] | None  # None: every prediction's ``inputs`` is empty
 
 
-_ENVELOPE_FIELDS = frozenset({EVENT_ID_FIELD, EVENT_TIME_FIELD, "key"})
-
-
 def _input_value(v: Any) -> float | str | None:
     if v is None or isinstance(v, str):
         return v
@@ -610,7 +638,7 @@ def _input_value(v: Any) -> float | str | None:
 
 
 def _inputs(
-    events: Sequence[Mapping[str, Any]], spec: Any, missing: np.ndarray
+    events: Sequence[Mapping[str, Any]], spec: Any, missing: np.ndarray, envelope: frozenset[str]
 ) -> list[dict[str, Any]] | None:
     """Per event, what the scored feature vector does not hold as it was, so that the
     ground truth can rebuild the raw event for retraining: fields the model does not
@@ -620,7 +648,7 @@ def _inputs(
     if not events:
         return None
     numeric = {f.name for f in spec.fields if f.kind is FeatureKind.NUMERIC}
-    other = [k for k in events[0] if k not in _ENVELOPE_FIELDS and k not in numeric]
+    other = [k for k in events[0] if k not in envelope and k not in numeric]
     miss_cols = [
         (j, f.name)
         for j, f in enumerate(spec.fields)
