@@ -19,9 +19,10 @@ Environment (all optional unless said):
   STREAMSCORE_SIGNING_KEY          hmac only: the shared secret itself
   STREAMSCORE_CACHE_DIR            where the local cluster is downloaded and run
   STREAMSCORE_MODEL_MAX_BYTES      largest model envelope (default 16 MiB)
-  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _TELEMETRY, _MODELS, _FEEDBACK, _DLQ, _LATE
-                                   topic names (defaults: events, predictions, telemetry,
-                                   streamscore.models, feedback, events.dlq, events.late)
+  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _PREDICTIONS_SHADOW, _TELEMETRY, _MODELS,
+  _FEEDBACK, _DLQ, _LATE           topic names (defaults: events, predictions,
+                                   predictions.shadow, telemetry, streamscore.models,
+                                   feedback, events.dlq, events.late)
 """
 
 from __future__ import annotations
@@ -110,7 +111,16 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
     topics = TopicSettings(
         **{
             name: env.get(f"STREAMSCORE_TOPIC_{name.upper()}", getattr(defaults, name))
-            for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
+            for name in (
+                "events",
+                "predictions",
+                "predictions_shadow",
+                "telemetry",
+                "models",
+                "feedback",
+                "dlq",
+                "late",
+            )
         }
     )
     return Env(kafka, registry, topics, signing, cluster, max_bytes)
@@ -275,7 +285,7 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     from .kafka.output_limits import OutputLimits
 
     t = env.topics
-    outputs = (t.predictions, t.dlq, t.telemetry, t.late)
+    outputs = (t.predictions, t.predictions_shadow, t.dlq, t.telemetry, t.late)
     if scoring.max_message_bytes is not None:
         n = scoring.max_message_bytes
         return OutputLimits(dict.fromkeys(outputs, n), default=n), n
@@ -432,6 +442,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 predictions,  # a BatchEncoder: predictions encoded column-wise
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
+                shadow_limit=lambda: limits.limit(env.topics.predictions_shadow),
             ),
             store=store,
             metrics=metrics,

@@ -164,6 +164,9 @@ class TopicSettings:
     feedback: str = "feedback"
     dlq: str = "events.dlq"
     late: str = "events.late"
+    #: shadow models' predictions (never the answer: ``predictions`` holds exactly one
+    #: record per scored event, the primary's or the canary's)
+    predictions_shadow: str = "predictions.shadow"
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -174,6 +177,7 @@ class TopicSettings:
             self.feedback,
             self.dlq,
             self.late,
+            self.predictions_shadow,
         )
 
 

@@ -85,6 +85,7 @@ def _topics(run_id: str) -> TopicSettings:
     return TopicSettings(
         events=f"demo.{run_id}.events",
         predictions=f"demo.{run_id}.predictions",
+        predictions_shadow=f"demo.{run_id}.predictions.shadow",
         telemetry=f"demo.{run_id}.telemetry",
         models=f"demo.{run_id}.models",
         feedback=f"demo.{run_id}.feedback",
