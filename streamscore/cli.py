@@ -28,6 +28,7 @@ Environment (all optional unless said):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -51,6 +52,7 @@ from .core.config import (
     SigningScheme,
     SigningSettings,
     TopicSettings,
+    topic_env_var,
 )
 from .core.errors import ConfigError, InfrastructureError, StreamscoreError
 from .core.records import Role
@@ -110,17 +112,8 @@ def settings_from_env(env: Mapping[str, str]) -> Env:
     defaults = TopicSettings()
     topics = TopicSettings(
         **{
-            name: env.get(f"STREAMSCORE_TOPIC_{name.upper()}", getattr(defaults, name))
-            for name in (
-                "events",
-                "predictions",
-                "predictions_shadow",
-                "telemetry",
-                "models",
-                "feedback",
-                "dlq",
-                "late",
-            )
+            f.name: env.get(topic_env_var(f.name), getattr(defaults, f.name))
+            for f in dataclasses.fields(TopicSettings)
         }
     )
     return Env(kafka, registry, topics, signing, cluster, max_bytes)

@@ -174,8 +174,7 @@ class Demo:
         )
         if publisher:
             env["STREAMSCORE_SIGNING_KEY_FILE"] = str(self.keys.private_file)
-        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
-            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
+        env.update(self.topics.as_env())
         return env
 
     def _model_topic(self, reg: Any) -> ModelTopic:
