@@ -547,7 +547,8 @@ class BatchScorer:
             most = max(map(headers_size, by_version.values()))
         else:
             const = model_headers(meta.name, version, role.value)
-            out.prediction_headers.extend([*const, (EVENT_ID_HEADER, b)] for b in id_bytes)
+            h0, h1, h2 = const  # one new list per prediction, the tuples shared
+            out.prediction_headers.extend([h0, h1, h2, (EVENT_ID_HEADER, b)] for b in id_bytes)
             most = headers_size(const)
         out._max_header_bytes = max(out._max_header_bytes, most + id_header)
         main = len(out.outputs)
