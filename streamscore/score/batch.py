@@ -540,15 +540,15 @@ class BatchScorer:
             by_version = {
                 v: model_headers(meta.name, v, role.value) for v in set(columns["model_version"])
             }
-            out.prediction_headers.extend(
+            out.prediction_headers += [
                 [*by_version[v], (EVENT_ID_HEADER, b)]
                 for v, b in zip(columns["model_version"], id_bytes, strict=True)
-            )
+            ]
             most = max(map(headers_size, by_version.values()))
         else:
             const = model_headers(meta.name, version, role.value)
             h0, h1, h2 = const  # one new list per prediction, the tuples shared
-            out.prediction_headers.extend([h0, h1, h2, (EVENT_ID_HEADER, b)] for b in id_bytes)
+            out.prediction_headers += [[h0, h1, h2, (EVENT_ID_HEADER, b)] for b in id_bytes]
             most = headers_size(const)
         out._max_header_bytes = max(out._max_header_bytes, most + id_header)
         main = len(out.outputs)
