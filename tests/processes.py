@@ -23,6 +23,8 @@ from typing import IO, Any, TypeVar
 
 from streamscore.core.config import TopicSettings
 
+TOPIC_NAMES = ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -46,7 +48,8 @@ def worker_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    env.update(topics.as_env())
+    for name in TOPIC_NAMES:
+        env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(topics, name)
     env.update(extra)
     return env
 

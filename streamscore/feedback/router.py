@@ -64,13 +64,6 @@ class RouteTopics:
     feedback: str
     join: str
     dlq: str
-    #: the shadow models' predictions (None: not read)
-    predictions_shadow: str | None = None
-
-    def sources(self) -> list[str]:
-        """The topics the router reads: predictions (answers, then shadows), labels."""
-        shadow = [self.predictions_shadow] if self.predictions_shadow else []
-        return [self.predictions, *shadow, self.feedback]
 
 
 class FeedbackRouter:
@@ -106,7 +99,7 @@ class FeedbackRouter:
 
     def run(self) -> None:
         self._c.subscribe(
-            self.topics.sources(),
+            [self.topics.predictions, self.topics.feedback],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -164,7 +157,7 @@ class FeedbackRouter:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             offsets[(topic, partition)] = offset + 1
             value = msg.value()
-            kind = LABEL if topic == self.topics.feedback else PREDICTION
+            kind = PREDICTION if topic == self.topics.predictions else LABEL
             try:
                 eid = self._event_id(value)
             except InfrastructureError:
