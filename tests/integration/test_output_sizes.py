@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .stack import Stack, WorkerProcess
+from .stack import Stack, WorkerProcess, wait_group_settled
 from .test_score_worker import _headers, _primary_ids
 
 EVENTS_MAX = 4 * 1024 * 1024
@@ -54,6 +54,8 @@ def test_oversized_inputs_and_predictions_are_dead_lettered_and_nothing_else_cha
     args = ["--exactly-once"] if mode == "exactly-once" else []
     w1 = make_worker("big1", *args)
     w2 = make_worker("big2", *args)
+    # both own a share before traffic starts (else the first may drain it all alone)
+    wait_group_settled([w1, w2], 4)
 
     valid = stack.produce_events(1000, seed=11)
     ser = stack.event_serializer(1)
