@@ -19,7 +19,7 @@ columns over as arrays, with no per-event work at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,49 +43,51 @@ class Columns:
         return int(self.values.shape[0])
 
 
-_NUMBER_TYPES = {float, int}
 #: stands for a value on a dotted path under something that is not a record
 _NOT_A_RECORD = object()
 
 
-def _numeric_column(col: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _number(v: Any) -> float | None:
+    t = type(v)
+    return float(v) if t is float or t is int else None
+
+
+def _boolean(v: Any) -> float | None:
+    t = type(v)
+    if t is bool or ((t is int or t is float) and (v == 0 or v == 1)):
+        return float(v)
+    return None
+
+
+def _scalar_column(
+    col: list[Any], fast: set[type], read: Callable[[Any], float | None]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, missing, wrong type) of a numeric or boolean column: when every value's
+    type is in ``fast``, one conversion in C; else ``read`` takes each value (None: not of
+    the kind)."""
     n = len(col)
     missing = np.zeros(n, dtype=bool)
     wrong = np.zeros(n, dtype=bool)
-    # Fast path: every value is a float or int (bools and numeric strings must not be
-    # taken for numbers, which np.array(..., float) would do).
-    if set(map(type, col)) <= _NUMBER_TYPES:
+    if set(map(type, col)) <= fast:
         return np.array(col, dtype=np.float64), missing, wrong
     arr = np.full(n, np.nan)
     for i, v in enumerate(col):
-        t = type(v)
         if v is None:
             missing[i] = True
-        elif t is float or t is int:
-            arr[i] = v
-        else:
+            continue
+        x = read(v)
+        if x is None:
             wrong[i] = True
+        else:
+            arr[i] = x
     return arr, missing, wrong
 
 
-def _boolean_column(col: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Booleans as 0.0/1.0. The numbers 0 and 1 are read too (a boolean kept as a number,
-    as in the scored vector); anything else is a wrong type."""
-    n = len(col)
-    missing = np.zeros(n, dtype=bool)
-    wrong = np.zeros(n, dtype=bool)
-    if set(map(type, col)) == {bool}:
-        return np.array(col, dtype=np.float64), missing, wrong
-    arr = np.full(n, np.nan)
-    for i, v in enumerate(col):
-        t = type(v)
-        if v is None:
-            missing[i] = True
-        elif t is bool or ((t is int or t is float) and (v == 0 or v == 1)):
-            arr[i] = float(v)
-        else:
-            wrong[i] = True
-    return arr, missing, wrong
+#: numbers: bools and numeric strings must not be taken for numbers (which
+#: ``np.array(..., float)`` would do). Booleans: the numbers 0 and 1 are read too (a
+#: boolean kept as a number, as in the scored vector).
+_NUMERIC: tuple[set[type], Callable[[Any], float | None]] = ({float, int}, _number)
+_BOOLEAN: tuple[set[type], Callable[[Any], float | None]] = ({bool}, _boolean)
 
 
 def _category_text(v: Any) -> Any:
@@ -173,9 +175,9 @@ def extract(events: Sequence[Mapping[str, Any]], spec: FeatureSpec) -> Columns:
         if f.kind is FeatureKind.CATEGORICAL:
             values[:, j], missing[:, j], unknown[:, j] = _categorical_column(col, f.categories)
         elif f.kind is FeatureKind.BOOLEAN:
-            values[:, j], missing[:, j], wrong[:, j] = _boolean_column(col)
+            values[:, j], missing[:, j], wrong[:, j] = _scalar_column(col, *_BOOLEAN)
         else:
-            values[:, j], missing[:, j], wrong[:, j] = _numeric_column(col)
+            values[:, j], missing[:, j], wrong[:, j] = _scalar_column(col, *_NUMERIC)
     return Columns(values, missing, unknown, wrong)
 
 
