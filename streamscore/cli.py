@@ -634,8 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from .cli_feedback import add_commands
+    from .cli_project import add_commands as add_project_commands
 
     add_commands(sub)
+    add_project_commands(sub)
     _add_config_flag(p, sub)
     return p
 
