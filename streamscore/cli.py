@@ -144,7 +144,18 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
             for name in ("events", *TOPIC_KEYS)
         }
     )
-    return Env(kafka, registry, topics, signing, cluster, max_bytes, file.events)
+    return Env(
+        kafka,
+        registry,
+        topics,
+        signing,
+        cluster,
+        max_bytes,
+        file.events,
+        features=file.features,
+        labels=file.labels,
+        train=file.train,
+    )
 
 
 def signing_settings(env: Mapping[str, str]) -> SigningSettings:
@@ -389,6 +400,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
+        compare_spec(r)
         e = r.envelope
         t = Telemetry(
             worker_id=scoring.worker_id,
@@ -407,6 +419,26 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             return
         with tele_lock:
             producer.produce(env.topics.telemetry, value, scoring.worker_id.encode())
+
+    def compare_spec(r: UpdateReport) -> None:
+        """A model applied whose feature spec is not the project file's: say what differs."""
+        e = r.envelope
+        if r.kind != "model_applied" or e is None or env.features is None:
+            return
+        model = store.snapshot().get(e.role)
+        if model is None:
+            return
+        from .features.check import spec_differences
+
+        diffs = spec_differences(env.features, model.meta.feature_spec)
+        if diffs:
+            log.warning(
+                "model %s v%d (%s) does not have the project file's [[features]]: %s",
+                e.key,
+                e.version,
+                e.role.value,
+                "; ".join(diffs),
+            )
 
     store = ModelStore()
     updater = ModelUpdater(

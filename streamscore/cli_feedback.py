@@ -277,7 +277,12 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     from .feedback.groundtruth import read_rows
     from .train.training import retrain, spec_by_name
 
-    spec = spec_by_name(args.features)
+    # the project file's [[features]] unless --features names a demo spec
+    spec = (
+        env.features
+        if args.features is None and env.features is not None
+        else spec_by_name(args.features or "a,b,c")
+    )
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)
     rows = read_rows(Path(args.store_dir), since, until)
     log.info("read %d rows from %s", len(rows), args.store_dir)
@@ -390,7 +395,12 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--until", default=None, help="ISO-8601 or epoch ms (exclusive)")
     t.add_argument("--name", default="demo")
     t.add_argument("--as", dest="role", choices=["primary", "shadow"], default="primary")
-    t.add_argument("--features", default="a,b,c", help="demo feature spec: a,b or a,b,c")
+    t.add_argument(
+        "--features",
+        default=None,
+        help="demo feature spec: a,b or a,b,c (default: the project file's [[features]], "
+        "else a,b,c)",
+    )
     t.add_argument("--task", choices=[x.value for x in Task], default="regression")
     t.add_argument("--estimator", choices=["linear", "hgb"], default="linear")
     t.add_argument("--holdout", type=float, default=0.2, help="most recent fraction held out")

@@ -155,3 +155,39 @@ def _encoding_hint(f: AvroField) -> str:
         if f.kind == kind and f.logical == logicals[0]:
             return f" (time_encoding = {enc.value!r} would)"
     return ""
+
+
+def spec_differences(project: FeatureSpec, model: FeatureSpec) -> list[str]:
+    """What differs between the project file's ``[[features]]`` and a model bundle's
+    feature spec, one line each (empty: they agree)."""
+    out: list[str] = []
+    mine, theirs = project.names, model.names
+    only_p = [n for n in mine if n not in theirs]
+    only_m = [n for n in theirs if n not in mine]
+    if only_p:
+        out.append(f"only in the project file: {', '.join(only_p)}")
+    if only_m:
+        out.append(f"only in the model: {', '.join(only_m)}")
+    common = [n for n in mine if n in theirs]
+    if common != [n for n in theirs if n in mine]:
+        out.append(f"in another order: project {', '.join(mine)}; model {', '.join(theirs)}")
+    by_name = {f.name: f for f in model.fields}
+    for p in project.fields:
+        m = by_name.get(p.name)
+        if m is None:
+            continue
+        for what, a, b in (
+            ("path", p.source, m.source),
+            ("kind", p.kind.value, m.kind.value),
+            ("missing", p.missing.value, m.missing.value),
+            ("impute", p.impute_value, m.impute_value),
+            ("min", p.minimum, m.minimum),
+            ("max", p.maximum, m.maximum),
+            ("categories", list(p.categories), list(m.categories)),
+        ):
+            same = a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+            if not same:
+                out.append(
+                    f"feature {p.name!r}: {what} {a!r} in the project file, {b!r} in the model"
+                )
+    return out
