@@ -36,7 +36,7 @@ from streamscore.score.worker import ScoreLoop
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.unit.kafka_fakes import FakeConsumer, FakeMessage
 
 from . import workload

@@ -49,7 +49,7 @@ from ..models.signing import Ed25519Signer, keygen
 from ..serde import schemas
 from ..serde.message import AvroDeserializer, AvroSerializer
 from ..serde.wire import WriterSchemaCache, registry_client
-from ..train.training import demo_bundle
+from .synthetic import demo_bundle
 from . import observe, report
 from .observe import Observer
 from .supervise import BACKGROUND_THREADS_ENV, processes, run_background, start_cli, wait_settled

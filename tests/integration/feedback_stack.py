@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.processes import WorkerProcess, launch, wait_until
 
 from .stack import Stack

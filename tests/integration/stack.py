@@ -29,8 +29,8 @@ from streamscore.models.signing import Ed25519Signer, KeyPair, Verifier, keygen
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
-from streamscore.train.training import demo_bundle
+from streamscore.dev import synthetic
+from streamscore.dev.synthetic import demo_bundle
 from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
 
 __all__ = [

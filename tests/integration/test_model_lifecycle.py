@@ -19,7 +19,7 @@ from streamscore.models import envelope
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.runtime import LoadedModel, load_bundle
 from streamscore.models.signing import Ed25519Signer
-from streamscore.train.training import demo_bundle
+from streamscore.dev.synthetic import demo_bundle
 
 from .stack import Stack, WorkerProcess
 

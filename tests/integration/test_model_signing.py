@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from streamscore.core.records import Role
 from streamscore.models.signing import Ed25519Signer
-from streamscore.train.training import demo_bundle
+from streamscore.dev.synthetic import demo_bundle
 
 from .stack import Stack, WorkerProcess
 

@@ -15,7 +15,7 @@ import pytest
 
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streamscore.dev.localcluster import LocalCluster
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.processes import wait_until
 
 from .stack import Stack, WorkerProcess

@@ -29,7 +29,7 @@ from streamscore.score.codecs import (
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 
 from .test_scoring import _fit
 

@@ -24,7 +24,7 @@ from streamscore.serde import schemas
 from streamscore.serde.avro_scan import ZERO_WIDTH_ALLOWANCE, BoundedScan
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import MAX_SCHEMA_JSON_DEPTH, WriterSchemaCache, parse, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,

@@ -27,7 +27,7 @@ from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.avro_poison import corrupt
 
 from .kafka_fakes import FakeMessage

@@ -19,7 +19,7 @@ from streamscore.core.columns import EventColumns
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from tests.avro_poison import corrupt, random_value
 
 from .test_fast_decode import assert_same, broken_versions

@@ -12,7 +12,7 @@ from streamscore.core.errors import ConfigError
 from streamscore.models.build import bundle_from_files
 from streamscore.models.container import decode_bundle
 from streamscore.models.runtime import load_bundle
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 
 
 @pytest.fixture

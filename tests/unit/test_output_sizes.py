@@ -34,7 +34,7 @@ from streamscore.serde import schemas
 from streamscore.serde.event_ids import EventIdReader
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 
 from .kafka_fakes import FakeMessage, FakeSink
 from .test_scoring import decode_prediction, env, v1  # noqa: F401 (fixtures)

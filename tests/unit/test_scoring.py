@@ -24,7 +24,7 @@ from streamscore.score.batch import BatchScorer, InMessage
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 
 KEY = b"unit-test-key"
 

@@ -11,7 +11,7 @@ import pytest
 from streamscore.core.records import Task
 from streamscore.models.container import decode_bundle
 from streamscore.models.runtime import LoadedModel
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 from streamscore.train.training import (
     Comparison,
     TooFewRowsError,

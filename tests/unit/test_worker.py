@@ -172,8 +172,8 @@ def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> No
     from streamscore.models.runtime import load_bundle
     from streamscore.score.drift import PSI_ALERT_THRESHOLD
     from streamscore.score.worker import DriftTracker
-    from streamscore.train import synthetic
-    from streamscore.train.training import demo_bundle
+    from streamscore.dev import synthetic
+    from streamscore.dev.synthetic import demo_bundle
 
     reg = CollectorRegistry()
     tracker = DriftTracker(Metrics(reg), window=4000)
