@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
-from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD
+from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, Task
 
 
 @dataclass(frozen=True)
@@ -341,3 +342,131 @@ class ClusterSettings:
     @property
     def registry_url(self) -> str:
         return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+
+# ------------------------------------------------- the project file's labels and recipe
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*\Z")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def duration_ms(text: str) -> int:
+    """A duration with its unit (``"90s"``, ``"15m"``, ``"12h"``, ``"30d"``, ``"2w"``;
+    decimals allowed: ``"1.5h"``) in milliseconds. The one parser of durations: whoever
+    reads one (the project file, a flag) uses it. Raises ConfigError naming the text."""
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ConfigError(
+            f"{text!r} is not a duration: a number and one unit of "
+            "s (seconds), m (minutes), h (hours), d (days), w (weeks), e.g. '30d'"
+        )
+    ms = round(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    if ms <= 0:
+        raise ConfigError(f"{text!r} is not a duration: it must be longer than 0")
+    return ms
+
+
+class LabelTask(enum.StrEnum):
+    """What the labels are: two classes, several classes (string or int labels), or a
+    number."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+    @property
+    def task(self) -> Task:
+        """The model's task (classification or regression)."""
+        return Task.REGRESSION if self is LabelTask.REGRESSION else Task.CLASSIFICATION
+
+
+class Metric(enum.StrEnum):
+    """The holdout metric that decides whether a candidate beats the current model."""
+
+    ACCURACY = "accuracy"
+    LOG_LOSS = "log_loss"
+    ROC_AUC = "roc_auc"
+    MACRO_F1 = "macro_f1"
+    MAE = "mae"
+    RMSE = "rmse"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self not in (Metric.LOG_LOSS, Metric.MAE, Metric.RMSE)
+
+
+#: the metrics that apply to each task, its default first
+METRICS_BY_TASK: Mapping[LabelTask, tuple[Metric, ...]] = MappingProxyType(
+    {
+        LabelTask.BINARY: (
+            Metric.ROC_AUC,
+            Metric.ACCURACY,
+            Metric.LOG_LOSS,
+            Metric.MACRO_F1,
+        ),
+        LabelTask.MULTICLASS: (Metric.MACRO_F1, Metric.ACCURACY, Metric.LOG_LOSS),
+        LabelTask.REGRESSION: (Metric.RMSE, Metric.MAE),
+    }
+)
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The project file's ``[labels]``: where the truth about events arrives, in the
+    user's own label schema. ``topic`` the label topic; ``id_field`` the label's field
+    that holds the event id it answers; ``label_field`` the label itself; ``time_field``
+    when it was observed (None: the message timestamp), read with ``time_encoding``;
+    ``task`` what the labels are; ``positive`` (binary only) the positive class, as a
+    string (``"true"``, ``"1"``, ``"fraud"``; None: not stated)."""
+
+    topic: str
+    id_field: str
+    label_field: str
+    task: LabelTask
+    time_field: str | None = None
+    time_encoding: TimeEncoding = TimeEncoding.TIMESTAMP_MILLIS
+    positive: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.positive is not None and self.task is not LabelTask.BINARY:
+            raise ConfigError(f"positive is for binary labels only, not {self.task.value}")
+        if self.id_field == self.label_field:
+            raise ConfigError(f"the label's id and label fields are both {self.id_field!r}")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """The project file's ``[train]``: how a candidate model is made and judged.
+
+    Exactly one of ``estimator`` (an import path ``package.module.Class``, built with
+    ``params``) and ``fit`` (``package.module:function``, called with the training frame,
+    returning a fitted estimator or Pipeline; the user's own code, run only where training
+    runs). ``window_ms`` how far back the training rows go (None: all); ``holdout`` the
+    last fraction of rows by event time, held out for the comparison; ``metric`` the one
+    that decides (None: the task's default, :data:`METRICS_BY_TASK`); ``margin`` by how
+    much the candidate must beat the current model on it."""
+
+    model_name: str | None = None
+    estimator: str | None = None
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    fit: str | None = None
+    window_ms: int | None = None
+    holdout: float = 0.2
+    metric: Metric | None = None
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.estimator is None) == (self.fit is None):
+            raise ConfigError("give exactly one of estimator (an import path) and fit")
+        if self.fit is not None and self.params:
+            raise ConfigError("params go with estimator; a fit function sets its own")
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.window_ms is not None and self.window_ms <= 0:
+            raise ConfigError(f"window must be longer than 0, got {self.window_ms} ms")
+        if self.margin < 0 or self.margin != self.margin:
+            raise ConfigError(f"margin must be >= 0, got {self.margin}")
+
+    def metric_for(self, task: LabelTask) -> Metric:
+        """The deciding metric: the recipe's, else ``task``'s default."""
+        return self.metric or METRICS_BY_TASK[task][0]

@@ -632,9 +632,22 @@ class _RowContext:
 def _input_value(v: Any) -> float | str | None:
     if v is None or isinstance(v, str):
         return v
+    if type(v) is bool:  # as a boolean feature reads it back (and as the vector holds it)
+        return 1.0 if v else 0.0
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
     return str(v)
+
+
+def _flatten(prefix: str, record: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """A nested record's fields into ``out`` by dotted name (``device.os``), as a
+    feature's path names them."""
+    for k, v in record.items():
+        name = f"{prefix}.{k}"
+        if type(v) is dict:
+            _flatten(name, v, out)
+        else:
+            out[name] = _input_value(v)
 
 
 def _inputs(
@@ -642,22 +655,33 @@ def _inputs(
 ) -> list[dict[str, Any]] | None:
     """Per event, what the scored feature vector does not hold as it was, so that the
     ground truth can rebuild the raw event for retraining: fields the model does not
-    use, raw values of categorical features, and numeric features that were missing
-    (and imputed). ``None`` when that is nothing for the whole batch (no per-row work:
-    an event whose fields are all numeric model inputs costs nothing here)."""
+    use, raw values of categorical features, and numeric or boolean features that were
+    missing (and imputed); a nested record's fields by their dotted names. ``None`` when
+    that is nothing for the whole batch (no per-row work: an event whose fields are all
+    numeric model inputs costs nothing here)."""
     if not events:
         return None
-    numeric = {f.name for f in spec.fields if f.kind is FeatureKind.NUMERIC}
+    as_is = (FeatureKind.NUMERIC, FeatureKind.BOOLEAN)  # the vector holds their values
+    numeric = {f.name for f in spec.fields if f.kind in as_is and f.source == f.name}
     other = [k for k in events[0] if k not in envelope and k not in numeric]
     miss_cols = [
-        (j, f.name)
-        for j, f in enumerate(spec.fields)
-        if f.kind is FeatureKind.NUMERIC and missing[:, j].any()
+        (j, f.name) for j, f in enumerate(spec.fields) if f.kind in as_is and missing[:, j].any()
     ]
     if not other and not miss_cols:
         return None
-    out = [{k: _input_value(e.get(k)) for k in other} for e in events]
+    out = [_raw_fields(e, other) for e in events]
     for j, name in miss_cols:
         for i in np.flatnonzero(missing[:, j]).tolist():
             out[i][name] = None
     return out
+
+
+def _raw_fields(event: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for k in names:
+        v = event.get(k)
+        if type(v) is dict:  # a nested record (per-message decoded events only)
+            _flatten(k, v, row)
+        else:
+            row[k] = _input_value(v)
+    return row
