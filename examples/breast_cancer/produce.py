@@ -52,11 +52,13 @@ def rows(repeat: int = 1) -> Iterator[Row]:
             biopsy = uuid.uuid4().hex
             clinic = CLINICS[i % len(CLINICS)]
 
-            def event(now_ms: int, m: dict[str, float] = m, b: str = biopsy, c: str = clinic) -> dict[str, Any]:
+            def event(
+                now_ms: int, m: dict[str, float] = m, b: str = biopsy, c: str = clinic
+            ) -> dict[str, Any]:
                 return {"biopsy_id": b, "sampled_at": now_ms * 1000, "clinic": c, **m}
 
             def label(now_ms: int, b: str = biopsy, o: str = outcome) -> dict[str, Any]:
-                return {"sample": b, "outcome": o, "diagnosed_at": now_ms}
+                return {"biopsy_ref": b, "pathology": o, "diagnosed_at": now_ms}
 
             yield clinic, event, label
 
@@ -72,8 +74,10 @@ def main() -> None:
         rate=args.rate,
         label_delay_s=args.label_delay_s,
     )
-    print(f"produced {n[0]} biopsies to {target.events_topic}, {n[1]} diagnoses to "
-          f"{target.labels_topic}")
+    print(
+        f"produced {n[0]} biopsies to {target.events_topic}, {n[1]} diagnoses to "
+        f"{target.labels_topic}"
+    )
 
 
 if __name__ == "__main__":

@@ -62,10 +62,10 @@ def rows(repeat: int = 1, first_tag: int = 1) -> Iterator[Row]:
 
             def event(now_ms: int, m: dict[str, Any] = measures, t: int = tag) -> dict[str, Any]:
                 when = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).isoformat()
-                return {"tag": t, "measured": when, **m}
+                return {"penguin_tag": t, "measured_on": when, **m}
 
             def label(now_ms: int, t: int = tag, s: str = p["species"]) -> dict[str, Any]:
-                return {"band": t, "species": s, "called_at_ms": now_ms}
+                return {"tagged_penguin": t, "species": s, "called_at_ms": now_ms}
 
             yield str(tag), event, label
             tag += 1
@@ -84,8 +84,10 @@ def main() -> None:
         rate=args.rate,
         label_delay_s=args.label_delay_s,
     )
-    print(f"produced {n[0]} penguins to {target.events_topic}, {n[1]} species calls to "
-          f"{target.labels_topic}")
+    print(
+        f"produced {n[0]} penguins to {target.events_topic}, {n[1]} species calls to "
+        f"{target.labels_topic}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
-from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, Task
+from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ class Env:
     #: which of the event's own fields are its id, time and key (the project file's
     #: ``[events]``; the defaults are the shipped event schema's)
     events: EventFields = field(default_factory=lambda: EventFields())
+    #: the project file's ``[labels]`` (None: labels follow the feedback schema)
+    labels: LabelSettings | None = None
+    #: the project file's ``[train]`` recipe and ``[[features]]`` (None: not given)
+    train: TrainRecipe | None = None
+    features: FeatureSpec | None = None
 
 
 class Secret:

@@ -9,8 +9,9 @@ The names are the project file's ``[train] metric`` values::
     macro_f1   classification, higher is better (unweighted mean of per-class F1)
     mae, rmse  regression, lower is better
 
-Which way is better, and how an improvement is measured, is decided here only
-(:data:`LOWER_IS_BETTER`, :func:`better_by`).
+Which way is better is :class:`~streamscore.core.config.Metric`'s to say; how an
+improvement is measured is decided here only (:func:`better_by`), for training, the
+promotion gate and the auto-promotion alike.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from .config import Metric
 from .records import Task
 
 CLASSIFICATION_METRICS = ("accuracy", "log_loss", "roc_auc", "macro_f1")
 REGRESSION_METRICS = ("mae", "rmse")
 METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
 
-#: Metrics where a lower value is better; all the others are higher-is-better.
-LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
+#: Metrics where a lower value is better (:attr:`Metric.higher_is_better`, the one place
+#: that says); all the others are higher-is-better.
+LOWER_IS_BETTER = frozenset(m.value for m in Metric if not m.higher_is_better)
 
 _EPS = 1e-15
 

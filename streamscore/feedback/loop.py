@@ -67,7 +67,7 @@ from ..core.errors import (
     UnknownKindError,
     ValidationError,
 )
-from ..core.records import Feedback, Position, Prediction, Role, Telemetry
+from ..core.records import Position, Prediction, Role, Telemetry
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
 from .groundtruth import GroundTruthStore

@@ -22,10 +22,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+
 from ..core.errors import StreamscoreError
+from ..core.quality import beats, improvement_kind, probabilities_metrics, regression_metrics
 from ..core.records import FeatureSpec, Task
 from ..feedback.groundtruth import training_data
-from ..core.quality import beats, improvement_kind, probabilities_metrics, regression_metrics
 from ..feedback.promotion import decision_metric
 from ..models.container import Bundle
 from ..models.convert import build_bundle
@@ -166,8 +167,9 @@ def retrain(
     positive: str | None = None,
     now_ms: int | None = None,
 ) -> RetrainResult:
-    """Fit a candidate (a clone of ``estimator``) on the older rows, compare it with ``current`` on the most recent
-    ``holdout_fraction`` (by event time) and say whether to publish (module doc).
+    """Fit a candidate (a clone of ``estimator``) on the older rows, compare it with
+    ``current`` on the most recent ``holdout_fraction`` (by event time) and say whether
+    to publish (module doc).
 
     Raises :class:`TooFewRowsError` when fewer than ``min_rows`` rows are usable for
     ``spec`` or either split would be empty.

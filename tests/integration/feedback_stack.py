@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from streamscore.dev import synthetic
 from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
-from streamscore.dev import synthetic
 from tests.processes import WorkerProcess, launch, wait_until
 
 from .stack import Stack

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from streamscore.core.records import Role
-from streamscore.models.signing import Ed25519Signer
 from streamscore.dev.synthetic import demo_bundle
+from streamscore.models.signing import Ed25519Signer
 
 from .stack import Stack, WorkerProcess
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamscore.dev import synthetic
 from streamscore.metrics.series import Metrics
 from streamscore.models.meta import Histogram, ReferenceDistributions, compute_histogram
 from streamscore.score.drift import PSI_ALERT_THRESHOLD, SCORE_LABEL, DriftMonitor, psi
-from streamscore.dev import synthetic
 
 NAMES = ("a", "b", "c")
 
