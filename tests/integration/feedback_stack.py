@@ -107,10 +107,15 @@ def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None)
     raise AssertionError(f"store has {len(rows)} rows, expected {n}")
 
 
+#: the demo's project file: its features and training recipe (the stack's topics, set
+#: in the environment, win over the file's)
+DEMO_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "demo" / "streamscore.toml"
+
+
 def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", FEEDBACK_MODULE, "train", "--store-dir", str(store_dir), *args],
-        env=stack.env(publisher=True),
+        env={**stack.env(publisher=True), "STREAMSCORE_CONFIG": str(DEMO_PROJECT)},
         capture_output=True,
         text=True,
         timeout=300,
