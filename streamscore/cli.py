@@ -136,6 +136,8 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     from_file = dict(file.topics)
     if file.events_topic is not None:
         from_file["events"] = file.events_topic
+    if file.labels is not None:  # the user's label topic is the feedback side's input
+        from_file["feedback"] = file.labels.topic
     topics = TopicSettings(
         **{
             name: env.get(
@@ -229,12 +231,14 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
             name=args.name,
             version=args.version or version(),
         ).to_bytes()
-    from .train.training import demo_bundle
-
-    return demo_bundle(args.demo, name=args.name, version=args.version or version()).to_bytes()
+    raise ConfigError("say which model: --bundle FILE or --estimator FILE (with --spec, --data)")
 
 
 def cmd_model(args: argparse.Namespace, env: Env) -> int:
+    if args.name is None and env.train is not None:
+        args.name = env.train.model_name
+    if args.name is None and args.action not in ("keygen", "list"):
+        raise ConfigError("no model name: --name NAME, or [train] model_name in the project file")
     if args.action == "build":
         if not args.out:
             raise ConfigError("model build needs --out FILE")
@@ -621,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")
     m.add_argument("action", choices=["build", "publish", "list", "rollback", "retire", "keygen"])
-    m.add_argument("--name", default="demo")
+    m.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")
     m.add_argument("--role", choices=[r.value for r in Role], default="primary")
     src = m.add_mutually_exclusive_group()
     src.add_argument(
@@ -632,12 +636,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator",
         help="a fitted scikit-learn estimator/Pipeline saved with joblib (your own, local, "
         "trusted file); converted to ONNX here. Needs --spec and --data",
-    )
-    src.add_argument(
-        "--demo",
-        choices=["ab", "abc"],
-        default="ab",
-        help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
     )
     src.add_argument(
         "--from-archive",

@@ -433,6 +433,14 @@ class ProjectFileError(ConfigError):
         self.key = key
 
 
+class BadLabelError(ValidationError):
+    """A label record's label does not fit the project's task (a class that is not a
+    string, integer or boolean; a regression target that is not a finite number; a
+    string longer than the bound)."""
+
+    reason = "bad_label"
+
+
 class BadEventTimeError(ValidationError):
     """An event's time field holds a value its configured encoding cannot read."""
 

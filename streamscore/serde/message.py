@@ -67,18 +67,20 @@ class _Plan:
 
 
 class AvroDeserializer:
-    """``(bytes, ctx) -> dict`` decoding with the caller's reader schema."""
+    """``(bytes, ctx) -> dict`` decoding with the caller's reader schema (None: each
+    message as its own writer schema says, for records whose schema is the user's; only
+    the per-message ``__call__`` then)."""
 
     def __init__(
         self,
         schemas: WriterSchemaCache,
-        reader_schema: dict[str, Any],
+        reader_schema: dict[str, Any] | None,
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._schemas = schemas
-        self._reader_json = strip_logical_types(reader_schema)
-        self._reader = parse(reader_schema)
+        self._reader_json = None if reader_schema is None else strip_logical_types(reader_schema)
+        self._reader = None if reader_schema is None else parse(reader_schema)
         self._max_depth = max_depth
         # schema id -> how its messages are read
         self._resolution: dict[int, _Plan] = {}
@@ -105,7 +107,7 @@ class AvroDeserializer:
                     schema_id=schema_id,
                 ) from exc
             stripped = strip_logical_types(writer_json)
-            if stripped == self._reader_json:
+            if self._reader_json is None or stripped == self._reader_json:
                 plan = _Plan(writer, None, scan)
             else:
                 unions = _check_top_level(stripped, self._reader_json, schema_id)
@@ -195,6 +197,8 @@ class AvroDeserializer:
         """How to decode messages written with ``schema_id`` column-wise, or None when
         the per-message path must read them (see :func:`.columnar_decode.resolution`).
         Raises what ``__call__`` raises for a bad writer."""
+        if self._reader_json is None:
+            return None
         if schema_id not in self._flat:
             reader = self._plan(schema_id).reader
             # None: written with the reader schema (nothing to resolve)

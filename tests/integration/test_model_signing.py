@@ -12,8 +12,8 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from streamscore.core.records import Role
+from streamscore.dev.synthetic import demo_bundle
 from streamscore.models.signing import Ed25519Signer
-from streamscore.train.training import demo_bundle
 
 from .stack import Stack, WorkerProcess
 
@@ -35,13 +35,16 @@ def test_public_keys_only_worker_serves_signed_models_and_refuses_an_unlisted_ke
     worker_env = stack.env()
     assert "STREAMSCORE_SIGNING_KEY_FILE" not in worker_env
     assert "STREAMSCORE_PUBLIC_KEY_FILE" in worker_env
+    v1 = stack.tmp / "v1.bundle"
+    v1.write_bytes(demo_bundle("ab", version=1).to_bytes())
     # the workers' environment cannot sign: `model publish` there fails, naming the setting
-    denied = _model_cli(stack, "publish", "--demo", "ab", "--version", "1", publisher=False)
+    pub = ("publish", "--name", "demo", "--bundle", str(v1))
+    denied = _model_cli(stack, *pub, publisher=False)
     assert denied.returncode == 1, denied.stdout + denied.stderr
     assert "STREAMSCORE_SIGNING_KEY_FILE" in denied.stderr
     assert "Traceback" not in denied.stderr
     # a publisher (the private key) publishes v1 through the CLI
-    ok = _model_cli(stack, "publish", "--demo", "ab", "--version", "1", publisher=True)
+    ok = _model_cli(stack, *pub, publisher=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "published demo/primary v1" in ok.stdout
 
