@@ -52,6 +52,7 @@ from typing import Any
 
 from .core import redact
 from .core.config import (
+    STRATEGY_TOPICS,
     ClusterSettings,
     Env,
     KafkaSettings,
@@ -61,7 +62,6 @@ from .core.config import (
     RegistrySettings,
     ScoringSettings,
     Secret,
-    STRATEGY_TOPICS,
     SigningScheme,
     SigningSettings,
     SubjectStrategy,
@@ -178,7 +178,9 @@ def _strategy(env: Mapping[str, str], name: str) -> SubjectStrategy | None:
         raise ConfigError(f"{name} must be one of {choices}, not {text!r}") from None
 
 
-def registry_settings(env: Mapping[str, str], file: ProjectFile, default_url: str) -> RegistrySettings:
+def registry_settings(
+    env: Mapping[str, str], file: ProjectFile, default_url: str
+) -> RegistrySettings:
     """``[registry]`` of the project file under the ``STREAMSCORE_REGISTRY_*``
     environment (the ``_FILE`` variants read a secret from a file)."""
     p = "STREAMSCORE_REGISTRY_"
@@ -187,16 +189,18 @@ def registry_settings(env: Mapping[str, str], file: ProjectFile, default_url: st
         timeout_s = float(env.get(p + "TIMEOUT_S", f.get("timeout_s", 2.0)))
         retries = int(env.get(p + "MAX_RETRIES", f.get("max_retries", 1)))
     except ValueError:
-        raise ConfigError(
-            f"{p}TIMEOUT_S must be a number and {p}MAX_RETRIES an integer"
-        ) from None
+        raise ConfigError(f"{p}TIMEOUT_S must be a number and {p}MAX_RETRIES an integer") from None
     user = env.get(p + "USER", f.get("basic_auth_user"))
     password = _secret(env, p + "PASSWORD")
     if password is None and f.get("basic_auth_password_file"):
-        password = _file_secret(f["basic_auth_password_file"], "[registry] basic_auth_password_file")
+        password = _file_secret(
+            f["basic_auth_password_file"], "[registry] basic_auth_password_file"
+        )
     user_info = _secret(env, p + "BASIC_AUTH_USER_INFO")
     if user_info is None and f.get("basic_auth_user_info_file"):
-        user_info = _file_secret(f["basic_auth_user_info_file"], "[registry] basic_auth_user_info_file")
+        user_info = _file_secret(
+            f["basic_auth_user_info_file"], "[registry] basic_auth_user_info_file"
+        )
     if user_info is not None:
         if user is not None or password is not None:
             raise ConfigError(
@@ -224,9 +228,7 @@ def registry_settings(env: Mapping[str, str], file: ProjectFile, default_url: st
         timeout_s=timeout_s,
         max_retries=retries,
         ca_location=env.get(p + "SSL_CA_LOCATION", f.get("ca_location")),
-        certificate_location=env.get(
-            p + "SSL_CERTIFICATE_LOCATION", f.get("certificate_location")
-        ),
+        certificate_location=env.get(p + "SSL_CERTIFICATE_LOCATION", f.get("certificate_location")),
         key_location=env.get(p + "SSL_KEY_LOCATION", f.get("key_location")),
         key_password=key_password,
         bearer_token=token,

@@ -237,7 +237,7 @@ class RegistrySettings:
             f"bearer_logical_cluster={self.bearer_logical_cluster!r}, "
             f"auto_register={self.auto_register!r}, "
             f"subject_strategy={self.subject_strategy.value!r}, "
-            f"subject_strategies={ {k: v.value for k, v in self.subject_strategies.items()} !r})"
+            f"subject_strategies={ {k: v.value for k, v in self.subject_strategies.items()}!r})"
         )
 
     def client_config(self) -> dict[str, Any]:

@@ -154,7 +154,6 @@ class _Table:
             raise self.error(f"{v!r} is not {what}", key)
         return v
 
-
     def boolean(self, key: str) -> bool | None:
         if key not in self.data:
             return None

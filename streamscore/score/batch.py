@@ -30,7 +30,6 @@ from ..features.validation import validate
 from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
 from ..models.runtime import LoadedModel, ScoreBatch
 from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
-from .keys import KeyDecoder, key_decoder
 from .codecs import (
     BatchDecoder,
     BatchEncoder,
@@ -40,6 +39,7 @@ from .codecs import (
     batch_encoder,
     decode_batch,
 )
+from .keys import KeyDecoder, key_decoder
 
 
 @dataclass(frozen=True, slots=True)

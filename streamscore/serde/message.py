@@ -49,10 +49,10 @@ from .wire import (
     HEADER_SIZE,
     MAGIC_BYTE,
     RegistryClient,
+    WriterSchema,
     WriterSchemaCache,
     parse,
     split_header,
-    WriterSchema,
     strip_logical_types,
     writer_schema,
 )
@@ -293,7 +293,6 @@ class AvroDeserializer:
             good.append(i)
             records.append(record)
         return good, records, failed
-
 
     def _decode_each(
         self, values: Sequence[bytes | None]

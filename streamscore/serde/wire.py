@@ -322,9 +322,7 @@ def _json_depth(value: Any) -> int:
 MAX_REFERENCES = 64
 MAX_REFERENCE_DEPTH = 8
 
-_PRIMITIVES = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 
 def _full_name(name: str, namespace: str | None) -> str:
@@ -398,9 +396,14 @@ def inline_references(schema: Any, named: dict[str, Any]) -> Any:
                 out["items"] = walk(t.get("items"), ns)
             elif kind == "map":
                 out["values"] = walk(t.get("values"), ns)
-            elif isinstance(kind, (str, list, dict)) and kind not in _PRIMITIVES and kind not in (
-                "enum",
-                "fixed",
+            elif (
+                isinstance(kind, (str, list, dict))
+                and kind not in _PRIMITIVES
+                and kind
+                not in (
+                    "enum",
+                    "fixed",
+                )
             ):
                 out["type"] = walk(kind, ns)
             return out

@@ -72,7 +72,7 @@ def test_basic_auth_and_bearer_together_refused() -> None:
         RegistrySettings(basic_auth_user="u", bearer_token=Secret("t"))
     with pytest.raises(ConfigError, match="basic auth and a bearer token"):
         RegistrySettings(url="http://u:p@r:8081", bearer_token=Secret("t")).client_config()
-    with pytest.raises(ConfigError, match="ssl.certificate.location"):
+    with pytest.raises(ConfigError, match=r"ssl\.certificate\.location"):
         RegistrySettings(key_location="/k.pem")
     with pytest.raises(ConfigError, match="no subject strategy can be set for 'dlq'"):
         RegistrySettings(subject_strategies={"dlq": SubjectStrategy.RECORD})
@@ -127,9 +127,12 @@ def test_environment(tmp_path: Path) -> None:
     assert r2.bearer_token_file == token
     conf2 = r2.client_config()
     assert conf2["bearer.auth.credentials.source"] == "CUSTOM"
-    assert conf2["bearer.auth.custom.provider.function"](
-        conf2["bearer.auth.custom.provider.config"]
-    )["bearer.auth.token"] == "tok"
+    assert (
+        conf2["bearer.auth.custom.provider.function"](conf2["bearer.auth.custom.provider.config"])[
+            "bearer.auth.token"
+        ]
+        == "tok"
+    )
     # the defaults: registration on (the local dev cluster), the topic strategy
     d = settings_from_env({}).registry
     assert d.auto_register is True and d.strategy("predictions") is SubjectStrategy.TOPIC
@@ -212,7 +215,7 @@ predictions = "record"
             '[registry.subject_strategies]\ndlq = "record"\n',
             "[registry.subject_strategies] dlq: unknown key 'dlq'",
         ),
-        ('[registry]\ntimeout_s = 0\n', "[registry] timeout_s: must be > 0"),
+        ("[registry]\ntimeout_s = 0\n", "[registry] timeout_s: must be > 0"),
         ('[events]\nkey_format = "json"\n', "[events] key_format: unknown value 'json'"),
     ],
 )
@@ -228,7 +231,7 @@ def test_project_file_registry_errors(text: str, message: str) -> None:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[dict[str, str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         type(self).seen.append(dict(self.headers))
         body = json.dumps({"message": "no such subject", "error_code": 40401}).encode()
         self.send_response(404)
@@ -280,8 +283,9 @@ def test_credentials_sent(
     client = registry_client(s.client_config())
     for expected in ("file-tok-1", "file-tok-22"):
         token.write_text(expected + "\n")
-        with pytest.raises(Exception):
+        with pytest.raises(Exception) as err:
             client.get_latest_version("other-subject")
+        assert getattr(err.value, "http_status_code", None) == 404
         assert seen[-1]["Authorization"] == f"Bearer {expected}"
         assert seen[-1]["target-sr-cluster"] == "lsrc-7"
     for secret in ("pw-1", "static-tok", "file-tok"):

@@ -258,7 +258,9 @@ def test_a_bundle_signed_with_anything_derived_from_a_workers_material_is_refuse
     derived: list[Signer] = [
         Ed25519Signer(Ed25519PrivateKey.from_private_bytes(public), "pub1"),
         Ed25519Signer(
-            Ed25519PrivateKey.from_private_bytes(hashlib.sha256(keyring_file.read_bytes()).digest()),
+            Ed25519PrivateKey.from_private_bytes(
+                hashlib.sha256(keyring_file.read_bytes()).digest()
+            ),
             "pub1",
         ),
         Ed25519Signer(

@@ -35,7 +35,9 @@ class NoRegistration:
         self.inner = inner
         self.register_calls = 0
 
-    def register_schema(self, subject_name: str, schema: Any, normalize_schemas: bool = False) -> int:
+    def register_schema(
+        self, subject_name: str, schema: Any, normalize_schemas: bool = False
+    ) -> int:
         self.register_calls += 1
         exc = Exception("registration is forbidden")
         exc.http_status_code = 403  # type: ignore[attr-defined]
@@ -84,14 +86,19 @@ def test_unreadable_by_names_the_field() -> None:
     fewer = _with(REC["fields"][:2])
     assert unreadable_by(REC, fewer) is None  # a reader may ignore fields
     one_color = _with(
-        [*REC["fields"][:2], {"name": "c", "type": {"type": "enum", "name": "Color", "symbols": ["R"]}}]
+        [
+            *REC["fields"][:2],
+            {"name": "c", "type": {"type": "enum", "name": "Color", "symbols": ["R"]}},
+        ]
     )
     assert unreadable_by(REC, one_color) == ("c", "enum symbols ['G'] are unknown to the reader")
     optional = _with([{"name": "a", "type": ["null", "long"]}, *REC["fields"][1:]])
     assert unreadable_by(REC, optional) is None
     assert unreadable_by(optional, REC) == ("a", "null cannot be read as long")
     nested_w = _with([{"name": "n", "type": {"type": "array", "items": REC}}], {**REC, "name": "W"})
-    nested_r = _with([{"name": "n", "type": {"type": "array", "items": wider}}], {**REC, "name": "W"})
+    nested_r = _with(
+        [{"name": "n", "type": {"type": "array", "items": wider}}], {**REC, "name": "W"}
+    )
     assert unreadable_by(nested_w, nested_r) is None
     assert unreadable_by(nested_r, nested_w) == ("n[].a", "double cannot be read as long")
 
@@ -115,7 +122,9 @@ def test_registration_off_uses_the_latest_version(registry: Any) -> None:
     assert strict.register_calls == 0
 
     # records are written with the latest version (its default filled in)
-    ser = topic_serializer(strict, RegistrySettings(auto_register=False), "predictions", "preds", REC)
+    ser = topic_serializer(
+        strict, RegistrySettings(auto_register=False), "predictions", "preds", REC
+    )
     value = ser({"a": 1, "b": "x", "c": "G"})
     dec = AvroDeserializer(WriterSchemaCache(registry), later)
     assert dec(value) == {"a": 1, "b": "x", "c": "G", "d": 7}
