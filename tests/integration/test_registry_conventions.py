@@ -160,4 +160,5 @@ def test_a_missing_subject_with_registration_off_stops_the_worker(
     log = w.log()
     assert f"subject {subject!r} does not exist in the schema registry" in log
     assert "STREAMSCORE_REGISTRY_AUTO_REGISTER" in log
+    assert "Traceback" not in log
     assert subject not in stack.registry.get_subjects()
