@@ -10,6 +10,15 @@ Environment (all optional unless said; each wins over the project file):
   STREAMSCORE_REGISTRY_USER / STREAMSCORE_REGISTRY_PASSWORD   registry basic auth
   STREAMSCORE_REGISTRY_TIMEOUT_S   per registry request (default 2)
   STREAMSCORE_REGISTRY_MAX_RETRIES retries of one registry request (default 1)
+  STREAMSCORE_REGISTRY_BASIC_AUTH_USER_INFO[_FILE]   "user:password" (basic.auth.user.info)
+  STREAMSCORE_REGISTRY_SSL_CA_LOCATION, _SSL_CERTIFICATE_LOCATION, _SSL_KEY_LOCATION,
+  STREAMSCORE_REGISTRY_SSL_KEY_PASSWORD[_FILE]      registry TLS (CA, client certificate)
+  STREAMSCORE_REGISTRY_BEARER_TOKEN, or _BEARER_TOKEN_FILE (read again when it changes),
+  STREAMSCORE_REGISTRY_BEARER_LOGICAL_CLUSTER, _BEARER_IDENTITY_POOL   bearer auth
+  STREAMSCORE_REGISTRY_AUTO_REGISTER  true (default) / false: use the subjects' latest
+                                   versions, never register (production registries)
+  STREAMSCORE_REGISTRY_SUBJECT_STRATEGY[_EVENTS|_PREDICTIONS|_TELEMETRY|_MODELS|_FEEDBACK]
+                                   topic (default), record, topic-record
   STREAMSCORE_SECURITY_PROTOCOL, STREAMSCORE_SASL_MECHANISM,
   STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD        Kafka auth
   STREAMSCORE_SIGNING              ed25519 (default) or hmac (a shared secret: legacy)
@@ -38,13 +47,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .core import redact
 from .core.config import (
+    STRATEGY_TOPICS,
     ClusterSettings,
     Env,
     KafkaSettings,
+    KeyFormat,
     LatePolicy,
     MetricsSettings,
     RegistrySettings,
@@ -52,6 +64,7 @@ from .core.config import (
     Secret,
     SigningScheme,
     SigningSettings,
+    SubjectStrategy,
     TopicSettings,
 )
 from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
@@ -112,21 +125,7 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
         sasl_username=env.get("STREAMSCORE_SASL_USERNAME"),
         sasl_password=_secret(env, "STREAMSCORE_SASL_PASSWORD"),
     )
-    try:
-        timeout_s = float(env.get("STREAMSCORE_REGISTRY_TIMEOUT_S", "2"))
-        retries = int(env.get("STREAMSCORE_REGISTRY_MAX_RETRIES", "1"))
-    except ValueError:
-        raise ConfigError(
-            "STREAMSCORE_REGISTRY_TIMEOUT_S must be a number and "
-            "STREAMSCORE_REGISTRY_MAX_RETRIES an integer"
-        ) from None
-    registry = RegistrySettings(
-        url=env.get("STREAMSCORE_REGISTRY_URL", file.registry_url or cluster.registry_url),
-        basic_auth_user=env.get("STREAMSCORE_REGISTRY_USER"),
-        basic_auth_password=_secret(env, "STREAMSCORE_REGISTRY_PASSWORD"),
-        timeout_s=timeout_s,
-        max_retries=retries,
-    )
+    registry = registry_settings(env, file, cluster.registry_url)
     signing = signing_settings(env)
     try:
         max_bytes = int(env.get("STREAMSCORE_MODEL_MAX_BYTES", cluster.model_topic_max_bytes))
@@ -157,6 +156,104 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
         features=file.features,
         labels=file.labels,
         train=file.train,
+    )
+
+
+def _file_secret(path: str, what: str) -> Secret:
+    try:
+        return Secret(Path(path).read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {what} at {path}: {getattr(exc, 'strerror', None) or 'not UTF-8'}"
+        ) from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return None
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {text!r}")
+
+
+def _strategy(env: Mapping[str, str], name: str) -> SubjectStrategy | None:
+    text = env.get(name)
+    if not text:
+        return None
+    try:
+        return SubjectStrategy(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in SubjectStrategy)
+        raise ConfigError(f"{name} must be one of {choices}, not {text!r}") from None
+
+
+def registry_settings(
+    env: Mapping[str, str], file: ProjectFile, default_url: str
+) -> RegistrySettings:
+    """``[registry]`` of the project file under the ``STREAMSCORE_REGISTRY_*``
+    environment (the ``_FILE`` variants read a secret from a file)."""
+    p = "STREAMSCORE_REGISTRY_"
+    f = file.registry
+    try:
+        timeout_s = float(env.get(p + "TIMEOUT_S", f.get("timeout_s", 2.0)))
+        retries = int(env.get(p + "MAX_RETRIES", f.get("max_retries", 1)))
+    except ValueError:
+        raise ConfigError(f"{p}TIMEOUT_S must be a number and {p}MAX_RETRIES an integer") from None
+    user = env.get(p + "USER", f.get("basic_auth_user"))
+    password = _secret(env, p + "PASSWORD")
+    if password is None and f.get("basic_auth_password_file"):
+        password = _file_secret(
+            f["basic_auth_password_file"], "[registry] basic_auth_password_file"
+        )
+    user_info = _secret(env, p + "BASIC_AUTH_USER_INFO")
+    if user_info is None and f.get("basic_auth_user_info_file"):
+        user_info = _file_secret(
+            f["basic_auth_user_info_file"], "[registry] basic_auth_user_info_file"
+        )
+    if user_info is not None:
+        if user is not None or password is not None:
+            raise ConfigError(
+                f"registry basic auth is given twice: {p}BASIC_AUTH_USER_INFO and a user/password"
+            )
+        name, sep, pw = user_info.reveal().partition(":")
+        if not sep or not name:
+            raise ConfigError(f"{p}BASIC_AUTH_USER_INFO must be user:password")
+        user, password = name, Secret(pw)
+    key_password = _secret(env, p + "SSL_KEY_PASSWORD")
+    if key_password is None and f.get("key_password_file"):
+        key_password = _file_secret(f["key_password_file"], "[registry] ssl_key_password_file")
+    token_file = env.get(p + "BEARER_TOKEN_FILE") or f.get("bearer_token_file")
+    token = Secret(env[p + "BEARER_TOKEN"]) if env.get(p + "BEARER_TOKEN") else None
+    auto = _flag(env, p + "AUTO_REGISTER")
+    strategies = dict(f.get("subject_strategies", {}))
+    for topic in STRATEGY_TOPICS:
+        one = _strategy(env, f"{p}SUBJECT_STRATEGY_{topic.upper()}")
+        if one is not None:
+            strategies[topic] = one
+    return RegistrySettings(
+        url=env.get(p + "URL", file.registry_url or default_url),
+        basic_auth_user=user,
+        basic_auth_password=password,
+        timeout_s=timeout_s,
+        max_retries=retries,
+        ca_location=env.get(p + "SSL_CA_LOCATION", f.get("ca_location")),
+        certificate_location=env.get(p + "SSL_CERTIFICATE_LOCATION", f.get("certificate_location")),
+        key_location=env.get(p + "SSL_KEY_LOCATION", f.get("key_location")),
+        key_password=key_password,
+        bearer_token=token,
+        bearer_token_file=Path(token_file) if token_file and token is None else None,
+        bearer_logical_cluster=env.get(
+            p + "BEARER_LOGICAL_CLUSTER", f.get("bearer_logical_cluster")
+        ),
+        bearer_identity_pool=env.get(p + "BEARER_IDENTITY_POOL", f.get("bearer_identity_pool")),
+        auto_register=auto if auto is not None else f.get("auto_register", True),
+        subject_strategy=_strategy(env, p + "SUBJECT_STRATEGY")
+        or f.get("subject_strategy", SubjectStrategy.TOPIC),
+        subject_strategies=MappingProxyType(strategies),
     )
 
 
@@ -202,7 +299,7 @@ def _registry(env: Env) -> Any:
 
 def _model_topic(env: Env) -> Any:
     from .models.publish import ModelTopic
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     reg = _registry(env)
@@ -210,7 +307,7 @@ def _model_topic(env: Env) -> Any:
     return ModelTopic(
         env.kafka,
         env.topics.models,
-        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        encode=topic_serializer(reg, env.registry, "models", env.topics.models, schema),
         decode=AvroDeserializer(WriterSchemaCache(reg), schema),
         max_message_bytes=env.model_max_bytes,
     )
@@ -350,7 +447,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .models.watcher import ModelWatcher
     from .score.batch import BatchScorer
     from .score.worker import ScoreLoop
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.keys import AvroKeyDecoder
+    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     verifier = worker_verifier(env.signing)  # public keys only: this process cannot sign
@@ -390,8 +488,13 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         else __import__("json").loads(Path(args.reader_schema).read_text())
     )
     decode = AvroDeserializer(cache, reader_schema)
-    predictions = AvroSerializer(reg, f"{env.topics.predictions}-value", schemas.load("prediction"))
-    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    predictions = topic_serializer(
+        reg, env.registry, "predictions", env.topics.predictions, schemas.load("prediction")
+    )
+    telemetry = topic_serializer(
+        reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
+    )
+    check_output_subjects(predictions, telemetry)
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
     limits, input_limit = _message_limits(env, scoring)
@@ -500,6 +603,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
                 events=env.events,
+                keys=AvroKeyDecoder(cache) if env.events.key_format is KeyFormat.AVRO else None,
             ),
             store=store,
             metrics=metrics,

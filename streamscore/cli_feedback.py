@@ -55,7 +55,7 @@ def _registry(env: Env) -> Any:
 
 def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     from .models.publish import ModelTopic
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     reg = reg if reg is not None else _registry(env)
@@ -63,7 +63,7 @@ def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     return ModelTopic(
         env.kafka,
         env.topics.models,
-        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        encode=topic_serializer(reg, env.registry, "models", env.topics.models, schema),
         decode=AvroDeserializer(WriterSchemaCache(reg), schema),
         max_message_bytes=env.model_max_bytes,
     )
@@ -105,7 +105,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
@@ -156,7 +156,10 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
     # the user's label schema (any, from the registry) or the project's feedback schema
     decode_fb = AvroDeserializer(cache, None if labels is not None else schemas.load("feedback"))
-    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    telemetry = topic_serializer(
+        reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
+    )
+    check_output_subjects(telemetry)
     topic = model_topic(env, reg) if promo.enabled else None
 
     def on_decision(d: PromotionDecision) -> bool:

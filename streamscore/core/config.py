@@ -73,6 +73,14 @@ class TimeEncoding(enum.StrEnum):
     ISO_8601 = "iso-8601"  # a string, with a UTC offset (``2026-01-02T03:04:05Z``)
 
 
+class KeyFormat(enum.StrEnum):
+    """How the events' message keys are written (``[events] key_format``)."""
+
+    STRING = "string"  # UTF-8 text
+    BYTES = "bytes"  # opaque bytes (shown and hashed as lowercase hex)
+    AVRO = "avro"  # the wire format: a key schema in the registry (<topic>-key)
+
+
 @dataclass(frozen=True)
 class EventFields:
     """Which of the event's own fields the scorer reads as its id, its time and its key.
@@ -83,6 +91,8 @@ class EventFields:
     time_field: str = EVENT_TIME_FIELD
     time_encoding: TimeEncoding = TimeEncoding.TIMESTAMP_MILLIS
     key_field: str | None = None
+    #: how message keys are decoded (used when ``key_field`` is None)
+    key_format: KeyFormat = KeyFormat.STRING
 
     def __post_init__(self) -> None:
         if self.id_field == self.time_field:
@@ -127,11 +137,35 @@ class KafkaSettings:
         return conf
 
 
+class SubjectStrategy(enum.StrEnum):
+    """How a topic's value schema is named in the registry (the ecosystem's three
+    ``subject.name.strategy`` choices)."""
+
+    TOPIC = "topic"  # <topic>-value
+    RECORD = "record"  # <namespace.name> of the record
+    TOPIC_RECORD = "topic-record"  # <topic>-<namespace.name>
+
+    def subject(self, topic: str, schema: Mapping[str, Any]) -> str:
+        """The subject of values of ``topic`` written with ``schema``."""
+        if self is SubjectStrategy.TOPIC:
+            return f"{topic}-value"
+        name = str(schema.get("name", ""))
+        namespace = schema.get("namespace")
+        full = name if "." in name or not namespace else f"{namespace}.{name}"
+        return full if self is SubjectStrategy.RECORD else f"{topic}-{full}"
+
+
+#: the topics a subject strategy can be set for (``TopicSettings`` attribute names)
+STRATEGY_TOPICS = ("events", "predictions", "telemetry", "models", "feedback")
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
-    """The schema registry. Credentials may be in the URL (``https://user:pass@host``)
-    or given apart; either way they are sent as basic auth, never as part of a URL a
-    client could log, and ``repr`` shows neither."""
+    """The schema registry client, with the ecosystem's settings (confluent-kafka's
+    ``SchemaRegistryClient`` names in the comments). Credentials may be in the URL
+    (``https://user:pass@host``) or given apart; either way they are sent as basic auth,
+    never as part of a URL a client could log. Secrets are :class:`Secret` and ``repr``
+    shows none of them."""
 
     url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
     basic_auth_user: str | None = None
@@ -143,12 +177,56 @@ class RegistrySettings:
     max_retries: int = 1
     retry_wait_ms: int = 100
     retry_max_wait_ms: int = 500
+    #: ``ssl.ca.location``: the CA (file or directory) the registry's certificate is
+    #: checked against (default: the system's)
+    ca_location: str | None = None
+    #: ``ssl.certificate.location`` / ``ssl.key.location`` / ``ssl.key.password``: a
+    #: client certificate (mutual TLS)
+    certificate_location: str | None = None
+    key_location: str | None = None
+    key_password: Secret | None = None
+    #: a bearer token sent as ``Authorization: Bearer`` (``bearer.auth.token``), or a file
+    #: holding it, read again when it changes (a token a sidecar rotates)
+    bearer_token: Secret | None = None
+    bearer_token_file: Path | None = None
+    #: ``bearer.auth.logical.cluster`` / ``bearer.auth.identity.pool.id`` (Confluent Cloud)
+    bearer_logical_cluster: str | None = None
+    bearer_identity_pool: str | None = None
+    #: ``auto.register.schemas``: register the outputs' schemas on first use. Off, the
+    #: latest version of each output subject is used (``use.latest.version``), once
+    #: checked to read what streamscore writes; a missing subject is an error
+    auto_register: bool = True
+    #: ``subject.name.strategy`` of every topic, and per topic (``STRATEGY_TOPICS``)
+    subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
+    subject_strategies: Mapping[str, SubjectStrategy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             raise ConfigError(f"registry timeout must be > 0 s, got {self.timeout_s}")
         if self.max_retries < 0:
             raise ConfigError(f"registry max retries must be >= 0, got {self.max_retries}")
+        if self.key_location and not self.certificate_location:
+            raise ConfigError(
+                "registry ssl.key.location is set without ssl.certificate.location "
+                "(STREAMSCORE_REGISTRY_SSL_CERTIFICATE_LOCATION)"
+            )
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ConfigError("registry bearer token is given twice: inline and as a file")
+        bearer = self.bearer_token is not None or self.bearer_token_file is not None
+        if bearer and self.basic_auth_user is not None:
+            raise ConfigError("registry credentials are given twice: basic auth and a bearer token")
+        for topic in self.subject_strategies:
+            if topic not in STRATEGY_TOPICS:
+                raise ConfigError(
+                    f"no subject strategy can be set for {topic!r}; "
+                    f"expected one of: {', '.join(STRATEGY_TOPICS)}"
+                )
+
+    def strategy(self, topic_key: str) -> SubjectStrategy:
+        """The subject name strategy of the topic ``topic_key`` (``STRATEGY_TOPICS``)."""
+        return self.subject_strategies.get(topic_key, self.subject_strategy)
 
     def __repr__(self) -> str:
         from .redact import redact_urls
@@ -158,7 +236,14 @@ class RegistrySettings:
             f"basic_auth_user={self.basic_auth_user!r}, "
             f"basic_auth_password={self.basic_auth_password!r}, timeout_s={self.timeout_s!r}, "
             f"max_retries={self.max_retries!r}, retry_wait_ms={self.retry_wait_ms!r}, "
-            f"retry_max_wait_ms={self.retry_max_wait_ms!r})"
+            f"retry_max_wait_ms={self.retry_max_wait_ms!r}, ca_location={self.ca_location!r}, "
+            f"certificate_location={self.certificate_location!r}, "
+            f"key_location={self.key_location!r}, key_password={self.key_password!r}, "
+            f"bearer_token={self.bearer_token!r}, bearer_token_file={self.bearer_token_file!r}, "
+            f"bearer_logical_cluster={self.bearer_logical_cluster!r}, "
+            f"auto_register={self.auto_register!r}, "
+            f"subject_strategy={self.subject_strategy.value!r}, "
+            f"subject_strategies={ {k: v.value for k, v in self.subject_strategies.items()}!r})"
         )
 
     def client_config(self) -> dict[str, Any]:
@@ -187,7 +272,74 @@ class RegistrySettings:
             conf["basic.auth.user.info"] = f"{self.basic_auth_user}:{pw}"
         elif from_url is not None:
             conf["basic.auth.user.info"] = f"{from_url[0]}:{from_url[1]}"
+        if self.ca_location:
+            conf["ssl.ca.location"] = self.ca_location
+        if self.certificate_location:
+            conf["ssl.certificate.location"] = self.certificate_location
+        if self.key_location:
+            conf["ssl.key.location"] = self.key_location
+        if self.key_password is not None:
+            conf["ssl.key.password"] = self.key_password.reveal()
+        if self.bearer_token is not None or self.bearer_token_file is not None:
+            if "basic.auth.user.info" in conf:
+                raise ConfigError(
+                    "registry credentials are given twice: basic auth and a bearer token"
+                )
+            fields: dict[str, str] = {
+                "bearer.auth.logical.cluster": self.bearer_logical_cluster or "",
+            }
+            if self.bearer_identity_pool:
+                fields["bearer.auth.identity.pool.id"] = self.bearer_identity_pool
+            if self.bearer_token is not None:
+                conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+                conf["bearer.auth.token"] = self.bearer_token.reveal()
+                conf.update(fields)
+            else:
+                assert self.bearer_token_file is not None
+                conf["bearer.auth.credentials.source"] = "CUSTOM"
+                conf["bearer.auth.custom.provider.function"] = TokenFile(self.bearer_token_file)
+                conf["bearer.auth.custom.provider.config"] = fields
         return conf
+
+
+class TokenFile:
+    """A bearer token read from a file, again whenever the file changes (a token that a
+    sidecar rotates): confluent-kafka's ``bearer.auth.custom.provider.function``. The
+    token is never in its ``repr``; a file that cannot be read is a :class:`ConfigError`
+    naming the file."""
+
+    __slots__ = ("_lock", "_path", "_seen", "_token")
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self._path = Path(path)
+        self._seen: tuple[int, int] | None = None
+        self._token = ""
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self._path)!r})"
+
+    def token(self) -> str:
+        with self._lock:
+            try:
+                st = self._path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+                if stamp != self._seen:
+                    self._token = self._path.read_text(encoding="utf-8").strip()
+                    self._seen = stamp
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"cannot read the registry bearer token file {self._path}: "
+                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                ) from None
+            if not self._token:
+                raise ConfigError(f"the registry bearer token file {self._path} is empty")
+            return self._token
+
+    def __call__(self, fields: Mapping[str, str]) -> dict[str, str]:
+        return {**fields, "bearer.auth.token": self.token()}
 
 
 @dataclass(frozen=True)

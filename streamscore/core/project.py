@@ -11,6 +11,7 @@ passes silently)::
     time_encoding = "timestamp-micros"  # timestamp-millis (default), timestamp-micros,
                                     # epoch-millis (a plain long), iso-8601 (a string)
     key_field = "account"           # optional: else the message key
+    key_format = "string"           # message keys: string (default), bytes, avro
 
     [topics]                        # the other topics: predictions, telemetry, models,
     predictions = "payments.scores" # feedback, dlq, late
@@ -19,7 +20,18 @@ passes silently)::
     bootstrap_servers = "broker:9092"
 
     [registry]
-    url = "http://registry:8081"
+    url = "https://registry:8081"
+    ssl_ca_location = "/etc/ssl/registry-ca.pem"   # and ssl_certificate_location,
+                                    # ssl_key_location, ssl_key_password_file (mutual TLS)
+    basic_auth_user = "svc"         # with basic_auth_password_file, or
+    # basic_auth_user_info_file = "/run/secrets/registry"   # "user:password"
+    # bearer_token_file = "/run/secrets/token"  # read again when it changes
+    auto_register = false           # production registries forbid registration
+    subject_strategy = "record"     # topic (default), record, topic-record
+    [registry.subject_strategies]   # per topic: events, predictions, telemetry,
+    predictions = "topic-record"    # models, feedback
+
+Secrets are never written in the project file: only the files that hold them.
 
     [[features]]                    # the model's inputs, in order (one table each)
     name = "amount"                 # the model's column name
@@ -66,10 +78,13 @@ from typing import Any
 
 from .config import (
     METRICS_BY_TASK,
+    STRATEGY_TOPICS,
     EventFields,
+    KeyFormat,
     LabelSettings,
     LabelTask,
     Metric,
+    SubjectStrategy,
     TimeEncoding,
     TrainRecipe,
     duration_ms,
@@ -84,10 +99,28 @@ CONFIG_ENV = "STREAMSCORE_CONFIG"
 TOPIC_KEYS = ("predictions", "telemetry", "models", "feedback", "dlq", "late")
 
 _TABLES: dict[str, tuple[str, ...]] = {
-    "events": ("topic", "id_field", "time_field", "time_encoding", "key_field"),
+    "events": ("topic", "id_field", "time_field", "time_encoding", "key_field", "key_format"),
     "topics": TOPIC_KEYS,
     "kafka": ("bootstrap_servers",),
-    "registry": ("url",),
+    "registry": (
+        "url",
+        "ssl_ca_location",
+        "ssl_certificate_location",
+        "ssl_key_location",
+        "ssl_key_password_file",
+        "basic_auth_user",
+        "basic_auth_password_file",
+        "basic_auth_user_info_file",
+        "bearer_token_file",
+        "bearer_logical_cluster",
+        "bearer_identity_pool",
+        "auto_register",
+        "subject_strategy",
+        "subject_strategies",
+        "timeout_s",
+        "max_retries",
+    ),
+    "registry.subject_strategies": STRATEGY_TOPICS,
     "labels": (
         "topic",
         "id_field",
@@ -137,6 +170,8 @@ class ProjectFile:
     labels: LabelSettings | None = None
     #: ``[train]``: the training recipe
     train: TrainRecipe | None = None
+    #: ``[registry]`` beyond its url: setting name -> value (see :func:`_registry_table`)
+    registry: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def _suggest(word: str, choices: tuple[str, ...]) -> str:
@@ -235,6 +270,84 @@ class _Table:
             raise self.error(f"{v!r} is not {what}", key)
         return v
 
+    def boolean(self, key: str) -> bool | None:
+        if key not in self.data:
+            return None
+        v = self.data[key]
+        if not isinstance(v, bool):
+            raise self.error(f"must be true or false, not {_type_name(v)} ({v!r})", key)
+        return v
+
+    def number(self, key: str, *, integer: bool = False) -> float | None:
+        if key not in self.data:
+            return None
+        v = self.data[key]
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok:
+            want = "an integer" if integer else "a number"
+            raise self.error(f"must be {want}, not {_type_name(v)} ({v!r})", key)
+        return float(v)
+
+    def choice(self, key: str, enum_type: Any) -> Any:
+        text = self.string(key)
+        if text is None:
+            return None
+        try:
+            return enum_type(text)
+        except ValueError:
+            choices = tuple(e.value for e in enum_type)
+            raise self.error(f"unknown value {text!r}{_suggest(text, choices)}", key) from None
+
+
+def _registry_table(table: _Table | None) -> dict[str, Any]:
+    """``[registry]`` (and ``[registry.subject_strategies]``) as ``RegistrySettings``
+    field names -> values, for the keys the file sets."""
+    if table is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key, name in (
+        ("ssl_ca_location", "ca_location"),
+        ("ssl_certificate_location", "certificate_location"),
+        ("ssl_key_location", "key_location"),
+        ("basic_auth_user", "basic_auth_user"),
+        ("bearer_logical_cluster", "bearer_logical_cluster"),
+        ("bearer_identity_pool", "bearer_identity_pool"),
+        # files holding secrets: read by the CLI
+        ("ssl_key_password_file", "key_password_file"),
+        ("basic_auth_password_file", "basic_auth_password_file"),
+        ("basic_auth_user_info_file", "basic_auth_user_info_file"),
+        ("bearer_token_file", "bearer_token_file"),
+    ):
+        v = table.string(key)
+        if v is not None:
+            out[name] = v
+    auto = table.boolean("auto_register")
+    if auto is not None:
+        out["auto_register"] = auto
+    strategy = table.choice("subject_strategy", SubjectStrategy)
+    if strategy is not None:
+        out["subject_strategy"] = strategy
+    timeout = table.number("timeout_s")
+    if timeout is not None:
+        if timeout <= 0:
+            raise table.error(f"must be > 0, got {timeout}", "timeout_s")
+        out["timeout_s"] = timeout
+    retries = table.number("max_retries", integer=True)
+    if retries is not None:
+        if retries < 0:
+            raise table.error(f"must be >= 0, got {int(retries)}", "max_retries")
+        out["max_retries"] = int(retries)
+    if "subject_strategies" in table.data:
+        per = _Table(table.path, "registry.subject_strategies", table.data["subject_strategies"])
+        out["subject_strategies"] = MappingProxyType(
+            {
+                topic: per.choice(topic, SubjectStrategy)
+                for topic in STRATEGY_TOPICS
+                if topic in per.data
+            }
+        )
+    return out
+
 
 def parse_project(text: str, path: str) -> ProjectFile:
     """The project file ``text`` (read from ``path``, named in every error)."""
@@ -247,12 +360,13 @@ def parse_project(text: str, path: str) -> ProjectFile:
 
 def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
     """A parsed TOML document as a :class:`ProjectFile` (see :func:`parse_project`)."""
-    tables = (*_TABLES, *_ARRAYS)
+    tables = (*(n for n in _TABLES if "." not in n), *_ARRAYS)  # subtables are in their table
     for name, value in data.items():
         if name not in tables:
             kind = "table" if isinstance(value, dict) else "key"
             raise ProjectFileError(f"unknown {kind} {name!r}{_suggest(name, tables)}", path=path)
     got = {name: _Table(path, name, data[name]) for name in _TABLES if name in data}
+    key_format = got["events"].choice("key_format", KeyFormat) if "events" in got else None
     empty = _Table(path, "events", {})
 
     ev = got.get("events", empty)
@@ -267,6 +381,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
             time_field=time_field or defaults.time_field,
             time_encoding=encoding,
             key_field=key_field,
+            key_format=key_format or defaults.key_format,
         )
     except ConfigError as exc:
         raise ev.error(exc.message, "time_field") from None
@@ -292,6 +407,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
         features=_features(path, data["features"]) if "features" in data else None,
         labels=labels,
         train=None if "train" not in got else _train(got["train"], labels),
+        registry=MappingProxyType(_registry_table(registry)),
     )
 
 

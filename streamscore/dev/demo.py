@@ -47,7 +47,7 @@ from ..kafka.admin import create_topics, standard_topics
 from ..models.publish import ModelTopic
 from ..models.signing import Ed25519Signer, keygen
 from ..serde import schemas
-from ..serde.message import AvroDeserializer, AvroSerializer
+from ..serde.message import AvroDeserializer, topic_serializer
 from ..serde.wire import WriterSchemaCache, registry_client
 from . import observe, report
 from .observe import Observer
@@ -190,7 +190,9 @@ class Demo:
         return ModelTopic(
             self.kafka,
             self.topics.models,
-            encode=AvroSerializer(reg, f"{self.topics.models}-value", schema),
+            encode=topic_serializer(
+                reg, self.registry_settings, "models", self.topics.models, schema
+            ),
             decode=AvroDeserializer(WriterSchemaCache(reg), schema),
             max_message_bytes=MODEL_MAX_BYTES,
         )
