@@ -21,6 +21,16 @@ passes silently)::
     [registry]
     url = "http://registry:8081"
 
+    [groundtruth]                   # the ground-truth table (Delta Lake)
+    uri = "s3://bucket/prefix"      # or file:///abs/path, or a path (default ./groundtruth)
+    retention_hours = 168           # time travel / vacuum horizon
+    compact_every_s = 600           # small-file compaction by the feedback workers
+    vacuum_every_s = 3600
+    [groundtruth.storage]           # object-store options (delta-rs names)
+    endpoint = "http://127.0.0.1:18090"
+    region = "us-east-1"
+    allow_http = "true"
+
 Precedence (the CLI applies it): flags > environment > project file > defaults.
 """
 
@@ -34,7 +44,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .config import EventFields, TimeEncoding
+from .config import EventFields, GroundTruthSettings, Secret, TimeEncoding
 from .errors import ConfigError, ProjectFileError
 
 #: the environment variable that names the project file (``--config`` wins over it)
@@ -48,6 +58,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "topics": TOPIC_KEYS,
     "kafka": ("bootstrap_servers",),
     "registry": ("url",),
+    "groundtruth": ("uri", "retention_hours", "compact_every_s", "vacuum_every_s", "storage"),
 }
 
 _AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -65,6 +76,7 @@ class ProjectFile:
     topics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     bootstrap_servers: str | None = None
     registry_url: str | None = None
+    groundtruth: GroundTruthSettings | None = None
 
 
 def _suggest(word: str, choices: tuple[str, ...]) -> str:
@@ -179,6 +191,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
                 topics[key] = v
     kafka = got.get("kafka")
     registry = got.get("registry")
+    gt = got.get("groundtruth")
     return ProjectFile(
         path=path,
         events=events,
@@ -186,4 +199,36 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
         topics=MappingProxyType(topics),
         bootstrap_servers=None if kafka is None else kafka.string("bootstrap_servers"),
         registry_url=None if registry is None else registry.string("url"),
+        groundtruth=None if gt is None else _groundtruth(gt),
     )
+
+
+def _groundtruth(t: _Table) -> GroundTruthSettings:
+    """``[groundtruth]``: ``uri``, the upkeep settings, and ``[groundtruth.storage]``
+    (object-store options, strings, passed as they are; values are kept secret)."""
+    defaults = GroundTruthSettings()
+    numbers: dict[str, float] = {}
+    for key in ("retention_hours", "compact_every_s", "vacuum_every_s"):
+        if key in t.data:
+            v = t.data[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise t.error(f"must be a number >= 0, not {v!r}", key)
+            numbers[key] = float(v)
+    storage_data = t.data.get("storage", {})
+    if not isinstance(storage_data, dict):
+        raise t.error(f"must be a table, not {_type_name(storage_data)}", "storage")
+    storage: dict[str, Secret] = {}
+    for k, v in storage_data.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        if not isinstance(v, str | int | float):
+            raise t.error(f"[groundtruth.storage] {k} must be a string, not {_type_name(v)}")
+        storage[str(k)] = Secret(str(v))
+    try:
+        return GroundTruthSettings(
+            uri=t.string("uri") or defaults.uri,
+            storage=storage,
+            **numbers,
+        )
+    except ConfigError as exc:
+        raise t.error(exc.message, "uri") from None

@@ -40,6 +40,11 @@ def main_cluster(action: str, cluster: LocalCluster) -> int:
         if action == "up":
             st = cluster.up()
             print(format_status(st))
+            ep = cluster.up_s3()
+            print(
+                f"  s3proxy   ready{'':<17}{'':<13}{ep.url}  (bucket {ep.bucket}; "
+                f"access key {ep.identity}, secret {ep.credential})"
+            )
             print(f"(took {time.monotonic() - t0:.1f}s)")
             return 0
         if action == "down":

@@ -177,6 +177,29 @@ def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callab
         yield make
 
 
+# ------------------------------------------------------------------- S3 API server
+
+
+@pytest.fixture(scope="session")
+def s3(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 API server (S3Proxy, filesystem backend) of this test session: the
+    cluster's cached jar, its own run dir and a free port on loopback, stopped at the
+    end. Yields its :class:`~streamscore.dev.s3proxy.S3Endpoint` (bucket ``streamscore``
+    exists; tables go under a unique prefix per test)."""
+    from streamscore.dev.s3proxy import S3Proxy
+
+    local_cluster.install()  # the jar comes with the cluster's downloads
+    server = S3Proxy(
+        local_cluster.installer.s3proxy_jar(),
+        tmp_path_factory.mktemp("s3proxy"),
+        port=free_port(),
+    )
+    try:
+        yield server.start(heap="192m")
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------- private cluster
 
 

@@ -59,7 +59,7 @@ def make_loop(
     ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
     cache = WriterSchemaCache(registry)
     metrics = Metrics(CollectorRegistry())
-    store = GroundTruthStore(tmp_path)
+    store = GroundTruthStore(str(tmp_path))
     store.open()
     stop = threading.Event()
     consumer = FakeConsumer(batches, stop, topic=JOIN, partitions=(0,))
@@ -69,7 +69,7 @@ def make_loop(
         join_topic=JOIN,
         decode_prediction=AvroDeserializer(cache, schemas.load("prediction")),
         decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
-        join=JoinState(60_000, 1000, already_written=store.contains),
+        join=JoinState(60_000, 1000),
         store=store,
         metrics=metrics,
         quality=LiveQuality(metrics),
@@ -97,7 +97,7 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         (2, UnknownKindError),
         (3, TruncatedMessageError),
     ]
-    rows = read_rows(tmp_path)
+    rows = read_rows(str(tmp_path))
     assert [(r["event_id"], r["label"], r["prediction_value"]) for r in rows] == [
         ("e1", "2.5", 2.0)
     ]
@@ -129,7 +129,7 @@ def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(
     assert consumer.paused_polls >= 1 and not consumer.paused
     assert dead == [] and stats.undecodable == 0
     assert (stats.predictions, stats.labels) == (1, 1)
-    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
     assert consumer.commits[-1] == [(JOIN, 0, 9)]
     put_back = metrics.registry.get_sample_value("streamscore_registry_unavailable_batches_total")
     assert put_back == 1

@@ -62,13 +62,14 @@ def test_an_empty_file_is_the_defaults() -> None:
             None,
             None,
             "cfg.toml: unknown table 'event' (did you mean 'events'?); "
-            "expected one of: events, topics, kafka, registry",
+            "expected one of: events, topics, kafka, registry, groundtruth",
         ),
         (
             "name = 'x'\n",
             None,
             None,
-            "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry",
+            "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry, "
+            "groundtruth",
         ),
         (
             "[events]\nid_feild = 'x'\n",
