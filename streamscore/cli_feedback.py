@@ -190,8 +190,12 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
 
     gt = groundtruth_settings(args, env)
+    window_ms = int(args.window_s * 1000)
     store = GroundTruthStore(
-        gt, fields=row_fields(args, env), max_buffered_rows=args.max_buffered_rows
+        gt,
+        fields=row_fields(args, env),
+        max_buffered_rows=args.max_buffered_rows,
+        recent_ms=2 * window_ms + 600_000,  # what a restart can re-read (store doc)
     )
     report = store.open()
     log.info(
@@ -259,8 +263,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         if producer.flush(10):
             raise DeliveryError("a dead letter was not acknowledged within 10 s")
 
-    # one row per event id is the table's merge's to guarantee (groundtruth module doc)
-    join = JoinState(int(args.window_s * 1000), args.max_pending)
+    # one row per event id is the table's merge's to guarantee (groundtruth module doc);
+    # ``contains`` only settles re-read messages of recently written rows at once
+    join = JoinState(window_ms, args.max_pending, already_written=store.contains)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,

@@ -19,8 +19,11 @@ Guarantees:
 * **One row per event id, by the table**: :meth:`GroundTruthStore.flush` is a Delta
   ``MERGE`` on the id (``WHEN NOT MATCHED INSERT``), restricted to the event-date
   partitions of the batch, so a row already in the table (written before a crash, or by
-  another worker before a rebalance) is never inserted again. No index of past ids is
-  held in memory.
+  another worker before a rebalance) is never inserted again. No index of all past ids
+  is held in memory: only the ids of rows joined within ``recent_ms`` (about twice the
+  join window), loaded at each partition assignment, so that a message re-read after a
+  restart or a rebalance whose row is already written settles at once instead of waiting
+  a whole window for a partner that was consumed before.
 * **Several writers without locks**: every write is one atomic commit to the Delta log
   (put-if-absent of the next version: a rename-if-absent on a local disk, a conditional
   PUT on S3). Two writers that touch the same partitions conflict; the loser re-runs
@@ -447,7 +450,9 @@ class GroundTruthStore:
         *,
         fields: RowFields | None = None,
         max_buffered_rows: int = 20_000,
+        recent_ms: int = 3_600_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.settings = as_settings(settings)
         self.fields = fields or RowFields()
@@ -467,8 +472,15 @@ class GroundTruthStore:
         self._buf: dict[str, dict[str, Any]] = {}
         self._buf_unmatched: dict[str, dict[str, Any]] = {}
         self._clock = clock
+        self._wall = wall_clock
         self._last_compact = self._last_vacuum = clock()
         self._opened = False
+        #: ids of rows joined within ``recent_ms`` (this writer's and, as of the last
+        #: :meth:`refresh`, the others'): what a restart or a rebalance can re-read.
+        #: Not the uniqueness guarantee (the merge is), only a shortcut that settles a
+        #: re-read message at once; bounded by the window, like the join state.
+        self.recent_ms = recent_ms
+        self._recent: dict[str, int] = {}
 
     def open(self) -> OpenReport:
         """Open (or create) both tables."""
@@ -479,7 +491,30 @@ class GroundTruthStore:
         rows = self._rows.open()
         unmatched = self._unmatched.open()
         self._opened = True
+        self.refresh()
         return OpenReport(rows.version(), unmatched.version())
+
+    def refresh(self) -> int:
+        """Load the ids of the rows joined within ``recent_ms`` (by any writer): call it
+        when partitions are assigned. Returns how many are known."""
+        import pyarrow.compute as pc
+
+        self._check_open()
+        since = self._wall() - self.recent_ms
+        table = self._rows.table
+        table.update_incremental()
+        key = self.fields.id_field
+        found = table.to_pyarrow_dataset().to_table(
+            columns=[key, "joined_time"],
+            filter=pc.field("joined_time") >= _ts([since])[0],
+        )
+        joined = _records(found, ("joined_time",))
+        self._recent = {str(r[key]): int(r["joined_time"]) for r in joined}
+        return len(self._recent)
+
+    def contains(self, event_id: str) -> bool:
+        """True when the event's row is known written recently (see ``_recent``)."""
+        return event_id in self._recent
 
     def close(self) -> None:
         if self._opened:
@@ -525,6 +560,9 @@ class GroundTruthStore:
         rows, inserted, unmatched, u_inserted = len(self._buf), 0, 0, 0
         if self._buf:
             inserted = self._rows.merge(rows_to_arrow(list(self._buf.values()), self.fields))
+            self._recent.update((k, int(r["joined_time"])) for k, r in self._buf.items())
+            horizon = self._wall() - self.recent_ms
+            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
             self._buf.clear()
         if self._buf_unmatched:
             have = self._ids_in_rows(list(self._buf_unmatched))

@@ -26,11 +26,13 @@ made their rows durable:
    commit). Compaction and vacuum run after the commit, on their own schedule.
 
 On a crash (even SIGKILL) the next worker resumes from the committed offsets and
-re-reads everything not settled: the pending labels and the predictions still waiting
-in the window, so **no label is lost**. A re-read label whose row was committed before the
-crash joins again, and the table's merge on the event id inserts nothing for it, so **no
-row is written twice** (counted as ``rows_already_stored``); files written by a merge
-that never committed belong to no table version and are never read. Persisting the join
+re-reads everything not settled: the pending labels and the predictions still waiting in
+the window, so **no label is lost**. A re-read message whose row was committed before the
+crash is a *duplicate* when the store knows the row (rows joined within its ``recent_ms``
+horizon, loaded at each assignment) and is settled at once; any other re-read label joins
+again, and the table's merge on the event id inserts nothing for it: **no row is written
+twice** (counted as ``rows_already_stored``). Files written by a merge that never
+committed belong to no table version and are never read. Persisting the join
 state instead would need its own atomic snapshots and offsets inside them; re-reading is
 simpler and the cost is bounded by the window: a prediction waiting for its label holds
 its partition's commit back by at most ``window`` of event time (or until the memory cap
@@ -166,6 +168,9 @@ class FeedbackLoop:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         if self._put_back.waiting:
             consumer.pause(partitions)
+        # rows recently written by any worker: a re-read message of theirs settles at once
+        n = self.store.refresh()
+        log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("revoked %s: checkpoint, then drop the join state", len(partitions))

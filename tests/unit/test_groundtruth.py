@@ -332,3 +332,20 @@ secret_access_key = "hush"
 def test_training_source_round_trips() -> None:
     src = TrainingSource("s3://b/p", 12, T0, T0 + DAY, 345, "pid", "ts", "y")
     assert TrainingSource.from_dict(src.to_dict()) == src
+
+
+def test_recently_written_ids_are_known_after_a_restart_older_ones_are_not(
+    tmp_path: Path,
+) -> None:
+    now = [T0 + 10 * DAY]
+    s = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])
+    old, new = row("old", T0), row("new", T0)
+    old["joined_time"], new["joined_time"] = now[0] - 2 * HOUR, now[0] - 60_000
+    s.append(old)
+    s.append(new)
+    s.flush()
+    assert s.contains("new") and not s.contains("old")  # own writes, within the horizon
+    other = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])  # a restart
+    assert other.contains("new") and not other.contains("old")
+    now[0] += 2 * HOUR
+    assert other.refresh() == 0 and not other.contains("new")  # bounded by the horizon
