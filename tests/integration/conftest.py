@@ -213,6 +213,7 @@ def private_cluster_settings(run_dir: Path) -> ClusterSettings:
         kafka_port=free_port(),
         controller_port=free_port(),
         registry_port=free_port(),
+        s3_port=free_port(),
         kafka_heap="320m",
         registry_heap="256m",
         partitions=2,
@@ -220,7 +221,9 @@ def private_cluster_settings(run_dir: Path) -> ClusterSettings:
     )
     # never the shared cluster's ports or run dir: other test runs use them right now
     ours = {settings.kafka_port, settings.controller_port, settings.registry_port}
-    assert not ours & {shared.kafka_port, shared.controller_port, shared.registry_port}
+    ours.add(settings.s3_port)
+    theirs = {shared.kafka_port, shared.controller_port, shared.registry_port, shared.s3_port}
+    assert not ours & theirs
     assert settings.run_path != shared.run_path
     return settings
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from streamscore.core.config import GroundTruthSettings, Secret, TopicSettings
+from streamscore.dev.localcluster import LocalCluster
 from streamscore.feedback import groundtruth
 from streamscore.feedback.groundtruth import GroundTruthStore
 
@@ -29,6 +31,7 @@ from .feedback_stack import (
     wait_group_caught_up,
     wait_rows,
 )
+from .conftest import private_cluster_settings
 from .stack import Stack, WorkerProcess
 
 DAY = 86_400_000
@@ -219,3 +222,27 @@ def test_train_reads_the_table_on_s3_and_records_its_version(
     # time travel: the version the model was trained on reads back the same rows
     rows_then = groundtruth.read_rows(store, version=used)
     assert len(rows_then) >= 1500 and len({r["event_id"] for r in rows_then}) == len(rows_then)
+
+
+def test_the_clusters_s3_server_starts_serves_a_table_and_stops(tmp_path: Path) -> None:
+    """What ``streamscore cluster up`` starts after Kafka and the registry (here alone, on
+    a private run dir and port): S3Proxy from the cluster's downloads, on loopback."""
+    cluster = LocalCluster(private_cluster_settings(tmp_path / "run"), TopicSettings())
+    try:
+        ep = cluster.up_s3()
+        pid = cluster.s3.pid()
+        assert pid is not None and ep.url == f"http://127.0.0.1:{cluster.settings.s3_port}"
+        assert cluster.up_s3() == ep and cluster.s3.pid() == pid  # idempotent
+        opts = {k: Secret(v) for k, v in ep.storage_options().items()}
+        gt = GroundTruthSettings(f"s3://{ep.bucket}/cluster-check", storage=opts)
+        store = GroundTruthStore(gt)
+        store.open()
+        for i in range(10):
+            store.append(_row(i))
+        store.flush()
+        assert len(groundtruth.read_rows(gt)) == 10
+        # the bucket is a directory of the run dir (filesystem backend)
+        assert (cluster.run_dir / "s3-data" / ep.bucket / "cluster-check" / "rows").is_dir()
+    finally:
+        cluster.down()
+    assert cluster.s3.pid() is None
