@@ -17,6 +17,7 @@ from streamscore.dev.localcluster import LocalCluster
 from streamscore.feedback import groundtruth
 from streamscore.feedback.groundtruth import GroundTruthStore
 
+from .conftest import private_cluster_settings
 from .feedback_stack import (
     FeedbackProcess,
     Store,
@@ -31,7 +32,6 @@ from .feedback_stack import (
     wait_group_caught_up,
     wait_rows,
 )
-from .conftest import private_cluster_settings
 from .stack import Stack, WorkerProcess
 
 DAY = 86_400_000
