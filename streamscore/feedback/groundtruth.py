@@ -155,6 +155,27 @@ def _date(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
 
 
+def _dates_of(ms: Sequence[int]) -> list[str]:
+    """The UTC dates of many times: one ``strftime`` per distinct day."""
+    days: dict[int, str] = {}
+    out = []
+    for t in ms:
+        d = t // _DAY_MS
+        s = days.get(d)
+        if s is None:
+            s = days[d] = _date(d * _DAY_MS)
+        out.append(s)
+    return out
+
+
+def _json_map(m: Mapping[str, Any] | None) -> str:
+    if not m:
+        return "{}"
+    import json
+
+    return json.dumps(m, sort_keys=True)
+
+
 # ------------------------------------------------------------------------ columns
 
 
@@ -171,10 +192,11 @@ def _scalar_column(values: list[Any]) -> pa.Array | None:
     (the column is left out of the batch; the table keeps it null)."""
     import pyarrow as pa
 
-    present = [v for v in values if v is not None]
-    if not present:
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if not kinds:
         return None
-    if any(isinstance(v, str) for v in present):
+    if str in kinds:
         return pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.array(
         [None if v is None else float(v) for v in values],
@@ -208,8 +230,6 @@ def _inputs_of(row: Mapping[str, Any]) -> dict[str, Any]:
 def rows_to_arrow(rows: Sequence[Mapping[str, Any]], fields: RowFields) -> pa.Table:
     """Join rows (:func:`streamscore.feedback.join.build_row` records) as an Arrow
     table in the user's names (module doc)."""
-    import json
-
     import pyarrow as pa
 
     inputs = [_inputs_of(r) for r in rows]
@@ -220,7 +240,7 @@ def rows_to_arrow(rows: Sequence[Mapping[str, Any]], fields: RowFields) -> pa.Ta
     cols: dict[str, pa.Array] = {
         fields.id_field: pa.array([str(r["event_id"]) for r in rows], pa.string()),
         fields.time_field: _ts(event_ms),
-        DATE_COLUMN: pa.array([_date(t) for t in event_ms], pa.string()),
+        DATE_COLUMN: pa.array(_dates_of(event_ms), pa.string()),
         "event_key": pa.array([r.get("key") for r in rows], pa.string()),
         "observed_time": _ts([int(r["observed_time"]) for r in rows]),
         "joined_time": _ts([int(r["joined_time"]) for r in rows]),
@@ -235,8 +255,7 @@ def rows_to_arrow(rows: Sequence[Mapping[str, Any]], fields: RowFields) -> pa.Ta
         ),
         "classes": pa.array([list(r.get("classes") or ()) for r in rows], pa.list_(pa.string())),
         "shadow_versions": pa.array(
-            [json.dumps(r.get("shadow_versions") or {}, sort_keys=True) for r in rows],
-            pa.string(),
+            [_json_map(r.get("shadow_versions")) for r in rows], pa.string()
         ),
     }
     label = _scalar_column([r.get("label") for r in rows])
@@ -257,7 +276,7 @@ def unmatched_to_arrow(labels: Sequence[Mapping[str, Any]], fields: RowFields) -
     cols: dict[str, pa.Array] = {
         fields.id_field: pa.array([str(x["event_id"]) for x in labels], pa.string()),
         "observed_time": _ts(observed),
-        OBSERVED_DATE_COLUMN: pa.array([_date(t) for t in observed], pa.string()),
+        OBSERVED_DATE_COLUMN: pa.array(_dates_of(observed), pa.string()),
     }
     label = _scalar_column([x.get("label") for x in labels])
     if label is not None:
