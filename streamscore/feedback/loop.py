@@ -294,7 +294,12 @@ class FeedbackLoop:
         self._last_checkpoint = time.monotonic()
         settle = self._to_settle
         self._to_settle = []
-        flushed = self.store.flush()
+        try:
+            flushed = self.store.flush()
+        except InfrastructureError as exc:  # storage away: keep everything, retry later
+            self._to_settle = settle + self._to_settle
+            log.error("ground truth not written (retried at the next checkpoint): %s", exc)
+            return
         if flushed.already_stored:
             log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
         self.stats.rows_already_stored += flushed.already_stored

@@ -101,12 +101,12 @@ def test_two_workers_share_one_table_across_a_rebalance(
     stack: Stack,
     make_worker: Callable[..., WorkerProcess],
     make_feedback: Callable[..., FeedbackProcess],
-    tmp_path: Path,
+    table: Store,
 ) -> None:
     """One worker joins alone, a second joins the group mid-stream (a rebalance moves
     partitions, and their uncommitted work, to it), then the first leaves (another):
-    every labelled event has exactly one row."""
-    store = tmp_path / "gt"
+    every labelled event has exactly one row, on the local table and on S3."""
+    store = table
     group = f"{stack.group_id}-fb-rebalance"
     stack.publish("ab", version=1)
     make_worker("w1")
