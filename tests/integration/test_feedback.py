@@ -250,6 +250,13 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     make_worker("w1")
     fb1 = make_feedback(store, "--window-s", "600", group_id=group)
     fb2 = make_feedback(store, "--window-s", "600", group_id=group)
+    # both own a share of the join topic before traffic starts (else the first may drain
+    # it all alone): the second's join loop has been given partitions
+    wait_until(
+        lambda: "feedback.loop: assigned [(" in fb2.log_path.read_text(errors="replace"),
+        60,
+        "the second feedback worker's share of the join topic",
+    )
 
     truth = produce_world(stack, 4000, seed=41)
     produce_labels(stack, truth)
