@@ -197,7 +197,7 @@ class FeedbackBench:
                 procs.append(
                     launch(
                         "feedback",
-                        "--store-dir",
+                        "--groundtruth",
                         str(store),
                         "--window-s",
                         "3600",

@@ -31,6 +31,10 @@ Environment (all optional unless said; each wins over the project file):
   STREAMSCORE_SIGNING_KEY          hmac only: the shared secret itself
   STREAMSCORE_CACHE_DIR            where the local cluster is downloaded and run
   STREAMSCORE_MODEL_MAX_BYTES      largest model envelope (default 16 MiB)
+  STREAMSCORE_GROUNDTRUTH          the ground-truth table: file:///path, a path, or
+                                   s3://bucket/prefix (default ./groundtruth); on S3 the
+                                   usual AWS_* variables (AWS_ACCESS_KEY_ID, AWS_REGION,
+                                   AWS_ENDPOINT_URL, ...) are read by the object store
   STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _TELEMETRY, _MODELS, _FEEDBACK, _DLQ, _LATE
                                    topic names (defaults: events, predictions, telemetry,
                                    streamscore.models, feedback, events.dlq, events.late)
@@ -55,6 +59,7 @@ from .core.config import (
     STRATEGY_TOPICS,
     ClusterSettings,
     Env,
+    GroundTruthSettings,
     KafkaSettings,
     KeyFormat,
     LatePolicy,
@@ -156,6 +161,7 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
         features=file.features,
         labels=file.labels,
         train=file.train,
+        groundtruth=groundtruth_env(env, file),
     )
 
 
@@ -257,6 +263,16 @@ def registry_settings(
     )
 
 
+def groundtruth_env(env: Mapping[str, str], file: ProjectFile) -> GroundTruthSettings:
+    """``[groundtruth]`` of the project file, its URI overridden by
+    ``STREAMSCORE_GROUNDTRUTH`` (the object store also reads the ``AWS_*`` variables)."""
+    from dataclasses import replace
+
+    gt = file.groundtruth or GroundTruthSettings()
+    uri = env.get("STREAMSCORE_GROUNDTRUTH")
+    return replace(gt, uri=uri) if uri else gt
+
+
 def signing_settings(env: Mapping[str, str]) -> SigningSettings:
     try:
         scheme = SigningScheme(env.get("STREAMSCORE_SIGNING", "ed25519").strip().lower())
@@ -331,6 +347,22 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
     raise ConfigError("say which model: --bundle FILE or --estimator FILE (with --spec, --data)")
 
 
+def training_data_of(artifact: bytes) -> str:
+    """``model list``'s last column: the ground-truth table and version a bundle was
+    trained from (``-`` for a bundle not trained from it, or no bundle)."""
+    from .models.container import decode_bundle
+
+    if not artifact:
+        return "-"
+    try:
+        src = decode_bundle(artifact).meta.training_source
+    except StreamscoreError:
+        return "-"
+    if src is None:
+        return "-"
+    return f"{src.uri}@v{src.table_version} ({src.rows} rows)"
+
+
 def cmd_model(args: argparse.Namespace, env: Env) -> int:
     if args.name is None and env.train is not None:
         args.name = env.train.model_name
@@ -367,7 +399,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         rows = topic.read_all()
         print(
             f"{'key':<28} {'action':<9} {'ver':>4} {'target':>6} {'created (UTC)':<20} "
-            f"{'signer':<10} {'check':<17} {'size':>9}  sha256"
+            f"{'signer':<10} {'check':<17} {'size':>9}  {'sha256':<12}  trained on"
         )
         for e in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.created_at_ms / 1000))
@@ -380,7 +412,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
             print(
                 f"{e.key:<28} {e.action.value + ('*' if e.rollback else ''):<9} {e.version:>4} "
                 f"{target:>6} {created:<20} {e.key_id or '-':<10} {check:<17} {e.size:>9}  "
-                f"{e.sha256[:12]}"
+                f"{e.sha256[:12]:<12}  {training_data_of(e.artifact)}"
             )
         return 0
     signer, verifier = publisher_keys(env.signing)

@@ -20,7 +20,8 @@ from .core.records import Role, Task
 from .serde import schemas
 
 if TYPE_CHECKING:
-    from .core.config import Env
+    from .core.config import Env, GroundTruthSettings
+    from .feedback.groundtruth import RowFields
     from .models.publish import ModelTopic
     from .models.runtime import LoadedModel
 
@@ -78,6 +79,61 @@ def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel |
     if latest is None:
         return None
     return verify_and_load(latest.artifact, latest.signature, latest.key_id, keyring)
+
+
+def groundtruth_settings(args: argparse.Namespace, env: Env) -> GroundTruthSettings:
+    """The table's settings: flags over the environment / project file (``env``)."""
+    from dataclasses import replace
+
+    from .core.config import Secret
+
+    gt = env.groundtruth
+    changes: dict[str, Any] = {}
+    if getattr(args, "groundtruth", None):
+        changes["uri"] = args.groundtruth
+    opts = dict(gt.storage)
+    for item in getattr(args, "groundtruth_option", None) or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--groundtruth-option wants KEY=VALUE, got {key!r}")
+        opts[key.strip()] = Secret(value)
+    changes["storage"] = opts
+    for name in ("retention_hours", "compact_every_s", "vacuum_every_s"):
+        v = getattr(args, name, None)
+        if v is not None:
+            changes[name] = v
+    return replace(gt, **changes)
+
+
+def row_fields(args: argparse.Namespace, env: Env) -> RowFields:
+    """The user's id/time field names (``[events]``) and the label field's."""
+    from .feedback.groundtruth import RowFields
+
+    return RowFields(env.events.id_field, env.events.time_field, args.label_field)
+
+
+def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--groundtruth",
+        "--store-dir",
+        dest="groundtruth",
+        default=None,
+        metavar="URI",
+        help="the ground-truth table's location: file:///path, a path, or "
+        "s3://bucket/prefix (default: [groundtruth] uri, else ./groundtruth)",
+    )
+    p.add_argument(
+        "--groundtruth-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an object-store option (endpoint, region, access_key_id, allow_http, ...); "
+        "repeat it; over [groundtruth.storage]",
+    )
+    p.add_argument(
+        "--label-field",
+        default="label",
+        help="the label's column name in the table (default: label)",
+    )
 
 
 # ----------------------------------------------------------------------- feedback
@@ -142,14 +198,20 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
 
-    store = GroundTruthStore(Path(args.store_dir), max_buffered_rows=args.max_buffered_rows)
+    gt = groundtruth_settings(args, env)
+    window_ms = int(args.window_s * 1000)
+    store = GroundTruthStore(
+        gt,
+        fields=row_fields(args, env),
+        max_buffered_rows=args.max_buffered_rows,
+        recent_ms=2 * window_ms + 600_000,  # what a restart can re-read (store doc)
+    )
     report = store.open()
     log.info(
-        "ground-truth store %s: %d rows, %d unmatched labels, %d unfinished file(s) removed",
-        args.store_dir,
-        report.rows,
-        report.unmatched,
-        len(report.removed_inprogress),
+        "ground-truth table %s: rows at version %d, unmatched at version %d",
+        gt.describe(),
+        report.rows_version,
+        report.unmatched_version,
     )
     reg = _registry(env)
     cache = WriterSchemaCache(reg)
@@ -214,7 +276,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         if producer.flush(10):
             raise DeliveryError("a dead letter was not acknowledged within 10 s")
 
-    join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
+    # one row per event id is the table's merge's to guarantee (groundtruth module doc);
+    # ``contains`` only settles re-read messages of recently written rows at once
+    join = JoinState(window_ms, args.max_pending, already_written=store.contains)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,
@@ -289,7 +353,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_train(args: argparse.Namespace, env: Env) -> int:
-    from .feedback.groundtruth import read_rows
+    from .feedback.groundtruth import read_rows_at
+    from .models.meta import TrainingSource
     from .train.training import retrain
 
     spec, recipe = env.features, env.train
@@ -307,8 +372,21 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)
     if since is None and recipe.window_ms is not None:
         since = (until or int(dt.datetime.now(dt.UTC).timestamp() * 1000)) - recipe.window_ms
-    rows = read_rows(Path(args.store_dir), since, until)
-    log.info("read %d rows from %s", len(rows), args.store_dir)
+    gt = groundtruth_settings(args, env)
+    fields = row_fields(args, env)
+    read = read_rows_at(gt, since, until, fields=fields)
+    rows = read.rows
+    log.info("read %d rows from %s at version %s", len(rows), gt.describe(), read.version)
+    source = TrainingSource(
+        uri=gt.uri,
+        table_version=read.version,
+        since_ms=since,
+        until_ms=until,
+        rows=len(rows),
+        id_field=fields.id_field,
+        time_field=fields.time_field,
+        label_field=fields.label_field,
+    )
     topic = None if args.offline else model_topic(env)
     current = None
     if topic is not None:
@@ -329,11 +407,14 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
         margin=recipe.margin,
         metric=None if labels is None else recipe.metric_for(labels.task).value,
         positive=None if labels is None else labels.positive,
+        fields=fields,
+        source=source,
     )
     cur = f"v{current.meta.version}" if current is not None else "none"
     print(
         f"candidate {name} v{version} on {','.join(spec.names)}: trained on "
-        f"{res.n_train} rows, held out {res.n_holdout} (current primary: {cur})"
+        f"{res.n_train} rows, held out {res.n_holdout} (current primary: {cur}); "
+        f"ground truth {gt.uri} version {read.version}"
     )
     print(res.comparison.table())
     print(("PUBLISH: " if res.decision.publish else "KEEP CURRENT: ") + res.decision.reason)
@@ -382,7 +463,17 @@ def add_commands(sub: Any) -> None:
     f = sub.add_parser("feedback", help="join labels with predictions, fill the ground truth")
     f.add_argument("--group-id", default="streamscore-feedback")
     f.add_argument("--worker-id", default=None)
-    f.add_argument("--store-dir", default="groundtruth", help="ground-truth store directory")
+    _add_groundtruth_flags(f)
+    f.add_argument(
+        "--retention-hours",
+        type=float,
+        default=None,
+        help="keep files that left the table this long (time travel reaches back as far)",
+    )
+    f.add_argument(
+        "--compact-every-s", type=float, default=None, help="compaction interval (0: never)"
+    )
+    f.add_argument("--vacuum-every-s", type=float, default=None, help="vacuum interval (0: never)")
     f.add_argument(
         "--window-s", type=float, default=3600.0, help="join window in event-time seconds"
     )
@@ -433,7 +524,7 @@ def add_commands(sub: Any) -> None:
         description=f"Exit status: 0 published (or dry run), {EXIT_NOT_BETTER} candidate "
         "not better by the margin, 1 error (e.g. too few rows).",
     )
-    t.add_argument("--store-dir", default="groundtruth")
+    _add_groundtruth_flags(t)
     t.add_argument("--since", default=None, help="ISO-8601 or epoch ms (inclusive)")
     t.add_argument("--until", default=None, help="ISO-8601 or epoch ms (exclusive)")
     t.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")

@@ -96,7 +96,7 @@ def read_sample(path: str) -> list[dict[str, Any]]:
                 ]
         if suffix == ".parquet":
             try:
-                import pyarrow.parquet as pq  # type: ignore[import-not-found]
+                import pyarrow.parquet as pq
             except ImportError:
                 raise ConfigError(
                     "a .parquet sample needs pyarrow (pip install pyarrow), or give a "

@@ -36,6 +36,8 @@ class Env:
     #: the project file's ``[labels]`` and ``[train]`` (None: it has none)
     labels: LabelSettings | None = None
     train: TrainRecipe | None = None
+    #: where the ground-truth table lives (the project file's ``[groundtruth]``)
+    groundtruth: GroundTruthSettings = field(default_factory=lambda: GroundTruthSettings())
 
 
 class Secret:
@@ -474,10 +476,14 @@ class ClusterSettings:
     kafka_port: int = 19092
     controller_port: int = 19093
     registry_port: int = 18081
+    #: the local S3 API server (S3Proxy) for the ground-truth table on object storage
+    s3_port: int = 18090
     kafka_version: str = "4.1.1"
     apicurio_version: str = "3.0.9"
+    s3proxy_version: str = "2.6.0"
     kafka_heap: str = "512m"
     registry_heap: str = "384m"
+    s3_heap: str = "256m"
     partitions: int = 4
     model_topic_max_bytes: int = 16 * 1024 * 1024
     start_timeout_s: float = 120.0
@@ -567,6 +573,13 @@ METRICS_BY_TASK: Mapping[LabelTask, tuple[Metric, ...]] = MappingProxyType(
 )
 
 
+#: ``[groundtruth.storage]`` keys whose values are never shown (all values are kept as
+#: :class:`Secret` anyway; this list only decides what ``describe`` prints in full)
+_PUBLIC_STORAGE_KEYS = frozenset(
+    {"endpoint", "aws_endpoint_url", "region", "aws_region", "allow_http", "aws_allow_http"}
+)
+
+
 @dataclass(frozen=True)
 class LabelSettings:
     """The project file's ``[labels]``: where the truth about events arrives, in the
@@ -627,3 +640,96 @@ class TrainRecipe:
     def metric_for(self, task: LabelTask) -> Metric:
         """The deciding metric: the recipe's, else ``task``'s default."""
         return self.metric or METRICS_BY_TASK[task][0]
+
+
+@dataclass(frozen=True)
+class GroundTruthSettings:
+    """Where the ground-truth table lives and how it is kept (``[groundtruth]``).
+
+    ``uri``: ``file:///abs/path`` (the embedded default; a plain path works too) or
+    ``s3://bucket/prefix``. ``storage``: object-store options handed to delta-rs
+    (``endpoint``, ``region``, ``access_key_id``, ``secret_access_key``, ``allow_http``,
+    ...; the ``AWS_*`` environment variables are read by the object store as well).
+    ``retention_hours``: how long files no longer in the table's current version are
+    kept (time travel reaches back that far); ``compact_every_s`` / ``vacuum_every_s``:
+    how often a feedback worker compacts small files and vacuums old ones (0: never)."""
+
+    uri: str = "groundtruth"
+    storage: Mapping[str, Secret] = field(default_factory=lambda: MappingProxyType({}))
+    retention_hours: float = 168.0
+    compact_every_s: float = 600.0
+    vacuum_every_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        parse_table_uri(self.uri)  # raises ConfigError
+        if self.retention_hours < 0:
+            raise ConfigError(f"retention_hours must be >= 0, got {self.retention_hours}")
+        if self.compact_every_s < 0 or self.vacuum_every_s < 0:
+            raise ConfigError("compact_every_s and vacuum_every_s must be >= 0 (0: never)")
+        object.__setattr__(self, "storage", MappingProxyType(dict(self.storage)))
+
+    @property
+    def location(self) -> TableUri:
+        return parse_table_uri(self.uri)
+
+    def storage_options(self) -> dict[str, str]:
+        """The object-store options (secrets revealed here only). On S3 the table's
+        commits are made safe for several writers with conditional puts
+        (``aws_conditional_put=etag``) unless the options say otherwise."""
+        opts = {k: v.reveal() for k, v in self.storage.items()}
+        if self.location.scheme == "s3" and not any(
+            k.lower() in ("conditional_put", "aws_conditional_put") for k in opts
+        ):
+            opts["aws_conditional_put"] = "etag"
+        return opts
+
+    def describe(self) -> str:
+        """For logs: the URI and the option names (values only for endpoint/region)."""
+        shown = ", ".join(
+            f"{k}={v.reveal()}" if k.lower() in _PUBLIC_STORAGE_KEYS else f"{k}=***"
+            for k, v in sorted(self.storage.items())
+        )
+        return self.uri + (f" ({shown})" if shown else "")
+
+
+@dataclass(frozen=True)
+class TableUri:
+    """A parsed ground-truth URI: ``file`` with an absolute ``path``, or ``s3`` with a
+    ``bucket`` and a ``prefix`` (no leading or trailing slash; may be empty)."""
+
+    scheme: str
+    path: str
+
+    def child(self, name: str) -> str:
+        """The URI delta-rs opens for the table ``name`` under this location."""
+        if self.scheme == "file":
+            return str(Path(self.path) / name)
+        return f"s3://{self.path.rstrip('/')}/{name}"
+
+
+def parse_table_uri(text: str) -> TableUri:
+    """``file:///abs``, a plain path (relative to the working directory), or
+    ``s3://bucket[/prefix]``; anything else is a :class:`ConfigError`."""
+    if not text or not text.strip():
+        raise ConfigError("the ground-truth URI is empty")
+    if "://" not in text:
+        return TableUri("file", str(Path(text).expanduser().absolute()))
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ConfigError(f"a file URI needs an absolute path (file:///abs/path), got {text!r}")
+        return TableUri("file", str(Path(rest)))
+    if scheme in ("s3", "s3a"):
+        bucket, _, prefix = rest.partition("/")
+        if not bucket or "@" in bucket or ":" in bucket:
+            raise ConfigError(
+                f"not an S3 location: {text!r} (s3://bucket/prefix; credentials go in "
+                "[groundtruth.storage] or AWS_* variables, never in the URI)"
+            )
+        prefix = prefix.strip("/")
+        return TableUri("s3", f"{bucket}/{prefix}" if prefix else bucket)
+    raise ConfigError(
+        f"unsupported ground-truth URI scheme {scheme!r} in {text!r}: use file:///path or "
+        "s3://bucket/prefix"
+    )

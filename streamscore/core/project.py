@@ -62,6 +62,16 @@ Secrets are never written in the project file: only the files that hold them.
     metric = "roc_auc"              # accuracy | log_loss | roc_auc | macro_f1 | mae | rmse
     margin = 0.0
 
+    [groundtruth]                   # the ground-truth table (Delta Lake)
+    uri = "s3://bucket/prefix"      # or file:///abs/path, or a path (default ./groundtruth)
+    retention_hours = 168           # time travel / vacuum horizon
+    compact_every_s = 600           # small-file compaction by the feedback workers
+    vacuum_every_s = 3600
+    [groundtruth.storage]           # object-store options (delta-rs names)
+    endpoint = "http://127.0.0.1:18090"
+    region = "us-east-1"
+    allow_http = "true"
+
 Precedence (the CLI applies it): flags > environment > project file > defaults.
 """
 
@@ -80,10 +90,12 @@ from .config import (
     METRICS_BY_TASK,
     STRATEGY_TOPICS,
     EventFields,
+    GroundTruthSettings,
     KeyFormat,
     LabelSettings,
     LabelTask,
     Metric,
+    Secret,
     SubjectStrategy,
     TimeEncoding,
     TrainRecipe,
@@ -121,6 +133,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
         "max_retries",
     ),
     "registry.subject_strategies": STRATEGY_TOPICS,
+    "groundtruth": ("uri", "retention_hours", "compact_every_s", "vacuum_every_s", "storage"),
     "labels": (
         "topic",
         "id_field",
@@ -172,6 +185,7 @@ class ProjectFile:
     train: TrainRecipe | None = None
     #: ``[registry]`` beyond its url: setting name -> value (see :func:`_registry_table`)
     registry: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    groundtruth: GroundTruthSettings | None = None
 
 
 def _suggest(word: str, choices: tuple[str, ...]) -> str:
@@ -378,6 +392,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
     kafka = got.get("kafka")
     registry = got.get("registry")
     labels = None if "labels" not in got else _labels(got["labels"])
+    gt = got.get("groundtruth")
     return ProjectFile(
         path=path,
         events=events,
@@ -389,6 +404,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
         labels=labels,
         train=None if "train" not in got else _train(got["train"], labels),
         registry=MappingProxyType(_registry_table(registry)),
+        groundtruth=None if gt is None else _groundtruth(gt),
     )
 
 
@@ -595,3 +611,34 @@ def _train(t: _Table, labels: LabelSettings | None) -> TrainRecipe:
         metric=metric,
         margin=margin or 0.0,
     )
+
+
+def _groundtruth(t: _Table) -> GroundTruthSettings:
+    """``[groundtruth]``: ``uri``, the upkeep settings, and ``[groundtruth.storage]``
+    (object-store options, strings, passed as they are; values are kept secret)."""
+    defaults = GroundTruthSettings()
+    numbers: dict[str, float] = {}
+    for key in ("retention_hours", "compact_every_s", "vacuum_every_s"):
+        if key in t.data:
+            v = t.data[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise t.error(f"must be a number >= 0, not {v!r}", key)
+            numbers[key] = float(v)
+    storage_data = t.data.get("storage", {})
+    if not isinstance(storage_data, dict):
+        raise t.error(f"must be a table, not {_type_name(storage_data)}", "storage")
+    storage: dict[str, Secret] = {}
+    for k, v in storage_data.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        if not isinstance(v, str | int | float):
+            raise t.error(f"[groundtruth.storage] {k} must be a string, not {_type_name(v)}")
+        storage[str(k)] = Secret(str(v))
+    try:
+        return GroundTruthSettings(
+            uri=t.string("uri") or defaults.uri,
+            storage=storage,
+            **numbers,
+        )
+    except ConfigError as exc:
+        raise t.error(exc.message, "uri") from None

@@ -1,10 +1,11 @@
 """Downloading the local cluster's servers once, and verifying them on every start.
 
-Kafka (its jars and runtime dependencies, with a log4j2 binding) and the Apicurio
-Registry ``-all`` tarball are fetched with Maven (``--strict-checksums``) into a staging
-directory next to their final place, hashed into a ``MANIFEST.json`` (sha256 + size of
-every file) and swapped in with a rename, so an interrupted download never looks
-installed. :func:`verify_manifest` checks an installed tree against its manifest.
+Kafka (its jars and runtime dependencies, with a log4j2 binding), the Apicurio Registry
+``-all`` tarball and the S3Proxy ``jar-with-dependencies`` are fetched with Maven
+(``--strict-checksums``) into a staging directory next to their final place, hashed into
+a ``MANIFEST.json`` (sha256 + size of every file) and swapped in with a rename, so an
+interrupted download never looks installed. :func:`verify_manifest` checks an installed
+tree against its manifest.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Installer:
         self.cache_dir = cache_dir
         self.kafka_home = cache_dir / f"kafka-{settings.kafka_version}"
         self.registry_home = cache_dir / f"apicurio-{settings.apicurio_version}"
+        self.s3proxy_home = cache_dir / f"s3proxy-{settings.s3proxy_version}"
 
     def install(self) -> None:
         """Download and verify what the cache lacks; a no-op when it verifies."""
@@ -107,6 +109,9 @@ class Installer:
         if (why := verify_manifest(self.registry_home)) is not None:
             log.info("installing apicurio registry %s (%s)", ver.apicurio_version, why)
             self._install_into(self.registry_home, self._fetch_registry)
+        if (why := verify_manifest(self.s3proxy_home)) is not None:
+            log.info("installing s3proxy %s (%s)", ver.s3proxy_version, why)
+            self._install_into(self.s3proxy_home, self._fetch_s3proxy)
         log.info("install checked in %.1fs", time.monotonic() - t0)
 
     def _install_into(self, final: Path, fetch: Any) -> None:
@@ -208,6 +213,33 @@ class Installer:
         shutil.rmtree(dl)
         shutil.rmtree(pom.parent)
         self.registry_jar(staging)  # fails now rather than at start time
+
+    def _fetch_s3proxy(self, staging: Path) -> None:
+        pom = self._write_pom(staging)
+        v = self.settings.s3proxy_version
+        self._mvn(
+            [
+                "-f",
+                str(pom),
+                f"org.apache.maven.plugins:maven-dependency-plugin:{DEPENDENCY_PLUGIN_COPY}:copy",
+                f"-Dartifact=org.gaul:s3proxy:{v}:jar:jar-with-dependencies",
+                f"-DoutputDirectory={staging}",
+            ],
+            cwd=pom.parent,
+        )
+        shutil.rmtree(pom.parent)
+        self.s3proxy_jar(staging)  # fails now rather than at start time
+
+    @property
+    def s3proxy_jar_name(self) -> str:
+        return f"s3proxy-{self.settings.s3proxy_version}-jar-with-dependencies.jar"
+
+    def s3proxy_jar(self, home: Path | None = None) -> Path:
+        """The runnable S3Proxy jar in an installed ``home``."""
+        jar = (home or self.s3proxy_home) / self.s3proxy_jar_name
+        if not jar.is_file():
+            raise DownloadError(f"no {jar.name} in {home}")
+        return jar
 
     @staticmethod
     def registry_jar(home: Path) -> Path:

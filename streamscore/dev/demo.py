@@ -221,7 +221,7 @@ class Demo:
         """Fit a candidate with c on the ground truth and publish it as shadow."""
         args = [
             "train",
-            "--store-dir",
+            "--groundtruth",
             str(self.store_dir),
             "--as",
             "shadow",
@@ -346,7 +346,7 @@ class Demo:
                     "feedback",
                     "--group-id",
                     f"demo-feedback-{self.s.run_id}",
-                    "--store-dir",
+                    "--groundtruth",
                     str(self.store_dir),
                     "--metrics-port",
                     str(FEEDBACK_METRICS_PORT),

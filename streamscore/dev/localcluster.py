@@ -65,6 +65,7 @@ from .cluster_config import (
 )
 from .cluster_install import Installer
 from .cluster_processes import ServerProcess, check_java, port_answers, port_in_use, tail
+from .s3proxy import S3Endpoint, S3Proxy
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,29 @@ class LocalCluster:
             return self.status()
 
     def down(self) -> None:
-        """Stop both servers (SIGTERM, then SIGKILL after a grace period). Their data
-        stays: the next ``up`` goes on from it."""
+        """Stop both servers and the S3 server (SIGTERM, then SIGKILL after a grace
+        period). Their data stays: the next ``up`` goes on from it."""
         with self._locked(self.run_dir):
+            self.s3.stop()
             for role in (REGISTRY, KAFKA):
                 self._stop(self._servers[role])
+
+    @property
+    def s3(self) -> S3Proxy:
+        """The cluster's S3 API server (S3Proxy), on ``settings.s3_port``."""
+        return S3Proxy(
+            self.installer.s3proxy_home / self.installer.s3proxy_jar_name,
+            self.run_dir,
+            host=self.settings.host,
+            port=self.settings.s3_port,
+        )
+
+    def up_s3(self) -> S3Endpoint:
+        """Start the S3 server (installed with the rest) unless it runs; its endpoint."""
+        with self._locked(self.run_dir):
+            with self._locked(self.cache_dir):
+                self.installer.install()
+            return self.s3.start(heap=self.settings.s3_heap)
 
     def reset(self) -> None:
         """Stop both servers and wipe the broker's data and the registry's database: the

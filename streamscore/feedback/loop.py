@@ -20,21 +20,23 @@ made their rows durable:
    label is written as unmatched, or the prediction was evicted without a label, or it
    was a duplicate (see :mod:`streamscore.feedback.join`);
 3. at each checkpoint (every ``checkpoint_s`` and on shutdown / revocation) the loop
-   first calls :meth:`GroundTruthStore.flush` (files written under ``_inprogress/``,
-   ``fsync``-ed, atomically renamed into their partition), and only then marks the
-   positions settled up to that point and commits, per partition, the offset after the
-   longest settled prefix (synchronous commit).
+   first calls :meth:`GroundTruthStore.flush` (one Delta merge per table, committed to
+   the table's log), and only then marks the positions settled up to that point and
+   commits, per partition, the offset after the longest settled prefix (synchronous
+   commit). Compaction and vacuum run after the commit, on their own schedule.
 
 On a crash (even SIGKILL) the next worker resumes from the committed offsets and
-re-reads everything not settled: the pending labels and the predictions still waiting
-in the window, so **no label is lost**. Rows already finalized before the crash are in
-the store's event-id index (rebuilt from the finalized files at start), so a re-read
-label of an already-written event is a *duplicate* and **no row is written twice**;
-half-written files are ``_inprogress`` leftovers that are deleted at start (their rows
-had not been committed, so they are re-read). Persisting the join state instead would
-need its own atomic snapshots and offsets inside them; re-reading is simpler and the
-cost is bounded by the window: a prediction waiting for its label holds its partition's
-commit back by at most ``window`` of event time (or until the memory cap evicts it).
+re-reads everything not settled: the pending labels and the predictions still waiting in
+the window, so **no label is lost**. A re-read message whose row was committed before the
+crash is a *duplicate* when the store knows the row (rows joined within its ``recent_ms``
+horizon, loaded at each assignment) and is settled at once; any other re-read label joins
+again, and the table's merge on the event id inserts nothing for it: **no row is written
+twice** (counted as ``rows_already_stored``). Files written by a merge that never
+committed belong to no table version and are never read. Persisting the join
+state instead would need its own atomic snapshots and offsets inside them; re-reading is
+simpler and the cost is bounded by the window: a prediction waiting for its label holds
+its partition's commit back by at most ``window`` of event time (or until the memory cap
+evicts it).
 
 Rebalances use an eager assignor: on revocation the loop checkpoints, then drops the
 whole join state (its pending labels are counted ``released``) and the new assignment
@@ -103,6 +105,7 @@ class FeedbackStats:
     labels: int = 0
     undecodable: int = 0
     rows_written: int = 0
+    rows_already_stored: int = 0  # rows the table held already (re-read after a restart)
     checkpoints: int = 0
 
 
@@ -176,10 +179,9 @@ class FeedbackLoop:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         if self._put_back.waiting:
             consumer.pause(partitions)
-        # rows other workers finalized for these partitions' event ids (store module doc)
+        # rows recently written by any worker: a re-read message of theirs settles at once
         n = self.store.refresh()
-        if n:
-            log.info("indexed %d rows written by other feedback workers", n)
+        log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         log.info("revoked %s: checkpoint, then drop the join state", len(partitions))
@@ -303,10 +305,19 @@ class FeedbackLoop:
         self._last_checkpoint = time.monotonic()
         settle = self._to_settle
         self._to_settle = []
-        self.store.flush()
+        try:
+            flushed = self.store.flush()
+        except InfrastructureError as exc:  # storage away: keep everything, retry later
+            self._to_settle = settle + self._to_settle
+            log.error("ground truth not written (retried at the next checkpoint): %s", exc)
+            return
+        if flushed.already_stored:
+            log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
+        self.stats.rows_already_stored += flushed.already_stored
         self.tracker.settle(settle)
         offsets = self.tracker.committable()
         if not offsets:
+            self.store.maintain()
             return
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         try:
@@ -316,6 +327,7 @@ class FeedbackLoop:
             return
         self.tracker.committed(offsets)
         self.stats.checkpoints += 1
+        self.store.maintain()  # compaction / vacuum when their interval has passed
 
 
 def make_telemetry(worker_id: str, decision: PromotionDecision, note: str = "") -> Telemetry:

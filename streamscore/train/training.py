@@ -2,7 +2,9 @@
 
 Retraining from the ground-truth store (``streamscore train``)::
 
-    rows  = groundtruth.read_rows(store, since, until)          # event-time ordered
+    rows  = groundtruth.read_rows_at(uri, since, until)         # partitions of the range
+                                                                # only; the version read
+                                                                # goes into the bundle
     split = the most recent ``holdout_fraction`` of rows (by event time) is held out
     X, y  = groundtruth.training_data(rows, spec)               # prepare.from_rows
     fit the candidate on the older part, evaluate candidate and current primary on the
@@ -26,10 +28,11 @@ import numpy as np
 from ..core.errors import StreamscoreError
 from ..core.quality import beats, improvement_kind, probabilities_metrics, regression_metrics
 from ..core.records import FeatureSpec, Task
-from ..feedback.groundtruth import training_data
+from ..feedback.groundtruth import RowFields, training_data
 from ..feedback.promotion import decision_metric
 from ..models.container import Bundle
 from ..models.convert import build_bundle
+from ..models.meta import TrainingSource
 from ..models.runtime import LoadedModel, load_bundle
 
 
@@ -166,6 +169,8 @@ def retrain(
     metric: str | None = None,
     positive: str | None = None,
     now_ms: int | None = None,
+    fields: RowFields | None = None,
+    source: TrainingSource | None = None,
 ) -> RetrainResult:
     """Fit a candidate (a clone of ``estimator``) on the older rows, compare it with
     ``current`` on the most recent ``holdout_fraction`` (by event time) and say whether
@@ -176,8 +181,9 @@ def retrain(
     """
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    ordered = sorted(rows, key=lambda r: (int(r["event_time"]), str(r["event_id"])))
-    data = training_data(ordered, spec, task)
+    f = fields or RowFields()
+    ordered = sorted(rows, key=lambda r: (int(r[f.time_field]), str(r[f.id_field])))
+    data = training_data(ordered, spec, task, f)
     n = data.X.shape[0]
     n_hold = round(n * holdout_fraction)
     if n < min_rows or n_hold < 1 or n - n_hold < 1:
@@ -198,9 +204,9 @@ def retrain(
     cur_metrics: dict[str, float] = {}
     X_cur = None
     if current is not None:
-        cur_data = training_data(hold_rows, current.meta.feature_spec, task)
-        valid_ids = {r["event_id"] for r in cur_data.rows}
-        keep = np.array([r["event_id"] in valid_ids for r in hold_rows], dtype=bool)
+        cur_data = training_data(hold_rows, current.meta.feature_spec, task, f)
+        valid_ids = {r[f.id_field] for r in cur_data.rows}
+        keep = np.array([r[f.id_field] in valid_ids for r in hold_rows], dtype=bool)
         X_cur = cur_data.X  # rows valid for both, in the same order
         if not keep.any():
             raise TooFewRowsError(
@@ -223,7 +229,10 @@ def retrain(
     # the candidate is judged as it would serve: through its ONNX graph, like the current
     candidate = load_bundle(bundle)
     cand_metrics = evaluate_loaded(candidate, X_ho[keep], y_eval, positive)
-    bundle = replace(bundle, meta=replace(bundle.meta, holdout_metrics=cand_metrics))
+    bundle = replace(
+        bundle,
+        meta=replace(bundle.meta, holdout_metrics=cand_metrics, training_source=source),
+    )
     if current is not None:
         assert X_cur is not None
         cur_metrics = evaluate_loaded(current, X_cur, y_eval, positive)

@@ -177,6 +177,29 @@ def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callab
         yield make
 
 
+# ------------------------------------------------------------------- S3 API server
+
+
+@pytest.fixture(scope="session")
+def s3(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 API server (S3Proxy, filesystem backend) of this test session: the
+    cluster's cached jar, its own run dir and a free port on loopback, stopped at the
+    end. Yields its :class:`~streamscore.dev.s3proxy.S3Endpoint` (bucket ``streamscore``
+    exists; tables go under a unique prefix per test)."""
+    from streamscore.dev.s3proxy import S3Proxy
+
+    local_cluster.install()  # the jar comes with the cluster's downloads
+    server = S3Proxy(
+        local_cluster.installer.s3proxy_jar(),
+        tmp_path_factory.mktemp("s3proxy"),
+        port=free_port(),
+    )
+    try:
+        yield server.start(heap="192m")
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------- private cluster
 
 
@@ -190,6 +213,7 @@ def private_cluster_settings(run_dir: Path) -> ClusterSettings:
         kafka_port=free_port(),
         controller_port=free_port(),
         registry_port=free_port(),
+        s3_port=free_port(),
         kafka_heap="320m",
         registry_heap="256m",
         partitions=2,
@@ -197,7 +221,9 @@ def private_cluster_settings(run_dir: Path) -> ClusterSettings:
     )
     # never the shared cluster's ports or run dir: other test runs use them right now
     ours = {settings.kafka_port, settings.controller_port, settings.registry_port}
-    assert not ours & {shared.kafka_port, shared.controller_port, shared.registry_port}
+    ours.add(settings.s3_port)
+    theirs = {shared.kafka_port, shared.controller_port, shared.registry_port, shared.s3_port}
+    assert not ours & theirs
     assert settings.run_path != shared.run_path
     return settings
 

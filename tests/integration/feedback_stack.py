@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from streamscore.core.config import GroundTruthSettings, Secret
 from streamscore.dev import synthetic
+from streamscore.dev.s3proxy import S3Endpoint
 from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
@@ -26,9 +28,39 @@ from .stack import Stack
 FEEDBACK_MODULE = "streamscore.cli"
 
 
+#: a ground-truth location in tests: a local directory, or settings (an S3 table)
+Store = Path | GroundTruthSettings
+
+
+def gt_settings(store: Store) -> GroundTruthSettings:
+    return store if isinstance(store, GroundTruthSettings) else GroundTruthSettings(str(store))
+
+
+def s3_table(endpoint: S3Endpoint, prefix: str) -> GroundTruthSettings:
+    """A table under ``prefix`` of the test session's S3 server."""
+    opts = {k: Secret(v) for k, v in endpoint.storage_options().items()}
+    return GroundTruthSettings(f"s3://{endpoint.bucket}/{prefix}", storage=opts)
+
+
+def store_env(store: Store) -> dict[str, str]:
+    """What a streamscore process needs to reach ``store``: on S3 the usual AWS_*
+    variables (so the local credentials never sit on a command line)."""
+    gt = gt_settings(store)
+    if gt.location.scheme != "s3":
+        return {}
+    o = gt.storage_options()
+    return {
+        "AWS_ENDPOINT_URL": o["endpoint"],
+        "AWS_ACCESS_KEY_ID": o["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": o["secret_access_key"],
+        "AWS_REGION": o["region"],
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
 @dataclass
 class FeedbackProcess(WorkerProcess):
-    store_dir: Path = field(default_factory=Path)
+    store_dir: Store = field(default_factory=Path)
 
     def labels_outcomes(self) -> dict[str, float]:
         return {
@@ -41,17 +73,17 @@ class FeedbackProcess(WorkerProcess):
 def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProcess]]:
     started: list[FeedbackProcess] = []
 
-    def start(store_dir: Path, *args: str, group_id: str | None = None) -> FeedbackProcess:
+    def start(store_dir: Store, *args: str, group_id: str | None = None) -> FeedbackProcess:
         f = launch(
             "feedback",
-            "--store-dir",
-            str(store_dir),
+            "--groundtruth",
+            gt_settings(store_dir).uri,
             "--checkpoint-s",
             "0.5",
             *args,
             worker_id=f"fb{len(started)}",
             group_id=group_id or f"{stack.group_id}-feedback",
-            env=stack.env(publisher=True),
+            env={**stack.env(publisher=True), **store_env(store_dir)},
             log_path=stack.tmp / f"feedback-{len(started)}.log",
             cls=FeedbackProcess,
             store_dir=store_dir,
@@ -63,6 +95,17 @@ def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProces
     yield start
     for f in started:
         f.close()
+
+
+@pytest.fixture(name="table", params=["local", "s3"])
+def table_fixture(
+    request: pytest.FixtureRequest, tmp_path: Path, unique_name: Callable[[str], str]
+) -> Store:
+    """The ground-truth location of a test: a local directory, or a table on the
+    session's S3 server (S3Proxy)."""
+    if request.param == "local":
+        return tmp_path / "gt"
+    return s3_table(request.getfixturevalue("s3"), unique_name("gt"))
 
 
 def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
@@ -90,11 +133,11 @@ def produce_labels(stack: Stack, labels: dict[str, float]) -> None:
     )
 
 
-def store_rows(store_dir: Path) -> list[dict[str, Any]]:
-    return groundtruth.read_rows(store_dir)
+def store_rows(store_dir: Store) -> list[dict[str, Any]]:
+    return groundtruth.read_rows(gt_settings(store_dir))
 
 
-def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None) -> list[Any]:
+def wait_rows(store_dir: Store, n: int, timeout: float = 120.0, proc: Any = None) -> list[Any]:
     deadline = time.monotonic() + timeout
     rows: list[Any] = []
     while time.monotonic() < deadline:
@@ -112,10 +155,15 @@ def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None)
 DEMO_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "demo" / "streamscore.toml"
 
 
-def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_train(stack: Stack, store_dir: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    uri = gt_settings(store_dir).uri
     return subprocess.run(
-        [sys.executable, "-m", FEEDBACK_MODULE, "train", "--store-dir", str(store_dir), *args],
-        env={**stack.env(publisher=True), "STREAMSCORE_CONFIG": str(DEMO_PROJECT)},
+        [sys.executable, "-m", FEEDBACK_MODULE, "train", "--groundtruth", uri, *args],
+        env={
+            **stack.env(publisher=True),
+            **store_env(store_dir),
+            "STREAMSCORE_CONFIG": str(DEMO_PROJECT),
+        },
         capture_output=True,
         text=True,
         timeout=300,

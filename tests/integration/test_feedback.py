@@ -20,11 +20,14 @@ from streamscore.models.envelope import Action
 
 from .feedback_stack import (
     FeedbackProcess,
+    Store,
+    gt_settings,
     make_feedback_fixture,  # noqa: F401  (the make_feedback fixture)
     produce_labels,
     produce_world,
     run_train,
     store_rows,
+    table_fixture,  # noqa: F401  (the table fixture: local and S3)
     wait_group_caught_up,
     wait_rows,
     wait_until,
@@ -45,7 +48,7 @@ def _labelled(fb: FeedbackProcess, version: int, role: str = "primary") -> float
 
 
 def _assert_inputs(rows: list[dict[str, object]]) -> None:
-    assert all("c" in (r["inputs"] or {}) for r in rows), (  # type: ignore[operator]
+    assert all(r.get("c") is not None for r in rows), (
         "predictions carry no raw inputs (prediction v2 `inputs`): scoring.py must fill them"
     )
 
@@ -177,9 +180,11 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     stack: Stack,
     make_worker: Callable[..., WorkerProcess],
     make_feedback: Callable[..., FeedbackProcess],
-    tmp_path: Path,
+    table: Store,
 ) -> None:
-    store = tmp_path / "gt"
+    """SIGKILL mid-stream, on the local store and on S3: afterwards every labelled event
+    has exactly one row."""
+    store = table
     group = f"{stack.group_id}-fb-restart"
     stack.publish("ab", version=1)
     make_worker("w1")
@@ -214,7 +219,7 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     print(f"\nMEASURED rows at kill {killed_at}, after restart {len(ids)}")
     assert len(ids) == len(set(ids)) == 5000  # no row duplicated
     assert set(ids) == set(a) | set(b_truth)  # no label lost
-    assert groundtruth.read_unmatched(store) == []
+    assert groundtruth.read_unmatched(gt_settings(store)) == []
 
     def reconciled() -> bool:
         out = fb2.labels_outcomes()
@@ -223,8 +228,8 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
 
     wait_until(reconciled, 30, "labels in == joined + unmatched + duplicate + released + pending")
     out = fb2.labels_outcomes()
-    # the restarted worker re-read what the killed one had not committed: those already in
-    # the store are duplicates, the rest were joined now; together they cover every label
+    # the restarted worker re-read what the killed one had not committed and joined it
+    # again; the table's merge inserted only the rows it did not hold
     assert out["joined"] + out["duplicate"] >= 5000 - killed_at
     assert out["unmatched"] == 0
     print(f"MEASURED restarted worker: {out}")
@@ -245,6 +250,13 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     make_worker("w1")
     fb1 = make_feedback(store, "--window-s", "600", group_id=group)
     fb2 = make_feedback(store, "--window-s", "600", group_id=group)
+    # both own a share of the join topic before traffic starts (else the first may drain
+    # it all alone): the second's join loop has been given partitions
+    wait_until(
+        lambda: "feedback.loop: assigned [(" in fb2.log_path.read_text(errors="replace"),
+        60,
+        "the second feedback worker's share of the join topic",
+    )
 
     truth = produce_world(stack, 4000, seed=41)
     produce_labels(stack, truth)

@@ -59,7 +59,7 @@ def make_loop(
     ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
     cache = WriterSchemaCache(registry)
     metrics = Metrics(CollectorRegistry())
-    store = GroundTruthStore(tmp_path)
+    store = GroundTruthStore(str(tmp_path))
     store.open()
     stop = threading.Event()
     consumer = FakeConsumer(batches, stop, topic=JOIN, partitions=(0,))
@@ -97,7 +97,7 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         (2, UnknownKindError),
         (3, TruncatedMessageError),
     ]
-    rows = read_rows(tmp_path)
+    rows = read_rows(str(tmp_path))
     assert [(r["event_id"], r["label"], r["prediction_value"]) for r in rows] == [
         ("e1", "2.5", 2.0)
     ]
@@ -129,7 +129,7 @@ def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(
     assert consumer.paused_polls >= 1 and not consumer.paused
     assert dead == [] and stats.undecodable == 0
     assert (stats.predictions, stats.labels) == (1, 1)
-    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
     assert consumer.commits[-1] == [(JOIN, 0, 9)]
     put_back = metrics.registry.get_sample_value("streamscore_registry_unavailable_batches_total")
     assert put_back == 1
@@ -212,3 +212,34 @@ def test_promote_shadow_is_not_steered_by_forged_or_replayed_records() -> None:
     topic = FakeModelTopic([signed_record(Role.PRIMARY, 1), forged_shadow])
     assert "no longer the shadow" in promote_v2(topic)
     assert topic.published == [] and topic.retired == []
+
+
+def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
+    registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table cannot be written at a checkpoint: nothing is committed, the rows stay
+    buffered, and the next checkpoint writes them and commits."""
+    from streamscore.feedback.groundtruth import GroundTruthUnavailableError
+
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    loop, consumer, _metrics, _dead = make_loop(registry, [batch], tmp_path)
+    real_flush = loop.store.flush
+    down = [True]
+
+    def flaky_flush() -> Any:
+        if down[0]:
+            raise GroundTruthUnavailableError("storage away")
+        return real_flush()
+
+    monkeypatch.setattr(loop.store, "flush", flaky_flush)
+    loop._handle(consumer.consume(10, 0.1))
+    loop.checkpoint()
+    assert consumer.commits == [] and loop.store.buffered == 1
+    assert read_rows(str(tmp_path)) == []
+    down[0] = False
+    loop.checkpoint()
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
+    assert consumer.commits[-1] == [(JOIN, 0, 2)]

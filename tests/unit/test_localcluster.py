@@ -169,19 +169,31 @@ def test_install_redoes_a_corrupted_install(
         fetched.append("registry")
         (staging / "apicurio-runner.jar").write_bytes(b"jar")
 
+    def fake_s3proxy(staging: Path) -> None:
+        fetched.append("s3proxy")
+        (staging / "s3proxy-2.6.0-jar-with-dependencies.jar").write_bytes(b"jar")
+
     monkeypatch.setattr(cluster.installer, "_fetch_kafka", fake_kafka)
     monkeypatch.setattr(cluster.installer, "_fetch_registry", fake_registry)
+    monkeypatch.setattr(cluster.installer, "_fetch_s3proxy", fake_s3proxy)
     cluster.install()
-    assert fetched == ["kafka", "registry"]
+    assert fetched == ["kafka", "registry", "s3proxy"]
     cluster.install()  # verified: nothing fetched again
-    assert fetched == ["kafka", "registry"]
+    assert fetched == ["kafka", "registry", "s3proxy"]
 
     (cluster.kafka_home / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"bad")
+    (cluster.installer.s3proxy_jar()).write_bytes(b"bad")
     cluster.install()
-    assert fetched == ["kafka", "registry", "kafka"]
+    assert fetched == ["kafka", "registry", "s3proxy", "kafka", "s3proxy"]
     assert inst.verify_manifest(cluster.kafka_home) is None
+    assert inst.verify_manifest(cluster.installer.s3proxy_home) is None
     # no staging leftovers
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "apicurio-3.0.9", "kafka-4.1.1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock",
+        "apicurio-3.0.9",
+        "kafka-4.1.1",
+        "s3proxy-2.6.0",
+    ]
 
 
 def test_interrupted_fetch_never_looks_installed(

@@ -62,14 +62,15 @@ def test_an_empty_file_is_the_defaults() -> None:
             None,
             None,
             "cfg.toml: unknown table 'event' (did you mean 'events'?); "
-            "expected one of: events, topics, kafka, registry, labels, train, features",
+            "expected one of: events, topics, kafka, registry, groundtruth, labels, train, "
+            "features",
         ),
         (
             "name = 'x'\n",
             None,
             None,
             "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry, "
-            "labels, train, features",
+            "groundtruth, labels, train, features",
         ),
         (
             "[events]\nid_feild = 'x'\n",
