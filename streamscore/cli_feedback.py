@@ -275,7 +275,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
 def cmd_train(args: argparse.Namespace, env: Env) -> int:
     from .feedback.groundtruth import read_rows
-    from .train.training import retrain, spec_by_name
+    from .train.recipe import recipe_from
+    from .train.training import BUILTIN_ESTIMATORS, retrain, spec_by_name
 
     spec = spec_by_name(args.features)
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)
@@ -288,6 +289,15 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
 
         current = current_primary(topic, args.name, tool_verifier(env.signing))
     version = args.version or (topic.next_version(args.name) if topic is not None else 1)
+    from .cli import project_of
+
+    project = project_of(args)
+    builtin = args.estimator in BUILTIN_ESTIMATORS and not args.params
+    recipe = (
+        None
+        if builtin
+        else recipe_from(args.estimator, args.params, args.fit, getattr(project, "train", None))
+    )
     res = retrain(
         rows,
         spec,
@@ -295,7 +305,7 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
         name=args.name,
         version=version,
         task=Task(args.task),
-        estimator=args.estimator,
+        estimator=recipe or args.estimator or "linear",
         holdout_fraction=args.holdout,
         min_rows=args.min_rows,
         margin=args.margin,
@@ -392,7 +402,17 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--as", dest="role", choices=["primary", "shadow"], default="primary")
     t.add_argument("--features", default="a,b,c", help="demo feature spec: a,b or a,b,c")
     t.add_argument("--task", choices=[x.value for x in Task], default="regression")
-    t.add_argument("--estimator", choices=["linear", "hgb"], default="linear")
+    t.add_argument(
+        "--estimator",
+        default=None,
+        help="linear | hgb | an estimator class's import path (e.g. "
+        "sklearn.ensemble.HistGradientBoostingRegressor); default: the project file's "
+        "[train], else linear",
+    )
+    t.add_argument("--params", metavar="JSON", help="--estimator's parameters, a JSON object")
+    t.add_argument(
+        "--fit", metavar="MODULE:FUNCTION", help="your own function: training frame -> model"
+    )
     t.add_argument("--holdout", type=float, default=0.2, help="most recent fraction held out")
     t.add_argument("--margin", type=float, default=0.05)
     t.add_argument("--min-rows", type=int, default=200)

@@ -32,6 +32,7 @@ from ..models.container import Bundle
 from ..models.convert import build_bundle
 from ..models.runtime import LoadedModel, load_bundle
 from . import synthetic
+from .recipe import FittedModel, ModelRecipe, fit_recipe
 
 
 class TooFewRowsError(StreamscoreError):
@@ -81,6 +82,21 @@ def spec_by_name(names: str) -> FeatureSpec:
     if key not in DEMO_SPECS:
         raise ValueError(f"unknown feature set {names!r}; known: a,b and a,b,c")
     return DEMO_SPECS[key]()
+
+
+#: the estimators ``--estimator`` knows by a short name (anything else is an import path)
+BUILTIN_ESTIMATORS = ("linear", "hgb")
+
+
+def fit_candidate(
+    estimator: str | ModelRecipe, X: np.ndarray, y: np.ndarray, spec: FeatureSpec, task: Task
+) -> FittedModel:
+    """Fit a built-in estimator (``linear``, ``hgb``), or run a recipe (an estimator's
+    import path, or a :class:`~streamscore.train.recipe.ModelRecipe`)."""
+    if isinstance(estimator, str) and estimator in BUILTIN_ESTIMATORS:
+        return FittedModel(make_estimator(estimator, task).fit(X, y))
+    recipe = estimator if isinstance(estimator, ModelRecipe) else ModelRecipe(estimator=estimator)
+    return fit_recipe(recipe, X, y, spec, task)
 
 
 def make_estimator(kind: str, task: Task, seed: int = 0) -> Any:
@@ -210,7 +226,7 @@ def retrain(
     name: str,
     version: int,
     task: Task = Task.REGRESSION,
-    estimator: str = "linear",
+    estimator: str | ModelRecipe = "linear",
     holdout_fraction: float = 0.2,
     min_rows: int = 200,
     margin: float = 0.05,
@@ -241,7 +257,7 @@ def retrain(
     X_ho, y_ho = data.X[n_train:], data.y[n_train:]
     hold_rows = data.rows[n_train:]
 
-    est = make_estimator(estimator, task).fit(X_tr, y_tr)
+    fitted = fit_candidate(estimator, X_tr, y_tr, spec, task)
     keep = np.ones(n_hold, dtype=bool)
     cur_metrics: dict[str, float] = {}
     X_cur = None
@@ -259,7 +275,8 @@ def retrain(
     y_eval = y_ho[keep]
     window = (int(data.event_time_ms[0]), int(data.event_time_ms[n_train - 1]))
     bundle = build_bundle(
-        est,
+        fitted.estimator,
+        classes=fitted.classes,
         name=name,
         version=version,
         feature_spec=spec,
