@@ -238,9 +238,7 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
     project = project_of(args)
     from .train.recipe import LABEL_COLUMN, recipe_from
 
-    recipe = recipe_from(
-        args.estimator, args.params, args.fit, getattr(project, "train", None)
-    )
+    recipe = recipe_from(args.estimator, args.params, args.fit, getattr(project, "train", None))
     sources = args.estimator_file or args.onnx or args.mlflow or recipe
     if not sources:
         from .train.training import demo_bundle
@@ -725,9 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--classes", help="--onnx/--mlflow: the classes, comma-separated, in order")
     m.add_argument("--output", help="--onnx/--mlflow: the graph output to read")
-    m.add_argument(
-        "--logits", action="store_true", help="--onnx/--mlflow: the output gives logits"
-    )
+    m.add_argument("--logits", action="store_true", help="--onnx/--mlflow: the output gives logits")
     m.add_argument(
         "--mlflow-tracking-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI"),

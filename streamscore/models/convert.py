@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import replace
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -162,10 +162,10 @@ def to_onnx_bytes(estimator: Any, n_features: int) -> tuple[bytes, str]:
     """Convert a fitted estimator/Pipeline; returns (onnx bytes, the output to read).
 
     Raises :class:`UnsupportedModelError` for a model no converter knows."""
-    from sklearn.base import BaseEstimator
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
+    from sklearn.base import BaseEstimator
 
     if not isinstance(estimator, BaseEstimator):
         raise UnsupportedModelError(f"a {_model_name(estimator)}", "not a scikit-learn model")
@@ -185,10 +185,9 @@ def to_onnx_bytes(estimator: Any, n_features: int) -> tuple[bytes, str]:
         unknown = [e for e in _steps(estimator) if _model_name(e) in str(exc)]
         what = _model_name(unknown[0]) if unknown else _model_name(estimator)
         raise UnsupportedModelError(f"a {what}", "skl2onnx has no converter for it") from exc
-    except RuntimeError as exc:
-        if "Unable to find" not in str(exc):
-            raise
-        raise UnsupportedModelError(f"a {_model_name(estimator)}", str(exc)[:300]) from exc
+    except Exception as exc:  # skl2onnx asserts and raises many types on what it cannot do
+        detail = f"skl2onnx failed: {type(exc).__name__}: {str(exc)[:300]}"
+        raise UnsupportedModelError(f"a {_model_name(estimator)}", detail) from exc
     names = [o.name for o in onx.graph.output]
     if is_clf:
         out = "probabilities" if "probabilities" in names else names[-1]

@@ -68,9 +68,13 @@ def local_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
         import mlflow
         from mlflow.exceptions import MlflowException
     except ImportError as exc:
-        raise ConfigError("MLflow models need the extra: pip install 'streamscore[mlflow]'") from exc
+        raise ConfigError(
+            "MLflow models need the extra: pip install 'streamscore[mlflow]'"
+        ) from exc
     shown = redact_urls(uri)
-    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
+    local = (
+        Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
+    )
     if local is not None and not uri.startswith(("models:", "runs:")):
         if not (local / "MLmodel").is_file():
             raise MlflowModelNotFoundError(f"{shown}: no MLflow model directory (no MLmodel file)")

@@ -75,9 +75,16 @@ class OnnxModelSpec:
     task: Task = Task.REGRESSION
     classes: tuple[str, ...] = ()
     output: str | None = None
-    output_kind: OutputKind | None = None
+    output_kind: OutputKind | str | None = None
 
     def __post_init__(self) -> None:
+        try:  # plain strings are accepted for the enums
+            object.__setattr__(self, "task", Task(self.task))
+            if self.output_kind is not None:
+                object.__setattr__(self, "output_kind", OutputKind(self.output_kind))
+        except ValueError as exc:
+            raise ConfigError(f"not a valid ONNX model spec: {exc}") from None
+        object.__setattr__(self, "classes", tuple(self.classes))
         if self.task is Task.CLASSIFICATION and len(self.classes) < 2:
             raise ConfigError("a classifier's spec needs its classes (at least two)")
         if self.task is Task.REGRESSION and self.classes:
@@ -90,7 +97,7 @@ class OnnxModelSpec:
     @property
     def kind(self) -> OutputKind:
         if self.output_kind is not None:
-            return self.output_kind
+            return OutputKind(self.output_kind)
         return OutputKind.PROBABILITIES if self.task is Task.CLASSIFICATION else OutputKind.VALUES
 
     @classmethod
@@ -189,8 +196,7 @@ def prepare_onnx(onnx_bytes: bytes, spec: OnnxModelSpec) -> PreparedOnnx:
     elem = inp.type.tensor_type.elem_type
     if elem != TensorProto.FLOAT:
         raise OnnxImportError(
-            f"input {inp.name!r} is {TensorProto.DataType.Name(elem)}; it must be FLOAT "
-            f"[N, {k}]"
+            f"input {inp.name!r} is {TensorProto.DataType.Name(elem)}; it must be FLOAT [N, {k}]"
         )
     dims = _dims(inp)
     if len(dims) != 2:
@@ -281,9 +287,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def _file_reference(
-    onnx_bytes: bytes, prepared: PreparedOnnx, spec: OnnxModelSpec
-) -> Any:
+def _file_reference(onnx_bytes: bytes, prepared: PreparedOnnx, spec: OnnxModelSpec) -> Any:
     """The file as given, run by onnxruntime, its logits made probabilities in numpy:
     what the served graph must agree with."""
     from .runtime import open_session

@@ -199,7 +199,9 @@ def make_estimator(path: str, params: Mapping[str, Any] | None = None) -> Any:
     except TypeError as exc:
         raise RecipeParamsError(f"{path} refuses the parameters: {exc}", path=path) from exc
     if not callable(getattr(est, "fit", None)):
-        raise RecipeNotCallableError(f"{path} makes a {type(est).__name__} with no fit()", path=path)
+        raise RecipeNotCallableError(
+            f"{path} makes a {type(est).__name__} with no fit()", path=path
+        )
     return est
 
 

@@ -19,19 +19,14 @@ def by_position(frame: Any) -> Any:
     """The documented way: ColumnTransformer columns by position from the frame's attrs."""
     info = frame.attrs["streamscore"]
     cats = [list(range(len(info["categories"][frame.columns[i]]))) for i in info["categorical"]]
-    model = Pipeline(
+    rest = info["numeric"] + info["boolean"]
+    encode = ColumnTransformer(
         [
-            ("impute", SimpleImputer(strategy="median")),
-            (
-                "encode",
-                ColumnTransformer(
-                    [("cat", OneHotEncoder(categories=cats), info["categorical"])],
-                    remainder="passthrough",
-                ),
-            ),
-            ("model", LogisticRegression(max_iter=500)),
+            ("cat", OneHotEncoder(categories=cats), info["categorical"]),
+            ("num", SimpleImputer(strategy="median"), rest),
         ]
     )
+    model = Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=2000))])
     x = frame[info["features"]].to_numpy()
     return model.fit(x, frame[info["label"]])
 

@@ -34,8 +34,10 @@ from .test_onnx_import import FEATURES, forward, mlp, sample, softmax
 
 
 @pytest.fixture
-def tracking(tmp_path: Path) -> Iterator[str]:
-    """A file-backed MLflow tracking + registry directory, MLflow's globals restored."""
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A file-backed MLflow tracking + registry directory, MLflow's globals restored
+    (MLflow 3 refuses the file store unless MLFLOW_ALLOW_FILE_STORE is set)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     before, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     uri = (tmp_path / "mlruns").as_uri()
     mlflow.set_tracking_uri(uri)
@@ -53,7 +55,10 @@ def fitted() -> tuple[Any, np.ndarray]:
     y = labels(target(x, 11), 3)
     est = Pipeline(
         [
-            ("encode", ColumnTransformer([("c", OneHotEncoder(), CATEGORICAL)], "passthrough")),
+            (
+                "encode",
+                ColumnTransformer([("c", OneHotEncoder(), CATEGORICAL)], remainder="passthrough"),
+            ),
             ("model", LogisticRegression(max_iter=1000)),
         ]
     ).fit(x, y)
@@ -92,7 +97,8 @@ def test_local_model_directory_and_class_names(
     tmp_path: Path, fitted: tuple[Any, np.ndarray]
 ) -> None:
     est, x = fitted
-    mlflow.sklearn.save_model(est, str(tmp_path / "saved"))
+    # cloudpickle, as MLflow 2 saved them (MLflow 3's default is skops)
+    mlflow.sklearn.save_model(est, str(tmp_path / "saved"), serialization_format="cloudpickle")
     spec = OnnxModelSpec(SPEC, Task.CLASSIFICATION, ("low", "mid", "high"))
     b = bundle_from_mlflow(str(tmp_path / "saved"), spec, x, name="m", version=2, created_at_ms=1)
     assert b.meta.classes == ("low", "mid", "high")
@@ -104,7 +110,7 @@ def test_onnx_flavour(tracking: str) -> None:
     with mlflow.start_run():
         info = mlflow.onnx.log_model(model, name="net", registered_model_name="net")
     assert isinstance(onnx.load_model_from_string(model.SerializeToString()), onnx.ModelProto)
-    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")  # type: ignore[arg-type]
+    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")
     x = sample()
     for uri in (info.model_uri, "models:/net/1"):
         b = bundle_from_mlflow(

@@ -100,7 +100,7 @@ def test_multiclass_logits_become_probabilities() -> None:
         FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind=OutputKind.LOGITS
     )
     bundle, _ = _bundle(model, spec)
-    loaded = load_bundle(bundle)  # type: ignore[arg-type]
+    loaded = load_bundle(bundle)
     served = onnx.load_model_from_string(loaded.bundle.onnx_bytes)
     assert [i.name for i in served.graph.input] == [INPUT_NAME]
     fresh = sample(200, 7)
@@ -113,10 +113,10 @@ def test_multiclass_logits_become_probabilities() -> None:
 
 def test_binary_single_logit_becomes_two_columns() -> None:
     model, w = mlp(1)
-    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("no", "yes"), output_kind="logits")  # type: ignore[arg-type]
+    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("no", "yes"), output_kind="logits")
     bundle, _ = _bundle(model, spec)
     fresh = sample(100, 8)
-    out = load_bundle(bundle).predict(fresh)  # type: ignore[arg-type]
+    out = load_bundle(bundle).predict(fresh)
     p1 = 1.0 / (1.0 + np.exp(-forward(fresh, w)[:, 0]))
     assert out.probabilities is not None
     np.testing.assert_allclose(out.probabilities[:, 1], p1, atol=1e-5)
@@ -128,7 +128,7 @@ def test_regression_values_n_by_1() -> None:
     model, w = mlp(1, output="value")
     bundle, _ = _bundle(model, OnnxModelSpec(FEATURES))
     fresh = sample(100, 9)
-    out = load_bundle(bundle).predict(fresh)  # type: ignore[arg-type]
+    out = load_bundle(bundle).predict(fresh)
     assert out.values is not None and out.values.shape == (100,)
     np.testing.assert_allclose(out.values, forward(fresh, w)[:, 0], rtol=1e-5, atol=1e-4)
 
@@ -138,7 +138,7 @@ def test_probabilities_output_is_served_as_is() -> None:
     model.graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
     model.graph.output[0].name = "probs"
     bundle, x = _bundle(model, OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("0", "1")))
-    out = load_bundle(bundle).predict(x[:50])  # type: ignore[arg-type]
+    out = load_bundle(bundle).predict(x[:50])
     assert out.probabilities is not None
     np.testing.assert_allclose(out.probabilities, softmax(forward(x[:50], w)), atol=1e-5)
 
@@ -153,8 +153,8 @@ def test_probabilities_output_is_served_as_is() -> None:
     ],
 )
 def test_input_the_worker_cannot_feed_is_refused(kwargs: dict[str, object], message: str) -> None:
-    model, _ = mlp(3, **kwargs)  # type: ignore[arg-type]
-    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")  # type: ignore[arg-type]
+    model, _ = mlp(3, **kwargs)
+    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")
     with pytest.raises(OnnxImportError, match=message):
         prepare_onnx(model.SerializeToString(), spec)
 
@@ -176,7 +176,7 @@ def test_two_inputs_and_unnamed_outputs_are_refused() -> None:
 
 def test_logits_of_the_wrong_width_are_refused() -> None:
     model, _ = mlp(4)
-    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")  # type: ignore[arg-type]
+    spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")
     with pytest.raises(OnnxImportError, match=r"logits for 3 classes must be \[N, 3\]"):
         prepare_onnx(model.SerializeToString(), spec)
 
