@@ -209,6 +209,18 @@ def project_of(args: argparse.Namespace) -> Any:
     return read_project(path) if path else None
 
 
+def _features(args: argparse.Namespace, project: Any) -> Any:
+    """The feature spec: ``--spec FILE``, else the project file's ``[[features]]``."""
+    from .models.build import load_spec
+
+    if args.spec:
+        return load_spec(Path(args.spec))
+    features = getattr(project, "features", None)
+    if features is None:
+        raise ConfigError("needs --spec FILE, or [[features]] in the project file (--config)")
+    return features
+
+
 def _model_spec(args: argparse.Namespace, project: Any) -> Any:
     """The feature spec (and, for ONNX/MLflow, the model's description): ``--spec FILE``,
     else the project file's ``[[features]]`` with ``[labels] task``, ``--task``,
@@ -218,9 +230,7 @@ def _model_spec(args: argparse.Namespace, project: Any) -> Any:
 
     if args.spec:
         return load_model_spec(Path(args.spec))
-    features = getattr(project, "features", None)
-    if features is None:
-        raise ConfigError("needs --spec FILE, or [[features]] in the project file (--config)")
+    features = _features(args, project)
     labels = getattr(project, "labels", None)
     task = Task(args.task) if args.task else labels.task.task if labels else Task.REGRESSION
     return OnnxModelSpec(
@@ -260,15 +270,20 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
             name=args.name,
             version=args.version or version(),
         ).to_bytes()
-    spec = _model_spec(args, project)
     if args.onnx:
         bundle = build.bundle_from_onnx_file(
-            Path(args.onnx), spec, data, name=args.name, version=args.version or version()
+            Path(args.onnx),
+            _model_spec(args, project),
+            data,
+            name=args.name,
+            version=args.version or version(),
         )
     elif args.mlflow:
+        # the sklearn flavour needs only the features; the onnx flavour its description too
+        described = args.spec or args.classes or args.task or args.output or args.logits
         bundle = build.bundle_from_mlflow_uri(
             args.mlflow,
-            spec,
+            _model_spec(args, project) if described else _features(args, project),
             data,
             name=args.name,
             version=args.version or version(),
@@ -280,7 +295,7 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
         task = Task(args.task) if args.task else labels.task.task if labels else None
         bundle = build.bundle_from_recipe(
             recipe,
-            spec.features,
+            _features(args, project),
             data,
             label=args.label or (labels.label_field if labels else LABEL_COLUMN),
             task=task,

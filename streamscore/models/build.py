@@ -181,7 +181,7 @@ def bundle_from_onnx_file(
 
 def bundle_from_mlflow_uri(
     uri: str,
-    spec: OnnxModelSpec,
+    spec: OnnxModelSpec | FeatureSpec,
     data_path: Path,
     *,
     name: str,
@@ -191,10 +191,11 @@ def bundle_from_mlflow_uri(
     """An MLflow model (``models:/name@alias``, ``runs:/...``, a local directory)."""
     from .mlflow_import import bundle_from_mlflow
 
+    features = spec.features if isinstance(spec, OnnxModelSpec) else spec
     return bundle_from_mlflow(
         uri,
         spec,
-        load_matrix(data_path, spec.features),
+        load_matrix(data_path, features),
         name=name,
         version=version,
         created_at_ms=int(time.time() * 1000),

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..core.errors import ConfigError
+from ..core.records import FeatureSpec
 from ..core.redact import redact_urls
 from .container import Bundle
 from .convert import UnsupportedModelError, build_bundle
@@ -108,7 +109,7 @@ def _flavors(model_dir: Path) -> Mapping[str, Any]:
 
 def bundle_from_mlflow(
     uri: str,
-    spec: OnnxModelSpec,
+    spec: OnnxModelSpec | FeatureSpec,
     X: npt.ArrayLike,
     *,
     name: str,
@@ -117,12 +118,18 @@ def bundle_from_mlflow(
     tracking_uri: str | None = None,
 ) -> Bundle:
     """A bundle from the MLflow model ``uri`` (module doc), with its feature spec and a
-    sample of inputs ``X``. For the sklearn flavour only ``spec.features`` is needed: the
-    task and classes are the estimator's (``spec.classes``, when given, renames them)."""
+    sample of inputs ``X``. For the sklearn flavour a feature spec is enough: the task and
+    classes are the estimator's (``spec.classes``, when given, renames them); the onnx
+    flavour needs the model's description too (an :class:`OnnxModelSpec`)."""
     model_dir = local_model_dir(uri, tracking_uri)
     flavors = _flavors(model_dir)
     x = np.asarray(X, dtype=np.float64)
     if "onnx" in flavors:
+        if not isinstance(spec, OnnxModelSpec):
+            raise ConfigError(
+                f"{redact_urls(uri)} is an ONNX model: its spec needs the task (and a "
+                "classifier's classes): a --spec file with them, or --task and --classes"
+            )
         data = flavors["onnx"].get("data", "model.onnx")
         onnx_path = (model_dir / str(data)).resolve()
         if model_dir.resolve() not in onnx_path.parents:
@@ -139,15 +146,17 @@ def bundle_from_mlflow(
         import mlflow.sklearn
 
         est = mlflow.sklearn.load_model(str(model_dir))
+        described = spec if isinstance(spec, OnnxModelSpec) else None
+        features = spec.features if isinstance(spec, OnnxModelSpec) else spec
         return build_bundle(
             est,
             name=name,
             version=version,
-            feature_spec=spec.features,
+            feature_spec=features,
             X_train=x,
             X_reference=x[: min(len(x), 1000)],
             created_at_ms=created_at_ms,
-            classes=spec.classes or None,
+            classes=None if described is None else (described.classes or None),
         )
     raise UnsupportedModelError(
         f"the MLflow model {redact_urls(uri)} (flavours {sorted(flavors)})",

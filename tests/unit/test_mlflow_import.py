@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from streamscore.cli import main
+from streamscore.core.errors import ConfigError
 from streamscore.core.records import Task
 from streamscore.models.container import decode_bundle
 from streamscore.models.convert import UnsupportedModelError
@@ -84,7 +85,7 @@ def test_sklearn_flavour_by_run_alias_and_version(
     est, x = fitted
     run_id = _log_sklearn(est, registered="churn")
     MlflowClient().set_registered_model_alias("churn", "champion", "1")
-    spec = OnnxModelSpec(SPEC)  # only the features: task and classes are the estimator's
+    spec = SPEC  # only the features: task and classes are the estimator's
     for uri in (f"runs:/{run_id}/model", "models:/churn@champion", "models:/churn/1"):
         b = bundle_from_mlflow(
             uri, spec, x, name="churn", version=1, created_at_ms=1, tracking_uri=tracking
@@ -180,3 +181,14 @@ def test_cli_model_build_from_mlflow(
     )  # fmt: skip
     assert rc == 0
     _check(decode_bundle(out.read_bytes()), est, x)
+
+
+def test_onnx_flavour_needs_its_description(tracking: str) -> None:
+    model, _ = mlp(3)
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(model, name="net")
+    with pytest.raises(ConfigError, match="is an ONNX model: its spec needs the task"):
+        bundle_from_mlflow(
+            info.model_uri, FEATURES, sample(), name="n", version=1, created_at_ms=1,
+            tracking_uri=tracking,
+        )  # fmt: skip

@@ -278,3 +278,63 @@ def test_cli_bad_import_path_is_an_error_naming_it(
     err = capsys.readouterr().err
     assert "RecipeImportError" in err and "sklearn.ensembel.HistGradientBoostingClassifier" in err
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------ streamscore train
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "xgboost.XGBRegressor",
+        ModelRecipe("lightgbm.LGBMRegressor", MappingProxyType({"n_estimators": 40})),
+        ModelRecipe(fit=f"{FITS}:regressor"),
+    ],
+    ids=["import-path", "recipe-with-params", "fit-function"],
+)
+def test_retrain_runs_the_recipe(estimator: Any) -> None:
+    from streamscore.train import synthetic
+    from streamscore.train.training import retrain
+
+    from .test_train import T0, rows
+
+    res = retrain(
+        rows(800), synthetic.spec_abc(), current=None, name="r", version=1, estimator=estimator
+    )
+    assert res.decision.publish and res.n_train == 640
+    model = load_bundle(res.bundle)
+    assert model.meta.feature_spec.names == ("a", "b", "c")
+    # y = 10a + 3b + c has a spread of ~60 (predicting the mean: MAE ~48); trees get ~3
+    assert res.comparison.candidate["mae"] < 6.0
+    assert res.train_window[0] == T0
+
+
+def test_cli_model_build_from_the_project_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No source flag: the project file's [[features]], [labels] and [train] say it all
+    (the parsed shape agreed in issue 12: features, labels.task.task, labels.label_field,
+    train.model_name/estimator/params/fit)."""
+    import streamscore.cli as cli
+
+    _, csv_path, x, y = _write(tmp_path)
+    project = SimpleNamespace(
+        features=SPEC,
+        labels=SimpleNamespace(
+            task=SimpleNamespace(task=Task.CLASSIFICATION), label_field="is_fraud"
+        ),
+        train=SimpleNamespace(
+            model_name="payments",
+            estimator="lightgbm.LGBMClassifier",
+            params=MappingProxyType({"n_estimators": 20, "verbose": -1}),
+            fit=None,
+        ),
+    )
+    monkeypatch.setattr(cli, "project_of", lambda args: project)
+    out = tmp_path / "m.ssb"
+    assert main(["model", "build", "--data", str(csv_path), "--out", str(out)]) == 0
+    model = load_bundle(decode_bundle(out.read_bytes()))
+    assert model.meta.name == "payments" and model.meta.classes == ("fraud", "ok")
+    assert model.meta.feature_spec == SPEC
+    labels = model.predict(x).labels
+    assert labels is not None and (labels == y).mean() > 0.75
