@@ -1,5 +1,10 @@
-"""Conversion at publish time: a fitted scikit-learn estimator or Pipeline becomes an ONNX
-graph (skl2onnx) and is packaged as a :class:`~streamscore.models.container.Bundle`.
+"""Conversion at publish time: a fitted scikit-learn estimator or Pipeline (XGBoost and
+LightGBM scikit-learn models included, through onnxmltools' converters registered with
+skl2onnx) becomes an ONNX graph and is packaged as a
+:class:`~streamscore.models.container.Bundle` (:func:`package_onnx` packages any served
+graph: :mod:`streamscore.models.onnx_import` uses it for ready ONNX files). A model no
+converter knows raises :class:`UnsupportedModelError`, naming it and
+:data:`SUPPORTED_MODELS`.
 
 :func:`build_bundle` fits nothing: it converts, safety-scans the graph, checks that ONNX
 agrees with scikit-learn on a reference sample, and computes the reference histograms

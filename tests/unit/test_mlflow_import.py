@@ -33,6 +33,12 @@ from streamscore.models.runtime import load_bundle
 from .test_model_families import CATEGORICAL, SPEC, labels, matrix, target
 from .test_onnx_import import FEATURES, forward, mlp, sample, softmax
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: stated requirements: MLflow would otherwise infer them by loading the model again in a
+#: subprocess, seconds per logged model
+NO_INFERENCE = ["scikit-learn"]
+
 
 @pytest.fixture
 def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -52,23 +58,30 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[Any, np.ndarray]:
+    from threadpoolctl import threadpool_limits
+
     x = matrix(800, 11, nan=False)
     y = labels(target(x, 11), 3)
-    est = Pipeline(
-        [
-            (
-                "encode",
-                ColumnTransformer([("c", OneHotEncoder(), CATEGORICAL)], remainder="passthrough"),
-            ),
-            ("model", LogisticRegression(max_iter=1000)),
-        ]
-    ).fit(x, y)
+    with threadpool_limits(limits=1):  # module scope: the one_thread fixture is not on yet
+        est = Pipeline(
+            [
+                (
+                    "encode",
+                    ColumnTransformer(
+                        [("c", OneHotEncoder(), CATEGORICAL)], remainder="passthrough"
+                    ),
+                ),
+                ("model", LogisticRegression(max_iter=1000)),
+            ]
+        ).fit(x, y)
     return est, x
 
 
 def _log_sklearn(est: Any, registered: str | None = None) -> str:
     with mlflow.start_run() as run:
-        mlflow.sklearn.log_model(est, name="model", registered_model_name=registered)
+        mlflow.sklearn.log_model(
+            est, name="model", registered_model_name=registered, pip_requirements=NO_INFERENCE
+        )
     return str(run.info.run_id)
 
 
@@ -99,7 +112,12 @@ def test_local_model_directory_and_class_names(
 ) -> None:
     est, x = fitted
     # cloudpickle, as MLflow 2 saved them (MLflow 3's default is skops)
-    mlflow.sklearn.save_model(est, str(tmp_path / "saved"), serialization_format="cloudpickle")
+    mlflow.sklearn.save_model(
+        est,
+        str(tmp_path / "saved"),
+        serialization_format="cloudpickle",
+        pip_requirements=NO_INFERENCE,
+    )
     spec = OnnxModelSpec(SPEC, Task.CLASSIFICATION, ("low", "mid", "high"))
     b = bundle_from_mlflow(str(tmp_path / "saved"), spec, x, name="m", version=2, created_at_ms=1)
     assert b.meta.classes == ("low", "mid", "high")
@@ -109,7 +127,9 @@ def test_local_model_directory_and_class_names(
 def test_onnx_flavour(tracking: str) -> None:
     model, w = mlp(3)
     with mlflow.start_run():
-        info = mlflow.onnx.log_model(model, name="net", registered_model_name="net")
+        info = mlflow.onnx.log_model(
+            model, name="net", registered_model_name="net", pip_requirements=NO_INFERENCE
+        )
     assert isinstance(onnx.load_model_from_string(model.SerializeToString()), onnx.ModelProto)
     spec = OnnxModelSpec(FEATURES, Task.CLASSIFICATION, ("a", "b", "c"), output_kind="logits")
     x = sample()
@@ -186,7 +206,7 @@ def test_cli_model_build_from_mlflow(
 def test_onnx_flavour_needs_its_description(tracking: str) -> None:
     model, _ = mlp(3)
     with mlflow.start_run():
-        info = mlflow.onnx.log_model(model, name="net")
+        info = mlflow.onnx.log_model(model, name="net", pip_requirements=NO_INFERENCE)
     with pytest.raises(ConfigError, match="is an ONNX model: its spec needs the task"):
         bundle_from_mlflow(
             info.model_uri, FEATURES, sample(), name="n", version=1, created_at_ms=1,

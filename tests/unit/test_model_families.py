@@ -32,6 +32,8 @@ from streamscore.models.convert import UnsupportedModelError, build_bundle
 from streamscore.models.runtime import PROBA_ATOL, load_bundle
 from streamscore.models.safety import ALLOWED_DOMAINS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 COUNTRIES = ("FR", "DE", "IT", "ES")
 #: column positions of the matrix below
 NUMERIC, CATEGORICAL, BOOLEAN = [0, 1], [2], [3]
@@ -96,7 +98,7 @@ NO_NAN = {"logistic", "random_forest"}
 CLASSIFIERS = {
     "logistic": lambda: LogisticRegression(max_iter=500),
     "random_forest": lambda: RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0),
-    "hgb": lambda: HistGradientBoostingClassifier(max_iter=30, random_state=0),
+    "hgb": lambda: HistGradientBoostingClassifier(max_iter=15, random_state=0),
     "impute_scale_logistic": lambda: make_pipeline(
         SimpleImputer(strategy="median"), StandardScaler(), LogisticRegression(max_iter=500)
     ),
@@ -114,14 +116,16 @@ CLASSIFIERS = {
                     [("cat", OrdinalEncoder(), CATEGORICAL)], remainder="passthrough"
                 ),
             ),
-            ("model", HistGradientBoostingClassifier(max_iter=20, random_state=0)),
+            ("model", HistGradientBoostingClassifier(max_iter=10, random_state=0)),
         ]
     ),
     "xgboost": lambda: xgboost.XGBClassifier(n_estimators=30, max_depth=4),
     "onehot_xgboost": lambda: Pipeline(
         [("encode", one_hot()), ("model", xgboost.XGBClassifier(n_estimators=20, max_depth=3))]
     ),
-    "lightgbm": lambda: lightgbm.LGBMClassifier(n_estimators=30, num_leaves=15, verbose=-1),
+    "lightgbm": lambda: lightgbm.LGBMClassifier(
+        n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1
+    ),
 }
 
 REGRESSORS = {
@@ -131,7 +135,9 @@ REGRESSORS = {
     ),
     "onehot_ridge": lambda: Pipeline([("encode", one_hot(impute=True)), ("model", Ridge())]),
     "xgboost": lambda: xgboost.XGBRegressor(n_estimators=30, max_depth=4),
-    "lightgbm": lambda: lightgbm.LGBMRegressor(n_estimators=30, num_leaves=15, verbose=-1),
+    "lightgbm": lambda: lightgbm.LGBMRegressor(
+        n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1
+    ),
 }
 
 
@@ -158,7 +164,7 @@ def _build(est: Any, x: np.ndarray, **kw: Any) -> Any:
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("family", sorted(CLASSIFIERS))
 def test_classifier_converts_and_agrees(family: str, n_classes: int) -> None:
-    x = matrix(1500, 1, nan=family not in NO_NAN)
+    x = matrix(1000, 1, nan=family not in NO_NAN)
     y = labels(target(x, 1), n_classes)
     est = CLASSIFIERS[family]().fit(x, y)
     bundle = _build(est, x)

@@ -33,6 +33,8 @@ from streamscore.train.recipe import (
 
 from .test_model_families import COUNTRIES, SPEC, matrix, target
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FITS = "tests.unit.recipe_fits"
 
 
@@ -144,7 +146,9 @@ def test_estimator_recipe_fits_on_label_codes_and_serves_label_names() -> None:
 def test_estimator_recipe_regression() -> None:
     x, _ = data(nan=False)
     y = target(x, 0)
-    recipe = ModelRecipe("sklearn.ensemble.HistGradientBoostingRegressor")
+    recipe = ModelRecipe(
+        "sklearn.ensemble.HistGradientBoostingRegressor", MappingProxyType({"max_iter": 20})
+    )
     fitted = fit_recipe(recipe, x, y, SPEC, Task.REGRESSION)
     assert fitted.classes is None
     out = load_bundle(bundle_of(fitted, x)).predict(x[:50]).values
