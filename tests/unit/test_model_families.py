@@ -126,6 +126,12 @@ CLASSIFIERS = {
     "lightgbm": lambda: lightgbm.LGBMClassifier(
         n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1
     ),
+    "onehot_lightgbm": lambda: Pipeline(
+        [
+            ("encode", one_hot()),
+            ("model", lightgbm.LGBMClassifier(n_estimators=20, n_jobs=1, verbose=-1)),
+        ]
+    ),
 }
 
 REGRESSORS = {
