@@ -74,7 +74,7 @@ from .core.config import (
 )
 from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
 from .core.project import CONFIG_ENV, TOPIC_KEYS, ProjectFile, parse_project
-from .core.records import Role
+from .core.records import Role, Task
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
 from .models.signing import keygen, publisher_keys, tool_verifier, worker_verifier
@@ -329,22 +329,100 @@ def _model_topic(env: Env) -> Any:
     )
 
 
-def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes:
+def _features(args: argparse.Namespace, project: Any) -> Any:
+    """The feature spec: ``--spec FILE``, else the project file's ``[[features]]``."""
+    from .models.build import load_spec
+
+    if args.spec:
+        return load_spec(Path(args.spec))
+    features = getattr(project, "features", None)
+    if features is None:
+        raise ConfigError("needs --spec FILE, or [[features]] in the project file (--config)")
+    return features
+
+
+def _model_spec(args: argparse.Namespace, project: Any) -> Any:
+    """The feature spec (and, for ONNX/MLflow, the model's description): ``--spec FILE``,
+    else the project file's ``[[features]]`` with ``[labels] task``, ``--task``,
+    ``--classes``, ``--output`` and ``--logits``."""
+    from .models.build import load_model_spec
+    from .models.onnx_import import OnnxModelSpec, OutputKind
+
+    if args.spec:
+        return load_model_spec(Path(args.spec))
+    features = _features(args, project)
+    labels = getattr(project, "labels", None)
+    task = Task(args.task) if args.task else labels.task.task if labels else Task.REGRESSION
+    return OnnxModelSpec(
+        features=features,
+        task=task,
+        classes=tuple(c for c in (args.classes or "").split(",") if c),
+        output=args.output,
+        output_kind=OutputKind.LOGITS if args.logits else None,
+    )
+
+
+def _bundle_bytes(args: argparse.Namespace, env: Env, version: Callable[[], int]) -> bytes:
     if args.bundle:
         return Path(args.bundle).read_bytes()
-    if args.estimator:
-        from .models.build import bundle_from_files
+    project = env  # the project file's [[features]], [labels] and [train]
+    from .train.recipe import LABEL_COLUMN, recipe_from
 
-        if not (args.spec and args.data):
-            raise ConfigError("--estimator needs --spec (feature spec JSON) and --data (a sample)")
-        return bundle_from_files(
-            Path(args.estimator),
+    recipe = recipe_from(args.estimator, args.params, args.fit, env.train)
+    sources = args.estimator_file or args.onnx or args.mlflow or recipe
+    if not sources:
+        raise ConfigError(
+            "say which model: --bundle FILE, --estimator/--fit (or [train] in the project "
+            "file), --estimator-file, --onnx or --mlflow"
+        )
+    from .models import build
+
+    if not args.data:
+        raise ConfigError("needs --data: a sample of model inputs (.npy, or CSV by column name)")
+    data = Path(args.data)
+    if args.estimator_file:
+        if not args.spec:
+            raise ConfigError("--estimator-file needs --spec (feature spec JSON) and --data")
+        return build.bundle_from_files(
+            Path(args.estimator_file),
             Path(args.spec),
-            Path(args.data),
+            data,
             name=args.name,
             version=args.version or version(),
         ).to_bytes()
-    raise ConfigError("say which model: --bundle FILE or --estimator FILE (with --spec, --data)")
+    if args.onnx:
+        bundle = build.bundle_from_onnx_file(
+            Path(args.onnx),
+            _model_spec(args, project),
+            data,
+            name=args.name,
+            version=args.version or version(),
+        )
+    elif args.mlflow:
+        # the sklearn flavour needs only the features; the onnx flavour its description too
+        described = args.spec or args.classes or args.task or args.output or args.logits
+        bundle = build.bundle_from_mlflow_uri(
+            args.mlflow,
+            _model_spec(args, project) if described else _features(args, project),
+            data,
+            name=args.name,
+            version=args.version or version(),
+            tracking_uri=args.mlflow_tracking_uri,
+        )
+    else:
+        assert recipe is not None
+        labels = getattr(project, "labels", None)
+        task = Task(args.task) if args.task else labels.task.task if labels else None
+        bundle = build.bundle_from_recipe(
+            recipe,
+            _features(args, project),
+            data,
+            label=args.label or (labels.label_field if labels else LABEL_COLUMN),
+            task=task,
+            name=args.name,
+            version=args.version or version(),
+        )
+    return bundle.to_bytes()
 
 
 def training_data_of(artifact: bytes) -> str:
@@ -371,7 +449,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
     if args.action == "build":
         if not args.out:
             raise ConfigError("model build needs --out FILE")
-        data = _bundle_bytes(args, lambda: 1)
+        data = _bundle_bytes(args, env, lambda: 1)
         Path(args.out).write_bytes(data)
         print(
             f"wrote {args.out} ({len(data)} bytes); publish it with "
@@ -421,7 +499,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         data = (
             topic.archived(args.name, args.from_archive, verifier)
             if args.from_archive is not None
-            else _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
+            else _bundle_bytes(args, env, lambda: int(topic.next_version(args.name)))
         )
         res = topic.publish(data, role, key=signer, publisher=args.publisher)
         print(f"published {res.key} v{res.version} ({res.size} bytes, sha256 {res.sha256[:12]})")
@@ -770,8 +848,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument(
         "--estimator",
-        help="a fitted scikit-learn estimator/Pipeline saved with joblib (your own, local, "
-        "trusted file); converted to ONNX here. Needs --spec and --data",
+        metavar="IMPORT_PATH",
+        help="train this estimator class (e.g. sklearn.ensemble.HistGradientBoostingClassifier) "
+        "on --data (a CSV with the label column), then convert it; default: the project "
+        "file's [train]",
+    )
+    src.add_argument(
+        "--fit",
+        metavar="MODULE:FUNCTION",
+        help="train with your own function (training frame -> fitted estimator or Pipeline)",
+    )
+    src.add_argument(
+        "--estimator-file",
+        help="a fitted scikit-learn/XGBoost/LightGBM estimator or Pipeline saved with joblib "
+        "(your own, local, trusted file); converted to ONNX here. Needs --spec and --data",
+    )
+    src.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="a ready ONNX model (e.g. from torch.onnx.export: one float input [N, k]) with "
+        "--spec or the project file's [[features]]",
+    )
+    src.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="an MLflow model: models:/name@alias, models:/name/3, runs:/ID/model or a local "
+        "model directory (sklearn or onnx flavour; extra [mlflow])",
     )
     src.add_argument(
         "--from-archive",
@@ -780,7 +882,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="model publish: re-publish the archived, signed bundle of this version (e.g. "
         "records from before envelopes were signed, which workers now refuse)",
     )
-    m.add_argument("--spec", help="feature spec JSON (FeatureSpec.to_dict format)")
+    m.add_argument("--params", metavar="JSON", help="--estimator's parameters, a JSON object")
+    m.add_argument(
+        "--label", help="the label column of --data (default: [labels] label_field, else label)"
+    )
+    m.add_argument(
+        "--task",
+        choices=[t.value for t in Task],
+        default=None,
+        help="default: [labels] task, else the estimator's kind",
+    )
+    m.add_argument("--classes", help="--onnx/--mlflow: the classes, comma-separated, in order")
+    m.add_argument("--output", help="--onnx/--mlflow: the graph output to read")
+    m.add_argument("--logits", action="store_true", help="--onnx/--mlflow: the output gives logits")
+    m.add_argument(
+        "--mlflow-tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="where --mlflow URIs resolve (default: $MLFLOW_TRACKING_URI)",
+    )
+    m.add_argument(
+        "--spec",
+        help="feature spec JSON (FeatureSpec.to_dict format; for --onnx/--mlflow also task, "
+        "classes, output, output_kind); default: the project file's [[features]]",
+    )
     m.add_argument("--data", help="a sample of inputs: .npy or CSV with the spec's columns")
     m.add_argument(
         "--out", help="model build: where to write the bundle; model keygen: the directory"

@@ -355,22 +355,31 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 def cmd_train(args: argparse.Namespace, env: Env) -> int:
     from .feedback.groundtruth import read_rows_at
     from .models.meta import TrainingSource
+    from .train.recipe import recipe_from
     from .train.training import retrain
 
     spec, recipe = env.features, env.train
-    if spec is None or recipe is None:
+    if spec is None:
         raise ConfigError(
-            "streamscore train needs a project file with [[features]] and [train] "
+            "streamscore train needs a project file with [[features]] (and [train]) "
             "(--config PATH or STREAMSCORE_CONFIG)"
         )
-    name = args.name or recipe.model_name
+    # --estimator/--params/--fit win over the project file's [train] estimator or fit
+    model_recipe = recipe_from(args.estimator, args.params, args.fit, recipe)
+    if model_recipe is None:
+        raise ConfigError("no training recipe: [train] estimator or fit, or --estimator/--fit")
+    name = args.name or (recipe.model_name if recipe is not None else None)
     if not name:
         raise ConfigError("no model name: set [train] model_name or --name")
     labels = env.labels
     task = labels.task.task if labels is not None else Task.REGRESSION
-    estimator = recipe_estimator(recipe)
+    holdout = recipe.holdout if recipe is not None else 0.2
+    margin = recipe.margin if recipe is not None else 0.0
+    metric = (
+        recipe.metric_for(labels.task).value if recipe is not None and labels is not None else None
+    )
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)
-    if since is None and recipe.window_ms is not None:
+    if since is None and recipe is not None and recipe.window_ms is not None:
         since = (until or int(dt.datetime.now(dt.UTC).timestamp() * 1000)) - recipe.window_ms
     gt = groundtruth_settings(args, env)
     fields = row_fields(args, env)
@@ -401,11 +410,11 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
         name=name,
         version=version,
         task=task,
-        estimator=estimator,
-        holdout_fraction=recipe.holdout,
+        recipe=model_recipe,
+        holdout_fraction=holdout,
         min_rows=args.min_rows,
-        margin=recipe.margin,
-        metric=None if labels is None else recipe.metric_for(labels.task).value,
+        margin=margin,
+        metric=metric,
         positive=None if labels is None else labels.positive,
         fields=fields,
         source=source,
@@ -436,23 +445,6 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     )
     print(f"published {pub.key} v{pub.version} ({pub.size} bytes, sha256 {pub.sha256[:12]})")
     return 0
-
-
-def recipe_estimator(recipe: Any) -> Any:
-    """The recipe's estimator: ``[train] estimator`` (an import path) built with its
-    ``params``. Only the user's own training runs this import."""
-    import importlib
-
-    if recipe.estimator is None:
-        raise ConfigError("[train] fit functions are run by the recipe runner, not here yet")
-    module_name, _, cls_name = recipe.estimator.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(
-            f"[train] estimator {recipe.estimator!r} cannot be imported: {exc}"
-        ) from None
-    return cls(**dict(recipe.params))
 
 
 # ------------------------------------------------------------------------- parser
@@ -529,6 +521,16 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--until", default=None, help="ISO-8601 or epoch ms (exclusive)")
     t.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")
     t.add_argument("--as", dest="role", choices=["primary", "shadow"], default="primary")
+    t.add_argument(
+        "--estimator",
+        default=None,
+        help="an estimator class's import path (e.g. "
+        "sklearn.ensemble.HistGradientBoostingRegressor); default: the project file's [train]",
+    )
+    t.add_argument("--params", metavar="JSON", help="--estimator's parameters, a JSON object")
+    t.add_argument(
+        "--fit", metavar="MODULE:FUNCTION", help="your own function: training frame -> model"
+    )
     t.add_argument("--min-rows", type=int, default=200)
     t.add_argument("--version", type=int, default=None)
     t.add_argument("--out", default=None, help="also write the candidate bundle here")

@@ -34,6 +34,7 @@ from ..models.container import Bundle
 from ..models.convert import build_bundle
 from ..models.meta import TrainingSource
 from ..models.runtime import LoadedModel, load_bundle
+from .recipe import ModelRecipe, fit_recipe
 
 
 class TooFewRowsError(StreamscoreError):
@@ -45,14 +46,6 @@ class TooFewRowsError(StreamscoreError):
         super().__init__(message)
         self.rows = rows
         self.minimum = minimum
-
-
-def fit_estimator(estimator: Any, X: np.ndarray, y: np.ndarray) -> Any:
-    """A fitted copy of ``estimator`` (an unfitted scikit-learn-style estimator, cloned so
-    that the caller's object is never fitted in place)."""
-    from sklearn.base import clone
-
-    return clone(estimator).fit(X, y)
 
 
 # ------------------------------------------------------------------- evaluation
@@ -161,7 +154,7 @@ def retrain(
     current: LoadedModel | None,
     name: str,
     version: int,
-    estimator: Any,
+    recipe: ModelRecipe,
     task: Task = Task.REGRESSION,
     holdout_fraction: float = 0.2,
     min_rows: int = 200,
@@ -172,7 +165,7 @@ def retrain(
     fields: RowFields | None = None,
     source: TrainingSource | None = None,
 ) -> RetrainResult:
-    """Fit a candidate (a clone of ``estimator``) on the older rows, compare it with
+    """Fit a candidate (the ``recipe`` run) on the older rows, compare it with
     ``current`` on the most recent ``holdout_fraction`` (by event time) and say whether
     to publish (module doc).
 
@@ -199,7 +192,7 @@ def retrain(
     X_ho, y_ho = data.X[n_train:], data.y[n_train:]
     hold_rows = data.rows[n_train:]
 
-    est = fit_estimator(estimator, X_tr, y_tr)
+    fitted = fit_recipe(recipe, X_tr, y_tr, spec, task)
     keep = np.ones(n_hold, dtype=bool)
     cur_metrics: dict[str, float] = {}
     X_cur = None
@@ -217,7 +210,8 @@ def retrain(
     y_eval = y_ho[keep]
     window = (int(data.event_time_ms[0]), int(data.event_time_ms[n_train - 1]))
     bundle = build_bundle(
-        est,
+        fitted.estimator,
+        classes=fitted.classes,
         name=name,
         version=version,
         feature_spec=spec,

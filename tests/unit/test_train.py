@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.linear_model import LinearRegression
 
 from streamscore.core.records import Task
 from streamscore.dev import synthetic
 from streamscore.dev.synthetic import demo_bundle
 from streamscore.models.container import decode_bundle
 from streamscore.models.runtime import LoadedModel
+from streamscore.train.recipe import ModelRecipe
 from streamscore.train.training import (
     Comparison,
     TooFewRowsError,
@@ -23,7 +23,7 @@ from streamscore.train.training import (
     should_publish,
 )
 
-LINEAR = LinearRegression()
+LINEAR = ModelRecipe("sklearn.linear_model.LinearRegression")
 
 T0 = 1_700_000_000_000
 
@@ -57,7 +57,7 @@ def test_candidate_with_c_beats_v1_and_is_published(load: Callable[..., LoadedMo
         current=v1,
         name="demo",
         version=2,
-        estimator=LINEAR,
+        recipe=LINEAR,
         margin=0.05,
         now_ms=T0,
     )
@@ -85,7 +85,7 @@ def test_candidate_no_better_is_not_published(load: Callable[..., LoadedModel]) 
         current=current,
         name="demo",
         version=4,
-        estimator=LINEAR,
+        recipe=LINEAR,
     )
     assert abs(res.comparison.candidate["mae"] - res.comparison.current["mae"]) < 0.05
     assert not res.decision.publish
@@ -100,7 +100,7 @@ def test_too_few_rows_is_refused_with_a_typed_error() -> None:
             current=None,
             name="demo",
             version=1,
-            estimator=LINEAR,
+            recipe=LINEAR,
             min_rows=100,
         )
     assert ei.value.rows == 50 and ei.value.minimum == 100 and ei.value.reason == "too_few_rows"
@@ -112,14 +112,15 @@ def test_too_few_rows_is_refused_with_a_typed_error() -> None:
             current=None,
             name="demo",
             version=1,
-            estimator=LINEAR,
+            recipe=LINEAR,
         )
 
 
 def test_hgb_estimator_and_no_current_model() -> None:
-    est = HistGradientBoostingRegressor(max_iter=50)
-    res = retrain(rows(600), synthetic.spec_abc(), current=None, name="d", version=1, estimator=est)
-    assert not hasattr(est, "n_iter_")  # the recipe's estimator is cloned, never fitted
+    hgb = ModelRecipe(
+        "sklearn.ensemble.HistGradientBoostingRegressor", MappingProxyType({"max_iter": 50})
+    )
+    res = retrain(rows(600), synthetic.spec_abc(), current=None, name="d", version=1, recipe=hgb)
     assert res.decision.publish and res.comparison.current == {}
     assert "-" in res.comparison.table()
 
