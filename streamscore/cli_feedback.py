@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .core.redact import redact_urls
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .core.records import Role, Task
 from .serde import schemas
@@ -100,7 +101,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
     from .kafka.admin import ensure_topic, partition_count
-    from .kafka.clients import feedback_consumer, plain_producer, router_consumer
+    from .kafka.access import preflight
+    from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
@@ -143,6 +145,15 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         len(report.removed_inprogress),
     )
     reg = _registry(env)
+    preflight(
+        env.kafka,
+        reg,
+        redact_urls(env.registry.url),
+        read=[env.topics.predictions, env.topics.feedback],
+        write=[env.topics.dlq, env.topics.telemetry]
+        + ([env.topics.models] if promo.enabled else []),
+        group=args.group_id,
+    )
     cache = WriterSchemaCache(reg)
     decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
     decode_fb = AvroDeserializer(cache, schemas.load("feedback"))
@@ -167,7 +178,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         return ok
 
     # the join topic: predictions and labels re-keyed by event id (feedback_router.py)
-    admin = AdminClient(env.kafka.client_config())
+    admin = AdminClient(admin_config(env.kafka))
     topics = RouteTopics(
         predictions=env.topics.predictions,
         feedback=env.topics.feedback,

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.errors import DeliveryError, TransactionFailedError
 from ..metrics.series import Metrics
+from .access import access_error
 from .output_limits import wire_size
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class _Pending:
     offsets: list[TopicPartition]
     remaining: int
     failed: str | None = None
+    #: the first refusal's error and topic (an access failure is reported as one)
+    failed_err: Any = None
+    failed_topic: str | None = None
     on_acked: Any = None
     replaced: int = 0
 
@@ -232,6 +236,7 @@ class AtLeastOnceSink:
             entry.remaining -= 1
             if err is not None and entry.failed is None:
                 entry.failed = str(err)
+                entry.failed_err, entry.failed_topic = err, msg.topic()
 
         _produce_batch(self._producer, batch, acked, self.poll)
         self.poll(0)
@@ -246,6 +251,9 @@ class AtLeastOnceSink:
             if entry.failed is not None:
                 # never store offsets past an output the broker did not take
                 self._pending.clear()
+                refused = access_error(None, entry.failed_err, topic=entry.failed_topic)
+                if refused is not None:
+                    raise refused
                 raise DeliveryError(f"broker did not acknowledge an output: {entry.failed}")
             if entry.offsets:
                 self._consumer.store_offsets(offsets=entry.offsets)

@@ -20,6 +20,7 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.config import ScoringSettings, TopicSettings
+from ..kafka.access import access_error
 from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
 from ..core.records import Telemetry
 from ..kafka.dead_letters import dead_letter, source_headers
@@ -296,6 +297,9 @@ class ScoreLoop:
                 err = m.error()
                 if err is None:
                     continue
+                refused = access_error(None, err, topic=m.topic())
+                if refused is not None:  # credentials, TLS, an ACL: no retry can help
+                    raise refused
                 if err.fatal():
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
