@@ -196,7 +196,9 @@ def kafka_properties_from_env(
     return props, origins
 
 
-def kafka_settings(env: Mapping[str, str], file: ProjectFile, default_bootstrap: str) -> KafkaSettings:
+def kafka_settings(
+    env: Mapping[str, str], file: ProjectFile, default_bootstrap: str
+) -> KafkaSettings:
     """Kafka settings: for each scope (every client, then consumers / producers / admin
     clients apart), the project file's ``[kafka]`` tables under the ``STREAMSCORE_KAFKA_*``
     environment; a client kind's own properties win over the common ones. The older
@@ -222,7 +224,9 @@ def kafka_settings(env: Mapping[str, str], file: ProjectFile, default_bootstrap:
                 translated[f"{KAFKA_ENV_PREFIX}{prop}{suffix}"] = env[old + suffix]
     from_env, env_origins = kafka_properties_from_env(translated)
     for key, var in env_origins.items():
-        legacy = [o for o, prop in LEGACY_KAFKA_ENV.items() if var.startswith(KAFKA_ENV_PREFIX + prop)]
+        legacy = [
+            o for o, prop in LEGACY_KAFKA_ENV.items() if var.startswith(KAFKA_ENV_PREFIX + prop)
+        ]
         if legacy and var not in env:
             env_origins[key] = legacy[0] + ("_FILE" if var.endswith("_FILE") else "")
     for scope, props in from_env.items():

@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .core.redact import redact_urls
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .core.records import Role, Task
+from .core.redact import redact_urls
 from .serde import schemas
 
 if TYPE_CHECKING:
@@ -100,8 +100,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
-    from .kafka.admin import ensure_topic, partition_count
     from .kafka.access import preflight
+    from .kafka.admin import ensure_topic, partition_count
     from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve

@@ -199,7 +199,9 @@ class KafkaSettings:
         """The librdkafka properties shared by every client (secrets revealed here only)."""
         return self.config(None)
 
-    def config(self, kind: ClientKind | None, ours: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def config(
+        self, kind: ClientKind | None, ours: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """One client's librdkafka properties: the connection, then streamscore's own
         settings for it (``ours``), then the user's (``extra``, then ``kind``'s own).
         A user property that :data:`OWNED_PROPERTIES` lists raises :class:`ConfigError`

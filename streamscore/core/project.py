@@ -224,7 +224,7 @@ def _property_value(table: _Table, name: str, v: Any) -> str | FileRef:
     if isinstance(v, dict) and set(v) == {"file"} and isinstance(v["file"], str):
         return FileRef(v["file"])
     raise table.error(
-        f"must be a string, a number, a boolean or {{ file = \"<path>\" }}, "
+        f'must be a string, a number, a boolean or {{ file = "<path>" }}, '
         f"not {_type_name(v)} ({v!r})",
         name,
     )
@@ -252,8 +252,9 @@ def _kafka_properties(table: _Table) -> dict[str, dict[str, str | FileRef]]:
     out: dict[str, dict[str, str | FileRef]] = {"*": _flatten(table, common, "")}
     if "bootstrap_servers" in out["*"]:  # the older spelling
         if "bootstrap.servers" in out["*"]:
-            raise table.error("is given twice (bootstrap_servers and bootstrap.servers)",
-                              "bootstrap_servers")
+            raise table.error(
+                "is given twice (bootstrap_servers and bootstrap.servers)", "bootstrap_servers"
+            )
         out["*"]["bootstrap.servers"] = out["*"].pop("bootstrap_servers")
     for scope in KAFKA_SCOPES:
         if scope in table.data:

@@ -147,7 +147,9 @@ def issue(ca_key: Any, ca_cert: Any, common_name: str, hosts: Iterable[str]) -> 
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
     )
@@ -294,7 +296,10 @@ def process_acls(role: str, topics: TopicSettings, group: str) -> list[Grant]:
         return [
             Grant("topic", t.events, "read"),
             Grant("topic", t.models, "read"),
-            *(Grant("topic", name, "write") for name in (t.predictions, t.telemetry, t.dlq, t.late)),
+            *(
+                Grant("topic", name, "write")
+                for name in (t.predictions, t.telemetry, t.dlq, t.late)
+            ),
             # each output topic's max.message.bytes is read at start
             *(
                 Grant("topic", name, "describe_configs")
@@ -315,10 +320,7 @@ def process_acls(role: str, topics: TopicSettings, group: str) -> list[Grant]:
             Grant("topic", join, "read"),
             Grant("topic", join, "write"),
             *(Grant("topic", name, "write") for name in (t.dlq, t.telemetry)),
-            *(
-                Grant("topic", name, "describe_configs")
-                for name in (join, t.dlq, t.telemetry)
-            ),
+            *(Grant("topic", name, "describe_configs") for name in (join, t.dlq, t.telemetry)),
             Grant("group", group, "read", prefixed=True),  # <group> and <group>.router
         ]
     if role == "publisher":
@@ -332,7 +334,7 @@ def process_acls(role: str, topics: TopicSettings, group: str) -> list[Grant]:
 
 def acl_bindings(user: str, grants: Iterable[Grant]) -> list[Any]:
     """``grants`` for ``User:<user>`` as admin-client ``AclBinding`` objects."""
-    from confluent_kafka.admin import (
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
         AclBinding,
         AclOperation,
         AclPermissionType,
@@ -359,9 +361,11 @@ def acl_bindings(user: str, grants: Iterable[Grant]) -> list[Any]:
     ]
 
 
-def apply_acls(admin: Any, bindings: list[Any], *, delete: bool = False, timeout: float = 30.0) -> None:
+def apply_acls(
+    admin: Any, bindings: list[Any], *, delete: bool = False, timeout: float = 30.0
+) -> None:
     """Create (or delete) ACL bindings and wait for the broker's answer."""
-    from confluent_kafka.admin import AclBindingFilter
+    from confluent_kafka.admin import AclBindingFilter  # type: ignore[attr-defined]
 
     if not bindings:
         return

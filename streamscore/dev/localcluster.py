@@ -64,6 +64,7 @@ from .cluster_config import (
     render_server_properties,
 )
 from .cluster_install import Installer
+from .cluster_processes import ServerProcess, check_java, port_answers, port_in_use, tail
 from .cluster_secure import (
     SecureFiles,
     acl_bindings,
@@ -75,7 +76,6 @@ from .cluster_secure import (
     secure_broker_properties,
     secure_registry_properties,
 )
-from .cluster_processes import ServerProcess, check_java, port_answers, port_in_use, tail
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import AclOperation, AdminClient
+from confluent_kafka.admin import AclOperation, AdminClient  # type: ignore[attr-defined]
 
 from ..core.config import KafkaSettings
 from ..core.errors import AccessError
@@ -94,7 +94,9 @@ def denied(
     )
 
 
-def access_error(kafka: KafkaSettings | None, err: Any, *, topic: str | None = None) -> AccessError | None:
+def access_error(
+    kafka: KafkaSettings | None, err: Any, *, topic: str | None = None
+) -> AccessError | None:
     """The clear error for a Kafka error that is an access failure (authentication, TLS,
     a missing ACL), or None. ``topic``: the topic of the message it is about."""
     if not isinstance(err, KafkaError):
@@ -193,7 +195,9 @@ def _check_one(
     ops = getattr(result, "authorized_operations", None)
     if ops is None:
         return
-    allowed = set(ops) | ({AclOperation.READ, AclOperation.WRITE} if AclOperation.ALL in ops else set())
+    allowed = set(ops) | (
+        {AclOperation.READ, AclOperation.WRITE} if AclOperation.ALL in ops else set()
+    )
     if key.startswith("group:"):
         if AclOperation.READ not in allowed:
             raise denied(kafka, f"consumer group {key[6:]!r}", "read")

@@ -20,9 +20,9 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.config import ScoringSettings, TopicSettings
-from ..kafka.access import access_error
 from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
 from ..core.records import Telemetry
+from ..kafka.access import access_error
 from ..kafka.dead_letters import dead_letter, source_headers
 from ..kafka.delivery import (
     AtLeastOnceSink,

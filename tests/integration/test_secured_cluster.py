@@ -123,9 +123,7 @@ def test_a_wrong_password_exits_naming_the_password_setting(
 ) -> None:
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password\n")
-    env = secure_env(
-        secure_cluster, "score", STREAMSCORE_KAFKA_SASL_PASSWORD_FILE=str(wrong)
-    )
+    env = secure_env(secure_cluster, "score", STREAMSCORE_KAFKA_SASL_PASSWORD_FILE=str(wrong))
     w = start_worker("wrong-pw", env=env, wait=False)
     assert _exit_of(w) == 1
     log = w.log(20_000)

@@ -123,5 +123,5 @@ def test_clients_reconnect_to_known_brokers_instead_of_re_bootstrapping() -> Non
     assert KafkaSettings().client_config()["metadata.recovery.strategy"] == "none"
     # streamscore relies on it: another value is refused, naming the property
     extra = KafkaSettings(extra={"metadata.recovery.strategy": "rebootstrap"})
-    with pytest.raises(ConfigError, match="'metadata.recovery.strategy'"):
+    with pytest.raises(ConfigError, match=r"'metadata\.recovery\.strategy'"):
         extra.client_config()
