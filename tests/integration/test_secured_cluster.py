@@ -23,11 +23,14 @@ from streamscore.dev.cluster_secure import (
     Grant,
     acl_bindings,
     apply_acls,
+    grant_process,
     make_ca,
     pem_cert,
 )
 from streamscore.dev.localcluster import LocalCluster
+from tests.processes import launch
 
+from .feedback_stack import produce_labels, wait_rows
 from .stack import Stack, WorkerProcess, secure_env, worker_launcher
 
 
@@ -78,10 +81,11 @@ def _publish_v1(stack: Stack, cluster: LocalCluster) -> None:
     assert "published demo/primary v1" in res.stdout
 
 
-def test_publish_and_score_over_sasl_ssl_each_under_its_own_principal(
+def test_publish_score_and_feedback_over_sasl_ssl_each_under_its_own_principal(
     secure_cluster: LocalCluster,
     secure_stack: Stack,
     start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     stack = secure_stack
     _publish_v1(stack, secure_cluster)  # as `publisher`
@@ -113,6 +117,32 @@ def test_publish_and_score_over_sasl_ssl_each_under_its_own_principal(
         KafkaError.TOPIC_AUTHORIZATION_FAILED
     ]
     assert w.terminate() == 0
+
+    # the feedback worker, as `feedback`, joins labels with those predictions
+    group = f"{stack.group_id}-feedback"
+    grant_process(
+        AdminClient(secure_cluster.client_config("admin")), "feedback", stack.topics, group
+    )
+    labelled = dict.fromkeys(ids[:300], 1.0)
+    produce_labels(stack, labelled)  # as `admin`
+    store = tmp_path / "store"
+    fb = launch(
+        "feedback",
+        "--store-dir",
+        str(store),
+        "--checkpoint-s",
+        "0.5",
+        worker_id="secure-fb",
+        group_id=group,
+        env=stack.env(**secure_env(secure_cluster, "feedback")),
+        log_path=tmp_path / "feedback.log",
+    )
+    try:
+        rows = wait_rows(store, len(labelled), proc=fb)
+        assert {r["event_id"] for r in rows} == set(labelled)
+        assert fb.terminate() == 0
+    finally:
+        fb.close()
 
 
 def test_a_wrong_password_exits_naming_the_password_setting(
