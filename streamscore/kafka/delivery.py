@@ -236,7 +236,8 @@ class AtLeastOnceSink:
             entry.remaining -= 1
             if err is not None and entry.failed is None:
                 entry.failed = str(err)
-                entry.failed_err, entry.failed_topic = err, msg.topic()
+                entry.failed_err = err
+                entry.failed_topic = msg.topic() if msg is not None else None
 
         _produce_batch(self._producer, batch, acked, self.poll)
         self.poll(0)
