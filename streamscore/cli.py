@@ -303,6 +303,7 @@ def secure_cluster_settings(plain: ClusterSettings) -> ClusterSettings:
         kafka_port=plain.kafka_port + 100,
         controller_port=plain.controller_port + 100,
         registry_port=plain.registry_port + 100,
+        mtls_port=plain.kafka_port + 102,
     )
 
 
@@ -690,8 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--secure",
         action="store_true",
-        help="the secured profile (SASL_SSL + SCRAM users, ACLs, registry over TLS) on "
-        "ports 19192/18181, beside the plain cluster",
+        help="the secured profile (SASL_SSL + SCRAM users, a mutual-TLS listener, ACLs, "
+        "registry over TLS) on ports 19192 (19194: mutual TLS) and 18181, beside the "
+        "plain cluster",
     )
     c.set_defaults(func=cmd_cluster)
 

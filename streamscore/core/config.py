@@ -472,6 +472,9 @@ class ClusterSettings:
     #: the secured profile: SASL_SSL (SCRAM-SHA-512) listener, ACLs, registry over TLS
     #: (``streamscore.dev.cluster_secure``)
     secure: bool = False
+    #: the secured profile's mutual-TLS listener (``SSL``, client certificates
+    #: required; principals ``User:CN=<user>``); None: none
+    mtls_port: int | None = None
 
     @property
     def run_path(self) -> Path:

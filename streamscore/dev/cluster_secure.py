@@ -77,6 +77,13 @@ class SecureFiles:
         """A file holding ``user``'s password alone (for ``..._PASSWORD_FILE``)."""
         return self.root / f"{user}.password"
 
+    def client_cert(self, user: str) -> Path:
+        """``user``'s client certificate (mutual TLS; its principal is ``User:CN=<user>``)."""
+        return self.root / f"{user}.pem"
+
+    def client_key(self, user: str) -> Path:
+        return self.root / f"{user}-key.pem"
+
 
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -195,6 +202,9 @@ def ensure_material(run_dir: Path, host: str) -> SecureFiles:
     passwords = {u: secrets.token_hex(16) for u in USERS}
     for user, pw in passwords.items():
         _write_private(files.password_file(user), pw.encode())
+        user_key, user_cert = issue(ca_key, ca_cert, user, [])
+        files.client_cert(user).write_bytes(pem_cert(user_cert))
+        _write_private(files.client_key(user), pem_key(user_key))
     _write_private(files.users, json.dumps(passwords, indent=2).encode())
     return files
 
@@ -211,11 +221,17 @@ def secure_broker_properties(settings: ClusterSettings, files: SecureFiles) -> d
     """What the secured profile changes in ``server.properties``."""
     h = settings.host
     admin_pw = files.passwords()["admin"]
+    listeners = f"SASL_SSL://{h}:{settings.kafka_port}"
+    mtls: dict[str, str] = {}
+    if settings.mtls_port is not None:
+        listeners += f",SSL://{h}:{settings.mtls_port}"
+        mtls["listener.name.ssl.ssl.client.auth"] = "required"
     return {
-        "listeners": f"SASL_SSL://{h}:{settings.kafka_port},CONTROLLER://{h}:{settings.controller_port}",
-        "advertised.listeners": f"SASL_SSL://{h}:{settings.kafka_port}",
+        "listeners": f"{listeners},CONTROLLER://{h}:{settings.controller_port}",
+        "advertised.listeners": listeners,
         "inter.broker.listener.name": "SASL_SSL",
-        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT",
+        **mtls,
         "sasl.enabled.mechanisms": SCRAM,
         "sasl.mechanism.inter.broker.protocol": SCRAM,
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
@@ -252,6 +268,21 @@ def client_properties(settings: ClusterSettings, files: SecureFiles, user: str) 
         "sasl.username": user,
         "sasl.password": files.passwords()[user],
         "ssl.ca.location": str(files.ca),
+    }
+
+
+def mtls_client_env(settings: ClusterSettings, files: SecureFiles, user: str) -> dict[str, str]:
+    """The environment of a process of the secured cluster that authenticates with its
+    client certificate (principal ``User:CN=<user>``) on the mutual-TLS listener."""
+    assert settings.mtls_port is not None, "this cluster has no mutual-TLS listener"
+    return {
+        "STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS": f"{settings.host}:{settings.mtls_port}",
+        "STREAMSCORE_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAMSCORE_KAFKA_SSL_CA_LOCATION": str(files.ca),
+        "STREAMSCORE_KAFKA_SSL_CERTIFICATE_LOCATION": str(files.client_cert(user)),
+        "STREAMSCORE_KAFKA_SSL_KEY_LOCATION": str(files.client_key(user)),
+        "STREAMSCORE_REGISTRY_URL": settings.registry_url,
+        "STREAMSCORE_REGISTRY_SSL_CA_LOCATION": str(files.ca),
     }
 
 

@@ -290,7 +290,10 @@ class LocalCluster:
             "publisher": "-",
         }
         for role, group in groups.items():
-            apply_acls(admin, acl_bindings(role, process_acls(role, self.topics, group)))
+            grants = process_acls(role, self.topics, group)
+            apply_acls(admin, acl_bindings(role, grants))
+            if self.settings.mtls_port is not None:  # the same process by its certificate
+                apply_acls(admin, acl_bindings(f"CN={role}", grants))
 
     # --------------------------------------------------------------------- start
 

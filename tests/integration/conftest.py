@@ -230,7 +230,9 @@ def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
     import time
 
     settings = dataclasses.replace(
-        private_cluster_settings(tmp_path_factory.mktemp("secure-cluster")), secure=True
+        private_cluster_settings(tmp_path_factory.mktemp("secure-cluster")),
+        secure=True,
+        mtls_port=free_port(),
     )
     cluster = LocalCluster(settings, TopicSettings())
     try:

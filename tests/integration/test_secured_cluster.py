@@ -25,6 +25,7 @@ from streamscore.dev.cluster_secure import (
     apply_acls,
     grant_process,
     make_ca,
+    mtls_client_env,
     pem_cert,
 )
 from streamscore.dev.localcluster import LocalCluster
@@ -232,3 +233,36 @@ def test_a_missing_write_acl_exits_commits_nothing_and_loses_nothing_once_grante
     preds = stack.read(stack.topics.predictions, until=lambda got: len(got) >= 500)
     assert set(stack.primary_ids(preds)) == set(ids)  # nothing lost
     assert w2.terminate() == 0
+
+
+def test_score_over_mutual_tls_under_the_certificate_principal(
+    secure_cluster: LocalCluster,
+    secure_stack: Stack,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    stack = secure_stack
+    files = secure_cluster.secure_files
+    assert files is not None
+    # the score worker's ACLs for its certificate's principal, User:CN=score
+    grant_process(
+        AdminClient(secure_cluster.client_config("admin")),
+        "score",
+        stack.topics,
+        stack.group_id,
+        user="CN=score",
+    )
+    _publish_v1(stack, secure_cluster)
+    env = mtls_client_env(secure_cluster.settings, files, "score")
+    w = start_worker("mtls-w1", env=env)
+    ids = stack.produce_events(500)
+    preds = stack.read(stack.topics.predictions, until=lambda got: len(got) >= 500)
+    assert set(stack.primary_ids(preds)) == set(ids)
+    assert w.terminate() == 0
+    # another certificate (CN=feedback) holds no score ACLs: refused, one clear line
+    env = mtls_client_env(secure_cluster.settings, files, "feedback")
+    other = start_worker("mtls-wrong-principal", env=env, wait=False)
+    assert _exit_of(other) == 1
+    _assert_one_clear_line(
+        other.log(20_000),
+        "Kafka does not allow the principal of this client's certificate to read",
+    )

@@ -57,6 +57,16 @@ def test_broker_and_registry_settings_of_the_secured_profile(tmp_path: Path) -> 
     assert broker["allow.everyone.if.no.acl.found"] == "false"
     assert "User:admin" in broker["super.users"].split(";")
     assert "User:score" not in broker["super.users"]
+    assert "SSL://" not in broker["listeners"].replace("SASL_SSL://", "")
+    mtls = secure_broker_properties(ClusterSettings(secure=True, mtls_port=29094), files)
+    assert ",SSL://127.0.0.1:29094," in mtls["listeners"]
+    assert mtls["listener.name.ssl.ssl.client.auth"] == "required"
+    # each user's client certificate: signed by the CA, principal User:CN=<user>
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(files.client_cert("score").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.rfc4514_string() == "CN=score"
+    assert stat.S_IMODE(files.client_key("score").stat().st_mode) == 0o600
     registry = secure_registry_properties(settings, files)
     assert registry["quarkus.http.insecure-requests"] == "disabled"
     assert registry["quarkus.http.ssl-port"] == "28081"
