@@ -189,8 +189,9 @@ def _check_one(
             found = access_error(kafka, err)
             if found is not None:
                 raise found from None
-        # an unknown topic, a timeout: the process's own handling says more
-        log.warning("access check of %s: %s", key, exc)
+        # an unknown topic, a group coordinator still loading, a timeout: not a refusal;
+        # the process's own handling says more if it matters
+        log.info("access check of %s: %s", key, exc)
         return
     ops = getattr(result, "authorized_operations", None)
     if ops is None:

@@ -107,6 +107,14 @@ def _replacement(m: OutMessage, on_too_large: TooLarge | None) -> OutMessage | N
     return repl
 
 
+def _raise_if_refused(exc: KafkaException, topic: str) -> None:
+    """``produce()`` refused the output for a missing ACL (the producer knows it from the
+    topic's metadata): the clear :class:`AccessError` instead."""
+    refused = access_error(None, exc.args[0] if exc.args else None, topic=topic)
+    if refused is not None:
+        raise refused from None
+
+
 def _produce_one(
     producer: Any, m: OutMessage, on_delivery: Any, poll: Any, on_too_large: TooLarge | None
 ) -> None:
@@ -119,6 +127,7 @@ def _produce_one(
             # local queue full: serve delivery reports until there is room
             poll(0.05)
         except KafkaException as exc:
+            _raise_if_refused(exc, m.topic)
             repl = None
             if _is_too_large(exc.args[0]) and replaced < MAX_REPLACEMENTS:
                 repl = _replacement(m, on_too_large)
@@ -165,6 +174,7 @@ def _produce_bulk(
                     except BufferError:
                         continue
             except KafkaException as exc:
+                _raise_if_refused(exc, topic)
                 # larger than the producer takes: the rest of the pipeline sized it wrong
                 m = OutMessage(topic, key, value)
                 repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None

@@ -266,3 +266,53 @@ def test_score_over_mutual_tls_under_the_certificate_principal(
         other.log(20_000),
         "Kafka does not allow the principal of this client's certificate to read",
     )
+
+
+def test_a_write_acl_revoked_while_scoring_stops_the_worker_without_losing_input(
+    secure_cluster: LocalCluster,
+    secure_stack: Stack,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    stack = secure_stack
+    admin = AdminClient(secure_cluster.client_config("admin"))
+    write_predictions = acl_bindings("score", [Grant("topic", stack.topics.predictions, "write")])
+    _publish_v1(stack, secure_cluster)
+    w = start_worker("revoked", env=secure_env(secure_cluster, "score"))
+    first = stack.produce_events(200, seed=1)
+    stack.read(stack.topics.predictions, until=lambda got: len(got) >= 200)
+    apply_acls(admin, write_predictions, delete=True)
+    later = stack.produce_events(300, seed=2)
+    assert _exit_of(w) == 1
+    _assert_one_clear_line(
+        w.log(20_000), f"to write topic '{stack.topics.predictions}'", "grant the ACL"
+    )
+    # whatever was committed, no committed offset passes an event without its prediction
+    scored = set(stack.primary_ids(stack.read_to_end(stack.topics.predictions)))
+    assert set(first) <= scored
+    assert sum(
+        o for o in _committed(secure_cluster, stack.group_id, stack.topics.events, 4) if o > 0
+    ) <= len(scored)
+
+    apply_acls(admin, write_predictions)
+    w2 = start_worker("regranted", env=secure_env(secure_cluster, "score"))
+    preds = stack.read(
+        stack.topics.predictions, until=lambda got: len(set(stack.primary_ids(got))) >= 500
+    )
+    assert set(stack.primary_ids(preds)) == set(first) | set(later)  # nothing lost
+    assert w2.terminate() == 0
+
+
+def test_exactly_once_under_the_score_principal(
+    secure_cluster: LocalCluster,
+    secure_stack: Stack,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    stack = secure_stack
+    _publish_v1(stack, secure_cluster)
+    w = start_worker("eos-w1", "--exactly-once", env=secure_env(secure_cluster, "score"))
+    ids = stack.produce_events(500)
+    preds = stack.read(stack.topics.predictions, until=lambda got: len(got) >= 500)
+    got = stack.primary_ids(preds)
+    assert set(got) == set(ids)
+    assert max(got.values()) == 1
+    assert w.terminate() == 0

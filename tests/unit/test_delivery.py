@@ -107,6 +107,24 @@ def test_an_output_refused_for_a_missing_acl_is_an_access_error_and_stores_nothi
     assert c.stored == []
 
 
+def test_an_output_produce_refuses_for_a_missing_acl_is_an_access_error() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    class Unauthorized(FakeProducer):
+        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    c = FakeConsumer()
+    sink = AtLeastOnceSink(Unauthorized(), c)
+    with pytest.raises(AccessError, match=r"to write topic 'out'"):
+        sink.send(batch(1, {("events", 0): 10}))
+    bulk = OutBatch([], {("events", 0): 11}, bulk=[("predictions", [(b"k", b"v")])])
+    with pytest.raises(AccessError, match=r"to write topic 'predictions'"):
+        sink.send(bulk)
+    sink.poll()
+    assert c.stored == []
+
+
 def test_full_local_queue_waits_instead_of_dropping() -> None:
     p, c = FakeProducer(capacity=2), FakeConsumer()
     polls = []
