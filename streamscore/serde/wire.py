@@ -284,6 +284,20 @@ def registry_client(conf: dict[str, Any]) -> Any:
     return SchemaRegistryClient.new_client(conf)
 
 
+def _refusal_hint(status: int, auto_register: bool) -> str:
+    """What to check when the registry refuses an output schema (HTTP ``status``)."""
+    if status in (401, 403):
+        return (
+            "this client may not register schemas there: register the subject beforehand, "
+            "or check the registry credentials (STREAMSCORE_REGISTRY_USER / _PASSWORD)"
+        )
+    if status == 409:
+        return "the schema is incompatible with the subject's history: check its compatibility"
+    if status == 404 and not auto_register:
+        return "the subject or this schema is not registered: register it beforehand"
+    return "check the subject and the schema"
+
+
 def writer_header(
     registry: RegistryClient, subject: str, schema: dict[str, Any], *, auto_register: bool
 ) -> bytes:
@@ -304,7 +318,8 @@ def writer_header(
         if status is not None and status < 500:
             raise SchemaRegistrationError(
                 f"registry refused the schema for subject {subject!r} "
-                f"(status {status}): {getattr(exc, 'error_message', exc)}"
+                f"(status {status}): {getattr(exc, 'error_message', exc)}; "
+                f"{_refusal_hint(status, auto_register)}"
             ) from exc
         raise RegistryUnavailableError(
             f"schema registry failed while registering subject {subject!r}: "

@@ -10,6 +10,7 @@ write ACL, no input offset committed and nothing lost once the ACL is granted.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -316,3 +317,30 @@ def test_exactly_once_under_the_score_principal(
     assert set(got) == set(ids)
     assert max(got.values()) == 1
     assert w.terminate() == 0
+
+
+def test_a_registry_refusing_the_output_schema_stops_the_worker_before_it_consumes(
+    secure_cluster: LocalCluster,
+    secure_stack: Stack,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    from confluent_kafka.schema_registry import Schema
+
+    stack = secure_stack
+    subject = f"{stack.topics.predictions}-value"
+    # the subject exists with another record and FULL compatibility: ours is refused
+    other = {"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]}
+    stack.registry.register_schema(subject, Schema(json.dumps(other), "AVRO"))
+    stack.registry.set_compatibility(subject, "FULL")
+    _publish_v1(stack, secure_cluster)
+    stack.produce_events(100)
+    w = start_worker("refused-schema", env=secure_env(secure_cluster, "score"), wait=False)
+    assert _exit_of(w) == 1
+    log = w.log(20_000)
+    assert "Traceback" not in log
+    line = [x for x in log.splitlines() if x.startswith("streamscore: SchemaRegistrationError")]
+    assert len(line) == 1, log
+    assert f"registry refused the schema for subject '{subject}' (status 409)" in line[0]
+    assert "check its compatibility" in line[0]
+    assert all(o < 0 for o in _committed(secure_cluster, stack.group_id, stack.topics.events, 4))
+    assert stack.read_to_end(stack.topics.dlq) == []  # not the input's fault: no dead letter
