@@ -665,7 +665,9 @@ def cmd_demo(args: argparse.Namespace, env: Env) -> int:
         keep_cluster=not args.down,
     )
     settings.results_dir.mkdir(parents=True, exist_ok=True)
-    external = "STREAMSCORE_BOOTSTRAP" in os.environ
+    external = bool(
+        {"STREAMSCORE_BOOTSTRAP", f"{KAFKA_ENV_PREFIX}BOOTSTRAP_SERVERS"} & set(os.environ)
+    )
     demo = Demo(settings, env.kafka, env.registry, None if external else env.cluster)
     try:
         summary = demo.run()

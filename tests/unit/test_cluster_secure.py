@@ -95,3 +95,17 @@ def test_each_process_gets_only_what_it_needs() -> None:
     assert "create" in _ops(feedback, "topic", "fb.join")
     publisher = process_acls("publisher", TOPICS, "-")
     assert {g.name for g in publisher if g.resource == "topic"} == {TOPICS.models}
+
+
+def test_cluster_secure_flag_picks_the_secured_profile_beside_the_plain_cluster() -> None:
+    from streamscore.cli import build_parser, secure_cluster_settings
+
+    args = build_parser().parse_args(["cluster", "up", "--secure"])
+    assert args.secure is True
+    plain = ClusterSettings()
+    secure = secure_cluster_settings(plain)
+    assert secure.secure and secure.registry_url.startswith("https://127.0.0.1:18181/")
+    assert secure.run_path != plain.run_path
+    ports = {secure.kafka_port, secure.controller_port, secure.registry_port, secure.mtls_port}
+    assert not ports & {plain.kafka_port, plain.controller_port, plain.registry_port}
+    assert len(ports) == 4
