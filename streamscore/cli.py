@@ -10,8 +10,15 @@ Environment (all optional unless said; each wins over the project file):
   STREAMSCORE_REGISTRY_USER / STREAMSCORE_REGISTRY_PASSWORD   registry basic auth
   STREAMSCORE_REGISTRY_TIMEOUT_S   per registry request (default 2)
   STREAMSCORE_REGISTRY_MAX_RETRIES retries of one registry request (default 1)
-  STREAMSCORE_REGISTRY_SSL_CA_LOCATION          the CA of the registry's TLS certificate
-  STREAMSCORE_REGISTRY_SSL_CERTIFICATE_LOCATION / _SSL_KEY_LOCATION   mutual TLS (PEM)
+  STREAMSCORE_REGISTRY_BASIC_AUTH_USER_INFO[_FILE]   "user:password" (basic.auth.user.info)
+  STREAMSCORE_REGISTRY_SSL_CA_LOCATION, _SSL_CERTIFICATE_LOCATION, _SSL_KEY_LOCATION,
+  STREAMSCORE_REGISTRY_SSL_KEY_PASSWORD[_FILE]      registry TLS (CA, client certificate)
+  STREAMSCORE_REGISTRY_BEARER_TOKEN, or _BEARER_TOKEN_FILE (read again when it changes),
+  STREAMSCORE_REGISTRY_BEARER_LOGICAL_CLUSTER, _BEARER_IDENTITY_POOL   bearer auth
+  STREAMSCORE_REGISTRY_AUTO_REGISTER  true (default) / false: use the subjects' latest
+                                   versions, never register (production registries)
+  STREAMSCORE_REGISTRY_SUBJECT_STRATEGY[_EVENTS|_PREDICTIONS|_TELEMETRY|_MODELS|_FEEDBACK]
+                                   topic (default), record, topic-record
   STREAMSCORE_KAFKA_<PROPERTY>     any librdkafka property for every Kafka client, dots as
                                    underscores: STREAMSCORE_KAFKA_SSL_CA_LOCATION is
                                    ssl.ca.location (over the project file's [kafka])
@@ -48,13 +55,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .core import redact
 from .core.config import (
+    STRATEGY_TOPICS,
     ClusterSettings,
     Env,
     KafkaSettings,
+    KeyFormat,
     LatePolicy,
     MetricsSettings,
     RegistrySettings,
@@ -62,6 +72,7 @@ from .core.config import (
     Secret,
     SigningScheme,
     SigningSettings,
+    SubjectStrategy,
     TopicSettings,
 )
 from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
@@ -114,24 +125,7 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     cache = env.get("STREAMSCORE_CACHE_DIR")
     cluster = ClusterSettings(cache_dir=Path(cache)) if cache else ClusterSettings()
     kafka = kafka_settings(env, file, cluster.bootstrap_servers)
-    try:
-        timeout_s = float(env.get("STREAMSCORE_REGISTRY_TIMEOUT_S", "2"))
-        retries = int(env.get("STREAMSCORE_REGISTRY_MAX_RETRIES", "1"))
-    except ValueError:
-        raise ConfigError(
-            "STREAMSCORE_REGISTRY_TIMEOUT_S must be a number and "
-            "STREAMSCORE_REGISTRY_MAX_RETRIES an integer"
-        ) from None
-    registry = RegistrySettings(
-        url=env.get("STREAMSCORE_REGISTRY_URL", file.registry_url or cluster.registry_url),
-        basic_auth_user=env.get("STREAMSCORE_REGISTRY_USER"),
-        basic_auth_password=_secret(env, "STREAMSCORE_REGISTRY_PASSWORD"),
-        timeout_s=timeout_s,
-        max_retries=retries,
-        ssl_ca_location=env.get("STREAMSCORE_REGISTRY_SSL_CA_LOCATION") or None,
-        ssl_certificate_location=env.get("STREAMSCORE_REGISTRY_SSL_CERTIFICATE_LOCATION") or None,
-        ssl_key_location=env.get("STREAMSCORE_REGISTRY_SSL_KEY_LOCATION") or None,
-    )
+    registry = registry_settings(env, file, cluster.registry_url)
     signing = signing_settings(env)
     try:
         max_bytes = int(env.get("STREAMSCORE_MODEL_MAX_BYTES", cluster.model_topic_max_bytes))
@@ -141,6 +135,8 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     from_file = dict(file.topics)
     if file.events_topic is not None:
         from_file["events"] = file.events_topic
+    if file.labels is not None:  # the user's label topic is the feedback side's input
+        from_file["feedback"] = file.labels.topic
     topics = TopicSettings(
         **{
             name: env.get(
@@ -149,7 +145,116 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
             for name in ("events", *TOPIC_KEYS)
         }
     )
-    return Env(kafka, registry, topics, signing, cluster, max_bytes, file.events)
+    return Env(
+        kafka,
+        registry,
+        topics,
+        signing,
+        cluster,
+        max_bytes,
+        file.events,
+        features=file.features,
+        labels=file.labels,
+        train=file.train,
+    )
+
+
+def _file_secret(path: str, what: str) -> Secret:
+    try:
+        return Secret(Path(path).read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {what} at {path}: {getattr(exc, 'strerror', None) or 'not UTF-8'}"
+        ) from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return None
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {text!r}")
+
+
+def _strategy(env: Mapping[str, str], name: str) -> SubjectStrategy | None:
+    text = env.get(name)
+    if not text:
+        return None
+    try:
+        return SubjectStrategy(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in SubjectStrategy)
+        raise ConfigError(f"{name} must be one of {choices}, not {text!r}") from None
+
+
+def registry_settings(
+    env: Mapping[str, str], file: ProjectFile, default_url: str
+) -> RegistrySettings:
+    """``[registry]`` of the project file under the ``STREAMSCORE_REGISTRY_*``
+    environment (the ``_FILE`` variants read a secret from a file)."""
+    p = "STREAMSCORE_REGISTRY_"
+    f = file.registry
+    try:
+        timeout_s = float(env.get(p + "TIMEOUT_S", f.get("timeout_s", 2.0)))
+        retries = int(env.get(p + "MAX_RETRIES", f.get("max_retries", 1)))
+    except ValueError:
+        raise ConfigError(f"{p}TIMEOUT_S must be a number and {p}MAX_RETRIES an integer") from None
+    user = env.get(p + "USER", f.get("basic_auth_user"))
+    password = _secret(env, p + "PASSWORD")
+    if password is None and f.get("basic_auth_password_file"):
+        password = _file_secret(
+            f["basic_auth_password_file"], "[registry] basic_auth_password_file"
+        )
+    user_info = _secret(env, p + "BASIC_AUTH_USER_INFO")
+    if user_info is None and f.get("basic_auth_user_info_file"):
+        user_info = _file_secret(
+            f["basic_auth_user_info_file"], "[registry] basic_auth_user_info_file"
+        )
+    if user_info is not None:
+        if user is not None or password is not None:
+            raise ConfigError(
+                f"registry basic auth is given twice: {p}BASIC_AUTH_USER_INFO and a user/password"
+            )
+        name, sep, pw = user_info.reveal().partition(":")
+        if not sep or not name:
+            raise ConfigError(f"{p}BASIC_AUTH_USER_INFO must be user:password")
+        user, password = name, Secret(pw)
+    key_password = _secret(env, p + "SSL_KEY_PASSWORD")
+    if key_password is None and f.get("key_password_file"):
+        key_password = _file_secret(f["key_password_file"], "[registry] ssl_key_password_file")
+    token_file = env.get(p + "BEARER_TOKEN_FILE") or f.get("bearer_token_file")
+    token = Secret(env[p + "BEARER_TOKEN"]) if env.get(p + "BEARER_TOKEN") else None
+    auto = _flag(env, p + "AUTO_REGISTER")
+    strategies = dict(f.get("subject_strategies", {}))
+    for topic in STRATEGY_TOPICS:
+        one = _strategy(env, f"{p}SUBJECT_STRATEGY_{topic.upper()}")
+        if one is not None:
+            strategies[topic] = one
+    return RegistrySettings(
+        url=env.get(p + "URL", file.registry_url or default_url),
+        basic_auth_user=user,
+        basic_auth_password=password,
+        timeout_s=timeout_s,
+        max_retries=retries,
+        ca_location=env.get(p + "SSL_CA_LOCATION", f.get("ca_location")),
+        certificate_location=env.get(p + "SSL_CERTIFICATE_LOCATION", f.get("certificate_location")),
+        key_location=env.get(p + "SSL_KEY_LOCATION", f.get("key_location")),
+        key_password=key_password,
+        bearer_token=token,
+        bearer_token_file=Path(token_file) if token_file and token is None else None,
+        bearer_logical_cluster=env.get(
+            p + "BEARER_LOGICAL_CLUSTER", f.get("bearer_logical_cluster")
+        ),
+        bearer_identity_pool=env.get(p + "BEARER_IDENTITY_POOL", f.get("bearer_identity_pool")),
+        auto_register=auto if auto is not None else f.get("auto_register", True),
+        subject_strategy=_strategy(env, p + "SUBJECT_STRATEGY")
+        or f.get("subject_strategy", SubjectStrategy.TOPIC),
+        subject_strategies=MappingProxyType(strategies),
+    )
 
 
 #: ``STREAMSCORE_KAFKA_<NAME>``: a librdkafka property for every client (``_`` for ``.``:
@@ -315,7 +420,7 @@ def _registry(env: Env) -> Any:
 
 def _model_topic(env: Env) -> Any:
     from .models.publish import ModelTopic
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     reg = _registry(env)
@@ -323,7 +428,7 @@ def _model_topic(env: Env) -> Any:
     return ModelTopic(
         env.kafka,
         env.topics.models,
-        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        encode=topic_serializer(reg, env.registry, "models", env.topics.models, schema),
         decode=AvroDeserializer(WriterSchemaCache(reg), schema),
         max_message_bytes=env.model_max_bytes,
     )
@@ -344,12 +449,14 @@ def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes
             name=args.name,
             version=args.version or version(),
         ).to_bytes()
-    from .train.training import demo_bundle
-
-    return demo_bundle(args.demo, name=args.name, version=args.version or version()).to_bytes()
+    raise ConfigError("say which model: --bundle FILE or --estimator FILE (with --spec, --data)")
 
 
 def cmd_model(args: argparse.Namespace, env: Env) -> int:
+    if args.name is None and env.train is not None:
+        args.name = env.train.model_name
+    if args.name is None and args.action not in ("keygen", "list"):
+        raise ConfigError("no model name: --name NAME, or [train] model_name in the project file")
     if args.action == "build":
         if not args.out:
             raise ConfigError("model build needs --out FILE")
@@ -466,7 +573,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .models.watcher import ModelWatcher
     from .score.batch import BatchScorer
     from .score.worker import ScoreLoop
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.keys import AvroKeyDecoder
+    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     verifier = worker_verifier(env.signing)  # public keys only: this process cannot sign
@@ -517,8 +625,13 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         else __import__("json").loads(Path(args.reader_schema).read_text())
     )
     decode = AvroDeserializer(cache, reader_schema)
-    predictions = AvroSerializer(reg, f"{env.topics.predictions}-value", schemas.load("prediction"))
-    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    predictions = topic_serializer(
+        reg, env.registry, "predictions", env.topics.predictions, schemas.load("prediction")
+    )
+    telemetry = topic_serializer(
+        reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
+    )
+    check_output_subjects(predictions, telemetry)
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
     # the output schemas registered (or found) before anything is consumed: a registry that
@@ -538,6 +651,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
+        compare_spec(r)
         e = r.envelope
         t = Telemetry(
             worker_id=scoring.worker_id,
@@ -556,6 +670,26 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             return
         with tele_lock:
             producer.produce(env.topics.telemetry, value, scoring.worker_id.encode())
+
+    def compare_spec(r: UpdateReport) -> None:
+        """A model applied whose feature spec is not the project file's: say what differs."""
+        e = r.envelope
+        if r.kind != "model_applied" or e is None or env.features is None:
+            return
+        model = store.snapshot().get(e.role)
+        if model is None:
+            return
+        from .features.check import spec_differences
+
+        diffs = spec_differences(env.features, model.meta.feature_spec)
+        if diffs:
+            log.warning(
+                "model %s v%d (%s) does not have the project file's [[features]]: %s",
+                e.key,
+                e.version,
+                e.role.value,
+                "; ".join(diffs),
+            )
 
     store = ModelStore()
     updater = ModelUpdater(
@@ -613,6 +747,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
                 events=env.events,
+                keys=AvroKeyDecoder(cache) if env.events.key_format is KeyFormat.AVRO else None,
             ),
             store=store,
             metrics=metrics,
@@ -747,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")
     m.add_argument("action", choices=["build", "publish", "list", "rollback", "retire", "keygen"])
-    m.add_argument("--name", default="demo")
+    m.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")
     m.add_argument("--role", choices=[r.value for r in Role], default="primary")
     src = m.add_mutually_exclusive_group()
     src.add_argument(
@@ -758,12 +893,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator",
         help="a fitted scikit-learn estimator/Pipeline saved with joblib (your own, local, "
         "trusted file); converted to ONNX here. Needs --spec and --data",
-    )
-    src.add_argument(
-        "--demo",
-        choices=["ab", "abc"],
-        default="ab",
-        help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
     )
     src.add_argument(
         "--from-archive",
@@ -792,8 +921,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from .cli_feedback import add_commands
+    from .cli_project import add_commands as add_project_commands
 
     add_commands(sub)
+    add_project_commands(sub)
     _add_config_flag(p, sub)
     return p
 

@@ -56,7 +56,7 @@ def _registry(env: Env) -> Any:
 
 def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     from .models.publish import ModelTopic
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     reg = reg if reg is not None else _registry(env)
@@ -64,7 +64,7 @@ def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     return ModelTopic(
         env.kafka,
         env.topics.models,
-        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        encode=topic_serializer(reg, env.registry, "models", env.topics.models, schema),
         decode=AvroDeserializer(WriterSchemaCache(reg), schema),
         max_message_bytes=env.model_max_bytes,
     )
@@ -92,6 +92,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .core.stop import install_stop_signals
     from .feedback.groundtruth import GroundTruthStore
     from .feedback.join import JoinState
+    from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
     from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
     from .feedback.promotion import (
         LiveQuality,
@@ -106,13 +107,21 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
+    recipe, labels = env.train, env.labels
     promo = PromotionSettings(
-        enabled=args.auto_promote, min_labels=args.promote_min_labels, margin=args.promote_margin
+        enabled=args.auto_promote,
+        min_labels=args.promote_min_labels,
+        margin=args.promote_margin
+        if args.promote_margin is not None
+        else (recipe.margin if recipe is not None else 0.05),
+        metric=None if recipe is None or recipe.metric is None else recipe.metric.value,
+        positive=None if labels is None else labels.positive,
     )
+    label_fields = FEEDBACK_FIELDS if labels is None else LabelFields.of(labels)
     signer = verifier = None
     if promo.enabled:  # a publisher: it signs what it promotes, so it holds the private key
         from .models.signing import publisher_keys
@@ -156,8 +165,12 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     )
     cache = WriterSchemaCache(reg)
     decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
-    decode_fb = AvroDeserializer(cache, schemas.load("feedback"))
-    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    # the user's label schema (any, from the registry) or the project's feedback schema
+    decode_fb = AvroDeserializer(cache, None if labels is not None else schemas.load("feedback"))
+    telemetry = topic_serializer(
+        reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
+    )
+    check_output_subjects(telemetry)
     topic = model_topic(env, reg) if promo.enabled else None
 
     def on_decision(d: PromotionDecision) -> bool:
@@ -222,6 +235,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         ),
         topics=topics,
         event_id=EventIdReader(cache),
+        label_id=EventIdReader(cache, label_fields.id_field),
         metrics=metrics,
         worker_id=worker_id,
         stop=stop,
@@ -242,10 +256,11 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         join_topic=topics.join,
         decode_prediction=decode_pred,
         decode_feedback=decode_fb,
+        read_label=LabelReader(label_fields),
         join=join,
         store=store,
         metrics=metrics,
-        quality=LiveQuality(metrics, window=args.quality_window),
+        quality=LiveQuality(metrics, window=args.quality_window, positive=promo.positive),
         policy=PromotionPolicy(promo) if promo.enabled else None,
         on_decision=on_decision,
         stop=stop,
@@ -286,10 +301,23 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
 def cmd_train(args: argparse.Namespace, env: Env) -> int:
     from .feedback.groundtruth import read_rows
-    from .train.training import retrain, spec_by_name
+    from .train.training import retrain
 
-    spec = spec_by_name(args.features)
+    spec, recipe = env.features, env.train
+    if spec is None or recipe is None:
+        raise ConfigError(
+            "streamscore train needs a project file with [[features]] and [train] "
+            "(--config PATH or STREAMSCORE_CONFIG)"
+        )
+    name = args.name or recipe.model_name
+    if not name:
+        raise ConfigError("no model name: set [train] model_name or --name")
+    labels = env.labels
+    task = labels.task.task if labels is not None else Task.REGRESSION
+    estimator = recipe_estimator(recipe)
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)
+    if since is None and recipe.window_ms is not None:
+        since = (until or int(dt.datetime.now(dt.UTC).timestamp() * 1000)) - recipe.window_ms
     rows = read_rows(Path(args.store_dir), since, until)
     log.info("read %d rows from %s", len(rows), args.store_dir)
     topic = None if args.offline else model_topic(env)
@@ -297,23 +325,25 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     if topic is not None:
         from .models.signing import tool_verifier
 
-        current = current_primary(topic, args.name, tool_verifier(env.signing))
-    version = args.version or (topic.next_version(args.name) if topic is not None else 1)
+        current = current_primary(topic, name, tool_verifier(env.signing))
+    version = args.version or (topic.next_version(name) if topic is not None else 1)
     res = retrain(
         rows,
         spec,
         current=current,
-        name=args.name,
+        name=name,
         version=version,
-        task=Task(args.task),
-        estimator=args.estimator,
-        holdout_fraction=args.holdout,
+        task=task,
+        estimator=estimator,
+        holdout_fraction=recipe.holdout,
         min_rows=args.min_rows,
-        margin=args.margin,
+        margin=recipe.margin,
+        metric=None if labels is None else recipe.metric_for(labels.task).value,
+        positive=None if labels is None else labels.positive,
     )
     cur = f"v{current.meta.version}" if current is not None else "none"
     print(
-        f"candidate {args.name} v{version} on {','.join(spec.names)}: trained on "
+        f"candidate {name} v{version} on {','.join(spec.names)}: trained on "
         f"{res.n_train} rows, held out {res.n_holdout} (current primary: {cur})"
     )
     print(res.comparison.table())
@@ -336,6 +366,23 @@ def cmd_train(args: argparse.Namespace, env: Env) -> int:
     )
     print(f"published {pub.key} v{pub.version} ({pub.size} bytes, sha256 {pub.sha256[:12]})")
     return 0
+
+
+def recipe_estimator(recipe: Any) -> Any:
+    """The recipe's estimator: ``[train] estimator`` (an import path) built with its
+    ``params``. Only the user's own training runs this import."""
+    import importlib
+
+    if recipe.estimator is None:
+        raise ConfigError("[train] fit functions are run by the recipe runner, not here yet")
+    module_name, _, cls_name = recipe.estimator.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"[train] estimator {recipe.estimator!r} cannot be imported: {exc}"
+        ) from None
+    return cls(**dict(recipe.params))
 
 
 # ------------------------------------------------------------------------- parser
@@ -385,8 +432,9 @@ def add_commands(sub: Any) -> None:
     f.add_argument(
         "--promote-margin",
         type=float,
-        default=0.05,
-        help="required improvement: relative for MAE, absolute for accuracy",
+        default=None,
+        help="required improvement on the recipe's metric: relative for errors (mae, rmse, "
+        "log_loss), absolute for scores (default: [train] margin, else 0.05)",
     )
     f.set_defaults(func=cmd_feedback)
 
@@ -399,13 +447,8 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--store-dir", default="groundtruth")
     t.add_argument("--since", default=None, help="ISO-8601 or epoch ms (inclusive)")
     t.add_argument("--until", default=None, help="ISO-8601 or epoch ms (exclusive)")
-    t.add_argument("--name", default="demo")
+    t.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")
     t.add_argument("--as", dest="role", choices=["primary", "shadow"], default="primary")
-    t.add_argument("--features", default="a,b,c", help="demo feature spec: a,b or a,b,c")
-    t.add_argument("--task", choices=[x.value for x in Task], default="regression")
-    t.add_argument("--estimator", choices=["linear", "hgb"], default="linear")
-    t.add_argument("--holdout", type=float, default=0.2, help="most recent fraction held out")
-    t.add_argument("--margin", type=float, default=0.05)
     t.add_argument("--min-rows", type=int, default=200)
     t.add_argument("--version", type=int, default=None)
     t.add_argument("--out", default=None, help="also write the candidate bundle here")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD
+from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Env:
     #: which of the event's own fields are its id, time and key (the project file's
     #: ``[events]``; the defaults are the shipped event schema's)
     events: EventFields = field(default_factory=lambda: EventFields())
+    #: the project file's ``[[features]]`` (None: it has none)
+    features: FeatureSpec | None = None
+    #: the project file's ``[labels]`` and ``[train]`` (None: it has none)
+    labels: LabelSettings | None = None
+    train: TrainRecipe | None = None
 
 
 class Secret:
@@ -67,6 +73,14 @@ class TimeEncoding(enum.StrEnum):
     ISO_8601 = "iso-8601"  # a string, with a UTC offset (``2026-01-02T03:04:05Z``)
 
 
+class KeyFormat(enum.StrEnum):
+    """How the events' message keys are written (``[events] key_format``)."""
+
+    STRING = "string"  # UTF-8 text
+    BYTES = "bytes"  # opaque bytes (shown and hashed as lowercase hex)
+    AVRO = "avro"  # the wire format: a key schema in the registry (<topic>-key)
+
+
 @dataclass(frozen=True)
 class EventFields:
     """Which of the event's own fields the scorer reads as its id, its time and its key.
@@ -77,6 +91,8 @@ class EventFields:
     time_field: str = EVENT_TIME_FIELD
     time_encoding: TimeEncoding = TimeEncoding.TIMESTAMP_MILLIS
     key_field: str | None = None
+    #: how message keys are decoded (used when ``key_field`` is None)
+    key_format: KeyFormat = KeyFormat.STRING
 
     def __post_init__(self) -> None:
         if self.id_field == self.time_field:
@@ -243,11 +259,35 @@ class KafkaSettings:
         return conf
 
 
+class SubjectStrategy(enum.StrEnum):
+    """How a topic's value schema is named in the registry (the ecosystem's three
+    ``subject.name.strategy`` choices)."""
+
+    TOPIC = "topic"  # <topic>-value
+    RECORD = "record"  # <namespace.name> of the record
+    TOPIC_RECORD = "topic-record"  # <topic>-<namespace.name>
+
+    def subject(self, topic: str, schema: Mapping[str, Any]) -> str:
+        """The subject of values of ``topic`` written with ``schema``."""
+        if self is SubjectStrategy.TOPIC:
+            return f"{topic}-value"
+        name = str(schema.get("name", ""))
+        namespace = schema.get("namespace")
+        full = name if "." in name or not namespace else f"{namespace}.{name}"
+        return full if self is SubjectStrategy.RECORD else f"{topic}-{full}"
+
+
+#: the topics a subject strategy can be set for (``TopicSettings`` attribute names)
+STRATEGY_TOPICS = ("events", "predictions", "telemetry", "models", "feedback")
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
-    """The schema registry. Credentials may be in the URL (``https://user:pass@host``)
-    or given apart; either way they are sent as basic auth, never as part of a URL a
-    client could log, and ``repr`` shows neither."""
+    """The schema registry client, with the ecosystem's settings (confluent-kafka's
+    ``SchemaRegistryClient`` names in the comments). Credentials may be in the URL
+    (``https://user:pass@host``) or given apart; either way they are sent as basic auth,
+    never as part of a URL a client could log. Secrets are :class:`Secret` and ``repr``
+    shows none of them."""
 
     url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
     basic_auth_user: str | None = None
@@ -259,22 +299,56 @@ class RegistrySettings:
     max_retries: int = 1
     retry_wait_ms: int = 100
     retry_max_wait_ms: int = 500
-    #: TLS: the CA that signed the registry's certificate (None: the system's CAs) and,
-    #: for mutual TLS, this client's certificate and key (PEM files)
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
+    #: ``ssl.ca.location``: the CA (file or directory) the registry's certificate is
+    #: checked against (default: the system's)
+    ca_location: str | None = None
+    #: ``ssl.certificate.location`` / ``ssl.key.location`` / ``ssl.key.password``: a
+    #: client certificate (mutual TLS)
+    certificate_location: str | None = None
+    key_location: str | None = None
+    key_password: Secret | None = None
+    #: a bearer token sent as ``Authorization: Bearer`` (``bearer.auth.token``), or a file
+    #: holding it, read again when it changes (a token a sidecar rotates)
+    bearer_token: Secret | None = None
+    bearer_token_file: Path | None = None
+    #: ``bearer.auth.logical.cluster`` / ``bearer.auth.identity.pool.id`` (Confluent Cloud)
+    bearer_logical_cluster: str | None = None
+    bearer_identity_pool: str | None = None
+    #: ``auto.register.schemas``: register the outputs' schemas on first use. Off, the
+    #: latest version of each output subject is used (``use.latest.version``), once
+    #: checked to read what streamscore writes; a missing subject is an error
+    auto_register: bool = True
+    #: ``subject.name.strategy`` of every topic, and per topic (``STRATEGY_TOPICS``)
+    subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
+    subject_strategies: Mapping[str, SubjectStrategy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def __post_init__(self) -> None:
-        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
-            raise ConfigError(
-                "the registry's client certificate needs both STREAMSCORE_REGISTRY_SSL_"
-                "CERTIFICATE_LOCATION and STREAMSCORE_REGISTRY_SSL_KEY_LOCATION"
-            )
         if self.timeout_s <= 0:
             raise ConfigError(f"registry timeout must be > 0 s, got {self.timeout_s}")
         if self.max_retries < 0:
             raise ConfigError(f"registry max retries must be >= 0, got {self.max_retries}")
+        if self.key_location and not self.certificate_location:
+            raise ConfigError(
+                "registry ssl.key.location is set without ssl.certificate.location "
+                "(STREAMSCORE_REGISTRY_SSL_CERTIFICATE_LOCATION)"
+            )
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ConfigError("registry bearer token is given twice: inline and as a file")
+        bearer = self.bearer_token is not None or self.bearer_token_file is not None
+        if bearer and self.basic_auth_user is not None:
+            raise ConfigError("registry credentials are given twice: basic auth and a bearer token")
+        for topic in self.subject_strategies:
+            if topic not in STRATEGY_TOPICS:
+                raise ConfigError(
+                    f"no subject strategy can be set for {topic!r}; "
+                    f"expected one of: {', '.join(STRATEGY_TOPICS)}"
+                )
+
+    def strategy(self, topic_key: str) -> SubjectStrategy:
+        """The subject name strategy of the topic ``topic_key`` (``STRATEGY_TOPICS``)."""
+        return self.subject_strategies.get(topic_key, self.subject_strategy)
 
     def __repr__(self) -> str:
         from .redact import redact_urls
@@ -284,10 +358,14 @@ class RegistrySettings:
             f"basic_auth_user={self.basic_auth_user!r}, "
             f"basic_auth_password={self.basic_auth_password!r}, timeout_s={self.timeout_s!r}, "
             f"max_retries={self.max_retries!r}, retry_wait_ms={self.retry_wait_ms!r}, "
-            f"retry_max_wait_ms={self.retry_max_wait_ms!r}, "
-            f"ssl_ca_location={self.ssl_ca_location!r}, "
-            f"ssl_certificate_location={self.ssl_certificate_location!r}, "
-            f"ssl_key_location={self.ssl_key_location!r})"
+            f"retry_max_wait_ms={self.retry_max_wait_ms!r}, ca_location={self.ca_location!r}, "
+            f"certificate_location={self.certificate_location!r}, "
+            f"key_location={self.key_location!r}, key_password={self.key_password!r}, "
+            f"bearer_token={self.bearer_token!r}, bearer_token_file={self.bearer_token_file!r}, "
+            f"bearer_logical_cluster={self.bearer_logical_cluster!r}, "
+            f"auto_register={self.auto_register!r}, "
+            f"subject_strategy={self.subject_strategy.value!r}, "
+            f"subject_strategies={ {k: v.value for k, v in self.subject_strategies.items()}!r})"
         )
 
     def client_config(self) -> dict[str, Any]:
@@ -307,11 +385,6 @@ class RegistrySettings:
             "retries.wait.ms": self.retry_wait_ms,
             "retries.max.wait.ms": self.retry_max_wait_ms,
         }
-        if self.ssl_ca_location is not None:
-            conf["ssl.ca.location"] = self.ssl_ca_location
-        if self.ssl_certificate_location is not None:
-            conf["ssl.certificate.location"] = self.ssl_certificate_location
-            conf["ssl.key.location"] = self.ssl_key_location
         if self.basic_auth_user is not None:
             if from_url is not None:
                 raise ConfigError(
@@ -321,7 +394,74 @@ class RegistrySettings:
             conf["basic.auth.user.info"] = f"{self.basic_auth_user}:{pw}"
         elif from_url is not None:
             conf["basic.auth.user.info"] = f"{from_url[0]}:{from_url[1]}"
+        if self.ca_location:
+            conf["ssl.ca.location"] = self.ca_location
+        if self.certificate_location:
+            conf["ssl.certificate.location"] = self.certificate_location
+        if self.key_location:
+            conf["ssl.key.location"] = self.key_location
+        if self.key_password is not None:
+            conf["ssl.key.password"] = self.key_password.reveal()
+        if self.bearer_token is not None or self.bearer_token_file is not None:
+            if "basic.auth.user.info" in conf:
+                raise ConfigError(
+                    "registry credentials are given twice: basic auth and a bearer token"
+                )
+            fields: dict[str, str] = {
+                "bearer.auth.logical.cluster": self.bearer_logical_cluster or "",
+            }
+            if self.bearer_identity_pool:
+                fields["bearer.auth.identity.pool.id"] = self.bearer_identity_pool
+            if self.bearer_token is not None:
+                conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+                conf["bearer.auth.token"] = self.bearer_token.reveal()
+                conf.update(fields)
+            else:
+                assert self.bearer_token_file is not None
+                conf["bearer.auth.credentials.source"] = "CUSTOM"
+                conf["bearer.auth.custom.provider.function"] = TokenFile(self.bearer_token_file)
+                conf["bearer.auth.custom.provider.config"] = fields
         return conf
+
+
+class TokenFile:
+    """A bearer token read from a file, again whenever the file changes (a token that a
+    sidecar rotates): confluent-kafka's ``bearer.auth.custom.provider.function``. The
+    token is never in its ``repr``; a file that cannot be read is a :class:`ConfigError`
+    naming the file."""
+
+    __slots__ = ("_lock", "_path", "_seen", "_token")
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self._path = Path(path)
+        self._seen: tuple[int, int] | None = None
+        self._token = ""
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self._path)!r})"
+
+    def token(self) -> str:
+        with self._lock:
+            try:
+                st = self._path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+                if stamp != self._seen:
+                    self._token = self._path.read_text(encoding="utf-8").strip()
+                    self._seen = stamp
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"cannot read the registry bearer token file {self._path}: "
+                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+                ) from None
+            if not self._token:
+                raise ConfigError(f"the registry bearer token file {self._path} is empty")
+            return self._token
+
+    def __call__(self, fields: Mapping[str, str]) -> dict[str, str]:
+        return {**fields, "bearer.auth.token": self.token()}
 
 
 @dataclass(frozen=True)
@@ -488,3 +628,131 @@ class ClusterSettings:
     def registry_url(self) -> str:
         scheme = "https" if self.secure else "http"
         return f"{scheme}://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+
+# ------------------------------------------------- the project file's labels and recipe
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*\Z")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def duration_ms(text: str) -> int:
+    """A duration with its unit (``"90s"``, ``"15m"``, ``"12h"``, ``"30d"``, ``"2w"``;
+    decimals allowed: ``"1.5h"``) in milliseconds. The one parser of durations: whoever
+    reads one (the project file, a flag) uses it. Raises ConfigError naming the text."""
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ConfigError(
+            f"{text!r} is not a duration: a number and one unit of "
+            "s (seconds), m (minutes), h (hours), d (days), w (weeks), e.g. '30d'"
+        )
+    ms = round(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    if ms <= 0:
+        raise ConfigError(f"{text!r} is not a duration: it must be longer than 0")
+    return ms
+
+
+class LabelTask(enum.StrEnum):
+    """What the labels are: two classes, several classes (string or int labels), or a
+    number."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+    @property
+    def task(self) -> Task:
+        """The model's task (classification or regression)."""
+        return Task.REGRESSION if self is LabelTask.REGRESSION else Task.CLASSIFICATION
+
+
+class Metric(enum.StrEnum):
+    """The holdout metric that decides whether a candidate beats the current model."""
+
+    ACCURACY = "accuracy"
+    LOG_LOSS = "log_loss"
+    ROC_AUC = "roc_auc"
+    MACRO_F1 = "macro_f1"
+    MAE = "mae"
+    RMSE = "rmse"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self not in (Metric.LOG_LOSS, Metric.MAE, Metric.RMSE)
+
+
+#: the metrics that apply to each task, its default first
+METRICS_BY_TASK: Mapping[LabelTask, tuple[Metric, ...]] = MappingProxyType(
+    {
+        LabelTask.BINARY: (
+            Metric.ROC_AUC,
+            Metric.ACCURACY,
+            Metric.LOG_LOSS,
+            Metric.MACRO_F1,
+        ),
+        LabelTask.MULTICLASS: (Metric.MACRO_F1, Metric.ACCURACY, Metric.LOG_LOSS),
+        LabelTask.REGRESSION: (Metric.RMSE, Metric.MAE),
+    }
+)
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The project file's ``[labels]``: where the truth about events arrives, in the
+    user's own label schema. ``topic`` the label topic; ``id_field`` the label's field
+    that holds the event id it answers; ``label_field`` the label itself; ``time_field``
+    when it was observed (None: the message timestamp), read with ``time_encoding``;
+    ``task`` what the labels are; ``positive`` (binary only) the positive class, as a
+    string (``"true"``, ``"1"``, ``"fraud"``; None: not stated)."""
+
+    topic: str
+    id_field: str
+    label_field: str
+    task: LabelTask
+    time_field: str | None = None
+    time_encoding: TimeEncoding = TimeEncoding.TIMESTAMP_MILLIS
+    positive: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.positive is not None and self.task is not LabelTask.BINARY:
+            raise ConfigError(f"positive is for binary labels only, not {self.task.value}")
+        if self.id_field == self.label_field:
+            raise ConfigError(f"the label's id and label fields are both {self.id_field!r}")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """The project file's ``[train]``: how a candidate model is made and judged.
+
+    Exactly one of ``estimator`` (an import path ``package.module.Class``, built with
+    ``params``) and ``fit`` (``package.module:function``, called with the training frame,
+    returning a fitted estimator or Pipeline; the user's own code, run only where training
+    runs). ``window_ms`` how far back the training rows go (None: all); ``holdout`` the
+    last fraction of rows by event time, held out for the comparison; ``metric`` the one
+    that decides (None: the task's default, :data:`METRICS_BY_TASK`); ``margin`` by how
+    much the candidate must beat the current model on it."""
+
+    model_name: str | None = None
+    estimator: str | None = None
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    fit: str | None = None
+    window_ms: int | None = None
+    holdout: float = 0.2
+    metric: Metric | None = None
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.estimator is None) == (self.fit is None):
+            raise ConfigError("give exactly one of estimator (an import path) and fit")
+        if self.fit is not None and self.params:
+            raise ConfigError("params go with estimator; a fit function sets its own")
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.window_ms is not None and self.window_ms <= 0:
+            raise ConfigError(f"window must be longer than 0, got {self.window_ms} ms")
+        if self.margin < 0 or self.margin != self.margin:
+            raise ConfigError(f"margin must be >= 0, got {self.margin}")
+
+    def metric_for(self, task: LabelTask) -> Metric:
+        """The deciding metric: the recipe's, else ``task``'s default."""
+        return self.metric or METRICS_BY_TASK[task][0]

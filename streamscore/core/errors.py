@@ -193,6 +193,41 @@ class SchemaRegistrationError(SerdeError):
     reason = "schema_registration"
 
 
+class SubjectMissingError(ConfigError):
+    """Registration is off (``auto_register = false``) and the subject an output is
+    written under does not exist in the registry: create it, or allow registration."""
+
+    reason = "subject_missing"
+
+    def __init__(self, message: str, *, subject: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class SubjectIncompatibleError(ConfigError):
+    """Registration is off and the latest version of an output's subject cannot read
+    the records streamscore writes (names the subject, the version and the field)."""
+
+    reason = "subject_incompatible"
+
+    def __init__(self, message: str, *, subject: str, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.subject = subject
+
+
+class SchemaReferenceError(UnreadableWriterSchemaError):
+    """A writer schema's references cannot be resolved: missing from the registry, or
+    more of them (or nested deeper) than the bounds allow."""
+
+    reason = "schema_reference"
+
+
+class KeyDecodeError(SerdeError):
+    """A message key does not decode as the configured ``[events] key_format``."""
+
+    reason = "bad_key"
+
+
 # ---------------------------------------------------------------------- validation
 
 
@@ -440,6 +475,14 @@ class ProjectFileError(ConfigError):
         self.path = path
         self.table = table
         self.key = key
+
+
+class BadLabelError(ValidationError):
+    """A label record's label does not fit the project's task (a class that is not a
+    string, integer or boolean; a regression target that is not a finite number; a
+    string longer than the bound)."""
+
+    reason = "bad_label"
 
 
 class BadEventTimeError(ValidationError):

@@ -48,12 +48,12 @@ from ..kafka.clients import admin_config
 from ..models.publish import ModelTopic
 from ..models.signing import Ed25519Signer, keygen
 from ..serde import schemas
-from ..serde.message import AvroDeserializer, AvroSerializer
+from ..serde.message import AvroDeserializer, topic_serializer
 from ..serde.wire import WriterSchemaCache, registry_client
-from ..train.training import demo_bundle
 from . import observe, report
 from .observe import Observer
 from .supervise import BACKGROUND_THREADS_ENV, processes, run_background, start_cli, wait_settled
+from .synthetic import demo_bundle
 from .traffic import Traffic
 
 #: The score workers export their metrics on 9400, 9401, ...; the feedback worker on 9500.
@@ -80,6 +80,13 @@ class DemoSettings:
     # traffic, at several hundred milliseconds of end-to-end latency
     warmup_s: float = 10.0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: the demo's project file: its features and training recipe
+    project: Path = field(default_factory=lambda: demo_project())
+
+
+def demo_project() -> Path:
+    """``examples/demo/streamscore.toml`` of this checkout (the demo runs from one)."""
+    return Path(__file__).resolve().parents[2] / "examples" / "demo" / "streamscore.toml"
 
 
 def _topics(run_id: str) -> TopicSettings:
@@ -176,6 +183,7 @@ class Demo:
             env["STREAMSCORE_SIGNING_KEY_FILE"] = str(self.keys.private_file)
         for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
             env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
+        env["STREAMSCORE_CONFIG"] = str(self.s.project)
         return env
 
     def _model_topic(self, reg: Any) -> ModelTopic:
@@ -183,7 +191,9 @@ class Demo:
         return ModelTopic(
             self.kafka,
             self.topics.models,
-            encode=AvroSerializer(reg, f"{self.topics.models}-value", schema),
+            encode=topic_serializer(
+                reg, self.registry_settings, "models", self.topics.models, schema
+            ),
             decode=AvroDeserializer(WriterSchemaCache(reg), schema),
             max_message_bytes=MODEL_MAX_BYTES,
         )
@@ -214,12 +224,8 @@ class Demo:
             "train",
             "--store-dir",
             str(self.store_dir),
-            "--features",
-            "a,b,c",
             "--as",
             "shadow",
-            "--name",
-            "demo",
             "--min-rows",
             "200",
             "--publisher",

@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from ..core.config import KafkaSettings, TopicSettings
 from ..serde import schemas
 from ..serde.message import AvroSerializer
-from ..train import synthetic
+from . import synthetic
 
 
 @dataclass

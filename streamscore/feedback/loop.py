@@ -65,12 +65,14 @@ from ..core.errors import (
     SerdeError,
     StreamscoreError,
     UnknownKindError,
+    ValidationError,
 )
-from ..core.records import Feedback, Position, Prediction, Role, Telemetry
+from ..core.records import Position, Prediction, Role, Telemetry
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState, OffsetTracker
+from .labels import LabelReader
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
 from .router import KIND_HEADER, LABEL, PREDICTION
 
@@ -80,6 +82,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
+
+
+def _timestamp_ms(msg: Any) -> int | None:
+    """The message's timestamp (epoch ms), None when it has none."""
+    ts_type, ts = msg.timestamp()
+    return int(ts) if ts_type != 0 and ts >= 0 else None
 
 
 def _kind(msg: Any) -> bytes | None:
@@ -106,6 +114,7 @@ class FeedbackLoop:
         join_topic: str,
         decode_prediction: Decoder,
         decode_feedback: Decoder,
+        read_label: LabelReader | None = None,
         join: JoinState,
         store: GroundTruthStore,
         metrics: Metrics,
@@ -123,6 +132,8 @@ class FeedbackLoop:
         self._dead_letter = dead_letter
         self._dec_pred = decode_prediction
         self._dec_fb = decode_feedback
+        #: the decoded label record -> Feedback, by the project's ``[labels]`` field names
+        self._read_label = read_label or LabelReader()
         self.join = join
         self.store = store
         self._m = metrics
@@ -215,7 +226,7 @@ class FeedbackLoop:
                     self.stats.predictions += 1
                     out.extend(self.join.add_prediction(p))
                 elif kind == LABEL:
-                    lab = Feedback.from_avro(self._dec_fb(msg.value()), pos)
+                    lab = self._read_label(self._dec_fb(msg.value()), pos, _timestamp_ms(msg))
                     self.stats.labels += 1
                     self._m.feedback_received.inc()
                     before = self.join.stats.duplicate
@@ -231,7 +242,7 @@ class FeedbackLoop:
                 self.tracker.untrack(pos)
                 self._registry_away(msgs[i:], exc)
                 break
-            except (SerdeError, KeyError, ValueError, TypeError) as exc:
+            except (SerdeError, ValidationError, KeyError, ValueError, TypeError) as exc:
                 # never blocks the partition: dead-lettered, counted, logged, settled
                 err = (
                     exc

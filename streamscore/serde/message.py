@@ -18,6 +18,7 @@ away raises :class:`~streamscore.core.errors.RegistryUnavailableError` (retry).
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,11 @@ import fastavro
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 
 from ..core.columns import EventColumns, RecordColumns
+from ..core.config import RegistrySettings
 from ..core.errors import (
     AvroDecodeError,
     EncodeError,
+    InfrastructureError,
     SchemaResolutionError,
     StreamscoreError,
     TruncatedMessageError,
@@ -46,12 +49,15 @@ from .wire import (
     HEADER_SIZE,
     MAGIC_BYTE,
     RegistryClient,
+    WriterSchema,
     WriterSchemaCache,
     parse,
     split_header,
     strip_logical_types,
-    writer_header,
+    writer_schema,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +73,25 @@ class _Plan:
 
 
 class AvroDeserializer:
-    """``(bytes, ctx) -> dict`` decoding with the caller's reader schema."""
+    """``(bytes, ctx) -> dict`` decoding with the caller's reader schema (None: each
+    message as its own writer schema says, for records whose schema is the user's; only
+    the per-message ``__call__`` then)."""
 
     def __init__(
         self,
         schemas: WriterSchemaCache,
-        reader_schema: dict[str, Any],
+        reader_schema: dict[str, Any] | None,
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        records_only: bool = True,
     ) -> None:
+        """``reader_schema`` None: each message is read with its own writer schema (as
+        it was written); ``records_only`` off: a value of any type is returned (a key)."""
         self._schemas = schemas
-        self._reader_json = strip_logical_types(reader_schema)
-        self._reader = parse(reader_schema)
+        self._reader_json = None if reader_schema is None else strip_logical_types(reader_schema)
+        self._reader = None if reader_schema is None else parse(reader_schema)
         self._max_depth = max_depth
+        self._records_only = records_only
         # schema id -> how its messages are read
         self._resolution: dict[int, _Plan] = {}
         # schema id -> column-wise decoding plan (None: left to the per-message path)
@@ -105,7 +117,7 @@ class AvroDeserializer:
                     schema_id=schema_id,
                 ) from exc
             stripped = strip_logical_types(writer_json)
-            if stripped == self._reader_json:
+            if self._reader_json is None or stripped == self._reader_json:
                 plan = _Plan(writer, None, scan)
             else:
                 unions = _check_top_level(stripped, self._reader_json, schema_id)
@@ -155,9 +167,9 @@ class AvroDeserializer:
                 f"{len(body) - buf.tell()} trailing bytes after the Avro record "
                 f"(schema id {schema_id})"
             )
-        if not isinstance(record, dict):
+        if self._records_only and not isinstance(record, dict):
             raise AvroDecodeError(f"schema id {schema_id} is not a record schema")
-        return record
+        return record  # type: ignore[no-any-return]
 
     def _resolution_failure(
         self, plan: _Plan, body: memoryview, schema_id: int, exc: Exception
@@ -195,6 +207,8 @@ class AvroDeserializer:
         """How to decode messages written with ``schema_id`` column-wise, or None when
         the per-message path must read them (see :func:`.columnar_decode.resolution`).
         Raises what ``__call__`` raises for a bad writer."""
+        if self._reader_json is None:
+            return None
         if schema_id not in self._flat:
             reader = self._plan(schema_id).reader
             # None: written with the reader schema (nothing to resolve)
@@ -228,6 +242,8 @@ class AvroDeserializer:
         The writer schemas of the batch are fetched first: a registry that cannot
         answer raises :class:`RegistryUnavailableError` before anything is decoded."""
         self.require(values)  # a registry away: raised here, nothing decoded
+        if self._reader is None:  # each as written (keys): one message at a time
+            return self._decode_each(values)
         known: dict[int, StreamscoreError] = {}  # errors already raised (_decode_columnar)
         if len(values) >= MIN_COLUMNAR:
             try:
@@ -281,6 +297,20 @@ class AvroDeserializer:
             good.append(i)
             records.append(record)
         return good, records, failed
+
+    def _decode_each(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], list[Any], list[tuple[int, StreamscoreError]]]:
+        good: list[int] = []
+        out: list[Any] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        for i, data in enumerate(values):
+            try:
+                out.append(self(data))
+                good.append(i)
+            except StreamscoreError as exc:
+                failed.append((i, exc))
+        return good, out, failed
 
 
 class _SlowPath(Exception):
@@ -359,6 +389,38 @@ def _check_top_level(
     return tuple(unions)
 
 
+def topic_serializer(
+    registry: RegistryClient,
+    settings: RegistrySettings,
+    topic_key: str,
+    topic: str,
+    schema: dict[str, Any],
+) -> AvroSerializer:
+    """The serializer of an output topic: its subject named by the topic's strategy
+    (``settings.strategy(topic_key)``), registration as ``settings.auto_register`` says."""
+    subject = settings.strategy(topic_key).subject(topic, schema)
+    return AvroSerializer(registry, subject, schema, auto_register=settings.auto_register)
+
+
+def check_output_subjects(*serializers: AvroSerializer) -> None:
+    """Each output's subject, registered or (registration off) looked up and checked now,
+    so that a missing or incompatible subject stops the process at start with its typed
+    error (:class:`~streamscore.core.errors.SubjectMissingError`). A registry that is away
+    is only logged: the first batch waits for it, as it does later."""
+    for ser in serializers:
+        try:
+            writer = ser.prepare()
+        except InfrastructureError as exc:
+            log.warning("subject %s not checked at start: %s", ser.subject, exc)
+            continue
+        log.info(
+            "output subject %s: schema id %d%s",
+            ser.subject,
+            writer.schema_id,
+            "" if writer.version is None else f" (latest version {writer.version})",
+        )
+
+
 def _field_in(message: str) -> str | None:
     # fastavro: "No default value for field b in Event"
     marker = "for field "
@@ -368,8 +430,10 @@ def _field_in(message: str) -> str | None:
 
 
 class AvroSerializer:
-    """``(dict, ctx) -> bytes`` in the wire format under ``subject``. The schema is
-    registered on first use (or looked up when ``auto_register`` is off)."""
+    """``(dict, ctx) -> bytes`` in the wire format under ``subject``. On first use the
+    schema is registered, or, with ``auto_register`` off, the subject's latest version
+    is looked up, checked to read records of ``schema``, and written with
+    (:func:`~streamscore.serde.wire.writer_schema`); :meth:`prepare` does it at once."""
 
     def __init__(
         self,
@@ -382,20 +446,36 @@ class AvroSerializer:
         self._registry = registry
         self._subject = subject
         self._schema_json = schema
-        self._parsed = parse(schema)
         self._auto_register = auto_register
+        self._writer: WriterSchema | None = None
         self._header: bytes | None = None
-        self._columnar = ColumnarEncoder(schema)
+        self._parsed: Any = None
+        self._columnar: ColumnarEncoder | None = None
+
+    @property
+    def subject(self) -> str:
+        return self._subject
 
     @property
     def schema_id(self) -> int:
         return int(HEADER.unpack(self._ensure_header())[1])
 
+    def prepare(self) -> WriterSchema:
+        """Register or look up the schema now (a process checks its outputs at start):
+        raises what the first encode would."""
+        self._ensure_header()
+        assert self._writer is not None
+        return self._writer
+
     def _ensure_header(self) -> bytes:
         if self._header is None:
-            self._header = writer_header(
+            writer = writer_schema(
                 self._registry, self._subject, self._schema_json, auto_register=self._auto_register
             )
+            self._parsed = parse(writer.schema)
+            self._columnar = ColumnarEncoder(writer.schema)
+            self._writer = writer
+            self._header = writer.header
         return self._header
 
     def __call__(self, obj: dict[str, Any], ctx: object | None = None) -> bytes:
@@ -443,6 +523,7 @@ class AvroSerializer:
         value whose type fastavro would convert or refuse) falls back to ``encode_many``,
         which also raises the same :class:`EncodeError` for values that do not fit."""
         header = self._ensure_header()
+        assert self._columnar is not None
         encoded = self._columnar.encode(header, cols)
         if encoded is not None:
             return encoded

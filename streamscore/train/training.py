@@ -22,16 +22,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from ..core.errors import StreamscoreError
+from ..core.quality import beats, improvement_kind, probabilities_metrics, regression_metrics
 from ..core.records import FeatureSpec, Task
 from ..feedback.groundtruth import training_data
-from ..feedback.promotion import LOWER_IS_BETTER, better_by, decision_metric
+from ..feedback.promotion import decision_metric
 from ..models.container import Bundle
 from ..models.convert import build_bundle
 from ..models.runtime import LoadedModel, load_bundle
-from . import synthetic
 
 
 class TooFewRowsError(StreamscoreError):
@@ -45,60 +44,12 @@ class TooFewRowsError(StreamscoreError):
         self.minimum = minimum
 
 
-def demo_bundle(
-    kind: str, *, name: str = "demo", version: int = 1, seed: int = 7, n: int = 5000
-) -> Bundle:
-    """A linear regressor on the demo's synthetic data, with (``abc``) or without c."""
-    rng = np.random.default_rng(seed)
-    s = synthetic.sample(n, rng)
-    with_c = kind == "abc"
-    x = s.matrix(with_c)
-    n_train = int(n * 0.8)
-    est = LinearRegression().fit(x[:n_train], s.y[:n_train])
-    mae = float(np.mean(np.abs(est.predict(x[n_train:]) - s.y[n_train:])))
-    now = int(time.time() * 1000)
-    return build_bundle(
-        est,
-        name=name,
-        version=version,
-        feature_spec=synthetic.spec_abc() if with_c else synthetic.spec_ab(),
-        X_train=x[:n_train],
-        X_reference=x[n_train:],
-        created_at_ms=now,
-        train_window=(now, now),
-        holdout_metrics={"mae": mae},
-    )
+def fit_estimator(estimator: Any, X: np.ndarray, y: np.ndarray) -> Any:
+    """A fitted copy of ``estimator`` (an unfitted scikit-learn-style estimator, cloned so
+    that the caller's object is never fitted in place)."""
+    from sklearn.base import clone
 
-
-# --------------------------------------------------------------- specs and models
-
-DEMO_SPECS = {"ab": synthetic.spec_ab, "abc": synthetic.spec_abc}
-
-
-def spec_by_name(names: str) -> FeatureSpec:
-    """``"a,b,c"`` / ``"abc"`` / ``"a,b"`` -> the demo spec with those fields."""
-    key = names.replace(",", "").replace(" ", "")
-    if key not in DEMO_SPECS:
-        raise ValueError(f"unknown feature set {names!r}; known: a,b and a,b,c")
-    return DEMO_SPECS[key]()
-
-
-def make_estimator(kind: str, task: Task, seed: int = 0) -> Any:
-    """``linear`` (LinearRegression / LogisticRegression) or ``hgb``
-    (HistGradientBoosting{Regressor,Classifier})."""
-    if kind == "linear":
-        if task is Task.REGRESSION:
-            return LinearRegression()
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression(max_iter=1000)
-    if kind == "hgb":
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-        if task is Task.REGRESSION:
-            return HistGradientBoostingRegressor(random_state=seed)
-        return HistGradientBoostingClassifier(random_state=seed)
-    raise ValueError(f"unknown estimator {kind!r} (linear | hgb)")
+    return clone(estimator).fit(X, y)
 
 
 # ------------------------------------------------------------------- evaluation
@@ -111,27 +62,23 @@ def evaluate(
     values: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
     classes: Sequence[str] = (),
+    positive: str | None = None,
 ) -> dict[str, float]:
-    """mae/rmse for regressors; accuracy/log_loss for classifiers."""
+    """mae/rmse for regressors; accuracy, log_loss, macro_f1 and (binary, ``positive``
+    the positive class, default the second) roc_auc for classifiers
+    (:mod:`streamscore.core.quality`, the same definitions as the live metrics)."""
     if task is Task.REGRESSION:
         assert values is not None
         err = np.asarray(y, dtype=np.float64) - np.asarray(values, dtype=np.float64)
-        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err * err)))}
+        return regression_metrics(err)
     assert probabilities is not None
-    cls = np.asarray(list(classes), dtype=np.str_)
-    ys = np.asarray(y, dtype=np.str_)
-    pred = cls[np.argmax(probabilities, axis=1)]
-    idx = {c: i for i, c in enumerate(classes)}
-    p_true = np.array(
-        [probabilities[i, idx[v]] if v in idx else 0.0 for i, v in enumerate(ys.tolist())]
-    )
-    return {
-        "accuracy": float(np.mean(pred == ys)),
-        "log_loss": float(np.mean(-np.log(np.clip(p_true, 1e-15, 1.0)))),
-    }
+    ys = np.asarray(y, dtype=np.str_).tolist()
+    return probabilities_metrics(ys, probabilities, classes, positive)
 
 
-def evaluate_loaded(model: LoadedModel, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def evaluate_loaded(
+    model: LoadedModel, X: np.ndarray, y: np.ndarray, positive: str | None = None
+) -> dict[str, float]:
     out = model.predict(X)
     return evaluate(
         model.meta.task,
@@ -139,6 +86,7 @@ def evaluate_loaded(model: LoadedModel, X: np.ndarray, y: np.ndarray) -> dict[st
         values=out.values,
         probabilities=out.probabilities,
         classes=model.meta.classes,
+        positive=positive,
     )
 
 
@@ -149,10 +97,12 @@ class Comparison:
     candidate: Mapping[str, float]
     n_holdout: int
     current_version: int | None = None
+    #: the deciding metric (the recipe's); None: mae (regression) / accuracy
+    decision: str | None = None
 
     @property
     def metric(self) -> str:
-        return decision_metric(self.task)
+        return decision_metric(self.task, self.decision)
 
     def table(self) -> str:
         lines = [f"{'metric':<10} {'current':>12} {'candidate':>12} {'delta':>12}"]
@@ -177,13 +127,12 @@ def should_publish(comparison: Comparison, margin: float) -> PublishDecision:
     decision metric (relative for errors, absolute for accuracy; see
     :func:`streamscore.feedback.promotion.better_by`). With no current model, publish."""
     metric = comparison.metric
-    cand = comparison.candidate[metric]
+    cand = comparison.candidate.get(metric, math.nan)
     if not comparison.current:
         return PublishDecision(True, f"no current model; candidate {metric} {cand:.6g}", math.inf)
-    cur = comparison.current[metric]
-    gain = better_by(metric, cur, cand)
-    kind = "relative" if metric in LOWER_IS_BETTER else "absolute"
-    verdict = gain >= margin and gain > 0
+    cur = comparison.current.get(metric, math.nan)
+    verdict, gain = beats(metric, cur, cand, margin)
+    kind = improvement_kind(metric)
     return PublishDecision(
         verdict,
         f"{metric}: candidate {cand:.6g} vs current {cur:.6g}, improvement {gain:.4g} "
@@ -209,15 +158,18 @@ def retrain(
     current: LoadedModel | None,
     name: str,
     version: int,
+    estimator: Any,
     task: Task = Task.REGRESSION,
-    estimator: str = "linear",
     holdout_fraction: float = 0.2,
     min_rows: int = 200,
     margin: float = 0.05,
+    metric: str | None = None,
+    positive: str | None = None,
     now_ms: int | None = None,
 ) -> RetrainResult:
-    """Fit a candidate on the older rows, compare it with ``current`` on the most recent
-    ``holdout_fraction`` (by event time) and say whether to publish (module doc).
+    """Fit a candidate (a clone of ``estimator``) on the older rows, compare it with
+    ``current`` on the most recent ``holdout_fraction`` (by event time) and say whether
+    to publish (module doc).
 
     Raises :class:`TooFewRowsError` when fewer than ``min_rows`` rows are usable for
     ``spec`` or either split would be empty.
@@ -241,7 +193,7 @@ def retrain(
     X_ho, y_ho = data.X[n_train:], data.y[n_train:]
     hold_rows = data.rows[n_train:]
 
-    est = make_estimator(estimator, task).fit(X_tr, y_tr)
+    est = fit_estimator(estimator, X_tr, y_tr)
     keep = np.ones(n_hold, dtype=bool)
     cur_metrics: dict[str, float] = {}
     X_cur = None
@@ -270,17 +222,18 @@ def retrain(
     )
     # the candidate is judged as it would serve: through its ONNX graph, like the current
     candidate = load_bundle(bundle)
-    cand_metrics = evaluate_loaded(candidate, X_ho[keep], y_eval)
+    cand_metrics = evaluate_loaded(candidate, X_ho[keep], y_eval, positive)
     bundle = replace(bundle, meta=replace(bundle.meta, holdout_metrics=cand_metrics))
     if current is not None:
         assert X_cur is not None
-        cur_metrics = evaluate_loaded(current, X_cur, y_eval)
+        cur_metrics = evaluate_loaded(current, X_cur, y_eval, positive)
     comparison = Comparison(
         task,
         cur_metrics,
         cand_metrics,
         int(keep.sum()),
         None if current is None else current.meta.version,
+        metric,
     )
     decision = should_publish(comparison, margin)
     return RetrainResult(bundle, comparison, decision, n_train, n_hold, window)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from streamscore.dev import synthetic
 from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
-from streamscore.train import synthetic
 from tests.processes import WorkerProcess, launch, wait_until
 
 from .stack import Stack
@@ -107,10 +107,15 @@ def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None)
     raise AssertionError(f"store has {len(rows)} rows, expected {n}")
 
 
+#: the demo's project file: its features and training recipe (the stack's topics, set
+#: in the environment, win over the file's)
+DEMO_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "demo" / "streamscore.toml"
+
+
 def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", FEEDBACK_MODULE, "train", "--store-dir", str(store_dir), *args],
-        env=stack.env(publisher=True),
+        env={**stack.env(publisher=True), "STREAMSCORE_CONFIG": str(DEMO_PROJECT)},
         capture_output=True,
         text=True,
         timeout=300,

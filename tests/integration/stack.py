@@ -22,7 +22,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamscore.core.config import SIGNING_ENV, KafkaSettings, TopicSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.dev.localcluster import LocalCluster
+from streamscore.dev.synthetic import demo_bundle
 from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.kafka.clients import read_to_end, reader_consumer
 from streamscore.models.publish import ModelTopic
@@ -30,8 +32,6 @@ from streamscore.models.signing import Ed25519Signer, KeyPair, Verifier, keygen
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
-from streamscore.train.training import demo_bundle
 from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
 
 __all__ = [

@@ -340,7 +340,7 @@ def test_a_registry_refusing_the_output_schema_stops_the_worker_before_it_consum
     assert "Traceback" not in log
     line = [x for x in log.splitlines() if x.startswith("streamscore: SchemaRegistrationError")]
     assert len(line) == 1, log
-    assert f"registry refused the schema for subject '{subject}' (status 409)" in line[0]
+    assert f"registry refused registering a schema for subject '{subject}' (status 409)" in line[0]
     assert "check its compatibility" in line[0]
     assert all(o < 0 for o in _committed(secure_cluster, stack.group_id, stack.topics.events, 4))
     assert stack.read_to_end(stack.topics.dlq) == []  # not the input's fault: no dead letter

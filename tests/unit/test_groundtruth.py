@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from streamscore.dev import synthetic
 from streamscore.feedback.groundtruth import (
     INPROGRESS,
     GroundTruthStore,
@@ -15,7 +16,6 @@ from streamscore.feedback.groundtruth import (
     read_unmatched,
     training_data,
 )
-from streamscore.train import synthetic
 
 HOUR = 3_600_000
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % HOUR)  # 2023-11-14T22:00Z

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from streamscore.core import errors
 from streamscore.core.config import KafkaSettings, ScoringSettings, TopicSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.feedback.router import FeedbackRouter, RouteTopics
 from streamscore.kafka.clients import score_consumer, score_producer
 from streamscore.kafka.dead_letters import (
@@ -34,7 +35,6 @@ from streamscore.serde import schemas
 from streamscore.serde.event_ids import EventIdReader
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
 
 from .kafka_fakes import FakeMessage, FakeSink
 from .test_scoring import decode_prediction, env, v1  # noqa: F401 (fixtures)

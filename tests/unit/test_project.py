@@ -62,20 +62,21 @@ def test_an_empty_file_is_the_defaults() -> None:
             None,
             None,
             "cfg.toml: unknown table 'event' (did you mean 'events'?); "
-            "expected one of: events, topics, kafka, registry",
+            "expected one of: events, topics, kafka, registry, labels, train, features",
         ),
         (
             "name = 'x'\n",
             None,
             None,
-            "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry",
+            "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry, "
+            "labels, train, features",
         ),
         (
             "[events]\nid_feild = 'x'\n",
             "events",
             "id_feild",
             "cfg.toml: [events] id_feild: unknown key 'id_feild' (did you mean 'id_field'?); "
-            "expected one of: topic, id_field, time_field, time_encoding, key_field",
+            "expected one of: topic, id_field, time_field, time_encoding, key_field, key_format",
         ),
         (
             "[events]\ntime_field = 3\n",

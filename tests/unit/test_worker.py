@@ -169,11 +169,11 @@ def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
 
 
 def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> None:
+    from streamscore.dev import synthetic
+    from streamscore.dev.synthetic import demo_bundle
     from streamscore.models.runtime import load_bundle
     from streamscore.score.drift import PSI_ALERT_THRESHOLD
     from streamscore.score.worker import DriftTracker
-    from streamscore.train import synthetic
-    from streamscore.train.training import demo_bundle
 
     reg = CollectorRegistry()
     tracker = DriftTracker(Metrics(reg), window=4000)
