@@ -634,13 +634,6 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     check_output_subjects(predictions, telemetry)
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
-    # the output schemas registered (or found) before anything is consumed: a registry that
-    # refuses them stops the worker here, in one line, with nothing consumed or committed
-    for encoder in (predictions, telemetry):
-        try:
-            encoder.schema_id  # noqa: B018 (registers the schema)
-        except InfrastructureError as exc:  # away: the first batch retries it
-            log.warning("output schema not registered yet: %s", exc)
     limits, input_limit = _message_limits(env, scoring)
     producer_config = score_producer(env.kafka, scoring, limits)
 

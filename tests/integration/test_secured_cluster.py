@@ -30,6 +30,7 @@ from streamscore.dev.cluster_secure import (
     pem_cert,
 )
 from streamscore.dev.localcluster import LocalCluster
+from streamscore.dev.synthetic import demo_bundle
 from tests.processes import launch
 
 from .feedback_stack import produce_labels, wait_rows
@@ -69,15 +70,17 @@ def _assert_one_clear_line(log: str, *needles: str) -> None:
 
 
 def _publish_v1(stack: Stack, cluster: LocalCluster) -> None:
+    bundle = stack.tmp / "v1.bundle"
+    bundle.write_bytes(demo_bundle("ab", version=1).to_bytes())
     res = _cli(
         stack,
         secure_env(cluster, "publisher"),
         "model",
         "publish",
-        "--demo",
-        "ab",
-        "--version",
-        "1",
+        "--name",
+        "demo",
+        "--bundle",
+        str(bundle),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "published demo/primary v1" in res.stdout
