@@ -17,6 +17,7 @@ import fastavro
 import numpy as np
 from confluent_kafka.schema_registry import Schema, SchemaReference
 
+from streamscore.dev import synthetic
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer
 from streamscore.serde.wire import (
@@ -26,7 +27,6 @@ from streamscore.serde.wire import (
     inline_references,
     parse,
 )
-from streamscore.train import synthetic
 
 from .stack import Stack, WorkerProcess
 
