@@ -19,8 +19,16 @@ Environment (all optional unless said; each wins over the project file):
                                    versions, never register (production registries)
   STREAMSCORE_REGISTRY_SUBJECT_STRATEGY[_EVENTS|_PREDICTIONS|_TELEMETRY|_MODELS|_FEEDBACK]
                                    topic (default), record, topic-record
+  STREAMSCORE_KAFKA_<PROPERTY>     any librdkafka property for every Kafka client, dots as
+                                   underscores: STREAMSCORE_KAFKA_SSL_CA_LOCATION is
+                                   ssl.ca.location (over the project file's [kafka])
+  STREAMSCORE_KAFKA_CONSUMER_<PROPERTY>, _PRODUCER_<PROPERTY>, _ADMIN_<PROPERTY>
+                                   the same for one kind of client only
+  STREAMSCORE_KAFKA_..._FILE       the property's value is read from this file (secrets:
+                                   STREAMSCORE_KAFKA_SASL_PASSWORD_FILE=/run/secrets/pw)
   STREAMSCORE_SECURITY_PROTOCOL, STREAMSCORE_SASL_MECHANISM,
-  STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD        Kafka auth
+  STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD(_FILE)  older names of
+                                   STREAMSCORE_KAFKA_SECURITY_PROTOCOL etc. (still read)
   STREAMSCORE_SIGNING              ed25519 (default) or hmac (a shared secret: legacy)
   STREAMSCORE_SIGNING_KEY_FILE     publishers only: the Ed25519 private key written by
                                    `streamscore model keygen` (hmac: the shared secret)
@@ -121,15 +129,7 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     file = project or ProjectFile(path="")
     cache = env.get("STREAMSCORE_CACHE_DIR")
     cluster = ClusterSettings(cache_dir=Path(cache)) if cache else ClusterSettings()
-    kafka = KafkaSettings(
-        bootstrap_servers=env.get(
-            "STREAMSCORE_BOOTSTRAP", file.bootstrap_servers or cluster.bootstrap_servers
-        ),
-        security_protocol=env.get("STREAMSCORE_SECURITY_PROTOCOL", "PLAINTEXT"),
-        sasl_mechanism=env.get("STREAMSCORE_SASL_MECHANISM"),
-        sasl_username=env.get("STREAMSCORE_SASL_USERNAME"),
-        sasl_password=_secret(env, "STREAMSCORE_SASL_PASSWORD"),
-    )
+    kafka = kafka_settings(env, file, cluster.bootstrap_servers)
     registry = registry_settings(env, file, cluster.registry_url)
     signing = signing_settings(env)
     try:
@@ -273,6 +273,108 @@ def groundtruth_env(env: Mapping[str, str], file: ProjectFile) -> GroundTruthSet
     return replace(gt, uri=uri) if uri else gt
 
 
+#: ``STREAMSCORE_KAFKA_<NAME>``: a librdkafka property for every client (``_`` for ``.``:
+#: ``STREAMSCORE_KAFKA_SSL_CA_LOCATION`` is ``ssl.ca.location``);
+#: ``STREAMSCORE_KAFKA_CONSUMER_<NAME>`` (``_PRODUCER_``, ``_ADMIN_``): for one kind of
+#: client; ``<...>_FILE``: the value is the content of that file (secrets)
+KAFKA_ENV_PREFIX = "STREAMSCORE_KAFKA_"
+
+
+def _read_value_file(path: str, origin: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"cannot read {origin} at {path}: {why}") from None
+
+
+def kafka_properties_from_env(
+    env: Mapping[str, str],
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """``STREAMSCORE_KAFKA_*``: (scope ``*``/client kind -> property -> value, origins)."""
+    from .core.project import KAFKA_SCOPES
+
+    props: dict[str, dict[str, str]] = {}
+    origins: dict[str, str] = {}
+    for var in sorted(env):
+        if not var.startswith(KAFKA_ENV_PREFIX) or not env[var]:
+            continue
+        rest, scope = var[len(KAFKA_ENV_PREFIX) :], "*"
+        for kind in KAFKA_SCOPES:
+            if rest.startswith(f"{kind.upper()}_"):
+                rest, scope = rest[len(kind) + 1 :], kind
+        from_file = rest.endswith("_FILE")
+        if from_file:
+            rest = rest[: -len("_FILE")]
+        name = rest.lower().replace("_", ".")
+        if not name:
+            raise ConfigError(f"{var} names no Kafka property")
+        if name in props.get(scope, {}):
+            raise ConfigError(f"{var} sets {name!r}, which {origins[f'{scope}:{name}']} sets too")
+        value = _read_value_file(env[var], var) if from_file else env[var]
+        props.setdefault(scope, {})[name] = value
+        origins[f"{scope}:{name}"] = var
+    return props, origins
+
+
+def kafka_settings(
+    env: Mapping[str, str], file: ProjectFile, default_bootstrap: str
+) -> KafkaSettings:
+    """Kafka settings: for each scope (every client, then consumers / producers / admin
+    clients apart), the project file's ``[kafka]`` tables under the ``STREAMSCORE_KAFKA_*``
+    environment; a client kind's own properties win over the common ones. The older
+    ``STREAMSCORE_BOOTSTRAP``, ``STREAMSCORE_SECURITY_PROTOCOL`` and
+    ``STREAMSCORE_SASL_*`` still work (``STREAMSCORE_KAFKA_*`` wins over them)."""
+    from .core.project import FileRef
+
+    merged: dict[str, dict[str, str]] = {}
+    origins: dict[str, str] = {}
+    for scope, props in file.kafka.items():
+        table = "[kafka]" if scope == "*" else f"[kafka.{scope}]"
+        for name, value in props.items():
+            where = f"{file.path} {table} {name}"
+            merged.setdefault(scope, {})[name] = (
+                _read_value_file(value.path, where) if isinstance(value, FileRef) else value
+            )
+            origins[f"{scope}:{name}"] = where
+    # the older names, as if spelt STREAMSCORE_KAFKA_* (which wins over them)
+    translated = dict(env)
+    for old, prop in LEGACY_KAFKA_ENV.items():
+        for suffix in ("", "_FILE"):
+            if env.get(old + suffix) and not env.get(f"{KAFKA_ENV_PREFIX}{prop}{suffix}"):
+                translated[f"{KAFKA_ENV_PREFIX}{prop}{suffix}"] = env[old + suffix]
+    from_env, env_origins = kafka_properties_from_env(translated)
+    for key, var in env_origins.items():
+        legacy = [
+            o for o, prop in LEGACY_KAFKA_ENV.items() if var.startswith(KAFKA_ENV_PREFIX + prop)
+        ]
+        if legacy and var not in env:
+            env_origins[key] = legacy[0] + ("_FILE" if var.endswith("_FILE") else "")
+    for scope, props in from_env.items():
+        merged.setdefault(scope, {}).update(props)
+    origins.update(env_origins)
+    common = merged.get("*", {})
+    return KafkaSettings(
+        bootstrap_servers=common.pop("bootstrap.servers", default_bootstrap),
+        security_protocol=common.pop("security.protocol", "PLAINTEXT"),
+        extra=common,
+        consumer=merged.get("consumer", {}),
+        producer=merged.get("producer", {}),
+        admin=merged.get("admin", {}),
+        origins=origins,
+    )
+
+
+#: environment variables older than ``STREAMSCORE_KAFKA_*``: the property each sets
+LEGACY_KAFKA_ENV = {
+    "STREAMSCORE_BOOTSTRAP": "BOOTSTRAP_SERVERS",
+    "STREAMSCORE_SECURITY_PROTOCOL": "SECURITY_PROTOCOL",
+    "STREAMSCORE_SASL_MECHANISM": "SASL_MECHANISM",
+    "STREAMSCORE_SASL_USERNAME": "SASL_USERNAME",
+    "STREAMSCORE_SASL_PASSWORD": "SASL_PASSWORD",
+}
+
+
 def signing_settings(env: Mapping[str, str]) -> SigningSettings:
     try:
         scheme = SigningScheme(env.get("STREAMSCORE_SIGNING", "ed25519").strip().lower())
@@ -304,7 +406,26 @@ def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
     from .dev.cluster_cli import main_cluster
     from .dev.localcluster import LocalCluster
 
-    return main_cluster(args.action, LocalCluster(env.cluster, env.topics))
+    settings = env.cluster
+    if getattr(args, "secure", False):
+        settings = secure_cluster_settings(settings)
+    return main_cluster(args.action, LocalCluster(settings, env.topics))
+
+
+def secure_cluster_settings(plain: ClusterSettings) -> ClusterSettings:
+    """``cluster ... --secure``: the secured profile, beside the plain cluster (its own
+    run dir and ports, the same downloads)."""
+    from dataclasses import replace
+
+    return replace(
+        plain,
+        secure=True,
+        run_dir=Path(plain.cache_dir) / "run-secure",
+        kafka_port=plain.kafka_port + 100,
+        controller_port=plain.controller_port + 100,
+        registry_port=plain.registry_port + 100,
+        mtls_port=plain.kafka_port + 102,
+    )
 
 
 def _registry(env: Env) -> Any:
@@ -495,6 +616,9 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         return 0
     signer, verifier = publisher_keys(env.signing)
     role = Role(args.role)
+    from .kafka.access import preflight
+
+    preflight(env.kafka, None, "", read=[env.topics.models], write=[env.topics.models])
     if args.action == "publish":
         data = (
             topic.archived(args.name, args.from_archive, verifier)
@@ -535,8 +659,9 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     from confluent_kafka.admin import AdminClient
 
     from .kafka.admin import topic_limits
+    from .kafka.clients import admin_config
 
-    read = topic_limits(AdminClient(env.kafka.client_config()), [*outputs, t.events])
+    read = topic_limits(AdminClient(admin_config(env.kafka)), [*outputs, t.events])
     input_limit = read.pop(t.events, None)
     limits = OutputLimits(read)
     log.info("output record limits (max.message.bytes): %s", limits.as_dict())
@@ -548,6 +673,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from prometheus_client import CollectorRegistry
 
     from .core.records import Telemetry
+    from .kafka.access import preflight
     from .kafka.clients import score_consumer, score_producer
     from .kafka.delivery import AtLeastOnceSink, TransactionalSink
     from .metrics.series import Metrics, serve
@@ -591,6 +717,17 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         log.info("metrics on http://%s:%d/metrics", metrics_settings.host, server.port)
 
     reg = _registry(env)
+    t = env.topics
+    # credentials, certificates and ACLs first: one clear line and exit 1 if refused
+    preflight(
+        env.kafka,
+        reg,
+        redact_urls(env.registry.url),
+        read=[t.events, t.models],
+        write=[t.predictions, t.telemetry, t.dlq]
+        + ([t.late] if scoring.late_policy is LatePolicy.ROUTE else []),
+        group=scoring.group_id,
+    )
     cache = WriterSchemaCache(reg)
     reader_schema = (
         schemas.load("event")
@@ -766,7 +903,9 @@ def cmd_demo(args: argparse.Namespace, env: Env) -> int:
         keep_cluster=not args.down,
     )
     settings.results_dir.mkdir(parents=True, exist_ok=True)
-    external = "STREAMSCORE_BOOTSTRAP" in os.environ
+    external = bool(
+        {"STREAMSCORE_BOOTSTRAP", f"{KAFKA_ENV_PREFIX}BOOTSTRAP_SERVERS"} & set(os.environ)
+    )
     demo = Demo(settings, env.kafka, env.registry, None if external else env.cluster)
     try:
         summary = demo.run()
@@ -796,6 +935,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cluster", help="local Kafka (KRaft) + Apicurio Registry on loopback")
     c.add_argument("action", choices=["install", "up", "down", "reset", "status"])
+    c.add_argument(
+        "--secure",
+        action="store_true",
+        help="the secured profile (SASL_SSL + SCRAM users, a mutual-TLS listener, ACLs, "
+        "registry over TLS) on ports 19192 (19194: mutual TLS) and 18181, beside the "
+        "plain cluster",
+    )
     c.set_defaults(func=cmd_cluster)
 
     s = sub.add_parser("score", help="run a score worker")
@@ -957,6 +1103,19 @@ def setup_logging(*, verbose: bool = False) -> None:
     redact.install()
 
 
+def _bad_client_setting(exc: Exception) -> str | None:
+    """librdkafka's refusal of a property (an unknown name, a bad value) as one line."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if not isinstance(err, KafkaError) or err.code() != KafkaError._INVALID_ARG:
+        return None
+    return (
+        f"a Kafka client setting was refused: {redact_urls(err.str())}; check the project "
+        "file's [kafka] tables and the STREAMSCORE_KAFKA_* environment"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
@@ -966,6 +1125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, env))
     except StreamscoreError as exc:
         print(f"streamscore: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        bad = _bad_client_setting(exc)
+        if bad is None:
+            raise
+        print(f"streamscore: ConfigError: {bad}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

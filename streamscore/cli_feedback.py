@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .core.records import Role, Task
+from .core.redact import redact_urls
 from .serde import schemas
 
 if TYPE_CHECKING:
@@ -156,8 +157,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
-    from .kafka.clients import feedback_consumer, plain_producer, router_consumer
+    from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
@@ -214,6 +216,15 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         report.unmatched_version,
     )
     reg = _registry(env)
+    preflight(
+        env.kafka,
+        reg,
+        redact_urls(env.registry.url),
+        read=[env.topics.predictions, env.topics.feedback],
+        write=[env.topics.dlq, env.topics.telemetry]
+        + ([env.topics.models] if promo.enabled else []),
+        group=args.group_id,
+    )
     cache = WriterSchemaCache(reg)
     decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
     # the user's label schema (any, from the registry) or the project's feedback schema
@@ -242,7 +253,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         return ok
 
     # the join topic: predictions and labels re-keyed by event id (feedback_router.py)
-    admin = AdminClient(env.kafka.client_config())
+    admin = AdminClient(admin_config(env.kafka))
     topics = RouteTopics(
         predictions=env.topics.predictions,
         feedback=env.topics.feedback,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
@@ -105,18 +105,127 @@ def _frozen(m: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(m or {}))
 
 
+#: The kinds of Kafka client streamscore creates; each may have its own properties
+#: (``[kafka.consumer]``, ``STREAMSCORE_KAFKA_CONSUMER_*``, ...) over the common ones.
+ClientKind = Literal["consumer", "producer", "admin"]
+CLIENT_KINDS: tuple[ClientKind, ...] = ("consumer", "producer", "admin")
+
+#: A librdkafka property's value as the user gave it (secrets wrapped, see
+#: :func:`streamscore.core.redact.is_secret_property`).
+PropertyValue = str | Secret
+
+#: librdkafka properties whose value streamscore sets itself because its guarantees rest
+#: on them: a user value that differs from streamscore's for that client is refused
+#: (:class:`ConfigError` naming the property), never applied. Value: why, and what to use
+#: instead.
+OWNED_PROPERTIES: Mapping[str, str] = MappingProxyType(
+    {
+        "enable.auto.commit": "offsets are committed only after a batch's outputs are "
+        "acknowledged (at-least-once) or inside its transaction (--exactly-once)",
+        "enable.auto.offset.store": "a batch's offsets are stored only once its outputs "
+        "are acknowledged",
+        "isolation.level": "streamscore reads committed data only (read_committed)",
+        "enable.idempotence": "outputs are written by an idempotent producer (no duplicates "
+        "from producer retries)",
+        "acks": "an output counts as written only when every in-sync replica has it (all)",
+        "transactional.id": "each worker's transactional id is derived from --group-id and "
+        "--worker-id by --exactly-once",
+        "group.id": "the consumer group is chosen with --group-id",
+        "enable.partition.eof": "the model topic is read to its end before scoring starts",
+        "partition.assignment.strategy": "the assignment protocol each loop's rebalance "
+        "handling is written for",
+        "auto.offset.reset": "a new group starts from the beginning: no event is skipped",
+        "delivery.report.only.error": "the exactly-once sink's accounting of refused outputs",
+        "metadata.recovery.strategy": "reconnecting to the known brokers after an outage "
+        "(librdkafka#5511)",
+    }
+)
+
+
+def _same_value(a: object, b: object) -> bool:
+    def norm(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v).strip().lower()
+
+    return norm(a) == norm(b)
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
+    """How every Kafka client connects. ``extra`` holds librdkafka properties for every
+    client, ``consumer``/``producer``/``admin`` those for one kind of client (applied
+    over ``extra``); the CLI fills them from the project file's ``[kafka]`` tables and the
+    ``STREAMSCORE_KAFKA_*`` environment. Secret values are :class:`Secret` (never shown);
+    ``origins`` says where each property came from (``"<kind or *>:<name>"`` -> a file
+    table or an environment variable), for error messages."""
+
     bootstrap_servers: str = "127.0.0.1:19092"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = None
-    #: Extra librdkafka properties, applied last (never logged: may hold credentials).
-    extra: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+    #: librdkafka properties for every client, applied over streamscore's own settings
+    #: (a property streamscore owns, :data:`OWNED_PROPERTIES`, only with the same value)
+    extra: Mapping[str, PropertyValue] = field(default_factory=lambda: _frozen(None))
+    consumer: Mapping[str, PropertyValue] = field(default_factory=lambda: _frozen(None))
+    producer: Mapping[str, PropertyValue] = field(default_factory=lambda: _frozen(None))
+    admin: Mapping[str, PropertyValue] = field(default_factory=lambda: _frozen(None))
+    origins: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+
+    def __post_init__(self) -> None:
+        from .redact import is_secret_property
+
+        for scope in ("extra", *CLIENT_KINDS):
+            props: dict[str, PropertyValue] = {}
+            for name, value in getattr(self, scope).items():
+                if not isinstance(value, Secret) and is_secret_property(name):
+                    value = Secret(str(value))
+                props[name] = value
+            object.__setattr__(self, scope, MappingProxyType(props))
+            if "transactional.id" in props:
+                raise ConfigError(self._refusal("transactional.id", scope, None))
+        object.__setattr__(self, "origins", MappingProxyType(dict(self.origins)))
+
+    def __repr__(self) -> str:
+        def show(m: Mapping[str, PropertyValue]) -> dict[str, str]:
+            return {k: repr(v) if isinstance(v, Secret) else v for k, v in m.items()}
+
+        return (
+            f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"security_protocol={self.security_protocol!r}, "
+            f"sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r}, "
+            f"sasl_password={self.sasl_password!r}, extra={show(self.extra)}, "
+            f"consumer={show(self.consumer)}, producer={show(self.producer)}, "
+            f"admin={show(self.admin)})"
+        )
+
+    def _origin(self, name: str, scope: str) -> str:
+        kind = "*" if scope == "extra" else scope
+        return self.origins.get(f"{kind}:{name}") or (
+            "[kafka]" if scope == "extra" else f"[kafka.{scope}]"
+        )
+
+    def _refusal(self, name: str, scope: str, ours: object) -> str:
+        given = "" if ours is None else f" (streamscore sets {ours!r} for this client)"
+        return (
+            f"Kafka property {name!r} from {self._origin(name, scope)} cannot be set{given}: "
+            f"{OWNED_PROPERTIES.get(name, 'streamscore sets it')}; remove it"
+        )
 
     def client_config(self) -> dict[str, Any]:
         """The librdkafka properties shared by every client (secrets revealed here only)."""
+        return self.config(None)
+
+    def config(
+        self, kind: ClientKind | None, ours: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One client's librdkafka properties: the connection, then streamscore's own
+        settings for it (``ours``), then the user's (``extra``, then ``kind``'s own).
+        A user property that :data:`OWNED_PROPERTIES` lists raises :class:`ConfigError`
+        naming it when it differs from streamscore's value for this client, or when it is
+        given for this kind of client and streamscore does not set it; given for every
+        client, it is left out of the clients that do not use it."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
@@ -135,7 +244,20 @@ class KafkaSettings:
             conf["sasl.username"] = self.sasl_username
         if self.sasl_password is not None:
             conf["sasl.password"] = self.sasl_password.reveal()
-        conf.update(self.extra)
+        conf.update(ours or {})
+        scopes: list[str] = ["extra"] if kind is None else ["extra", kind]
+        for scope in scopes:
+            for name, value in getattr(self, scope).items():
+                if name in OWNED_PROPERTIES:
+                    if name in conf and _same_value(conf[name], value):
+                        continue
+                    # not set by streamscore for this kind of client: one given for every
+                    # client is not this one's (isolation.level on a producer); one given
+                    # for this kind, or a different value, would change what it relies on
+                    if name in conf or scope != "extra":
+                        raise ConfigError(self._refusal(name, scope, conf.get(name)))
+                    continue
+                conf[name] = value.reveal() if isinstance(value, Secret) else value
         return conf
 
 
@@ -493,6 +615,12 @@ class ClusterSettings:
     run_dir: Path | None = None
     #: extra JVM options for both servers (e.g. a smaller GC footprint in tests)
     jvm_opts: tuple[str, ...] = ()
+    #: the secured profile: SASL_SSL (SCRAM-SHA-512) listener, ACLs, registry over TLS
+    #: (``streamscore.dev.cluster_secure``)
+    secure: bool = False
+    #: the secured profile's mutual-TLS listener (``SSL``, client certificates
+    #: required; principals ``User:CN=<user>``); None: none
+    mtls_port: int | None = None
 
     @property
     def run_path(self) -> Path:
@@ -504,7 +632,8 @@ class ClusterSettings:
 
     @property
     def registry_url(self) -> str:
-        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.host}:{self.registry_port}/apis/ccompat/v7"
 
 
 # ------------------------------------------------- the project file's labels and recipe

@@ -405,6 +405,15 @@ class DeliveryError(KafkaIOError):
     reason = "delivery"
 
 
+class AccessError(KafkaIOError):
+    """The cluster (or the registry) refuses this process: wrong credentials, a
+    certificate it does not trust, or a missing ACL. Not an outage: retrying cannot help,
+    a setting must change; the message names the cause and the setting to check. The
+    process exits (non-zero) without committing the input it could not process."""
+
+    reason = "access"
+
+
 class TransactionFailedError(KafkaIOError):
     """An exactly-once transaction can neither complete nor be aborted (fenced, a fatal
     producer error, or the broker away past the retry budget): the worker must exit."""

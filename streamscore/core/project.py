@@ -16,8 +16,12 @@ passes silently)::
     [topics]                        # the other topics: predictions, telemetry, models,
     predictions = "payments.scores" # feedback, dlq, late
 
-    [kafka]
-    bootstrap_servers = "broker:9092"
+    [kafka]                         # librdkafka properties for every client
+    "bootstrap.servers" = "broker:9092"   # (bootstrap_servers: the same)
+    "security.protocol" = "SASL_SSL"      # dotted keys unquoted work too
+    "sasl.password" = { file = "/run/secrets/kafka-password" }   # a secret from a file
+    [kafka.consumer]                # only consumers (also [kafka.producer], [kafka.admin])
+    "fetch.wait.max.ms" = 20
 
     [registry]
     url = "https://registry:8081"
@@ -113,7 +117,8 @@ TOPIC_KEYS = ("predictions", "telemetry", "models", "feedback", "dlq", "late")
 _TABLES: dict[str, tuple[str, ...]] = {
     "events": ("topic", "id_field", "time_field", "time_encoding", "key_field", "key_format"),
     "topics": TOPIC_KEYS,
-    "kafka": ("bootstrap_servers",),
+    # any librdkafka property (read by _kafka_properties); listed for suggestions only
+    "kafka": ("bootstrap_servers", "consumer", "producer", "admin"),
     "registry": (
         "url",
         "ssl_ca_location",
@@ -186,6 +191,19 @@ class ProjectFile:
     #: ``[registry]`` beyond its url: setting name -> value (see :func:`_registry_table`)
     registry: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     groundtruth: GroundTruthSettings | None = None
+    #: ``[kafka]`` (scope ``"*"``) and ``[kafka.consumer|producer|admin]``: librdkafka
+    #: property -> value (a string, or a :class:`FileRef` the CLI reads)
+    kafka: Mapping[str, Mapping[str, str | FileRef]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A property whose value is the content of a file (``{ file = "/path" }``): read by
+    the CLI, never by this module."""
+
+    path: str
 
 
 def _suggest(word: str, choices: tuple[str, ...]) -> str:
@@ -213,7 +231,7 @@ class _Table:
         if not isinstance(data, dict):
             raise self.error(f"must be a table, not {_type_name(data)}")
         allowed = _TABLES.get(name) or _ARRAYS[name]
-        for key in data:
+        for key in data if name != "kafka" else ():
             if name == "topics" and key == "events":
                 raise ProjectFileError(
                     "the events topic is set by [events] topic", path=path, table=name, key=key
@@ -391,6 +409,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
                 topics[key] = v
     kafka = got.get("kafka")
     registry = got.get("registry")
+    props = _kafka_properties(kafka) if kafka is not None else {}
     labels = None if "labels" not in got else _labels(got["labels"])
     gt = got.get("groundtruth")
     return ProjectFile(
@@ -398,8 +417,9 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
         events=events,
         events_topic=ev.string("topic", _TOPIC_NAME, topic_name),
         topics=MappingProxyType(topics),
-        bootstrap_servers=None if kafka is None else kafka.string("bootstrap_servers"),
+        bootstrap_servers=_bootstrap(kafka, props),
         registry_url=None if registry is None else registry.string("url"),
+        kafka=MappingProxyType({k: MappingProxyType(v) for k, v in props.items()}),
         features=_features(path, data["features"]) if "features" in data else None,
         labels=labels,
         train=None if "train" not in got else _train(got["train"], labels),
@@ -642,3 +662,72 @@ def _groundtruth(t: _Table) -> GroundTruthSettings:
         )
     except ConfigError as exc:
         raise t.error(exc.message, "uri") from None
+
+
+#: ``[kafka]`` sub-tables: properties for one kind of client only
+KAFKA_SCOPES = ("consumer", "producer", "admin")
+_PROPERTY_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*\Z")
+
+
+def _property_value(table: _Table, name: str, v: Any) -> str | FileRef:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and set(v) == {"file"} and isinstance(v["file"], str):
+        return FileRef(v["file"])
+    raise table.error(
+        f'must be a string, a number, a boolean or {{ file = "<path>" }}, '
+        f"not {_type_name(v)} ({v!r})",
+        name,
+    )
+
+
+def _flatten(table: _Table, data: dict[str, Any], prefix: str) -> dict[str, str | FileRef]:
+    """TOML reads ``ssl.ca.location = "x"`` as nested tables: back to dotted names."""
+    out: dict[str, str | FileRef] = {}
+    for key, v in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(v, dict) and set(v) != {"file"}:
+            out.update(_flatten(table, v, f"{name}."))
+            continue
+        if not _PROPERTY_NAME.match(name):
+            raise table.error(
+                "is not a librdkafka property name (lower case, dotted: ssl.ca.location)", name
+            )
+        out[name] = _property_value(table, name, v)
+    return out
+
+
+def _kafka_properties(table: _Table) -> dict[str, dict[str, str | FileRef]]:
+    """``[kafka]`` and its sub-tables: scope (``*`` or a client kind) -> properties."""
+    common = {k: v for k, v in table.data.items() if k not in KAFKA_SCOPES}
+    out: dict[str, dict[str, str | FileRef]] = {"*": _flatten(table, common, "")}
+    if "bootstrap_servers" in out["*"]:  # the older spelling
+        if "bootstrap.servers" in out["*"]:
+            raise table.error(
+                "is given twice (bootstrap_servers and bootstrap.servers)", "bootstrap_servers"
+            )
+        out["*"]["bootstrap.servers"] = out["*"].pop("bootstrap_servers")
+    for scope in KAFKA_SCOPES:
+        if scope in table.data:
+            sub = _Table(table.path, "kafka", {})
+            sub.name = f"kafka.{scope}"
+            if not isinstance(table.data[scope], dict):
+                raise sub.error(f"must be a table, not {_type_name(table.data[scope])}")
+            out[scope] = _flatten(sub, table.data[scope], "")
+            if "bootstrap.servers" in out[scope]:
+                raise sub.error("goes in [kafka] (every client)", "bootstrap.servers")
+    return out
+
+
+def _bootstrap(table: _Table | None, props: Mapping[str, Mapping[str, Any]]) -> str | None:
+    if table is None:
+        return None
+    v = props.get("*", {}).get("bootstrap.servers")
+    key = "bootstrap_servers" if "bootstrap_servers" in table.data else "bootstrap.servers"
+    if v is not None and (not isinstance(v, str) or not v.strip()):
+        raise table.error("must be a non-empty string of host:port pairs", key)
+    return v

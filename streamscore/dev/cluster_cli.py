@@ -42,6 +42,22 @@ def s3_status(cluster: LocalCluster) -> str:
     )
 
 
+def secure_help(cluster: LocalCluster) -> str:
+    """How a process connects to the secured profile, as one of its principals."""
+    from .cluster_secure import USERS, client_env
+
+    files = cluster.secure_files
+    assert files is not None
+    lines = [
+        f"secured profile: CA {files.ca}; users {', '.join(USERS)} "
+        f"(passwords in {files.root}/<user>.password)",
+        "a score worker's environment:",
+    ]
+    env = client_env(cluster.settings, files, "score")
+    lines += [f"  export {k}={v}" for k, v in env.items()]
+    return "\n".join(lines)
+
+
 def main_cluster(action: str, cluster: LocalCluster) -> int:
     """``streamscore cluster install|up|down|reset|status``. Exit codes: 0 ok, 1 error,
     2 unknown action, 3 ``status`` of a cluster that is not (fully) running."""
@@ -57,6 +73,8 @@ def main_cluster(action: str, cluster: LocalCluster) -> int:
             cluster.up_s3()
             print(s3_status(cluster))
             print(f"(took {time.monotonic() - t0:.1f}s)")
+            if cluster.secure_files is not None:
+                print(secure_help(cluster))
             return 0
         if action == "down":
             cluster.down()

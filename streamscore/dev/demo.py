@@ -44,6 +44,7 @@ from ..core.config import (
 )
 from ..core.records import Role
 from ..kafka.admin import create_topics, standard_topics
+from ..kafka.clients import admin_config
 from ..models.publish import ModelTopic
 from ..models.signing import Ed25519Signer, keygen
 from ..serde import schemas
@@ -163,7 +164,7 @@ class Demo:
             model_partitions=1,
             model_topic_max_bytes=MODEL_MAX_BYTES + 65536,
         )
-        create_topics(AdminClient(self.kafka.client_config()), specs, exist_ok=False)
+        create_topics(AdminClient(admin_config(self.kafka)), specs, exist_ok=False)
 
     def _child_env(self, *, background: bool = False, publisher: bool = False) -> dict[str, str]:
         # the caller's own signing settings are not handed on: the children use the demo's
@@ -203,7 +204,7 @@ class Demo:
         after traffic starts, about 1 % of a minute's events: the p99 itself."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.kafka.client_config())
+        admin = AdminClient(admin_config(self.kafka))
         if not wait_settled(admin, group_id, self.topics.events, members, timeout):
             print(
                 f"demo: the score workers' group did not settle in {timeout:.0f}s; starting anyway",

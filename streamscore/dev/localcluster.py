@@ -66,6 +66,17 @@ from .cluster_config import (
 from .cluster_install import Installer
 from .cluster_processes import ServerProcess, check_java, port_answers, port_in_use, tail
 from .s3proxy import S3Endpoint, S3Proxy
+from .cluster_secure import (
+    SecureFiles,
+    acl_bindings,
+    apply_acls,
+    client_properties,
+    ensure_material,
+    process_acls,
+    scram_format_args,
+    secure_broker_properties,
+    secure_registry_properties,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +124,10 @@ class LocalCluster:
             )
             for role in (KAFKA, REGISTRY)
         }
+        #: the secured profile's CA, certificates and users (None: a plain cluster)
+        self.secure_files: SecureFiles | None = (
+            SecureFiles(self.run_dir / "secure") if settings.secure else None
+        )
         self._lock_depth: dict[Path, int] = {}
         self._lock_fd: dict[Path, int] = {}
 
@@ -163,6 +178,8 @@ class LocalCluster:
                     started.append(REGISTRY)
                 self._wait_ready(t0, (KAFKA, REGISTRY))
                 self.create_topics()
+                if self.secure_files is not None:
+                    self.grant_defaults()
                 log.info("local cluster up in %.1fs", time.monotonic() - t0)
             except BaseException:
                 for role in started:
@@ -263,7 +280,7 @@ class LocalCluster:
 
         from ..kafka.admin import create_topics, standard_topics
 
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers, "log_level": 0})
+        admin = AdminClient({**self.client_config(), "log_level": 0})
         specs = standard_topics(
             self.topics,
             partitions=self.settings.partitions,
@@ -273,6 +290,29 @@ class LocalCluster:
             create_topics(admin, specs, wait_for_leaders=False)
         except KafkaIOError as e:
             raise ClusterError(str(e)) from e
+
+    def client_config(self, user: str = "admin") -> dict[str, Any]:
+        """librdkafka properties of a client of this cluster (secured: as ``user``)."""
+        if self.secure_files is None:
+            return {"bootstrap.servers": self.settings.bootstrap_servers}
+        return dict(client_properties(self.settings, self.secure_files, user))
+
+    def grant_defaults(self) -> None:
+        """The secured profile's ACLs for the default topics and groups: each process
+        (score, feedback, publisher) under its own principal."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({**self.client_config(), "log_level": 0})
+        groups = {
+            "score": "streamscore-score",
+            "feedback": "streamscore-feedback",
+            "publisher": "-",
+        }
+        for role, group in groups.items():
+            grants = process_acls(role, self.topics, group)
+            apply_acls(admin, acl_bindings(role, grants))
+            if self.settings.mtls_port is not None:  # the same process by its certificate
+                apply_acls(admin, acl_bindings(f"CN={role}", grants))
 
     # --------------------------------------------------------------------- start
 
@@ -301,7 +341,13 @@ class LocalCluster:
         server = self._servers[KAFKA]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.run_dir / "server.properties"
-        props.write_text(render_server_properties(self.settings, self.data_dir))
+        overrides: dict[str, str] = {}
+        scram: list[str] = []
+        if self.secure_files is not None:
+            files = ensure_material(self.run_dir, self.settings.host)
+            overrides = secure_broker_properties(self.settings, files)
+            scram = scram_format_args(files)
+        props.write_text(render_server_properties(self.settings, self.data_dir, overrides))
         log4j = self.run_dir / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES)
         server.rotate_log()
@@ -325,6 +371,7 @@ class LocalCluster:
             random_cluster_id(),
             "-c",
             str(props),
+            *scram,  # the secured profile's SCRAM users, created with the storage
         ]
         with server.log.open("ab") as out:
             res = subprocess.run(
@@ -353,6 +400,9 @@ class LocalCluster:
             **APICURIO_PROPERTIES,
             **registry_storage_properties(self.run_dir),
         }
+        if self.secure_files is not None:
+            files = ensure_material(self.run_dir, self.settings.host)
+            props.update(secure_registry_properties(self.settings, files))
         server.rotate_log()
         cmd = [
             *self._jvm_base(java, server, self.settings.registry_heap),
@@ -403,7 +453,7 @@ class LocalCluster:
 
         return AdminClient(
             {
-                "bootstrap.servers": self.settings.bootstrap_servers,
+                **self.client_config(),
                 "socket.timeout.ms": timeout_ms,
                 "log_level": 0,  # no connection-refused noise on stderr while starting
             }
@@ -423,9 +473,16 @@ class LocalCluster:
     def _registry_ready(self) -> bool:
         if not port_answers(self.settings.host, self.settings.registry_port):
             return False
+        context = None
+        if self.secure_files is not None:
+            import ssl
+
+            if not self.secure_files.ca.is_file():
+                return False
+            context = ssl.create_default_context(cafile=str(self.secure_files.ca))
         try:
             with urllib.request.urlopen(
-                self.settings.registry_url + "/subjects", timeout=2
+                self.settings.registry_url + "/subjects", timeout=2, context=context
             ) as resp:
                 return int(resp.status) == 200
         except (urllib.error.URLError, OSError, ValueError):

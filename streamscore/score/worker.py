@@ -20,8 +20,9 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.config import ScoringSettings, TopicSettings
-from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
+from ..core.errors import AccessError, InfrastructureError, OutputTooLargeError, StreamscoreError
 from ..core.records import Telemetry
+from ..kafka.access import access_error
 from ..kafka.dead_letters import dead_letter, source_headers
 from ..kafka.delivery import (
     AtLeastOnceSink,
@@ -296,6 +297,9 @@ class ScoreLoop:
                 err = m.error()
                 if err is None:
                     continue
+                refused = access_error(None, err, topic=m.topic())
+                if refused is not None:  # credentials, TLS, an ACL: no retry can help
+                    raise refused
                 if err.fatal():
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -511,6 +515,8 @@ class ScoreLoop:
         log.info("stopping: draining outputs, committing, leaving the group")
         try:
             self._sink.drain()
+        except AccessError:  # the cause is reported once, by whoever stops the worker
+            log.info("outputs refused on shutdown too: their input offsets stay uncommitted")
         except StreamscoreError as exc:
             log.error("could not drain outputs on shutdown: %s", exc)
         finally:

@@ -444,6 +444,18 @@ def registry_client(conf: dict[str, Any]) -> Any:
     return SchemaRegistryClient.new_client(conf)
 
 
+def _refusal_hint(status: int) -> str:
+    """What to check when the registry refuses an output schema (HTTP ``status``)."""
+    if status in (401, 403):
+        return (
+            "this client may not register schemas there: register the subject beforehand, "
+            "or check the registry credentials (STREAMSCORE_REGISTRY_USER / _PASSWORD)"
+        )
+    if status == 409:
+        return "the schema is incompatible with the subject's history: check its compatibility"
+    return "check the subject and the schema"
+
+
 @dataclass(frozen=True)
 class WriterSchema:
     """What a writer writes: the wire header (its schema id) and the schema (JSON) the
@@ -468,7 +480,7 @@ def _refusal(exc: Exception, subject: str, doing: str) -> StreamscoreError:
     if status is not None and status < 500:
         return SchemaRegistrationError(
             f"registry refused {doing} subject {subject!r} "
-            f"(status {status}): {getattr(exc, 'error_message', exc)}"
+            f"(status {status}): {getattr(exc, 'error_message', exc)}; {_refusal_hint(status)}"
         )
     return RegistryUnavailableError(
         f"schema registry failed while {doing} subject {subject!r}: "

@@ -19,6 +19,7 @@ These tests are never skipped for lack of Docker: option 3 needs only Java and M
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -244,12 +245,40 @@ def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalC
         cluster.down()
 
 
+@pytest.fixture(scope="session")
+def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The secured profile (``streamscore cluster up --secure``): SASL_SSL with SCRAM
+    users ``admin`` (super user), ``score``, ``feedback``, ``publisher``, a private CA,
+    the StandardAuthorizer with ACLs, the registry over TLS. Its own run dir and free
+    ports; started once per session, by the first test that asks for it, and stopped at
+    the end of the session. ``secure_files`` holds the CA and the users' password files."""
+    import logging
+    import time
+
+    settings = dataclasses.replace(
+        private_cluster_settings(tmp_path_factory.mktemp("secure-cluster")),
+        secure=True,
+        mtls_port=free_port(),
+    )
+    cluster = LocalCluster(settings, TopicSettings())
+    try:
+        t0 = time.monotonic()
+        cluster.up()
+        logging.getLogger(__name__).warning(
+            "secured cluster started in %.1f s", time.monotonic() - t0
+        )
+        yield cluster
+    finally:
+        cluster.down()
+
+
 # Factories for worker / stack tests (topics per test, worker processes, readers).
 from .stack import (  # noqa: E402, F401
     free_port,
     make_private_worker,
     make_worker,
     private_stack,
+    secure_stack,
     stack,
     topic_factory,
 )
