@@ -170,7 +170,7 @@ def bench_decode(batch: int, batches: int, repeats: int) -> None:
         )
 
 
-_STAGES = ("decode", "validate", "features", "predict", "encode", "produce")
+_STAGES = ("decode", "validate", "features", "predict", "encode", "produce", "drift")
 
 
 def _hist_sum(m: Metrics, stage: str) -> float:

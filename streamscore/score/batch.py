@@ -556,6 +556,14 @@ def _sources(messages: Sequence[InMessage], v_good: list[int]) -> Callable[[int]
     return lambda row: messages[v_good[row]]
 
 
+def _total_len(chunks: list[bytes] | list[bytes | None]) -> int:
+    """The bytes of ``chunks`` together (None counts 0)."""
+    try:
+        return len(b"".join(chunks))  # type: ignore[arg-type]
+    except TypeError:  # a None among them
+        return sum(map(len, filter(None, chunks)))
+
+
 def _drop_oversized(
     out: ScoredBatch,
     encoded: list[bytes],
@@ -565,8 +573,14 @@ def _drop_oversized(
     v_good: list[int],
 ) -> None:
     """Events with a prediction larger than ``limit`` are dead-lettered, not predicted
-    (none of their predictions is produced: consumed = predicted + dead-lettered). One
-    pass of C-level ``len`` calls per batch when nothing is too large."""
+    (none of their predictions is produced: consumed = predicted + dead-lettered).
+
+    Per batch, a bound first: no record is larger than all of the batch's keys and values
+    together, which two C-level joins measure (no Python call per record); only when that
+    bound does not fit, the largest key and value, and only when those do not fit either,
+    each record."""
+    if _total_len(encoded) + _total_len(rec_keys) + RECORD_OVERHEAD <= limit:
+        return
     longest = max(map(len, encoded)) + max(map(len, filter(None, rec_keys)), default=0)
     if longest + RECORD_OVERHEAD <= limit:
         return
