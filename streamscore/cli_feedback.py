@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
-from .core.records import Role, Task
+from .core.records import Prediction, Role, Task
 from .serde import schemas
 
 if TYPE_CHECKING:
@@ -83,6 +83,20 @@ def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel |
 # ----------------------------------------------------------------------- feedback
 
 
+def join_window_ms(args: argparse.Namespace) -> int:
+    """``--window`` (a duration with its unit), or the deprecated ``--window-s``."""
+    from .core.config import duration_ms
+
+    if args.window is not None and args.window_s is not None:
+        raise ConfigError("give --window or the deprecated --window-s, not both")
+    if args.window_s is not None:
+        log.warning("--window-s is deprecated: use --window (e.g. --window %gs)", args.window_s)
+        if args.window_s <= 0:
+            raise ConfigError(f"--window-s must be > 0, got {args.window_s}")
+        return int(args.window_s * 1000)
+    return duration_ms(args.window if args.window is not None else "1h")
+
+
 def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient
@@ -101,6 +115,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
     from .kafka.admin import ensure_topic, partition_count
+    from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
     from .kafka.clients import feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
@@ -214,7 +229,16 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         if producer.flush(10):
             raise DeliveryError("a dead letter was not acknowledged within 10 s")
 
-    join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
+    window_ms = join_window_ms(args)
+    join = JoinState(
+        window_ms,
+        already_written=store.contains,
+        decode_prediction=lambda raw: Prediction.from_avro(decode_pred(raw)),
+    )
+    # the join state's changelog: one compacted partition per join partition
+    changelog_topic = changelog_topic_for(topics.join)
+    ensure_topic(admin, changelog_topic, n_join, dict(CHANGELOG_CONFIG))
+    changelog = Changelog.connect(env.kafka, args.group_id, worker_id)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,
@@ -254,18 +278,23 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         on_decision=on_decision,
         stop=stop,
         dead_letter=dead_letter,
+        changelog=changelog,
+        state_dir=Path(args.state_dir) / args.group_id,
+        cache_entries=args.cache_entries,
         checkpoint_s=args.checkpoint_s,
     )
     log.info(
         "feedback worker %s: joining %s with %s through %s (%d partitions; group %s, "
-        "window %.0f s, auto-promote %s)",
+        "window %.0f s, state in %s, changelog %s, auto-promote %s)",
         worker_id,
         topics.feedback,
         topics.predictions,
         topics.join,
         n_join,
         args.group_id,
-        args.window_s,
+        window_ms / 1000,
+        args.state_dir,
+        changelog_topic,
         "on" if promo.enabled else "off",
     )
     router_thread = threading.Thread(target=run_router, name="feedback-router", daemon=True)
@@ -277,6 +306,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         stop.set()
         router_thread.join(30)
         producer.flush(10)
+        changelog.close()
         store.close()
         if server is not None:
             server.stop()
@@ -384,10 +414,22 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--worker-id", default=None)
     f.add_argument("--store-dir", default="groundtruth", help="ground-truth store directory")
     f.add_argument(
-        "--window-s", type=float, default=3600.0, help="join window in event-time seconds"
+        "--window",
+        default=None,
+        help="join window in event time, with a unit: 90m, 36h, 30d, 2w (default 1h)",
+    )
+    f.add_argument("--window-s", type=float, default=None, help="deprecated: --window in seconds")
+    f.add_argument(
+        "--state-dir",
+        default="feedback-state",
+        help="where the join state lives (RocksDB per join partition, under <group-id>/); "
+        "restored from the changelog topic when empty",
     )
     f.add_argument(
-        "--max-pending", type=int, default=500_000, help="cap on event ids held in the join"
+        "--cache-entries",
+        type=int,
+        default=100_000,
+        help="join-state entries kept decoded in memory per partition (the rest on disk)",
     )
     f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
     f.add_argument(
