@@ -41,11 +41,20 @@ class FeedbackProcess(WorkerProcess):
 def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProcess]]:
     started: list[FeedbackProcess] = []
 
-    def start(store_dir: Path, *args: str, group_id: str | None = None) -> FeedbackProcess:
+    def start(
+        store_dir: Path,
+        *args: str,
+        group_id: str | None = None,
+        state_dir: Path | None = None,
+    ) -> FeedbackProcess:
+        """A feedback worker; ``state_dir`` (its join state) defaults to one of its own,
+        as on another host."""
         f = launch(
             "feedback",
             "--store-dir",
             str(store_dir),
+            "--state-dir",
+            str(state_dir or stack.tmp / f"state-{len(started)}"),
             "--checkpoint-s",
             "0.5",
             *args,

@@ -183,7 +183,7 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     group = f"{stack.group_id}-fb-restart"
     stack.publish("ab", version=1)
     make_worker("w1")
-    fb = make_feedback(store, "--window-s", "600", group_id=group)
+    fb = make_feedback(store, "--window", "10m", group_id=group)
 
     a = produce_world(stack, 3000, seed=31)
     items = list(a.items())
@@ -204,7 +204,7 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     b_truth = produce_world(stack, 2000, seed=32)
     b_first = dict(list(b_truth.items())[:1000])
     produce_labels(stack, b_first)  # labels before or while their predictions flow
-    fb2 = make_feedback(store, "--window-s", "600", group_id=group)
+    fb2 = make_feedback(store, "--window", "10m", group_id=group)
     produce_labels(stack, dict(list(b_truth.items())[1000:]))
 
     wait_rows(store, 5000, proc=fb2)
@@ -243,8 +243,8 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     group = f"{stack.group_id}-fb-pair"
     stack.publish("ab", version=1)
     make_worker("w1")
-    fb1 = make_feedback(store, "--window-s", "600", group_id=group)
-    fb2 = make_feedback(store, "--window-s", "600", group_id=group)
+    fb1 = make_feedback(store, "--window", "10m", group_id=group)
+    fb2 = make_feedback(store, "--window", "10m", group_id=group)
 
     truth = produce_world(stack, 4000, seed=41)
     produce_labels(stack, truth)
