@@ -87,9 +87,48 @@ def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
     return truth
 
 
-def produce_labels(stack: Stack, labels: dict[str, float]) -> None:
+def produce_predictions(stack: Stack, preds: list[tuple[str, int]]) -> None:
+    """Primary predictions ``(event id, event time ms)`` straight onto the predictions
+    topic (as a score worker writes them), for tests that steer event time."""
+    ser = AvroSerializer(
+        stack.registry, f"{stack.topics.predictions}-value", schemas.load("prediction")
+    )
+    stack.produce_raw(
+        (
+            (
+                f"k-{eid}".encode(),
+                ser(
+                    {
+                        "event_id": eid,
+                        "key": f"k-{eid}",
+                        "event_time": t,
+                        "scored_time": t,
+                        "model_name": "demo",
+                        "model_version": 1,
+                        "role": "primary",
+                        "value": 1.0,
+                        "label": None,
+                        "probabilities": [],
+                        "classes": [],
+                        "degraded": False,
+                        "late": False,
+                        "feature_names": ["a"],
+                        "features": [1.0],
+                        "inputs": {},
+                    }
+                ),
+            )
+            for eid, t in preds
+        ),
+        topic=stack.topics.predictions,
+    )
+
+
+def produce_labels(
+    stack: Stack, labels: dict[str, float], *, observed_ms: int | None = None
+) -> None:
     ser = AvroSerializer(stack.registry, f"{stack.topics.feedback}-value", schemas.load("feedback"))
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if observed_ms is None else observed_ms
     stack.produce_raw(
         (
             (eid.encode(), ser({"event_id": eid, "label": y, "observed_time": now}))

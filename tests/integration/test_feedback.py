@@ -22,6 +22,7 @@ from .feedback_stack import (
     FeedbackProcess,
     make_feedback_fixture,  # noqa: F401  (the make_feedback fixture)
     produce_labels,
+    produce_predictions,
     produce_world,
     run_train,
     store_rows,
@@ -280,3 +281,33 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
         fb.sample("streamscore_dead_letters_total", {"reason": "truncated"}) for fb in (fb1, fb2)
     )
     assert routed_dead == 1
+
+
+def test_a_label_30_days_late_joins_and_one_after_the_window_is_unmatched(
+    stack: Stack, make_feedback: Callable[..., FeedbackProcess], tmp_path: Path
+) -> None:
+    """Event time is steered by the predictions' own times (no waiting): a 31-day window,
+    a label 30 days after its prediction joins it, one 32 days after is kept unmatched."""
+    day = 86_400_000
+    t0 = int(time.time() * 1000) - 70 * day
+    store = tmp_path / "gt"
+    fb = make_feedback(store, "--window", "31d", group_id=f"{stack.group_id}-fb-30d")
+    produce_predictions(stack, [("late", t0), ("too-late", t0)])
+    # the stream goes on for 30 days of event time on every join partition
+    produce_predictions(stack, [(f"d30-{i}", t0 + 30 * day) for i in range(64)])
+    produce_labels(stack, {"late": 4.0}, observed_ms=t0 + 30 * day)
+    wait_rows(store, 1, proc=fb)
+    # 32 days: "too-late"'s window has passed, its label finds nothing ...
+    produce_predictions(stack, [(f"d32-{i}", t0 + 32 * day) for i in range(64)])
+    produce_labels(stack, {"too-late": 5.0}, observed_ms=t0 + 32 * day)
+    wait_until(lambda: fb.sample("streamscore_feedback_received_total") == 2, 60, "labels")
+    # ... and is unmatched once the label's own window has passed too
+    produce_predictions(stack, [(f"d64-{i}", t0 + 64 * day) for i in range(64)])
+    wait_until(lambda: fb.sample("streamscore_feedback_unmatched_total") == 1, 60, "unmatched")
+    rows = store_rows(store)
+    assert [(r["event_id"], r["label"], r["event_time"]) for r in rows] == [("late", 4.0, t0)]
+    wait_until(lambda: len(groundtruth.read_unmatched(store)) == 1, 60, "unmatched stored")
+    (lab,) = groundtruth.read_unmatched(store)
+    assert lab["event_id"] == "too-late" and lab["observed_time"] == t0 + 32 * day
+    out = fb.labels_outcomes()
+    assert out["joined"] == 1 and out["unmatched"] == 1 and out["duplicate"] == 0
