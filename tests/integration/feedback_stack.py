@@ -209,3 +209,27 @@ def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> No
         wait_until(lambda: caught_up(group, join), timeout, f"{group} on the join topic")
     finally:
         c.close()
+
+
+def wait_join_group_settled(stack: Stack, group: str, members: int, timeout: float = 90.0) -> None:
+    """Until the join group ``group`` is stable with ``members`` members that each own
+    some of the join topic's partitions (and together all of them)."""
+    from confluent_kafka.admin import AdminClient
+
+    from streamscore.dev.supervise import group_settled
+    from streamscore.feedback.router import join_topic_for
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    topic = join_topic_for(group)
+
+    def settled() -> bool:
+        md = admin.list_topics(topic, timeout=10).topics[topic]
+        parts = {(topic, p) for p in md.partitions}
+        (fut,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+        desc = fut.result()
+        owned = [
+            {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions} for m in desc.members
+        ]
+        return bool(parts) and group_settled(desc.state, owned, parts, members)
+
+    wait_until(settled, timeout, f"join group {group} settled with {members} members")
