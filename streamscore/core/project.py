@@ -212,13 +212,14 @@ class _Table:
         prefix = f"{self.item}: " if self.item else ""
         return ProjectFileError(prefix + message, path=self.path, table=self.name, key=key)
 
-    def number(self, key: str) -> float | None:
-        """A float or integer (never a boolean)."""
+    def number(self, key: str, *, integer: bool = False) -> float | None:
+        """A float or integer (never a boolean); ``integer``: an integer only."""
         if key not in self.data:
             return None
         v = self.data[key]
-        if type(v) not in (int, float):
-            raise self.error(f"must be a number, not {_type_name(v)} ({v!r})", key)
+        if type(v) not in ((int,) if integer else (int, float)):
+            want = "an integer" if integer else "a number"
+            raise self.error(f"must be {want}, not {_type_name(v)} ({v!r})", key)
         if v != v or v in (float("inf"), float("-inf")):
             raise self.error(f"must be a finite number, not {v!r}", key)
         return float(v)
@@ -245,7 +246,7 @@ class _Table:
             raise self.error(f"must be a table ({{ a = 1 }}), not {_type_name(v)} ({v!r})", key)
         return v
 
-    def choice(self, key: str, enum_type: Any, what: str) -> Any:
+    def choice(self, key: str, enum_type: Any, what: str = "value") -> Any:
         """A value of the string enum ``enum_type`` (None when absent)."""
         text = self.string(key)
         if text is None:
@@ -277,26 +278,6 @@ class _Table:
         if not isinstance(v, bool):
             raise self.error(f"must be true or false, not {_type_name(v)} ({v!r})", key)
         return v
-
-    def number(self, key: str, *, integer: bool = False) -> float | None:
-        if key not in self.data:
-            return None
-        v = self.data[key]
-        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok:
-            want = "an integer" if integer else "a number"
-            raise self.error(f"must be {want}, not {_type_name(v)} ({v!r})", key)
-        return float(v)
-
-    def choice(self, key: str, enum_type: Any) -> Any:
-        text = self.string(key)
-        if text is None:
-            return None
-        try:
-            return enum_type(text)
-        except ValueError:
-            choices = tuple(e.value for e in enum_type)
-            raise self.error(f"unknown value {text!r}{_suggest(text, choices)}", key) from None
 
 
 def _registry_table(table: _Table | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from streamscore.serde.wire import (
     inline_references,
     parse,
 )
-from streamscore.train import synthetic
+from streamscore.dev import synthetic
 
 from .stack import Stack, WorkerProcess
 
