@@ -205,6 +205,8 @@ class FeedbackLoop:
                 state.meta.pending_labels,
             )
         self.join.open_partition((topic, partition), state)
+        # labels received = from the topic, or restored pending with a partition's state
+        self._m.feedback_received.inc(state.meta.pending_labels)
         return state
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
