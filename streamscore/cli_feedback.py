@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
-from .core.records import Role, Task
+from .core.records import Prediction, Role, Task
 from .core.redact import redact_urls
 from .serde import schemas
 
@@ -140,6 +140,20 @@ def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------- feedback
 
 
+def join_window_ms(args: argparse.Namespace) -> int:
+    """``--window`` (a duration with its unit), or the deprecated ``--window-s``."""
+    from .core.config import duration_ms
+
+    if args.window is not None and args.window_s is not None:
+        raise ConfigError("give --window or the deprecated --window-s, not both")
+    if args.window_s is not None:
+        log.warning("--window-s is deprecated: use --window (e.g. --window %gs)", args.window_s)
+        if args.window_s <= 0:
+            raise ConfigError(f"--window-s must be > 0, got {args.window_s}")
+        return int(args.window_s * 1000)
+    return duration_ms(args.window if args.window is not None else "1h")
+
+
 def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient
@@ -159,6 +173,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
+    from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
     from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
@@ -201,12 +216,14 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
 
     gt = groundtruth_settings(args, env)
-    window_ms = int(args.window_s * 1000)
+    window_ms = join_window_ms(args)
     store = GroundTruthStore(
         gt,
         fields=row_fields(args, env),
         max_buffered_rows=args.max_buffered_rows,
-        recent_ms=2 * window_ms + 600_000,  # what a restart can re-read (store doc)
+        # what a restart can re-read: the join state is durable, so only what came after
+        # the last checkpoint (and a router's uncommitted re-sends), never the window
+        recent_ms=min(2 * window_ms, 3_600_000) + 600_000,
     )
     report = store.open()
     log.info(
@@ -289,7 +306,15 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
     # one row per event id is the table's merge's to guarantee (groundtruth module doc);
     # ``contains`` only settles re-read messages of recently written rows at once
-    join = JoinState(window_ms, args.max_pending, already_written=store.contains)
+    join = JoinState(
+        window_ms,
+        already_written=store.contains,
+        decode_prediction=lambda raw: Prediction.from_avro(decode_pred(raw)),
+    )
+    # the join state's changelog: one compacted partition per join partition
+    changelog_topic = changelog_topic_for(topics.join)
+    ensure_topic(admin, changelog_topic, n_join, dict(CHANGELOG_CONFIG))
+    changelog = Changelog.connect(env.kafka, args.group_id, worker_id)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,
@@ -329,18 +354,23 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         on_decision=on_decision,
         stop=stop,
         dead_letter=dead_letter,
+        changelog=changelog,
+        state_dir=Path(args.state_dir) / args.group_id,
+        cache_entries=args.cache_entries,
         checkpoint_s=args.checkpoint_s,
     )
     log.info(
         "feedback worker %s: joining %s with %s through %s (%d partitions; group %s, "
-        "window %.0f s, auto-promote %s)",
+        "window %.0f s, state in %s, changelog %s, auto-promote %s)",
         worker_id,
         topics.feedback,
         topics.predictions,
         topics.join,
         n_join,
         args.group_id,
-        args.window_s,
+        window_ms / 1000,
+        args.state_dir,
+        changelog_topic,
         "on" if promo.enabled else "off",
     )
     router_thread = threading.Thread(target=run_router, name="feedback-router", daemon=True)
@@ -352,6 +382,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         stop.set()
         router_thread.join(30)
         producer.flush(10)
+        changelog.close()
         store.close()
         if server is not None:
             server.stop()
@@ -478,10 +509,22 @@ def add_commands(sub: Any) -> None:
     )
     f.add_argument("--vacuum-every-s", type=float, default=None, help="vacuum interval (0: never)")
     f.add_argument(
-        "--window-s", type=float, default=3600.0, help="join window in event-time seconds"
+        "--window",
+        default=None,
+        help="join window in event time, with a unit: 90m, 36h, 30d, 2w (default 1h)",
+    )
+    f.add_argument("--window-s", type=float, default=None, help="deprecated: --window in seconds")
+    f.add_argument(
+        "--state-dir",
+        default="feedback-state",
+        help="where the join state lives (RocksDB per join partition, under <group-id>/); "
+        "restored from the changelog topic when empty",
     )
     f.add_argument(
-        "--max-pending", type=int, default=500_000, help="cap on event ids held in the join"
+        "--cache-entries",
+        type=int,
+        default=100_000,
+        help="join-state entries kept decoded in memory per partition (the rest on disk)",
     )
     f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
     f.add_argument(

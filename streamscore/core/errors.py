@@ -489,3 +489,10 @@ class BadEventTimeError(ValidationError):
     """An event's time field holds a value its configured encoding cannot read."""
 
     reason = "bad_event_time"
+
+
+class StateStoreError(StreamscoreError):
+    """The feedback worker's join state (its local store or its changelog) is unreadable
+    or inconsistent: never dead-lettered, the worker stops rather than join wrongly."""
+
+    reason = "state_store"

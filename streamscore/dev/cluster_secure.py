@@ -347,12 +347,18 @@ def process_acls(role: str, topics: TopicSettings, group: str) -> list[Grant]:
         return [
             Grant("topic", t.predictions, "read"),
             Grant("topic", t.feedback, "read"),
-            Grant("topic", join, "create"),
-            Grant("topic", join, "read"),
-            Grant("topic", join, "write"),
+            # <group>.join and its state's changelog <group>.join.changelog
+            Grant("topic", join, "create", prefixed=True),
+            Grant("topic", join, "read", prefixed=True),
+            Grant("topic", join, "write", prefixed=True),
+            Grant("topic", join, "describe_configs", prefixed=True),
             *(Grant("topic", name, "write") for name in (t.dlq, t.telemetry)),
-            *(Grant("topic", name, "describe_configs") for name in (join, t.dlq, t.telemetry)),
-            Grant("group", group, "read", prefixed=True),  # <group> and <group>.router
+            *(Grant("topic", name, "describe_configs") for name in (t.dlq, t.telemetry)),
+            # <group>, <group>.router and <group>.restore
+            Grant("group", group, "read", prefixed=True),
+            # the changelog's transactions: <group>.<worker id>
+            Grant("transactional_id", f"{group}.", "write", prefixed=True),
+            Grant("transactional_id", f"{group}.", "describe", prefixed=True),
         ]
     if role == "publisher":
         return [

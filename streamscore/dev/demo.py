@@ -354,8 +354,10 @@ class Demo:
                     "--auto-promote",
                     "--promote-min-labels",
                     str(self.s.promote_min_labels),
-                    "--window-s",
-                    "600",
+                    "--window",
+                    "10m",
+                    "--state-dir",
+                    f"{self.store_dir}-state",
                 ],
                 publisher=True,  # --auto-promote signs what it promotes
             )

@@ -65,7 +65,6 @@ from .cluster_config import (
 )
 from .cluster_install import Installer
 from .cluster_processes import ServerProcess, check_java, port_answers, port_in_use, tail
-from .s3proxy import S3Endpoint, S3Proxy
 from .cluster_secure import (
     SecureFiles,
     acl_bindings,
@@ -77,6 +76,7 @@ from .cluster_secure import (
     secure_broker_properties,
     secure_registry_properties,
 )
+from .s3proxy import S3Endpoint, S3Proxy
 
 log = logging.getLogger(__name__)
 

@@ -73,11 +73,20 @@ class FeedbackProcess(WorkerProcess):
 def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProcess]]:
     started: list[FeedbackProcess] = []
 
-    def start(store_dir: Store, *args: str, group_id: str | None = None) -> FeedbackProcess:
+    def start(
+        store_dir: Store,
+        *args: str,
+        group_id: str | None = None,
+        state_dir: Path | None = None,
+    ) -> FeedbackProcess:
+        """A feedback worker; ``state_dir`` (its join state) defaults to one of its own,
+        as on another host."""
         f = launch(
             "feedback",
             "--groundtruth",
             gt_settings(store_dir).uri,
+            "--state-dir",
+            str(state_dir or stack.tmp / f"state-{len(started)}"),
             "--checkpoint-s",
             "0.5",
             *args,
@@ -121,9 +130,48 @@ def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
     return truth
 
 
-def produce_labels(stack: Stack, labels: dict[str, float]) -> None:
+def produce_predictions(stack: Stack, preds: list[tuple[str, int]]) -> None:
+    """Primary predictions ``(event id, event time ms)`` straight onto the predictions
+    topic (as a score worker writes them), for tests that steer event time."""
+    ser = AvroSerializer(
+        stack.registry, f"{stack.topics.predictions}-value", schemas.load("prediction")
+    )
+    stack.produce_raw(
+        (
+            (
+                f"k-{eid}".encode(),
+                ser(
+                    {
+                        "event_id": eid,
+                        "key": f"k-{eid}",
+                        "event_time": t,
+                        "scored_time": t,
+                        "model_name": "demo",
+                        "model_version": 1,
+                        "role": "primary",
+                        "value": 1.0,
+                        "label": None,
+                        "probabilities": [],
+                        "classes": [],
+                        "degraded": False,
+                        "late": False,
+                        "feature_names": ["a"],
+                        "features": [1.0],
+                        "inputs": {},
+                    }
+                ),
+            )
+            for eid, t in preds
+        ),
+        topic=stack.topics.predictions,
+    )
+
+
+def produce_labels(
+    stack: Stack, labels: dict[str, float], *, observed_ms: int | None = None
+) -> None:
     ser = AvroSerializer(stack.registry, f"{stack.topics.feedback}-value", schemas.load("feedback"))
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if observed_ms is None else observed_ms
     stack.produce_raw(
         (
             (eid.encode(), ser({"event_id": eid, "label": y, "observed_time": now}))
@@ -209,3 +257,27 @@ def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> No
         wait_until(lambda: caught_up(group, join), timeout, f"{group} on the join topic")
     finally:
         c.close()
+
+
+def wait_join_group_settled(stack: Stack, group: str, members: int, timeout: float = 90.0) -> None:
+    """Until the join group ``group`` is stable with ``members`` members that each own
+    some of the join topic's partitions (and together all of them)."""
+    from confluent_kafka.admin import AdminClient
+
+    from streamscore.dev.supervise import group_settled
+    from streamscore.feedback.router import join_topic_for
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    topic = join_topic_for(group)
+
+    def settled() -> bool:
+        md = admin.list_topics(topic, timeout=10).topics[topic]
+        parts = {(topic, p) for p in md.partitions}
+        (fut,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+        desc = fut.result()
+        owned = [
+            {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions} for m in desc.members
+        ]
+        return bool(parts) and group_settled(desc.state, owned, parts, members)
+
+    wait_until(settled, timeout, f"join group {group} settled with {members} members")

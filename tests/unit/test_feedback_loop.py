@@ -69,7 +69,7 @@ def make_loop(
         join_topic=JOIN,
         decode_prediction=AvroDeserializer(cache, schemas.load("prediction")),
         decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
-        join=JoinState(60_000, 1000, already_written=store.contains),
+        join=JoinState(60_000, already_written=store.contains),
         store=store,
         metrics=metrics,
         quality=LiveQuality(metrics),
