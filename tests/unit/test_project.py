@@ -77,7 +77,8 @@ def test_an_empty_file_is_the_defaults() -> None:
             "events",
             "id_feild",
             "cfg.toml: [events] id_feild: unknown key 'id_feild' (did you mean 'id_field'?); "
-            "expected one of: topic, id_field, time_field, time_encoding, key_field, key_format",
+            "expected one of: topic, id_field, time_field, time_encoding, key_field, key_format, "
+            "subject",
         ),
         (
             "[events]\ntime_field = 3\n",
