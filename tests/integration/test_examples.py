@@ -170,20 +170,28 @@ def test_an_example_runs_the_whole_loop_from_its_project_file(
     env, publisher = user_env(stack), user_env(stack, publisher=True)
     cfg = ("--config", str(project))
 
+    # a few labelled rows of the example's data: v1's training sample, init's sample
+    sample = stack.tmp / "v1.csv"
+    produce(
+        stack, name, project, "--write-sample", str(sample), "--sample-rows", str(ex.sample_rows)
+    )
+
     # the producers' schema in the registry, then init / check from it
     subject = f"{stack.topics.events}-value"
     schema_text = (home / "schemas" / ex.event_schema).read_text()
     stack.registry.register_schema(subject, Schema(schema_text, "AVRO"))
-    init = cli(env, "init", "--subject", subject, "--out", str(stack.tmp / "init.toml"))
+    starter_path = stack.tmp / "init.toml"
+    init = cli(
+        env, "init", "--subject", subject, "--sample", str(sample), "--out", str(starter_path)
+    )
     assert init.returncode == 0, init.stdout + init.stderr
-    starter = (stack.tmp / "init.toml").read_text()
-    started = parse_project(starter, "init.toml")
+    started = parse_project(starter_path.read_text(), "init.toml")
     assert started.events_topic == stack.topics.events
     assert started.features is not None
-    # each of the example's features: a starter feature, or a field left as a comment
-    # that says why (a string's categories need a sample)
-    for f in p.features.names:
-        assert f in started.features.names or f"\n# {f}: a string" in starter, f
+    assert set(p.features.names) <= set(started.features.names)
+    for f in p.features.fields:  # the kinds and categories init inferred are the example's
+        got = started.features.fields[started.features.names.index(f.name)]
+        assert (got.kind, got.categories) == (f.kind, f.categories), f.name
     ok = cli(env, "check", *cfg)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith(f"OK: {project} fits subject {subject}")
@@ -196,11 +204,7 @@ def test_an_example_runs_the_whole_loop_from_its_project_file(
     assert f"{broken}: [[features]] #" in bad.stdout and misfit in bad.stdout, bad.stdout
     assert "1 misfit(s)" in bad.stdout
 
-    # v1 from the recipe, trained on a few rows of the example's data
-    sample = stack.tmp / "v1.csv"
-    produce(
-        stack, name, project, "--write-sample", str(sample), "--sample-rows", str(ex.sample_rows)
-    )
+    # v1 from the recipe, trained on the sample
     v1 = cli(publisher, "model", "publish", *cfg, "--data", str(sample))
     assert v1.returncode == 0, v1.stdout + v1.stderr
     assert f"{p.train.model_name}/primary" in v1.stdout and "v1" in v1.stdout, v1.stdout
