@@ -107,10 +107,12 @@ def groundtruth_settings(args: argparse.Namespace, env: Env) -> GroundTruthSetti
 
 
 def row_fields(args: argparse.Namespace, env: Env) -> RowFields:
-    """The user's id/time field names (``[events]``) and the label field's."""
-    from .feedback.groundtruth import RowFields
+    """The user's id/time field names (``[events]``) and the label field's:
+    ``--label-field``, else ``[labels] label_field``, else ``label``."""
+    from .feedback.groundtruth import DEFAULT_LABEL_FIELD, RowFields
 
-    return RowFields(env.events.id_field, env.events.time_field, args.label_field)
+    label = args.label_field or (env.labels.label_field if env.labels else DEFAULT_LABEL_FIELD)
+    return RowFields(env.events.id_field, env.events.time_field, label)
 
 
 def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
@@ -132,8 +134,8 @@ def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--label-field",
-        default="label",
-        help="the label's column name in the table (default: label)",
+        default=None,
+        help="the label's column name in the table (default: [labels] label_field, else label)",
     )
 
 

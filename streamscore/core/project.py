@@ -12,6 +12,8 @@ passes silently)::
                                     # epoch-millis (a plain long), iso-8601 (a string)
     key_field = "account"           # optional: else the message key
     key_format = "string"           # message keys: string (default), bytes, avro
+    subject = "payments-value"      # optional: the scorer reads events as this subject's
+                                    # latest version (else each as it was written)
 
     [topics]                        # the other topics: predictions, telemetry, models,
     predictions = "payments.scores" # feedback, dlq, late
@@ -115,7 +117,15 @@ CONFIG_ENV = "STREAMSCORE_CONFIG"
 TOPIC_KEYS = ("predictions", "telemetry", "models", "feedback", "dlq", "late")
 
 _TABLES: dict[str, tuple[str, ...]] = {
-    "events": ("topic", "id_field", "time_field", "time_encoding", "key_field", "key_format"),
+    "events": (
+        "topic",
+        "id_field",
+        "time_field",
+        "time_encoding",
+        "key_field",
+        "key_format",
+        "subject",
+    ),
     "topics": TOPIC_KEYS,
     # any librdkafka property (read by _kafka_properties); listed for suggestions only
     "kafka": ("bootstrap_servers", "consumer", "producer", "admin"),
@@ -395,6 +405,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
             time_encoding=encoding,
             key_field=key_field,
             key_format=key_format or defaults.key_format,
+            subject=ev.string("subject"),
         )
     except ConfigError as exc:
         raise ev.error(exc.message, "time_field") from None
