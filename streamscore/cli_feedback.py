@@ -164,6 +164,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .feedback.join import JoinState
     from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
     from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
+    from .feedback.state import relax_gc
     from .feedback.promotion import (
         LiveQuality,
         PromotionDecision,
@@ -181,6 +182,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
+    relax_gc()
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
     recipe, labels = env.train, env.labels
     promo = PromotionSettings(

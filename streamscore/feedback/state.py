@@ -28,6 +28,7 @@ expires at another time is dropped when scanned), so the changelog only carries 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import shutil
 import struct
@@ -174,6 +175,16 @@ def decode_entry(event_id: str, data: bytes) -> Entry:
         raise StateStoreError(f"undecodable join-state entry: {exc}") from None
 
 
+def relax_gc() -> None:
+    """Collect cycles rarely in a process that holds a join state. The changes between
+    two commits are up to ``cache_entries`` entries of several objects each, all alive
+    until the commit: with the default thresholds every few hundred allocations start a
+    collection and the full ones walk them all again and again (a third of the time of
+    feeding pending predictions). The join makes no reference cycles of its own."""
+    gc.freeze()  # what is alive now (modules, settings) is never walked again
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _options() -> Options:
     o = Options(raw_mode=True)
     o.create_if_missing(True)
@@ -182,6 +193,10 @@ def _options() -> Options:
     t = BlockBasedOptions()
     t.set_block_cache(Cache(64 << 20))
     t.set_bloom_filter(10, False)
+    # index and filter blocks in the bounded cache too (else they grow with the keys:
+    # tens of MB per 10 million entries)
+    t.set_cache_index_and_filter_blocks(True)
+    t.set_pin_l0_filter_and_index_blocks_in_cache(True)
     o.set_block_based_table_factory(t)
     o.set_max_open_files(256)
     return o
@@ -315,6 +330,20 @@ class PartitionState:
             eid = key[1:].decode()
             if eid not in seen:
                 yield decode_entry(eid, cast(bytes, raw))
+
+    def snapshot(self) -> Iterable[tuple[bytes, bytes]]:
+        """The committed records as a compacted changelog holds them (the latest value
+        of every entry key, then the meta record), read from the local store."""
+        if self._db is None:
+            for eid, e in self._cache.items():
+                yield ENTRY + eid.encode(), encode_entry(e)
+        else:
+            for k, raw in self._db.items(from_key=ENTRY):
+                key = cast(bytes, k)
+                if not key.startswith(ENTRY):
+                    break
+                yield key, cast(bytes, raw)
+        yield META, self.meta.encode()
 
     # ---------------------------------------------------------------- commit
     def changes(self) -> list[tuple[bytes, bytes | None]]:
