@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
@@ -44,7 +45,7 @@ from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import registry_client
-from tests.processes import WorkerProcess, launch, worker_env
+from tests.processes import WorkerProcess, launch, sample, worker_env
 
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
 
@@ -156,7 +157,9 @@ class FeedbackBench:
             time.sleep(0.2)
         raise RuntimeError(f"consumer group {group} did not settle in {timeout:.0f}s")
 
-    def fill(self, n: int) -> None:
+    def fill(self, n: int, *, labels: range | None = None) -> None:
+        """``n`` predictions and a label for each of ``labels`` (default: every one)."""
+        labelled = range(n) if labels is None else labels
         t0 = time.perf_counter()
         enc_p = AvroSerializer(
             self.reg, f"{self.topics.predictions}-value", schemas.load("prediction")
@@ -171,27 +174,28 @@ class FeedbackBench:
             }
         )
         now = int(time.time() * 1000)
-        for i in range(n):
+        out: list[tuple[str, str, bytes]] = []
+        for i in range(max(n, labelled.stop)):
             eid, key = f"{self.prefix}-{i}", f"entity-{i % 5000}"
-            for topic, k, v in (
-                (self.topics.predictions, key, enc_p(prediction(eid, key, now, i))),
-                (
-                    self.topics.feedback,
-                    eid,
-                    enc_f({"event_id": eid, "label": 1.0, "observed_time": now}),
-                ),
-            ):
+            if i < n:
+                out.append((self.topics.predictions, key, enc_p(prediction(eid, key, now, i))))
+            if i in labelled:
+                label = {"event_id": eid, "label": 1.0, "observed_time": now}
+                out.append((self.topics.feedback, eid, enc_f(label)))
+            for topic, k, v in out:
                 while True:
                     try:
                         p.produce(topic, v, k.encode())
                         break
                     except BufferError:
                         p.poll(0.05)
+            out.clear()
             if i % 10_000 == 0:
                 p.poll(0)
         assert p.flush(120) == 0, "the broker did not take every message"
         print(
-            f"bench: {n:,} predictions + {n:,} labels produced in {time.perf_counter() - t0:.1f}s",
+            f"bench: {n:,} predictions + {len(labelled):,} labels produced in "
+            f"{time.perf_counter() - t0:.1f}s",
             flush=True,
         )
 
@@ -302,6 +306,64 @@ class FeedbackBench:
             "rows_unique": len(ids),
         }
 
+    def restart(self, n: int, timeout_s: float) -> dict[str, Any]:
+        """``n`` pending predictions joined in by one worker (through Kafka), SIGTERM;
+        a label for the oldest produced, the worker started again on its state directory:
+        seconds from the process start to that label joined. Then the same on an empty
+        state directory (a fresh host): restored from the changelog, the rate read from
+        the worker's log."""
+        self.fresh_inputs(f"restart.{len(self.created)}")
+        group = self.topic(f"fbr{len(self.created)}")
+        self.created += [join_topic_for(group), join_topic_for(group) + ".changelog"]
+        store, state_dir = self.workdir / f"gt-{group}", self.workdir / f"state-{group}"
+        pending = "streamscore_feedback_pending"
+        self.fill(n, labels=range(0))
+        w = self.launch(0, group, store, state_dir)
+        t0 = time.monotonic()
+        try:
+            w.wait_until(
+                lambda: sample(w.metrics_port, pending, {"side": "prediction"}) >= n,
+                f"{n:,} pending predictions",
+                timeout=timeout_s,
+            )
+            fill_s = time.monotonic() - t0
+            rss = rss_mb(w.proc.pid)
+            assert w.terminate(120) == 0, w.log()
+        finally:
+            w.close()
+        result: dict[str, Any] = {
+            "pending": n,
+            "joined_in_s": round(fill_s, 1),
+            "peak_rss_mb_filling": rss,
+        }
+        for i, (name, where) in enumerate(
+            (("local", state_dir), ("fresh_host", self.workdir / f"state-{group}-fresh"))
+        ):
+            self.fill(0, labels=range(i, i + 1))  # the oldest pending (then the next)
+            w = self.launch(1 + i, group, store, where)
+            t0 = time.monotonic()
+            try:
+                w.wait_until(lambda w=w: joined(w.metrics_port) >= 1, "the label joined", timeout_s)
+                result[f"{name}_start_to_join_s"] = round(time.monotonic() - t0, 2)
+                result[f"{name}_pending_after"] = sample(
+                    w.metrics_port, pending, {"side": "prediction"}
+                )
+                assert w.terminate(120) == 0, w.log()
+                text = w.log_path.read_text(errors="replace")
+            finally:
+                w.close()
+            applied = [
+                (int(m.group(1)), float(m.group(2)))
+                for m in re.finditer(r"(\d+) changelog records applied in ([\d.]+)s", text)
+            ]
+            records = sum(a for a, _ in applied)
+            secs = sum(s for _, s in applied)
+            result[f"{name}_changelog_records"] = records
+            result[f"{name}_restore_s"] = round(secs, 2)
+            if name == "fresh_host" and secs > 0:
+                result["restore_records_per_s"] = round(records / secs)
+        return result
+
     def cleanup(self) -> None:
         if not self.created:
             return
@@ -336,7 +398,8 @@ def state_bench(n: int, workdir: Path, commit_every: int = 50_000) -> dict[str, 
         return buf.getvalue()
 
     def decode(raw: bytes) -> Prediction:
-        return Prediction.from_avro(fastavro.schemaless_reader(io.BytesIO(raw[5:]), schema))
+        rec = fastavro.schemaless_reader(io.BytesIO(raw[5:]), schema, None)
+        return Prediction.from_avro(cast(dict[str, Any], rec))
 
     tp = ("bench.join", 0)
     root = workdir / f"state-bench-{os.getpid()}"
@@ -420,6 +483,12 @@ def main(argv: list[str] | None = None) -> int:
         help="backlog (produced first, then the workers drain it) and/or live (produced "
         "while the workers run; bounded by the bench's producer on the same machine)",
     )
+    ap.add_argument(
+        "--restart-pending",
+        type=int,
+        default=0,
+        help="instead: the restart bench through Kafka with this many pending predictions",
+    )
     ap.add_argument("--runs", type=int, default=1, help="repeat each measurement (medians)")
     ap.add_argument("--profile", default=None, help="py-spy raw profile of the first worker")
     ap.add_argument("--worker-arg", action="append", default=[], help="extra feedback flag")
@@ -452,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.up()
         bench = FeedbackBench(env.kafka, env.registry, workdir)
         bench.setup()
+        if args.restart_pending:
+            r = bench.restart(args.restart_pending, args.timeout_s)
+            print(json.dumps(r, indent=2), flush=True)
+            out.with_suffix(f".restart-{args.restart_pending}.json").write_text(json.dumps(r))
+            return 0
         modes = [m for m in args.mode.split(",") if m]
         for k, mode, run in [(k, m, i) for k in counts for m in modes for i in range(args.runs)]:
             r = bench.run(

@@ -164,7 +164,6 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .feedback.join import JoinState
     from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
     from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
-    from .feedback.state import relax_gc
     from .feedback.promotion import (
         LiveQuality,
         PromotionDecision,
@@ -172,6 +171,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .feedback.state import relax_gc
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
     from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
