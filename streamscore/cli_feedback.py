@@ -173,6 +173,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .feedback.state import relax_gc
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
     from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
@@ -183,6 +184,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
+    relax_gc()
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
     recipe, labels = env.train, env.labels
     promo = PromotionSettings(
@@ -526,9 +528,14 @@ def add_commands(sub: Any) -> None:
         "--cache-entries",
         type=int,
         default=100_000,
-        help="join-state entries kept decoded in memory per partition (the rest on disk)",
+        help="join-state entries kept in memory (encoded) per partition (the rest on disk)",
     )
-    f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
+    f.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=5.0,
+        help="flush + commit interval (each is one Delta merge and one transaction)",
+    )
     f.add_argument(
         "--join-topic",
         default=None,
@@ -549,7 +556,12 @@ def add_commands(sub: Any) -> None:
         help="retention of a join topic this worker creates; keep it above the join "
         "window plus the longest outage you want to recover from",
     )
-    f.add_argument("--max-buffered-rows", type=int, default=20_000)
+    f.add_argument(
+        "--max-buffered-rows",
+        type=int,
+        default=100_000,
+        help="ground-truth rows buffered before a checkpoint is forced",
+    )
     f.add_argument("--quality-window", type=int, default=1000, help="rolling metric window")
     f.add_argument("--metrics-host", default="127.0.0.1")
     f.add_argument(
