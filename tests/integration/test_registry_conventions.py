@@ -45,6 +45,15 @@ def _register(stack: Stack, subject: str, schema: Any, refs: list[Any] | None = 
     )
 
 
+def _fresh_subject(stack: Stack, subject: str) -> None:
+    """Delete ``subject`` (soft, then for good) if it exists: a record-strategy subject is
+    global to the registry, and a registry kept across runs may hold versions that an
+    earlier build of the schema registered there."""
+    if subject in set(stack.registry.get_subjects()):
+        stack.registry.delete_subject(subject)
+        stack.registry.delete_subject(subject, permanent=True)
+
+
 def _versions(stack: Stack, subjects: list[str]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     everything = set(stack.registry.get_subjects())
@@ -70,7 +79,8 @@ def test_registration_off_record_and_topic_record_subjects_references_and_avro_k
     # a default): the worker writes with it (its id in every prediction), not its own
     later = copy.deepcopy(schemas.load("prediction"))
     later["fields"].append({"name": "region", "type": "string", "default": "eu"})
-    later_id = _register(stack, pred_subject, later)  # the subject is global: maybe there
+    _fresh_subject(stack, pred_subject)  # the subject is global (one per record name)
+    later_id = _register(stack, pred_subject, later)
     _register(stack, tele_subject, schemas.load("telemetry"))
 
     # the events' schema references Device, registered under its own subject
