@@ -91,6 +91,7 @@ class FeedbackBench:
         self.topics = TopicSettings(
             events=self.topic("events"),
             predictions=self.topic("predictions"),
+            predictions_shadow=self.topic("predictions.shadow"),
             telemetry=self.topic("telemetry"),
             models=self.topic("models"),
             feedback=self.topic("feedback"),
@@ -117,9 +118,11 @@ class FeedbackBench:
         self.topics = replace(
             self.topics,
             predictions=self.topic(f"predictions.{k}"),
+            predictions_shadow=self.topic(f"predictions.shadow.{k}"),
             feedback=self.topic(f"feedback.{k}"),
         )
         self.create(self.topics.predictions, 4)
+        self.create(self.topics.predictions_shadow, 4)
         self.create(self.topics.feedback, 4)
         self.prefix = f"{self.run_id}-k{k}"
 

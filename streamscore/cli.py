@@ -22,14 +22,16 @@ Environment (all optional unless said; each wins over the project file):
   STREAMSCORE_SIGNING_KEY          hmac only: the shared secret itself
   STREAMSCORE_CACHE_DIR            where the local cluster is downloaded and run
   STREAMSCORE_MODEL_MAX_BYTES      largest model envelope (default 16 MiB)
-  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _TELEMETRY, _MODELS, _FEEDBACK, _DLQ, _LATE
-                                   topic names (defaults: events, predictions, telemetry,
-                                   streamscore.models, feedback, events.dlq, events.late)
+  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _PREDICTIONS_SHADOW, _TELEMETRY, _MODELS,
+  _FEEDBACK, _DLQ, _LATE           topic names (defaults: events, predictions,
+                                   predictions.shadow, telemetry, streamscore.models,
+                                   feedback, events.dlq, events.late)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -53,9 +55,10 @@ from .core.config import (
     SigningScheme,
     SigningSettings,
     TopicSettings,
+    topic_env_var,
 )
 from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
-from .core.project import CONFIG_ENV, TOPIC_KEYS, ProjectFile, parse_project
+from .core.project import CONFIG_ENV, ProjectFile, parse_project
 from .core.records import Role
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
@@ -138,10 +141,8 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
         from_file["events"] = file.events_topic
     topics = TopicSettings(
         **{
-            name: env.get(
-                f"STREAMSCORE_TOPIC_{name.upper()}", from_file.get(name, getattr(defaults, name))
-            )
-            for name in ("events", *TOPIC_KEYS)
+            f.name: env.get(topic_env_var(f.name), from_file.get(f.name, getattr(defaults, f.name)))
+            for f in dataclasses.fields(TopicSettings)
         }
     )
     return Env(kafka, registry, topics, signing, cluster, max_bytes, file.events)
@@ -306,7 +307,7 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     from .kafka.output_limits import OutputLimits
 
     t = env.topics
-    outputs = (t.predictions, t.dlq, t.telemetry, t.late)
+    outputs = (t.predictions, t.predictions_shadow, t.dlq, t.telemetry, t.late)
     if scoring.max_message_bytes is not None:
         n = scoring.max_message_bytes
         return OutputLimits(dict.fromkeys(outputs, n), default=n), n
@@ -464,6 +465,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
                 events=env.events,
+                shadow_limit=lambda: limits.limit(env.topics.predictions_shadow),
             ),
             store=store,
             metrics=metrics,

@@ -170,11 +170,12 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     admin = AdminClient(env.kafka.client_config())
     topics = RouteTopics(
         predictions=env.topics.predictions,
+        predictions_shadow=env.topics.predictions_shadow,
         feedback=env.topics.feedback,
         join=args.join_topic or join_topic_for(args.group_id),
         dlq=env.topics.dlq,
     )
-    sources = [partition_count(admin, t) for t in (topics.predictions, topics.feedback)]
+    sources = [partition_count(admin, t) for t in topics.sources()]
     want = args.join_partitions or max([n for n in sources if n] + [1])
     retention_ms = int(args.join_retention_h * 3_600_000)
     n_join = ensure_topic(admin, topics.join, want, {"retention.ms": str(retention_ms)})

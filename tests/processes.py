@@ -23,8 +23,6 @@ from typing import IO, Any, TypeVar
 
 from streamscore.core.config import TopicSettings
 
-TOPIC_NAMES = ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -48,8 +46,7 @@ def worker_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for name in TOPIC_NAMES:
-        env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(topics, name)
+    env.update(topics.as_env())
     env.update(extra)
     return env
 

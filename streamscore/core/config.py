@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -193,6 +193,9 @@ class TopicSettings:
     feedback: str = "feedback"
     dlq: str = "events.dlq"
     late: str = "events.late"
+    #: shadow models' predictions (never the answer: ``predictions`` holds exactly one
+    #: record per scored event, the primary's or the canary's)
+    predictions_shadow: str = "predictions.shadow"
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -203,7 +206,18 @@ class TopicSettings:
             self.feedback,
             self.dlq,
             self.late,
+            self.predictions_shadow,
         )
+
+    def as_env(self) -> dict[str, str]:
+        """Every topic as the environment variable the CLI reads it from
+        (``STREAMSCORE_TOPIC_<FIELD>``): what a parent gives the processes it starts."""
+        return {topic_env_var(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+def topic_env_var(name: str) -> str:
+    """The environment variable of the :class:`TopicSettings` field ``name``."""
+    return f"STREAMSCORE_TOPIC_{name.upper()}"
 
 
 class LatePolicy(enum.StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,40 @@ EVENT_ID_FIELD = "event_id"
 EVENT_TIME_FIELD = "event_time"
 
 Event = dict[str, Any]
+
+#: Headers on every prediction (``predictions`` and ``predictions.shadow``), so that a
+#: router or a filter needs no decode; named like the dead letters' ``streamscore.error.*``
+#: and ``streamscore.source.*``. Values are UTF-8 text (the version in decimal).
+MODEL_NAME_HEADER = "streamscore.model.name"
+MODEL_VERSION_HEADER = "streamscore.model.version"
+MODEL_ROLE_HEADER = "streamscore.model.role"
+EVENT_ID_HEADER = "streamscore.event.id"
+
+#: A record's headers, in produce order
+HeaderList = list[tuple[str, bytes]]
+
+
+def model_headers(name: str, version: int, role: str) -> HeaderList:
+    """The headers every prediction of one model in one role repeats (the event id
+    header follows them: :func:`prediction_headers`)."""
+    return [
+        (MODEL_NAME_HEADER, name.encode()),
+        (MODEL_VERSION_HEADER, str(version).encode()),
+        (MODEL_ROLE_HEADER, role.encode()),
+    ]
+
+
+def event_id_bytes(ids: Sequence[Any]) -> list[bytes]:
+    """Event ids as header values (UTF-8; a non-text id as its decimal text; none: empty)."""
+    try:
+        return [i.encode() for i in ids]
+    except AttributeError:
+        return [b"" if i is None else str(i).encode() for i in ids]
+
+
+def prediction_headers(name: str, version: int, role: str, event_id: Any) -> HeaderList:
+    """The headers of one prediction."""
+    return [*model_headers(name, version, role), (EVENT_ID_HEADER, event_id_bytes([event_id])[0])]
 
 
 class Task(enum.StrEnum):

@@ -45,8 +45,13 @@ class _Pending:
     replaced: int = 0
 
 
-#: Many messages to one topic, without headers: ``(topic, [(key, value), ...])``.
-Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]]]
+#: Many messages to one topic: ``(topic, [(key, value), ...], headers)``, ``headers``
+#: None (no headers) or one list per message.
+Bulk = tuple[
+    str,
+    Sequence[tuple[bytes | None, bytes | None]],
+    Sequence[list[tuple[str, bytes]]] | None,
+]
 
 #: Called with an output that the producer (in ``produce()``) or the broker (in its
 #: delivery report) refused as too large; returns what to produce in its place (its
@@ -74,7 +79,7 @@ class OutBatch:
     @property
     def n_outputs(self) -> int:
         """Every output of the batch (``messages`` and ``bulk``)."""
-        return len(self.messages) + sum(len(pairs) for _topic, pairs in self.bulk)
+        return len(self.messages) + sum(len(pairs) for _topic, pairs, _h in self.bulk)
 
 
 def _is_too_large(err: Any) -> bool:
@@ -145,24 +150,28 @@ def _produce_bulk(
     poll: Any,
     on_too_large: TooLarge | None = None,
 ) -> None:
-    # positional arguments (topic, value, key, partition, on_delivery), in the order
-    # Producer.produce documents: parsing keywords costs a third of the call
+    # positional arguments, in the order of Producer.produce's C argument list (topic,
+    # value, key, partition, callback, on_delivery, timestamp, headers): parsing keywords
+    # costs a third of the call
     produce = producer.produce
-    for topic, pairs in bulk:
-        for key, value in pairs:
+    for topic, pairs, headers in bulk:
+        hs: Sequence[list[tuple[str, bytes]] | None] = (
+            headers if headers is not None else [None] * len(pairs)
+        )
+        for (key, value), h in zip(pairs, hs, strict=True):
             try:
-                produce(topic, value, key, _ANY_PARTITION, on_delivery)
+                produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, h)
             except BufferError:
                 while True:  # local queue full: serve delivery reports until there is room
                     poll(0.05)
                     try:
-                        produce(topic, value, key, _ANY_PARTITION, on_delivery)
+                        produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, h)
                         break
                     except BufferError:
                         continue
             except KafkaException as exc:
                 # larger than the producer takes: the rest of the pipeline sized it wrong
-                m = OutMessage(topic, key, value)
+                m = OutMessage(topic, key, value, h)
                 repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
                 if repl is None:
                     raise

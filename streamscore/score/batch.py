@@ -23,11 +23,20 @@ import numpy as np
 from ..core.columns import RecordColumns, take_events
 from ..core.config import EventFields, LatePolicy, ScoringSettings
 from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
-from ..core.records import FeatureKind, Role, StageTimings, Task
+from ..core.records import (
+    EVENT_ID_HEADER,
+    FeatureKind,
+    HeaderList,
+    Role,
+    StageTimings,
+    Task,
+    event_id_bytes,
+    model_headers,
+)
 from ..features.event_fields import event_ids, event_keys, event_times_ms
 from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
-from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
+from ..kafka.output_limits import RECORD_OVERHEAD, headers_size, wire_size
 from ..models.runtime import LoadedModel, ScoreBatch
 from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
 from .codecs import (
@@ -118,7 +127,13 @@ class RoleOutput:
 
 @dataclass(slots=True)
 class ScoredBatch:
+    #: every prediction: the answers (primary, canary) first, then the shadow's
     predictions: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    #: each prediction's headers (model name, version, role, event id)
+    prediction_headers: list[HeaderList] = field(default_factory=list)
+    #: ``predictions[:n_answers]`` answer (``predictions``), the rest are the shadow's
+    #: (``predictions.shadow``)
+    n_answers: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     late_routed: list[InMessage] = field(default_factory=list)
     n_messages: int = 0
@@ -137,6 +152,8 @@ class ScoredBatch:
     #: ``outputs`` counts it (for an output refused after scoring: see :meth:`unpredict`)
     _placed: list[_Placed] = field(default_factory=list, repr=False)
     _source: Callable[[int], InMessage] | None = field(default=None, repr=False)
+    #: an upper bound of any prediction's headers (``headers_size``), kept per piece
+    _max_header_bytes: int = field(default=0, repr=False)
 
     def prediction_source(self, i: int) -> InMessage:
         """The consumed message that ``predictions[i]`` answers."""
@@ -231,14 +248,18 @@ class BatchScorer:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         prediction_limit: Callable[[], int] | None = None,
         events: EventFields | None = None,
+        shadow_limit: Callable[[], int] | None = None,
     ) -> None:
-        """``prediction_limit()``: the largest prediction record (key and value, as
-        :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic takes,
-        asked once per batch. An event with a prediction larger than that is not
-        predicted: it is dead-lettered (:class:`~streamscore.core.errors.OutputTooLargeError`).
-        ``events``: the event's own id, time and key fields (default: the shipped event
-        schema's); an event whose id or time cannot be read is dead-lettered."""
+        """``prediction_limit()``: the largest prediction record (key, value and headers,
+        as :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic
+        takes, asked once per batch; ``shadow_limit()`` the same for the shadow topic
+        (default: ``prediction_limit``). An event with a prediction larger than its topic
+        takes is not predicted: it is dead-lettered
+        (:class:`~streamscore.core.errors.OutputTooLargeError`). ``events``: the event's own
+        id, time and key fields (default: the shipped event schema's); an event whose id or
+        time cannot be read is dead-lettered."""
         self._prediction_limit = prediction_limit
+        self._shadow_limit = shadow_limit or prediction_limit
         self._decoder = batch_decoder(decoder)
         self._encoder = batch_encoder(encoder)
         self._settings = settings
@@ -417,7 +438,9 @@ class BatchScorer:
         out.predictions = list(zip(rec_keys, encoded, strict=True))
         if self._prediction_limit is not None and encoded:
             limit = self._prediction_limit()
-            _drop_oversized(out, encoded, rec_keys, limit, messages, v_good)
+            shadow_limit = limit if self._shadow_limit is None else self._shadow_limit()
+            _drop_oversized(out, encoded, rec_keys, (limit, shadow_limit), messages, v_good)
+        out.n_answers = sum(int(p.rows.size) for p in out._placed if p.role is not Role.SHADOW)
         out._source = _sources(messages, v_good)
         t5 = time.perf_counter()
         out.timings = StageTimings(
@@ -541,6 +564,25 @@ class BatchScorer:
         pieces.append(RecordColumns(n, constants, columns))
         rec_keys.extend(raw)
         version = meta.version
+        # headers: one shared list per (model, version, role), one tuple per event id
+        id_bytes = event_id_bytes(ids)
+        id_header = headers_size([(EVENT_ID_HEADER, max(id_bytes, key=len, default=b""))])
+        if "model_version" in columns:  # the fallback answered some rows
+            # (as the record says: the model name, the version that answered)
+            by_version = {
+                v: model_headers(meta.name, v, role.value) for v in set(columns["model_version"])
+            }
+            out.prediction_headers += [
+                [*by_version[v], (EVENT_ID_HEADER, b)]
+                for v, b in zip(columns["model_version"], id_bytes, strict=True)
+            ]
+            most = max(map(headers_size, by_version.values()))
+        else:
+            const = model_headers(meta.name, version, role.value)
+            h0, h1, h2 = const  # one new list per prediction, the tuples shared
+            out.prediction_headers += [[h0, h1, h2, (EVENT_ID_HEADER, b)] for b in id_bytes]
+            most = headers_size(const)
+        out._max_header_bytes = max(out._max_header_bytes, most + id_header)
         main = len(out.outputs)
         out.outputs.append(
             RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
@@ -563,28 +605,35 @@ def _drop_oversized(
     out: ScoredBatch,
     encoded: list[bytes],
     rec_keys: list[bytes | None],
-    limit: int,
+    limits: tuple[int, int],
     messages: Sequence[InMessage],
     v_good: list[int],
 ) -> None:
-    """Events with a prediction larger than ``limit`` are dead-lettered, not predicted
-    (none of their predictions is produced: consumed = predicted + dead-lettered). One
-    pass of C-level ``len`` calls per batch when nothing is too large."""
+    """Events with a prediction larger than its topic takes (``limits``: the predictions
+    topic's, the shadow topic's) are dead-lettered, not predicted (none of their
+    predictions is produced: consumed = predicted + dead-lettered). One pass of C-level
+    ``len`` calls per batch when nothing is too large."""
+    headers = out.prediction_headers
     longest = max(map(len, encoded)) + max(map(len, filter(None, rec_keys)), default=0)
-    if longest + RECORD_OVERHEAD <= limit:
+    longest += out._max_header_bytes
+    if longest + RECORD_OVERHEAD <= min(limits):
         return
-    too_big: dict[int, tuple[int, str]] = {}  # valid row -> size, role of its largest
+    too_big: dict[int, tuple[int, str, int]] = {}  # valid row -> size, role, limit
     start = 0
     for p in out._placed:
+        limit = limits[1] if p.role is Role.SHADOW else limits[0]
         for j, row in enumerate(p.rows.tolist()):
-            size = wire_size(rec_keys[start + j], encoded[start + j])
-            if size > limit and size > too_big.get(row, (0, ""))[0]:
-                too_big[row] = (size, p.role.value)
+            i = start + j
+            size = wire_size(rec_keys[i], encoded[i], headers[i] if headers else None)
+            prev = too_big.get(row)
+            if size > limit and (prev is None or size - limit > prev[0] - prev[2]):
+                too_big[row] = (size, p.role.value, limit)
         start += int(p.rows.size)
     if not too_big:
         return
     bad = np.fromiter(too_big, dtype=np.int64, count=len(too_big))
     kept: list[tuple[bytes | None, bytes]] = []
+    kept_headers: list[HeaderList] = []
     placed: list[_Placed] = []
     start = 0
     for p in out._placed:
@@ -593,19 +642,24 @@ def _drop_oversized(
         if drop.any():
             _uncount(out, p, drop)
             keep = ~drop
-            mine = out.predictions[start : start + n]
-            kept.extend(pr for pr, k in zip(mine, keep.tolist(), strict=True) if k)
+            take = np.flatnonzero(keep).tolist()
+            kept.extend(out.predictions[start + j] for j in take)
+            if headers:
+                kept_headers.extend(headers[start + j] for j in take)
             p = dataclasses.replace(p, rows=p.rows[keep], degraded=p.degraded[keep])
         else:
             kept.extend(out.predictions[start : start + n])
+            kept_headers.extend(headers[start : start + n])
         placed.append(p)
         start += n
     out.predictions = kept
+    out.prediction_headers = kept_headers
     out._placed = placed
-    for row, (size, role) in sorted(too_big.items()):
+    for row, (size, role, limit) in sorted(too_big.items()):
+        topic = "shadow predictions" if role == Role.SHADOW.value else "predictions"
         err = OutputTooLargeError(
             f"the {role} prediction of this event is {size} bytes, more than the "
-            f"predictions topic accepts ({limit} bytes)",
+            f"{topic} topic accepts ({limit} bytes)",
             size=size,
             limit=limit,
         )

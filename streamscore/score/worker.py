@@ -25,6 +25,7 @@ from ..core.records import Telemetry
 from ..kafka.dead_letters import dead_letter, source_headers
 from ..kafka.delivery import (
     AtLeastOnceSink,
+    Bulk,
     OutBatch,
     OutMessage,
     RetryBatch,
@@ -332,7 +333,7 @@ class ScoreLoop:
             out,
             {k: v + 1 for k, v in last.items()},
             first,
-            bulk=[(self._topics.predictions, scored.predictions)],
+            bulk=self._prediction_bulk(scored),
             on_too_large=self._rescuer(scored, sources, snapshot.versions().get("primary")),
         )
         try:
@@ -342,6 +343,18 @@ class ScoreLoop:
             return
         produce_s = time.perf_counter() - t0
         self._record(scored, produce_s)
+
+    def _prediction_bulk(self, scored: ScoredBatch) -> list[Bulk]:
+        """The answers to the predictions topic, the shadow's to the shadow topic (both
+        in the batch's transaction, under exactly-once)."""
+        t = self._topics
+        preds, headers, k = scored.predictions, scored.prediction_headers, scored.n_answers
+        if k == len(preds):
+            return [(t.predictions, preds, headers)]
+        return [
+            (t.predictions, preds[:k], headers[:k]),
+            (t.predictions_shadow, preds[k:], headers[k:]),
+        ]
 
     def _outputs(
         self,
@@ -418,7 +431,7 @@ class ScoreLoop:
             size = wire_size(refused.key, refused.value, refused.headers)
             self._limits.lower(refused.topic, size)
             dl: DeadLetter | None = None
-            if refused.topic == t.predictions:
+            if refused.topic in (t.predictions, t.predictions_shadow):
                 for i, (k, v) in enumerate(scored.predictions):
                     if i not in unpredicted and v == refused.value and k == refused.key:
                         unpredicted.add(i)

@@ -251,6 +251,7 @@ def new_stack(
     topics = TopicSettings(
         events=make_topic(4),
         predictions=make_topic(4),
+        predictions_shadow=make_topic(4),
         telemetry=make_topic(1),
         models=make_topic(1, cleanup_policy="compact", max_message_bytes=16 * 1024 * 1024 + 65536),
         feedback=make_topic(4),

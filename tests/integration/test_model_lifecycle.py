@@ -14,7 +14,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
-from streamscore.core.records import FeatureField, FeatureSpec, Role
+from streamscore.core.records import FeatureField, FeatureSpec, Role, prediction_headers
 from streamscore.models import envelope
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.runtime import LoadedModel, load_bundle
@@ -332,10 +332,22 @@ def test_shadow_and_canary_through_the_real_topics(
         )
     stack.produce_raw(events)
     total = len(events)
-    msgs = stack.read(stack.topics.predictions, until=lambda g: len(g) >= 2 * total)
-    preds = _predictions(stack, msgs)
-    answers = [p for p in preds if p["role"] in ("primary", "canary")]
-    shadow = [p for p in preds if p["role"] == "shadow"]
+    t = stack.topics
+    # predictions: exactly one record per event (the answer); the shadow's on its own topic
+    stack.read(t.predictions, until=lambda g: len(g) >= total)
+    stack.read(t.predictions_shadow, until=lambda g: len(g) >= total)
+    answer_msgs = stack.read_to_end(t.predictions)
+    shadow_msgs = stack.read_to_end(t.predictions_shadow)
+    assert (len(answer_msgs), len(shadow_msgs)) == (total, total)
+    answers = _predictions(stack, answer_msgs)
+    shadow = _predictions(stack, shadow_msgs)
+    # routing needs no decode: every record's headers say what its decoded fields say
+    for m, p in [*zip(answer_msgs, answers, strict=True), *zip(shadow_msgs, shadow, strict=True)]:
+        assert m.headers() == prediction_headers(
+            p["model_name"], p["model_version"], p["role"], p["event_id"]
+        )
+    assert {p["role"] for p in answers} == {"primary", "canary"}
+    assert {p["role"] for p in shadow} == {"shadow"}
     # one answer per event, and the shadow scored every event alongside it
     assert sorted(p["event_id"] for p in answers) == sorted(f"ev-{i}" for i in range(total))
     assert sorted(p["event_id"] for p in shadow) == sorted(f"ev-{i}" for i in range(total))
@@ -346,5 +358,7 @@ def test_shadow_and_canary_through_the_real_topics(
     assert all(len(r) == 1 for r in role_of_key.values())  # a key always lands on one model
     canary_share = sum(1 for r in role_of_key.values() if r == {"canary"}) / n_keys
     assert abs(canary_share - 0.3) <= 0.02, canary_share
+    canary_records = sum(1 for p in answers if p["role"] == "canary") / total
+    assert abs(canary_records - 0.3) <= 0.02, canary_records
     assert {p["model_version"] for p in answers if p["role"] == "canary"} == {2}
     assert w.terminate() == 0

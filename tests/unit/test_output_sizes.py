@@ -177,10 +177,12 @@ class SizedProducer:
         value: bytes | None = None,
         key: bytes | None = None,
         partition: int = -1,
+        callback: Any = None,
         on_delivery: Any = None,
-        *,
+        timestamp: int = 0,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        on_delivery = callback or on_delivery
         if wire_size(key, value, headers) - RECORD_OVERHEAD > self.max_bytes:
             self.raised += 1
             raise _too_large()

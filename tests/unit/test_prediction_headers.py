@@ -1,0 +1,257 @@
+"""Prediction headers (model name, version, role, event id) and where each role's
+predictions go: answers to ``predictions``, the shadow's to ``predictions.shadow``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+from streamscore.core.config import ScoringSettings, TopicSettings
+from streamscore.core.errors import OutputTooLargeError
+from streamscore.core.records import (
+    EVENT_ID_HEADER,
+    MODEL_NAME_HEADER,
+    MODEL_ROLE_HEADER,
+    MODEL_VERSION_HEADER,
+    Role,
+    prediction_headers,
+)
+from streamscore.feedback.router import KIND_HEADER, FeedbackRouter, RouteTopics
+from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch
+from streamscore.kafka.output_limits import wire_size
+from streamscore.metrics.series import Metrics
+from streamscore.models.runtime import LoadedModel
+from streamscore.models.store import ModelStore
+from streamscore.score.batch import BatchScorer, InMessage, ScoredBatch
+from streamscore.score.worker import ScoreLoop
+
+from . import test_scoring
+from .kafka_fakes import FakeConsumer, FakeMessage, FakeSink
+from .test_scoring import _fit, _log_model, decode_prediction
+
+# the fixtures of test_scoring (a mock registry, its codecs, two fitted models)
+env = test_scoring.env
+make_messages = test_scoring.make_messages
+v1 = test_scoring.v1
+v2 = test_scoring.v2
+
+HEADER_NAMES = [MODEL_NAME_HEADER, MODEL_VERSION_HEADER, MODEL_ROLE_HEADER, EVENT_ID_HEADER]
+
+
+def _three_roles(v1: LoadedModel, v2: LoadedModel) -> ModelStore:
+    store = ModelStore()
+    store.offer(Role.PRIMARY, v1)
+    store.offer(Role.CANARY, _fit(False, 3))
+    store.offer(Role.SHADOW, v2)
+    return store
+
+
+def test_header_names_follow_the_dead_letter_headers_and_values_are_utf8_text() -> None:
+    assert HEADER_NAMES == [
+        "streamscore.model.name",
+        "streamscore.model.version",
+        "streamscore.model.role",
+        "streamscore.event.id",
+    ]
+    assert prediction_headers("fraud", 12, "canary", "evt-1") == [
+        ("streamscore.model.name", b"fraud"),
+        ("streamscore.model.version", b"12"),
+        ("streamscore.model.role", b"canary"),
+        ("streamscore.event.id", b"evt-1"),
+    ]
+    assert prediction_headers("m", 1, "primary", 42)[-1] == ("streamscore.event.id", b"42")
+
+
+def test_every_prediction_has_headers_matching_its_record_answers_first(
+    env: dict[str, Any],
+    make_messages: Callable[..., list[InMessage]],
+    v1: LoadedModel,
+    v2: LoadedModel,
+) -> None:
+    msgs = make_messages(600, with_c=True)
+    out = BatchScorer(env["dec"], env["pred"], ScoringSettings(canary_fraction=0.3)).score(
+        msgs, _three_roles(v1, v2).snapshot()
+    )
+    assert len(out.predictions) == len(out.prediction_headers) == 1200
+    for (_k, value), headers in zip(out.predictions, out.prediction_headers, strict=True):
+        p = decode_prediction(value)
+        assert headers == [
+            (MODEL_NAME_HEADER, p["model_name"].encode()),
+            (MODEL_VERSION_HEADER, str(p["model_version"]).encode()),
+            (MODEL_ROLE_HEADER, p["role"].encode()),
+            (EVENT_ID_HEADER, p["event_id"].encode()),
+        ]
+    answers = [decode_prediction(v) for _k, v in out.predictions[: out.n_answers]]
+    shadows = [decode_prediction(v) for _k, v in out.predictions[out.n_answers :]]
+    # one answer per event (primary or canary), then one shadow prediction per event
+    assert out.n_answers == 600
+    assert sorted(p["event_id"] for p in answers) == sorted(p["event_id"] for p in shadows)
+    assert len({p["event_id"] for p in answers}) == 600
+    assert {p["role"] for p in answers} == {"primary", "canary"}
+    assert 0.2 < sum(p["role"] == "canary" for p in answers) / 600 < 0.4
+    assert {(p["role"], p["model_version"]) for p in shadows} == {("shadow", 2)}
+
+
+def test_headers_of_degraded_predictions_name_the_version_that_answered(
+    env: dict[str, Any], make_messages: Callable[..., list[InMessage]], v1: LoadedModel
+) -> None:
+    store = ModelStore()
+    store.offer(Role.PRIMARY, v1)
+    store.offer(Role.PRIMARY, _log_model(2))  # fails on these events: v1 answers
+    out = BatchScorer(env["dec"], env["pred"], ScoringSettings()).score(
+        make_messages(30, with_c=False), store.snapshot()
+    )
+    assert len(out.prediction_headers) == 30
+    for (_k, value), headers in zip(out.predictions, out.prediction_headers, strict=True):
+        p = decode_prediction(value)
+        assert p["degraded"] and p["model_version"] == 1
+        assert dict(headers)[MODEL_VERSION_HEADER] == b"1"
+        assert dict(headers)[MODEL_NAME_HEADER] == p["model_name"].encode()
+
+
+def test_a_shadow_prediction_larger_than_the_shadow_topic_takes_dead_letters_its_event(
+    env: dict[str, Any],
+    make_messages: Callable[..., list[InMessage]],
+    v1: LoadedModel,
+    v2: LoadedModel,
+) -> None:
+    store = ModelStore()
+    store.offer(Role.PRIMARY, v1)
+    store.offer(Role.SHADOW, v2)
+    msgs = make_messages(20, with_c=True)
+    free = BatchScorer(env["dec"], env["pred"], ScoringSettings()).score(msgs, store.snapshot())
+    n = free.n_answers
+    answer_sizes = [
+        wire_size(k, v, h)
+        for (k, v), h in zip(free.predictions[:n], free.prediction_headers[:n], strict=True)
+    ]
+    shadow_sizes = [
+        wire_size(k, v, h)
+        for (k, v), h in zip(free.predictions[n:], free.prediction_headers[n:], strict=True)
+    ]
+    # no shadow prediction fits the shadow topic: their events are dead-lettered
+    # (consumed = predicted + dead-lettered), the answers' topic takes everything
+    shadow_limit = min(shadow_sizes) - 1
+
+    def limited(answers: int, shadows: int) -> ScoredBatch:
+        return BatchScorer(
+            env["dec"],
+            env["pred"],
+            ScoringSettings(),
+            prediction_limit=lambda: answers,
+            shadow_limit=lambda: shadows,
+        ).score(msgs, store.snapshot())
+
+    out = limited(1 << 20, shadow_limit)
+    assert out.predictions == [] and out.prediction_headers == []
+    assert out.n_answers == 0 and out.n_scored == 0
+    assert len(out.dead_letters) == 20
+    err = out.dead_letters[0].error
+    assert isinstance(err, OutputTooLargeError)
+    assert "shadow predictions topic" in str(err) and err.limit == shadow_limit
+    # each topic exactly as large as its largest record: nothing is lost
+    out = limited(max(answer_sizes), max(shadow_sizes))
+    assert out.dead_letters == [] and len(out.predictions) == 40 and out.n_answers == 20
+    # the headers count: records that would fit without them do not
+    bare = max(wire_size(k, v) for k, v in free.predictions[:n])
+    out = limited(bare, 1 << 20)
+    assert len(out.dead_letters) == 20 and out.predictions == []
+    assert "the predictions topic" in str(out.dead_letters[0].error)
+
+
+class _Scored:
+    """A scorer that returns a prepared batch (answers first, then a shadow)."""
+
+    def __init__(self, scored: ScoredBatch) -> None:
+        self.scored = scored
+
+    def score(self, msgs: list[Any], snapshot: Any) -> ScoredBatch:
+        return self.scored
+
+
+def test_the_worker_sends_answers_to_predictions_and_the_shadow_to_its_topic() -> None:
+    topics = TopicSettings(predictions="p", predictions_shadow="p.shadow")
+    heads = [prediction_headers("m", 1, r, f"e{i}") for i, r in enumerate("ps")]
+    scored = ScoredBatch(
+        predictions=[(b"k", b"answer"), (b"k", b"shadow")],
+        prediction_headers=heads,
+        n_answers=1,
+        n_messages=1,
+        n_scored=1,
+        event_times_ms=np.full(1, 1000, dtype=np.int64),
+    )
+    stop = threading.Event()
+    consumer = FakeConsumer([[FakeMessage("events", 0, 7, b"v", key=b"k")]], stop)
+    sink = FakeSink()
+    ScoreLoop(
+        consumer=consumer,
+        sink=sink,  # type: ignore[arg-type]
+        scorer=_Scored(scored),  # type: ignore[arg-type]
+        store=ModelStore(),
+        metrics=Metrics(CollectorRegistry()),
+        settings=ScoringSettings(),
+        topics=topics,
+        encode_telemetry=lambda d: b"t",
+        stop=stop,
+    ).run()
+    (batch,) = sink.sent
+    assert [(t, list(pairs), list(h or [])) for t, pairs, h in batch.bulk] == [
+        ("p", [(b"k", b"answer")], [heads[0]]),
+        ("p.shadow", [(b"k", b"shadow")], [heads[1]]),
+    ]
+    assert batch.n_outputs == 3  # both predictions and the telemetry record
+
+
+def test_a_real_producer_takes_the_bulk_headers_in_its_positional_order() -> None:
+    """librdkafka's in-process mock cluster: every prediction, with its headers, is
+    acknowledged (a wrong positional order raises TypeError in ``produce``), and read
+    back with them."""
+    producer = Producer({"test.mock.num.brokers": 1, "log_level": 0})
+    consumer = FakeConsumer()
+    sink = AtLeastOnceSink(producer, consumer)
+    heads = [prediction_headers("m", 3, "shadow", f"e{i}") for i in range(50)]
+    pairs = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(50)]
+    sink.send(OutBatch([], {("events", 0): 50}, bulk=[("preds.shadow", pairs, heads)]))
+    sink.drain(10, commit=False)
+    assert consumer.stored == [[("events", 0, 50)]]
+
+
+def test_the_router_reads_both_prediction_topics_as_predictions() -> None:
+    topics = RouteTopics(
+        predictions="preds", feedback="fb", join="g.join", dlq="dlq", predictions_shadow="shadow"
+    )
+    assert topics.sources() == ["preds", "shadow", "fb"]
+    assert RouteTopics(predictions="preds", feedback="fb", join="j", dlq="d").sources() == [
+        "preds",
+        "fb",
+    ]
+
+    def event_id(value: bytes) -> str:
+        return value.decode()
+
+    router = FeedbackRouter(
+        consumer=FakeConsumer(),
+        sink=FakeSink(),  # type: ignore[arg-type]
+        topics=topics,
+        event_id=event_id,
+        metrics=Metrics(CollectorRegistry()),
+        worker_id="fb-test",
+        stop=threading.Event(),
+    )
+    batch = router.route(
+        [
+            FakeMessage("preds", 0, 1, b"e1"),
+            FakeMessage("shadow", 0, 1, b"e1"),
+            FakeMessage("fb", 0, 1, b"e1"),
+        ]  # type: ignore[list-item]
+    )
+    assert [(m.key, dict(m.headers or [])[KIND_HEADER]) for m in batch.messages] == [
+        (b"e1", b"prediction"),
+        (b"e1", b"prediction"),
+        (b"e1", b"label"),
+    ]
