@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.errors import DeliveryError, TransactionFailedError
 from ..metrics.series import Metrics
+from .headers import RowHeaders
 from .output_limits import wire_size
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,8 @@ class _Pending:
 
 
 #: Many messages to one topic: ``(topic, [(key, value), ...], headers)``, ``headers``
-#: None (no headers) or one list per message.
-Bulk = tuple[
-    str,
-    Sequence[tuple[bytes | None, bytes | None]],
-    Sequence[list[tuple[str, bytes]]] | None,
-]
+#: None (no headers) or theirs, one record each (:class:`RowHeaders`).
+Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]], RowHeaders | None]
 
 #: Called with an output that the producer (in ``produce()``) or the broker (in its
 #: delivery report) refused as too large; returns what to produce in its place (its
@@ -155,27 +152,44 @@ def _produce_bulk(
     # costs a third of the call
     produce = producer.produce
     for topic, pairs, headers in bulk:
-        hs: Sequence[list[tuple[str, bytes]] | None] = (
-            headers if headers is not None else [None] * len(pairs)
-        )
-        for (key, value), h in zip(pairs, hs, strict=True):
-            try:
-                produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, h)
-            except BufferError:
-                while True:  # local queue full: serve delivery reports until there is room
-                    poll(0.05)
-                    try:
-                        produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, h)
-                        break
-                    except BufferError:
-                        continue
-            except KafkaException as exc:
-                # larger than the producer takes: the rest of the pipeline sized it wrong
-                m = OutMessage(topic, key, value, h)
-                repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
-                if repl is None:
-                    raise
-                _produce_one(producer, repl, on_delivery, poll, on_too_large)
+        if headers is None:
+            runs: list[tuple[int, list[tuple[str, bytes]] | None]] = [(len(pairs), None)]
+            values: Sequence[bytes | None] = [None] * len(pairs)
+            copied = None
+        else:
+            runs = list(headers.runs)
+            values, copied = headers.values, headers.copied
+            if len(values) != len(pairs):
+                raise ValueError(f"{len(pairs)} messages but {len(values)} headers")
+        start = 0
+        for n, shared in runs:
+            # one list for the whole run, its last header replaced per record: produce()
+            # copies the headers at once, so only a record's own header is new
+            h = None if shared is None else [*shared, ("", b"")]
+            name = "" if headers is None else headers.name
+            stop = start + n
+            for i, (key, value) in enumerate(pairs[start:stop], start):
+                if h is not None:
+                    h[-1] = (name, values[i])  # type: ignore[assignment]
+                hi = h if copied is None or h is None else h + copied[i]
+                try:
+                    produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, hi)
+                except BufferError:
+                    while True:  # local queue full: serve delivery reports until there is room
+                        poll(0.05)
+                        try:
+                            produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, hi)
+                            break
+                        except BufferError:
+                            continue
+                except KafkaException as exc:
+                    # larger than the producer takes: the rest of the pipeline sized it wrong
+                    m = OutMessage(topic, key, value, None if hi is None else list(hi))
+                    repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
+                    if repl is None:
+                        raise
+                    _produce_one(producer, repl, on_delivery, poll, on_too_large)
+            start = stop
 
 
 def _refusals(on_too_large: TooLarge) -> Any:

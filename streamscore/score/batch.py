@@ -13,6 +13,7 @@ routing and output sizing are parts of it).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,20 +24,12 @@ import numpy as np
 from ..core.columns import RecordColumns, take_events
 from ..core.config import EventFields, LatePolicy, ScoringSettings
 from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
-from ..core.records import (
-    EVENT_ID_HEADER,
-    FeatureKind,
-    HeaderList,
-    Role,
-    StageTimings,
-    Task,
-    event_id_bytes,
-    model_headers,
-)
+from ..core.records import FeatureKind, Role, StageTimings, Task, event_id_bytes, model_headers
 from ..features.event_fields import event_ids, event_keys, event_times_ms
 from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
-from ..kafka.output_limits import RECORD_OVERHEAD, headers_size, wire_size
+from ..kafka.headers import RowHeaders
+from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
 from ..models.runtime import LoadedModel, ScoreBatch
 from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
 from .codecs import (
@@ -130,7 +123,7 @@ class ScoredBatch:
     #: every prediction: the answers (primary, canary) first, then the shadow's
     predictions: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     #: each prediction's headers (model name, version, role, event id)
-    prediction_headers: list[HeaderList] = field(default_factory=list)
+    prediction_headers: RowHeaders = field(default_factory=RowHeaders)
     #: ``predictions[:n_answers]`` answer (``predictions``), the rest are the shadow's
     #: (``predictions.shadow``)
     n_answers: int = 0
@@ -152,8 +145,6 @@ class ScoredBatch:
     #: ``outputs`` counts it (for an output refused after scoring: see :meth:`unpredict`)
     _placed: list[_Placed] = field(default_factory=list, repr=False)
     _source: Callable[[int], InMessage] | None = field(default=None, repr=False)
-    #: an upper bound of any prediction's headers (``headers_size``), kept per piece
-    _max_header_bytes: int = field(default=0, repr=False)
 
     def prediction_source(self, i: int) -> InMessage:
         """The consumed message that ``predictions[i]`` answers."""
@@ -267,6 +258,18 @@ class BatchScorer:
         self._events = events or EventFields()
         #: the event's fields every prediction carries already (not repeated in ``inputs``)
         self._envelope = frozenset({self._events.id_field, self._events.time_field, "key"})
+        #: the model headers of each (name, version, role): one shared list each
+        self._headers: dict[tuple[str, int, Role], list[tuple[str, bytes]]] = {}
+
+    def _model_headers(self, name: str, version: int, role: Role) -> list[tuple[str, bytes]]:
+        """The headers every prediction of one model in one role repeats (the same list
+        for every batch: one run of :class:`RowHeaders` per model and batch)."""
+        got = self._headers.get((name, version, role))
+        if got is None:
+            if len(self._headers) > 64:  # versions come and go: keep the recent ones
+                self._headers.clear()
+            got = self._headers[(name, version, role)] = model_headers(name, version, role.value)
+        return got
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:
         if snapshot.primary is None:
@@ -564,25 +567,18 @@ class BatchScorer:
         pieces.append(RecordColumns(n, constants, columns))
         rec_keys.extend(raw)
         version = meta.version
-        # headers: one shared list per (model, version, role), one tuple per event id
+        # headers: the model's shared per batch, then the event id's
         id_bytes = event_id_bytes(ids)
-        id_header = headers_size([(EVENT_ID_HEADER, max(id_bytes, key=len, default=b""))])
         if "model_version" in columns:  # the fallback answered some rows
             # (as the record says: the model name, the version that answered)
-            by_version = {
-                v: model_headers(meta.name, v, role.value) for v in set(columns["model_version"])
-            }
-            out.prediction_headers += [
-                [*by_version[v], (EVENT_ID_HEADER, b)]
-                for v, b in zip(columns["model_version"], id_bytes, strict=True)
-            ]
-            most = max(map(headers_size, by_version.values()))
+            for v, run in itertools.groupby(columns["model_version"]):
+                k = len(list(run))
+                out.prediction_headers.add(
+                    self._model_headers(meta.name, v, role), id_bytes[:k], None
+                )
+                id_bytes = id_bytes[k:]
         else:
-            const = model_headers(meta.name, version, role.value)
-            h0, h1, h2 = const  # one new list per prediction, the tuples shared
-            out.prediction_headers += [[h0, h1, h2, (EVENT_ID_HEADER, b)] for b in id_bytes]
-            most = headers_size(const)
-        out._max_header_bytes = max(out._max_header_bytes, most + id_header)
+            out.prediction_headers.add(self._model_headers(meta.name, version, role), id_bytes)
         main = len(out.outputs)
         out.outputs.append(
             RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
@@ -614,8 +610,10 @@ def _drop_oversized(
     predictions is produced: consumed = predicted + dead-lettered). One pass of C-level
     ``len`` calls per batch when nothing is too large."""
     headers = out.prediction_headers
-    longest = max(map(len, encoded)) + max(map(len, filter(None, rec_keys)), default=0)
-    longest += out._max_header_bytes
+    longest = max(map(len, encoded))
+    # an event id header is never longer than the value that holds the same id
+    longest += longest + max(map(len, filter(None, rec_keys)), default=0)
+    longest += headers.largest()
     if longest + RECORD_OVERHEAD <= min(limits):
         return
     too_big: dict[int, tuple[int, str, int]] = {}  # valid row -> size, role, limit
@@ -624,7 +622,7 @@ def _drop_oversized(
         limit = limits[1] if p.role is Role.SHADOW else limits[0]
         for j, row in enumerate(p.rows.tolist()):
             i = start + j
-            size = wire_size(rec_keys[i], encoded[i], headers[i] if headers else None)
+            size = wire_size(rec_keys[i], encoded[i], headers.at(i))
             prev = too_big.get(row)
             if size > limit and (prev is None or size - limit > prev[0] - prev[2]):
                 too_big[row] = (size, p.role.value, limit)
@@ -633,7 +631,7 @@ def _drop_oversized(
         return
     bad = np.fromiter(too_big, dtype=np.int64, count=len(too_big))
     kept: list[tuple[bytes | None, bytes]] = []
-    kept_headers: list[HeaderList] = []
+    kept_rows: list[int] = []
     placed: list[_Placed] = []
     start = 0
     for p in out._placed:
@@ -644,16 +642,15 @@ def _drop_oversized(
             keep = ~drop
             take = np.flatnonzero(keep).tolist()
             kept.extend(out.predictions[start + j] for j in take)
-            if headers:
-                kept_headers.extend(headers[start + j] for j in take)
+            kept_rows.extend(start + j for j in take)
             p = dataclasses.replace(p, rows=p.rows[keep], degraded=p.degraded[keep])
         else:
             kept.extend(out.predictions[start : start + n])
-            kept_headers.extend(headers[start : start + n])
+            kept_rows.extend(range(start, start + n))
         placed.append(p)
         start += n
     out.predictions = kept
-    out.prediction_headers = kept_headers
+    out.prediction_headers = headers.select(kept_rows)
     out._placed = placed
     for row, (size, role, limit) in sorted(too_big.items()):
         topic = "shadow predictions" if role == Role.SHADOW.value else "predictions"

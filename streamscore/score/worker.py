@@ -351,10 +351,8 @@ class ScoreLoop:
         preds, headers, k = scored.predictions, scored.prediction_headers, scored.n_answers
         if k == len(preds):
             return [(t.predictions, preds, headers)]
-        return [
-            (t.predictions, preds[:k], headers[:k]),
-            (t.predictions_shadow, preds[k:], headers[k:]),
-        ]
+        answers, shadows = headers.split(k)
+        return [(t.predictions, preds[:k], answers), (t.predictions_shadow, preds[k:], shadows)]
 
     def _outputs(
         self,

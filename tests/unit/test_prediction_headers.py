@@ -23,6 +23,7 @@ from streamscore.core.records import (
 )
 from streamscore.feedback.router import KIND_HEADER, FeedbackRouter, RouteTopics
 from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch
+from streamscore.kafka.headers import RowHeaders
 from streamscore.kafka.output_limits import wire_size
 from streamscore.metrics.series import Metrics
 from streamscore.models.runtime import LoadedModel
@@ -128,11 +129,11 @@ def test_a_shadow_prediction_larger_than_the_shadow_topic_takes_dead_letters_its
     n = free.n_answers
     answer_sizes = [
         wire_size(k, v, h)
-        for (k, v), h in zip(free.predictions[:n], free.prediction_headers[:n], strict=True)
+        for (k, v), h in zip(free.predictions[:n], list(free.prediction_headers)[:n], strict=True)
     ]
     shadow_sizes = [
         wire_size(k, v, h)
-        for (k, v), h in zip(free.predictions[n:], free.prediction_headers[n:], strict=True)
+        for (k, v), h in zip(free.predictions[n:], list(free.prediction_headers)[n:], strict=True)
     ]
     # no shadow prediction fits the shadow topic: their events are dead-lettered
     # (consumed = predicted + dead-lettered), the answers' topic takes everything
@@ -148,7 +149,7 @@ def test_a_shadow_prediction_larger_than_the_shadow_topic_takes_dead_letters_its
         ).score(msgs, store.snapshot())
 
     out = limited(1 << 20, shadow_limit)
-    assert out.predictions == [] and out.prediction_headers == []
+    assert out.predictions == [] and list(out.prediction_headers) == []
     assert out.n_answers == 0 and out.n_scored == 0
     assert len(out.dead_letters) == 20
     err = out.dead_letters[0].error
@@ -179,7 +180,7 @@ def test_the_worker_sends_answers_to_predictions_and_the_shadow_to_its_topic() -
     heads = [prediction_headers("m", 1, r, f"e{i}") for i, r in enumerate("ps")]
     scored = ScoredBatch(
         predictions=[(b"k", b"answer"), (b"k", b"shadow")],
-        prediction_headers=heads,
+        prediction_headers=RowHeaders.of(heads),
         n_answers=1,
         n_messages=1,
         n_scored=1,
@@ -216,7 +217,9 @@ def test_a_real_producer_takes_the_bulk_headers_in_its_positional_order() -> Non
     sink = AtLeastOnceSink(producer, consumer)
     heads = [prediction_headers("m", 3, "shadow", f"e{i}") for i in range(50)]
     pairs = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(50)]
-    sink.send(OutBatch([], {("events", 0): 50}, bulk=[("preds.shadow", pairs, heads)]))
+    sink.send(
+        OutBatch([], {("events", 0): 50}, bulk=[("preds.shadow", pairs, RowHeaders.of(heads))])
+    )
     sink.drain(10, commit=False)
     assert consumer.stored == [[("events", 0, 50)]]
 
@@ -255,3 +258,55 @@ def test_the_router_reads_both_prediction_topics_as_predictions() -> None:
         (b"e1", b"prediction"),
         (b"e1", b"label"),
     ]
+
+
+class _RecordingProducer:
+    """Keeps what each ``produce`` call was given, headers copied at the call (as
+    librdkafka does): the bulk path reuses one header list per run of records."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, *args: Any) -> None:
+        self.sent.append((topic, value, list(args[-1] or [])))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+
+def test_row_headers_give_each_record_its_own_event_id_over_shared_model_headers() -> None:
+    a = [("streamscore.model.name", b"m"), ("streamscore.model.version", b"1")]
+    b = [("streamscore.model.name", b"m"), ("streamscore.model.version", b"2")]
+    rh = RowHeaders()
+    rh.add(a, [b"e0", b"e1"])
+    rh.add(a, [b"e2"])  # the same shared list: one run
+    rh.add(b, [b"e3"])
+    assert rh.runs == [(3, a), (1, b)] and len(rh) == 4
+    want = [[*a, (EVENT_ID_HEADER, b"e0")], [*a, (EVENT_ID_HEADER, b"e1")]]
+    want += [[*a, (EVENT_ID_HEADER, b"e2")], [*b, (EVENT_ID_HEADER, b"e3")]]
+    assert list(rh) == want and [rh.at(i) for i in range(4)] == want
+    head, tail = rh.split(2)
+    assert list(head) == want[:2] and list(tail) == want[2:]
+    assert list(rh.select([1, 3])) == [want[1], want[3]]
+    copied = RowHeaders()
+    copied.add(a, [b"x", b"y"], [[("traceparent", b"t0")], []])
+    assert list(copied) == [
+        [*a, (EVENT_ID_HEADER, b"x"), ("traceparent", b"t0")],
+        [*a, (EVENT_ID_HEADER, b"y")],
+    ]
+    assert list(copied.split(1)[1]) == [[*a, (EVENT_ID_HEADER, b"y")]]
+
+
+def test_the_bulk_path_produces_every_record_with_its_own_headers() -> None:
+    a = [("streamscore.model.name", b"m"), ("streamscore.model.role", b"primary")]
+    b = [("streamscore.model.name", b"m"), ("streamscore.model.role", b"canary")]
+    rh = RowHeaders()
+    rh.add(a, [f"e{i}".encode() for i in range(5)])
+    rh.add(b, [f"e{i}".encode() for i in range(5, 8)])
+    pairs = [(b"k", f"v{i}".encode()) for i in range(8)]
+    producer = _RecordingProducer()
+    sink = AtLeastOnceSink(producer, FakeConsumer())  # type: ignore[arg-type]
+    sink.send(OutBatch([], {("events", 0): 8}, bulk=[("preds", pairs, rh), ("x", pairs[:1], None)]))
+    assert [v for _t, v, _h in producer.sent] == [v for _k, v in pairs] + [b"v0"]
+    assert [h for _t, _v, h in producer.sent[:8]] == list(rh)
+    assert producer.sent[8] == ("x", b"v0", [])
