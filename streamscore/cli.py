@@ -44,6 +44,7 @@ from typing import Any
 
 from .core import redact
 from .core.config import (
+    SHADOW_TOPIC_HELP,
     ClusterSettings,
     Env,
     KafkaSettings,
@@ -139,11 +140,14 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     from_file = dict(file.topics)
     if file.events_topic is not None:
         from_file["events"] = file.events_topic
+    given = {
+        f.name: env.get(topic_env_var(f.name), from_file.get(f.name))
+        for f in dataclasses.fields(TopicSettings)
+    }
+    if given["predictions_shadow"] is None and given["predictions"] is not None:
+        given["predictions_shadow"] = given["predictions"] + ".shadow"  # follows predictions
     topics = TopicSettings(
-        **{
-            f.name: env.get(topic_env_var(f.name), from_file.get(f.name, getattr(defaults, f.name)))
-            for f in dataclasses.fields(TopicSettings)
-        }
+        **{name: getattr(defaults, name) if v is None else v for name, v in given.items()}
     )
     return Env(kafka, registry, topics, signing, cluster, max_bytes, file.events)
 
@@ -558,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--batch-wait-ms", type=int, default=10)
     s.add_argument("--exactly-once", action="store_true")
+    s.add_argument("--shadow-topic", default=None, help=SHADOW_TOPIC_HELP)
     s.add_argument(
         "--eos-retry-s",
         type=float,
@@ -673,6 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = project_path(args.config, os.environ)
         env = settings_from_env(os.environ, read_project(path) if path else None)
+        if getattr(args, "shadow_topic", None):
+            topics = dataclasses.replace(env.topics, predictions_shadow=args.shadow_topic)
+            env = dataclasses.replace(env, topics=topics)
         return int(args.func(args, env))
     except StreamscoreError as exc:
         print(f"streamscore: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .core.config import SHADOW_TOPIC_HELP
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .core.records import Role, Task
 from .serde import schemas
@@ -336,6 +337,7 @@ def add_commands(sub: Any) -> None:
     f = sub.add_parser("feedback", help="join labels with predictions, fill the ground truth")
     f.add_argument("--group-id", default="streamscore-feedback")
     f.add_argument("--worker-id", default=None)
+    f.add_argument("--shadow-topic", default=None, help=SHADOW_TOPIC_HELP)
     f.add_argument("--store-dir", default="groundtruth", help="ground-truth store directory")
     f.add_argument(
         "--window-s", type=float, default=3600.0, help="join window in event-time seconds"

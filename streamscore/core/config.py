@@ -67,6 +67,10 @@ class TimeEncoding(enum.StrEnum):
     ISO_8601 = "iso-8601"  # a string, with a UTC offset (``2026-01-02T03:04:05Z``)
 
 
+#: The most event headers a project may copy to its predictions
+MAX_COPIED_HEADERS = 16
+
+
 @dataclass(frozen=True)
 class EventFields:
     """Which of the event's own fields the scorer reads as its id, its time and its key.
@@ -77,8 +81,12 @@ class EventFields:
     time_field: str = EVENT_TIME_FIELD
     time_encoding: TimeEncoding = TimeEncoding.TIMESTAMP_MILLIS
     key_field: str | None = None
+    #: the event headers copied to the event's predictions (e.g. ``traceparent``)
+    copy_headers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.copy_headers) > MAX_COPIED_HEADERS:
+            raise ConfigError(f"at most {MAX_COPIED_HEADERS} event headers can be copied")
         if self.id_field == self.time_field:
             raise ConfigError(f"the event id and time fields are both {self.id_field!r}")
 
@@ -213,6 +221,13 @@ class TopicSettings:
         """Every topic as the environment variable the CLI reads it from
         (``STREAMSCORE_TOPIC_<FIELD>``): what a parent gives the processes it starts."""
         return {topic_env_var(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+#: the ``--shadow-topic`` flag's help (the score and feedback commands)
+SHADOW_TOPIC_HELP = (
+    "the shadow predictions' topic (default: $STREAMSCORE_TOPIC_PREDICTIONS_SHADOW, "
+    "else [topics] shadow, else <predictions>.shadow)"
+)
 
 
 def topic_env_var(name: str) -> str:

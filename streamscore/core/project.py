@@ -11,9 +11,11 @@ passes silently)::
     time_encoding = "timestamp-micros"  # timestamp-millis (default), timestamp-micros,
                                     # epoch-millis (a plain long), iso-8601 (a string)
     key_field = "account"           # optional: else the message key
+    copy_headers = ["traceparent"]  # event headers copied to its predictions
 
     [topics]                        # the other topics: predictions, telemetry, models,
     predictions = "payments.scores" # feedback, dlq, late
+    shadow = "payments.scores.shadow"   # shadow predictions (default <predictions>.shadow)
 
     [kafka]
     bootstrap_servers = "broker:9092"
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .config import EventFields, TimeEncoding
+from .config import MAX_COPIED_HEADERS, EventFields, TimeEncoding
 from .errors import ConfigError, ProjectFileError
 
 #: the environment variable that names the project file (``--config`` wins over it)
@@ -44,8 +46,8 @@ CONFIG_ENV = "STREAMSCORE_CONFIG"
 TOPIC_KEYS = ("predictions", "telemetry", "models", "feedback", "dlq", "late")
 
 _TABLES: dict[str, tuple[str, ...]] = {
-    "events": ("topic", "id_field", "time_field", "time_encoding", "key_field"),
-    "topics": TOPIC_KEYS,
+    "events": ("topic", "id_field", "time_field", "time_encoding", "key_field", "copy_headers"),
+    "topics": (*TOPIC_KEYS, "shadow"),
     "kafka": ("bootstrap_servers",),
     "registry": ("url",),
 }
@@ -159,12 +161,14 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
                 f"{_suggest(encoding_text, tuple(e.value for e in TimeEncoding))}",
                 "time_encoding",
             ) from None
+    copy_headers = _copy_headers(ev)
     try:
         events = EventFields(
             id_field=id_field or defaults.id_field,
             time_field=time_field or defaults.time_field,
             time_encoding=encoding,
             key_field=key_field,
+            copy_headers=copy_headers,
         )
     except ConfigError as exc:
         raise ev.error(exc.message, "time_field") from None
@@ -177,6 +181,9 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
             v = topics_table.string(key, _TOPIC_NAME, topic_name)
             if v is not None:
                 topics[key] = v
+        shadow = topics_table.string("shadow", _TOPIC_NAME, topic_name)
+        if shadow is not None:
+            topics["predictions_shadow"] = shadow
     kafka = got.get("kafka")
     registry = got.get("registry")
     return ProjectFile(
@@ -187,3 +194,26 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
         bootstrap_servers=None if kafka is None else kafka.string("bootstrap_servers"),
         registry_url=None if registry is None else registry.string("url"),
     )
+
+
+#: a header name as ``copy_headers`` takes it (printable ASCII, no spaces)
+_HEADER_NAME = re.compile(r"[!-~]{1,249}\Z")
+
+
+def _copy_headers(ev: _Table) -> tuple[str, ...]:
+    """``[events] copy_headers``: the event headers copied to its predictions."""
+    if "copy_headers" not in ev.data:
+        return ()
+    names = ev.data["copy_headers"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ev.error("must be a list of header names (strings)", "copy_headers")
+    if len(names) > MAX_COPIED_HEADERS:
+        raise ev.error(f"at most {MAX_COPIED_HEADERS} header names", "copy_headers")
+    for n in names:
+        if not _HEADER_NAME.match(n):
+            raise ev.error(f"{n!r} is not a header name", "copy_headers")
+        if n.startswith("streamscore."):
+            raise ev.error(f"{n!r}: streamscore.* headers are the worker's own", "copy_headers")
+    if len(set(names)) != len(names):
+        raise ev.error("a header is named twice", "copy_headers")
+    return tuple(names)

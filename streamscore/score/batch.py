@@ -53,6 +53,8 @@ class InMessage:
     partition: int
     offset: int
     timestamp_ms: int
+    #: the message's headers (read only when the project copies some to predictions)
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 class MessageBatch(Sequence[InMessage]):
@@ -61,24 +63,28 @@ class MessageBatch(Sequence[InMessage]):
     late routing). The worker hands one of these to :meth:`BatchScorer.score` so that no
     per-message object is created on the hot path; any ``Sequence[InMessage]`` works too."""
 
-    __slots__ = ("_make", "keys", "values")
+    __slots__ = ("_make", "headers", "keys", "values")
 
     def __init__(
         self,
         values: list[bytes | None],
         keys: list[bytes | None],
         make: Callable[[int], InMessage],
+        headers: list[list[tuple[str, bytes | None]] | None] | None = None,
     ) -> None:
+        """``headers``: each message's, when the scorer copies some (else None)."""
         if len(values) != len(keys):
             raise ValueError("values and keys must have the same length")
         self.values = values
         self.keys = keys
+        self.headers = headers
         self._make = make
 
     @classmethod
     def of(cls, messages: Sequence[InMessage]) -> MessageBatch:
         msgs = list(messages)
-        return cls([m.value for m in msgs], [m.key for m in msgs], msgs.__getitem__)
+        headers = [m.headers for m in msgs]
+        return cls([m.value for m in msgs], [m.key for m in msgs], msgs.__getitem__, headers)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -261,6 +267,23 @@ class BatchScorer:
         #: the model headers of each (name, version, role): one shared list each
         self._headers: dict[tuple[str, int, Role], list[tuple[str, bytes]]] = {}
 
+    @property
+    def copies_headers(self) -> bool:
+        """Whether :meth:`score` reads the messages' headers (``[events] copy_headers``)."""
+        return bool(self._events.copy_headers)
+
+    def _copied(
+        self, messages: Sequence[InMessage], v_good: list[int]
+    ) -> list[list[tuple[str, bytes]]] | None:
+        """Each valid row's event headers to copy, or None when none are copied."""
+        if not self._events.copy_headers:
+            return None
+        names = frozenset(self._events.copy_headers)
+        if isinstance(messages, MessageBatch):
+            every = messages.headers or [None] * len(messages)
+            return [copied_headers(every[g], names) for g in v_good]
+        return [copied_headers(messages[g].headers, names) for g in v_good]
+
     def _model_headers(self, name: str, version: int, role: Role) -> list[tuple[str, bytes]]:
         """The headers every prediction of one model in one role repeats (the same list
         for every batch: one run of :class:`RowHeaders` per model and batch)."""
@@ -369,6 +392,7 @@ class BatchScorer:
             v_late,
             now,
             inputs,
+            self._copied(messages, v_good),
         )
         if n:
             canary = snapshot.canary
@@ -514,7 +538,7 @@ class BatchScorer:
         """Queue ``rows``' predictions by ``model`` as one column-wise piece."""
         meta = model.meta
         n = int(rows.size)
-        inputs = ctx.inputs
+        inputs, copied = ctx.inputs, ctx.copied
         if n == len(ctx.ids):  # rows are increasing and unique: every row, in order
             ids, keys, times, late, raw = ctx.ids, ctx.keys, ctx.times, ctx.late, ctx.raw_keys
         else:
@@ -524,6 +548,8 @@ class BatchScorer:
             times = [ctx.times[i] for i in take]
             late = [ctx.late[i] for i in take]
             raw = [ctx.raw_keys[i] for i in take]
+            if copied is not None:
+                copied = [copied[i] for i in take]
             if inputs is not None:
                 inputs = [inputs[i] for i in take]
         constants: dict[str, Any] = {
@@ -571,14 +597,18 @@ class BatchScorer:
         id_bytes = event_id_bytes(ids)
         if "model_version" in columns:  # the fallback answered some rows
             # (as the record says: the model name, the version that answered)
+            start = 0
             for v, run in itertools.groupby(columns["model_version"]):
-                k = len(list(run))
+                stop = start + len(list(run))
                 out.prediction_headers.add(
-                    self._model_headers(meta.name, v, role), id_bytes[:k], None
+                    self._model_headers(meta.name, v, role),
+                    id_bytes[start:stop],
+                    None if copied is None else copied[start:stop],
                 )
-                id_bytes = id_bytes[k:]
+                start = stop
         else:
-            out.prediction_headers.add(self._model_headers(meta.name, version, role), id_bytes)
+            shared = self._model_headers(meta.name, version, role)
+            out.prediction_headers.add(shared, id_bytes, copied)
         main = len(out.outputs)
         out.outputs.append(
             RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
@@ -678,6 +708,26 @@ class _RowContext:
     late: list[bool]
     now: int
     inputs: list[dict[str, Any]] | None  # None: every prediction's ``inputs`` is empty
+    #: the event headers copied to its predictions (None: the project copies none)
+    copied: list[list[tuple[str, bytes]]] | None = None
+
+
+def copied_headers(
+    headers: list[tuple[str, bytes | None]] | None, names: frozenset[str]
+) -> list[tuple[str, bytes]]:
+    """The headers ``names`` of one event, each at most once (its first), in its order;
+    a null value is not copied."""
+    if not headers:
+        return []
+    out: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for k, v in headers:
+        if k in names and k not in seen and v is not None:
+            seen.add(k)
+            out.append((k, v))
+            if len(seen) == len(names):
+                break
+    return out
 
 
 def _input_value(v: Any) -> float | str | None:

@@ -213,6 +213,8 @@ class ScoreLoop:
         self._consumer = consumer
         self._sink = sink
         self._scorer = scorer
+        #: whether the scorer copies event headers to predictions (reads them per message)
+        self._copies_headers = bool(getattr(scorer, "copies_headers", False))
         self._store = store
         self._m = metrics
         self._s = settings
@@ -317,7 +319,8 @@ class ScoreLoop:
         sources: list[tuple[OutMessage, DeadLetter]] = []
         try:
             # the registry away: raised before any scoring work (decode fetches first)
-            scored = self._scorer.score(MessageBatch(values, keys, make), snapshot)
+            headers = [m.headers() for m in good] if self._copies_headers else None
+            scored = self._scorer.score(MessageBatch(values, keys, make, headers), snapshot)
             t0 = time.perf_counter()
             out = self._outputs(scored, snapshot.versions(), first, last, sources)
         except InfrastructureError as exc:

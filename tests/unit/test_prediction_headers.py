@@ -3,6 +3,7 @@ predictions go: answers to ``predictions``, the shadow's to ``predictions.shadow
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from streamscore.core.config import ScoringSettings, TopicSettings
+from streamscore.core.config import EventFields, ScoringSettings, TopicSettings
 from streamscore.core.errors import OutputTooLargeError
 from streamscore.core.records import (
     EVENT_ID_HEADER,
@@ -28,7 +29,7 @@ from streamscore.kafka.output_limits import wire_size
 from streamscore.metrics.series import Metrics
 from streamscore.models.runtime import LoadedModel
 from streamscore.models.store import ModelStore
-from streamscore.score.batch import BatchScorer, InMessage, ScoredBatch
+from streamscore.score.batch import BatchScorer, InMessage, MessageBatch, ScoredBatch
 from streamscore.score.worker import ScoreLoop
 
 from . import test_scoring
@@ -310,3 +311,52 @@ def test_the_bulk_path_produces_every_record_with_its_own_headers() -> None:
     assert [v for _t, v, _h in producer.sent] == [v for _k, v in pairs] + [b"v0"]
     assert [h for _t, _v, h in producer.sent[:8]] == list(rh)
     assert producer.sent[8] == ("x", b"v0", [])
+
+
+def test_the_event_headers_the_project_names_are_copied_to_each_of_its_predictions(
+    env: dict[str, Any],
+    make_messages: Callable[..., list[InMessage]],
+    v1: LoadedModel,
+    v2: LoadedModel,
+) -> None:
+    plain = make_messages(40, with_c=True)
+    msgs = [
+        dataclasses.replace(
+            m,
+            headers=[
+                ("traceparent", f"00-{i:032x}-01".encode()),
+                ("other", b"not copied"),
+                ("traceparent", b"second, not copied"),
+            ]
+            if i % 4
+            else None,
+        )
+        for i, m in enumerate(plain)
+    ]
+    events = EventFields(copy_headers=("traceparent",))
+    scorer = BatchScorer(
+        env["dec"], env["pred"], ScoringSettings(canary_fraction=0.3), events=events
+    )
+    assert scorer.copies_headers
+    out = scorer.score(MessageBatch.of(msgs), _three_roles(v1, v2).snapshot())
+    assert len(out.predictions) == 80
+    by_id = {env["dec"](m.value)["event_id"]: i for i, m in enumerate(msgs)}
+    for (_k, value), headers in zip(out.predictions, out.prediction_headers, strict=True):
+        i = by_id[decode_prediction(value)["event_id"]]
+        copied = [h for h in headers if not h[0].startswith("streamscore.")]
+        assert copied == ([("traceparent", f"00-{i:032x}-01".encode())] if i % 4 else [])
+        assert [h[0] for h in headers[:4]] == HEADER_NAMES
+    # copied headers count towards the size check: they may make a prediction too large
+    sizes = [
+        wire_size(k, v, h)
+        for (k, v), h in zip(out.predictions, out.prediction_headers, strict=True)
+    ]
+    bare = BatchScorer(env["dec"], env["pred"], ScoringSettings(canary_fraction=0.3)).score(
+        MessageBatch.of(msgs), _three_roles(v1, v2).snapshot()
+    )
+    assert not BatchScorer(env["dec"], env["pred"], ScoringSettings()).copies_headers
+    assert all(len(h) == 4 for h in bare.prediction_headers)
+    assert max(sizes) > max(
+        wire_size(k, v, h)
+        for (k, v), h in zip(bare.predictions, bare.prediction_headers, strict=True)
+    )
