@@ -68,14 +68,17 @@ def prediction(eid: str, key: str, t_ms: int, i: int) -> dict[str, Any]:
         "model_version": 1,
         "role": "primary",
         "value": float(i % 97),
+        "score": float(i % 97),
         "label": None,
-        "probabilities": [],
-        "classes": [],
         "degraded": False,
         "late": False,
-        "feature_names": ["a", "b"],
-        "features": [float(i % 13), float(i % 7)],
-        "inputs": {},
+        "detail": {
+            "probabilities": [],
+            "classes": [],
+            "feature_names": ["a", "b"],
+            "features": [float(i % 13), float(i % 7)],
+            "inputs": {},
+        },
     }
 
 

@@ -145,7 +145,8 @@ _NOT_INPUTS = frozenset({EVENT_ID_FIELD, "key", EVENT_TIME_FIELD})
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """A record of the predictions topic (``prediction`` schema v1 or v2), as the feedback
+    """A record of the predictions topics (``prediction`` schema v1, v2 or v3: v3 holds the
+    arrays and the inputs in its nested ``detail``), as the feedback
     side reads it, with where it was read from. The score worker writes these records
     column-wise (``streamscore.serde``), never through this class."""
 
@@ -166,6 +167,7 @@ class Prediction:
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any], position: Position | None = None) -> Prediction:
+        detail = d.get("detail") or d  # v3: nested; v1/v2: top level
         return cls(
             event_id=str(d["event_id"]),
             key=d.get("key"),
@@ -175,11 +177,11 @@ class Prediction:
             role=Role(d["role"]),
             value=d.get("value"),
             label=d.get("label"),
-            probabilities=tuple(d.get("probabilities") or ()),
-            classes=tuple(d.get("classes") or ()),
-            feature_names=tuple(d.get("feature_names") or ()),
-            features=tuple(d.get("features") or ()),
-            inputs=dict(d.get("inputs") or {}),
+            probabilities=tuple(detail.get("probabilities") or ()),
+            classes=tuple(detail.get("classes") or ()),
+            feature_names=tuple(detail.get("feature_names") or ()),
+            features=tuple(detail.get("features") or ()),
+            inputs=dict(detail.get("inputs") or {}),
             position=position,
         )
 

@@ -552,22 +552,25 @@ class BatchScorer:
                 copied = [copied[i] for i in take]
             if inputs is not None:
                 inputs = [inputs[i] for i in take]
+        # the record (prediction schema v3): flat scalars, then the nested detail
+        scores = batch.score()
         constants: dict[str, Any] = {
             "scored_time": ctx.now,
             "model_name": meta.name,
             "role": role.value,
-            "feature_names": list(meta.feature_spec.names),
         }
+        detail_constants: dict[str, Any] = {"feature_names": list(meta.feature_spec.names)}
         if inputs is None:
-            constants["inputs"] = {}
+            detail_constants["inputs"] = {}
+        detail: dict[str, Any] = {"features": np.asarray(xm, dtype=np.float64)}
+        if inputs is not None:
+            detail["inputs"] = inputs
         columns: dict[str, Any] = {
             "event_id": ids,
             "key": keys,
             "event_time": times,
-            "features": np.asarray(xm, dtype=np.float64),
+            "score": np.asarray(scores, dtype=np.float64),
         }
-        if inputs is not None:
-            columns["inputs"] = inputs
         n_degraded = int(degraded.sum())
         if fallback is not None and n_degraded:
             columns["model_version"] = fallback.model_versions().tolist()
@@ -584,12 +587,15 @@ class BatchScorer:
         if batch.task is Task.REGRESSION:
             assert batch.values is not None
             columns["value"] = np.asarray(batch.values, dtype=np.float64)
-            constants.update(label=None, probabilities=[], classes=[])
+            constants["label"] = None
+            detail_constants.update(probabilities=[], classes=[])
         else:
             assert batch.probabilities is not None and batch.labels is not None
             columns["label"] = batch.labels.tolist()
-            columns["probabilities"] = np.asarray(batch.probabilities, dtype=np.float64)
-            constants.update(value=None, classes=list(batch.classes))
+            detail["probabilities"] = np.asarray(batch.probabilities, dtype=np.float64)
+            constants["value"] = None
+            detail_constants["classes"] = list(batch.classes)
+        columns["detail"] = RecordColumns(n, detail_constants, detail)
         pieces.append(RecordColumns(n, constants, columns))
         rec_keys.extend(raw)
         version = meta.version
@@ -610,9 +616,7 @@ class BatchScorer:
             shared = self._model_headers(meta.name, version, role)
             out.prediction_headers.add(shared, id_bytes, copied)
         main = len(out.outputs)
-        out.outputs.append(
-            RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
-        )
+        out.outputs.append(RoleOutput(meta.name, version, role, n - n_degraded, scores, n_degraded))
         fb_index = None
         if n_degraded and fallback is not None and fallback.fallback is not None:
             fb = fallback.fallback
