@@ -105,7 +105,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, AvroSerializer, LayoutDeserializer
     from .serde.wire import WriterSchemaCache
 
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
@@ -145,7 +145,10 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     )
     reg = _registry(env)
     cache = WriterSchemaCache(reg)
-    decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
+    # v3 predictions with the v3 reader, older ones with v2's (their arrays kept)
+    decode_pred = LayoutDeserializer(
+        cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
+    )
     decode_fb = AvroDeserializer(cache, schemas.load("feedback"))
     telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
     topic = model_topic(env, reg) if promo.enabled else None

@@ -367,6 +367,43 @@ def _field_in(message: str) -> str | None:
     return None
 
 
+class LayoutDeserializer:
+    """Decodes each message with the reader schema of its writer's layout: ``current``
+    when the writer schema has the top-level field ``marker``, else ``legacy``. For a
+    field that moved into a nested record (prediction v3's ``detail``), which Avro schema
+    resolution cannot follow: a v2 prediction read with the v3 reader would lose its
+    arrays, so it is read with the v2 reader, and the caller reads both shapes."""
+
+    def __init__(
+        self,
+        schemas: WriterSchemaCache,
+        current: dict[str, Any],
+        legacy: dict[str, Any],
+        marker: str,
+    ) -> None:
+        self._schemas = schemas
+        self._current = AvroDeserializer(schemas, current)
+        self._legacy = AvroDeserializer(schemas, legacy)
+        self._marker = marker
+        self._by_id: dict[int, AvroDeserializer] = {}
+
+    def require(self, values: Sequence[bytes | None]) -> None:
+        self._schemas.require(values)
+
+    def __call__(self, data: bytes | None, ctx: Any = None) -> dict[str, Any]:
+        schema_id, _body = split_header(data)
+        dec = self._by_id.get(schema_id)
+        if dec is None:
+            writer, _parsed = self._schemas.get(schema_id)
+            fields = writer.get("fields") if isinstance(writer, dict) else None
+            names = {f.get("name") for f in fields or () if isinstance(f, dict)}
+            dec = self._current if self._marker in names else self._legacy
+            if len(self._by_id) >= 1024:  # ids are few; bounded all the same
+                self._by_id.clear()
+            self._by_id[schema_id] = dec
+        return dec(data)
+
+
 class AvroSerializer:
     """``(dict, ctx) -> bytes`` in the wire format under ``subject``. The schema is
     registered on first use (or looked up when ``auto_register`` is off)."""
