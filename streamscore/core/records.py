@@ -41,6 +41,15 @@ def model_headers(name: str, version: int, role: str) -> HeaderList:
     ]
 
 
+def event_id_values(ids: list[Any]) -> list[str] | list[bytes]:
+    """Event ids as header values, with no per-id work when they are all text (the
+    producer takes ``str`` header values and writes them as UTF-8): ``ids`` itself;
+    else :func:`event_id_bytes`."""
+    if set(map(type, ids)) <= {str}:
+        return ids
+    return event_id_bytes(ids)
+
+
 def event_id_bytes(ids: Sequence[Any]) -> list[bytes]:
     """Event ids as header values (UTF-8; a non-text id as its decimal text; none: empty)."""
     try:

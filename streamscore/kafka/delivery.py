@@ -147,49 +147,80 @@ def _produce_bulk(
     poll: Any,
     on_too_large: TooLarge | None = None,
 ) -> None:
+    # positional arguments (see _produce_pair); anything but the plain call in a helper
+    produce = producer.produce
+    for topic, pairs, headers in bulk:
+        if headers is None:
+            for key, value in pairs:
+                try:
+                    produce(topic, value, key, _ANY_PARTITION, on_delivery)
+                except (BufferError, KafkaException):
+                    _produce_pair(
+                        producer, topic, key, value, None, on_delivery, poll, on_too_large
+                    )
+            continue
+        if len(headers) != len(pairs):
+            raise ValueError(f"{len(pairs)} messages but {len(headers)} headers")
+        name, values, copied = headers.name, headers.values, headers.copied
+        start = 0
+        for n, shared in headers.runs:
+            stop = start + n
+            # one list for the whole run, its last header replaced per record: produce()
+            # copies the headers at the call, so only a record's own header is new
+            h: list[Any] = [*shared, None]
+            own = zip(pairs[start:stop], values[start:stop], strict=True)
+            if copied is None:
+                for (key, value), v in own:
+                    h[-1] = (name, v)
+                    try:
+                        produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, h)
+                    except (BufferError, KafkaException):
+                        _produce_pair(
+                            producer, topic, key, value, h, on_delivery, poll, on_too_large
+                        )
+            else:
+                for i, ((key, value), v) in enumerate(own, start):
+                    h[-1] = (name, v)
+                    hi = h + copied[i]
+                    _produce_pair(producer, topic, key, value, hi, on_delivery, poll, on_too_large)
+            start = stop
+
+
+def _produce_pair(
+    producer: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[Any] | None,
+    on_delivery: Any,
+    poll: Any,
+    on_too_large: TooLarge | None,
+) -> None:
+    """One message of a bulk: a full local queue served until there is room; one larger
+    than the producer takes replaced (``on_too_large``) or raised."""
     # positional arguments, in the order of Producer.produce's C argument list (topic,
     # value, key, partition, callback, on_delivery, timestamp, headers): parsing keywords
     # costs a third of the call
     produce = producer.produce
-    for topic, pairs, headers in bulk:
-        if headers is None:
-            runs: list[tuple[int, list[tuple[str, bytes]] | None]] = [(len(pairs), None)]
-            values: Sequence[bytes | None] = [None] * len(pairs)
-            copied = None
-        else:
-            runs = list(headers.runs)
-            values, copied = headers.values, headers.copied
-            if len(values) != len(pairs):
-                raise ValueError(f"{len(pairs)} messages but {len(values)} headers")
-        start = 0
-        for n, shared in runs:
-            # one list for the whole run, its last header replaced per record: produce()
-            # copies the headers at once, so only a record's own header is new
-            h = None if shared is None else [*shared, ("", b"")]
-            name = "" if headers is None else headers.name
-            stop = start + n
-            for i, (key, value) in enumerate(pairs[start:stop], start):
-                if h is not None:
-                    h[-1] = (name, values[i])  # type: ignore[assignment]
-                hi = h if copied is None or h is None else h + copied[i]
-                try:
-                    produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, hi)
-                except BufferError:
-                    while True:  # local queue full: serve delivery reports until there is room
-                        poll(0.05)
-                        try:
-                            produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, hi)
-                            break
-                        except BufferError:
-                            continue
-                except KafkaException as exc:
-                    # larger than the producer takes: the rest of the pipeline sized it wrong
-                    m = OutMessage(topic, key, value, None if hi is None else list(hi))
-                    repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
-                    if repl is None:
-                        raise
-                    _produce_one(producer, repl, on_delivery, poll, on_too_large)
-            start = stop
+    while True:
+        try:
+            produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, headers)
+            return
+        except BufferError:  # local queue full: serve delivery reports until there is room
+            poll(0.05)
+        except KafkaException as exc:
+            # larger than the producer takes: the rest of the pipeline sized it wrong
+            hs = None if headers is None else [(k, _utf8(v)) for k, v in headers]
+            m = OutMessage(topic, key, value, hs)
+            repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
+            if repl is None:
+                raise
+            _produce_one(producer, repl, on_delivery, poll, on_too_large)
+            return
+
+
+def _utf8(v: bytes | str) -> bytes:
+    return v.encode() if isinstance(v, str) else v
 
 
 def _refusals(on_too_large: TooLarge) -> Any:

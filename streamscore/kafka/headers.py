@@ -25,7 +25,9 @@ class RowHeaders:
     The producer builds each record's list as it produces it (:meth:`at`)."""
 
     name: str = EVENT_ID_HEADER
-    values: list[bytes] = field(default_factory=list)
+    #: each record's own header value: ``bytes``, or ``str`` written as UTF-8 (event ids
+    #: are given as they are, not encoded one by one)
+    values: list[bytes | str] = field(default_factory=list)
     runs: list[tuple[int, HeaderList]] = field(default_factory=list)
     #: the event headers copied to each record (None: none copied)
     copied: list[HeaderList] | None = None
@@ -42,7 +44,10 @@ class RowHeaders:
         return len(self.values)
 
     def add(
-        self, shared: HeaderList, values: list[bytes], copied: list[HeaderList] | None = None
+        self,
+        shared: HeaderList,
+        values: Sequence[bytes | str],
+        copied: list[HeaderList] | None = None,
     ) -> None:
         """Append ``len(values)`` records sharing ``shared``; ``copied``: their copied
         event headers (given for every run or for none)."""
@@ -59,7 +64,7 @@ class RowHeaders:
         start = 0
         for n, shared in self.runs:
             for i in range(start, start + n):
-                own = [*shared, (self.name, self.values[i])]
+                own = [*shared, (self.name, _bytes(self.values[i]))]
                 yield own + self.copied[i] if self.copied is not None else own
             start += n
 
@@ -68,7 +73,7 @@ class RowHeaders:
         start = 0
         for n, shared in self.runs:
             if i < start + n:
-                own = [*shared, (self.name, self.values[i])]
+                own = [*shared, (self.name, _bytes(self.values[i]))]
                 return own + self.copied[i] if self.copied is not None else own
             start += n
         raise IndexError(f"no record {i}")
@@ -114,3 +119,7 @@ class RowHeaders:
         from_runs = max((headers_size(s) for _n, s in self.runs), default=0)
         copied = max(map(headers_size, self.copied), default=0) if self.copied else 0
         return from_runs + headers_size([(self.name, b"")]) + copied
+
+
+def _bytes(v: bytes | str) -> bytes:
+    return v.encode() if isinstance(v, str) else v

@@ -24,7 +24,7 @@ import numpy as np
 from ..core.columns import RecordColumns, take_events
 from ..core.config import EventFields, LatePolicy, ScoringSettings
 from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
-from ..core.records import FeatureKind, Role, StageTimings, Task, event_id_bytes, model_headers
+from ..core.records import FeatureKind, Role, StageTimings, Task, event_id_values, model_headers
 from ..features.event_fields import event_ids, event_keys, event_times_ms
 from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
@@ -600,7 +600,7 @@ class BatchScorer:
         rec_keys.extend(raw)
         version = meta.version
         # headers: the model's shared per batch, then the event id's
-        id_bytes = event_id_bytes(ids)
+        id_bytes = event_id_values(ids)
         if "model_version" in columns:  # the fallback answered some rows
             # (as the record says: the model name, the version that answered)
             start = 0

@@ -20,6 +20,7 @@ from streamscore.core.records import (
     MODEL_ROLE_HEADER,
     MODEL_VERSION_HEADER,
     Role,
+    model_headers,
     prediction_headers,
 )
 from streamscore.feedback.router import KIND_HEADER, FeedbackRouter, RouteTopics
@@ -216,11 +217,11 @@ def test_a_real_producer_takes_the_bulk_headers_in_its_positional_order() -> Non
     producer = Producer({"test.mock.num.brokers": 1, "log_level": 0})
     consumer = FakeConsumer()
     sink = AtLeastOnceSink(producer, consumer)
-    heads = [prediction_headers("m", 3, "shadow", f"e{i}") for i in range(50)]
+    heads = RowHeaders()
+    heads.add(model_headers("m", 3, "shadow"), [f"e{i}" for i in range(25)])  # str: as is
+    heads.add(model_headers("m", 3, "shadow"), [f"e{i}".encode() for i in range(25, 50)])
     pairs = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(50)]
-    sink.send(
-        OutBatch([], {("events", 0): 50}, bulk=[("preds.shadow", pairs, RowHeaders.of(heads))])
-    )
+    sink.send(OutBatch([], {("events", 0): 50}, bulk=[("preds.shadow", pairs, heads)]))
     sink.drain(10, commit=False)
     assert consumer.stored == [[("events", 0, 50)]]
 
@@ -269,7 +270,10 @@ class _RecordingProducer:
         self.sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
 
     def produce(self, topic: str, value: bytes, key: bytes, *args: Any) -> None:
-        self.sent.append((topic, value, list(args[-1] or [])))
+        headers = args[4] if len(args) > 4 else None  # partition, 2 callbacks, time, headers
+        self.sent.append(
+            (topic, value, [(k, v.encode() if isinstance(v, str) else v) for k, v in headers or []])
+        )
 
     def poll(self, timeout: float = 0) -> int:
         return 0
