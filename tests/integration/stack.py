@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,9 @@ class Stack:
         topic: str | None = None,
         *,
         max_message_bytes: int = 1_000_000,
+        headers: Sequence[list[tuple[str, bytes]]] | None = None,
     ) -> int:
+        """``items`` produced in order (``headers``: each item's, when given)."""
         p = Producer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -141,9 +143,10 @@ class Stack:
         )
         n = 0
         for key, value in items:
+            h = None if headers is None else headers[n]
             while True:
                 try:
-                    p.produce(topic or self.topics.events, value, key)
+                    p.produce(topic or self.topics.events, value, key, headers=h)
                     break
                 except BufferError:
                     p.poll(0.05)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -299,18 +300,23 @@ def test_rollback_republishes_the_previous_version(
 
 
 def test_shadow_and_canary_through_the_real_topics(
-    stack: Stack, make_worker: Callable[..., WorkerProcess]
+    stack: Stack, make_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
+    """Primary + canary at 30 % + shadow on 20,000 events: ``predictions`` holds exactly
+    one answer per event, ``predictions.shadow`` one shadow prediction per event; every
+    record carries its model and event headers and the event's own ``traceparent``."""
     stack.publish("ab", version=1)  # primary
     stack.publish("ab", version=2, role=Role.CANARY)
     stack.publish("abc", version=3, role=Role.SHADOW)
-    w = make_worker("roles", "--canary-fraction", "0.3")
+    project = tmp_path / "streamscore.toml"
+    project.write_text('[events]\ncopy_headers = ["traceparent"]\n')
+    w = make_worker("roles", "--canary-fraction", "0.3", "--config", str(project))
     for role, v in (("primary", "1"), ("canary", "2"), ("shadow", "3")):
         assert w.sample("streamscore_model_info", {"model_version": v, "role": role}) == 1
     ser = stack.event_serializer(2)
     now = int(time.time() * 1000)
     rng = np.random.default_rng(21)
-    n_keys = 20_000
+    n_keys = 15_000
     events = []
     for i in range(n_keys + 5_000):  # 5,000 repeats of earlier keys: stickiness
         key = f"key-{i if i < n_keys else int(rng.integers(0, n_keys))}"
@@ -330,8 +336,13 @@ def test_shadow_and_canary_through_the_real_topics(
                 ),
             )
         )
-    stack.produce_raw(events)
+    trace = [
+        [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("x", b"y")]
+        for i in range(len(events))
+    ]
+    stack.produce_raw(events, headers=trace)
     total = len(events)
+    assert total == 20_000
     t = stack.topics
     # predictions: exactly one record per event (the answer); the shadow's on its own topic
     stack.read(t.predictions, until=lambda g: len(g) >= total)
@@ -343,9 +354,11 @@ def test_shadow_and_canary_through_the_real_topics(
     shadow = _predictions(stack, shadow_msgs)
     # routing needs no decode: every record's headers say what its decoded fields say
     for m, p in [*zip(answer_msgs, answers, strict=True), *zip(shadow_msgs, shadow, strict=True)]:
-        assert m.headers() == prediction_headers(
-            p["model_name"], p["model_version"], p["role"], p["event_id"]
-        )
+        i = int(p["event_id"].removeprefix("ev-"))
+        assert m.headers() == [
+            *prediction_headers(p["model_name"], p["model_version"], p["role"], p["event_id"]),
+            trace[i][0],  # copied from the event; its other header is not
+        ]
     assert {p["role"] for p in answers} == {"primary", "canary"}
     assert {p["role"] for p in shadow} == {"shadow"}
     # one answer per event, and the shadow scored every event alongside it
@@ -356,7 +369,7 @@ def test_shadow_and_canary_through_the_real_topics(
     for p in answers:
         role_of_key[p["key"]].add(p["role"])
     assert all(len(r) == 1 for r in role_of_key.values())  # a key always lands on one model
-    canary_share = sum(1 for r in role_of_key.values() if r == {"canary"}) / n_keys
+    canary_share = sum(1 for r in role_of_key.values() if r == {"canary"}) / len(role_of_key)
     assert abs(canary_share - 0.3) <= 0.02, canary_share
     canary_records = sum(1 for p in answers if p["role"] == "canary") / total
     assert abs(canary_records - 0.3) <= 0.02, canary_records
