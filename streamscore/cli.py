@@ -380,7 +380,12 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         else __import__("json").loads(Path(args.reader_schema).read_text())
     )
     decode = AvroDeserializer(cache, reader_schema)
-    predictions = AvroSerializer(reg, f"{env.topics.predictions}-value", schemas.load("prediction"))
+    predictions = AvroSerializer(
+        reg,
+        f"{env.topics.predictions}-value",
+        schemas.load("prediction"),
+        also_subjects=[f"{env.topics.predictions_shadow}-value"],
+    )
     telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 

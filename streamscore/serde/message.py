@@ -406,7 +406,10 @@ class LayoutDeserializer:
 
 class AvroSerializer:
     """``(dict, ctx) -> bytes`` in the wire format under ``subject``. The schema is
-    registered on first use (or looked up when ``auto_register`` is off)."""
+    registered on first use (or looked up when ``auto_register`` is off), also under
+    ``also_subjects`` (another topic that carries the same records, e.g. the shadow
+    predictions: its ``<topic>-value`` subject names the schema for tools that look a
+    topic's schema up by subject; the records carry ``subject``'s id)."""
 
     def __init__(
         self,
@@ -415,9 +418,11 @@ class AvroSerializer:
         schema: dict[str, Any],
         *,
         auto_register: bool = True,
+        also_subjects: Sequence[str] = (),
     ) -> None:
         self._registry = registry
         self._subject = subject
+        self._also = tuple(also_subjects)
         self._schema_json = schema
         self._parsed = parse(schema)
         self._auto_register = auto_register
@@ -430,9 +435,10 @@ class AvroSerializer:
 
     def _ensure_header(self) -> bytes:
         if self._header is None:
-            self._header = writer_header(
-                self._registry, self._subject, self._schema_json, auto_register=self._auto_register
-            )
+            reg, schema, auto = self._registry, self._schema_json, self._auto_register
+            for also in self._also:
+                writer_header(reg, also, schema, auto_register=auto)
+            self._header = writer_header(reg, self._subject, schema, auto_register=auto)
         return self._header
 
     def __call__(self, obj: dict[str, Any], ctx: object | None = None) -> bytes:

@@ -4,6 +4,7 @@ each kind of bad update rejected while the current model keeps serving."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections import defaultdict
@@ -365,6 +366,10 @@ def test_shadow_and_canary_through_the_real_topics(
     assert sorted(p["event_id"] for p in answers) == sorted(f"ev-{i}" for i in range(total))
     assert sorted(p["event_id"] for p in shadow) == sorted(f"ev-{i}" for i in range(total))
     assert {p["model_version"] for p in shadow} == {3}
+    # the shadow topic's own subject names the prediction schema (ksqlDB, sinks)
+    for topic in (t.predictions, t.predictions_shadow):
+        latest = stack.registry.get_latest_version(f"{topic}-value")
+        assert json.loads(latest.schema.schema_str)["name"] == "Prediction"
     role_of_key: dict[str, set[str]] = defaultdict(set)
     for p in answers:
         role_of_key[p["key"]].add(p["role"])
