@@ -169,6 +169,34 @@ class Stack:
         self.produce_raw(items())
         return ids
 
+    def produce_traced_events(
+        self, n: int, n_keys: int, *, seed: int = 21
+    ) -> list[list[tuple[str, bytes]]]:
+        """``n`` schema-v2 events ``ev-0``.. on ``n_keys`` keys (the events past
+        ``n_keys`` repeat earlier keys), each with a W3C ``traceparent`` header and another
+        header; returns each event's headers."""
+        ser = self.event_serializer(2)
+        now = int(time.time() * 1000)
+        rng = np.random.default_rng(seed)
+        events = []
+        for i in range(n):
+            key = f"key-{i if i < n_keys else int(rng.integers(0, n_keys))}"
+            event = {
+                "event_id": f"ev-{i}",
+                "key": key,
+                "event_time": now,
+                "a": float(rng.normal(-30, 6)),
+                "b": float(rng.normal(40, 3)),
+                "segment": None,
+                "c": float(55 * rng.beta(5, 100)),
+            }
+            events.append((key.encode(), ser(event)))
+        trace = [
+            [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("x", b"y")] for i in range(n)
+        ]
+        self.produce_raw(events, headers=trace)
+        return trace
+
     # ---- reading outputs
     def read(
         self,
@@ -341,6 +369,22 @@ def worker_launcher(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
 def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     with worker_launcher(stack) as start:
         yield start
+
+
+def three_role_worker(
+    stack: Stack, make_worker: Callable[..., WorkerProcess], name: str, tmp_path: Path
+) -> WorkerProcess:
+    """A worker with a primary (v1), a canary (v2, 30 % of the keys) and a shadow (v3, its
+    own feature spec) active, copying each event's ``traceparent`` to its predictions."""
+    stack.publish("ab", version=1)
+    stack.publish("ab", version=2, role=Role.CANARY)
+    stack.publish("abc", version=3, role=Role.SHADOW)
+    project = tmp_path / "streamscore.toml"
+    project.write_text('[events]\ncopy_headers = ["traceparent"]\n')
+    w = make_worker(name, "--canary-fraction", "0.3", "--config", str(project))
+    for role, v in (("primary", "1"), ("canary", "2"), ("shadow", "3")):
+        assert w.sample("streamscore_model_info", {"model_version": v, "role": role}) == 1
+    return w
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from streamscore.models.runtime import LoadedModel, load_bundle
 from streamscore.models.signing import Ed25519Signer
 from streamscore.train.training import demo_bundle
 
-from .stack import Stack, WorkerProcess
+from .stack import Stack, WorkerProcess, three_role_worker
 
 
 def _loaded(b: Bundle) -> LoadedModel:
@@ -306,44 +306,10 @@ def test_shadow_and_canary_through_the_real_topics(
     """Primary + canary at 30 % + shadow on 20,000 events: ``predictions`` holds exactly
     one answer per event, ``predictions.shadow`` one shadow prediction per event; every
     record carries its model and event headers and the event's own ``traceparent``."""
-    stack.publish("ab", version=1)  # primary
-    stack.publish("ab", version=2, role=Role.CANARY)
-    stack.publish("abc", version=3, role=Role.SHADOW)
-    project = tmp_path / "streamscore.toml"
-    project.write_text('[events]\ncopy_headers = ["traceparent"]\n')
-    w = make_worker("roles", "--canary-fraction", "0.3", "--config", str(project))
-    for role, v in (("primary", "1"), ("canary", "2"), ("shadow", "3")):
-        assert w.sample("streamscore_model_info", {"model_version": v, "role": role}) == 1
-    ser = stack.event_serializer(2)
-    now = int(time.time() * 1000)
-    rng = np.random.default_rng(21)
-    n_keys = 15_000
-    events = []
-    for i in range(n_keys + 5_000):  # 5,000 repeats of earlier keys: stickiness
-        key = f"key-{i if i < n_keys else int(rng.integers(0, n_keys))}"
-        events.append(
-            (
-                key.encode(),
-                ser(
-                    {
-                        "event_id": f"ev-{i}",
-                        "key": key,
-                        "event_time": now,
-                        "a": float(rng.normal(-30, 6)),
-                        "b": float(rng.normal(40, 3)),
-                        "segment": None,
-                        "c": float(55 * rng.beta(5, 100)),
-                    }
-                ),
-            )
-        )
-    trace = [
-        [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("x", b"y")]
-        for i in range(len(events))
-    ]
-    stack.produce_raw(events, headers=trace)
-    total = len(events)
-    assert total == 20_000
+    w = three_role_worker(stack, make_worker, "roles", tmp_path)
+    total = 20_000
+    trace = stack.produce_traced_events(total, n_keys=15_000)
+
     t = stack.topics
     # predictions: exactly one record per event (the answer); the shadow's on its own topic
     stack.read(t.predictions, until=lambda g: len(g) >= total)

@@ -169,19 +169,31 @@ def test_install_redoes_a_corrupted_install(
         fetched.append("registry")
         (staging / "apicurio-runner.jar").write_bytes(b"jar")
 
+    def fake_avro(staging: Path) -> None:
+        fetched.append("avro")
+        (staging / "libs").mkdir()
+        (staging / "libs" / f"avro-{inst.AVRO_VERSION}.jar").write_bytes(b"jar")
+
     monkeypatch.setattr(cluster.installer, "_fetch_kafka", fake_kafka)
     monkeypatch.setattr(cluster.installer, "_fetch_registry", fake_registry)
+    monkeypatch.setattr(cluster.installer, "_fetch_avro", fake_avro)
     cluster.install()
-    assert fetched == ["kafka", "registry"]
+    assert fetched == ["kafka", "registry", "avro"]
     cluster.install()  # verified: nothing fetched again
-    assert fetched == ["kafka", "registry"]
+    assert cluster.avro_jar().read_bytes() == b"jar"
+    assert fetched == ["kafka", "registry", "avro"]
 
     (cluster.kafka_home / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"bad")
     cluster.install()
-    assert fetched == ["kafka", "registry", "kafka"]
+    assert fetched == ["kafka", "registry", "avro", "kafka"]
     assert inst.verify_manifest(cluster.kafka_home) is None
     # no staging leftovers
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "apicurio-3.0.9", "kafka-4.1.1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock",
+        "apicurio-3.0.9",
+        f"avro-{inst.AVRO_VERSION}",
+        "kafka-4.1.1",
+    ]
 
 
 def test_interrupted_fetch_never_looks_installed(
