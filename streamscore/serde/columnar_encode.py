@@ -371,10 +371,6 @@ def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> list[bytes]:
 
 
 def _column(codec: _FieldCodec, col: Any, n: int) -> list[bytes]:
-    if codec.kind == "record":  # a nested record: its own columns, encoded alike
-        if not isinstance(col, RecordColumns) or col.n != n:
-            raise _Unsupported
-        return _encode_columns(codec.fields, b"", col)
     if isinstance(col, np.ndarray):
         if codec.array_dtype is not None:
             return _numeric_column(codec, col, n)
@@ -391,9 +387,24 @@ def _encode_columns(
     plan: tuple[_FieldCodec, ...], header: bytes, cols: RecordColumns
 ) -> list[bytes]:
     n = cols.n
-    given = 0
     parts: list[Any] = []
     pending = [header]  # adjacent constants are merged into one piece
+    _collect(plan, cols, parts, pending)
+    if not parts:  # constants only: every record the same
+        return [b"".join(pending)] * n
+    if pending:
+        parts.append(repeat(b"".join(pending), n))
+    return list(map(b"".join, zip(*parts, strict=False)))  # repeat() is endless
+
+
+def _collect(
+    plan: tuple[_FieldCodec, ...], cols: RecordColumns, parts: list[Any], pending: list[bytes]
+) -> None:
+    """Append the pieces of ``cols`` to ``parts`` (columns, one bytes per record) and
+    ``pending`` (constant bytes not yet in ``parts``). A nested record given column-wise
+    adds its own pieces in place: one ``b"".join`` per record for the whole record."""
+    n = cols.n
+    given = 0
     for codec in plan:
         if codec.name in cols.constants:
             pending.append(codec.one(cols.constants[codec.name]))
@@ -405,14 +416,15 @@ def _encode_columns(
             pending.append(codec.one(codec.default))  # as fastavro: absent -> default
             continue
         given += 1
+        col = cols.columns[codec.name]
+        if codec.kind == "record":  # a nested record: its fields in line
+            if not isinstance(col, RecordColumns) or col.n != n:
+                raise _Unsupported
+            _collect(codec.fields, col, parts, pending)
+            continue
         if pending:
             parts.append(repeat(b"".join(pending), n))
-            pending = []
-        parts.append(_column(codec, cols.columns[codec.name], n))
+            pending.clear()
+        parts.append(_column(codec, col, n))
     if given != len(cols.constants) + len(cols.columns):
         raise _Unsupported  # a name that is not a field of the schema
-    if given == len(cols.constants):  # constants only: every record the same
-        return [b"".join([*(next(p) for p in parts), *pending])] * n
-    if pending:
-        parts.append(repeat(b"".join(pending), n))
-    return list(map(b"".join, zip(*parts, strict=False)))  # repeat() is endless
