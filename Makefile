@@ -14,7 +14,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	$(PY) -m pip install --quiet -e '.[dev,plot,xgboost,lightgbm,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install streamscore with its dev tools

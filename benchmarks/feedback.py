@@ -203,10 +203,12 @@ class FeedbackBench:
                 procs.append(
                     launch(
                         "feedback",
-                        "--store-dir",
+                        "--groundtruth",
                         str(store),
-                        "--window-s",
-                        "3600",
+                        "--window",
+                        "1h",
+                        "--state-dir",
+                        str(self.workdir / f"state-{self.run_id}-{k}"),
                         worker_id=f"fb{k}-{j}",
                         group_id=group,
                         env=self.env(),
@@ -260,13 +262,118 @@ class FeedbackBench:
                 fut.result()
 
 
+def state_bench(n: int, workdir: Path) -> dict[str, Any]:
+    """The join state alone (no Kafka): ``n`` pending predictions fed to one partition's
+    RocksDB state (committed every 50k as the loop does), peak RSS, a label for the
+    oldest, then a restart from the local store and a restore on an empty directory
+    from the changelog records the commits produced (kept in memory here)."""
+    import io
+    import resource
+    import shutil
+
+    import fastavro
+
+    from streamscore.core.records import Feedback, Prediction, Role
+    from streamscore.feedback.join import JoinState
+    from streamscore.feedback.state import PartitionState
+
+    schema = fastavro.parse_schema(schemas.load("prediction"))
+
+    def wire(eid: str, t: int) -> bytes:
+        buf = io.BytesIO()
+        buf.write(b"\x00\x00\x00\x00\x01")
+        fastavro.schemaless_writer(buf, schema, prediction(eid, "k", t, 1))
+        return buf.getvalue()
+
+    def decode(raw: bytes) -> Prediction:
+        return Prediction.from_avro(fastavro.schemaless_reader(io.BytesIO(raw[5:]), schema))
+
+    tp = ("bench.join", 0)
+    root = workdir / f"state-bench-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    log: list[tuple[int, bytes | None, bytes | None]] = []
+
+    def commit(state: PartitionState, keep: bool) -> None:
+        recs = state.changes()
+        if keep:
+            log.extend((len(log) + i, k, v) for i, (k, v) in enumerate(recs))
+        state.applied(len(log) - 1)
+
+    keep_log = n <= 2_000_000  # the restore figure needs the records in memory
+    join = JoinState(30 * 86_400_000, decode_prediction=decode)
+    state = PartitionState(root / "p0", cache_entries=100_000)
+    join.open_partition(tp, state)
+    t0_ms = 1_700_000_000_000
+    raw = wire("e0", t0_ms)
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = t0_ms + i
+        p = Prediction(
+            f"e{i}", "k", t, "bench", 1, Role.PRIMARY, 1.0, None, (), (), ("a", "b"),
+            (1.0, 2.0), {}, (tp[0], tp[1], i),
+        )  # fmt: skip
+        join.add_prediction(p, raw)
+        join.consumed((tp[0], tp[1], i))
+        if state.dirty >= 50_000:
+            commit(state, keep_log)
+    commit(state, keep_log)
+    feed_s = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t1 = time.perf_counter()
+    out = join.add_label(Feedback("e0", 1.0, t0_ms + 86_400_000, (tp[0], tp[1], n)))
+    oldest_ms = (time.perf_counter() - t1) * 1000
+    assert [r["event_id"] for r in out.rows] == ["e0"], "the oldest did not join"
+    join.consumed((tp[0], tp[1], n))
+    commit(state, keep_log)
+    join.close_partition(tp)
+    t2 = time.perf_counter()
+    again = PartitionState(root / "p0", cache_entries=100_000)
+    join.open_partition(tp, again)
+    out = join.add_label(Feedback("e1", 1.0, t0_ms + 86_400_000, (tp[0], tp[1], n + 1)))
+    restart_s = time.perf_counter() - t2
+    assert [r["event_id"] for r in out.rows] == ["e1"] and again.meta.input_offset == n + 1
+    join.close_partition(tp)
+    restore_rate = None
+    if keep_log:
+        t3 = time.perf_counter()
+        fresh = PartitionState(root / "fresh", cache_entries=100_000)
+        applied = fresh.restore(log)
+        restore_s = time.perf_counter() - t3
+        assert fresh.meta.pending_predictions == n - 1 and fresh.get(f"e{n - 1}") is not None
+        fresh.close()
+        restore_rate = round(applied / restore_s)
+    disk_mb = sum(f.stat().st_size for f in (root / "p0").rglob("*") if f.is_file()) / 2**20
+    shutil.rmtree(root, ignore_errors=True)
+    return {
+        "pending": n,
+        "feed_per_s": round(n / feed_s),
+        "peak_rss_mb": round(rss_mb),
+        "oldest_label_join_ms": round(oldest_ms, 2),
+        "restart_from_local_s": round(restart_s, 3),
+        "restore_records_per_s": restore_rate,
+        "disk_mb": round(disk_mb),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.feedback", description=__doc__)
+    ap.add_argument(
+        "--state-pending",
+        type=int,
+        default=0,
+        help="instead: the join-state bench (no Kafka) with this many pending predictions",
+    )
     ap.add_argument("--labels", type=int, default=60_000)
     ap.add_argument("--workers", default="1,2", help="worker counts to run, comma-separated")
     ap.add_argument("--timeout-s", type=float, default=600.0)
     ap.add_argument("--out", default="results/bench-feedback.json")
     args = ap.parse_args(argv)
+    if args.state_pending:
+        r = state_bench(args.state_pending, Path(args.out).parent)
+        print(json.dumps(r, indent=2))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).with_suffix(f".state-{args.state_pending}.json").write_text(json.dumps(r))
+        return 0 if r["peak_rss_mb"] < 500 else 1
     counts = [int(x) for x in args.workers.split(",") if x]
     env = settings_from_env(os.environ)
     out = Path(args.out)

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from streamscore.core.config import ScoringSettings, TopicSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.kafka.delivery import AtLeastOnceSink
 from streamscore.metrics.series import Metrics
 from streamscore.models.container import sign_bundle
@@ -36,7 +37,6 @@ from streamscore.score.worker import ScoreLoop
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
 from tests.unit.kafka_fakes import FakeConsumer, FakeMessage
 
 from . import workload
@@ -170,7 +170,7 @@ def bench_decode(batch: int, batches: int, repeats: int) -> None:
         )
 
 
-_STAGES = ("decode", "validate", "features", "predict", "encode", "produce")
+_STAGES = ("decode", "validate", "features", "predict", "encode", "produce", "drift")
 
 
 def _hist_sum(m: Metrics, stage: str) -> float:

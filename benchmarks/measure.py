@@ -153,7 +153,7 @@ def stage_us(port: int) -> dict[str, float]:
         return {}
     return {
         stage: sample(port, "streamscore_stage_seconds_sum", {"stage": stage}) / consumed * 1e6
-        for stage in ("decode", "validate", "features", "predict", "encode", "produce")
+        for stage in ("decode", "validate", "features", "predict", "encode", "produce", "drift")
     }
 
 

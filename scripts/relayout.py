@@ -99,7 +99,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "drift": ("score.drift", "feature and score drift (PSI) against the bundle's reference"),
     "feedback_router": ("feedback.router", "predictions and labels re-keyed by event id"),
     "join": ("feedback.join", "the label ↔ prediction join state (pure)"),
-    "groundtruth": ("feedback.groundtruth", "the ground-truth store (Avro files)"),
+    "groundtruth": ("feedback.groundtruth", "the ground-truth table (Delta Lake)"),
     "promotion": ("feedback.promotion", "live quality and the shadow-promotion policy"),
     "feedback": ("feedback.loop", "the feedback worker's Kafka loop"),
     "train": ("train.training", "fit, evaluate, compare, retrain"),

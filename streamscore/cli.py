@@ -10,8 +10,25 @@ Environment (all optional unless said; each wins over the project file):
   STREAMSCORE_REGISTRY_USER / STREAMSCORE_REGISTRY_PASSWORD   registry basic auth
   STREAMSCORE_REGISTRY_TIMEOUT_S   per registry request (default 2)
   STREAMSCORE_REGISTRY_MAX_RETRIES retries of one registry request (default 1)
+  STREAMSCORE_REGISTRY_BASIC_AUTH_USER_INFO[_FILE]   "user:password" (basic.auth.user.info)
+  STREAMSCORE_REGISTRY_SSL_CA_LOCATION, _SSL_CERTIFICATE_LOCATION, _SSL_KEY_LOCATION,
+  STREAMSCORE_REGISTRY_SSL_KEY_PASSWORD[_FILE]      registry TLS (CA, client certificate)
+  STREAMSCORE_REGISTRY_BEARER_TOKEN, or _BEARER_TOKEN_FILE (read again when it changes),
+  STREAMSCORE_REGISTRY_BEARER_LOGICAL_CLUSTER, _BEARER_IDENTITY_POOL   bearer auth
+  STREAMSCORE_REGISTRY_AUTO_REGISTER  true (default) / false: use the subjects' latest
+                                   versions, never register (production registries)
+  STREAMSCORE_REGISTRY_SUBJECT_STRATEGY[_EVENTS|_PREDICTIONS|_TELEMETRY|_MODELS|_FEEDBACK]
+                                   topic (default), record, topic-record
+  STREAMSCORE_KAFKA_<PROPERTY>     any librdkafka property for every Kafka client, dots as
+                                   underscores: STREAMSCORE_KAFKA_SSL_CA_LOCATION is
+                                   ssl.ca.location (over the project file's [kafka])
+  STREAMSCORE_KAFKA_CONSUMER_<PROPERTY>, _PRODUCER_<PROPERTY>, _ADMIN_<PROPERTY>
+                                   the same for one kind of client only
+  STREAMSCORE_KAFKA_..._FILE       the property's value is read from this file (secrets:
+                                   STREAMSCORE_KAFKA_SASL_PASSWORD_FILE=/run/secrets/pw)
   STREAMSCORE_SECURITY_PROTOCOL, STREAMSCORE_SASL_MECHANISM,
-  STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD        Kafka auth
+  STREAMSCORE_SASL_USERNAME, STREAMSCORE_SASL_PASSWORD(_FILE)  older names of
+                                   STREAMSCORE_KAFKA_SECURITY_PROTOCOL etc. (still read)
   STREAMSCORE_SIGNING              ed25519 (default) or hmac (a shared secret: legacy)
   STREAMSCORE_SIGNING_KEY_FILE     publishers only: the Ed25519 private key written by
                                    `streamscore model keygen` (hmac: the shared secret)
@@ -22,6 +39,10 @@ Environment (all optional unless said; each wins over the project file):
   STREAMSCORE_SIGNING_KEY          hmac only: the shared secret itself
   STREAMSCORE_CACHE_DIR            where the local cluster is downloaded and run
   STREAMSCORE_MODEL_MAX_BYTES      largest model envelope (default 16 MiB)
+  STREAMSCORE_GROUNDTRUTH          the ground-truth table: file:///path, a path, or
+                                   s3://bucket/prefix (default ./groundtruth); on S3 the
+                                   usual AWS_* variables (AWS_ACCESS_KEY_ID, AWS_REGION,
+                                   AWS_ENDPOINT_URL, ...) are read by the object store
   STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _PREDICTIONS_SHADOW, _TELEMETRY, _MODELS,
   _FEEDBACK, _DLQ, _LATE           topic names (defaults: events, predictions,
                                    predictions.shadow, telemetry, streamscore.models,
@@ -40,14 +61,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .core import redact
 from .core.config import (
     SHADOW_TOPIC_HELP,
+    STRATEGY_TOPICS,
     ClusterSettings,
     Env,
+    GroundTruthSettings,
     KafkaSettings,
+    KeyFormat,
     LatePolicy,
     MetricsSettings,
     RegistrySettings,
@@ -55,12 +80,13 @@ from .core.config import (
     Secret,
     SigningScheme,
     SigningSettings,
+    SubjectStrategy,
     TopicSettings,
     topic_env_var,
 )
 from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
 from .core.project import CONFIG_ENV, ProjectFile, parse_project
-from .core.records import Role
+from .core.records import Role, Task
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
 from .models.signing import keygen, publisher_keys, tool_verifier, worker_verifier
@@ -107,30 +133,8 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     file = project or ProjectFile(path="")
     cache = env.get("STREAMSCORE_CACHE_DIR")
     cluster = ClusterSettings(cache_dir=Path(cache)) if cache else ClusterSettings()
-    kafka = KafkaSettings(
-        bootstrap_servers=env.get(
-            "STREAMSCORE_BOOTSTRAP", file.bootstrap_servers or cluster.bootstrap_servers
-        ),
-        security_protocol=env.get("STREAMSCORE_SECURITY_PROTOCOL", "PLAINTEXT"),
-        sasl_mechanism=env.get("STREAMSCORE_SASL_MECHANISM"),
-        sasl_username=env.get("STREAMSCORE_SASL_USERNAME"),
-        sasl_password=_secret(env, "STREAMSCORE_SASL_PASSWORD"),
-    )
-    try:
-        timeout_s = float(env.get("STREAMSCORE_REGISTRY_TIMEOUT_S", "2"))
-        retries = int(env.get("STREAMSCORE_REGISTRY_MAX_RETRIES", "1"))
-    except ValueError:
-        raise ConfigError(
-            "STREAMSCORE_REGISTRY_TIMEOUT_S must be a number and "
-            "STREAMSCORE_REGISTRY_MAX_RETRIES an integer"
-        ) from None
-    registry = RegistrySettings(
-        url=env.get("STREAMSCORE_REGISTRY_URL", file.registry_url or cluster.registry_url),
-        basic_auth_user=env.get("STREAMSCORE_REGISTRY_USER"),
-        basic_auth_password=_secret(env, "STREAMSCORE_REGISTRY_PASSWORD"),
-        timeout_s=timeout_s,
-        max_retries=retries,
-    )
+    kafka = kafka_settings(env, file, cluster.bootstrap_servers)
+    registry = registry_settings(env, file, cluster.registry_url)
     signing = signing_settings(env)
     try:
         max_bytes = int(env.get("STREAMSCORE_MODEL_MAX_BYTES", cluster.model_topic_max_bytes))
@@ -140,6 +144,8 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     from_file = dict(file.topics)
     if file.events_topic is not None:
         from_file["events"] = file.events_topic
+    if file.labels is not None:  # the user's label topic is the feedback side's input
+        from_file["feedback"] = file.labels.topic
     given = {
         f.name: env.get(topic_env_var(f.name), from_file.get(f.name))
         for f in dataclasses.fields(TopicSettings)
@@ -149,7 +155,229 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
     topics = TopicSettings(
         **{name: getattr(defaults, name) if v is None else v for name, v in given.items()}
     )
-    return Env(kafka, registry, topics, signing, cluster, max_bytes, file.events)
+    return Env(
+        kafka,
+        registry,
+        topics,
+        signing,
+        cluster,
+        max_bytes,
+        file.events,
+        features=file.features,
+        labels=file.labels,
+        train=file.train,
+        groundtruth=groundtruth_env(env, file),
+    )
+
+
+def _file_secret(path: str, what: str) -> Secret:
+    try:
+        return Secret(Path(path).read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {what} at {path}: {getattr(exc, 'strerror', None) or 'not UTF-8'}"
+        ) from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return None
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {text!r}")
+
+
+def _strategy(env: Mapping[str, str], name: str) -> SubjectStrategy | None:
+    text = env.get(name)
+    if not text:
+        return None
+    try:
+        return SubjectStrategy(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in SubjectStrategy)
+        raise ConfigError(f"{name} must be one of {choices}, not {text!r}") from None
+
+
+def registry_settings(
+    env: Mapping[str, str], file: ProjectFile, default_url: str
+) -> RegistrySettings:
+    """``[registry]`` of the project file under the ``STREAMSCORE_REGISTRY_*``
+    environment (the ``_FILE`` variants read a secret from a file)."""
+    p = "STREAMSCORE_REGISTRY_"
+    f = file.registry
+    try:
+        timeout_s = float(env.get(p + "TIMEOUT_S", f.get("timeout_s", 2.0)))
+        retries = int(env.get(p + "MAX_RETRIES", f.get("max_retries", 1)))
+    except ValueError:
+        raise ConfigError(f"{p}TIMEOUT_S must be a number and {p}MAX_RETRIES an integer") from None
+    user = env.get(p + "USER", f.get("basic_auth_user"))
+    password = _secret(env, p + "PASSWORD")
+    if password is None and f.get("basic_auth_password_file"):
+        password = _file_secret(
+            f["basic_auth_password_file"], "[registry] basic_auth_password_file"
+        )
+    user_info = _secret(env, p + "BASIC_AUTH_USER_INFO")
+    if user_info is None and f.get("basic_auth_user_info_file"):
+        user_info = _file_secret(
+            f["basic_auth_user_info_file"], "[registry] basic_auth_user_info_file"
+        )
+    if user_info is not None:
+        if user is not None or password is not None:
+            raise ConfigError(
+                f"registry basic auth is given twice: {p}BASIC_AUTH_USER_INFO and a user/password"
+            )
+        name, sep, pw = user_info.reveal().partition(":")
+        if not sep or not name:
+            raise ConfigError(f"{p}BASIC_AUTH_USER_INFO must be user:password")
+        user, password = name, Secret(pw)
+    key_password = _secret(env, p + "SSL_KEY_PASSWORD")
+    if key_password is None and f.get("key_password_file"):
+        key_password = _file_secret(f["key_password_file"], "[registry] ssl_key_password_file")
+    token_file = env.get(p + "BEARER_TOKEN_FILE") or f.get("bearer_token_file")
+    token = Secret(env[p + "BEARER_TOKEN"]) if env.get(p + "BEARER_TOKEN") else None
+    auto = _flag(env, p + "AUTO_REGISTER")
+    strategies = dict(f.get("subject_strategies", {}))
+    for topic in STRATEGY_TOPICS:
+        one = _strategy(env, f"{p}SUBJECT_STRATEGY_{topic.upper()}")
+        if one is not None:
+            strategies[topic] = one
+    return RegistrySettings(
+        url=env.get(p + "URL", file.registry_url or default_url),
+        basic_auth_user=user,
+        basic_auth_password=password,
+        timeout_s=timeout_s,
+        max_retries=retries,
+        ca_location=env.get(p + "SSL_CA_LOCATION", f.get("ca_location")),
+        certificate_location=env.get(p + "SSL_CERTIFICATE_LOCATION", f.get("certificate_location")),
+        key_location=env.get(p + "SSL_KEY_LOCATION", f.get("key_location")),
+        key_password=key_password,
+        bearer_token=token,
+        bearer_token_file=Path(token_file) if token_file and token is None else None,
+        bearer_logical_cluster=env.get(
+            p + "BEARER_LOGICAL_CLUSTER", f.get("bearer_logical_cluster")
+        ),
+        bearer_identity_pool=env.get(p + "BEARER_IDENTITY_POOL", f.get("bearer_identity_pool")),
+        auto_register=auto if auto is not None else f.get("auto_register", True),
+        subject_strategy=_strategy(env, p + "SUBJECT_STRATEGY")
+        or f.get("subject_strategy", SubjectStrategy.TOPIC),
+        subject_strategies=MappingProxyType(strategies),
+    )
+
+
+def groundtruth_env(env: Mapping[str, str], file: ProjectFile) -> GroundTruthSettings:
+    """``[groundtruth]`` of the project file, its URI overridden by
+    ``STREAMSCORE_GROUNDTRUTH`` (the object store also reads the ``AWS_*`` variables)."""
+    from dataclasses import replace
+
+    gt = file.groundtruth or GroundTruthSettings()
+    uri = env.get("STREAMSCORE_GROUNDTRUTH")
+    return replace(gt, uri=uri) if uri else gt
+
+
+#: ``STREAMSCORE_KAFKA_<NAME>``: a librdkafka property for every client (``_`` for ``.``:
+#: ``STREAMSCORE_KAFKA_SSL_CA_LOCATION`` is ``ssl.ca.location``);
+#: ``STREAMSCORE_KAFKA_CONSUMER_<NAME>`` (``_PRODUCER_``, ``_ADMIN_``): for one kind of
+#: client; ``<...>_FILE``: the value is the content of that file (secrets)
+KAFKA_ENV_PREFIX = "STREAMSCORE_KAFKA_"
+
+
+def _read_value_file(path: str, origin: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"cannot read {origin} at {path}: {why}") from None
+
+
+def kafka_properties_from_env(
+    env: Mapping[str, str],
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """``STREAMSCORE_KAFKA_*``: (scope ``*``/client kind -> property -> value, origins)."""
+    from .core.project import KAFKA_SCOPES
+
+    props: dict[str, dict[str, str]] = {}
+    origins: dict[str, str] = {}
+    for var in sorted(env):
+        if not var.startswith(KAFKA_ENV_PREFIX) or not env[var]:
+            continue
+        rest, scope = var[len(KAFKA_ENV_PREFIX) :], "*"
+        for kind in KAFKA_SCOPES:
+            if rest.startswith(f"{kind.upper()}_"):
+                rest, scope = rest[len(kind) + 1 :], kind
+        from_file = rest.endswith("_FILE")
+        if from_file:
+            rest = rest[: -len("_FILE")]
+        name = rest.lower().replace("_", ".")
+        if not name:
+            raise ConfigError(f"{var} names no Kafka property")
+        if name in props.get(scope, {}):
+            raise ConfigError(f"{var} sets {name!r}, which {origins[f'{scope}:{name}']} sets too")
+        value = _read_value_file(env[var], var) if from_file else env[var]
+        props.setdefault(scope, {})[name] = value
+        origins[f"{scope}:{name}"] = var
+    return props, origins
+
+
+def kafka_settings(
+    env: Mapping[str, str], file: ProjectFile, default_bootstrap: str
+) -> KafkaSettings:
+    """Kafka settings: for each scope (every client, then consumers / producers / admin
+    clients apart), the project file's ``[kafka]`` tables under the ``STREAMSCORE_KAFKA_*``
+    environment; a client kind's own properties win over the common ones. The older
+    ``STREAMSCORE_BOOTSTRAP``, ``STREAMSCORE_SECURITY_PROTOCOL`` and
+    ``STREAMSCORE_SASL_*`` still work (``STREAMSCORE_KAFKA_*`` wins over them)."""
+    from .core.project import FileRef
+
+    merged: dict[str, dict[str, str]] = {}
+    origins: dict[str, str] = {}
+    for scope, props in file.kafka.items():
+        table = "[kafka]" if scope == "*" else f"[kafka.{scope}]"
+        for name, value in props.items():
+            where = f"{file.path} {table} {name}"
+            merged.setdefault(scope, {})[name] = (
+                _read_value_file(value.path, where) if isinstance(value, FileRef) else value
+            )
+            origins[f"{scope}:{name}"] = where
+    # the older names, as if spelt STREAMSCORE_KAFKA_* (which wins over them)
+    translated = dict(env)
+    for old, prop in LEGACY_KAFKA_ENV.items():
+        for suffix in ("", "_FILE"):
+            if env.get(old + suffix) and not env.get(f"{KAFKA_ENV_PREFIX}{prop}{suffix}"):
+                translated[f"{KAFKA_ENV_PREFIX}{prop}{suffix}"] = env[old + suffix]
+    from_env, env_origins = kafka_properties_from_env(translated)
+    for key, var in env_origins.items():
+        legacy = [
+            o for o, prop in LEGACY_KAFKA_ENV.items() if var.startswith(KAFKA_ENV_PREFIX + prop)
+        ]
+        if legacy and var not in env:
+            env_origins[key] = legacy[0] + ("_FILE" if var.endswith("_FILE") else "")
+    for scope, props in from_env.items():
+        merged.setdefault(scope, {}).update(props)
+    origins.update(env_origins)
+    common = merged.get("*", {})
+    return KafkaSettings(
+        bootstrap_servers=common.pop("bootstrap.servers", default_bootstrap),
+        security_protocol=common.pop("security.protocol", "PLAINTEXT"),
+        extra=common,
+        consumer=merged.get("consumer", {}),
+        producer=merged.get("producer", {}),
+        admin=merged.get("admin", {}),
+        origins=origins,
+    )
+
+
+#: environment variables older than ``STREAMSCORE_KAFKA_*``: the property each sets
+LEGACY_KAFKA_ENV = {
+    "STREAMSCORE_BOOTSTRAP": "BOOTSTRAP_SERVERS",
+    "STREAMSCORE_SECURITY_PROTOCOL": "SECURITY_PROTOCOL",
+    "STREAMSCORE_SASL_MECHANISM": "SASL_MECHANISM",
+    "STREAMSCORE_SASL_USERNAME": "SASL_USERNAME",
+    "STREAMSCORE_SASL_PASSWORD": "SASL_PASSWORD",
+}
 
 
 def signing_settings(env: Mapping[str, str]) -> SigningSettings:
@@ -183,7 +411,26 @@ def cmd_cluster(args: argparse.Namespace, env: Env) -> int:
     from .dev.cluster_cli import main_cluster
     from .dev.localcluster import LocalCluster
 
-    return main_cluster(args.action, LocalCluster(env.cluster, env.topics))
+    settings = env.cluster
+    if getattr(args, "secure", False):
+        settings = secure_cluster_settings(settings)
+    return main_cluster(args.action, LocalCluster(settings, env.topics))
+
+
+def secure_cluster_settings(plain: ClusterSettings) -> ClusterSettings:
+    """``cluster ... --secure``: the secured profile, beside the plain cluster (its own
+    run dir and ports, the same downloads)."""
+    from dataclasses import replace
+
+    return replace(
+        plain,
+        secure=True,
+        run_dir=Path(plain.cache_dir) / "run-secure",
+        kafka_port=plain.kafka_port + 100,
+        controller_port=plain.controller_port + 100,
+        registry_port=plain.registry_port + 100,
+        mtls_port=plain.kafka_port + 102,
+    )
 
 
 def _registry(env: Env) -> Any:
@@ -194,7 +441,7 @@ def _registry(env: Env) -> Any:
 
 def _model_topic(env: Env) -> Any:
     from .models.publish import ModelTopic
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     reg = _registry(env)
@@ -202,37 +449,133 @@ def _model_topic(env: Env) -> Any:
     return ModelTopic(
         env.kafka,
         env.topics.models,
-        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        encode=topic_serializer(reg, env.registry, "models", env.topics.models, schema),
         decode=AvroDeserializer(WriterSchemaCache(reg), schema),
         max_message_bytes=env.model_max_bytes,
     )
 
 
-def _bundle_bytes(args: argparse.Namespace, version: Callable[[], int]) -> bytes:
+def _features(args: argparse.Namespace, project: Any) -> Any:
+    """The feature spec: ``--spec FILE``, else the project file's ``[[features]]``."""
+    from .models.build import load_spec
+
+    if args.spec:
+        return load_spec(Path(args.spec))
+    features = getattr(project, "features", None)
+    if features is None:
+        raise ConfigError("needs --spec FILE, or [[features]] in the project file (--config)")
+    return features
+
+
+def _model_spec(args: argparse.Namespace, project: Any) -> Any:
+    """The feature spec (and, for ONNX/MLflow, the model's description): ``--spec FILE``,
+    else the project file's ``[[features]]`` with ``[labels] task``, ``--task``,
+    ``--classes``, ``--output`` and ``--logits``."""
+    from .models.build import load_model_spec
+    from .models.onnx_import import OnnxModelSpec, OutputKind
+
+    if args.spec:
+        return load_model_spec(Path(args.spec))
+    features = _features(args, project)
+    labels = getattr(project, "labels", None)
+    task = Task(args.task) if args.task else labels.task.task if labels else Task.REGRESSION
+    return OnnxModelSpec(
+        features=features,
+        task=task,
+        classes=tuple(c for c in (args.classes or "").split(",") if c),
+        output=args.output,
+        output_kind=OutputKind.LOGITS if args.logits else None,
+    )
+
+
+def _bundle_bytes(args: argparse.Namespace, env: Env, version: Callable[[], int]) -> bytes:
     if args.bundle:
         return Path(args.bundle).read_bytes()
-    if args.estimator:
-        from .models.build import bundle_from_files
+    project = env  # the project file's [[features]], [labels] and [train]
+    from .train.recipe import LABEL_COLUMN, recipe_from
 
-        if not (args.spec and args.data):
-            raise ConfigError("--estimator needs --spec (feature spec JSON) and --data (a sample)")
-        return bundle_from_files(
-            Path(args.estimator),
+    recipe = recipe_from(args.estimator, args.params, args.fit, env.train)
+    sources = args.estimator_file or args.onnx or args.mlflow or recipe
+    if not sources:
+        raise ConfigError(
+            "say which model: --bundle FILE, --estimator/--fit (or [train] in the project "
+            "file), --estimator-file, --onnx or --mlflow"
+        )
+    from .models import build
+
+    if not args.data:
+        raise ConfigError("needs --data: a sample of model inputs (.npy, or CSV by column name)")
+    data = Path(args.data)
+    if args.estimator_file:
+        if not args.spec:
+            raise ConfigError("--estimator-file needs --spec (feature spec JSON) and --data")
+        return build.bundle_from_files(
+            Path(args.estimator_file),
             Path(args.spec),
-            Path(args.data),
+            data,
             name=args.name,
             version=args.version or version(),
         ).to_bytes()
-    from .train.training import demo_bundle
+    if args.onnx:
+        bundle = build.bundle_from_onnx_file(
+            Path(args.onnx),
+            _model_spec(args, project),
+            data,
+            name=args.name,
+            version=args.version or version(),
+        )
+    elif args.mlflow:
+        # the sklearn flavour needs only the features; the onnx flavour its description too
+        described = args.spec or args.classes or args.task or args.output or args.logits
+        bundle = build.bundle_from_mlflow_uri(
+            args.mlflow,
+            _model_spec(args, project) if described else _features(args, project),
+            data,
+            name=args.name,
+            version=args.version or version(),
+            tracking_uri=args.mlflow_tracking_uri,
+        )
+    else:
+        assert recipe is not None
+        labels = getattr(project, "labels", None)
+        task = Task(args.task) if args.task else labels.task.task if labels else None
+        bundle = build.bundle_from_recipe(
+            recipe,
+            _features(args, project),
+            data,
+            label=args.label or (labels.label_field if labels else LABEL_COLUMN),
+            task=task,
+            name=args.name,
+            version=args.version or version(),
+        )
+    return bundle.to_bytes()
 
-    return demo_bundle(args.demo, name=args.name, version=args.version or version()).to_bytes()
+
+def training_data_of(artifact: bytes) -> str:
+    """``model list``'s last column: the ground-truth table and version a bundle was
+    trained from (``-`` for a bundle not trained from it, or no bundle)."""
+    from .models.container import decode_bundle
+
+    if not artifact:
+        return "-"
+    try:
+        src = decode_bundle(artifact).meta.training_source
+    except StreamscoreError:
+        return "-"
+    if src is None:
+        return "-"
+    return f"{src.uri}@v{src.table_version} ({src.rows} rows)"
 
 
 def cmd_model(args: argparse.Namespace, env: Env) -> int:
+    if args.name is None and env.train is not None:
+        args.name = env.train.model_name
+    if args.name is None and args.action not in ("keygen", "list"):
+        raise ConfigError("no model name: --name NAME, or [train] model_name in the project file")
     if args.action == "build":
         if not args.out:
             raise ConfigError("model build needs --out FILE")
-        data = _bundle_bytes(args, lambda: 1)
+        data = _bundle_bytes(args, env, lambda: 1)
         Path(args.out).write_bytes(data)
         print(
             f"wrote {args.out} ({len(data)} bytes); publish it with "
@@ -260,7 +603,7 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
         rows = topic.read_all()
         print(
             f"{'key':<28} {'action':<9} {'ver':>4} {'target':>6} {'created (UTC)':<20} "
-            f"{'signer':<10} {'check':<17} {'size':>9}  sha256"
+            f"{'signer':<10} {'check':<17} {'size':>9}  {'sha256':<12}  trained on"
         )
         for e in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.created_at_ms / 1000))
@@ -273,16 +616,19 @@ def cmd_model(args: argparse.Namespace, env: Env) -> int:
             print(
                 f"{e.key:<28} {e.action.value + ('*' if e.rollback else ''):<9} {e.version:>4} "
                 f"{target:>6} {created:<20} {e.key_id or '-':<10} {check:<17} {e.size:>9}  "
-                f"{e.sha256[:12]}"
+                f"{e.sha256[:12]:<12}  {training_data_of(e.artifact)}"
             )
         return 0
     signer, verifier = publisher_keys(env.signing)
     role = Role(args.role)
+    from .kafka.access import preflight
+
+    preflight(env.kafka, None, "", read=[env.topics.models], write=[env.topics.models])
     if args.action == "publish":
         data = (
             topic.archived(args.name, args.from_archive, verifier)
             if args.from_archive is not None
-            else _bundle_bytes(args, lambda: int(topic.next_version(args.name)))
+            else _bundle_bytes(args, env, lambda: int(topic.next_version(args.name)))
         )
         res = topic.publish(data, role, key=signer, publisher=args.publisher)
         print(f"published {res.key} v{res.version} ({res.size} bytes, sha256 {res.sha256[:12]})")
@@ -318,8 +664,9 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     from confluent_kafka.admin import AdminClient
 
     from .kafka.admin import topic_limits
+    from .kafka.clients import admin_config
 
-    read = topic_limits(AdminClient(env.kafka.client_config()), [*outputs, t.events])
+    read = topic_limits(AdminClient(admin_config(env.kafka)), [*outputs, t.events])
     input_limit = read.pop(t.events, None)
     limits = OutputLimits(read)
     log.info("output record limits (max.message.bytes): %s", limits.as_dict())
@@ -331,6 +678,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from prometheus_client import CollectorRegistry
 
     from .core.records import Telemetry
+    from .kafka.access import preflight
     from .kafka.clients import score_consumer, score_producer
     from .kafka.delivery import AtLeastOnceSink, TransactionalSink
     from .metrics.series import Metrics, serve
@@ -340,7 +688,8 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .models.watcher import ModelWatcher
     from .score.batch import BatchScorer
     from .score.worker import ScoreLoop
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.keys import AvroKeyDecoder
+    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     verifier = worker_verifier(env.signing)  # public keys only: this process cannot sign
@@ -373,6 +722,17 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         log.info("metrics on http://%s:%d/metrics", metrics_settings.host, server.port)
 
     reg = _registry(env)
+    t = env.topics
+    # credentials, certificates and ACLs first: one clear line and exit 1 if refused
+    preflight(
+        env.kafka,
+        reg,
+        redact_urls(env.registry.url),
+        read=[t.events, t.models],
+        write=[t.predictions, t.telemetry, t.dlq]
+        + ([t.late] if scoring.late_policy is LatePolicy.ROUTE else []),
+        group=scoring.group_id,
+    )
     cache = WriterSchemaCache(reg)
     reader_schema = (
         schemas.load("event")
@@ -380,13 +740,18 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         else __import__("json").loads(Path(args.reader_schema).read_text())
     )
     decode = AvroDeserializer(cache, reader_schema)
-    predictions = AvroSerializer(
+    predictions = topic_serializer(
         reg,
-        f"{env.topics.predictions}-value",
+        env.registry,
+        "predictions",
+        env.topics.predictions,
         schemas.load("prediction"),
-        also_subjects=[f"{env.topics.predictions_shadow}-value"],
+        also_topics=[env.topics.predictions_shadow],
     )
-    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    telemetry = topic_serializer(
+        reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
+    )
+    check_output_subjects(predictions, telemetry)
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
     limits, input_limit = _message_limits(env, scoring)
@@ -399,6 +764,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     tele_lock = threading.Lock()
 
     def report(r: UpdateReport) -> None:
+        compare_spec(r)
         e = r.envelope
         t = Telemetry(
             worker_id=scoring.worker_id,
@@ -417,6 +783,26 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
             return
         with tele_lock:
             producer.produce(env.topics.telemetry, value, scoring.worker_id.encode())
+
+    def compare_spec(r: UpdateReport) -> None:
+        """A model applied whose feature spec is not the project file's: say what differs."""
+        e = r.envelope
+        if r.kind != "model_applied" or e is None or env.features is None:
+            return
+        model = store.snapshot().get(e.role)
+        if model is None:
+            return
+        from .features.check import spec_differences
+
+        diffs = spec_differences(env.features, model.meta.feature_spec)
+        if diffs:
+            log.warning(
+                "model %s v%d (%s) does not have the project file's [[features]]: %s",
+                e.key,
+                e.version,
+                e.role.value,
+                "; ".join(diffs),
+            )
 
     store = ModelStore()
     updater = ModelUpdater(
@@ -475,6 +861,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
                 events=env.events,
                 shadow_limit=lambda: limits.limit(env.topics.predictions_shadow),
+                keys=AvroKeyDecoder(cache) if env.events.key_format is KeyFormat.AVRO else None,
             ),
             store=store,
             metrics=metrics,
@@ -527,7 +914,9 @@ def cmd_demo(args: argparse.Namespace, env: Env) -> int:
         keep_cluster=not args.down,
     )
     settings.results_dir.mkdir(parents=True, exist_ok=True)
-    external = "STREAMSCORE_BOOTSTRAP" in os.environ
+    external = bool(
+        {"STREAMSCORE_BOOTSTRAP", f"{KAFKA_ENV_PREFIX}BOOTSTRAP_SERVERS"} & set(os.environ)
+    )
     demo = Demo(settings, env.kafka, env.registry, None if external else env.cluster)
     try:
         summary = demo.run()
@@ -557,6 +946,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cluster", help="local Kafka (KRaft) + Apicurio Registry on loopback")
     c.add_argument("action", choices=["install", "up", "down", "reset", "status"])
+    c.add_argument(
+        "--secure",
+        action="store_true",
+        help="the secured profile (SASL_SSL + SCRAM users, a mutual-TLS listener, ACLs, "
+        "registry over TLS) on ports 19192 (19194: mutual TLS) and 18181, beside the "
+        "plain cluster",
+    )
     c.set_defaults(func=cmd_cluster)
 
     s = sub.add_parser("score", help="run a score worker")
@@ -601,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("model", help="publish / list / roll back models on the model topic")
     m.add_argument("action", choices=["build", "publish", "list", "rollback", "retire", "keygen"])
-    m.add_argument("--name", default="demo")
+    m.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")
     m.add_argument("--role", choices=[r.value for r in Role], default="primary")
     src = m.add_mutually_exclusive_group()
     src.add_argument(
@@ -610,14 +1006,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument(
         "--estimator",
-        help="a fitted scikit-learn estimator/Pipeline saved with joblib (your own, local, "
-        "trusted file); converted to ONNX here. Needs --spec and --data",
+        metavar="IMPORT_PATH",
+        help="train this estimator class (e.g. sklearn.ensemble.HistGradientBoostingClassifier) "
+        "on --data (a CSV with the label column), then convert it; default: the project "
+        "file's [train]",
     )
     src.add_argument(
-        "--demo",
-        choices=["ab", "abc"],
-        default="ab",
-        help="train the demo regressor on synthetic data (ab: without c; abc: with c)",
+        "--fit",
+        metavar="MODULE:FUNCTION",
+        help="train with your own function (training frame -> fitted estimator or Pipeline)",
+    )
+    src.add_argument(
+        "--estimator-file",
+        help="a fitted scikit-learn/XGBoost/LightGBM estimator or Pipeline saved with joblib "
+        "(your own, local, trusted file); converted to ONNX here. Needs --spec and --data",
+    )
+    src.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="a ready ONNX model (e.g. from torch.onnx.export: one float input [N, k]) with "
+        "--spec or the project file's [[features]]",
+    )
+    src.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="an MLflow model: models:/name@alias, models:/name/3, runs:/ID/model or a local "
+        "model directory (sklearn or onnx flavour; extra [mlflow])",
     )
     src.add_argument(
         "--from-archive",
@@ -626,7 +1040,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="model publish: re-publish the archived, signed bundle of this version (e.g. "
         "records from before envelopes were signed, which workers now refuse)",
     )
-    m.add_argument("--spec", help="feature spec JSON (FeatureSpec.to_dict format)")
+    m.add_argument("--params", metavar="JSON", help="--estimator's parameters, a JSON object")
+    m.add_argument(
+        "--label", help="the label column of --data (default: [labels] label_field, else label)"
+    )
+    m.add_argument(
+        "--task",
+        choices=[t.value for t in Task],
+        default=None,
+        help="default: [labels] task, else the estimator's kind",
+    )
+    m.add_argument("--classes", help="--onnx/--mlflow: the classes, comma-separated, in order")
+    m.add_argument("--output", help="--onnx/--mlflow: the graph output to read")
+    m.add_argument("--logits", action="store_true", help="--onnx/--mlflow: the output gives logits")
+    m.add_argument(
+        "--mlflow-tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="where --mlflow URIs resolve (default: $MLFLOW_TRACKING_URI)",
+    )
+    m.add_argument(
+        "--spec",
+        help="feature spec JSON (FeatureSpec.to_dict format; for --onnx/--mlflow also task, "
+        "classes, output, output_kind); default: the project file's [[features]]",
+    )
     m.add_argument("--data", help="a sample of inputs: .npy or CSV with the spec's columns")
     m.add_argument(
         "--out", help="model build: where to write the bundle; model keygen: the directory"
@@ -646,8 +1082,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from .cli_feedback import add_commands
+    from .cli_project import add_commands as add_project_commands
 
     add_commands(sub)
+    add_project_commands(sub)
     _add_config_flag(p, sub)
     return p
 
@@ -677,6 +1115,19 @@ def setup_logging(*, verbose: bool = False) -> None:
     redact.install()
 
 
+def _bad_client_setting(exc: Exception) -> str | None:
+    """librdkafka's refusal of a property (an unknown name, a bad value) as one line."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if not isinstance(err, KafkaError) or err.code() != KafkaError._INVALID_ARG:
+        return None
+    return (
+        f"a Kafka client setting was refused: {redact_urls(err.str())}; check the project "
+        "file's [kafka] tables and the STREAMSCORE_KAFKA_* environment"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
@@ -689,6 +1140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, env))
     except StreamscoreError as exc:
         print(f"streamscore: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        bad = _bad_client_setting(exc)
+        if bad is None:
+            raise
+        print(f"streamscore: ConfigError: {bad}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

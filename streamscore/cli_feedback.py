@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from .core.config import SHADOW_TOPIC_HELP
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
-from .core.records import Role, Task
+from .core.records import Prediction, Role, Task
+from .core.redact import redact_urls
 from .serde import schemas
 
 if TYPE_CHECKING:
-    from .core.config import Env
+    from .core.config import Env, GroundTruthSettings
+    from .feedback.groundtruth import RowFields
     from .models.publish import ModelTopic
     from .models.runtime import LoadedModel
 
@@ -56,7 +58,7 @@ def _registry(env: Env) -> Any:
 
 def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     from .models.publish import ModelTopic
-    from .serde.message import AvroDeserializer, AvroSerializer
+    from .serde.message import AvroDeserializer, topic_serializer
     from .serde.wire import WriterSchemaCache
 
     reg = reg if reg is not None else _registry(env)
@@ -64,7 +66,7 @@ def model_topic(env: Env, reg: Any = None) -> ModelTopic:
     return ModelTopic(
         env.kafka,
         env.topics.models,
-        encode=AvroSerializer(reg, f"{env.topics.models}-value", schema),
+        encode=topic_serializer(reg, env.registry, "models", env.topics.models, schema),
         decode=AvroDeserializer(WriterSchemaCache(reg), schema),
         max_message_bytes=env.model_max_bytes,
     )
@@ -81,7 +83,76 @@ def current_primary(topic: ModelTopic, name: str, keyring: Any) -> LoadedModel |
     return verify_and_load(latest.artifact, latest.signature, latest.key_id, keyring)
 
 
+def groundtruth_settings(args: argparse.Namespace, env: Env) -> GroundTruthSettings:
+    """The table's settings: flags over the environment / project file (``env``)."""
+    from dataclasses import replace
+
+    from .core.config import Secret
+
+    gt = env.groundtruth
+    changes: dict[str, Any] = {}
+    if getattr(args, "groundtruth", None):
+        changes["uri"] = args.groundtruth
+    opts = dict(gt.storage)
+    for item in getattr(args, "groundtruth_option", None) or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--groundtruth-option wants KEY=VALUE, got {key!r}")
+        opts[key.strip()] = Secret(value)
+    changes["storage"] = opts
+    for name in ("retention_hours", "compact_every_s", "vacuum_every_s"):
+        v = getattr(args, name, None)
+        if v is not None:
+            changes[name] = v
+    return replace(gt, **changes)
+
+
+def row_fields(args: argparse.Namespace, env: Env) -> RowFields:
+    """The user's id/time field names (``[events]``) and the label field's."""
+    from .feedback.groundtruth import RowFields
+
+    return RowFields(env.events.id_field, env.events.time_field, args.label_field)
+
+
+def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--groundtruth",
+        "--store-dir",
+        dest="groundtruth",
+        default=None,
+        metavar="URI",
+        help="the ground-truth table's location: file:///path, a path, or "
+        "s3://bucket/prefix (default: [groundtruth] uri, else ./groundtruth)",
+    )
+    p.add_argument(
+        "--groundtruth-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an object-store option (endpoint, region, access_key_id, allow_http, ...); "
+        "repeat it; over [groundtruth.storage]",
+    )
+    p.add_argument(
+        "--label-field",
+        default="label",
+        help="the label's column name in the table (default: label)",
+    )
+
+
 # ----------------------------------------------------------------------- feedback
+
+
+def join_window_ms(args: argparse.Namespace) -> int:
+    """``--window`` (a duration with its unit), or the deprecated ``--window-s``."""
+    from .core.config import duration_ms
+
+    if args.window is not None and args.window_s is not None:
+        raise ConfigError("give --window or the deprecated --window-s, not both")
+    if args.window_s is not None:
+        log.warning("--window-s is deprecated: use --window (e.g. --window %gs)", args.window_s)
+        if args.window_s <= 0:
+            raise ConfigError(f"--window-s must be > 0, got {args.window_s}")
+        return int(args.window_s * 1000)
+    return duration_ms(args.window if args.window is not None else "1h")
 
 
 def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
@@ -92,6 +163,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .core.stop import install_stop_signals
     from .feedback.groundtruth import GroundTruthStore
     from .feedback.join import JoinState
+    from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
     from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
     from .feedback.promotion import (
         LiveQuality,
@@ -100,18 +172,33 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
-    from .kafka.clients import feedback_consumer, plain_producer, router_consumer
+    from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
+    from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
-    from .serde.message import AvroDeserializer, AvroSerializer, LayoutDeserializer
+    from .serde.message import (
+        AvroDeserializer,
+        LayoutDeserializer,
+        check_output_subjects,
+        topic_serializer,
+    )
     from .serde.wire import WriterSchemaCache
 
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
+    recipe, labels = env.train, env.labels
     promo = PromotionSettings(
-        enabled=args.auto_promote, min_labels=args.promote_min_labels, margin=args.promote_margin
+        enabled=args.auto_promote,
+        min_labels=args.promote_min_labels,
+        margin=args.promote_margin
+        if args.promote_margin is not None
+        else (recipe.margin if recipe is not None else 0.05),
+        metric=None if recipe is None or recipe.metric is None else recipe.metric.value,
+        positive=None if labels is None else labels.positive,
     )
+    label_fields = FEEDBACK_FIELDS if labels is None else LabelFields.of(labels)
     signer = verifier = None
     if promo.enabled:  # a publisher: it signs what it promotes, so it holds the private key
         from .models.signing import publisher_keys
@@ -134,23 +221,44 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
 
-    store = GroundTruthStore(Path(args.store_dir), max_buffered_rows=args.max_buffered_rows)
+    gt = groundtruth_settings(args, env)
+    window_ms = join_window_ms(args)
+    store = GroundTruthStore(
+        gt,
+        fields=row_fields(args, env),
+        max_buffered_rows=args.max_buffered_rows,
+        # what a restart can re-read: the join state is durable, so only what came after
+        # the last checkpoint (and a router's uncommitted re-sends), never the window
+        recent_ms=min(2 * window_ms, 3_600_000) + 600_000,
+    )
     report = store.open()
     log.info(
-        "ground-truth store %s: %d rows, %d unmatched labels, %d unfinished file(s) removed",
-        args.store_dir,
-        report.rows,
-        report.unmatched,
-        len(report.removed_inprogress),
+        "ground-truth table %s: rows at version %d, unmatched at version %d",
+        gt.describe(),
+        report.rows_version,
+        report.unmatched_version,
     )
     reg = _registry(env)
+    preflight(
+        env.kafka,
+        reg,
+        redact_urls(env.registry.url),
+        read=[env.topics.predictions, env.topics.predictions_shadow, env.topics.feedback],
+        write=[env.topics.dlq, env.topics.telemetry]
+        + ([env.topics.models] if promo.enabled else []),
+        group=args.group_id,
+    )
     cache = WriterSchemaCache(reg)
     # v3 predictions with the v3 reader, older ones with v2's (their arrays kept)
     decode_pred = LayoutDeserializer(
         cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
     )
-    decode_fb = AvroDeserializer(cache, schemas.load("feedback"))
-    telemetry = AvroSerializer(reg, f"{env.topics.telemetry}-value", schemas.load("telemetry"))
+    # the user's label schema (any, from the registry) or the project's feedback schema
+    decode_fb = AvroDeserializer(cache, None if labels is not None else schemas.load("feedback"))
+    telemetry = topic_serializer(
+        reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
+    )
+    check_output_subjects(telemetry)
     topic = model_topic(env, reg) if promo.enabled else None
 
     def on_decision(d: PromotionDecision) -> bool:
@@ -171,7 +279,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         return ok
 
     # the join topic: predictions and labels re-keyed by event id (feedback_router.py)
-    admin = AdminClient(env.kafka.client_config())
+    admin = AdminClient(admin_config(env.kafka))
     topics = RouteTopics(
         predictions=env.topics.predictions,
         predictions_shadow=env.topics.predictions_shadow,
@@ -206,7 +314,17 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         if producer.flush(10):
             raise DeliveryError("a dead letter was not acknowledged within 10 s")
 
-    join = JoinState(int(args.window_s * 1000), args.max_pending, already_written=store.contains)
+    # one row per event id is the table's merge's to guarantee (groundtruth module doc);
+    # ``contains`` only settles re-read messages of recently written rows at once
+    join = JoinState(
+        window_ms,
+        already_written=store.contains,
+        decode_prediction=lambda raw: Prediction.from_avro(decode_pred(raw)),
+    )
+    # the join state's changelog: one compacted partition per join partition
+    changelog_topic = changelog_topic_for(topics.join)
+    ensure_topic(admin, changelog_topic, n_join, dict(CHANGELOG_CONFIG))
+    changelog = Changelog.connect(env.kafka, args.group_id, worker_id)
     router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
     router = FeedbackRouter(
         consumer=router_c,
@@ -216,6 +334,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         ),
         topics=topics,
         event_id=EventIdReader(cache),
+        label_id=EventIdReader(cache, label_fields.id_field),
         metrics=metrics,
         worker_id=worker_id,
         stop=stop,
@@ -236,26 +355,32 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         join_topic=topics.join,
         decode_prediction=decode_pred,
         decode_feedback=decode_fb,
+        read_label=LabelReader(label_fields),
         join=join,
         store=store,
         metrics=metrics,
-        quality=LiveQuality(metrics, window=args.quality_window),
+        quality=LiveQuality(metrics, window=args.quality_window, positive=promo.positive),
         policy=PromotionPolicy(promo) if promo.enabled else None,
         on_decision=on_decision,
         stop=stop,
         dead_letter=dead_letter,
+        changelog=changelog,
+        state_dir=Path(args.state_dir) / args.group_id,
+        cache_entries=args.cache_entries,
         checkpoint_s=args.checkpoint_s,
     )
     log.info(
         "feedback worker %s: joining %s with %s through %s (%d partitions; group %s, "
-        "window %.0f s, auto-promote %s)",
+        "window %.0f s, state in %s, changelog %s, auto-promote %s)",
         worker_id,
         topics.feedback,
         topics.predictions,
         topics.join,
         n_join,
         args.group_id,
-        args.window_s,
+        window_ms / 1000,
+        args.state_dir,
+        changelog_topic,
         "on" if promo.enabled else "off",
     )
     router_thread = threading.Thread(target=run_router, name="feedback-router", daemon=True)
@@ -267,6 +392,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         stop.set()
         router_thread.join(30)
         producer.flush(10)
+        changelog.close()
         store.close()
         if server is not None:
             server.stop()
@@ -279,36 +405,77 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_train(args: argparse.Namespace, env: Env) -> int:
-    from .feedback.groundtruth import read_rows
-    from .train.training import retrain, spec_by_name
+    from .feedback.groundtruth import read_rows_at
+    from .models.meta import TrainingSource
+    from .train.recipe import recipe_from
+    from .train.training import retrain
 
-    spec = spec_by_name(args.features)
+    spec, recipe = env.features, env.train
+    if spec is None:
+        raise ConfigError(
+            "streamscore train needs a project file with [[features]] (and [train]) "
+            "(--config PATH or STREAMSCORE_CONFIG)"
+        )
+    # --estimator/--params/--fit win over the project file's [train] estimator or fit
+    model_recipe = recipe_from(args.estimator, args.params, args.fit, recipe)
+    if model_recipe is None:
+        raise ConfigError("no training recipe: [train] estimator or fit, or --estimator/--fit")
+    name = args.name or (recipe.model_name if recipe is not None else None)
+    if not name:
+        raise ConfigError("no model name: set [train] model_name or --name")
+    labels = env.labels
+    task = labels.task.task if labels is not None else Task.REGRESSION
+    holdout = recipe.holdout if recipe is not None else 0.2
+    margin = recipe.margin if recipe is not None else 0.0
+    metric = (
+        recipe.metric_for(labels.task).value if recipe is not None and labels is not None else None
+    )
     since, until = parse_time_ms(args.since), parse_time_ms(args.until)
-    rows = read_rows(Path(args.store_dir), since, until)
-    log.info("read %d rows from %s", len(rows), args.store_dir)
+    if since is None and recipe is not None and recipe.window_ms is not None:
+        since = (until or int(dt.datetime.now(dt.UTC).timestamp() * 1000)) - recipe.window_ms
+    gt = groundtruth_settings(args, env)
+    fields = row_fields(args, env)
+    read = read_rows_at(gt, since, until, fields=fields)
+    rows = read.rows
+    log.info("read %d rows from %s at version %s", len(rows), gt.describe(), read.version)
+    source = TrainingSource(
+        uri=gt.uri,
+        table_version=read.version,
+        since_ms=since,
+        until_ms=until,
+        rows=len(rows),
+        id_field=fields.id_field,
+        time_field=fields.time_field,
+        label_field=fields.label_field,
+    )
     topic = None if args.offline else model_topic(env)
     current = None
     if topic is not None:
         from .models.signing import tool_verifier
 
-        current = current_primary(topic, args.name, tool_verifier(env.signing))
-    version = args.version or (topic.next_version(args.name) if topic is not None else 1)
+        current = current_primary(topic, name, tool_verifier(env.signing))
+    version = args.version or (topic.next_version(name) if topic is not None else 1)
     res = retrain(
         rows,
         spec,
         current=current,
-        name=args.name,
+        name=name,
         version=version,
-        task=Task(args.task),
-        estimator=args.estimator,
-        holdout_fraction=args.holdout,
+        task=task,
+        recipe=model_recipe,
+        holdout_fraction=holdout,
         min_rows=args.min_rows,
-        margin=args.margin,
+        margin=margin,
+        metric=metric,
+        positive=None if labels is None else labels.positive,
+        fields=fields,
+        source=source,
     )
     cur = f"v{current.meta.version}" if current is not None else "none"
     print(
-        f"candidate {args.name} v{version} on {','.join(spec.names)}: trained on "
-        f"{res.n_train} rows, held out {res.n_holdout} (current primary: {cur})"
+        f"candidate {name} v{version} on {','.join(spec.names)}: trained on "
+        f"{res.n_train} rows, held out {res.n_holdout} (current primary: {cur}); "
+        f"ground truth {gt.uri} version {read.version}"
     )
     print(res.comparison.table())
     print(("PUBLISH: " if res.decision.publish else "KEEP CURRENT: ") + res.decision.reason)
@@ -341,12 +508,34 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--group-id", default="streamscore-feedback")
     f.add_argument("--worker-id", default=None)
     f.add_argument("--shadow-topic", default=None, help=SHADOW_TOPIC_HELP)
-    f.add_argument("--store-dir", default="groundtruth", help="ground-truth store directory")
+    _add_groundtruth_flags(f)
     f.add_argument(
-        "--window-s", type=float, default=3600.0, help="join window in event-time seconds"
+        "--retention-hours",
+        type=float,
+        default=None,
+        help="keep files that left the table this long (time travel reaches back as far)",
     )
     f.add_argument(
-        "--max-pending", type=int, default=500_000, help="cap on event ids held in the join"
+        "--compact-every-s", type=float, default=None, help="compaction interval (0: never)"
+    )
+    f.add_argument("--vacuum-every-s", type=float, default=None, help="vacuum interval (0: never)")
+    f.add_argument(
+        "--window",
+        default=None,
+        help="join window in event time, with a unit: 90m, 36h, 30d, 2w (default 1h)",
+    )
+    f.add_argument("--window-s", type=float, default=None, help="deprecated: --window in seconds")
+    f.add_argument(
+        "--state-dir",
+        default="feedback-state",
+        help="where the join state lives (RocksDB per join partition, under <group-id>/); "
+        "restored from the changelog topic when empty",
+    )
+    f.add_argument(
+        "--cache-entries",
+        type=int,
+        default=100_000,
+        help="join-state entries kept decoded in memory per partition (the rest on disk)",
     )
     f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
     f.add_argument(
@@ -380,8 +569,9 @@ def add_commands(sub: Any) -> None:
     f.add_argument(
         "--promote-margin",
         type=float,
-        default=0.05,
-        help="required improvement: relative for MAE, absolute for accuracy",
+        default=None,
+        help="required improvement on the recipe's metric: relative for errors (mae, rmse, "
+        "log_loss), absolute for scores (default: [train] margin, else 0.05)",
     )
     f.set_defaults(func=cmd_feedback)
 
@@ -391,16 +581,21 @@ def add_commands(sub: Any) -> None:
         description=f"Exit status: 0 published (or dry run), {EXIT_NOT_BETTER} candidate "
         "not better by the margin, 1 error (e.g. too few rows).",
     )
-    t.add_argument("--store-dir", default="groundtruth")
+    _add_groundtruth_flags(t)
     t.add_argument("--since", default=None, help="ISO-8601 or epoch ms (inclusive)")
     t.add_argument("--until", default=None, help="ISO-8601 or epoch ms (exclusive)")
-    t.add_argument("--name", default="demo")
+    t.add_argument("--name", default=None, help="the model's name (default: [train] model_name)")
     t.add_argument("--as", dest="role", choices=["primary", "shadow"], default="primary")
-    t.add_argument("--features", default="a,b,c", help="demo feature spec: a,b or a,b,c")
-    t.add_argument("--task", choices=[x.value for x in Task], default="regression")
-    t.add_argument("--estimator", choices=["linear", "hgb"], default="linear")
-    t.add_argument("--holdout", type=float, default=0.2, help="most recent fraction held out")
-    t.add_argument("--margin", type=float, default=0.05)
+    t.add_argument(
+        "--estimator",
+        default=None,
+        help="an estimator class's import path (e.g. "
+        "sklearn.ensemble.HistGradientBoostingRegressor); default: the project file's [train]",
+    )
+    t.add_argument("--params", metavar="JSON", help="--estimator's parameters, a JSON object")
+    t.add_argument(
+        "--fit", metavar="MODULE:FUNCTION", help="your own function: training frame -> model"
+    )
     t.add_argument("--min-rows", type=int, default=200)
     t.add_argument("--version", type=int, default=None)
     t.add_argument("--out", default=None, help="also write the candidate bundle here")

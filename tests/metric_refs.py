@@ -20,9 +20,9 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "streamscore.json"
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
 SCORE_JOB, FEEDBACK_JOB = "streamscore-score", "streamscore-feedback"
-_NAME = re.compile(r"\bstreamscore_[a-z_]*[a-z]\b")
+_NAME = re.compile(r"\bstreamscore_[a-z0-9_]*[a-z0-9]\b")
 # a streamscore_* series in PromQL with its optional {matchers}
-_SELECTOR = re.compile(r"\b(streamscore_[a-z_]*[a-z])\b(\{[^}]*\})?")
+_SELECTOR = re.compile(r"\b(streamscore_[a-z0-9_]*[a-z0-9])\b(\{[^}]*\})?")
 _JOB = re.compile(r'\bjob="([^"]+)"')
 
 

@@ -193,6 +193,41 @@ class SchemaRegistrationError(SerdeError):
     reason = "schema_registration"
 
 
+class SubjectMissingError(ConfigError):
+    """Registration is off (``auto_register = false``) and the subject an output is
+    written under does not exist in the registry: create it, or allow registration."""
+
+    reason = "subject_missing"
+
+    def __init__(self, message: str, *, subject: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class SubjectIncompatibleError(ConfigError):
+    """Registration is off and the latest version of an output's subject cannot read
+    the records streamscore writes (names the subject, the version and the field)."""
+
+    reason = "subject_incompatible"
+
+    def __init__(self, message: str, *, subject: str, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.subject = subject
+
+
+class SchemaReferenceError(UnreadableWriterSchemaError):
+    """A writer schema's references cannot be resolved: missing from the registry, or
+    more of them (or nested deeper) than the bounds allow."""
+
+    reason = "schema_reference"
+
+
+class KeyDecodeError(SerdeError):
+    """A message key does not decode as the configured ``[events] key_format``."""
+
+    reason = "bad_key"
+
+
 # ---------------------------------------------------------------------- validation
 
 
@@ -370,6 +405,15 @@ class DeliveryError(KafkaIOError):
     reason = "delivery"
 
 
+class AccessError(KafkaIOError):
+    """The cluster (or the registry) refuses this process: wrong credentials, a
+    certificate it does not trust, or a missing ACL. Not an outage: retrying cannot help,
+    a setting must change; the message names the cause and the setting to check. The
+    process exits (non-zero) without committing the input it could not process."""
+
+    reason = "access"
+
+
 class TransactionFailedError(KafkaIOError):
     """An exactly-once transaction can neither complete nor be aborted (fenced, a fatal
     producer error, or the broker away past the retry budget): the worker must exit."""
@@ -433,7 +477,22 @@ class ProjectFileError(ConfigError):
         self.key = key
 
 
+class BadLabelError(ValidationError):
+    """A label record's label does not fit the project's task (a class that is not a
+    string, integer or boolean; a regression target that is not a finite number; a
+    string longer than the bound)."""
+
+    reason = "bad_label"
+
+
 class BadEventTimeError(ValidationError):
     """An event's time field holds a value its configured encoding cannot read."""
 
     reason = "bad_event_time"
+
+
+class StateStoreError(StreamscoreError):
+    """The feedback worker's join state (its local store or its changelog) is unreadable
+    or inconsistent: never dead-lettered, the worker stops rather than join wrongly."""
+
+    reason = "state_store"

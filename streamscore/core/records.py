@@ -75,8 +75,13 @@ class Role(enum.StrEnum):
 
 
 class FeatureKind(enum.StrEnum):
+    """How a field becomes a model input (always a float): ``numeric`` as its value (Avro
+    int/long/float/double), ``boolean`` as 0.0/1.0 (Avro boolean), ``categorical`` as the
+    index of its value in :attr:`FeatureField.categories` (Avro string or enum)."""
+
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
 
 
 class MissingPolicy(enum.StrEnum):
@@ -86,7 +91,13 @@ class MissingPolicy(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FeatureField:
-    """One input of the model: where it comes from and what values it accepts."""
+    """One input of the model: where it comes from and what values it accepts.
+
+    ``name`` is the model's column name; ``path`` the dotted path of the value in the
+    event (``"device.os"``: field ``os`` of the nested record ``device``), None when it is
+    the top-level field ``name`` (see :attr:`source`). ``impute_value`` is what a missing
+    value becomes under ``MissingPolicy.IMPUTE``, as the model sees it (a categorical
+    field's category index, a boolean's 0.0/1.0)."""
 
     name: str
     kind: FeatureKind = FeatureKind.NUMERIC
@@ -95,9 +106,15 @@ class FeatureField:
     missing: MissingPolicy = MissingPolicy.REJECT
     impute_value: float = math.nan
     categories: tuple[str, ...] = ()
+    path: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the value is read in the event: ``path``, else ``name``."""
+        return self.path or self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind.value,
             "minimum": self.minimum,
@@ -106,6 +123,9 @@ class FeatureField:
             "impute_value": None if math.isnan(self.impute_value) else self.impute_value,
             "categories": list(self.categories),
         }
+        if self.path is not None and self.path != self.name:
+            d["path"] = self.path  # absent otherwise: the same dict as before paths existed
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureField:
@@ -118,6 +138,7 @@ class FeatureField:
             missing=MissingPolicy(d.get("missing", "reject")),
             impute_value=math.nan if iv is None else float(iv),
             categories=tuple(str(c) for c in d.get("categories", ())),
+            path=None if d.get("path") is None else str(d["path"]),
         )
 
 

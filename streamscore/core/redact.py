@@ -1,10 +1,14 @@
-"""Credentials in URLs (``https://user:secret@host``) never reach a log line.
+"""Credentials in URLs (``https://user:secret@host``) and secret client properties
+(``sasl.password``, ``ssl.key.password``, ...) never reach a log line.
 
 Two layers: :func:`split_userinfo` takes the credentials out of a URL before any client
 sees it (they travel as basic auth instead), and :class:`RedactingFilter`, installed on
 the CLI's log handlers, rewrites ``scheme://user:pass@`` to ``scheme://***@`` in every
 record (message, arguments and traceback), whoever logs it: httpx logs each request's
-URL at INFO.
+URL at INFO. The filter also masks the value after a secret property's name
+(``sasl.password=...``, ``'ssl.key.password': '...'``), should a client configuration
+ever be printed; :func:`is_secret_property` says which librdkafka properties are secret
+(settings wrap their values in ``Secret``).
 """
 
 from __future__ import annotations
@@ -17,11 +21,33 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#@\s]+@")
 
 
+#: words that make a client property (librdkafka or registry client) secret
+_SECRET_WORDS = ("password", "secret", "jaas", "token", "ssl.key.pem", "credentials", "user.info")
+
+#: a secret property's name, a separator (``=``, ``:``, quotes) and its value
+_SECRET_VALUE = re.compile(
+    r"(?P<name>[A-Za-z0-9_.]*(?:password|secret|jaas\.config|token|user\.info|ssl\.key\.pem))"
+    r"(?P<sep>['\"]?\s*[:=]\s*)(?P<q>['\"]?)(?P<value>[^'\"\s,}]+)",
+    re.IGNORECASE,
+)
+
+
+def is_secret_property(name: str) -> bool:
+    """True for a client property whose value is a credential (``sasl.password``,
+    ``ssl.key.password``, ``sasl.oauthbearer.client.secret``, ``sasl.jaas.config``,
+    ``ssl.key.pem``, ``basic.auth.user.info``, ``bearer.auth.token``, ...)."""
+    low = name.lower().replace("_", ".")
+    return any(w in low for w in _SECRET_WORDS)
+
+
 def redact_urls(text: str) -> str:
-    """``text`` with the userinfo of every URL in it replaced by ``***``."""
-    if "@" not in text:
-        return text
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """``text`` with the userinfo of every URL in it, and the value after every secret
+    property's name, replaced by ``***``."""
+    if "@" in text:
+        text = _USERINFO.sub(r"\g<scheme>***@", text)
+    if _SECRET_VALUE.search(text):
+        text = _SECRET_VALUE.sub(r"\g<name>\g<sep>\g<q>***", text)
+    return text
 
 
 def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:

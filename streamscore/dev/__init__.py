@@ -10,4 +10,5 @@
 - ``traffic``: the demo's events and labels
 - ``observe``: predictions, dead letters and /metrics as the demo sees them
 - ``report``: the demo's summary, printout and plot
+- ``synthetic``: the demo's synthetic world (its events, labels and models)
 """

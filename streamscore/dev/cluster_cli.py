@@ -28,6 +28,36 @@ def format_status(st: ClusterStatus) -> str:
     )
 
 
+def s3_status(cluster: LocalCluster) -> str:
+    """The S3 server's status line (started by ``up``; not part of ``running``)."""
+    s3 = cluster.s3
+    pid = s3.pid()
+    ready = pid is not None and s3.ready()
+    state = "ready" if ready else ("starting/unresponsive" if pid else "stopped")
+    pid_s = f"pid {pid}" if pid else "no process"
+    ep = s3.endpoint
+    return (
+        f"  {'s3proxy':<9} {state:<22} {pid_s:<12} {ep.url}  (bucket {ep.bucket}, access "
+        f"key {ep.identity}, secret {ep.credential}; log {s3.server.log})"
+    )
+
+
+def secure_help(cluster: LocalCluster) -> str:
+    """How a process connects to the secured profile, as one of its principals."""
+    from .cluster_secure import USERS, client_env
+
+    files = cluster.secure_files
+    assert files is not None
+    lines = [
+        f"secured profile: CA {files.ca}; users {', '.join(USERS)} "
+        f"(passwords in {files.root}/<user>.password)",
+        "a score worker's environment:",
+    ]
+    env = client_env(cluster.settings, files, "score")
+    lines += [f"  export {k}={v}" for k, v in env.items()]
+    return "\n".join(lines)
+
+
 def main_cluster(action: str, cluster: LocalCluster) -> int:
     """``streamscore cluster install|up|down|reset|status``. Exit codes: 0 ok, 1 error,
     2 unknown action, 3 ``status`` of a cluster that is not (fully) running."""
@@ -40,7 +70,11 @@ def main_cluster(action: str, cluster: LocalCluster) -> int:
         if action == "up":
             st = cluster.up()
             print(format_status(st))
+            cluster.up_s3()
+            print(s3_status(cluster))
             print(f"(took {time.monotonic() - t0:.1f}s)")
+            if cluster.secure_files is not None:
+                print(secure_help(cluster))
             return 0
         if action == "down":
             cluster.down()
@@ -56,6 +90,7 @@ def main_cluster(action: str, cluster: LocalCluster) -> int:
         if action == "status":
             st = cluster.status()
             print(format_status(st))
+            print(s3_status(cluster))
             return 0 if st.running else 3
     except ClusterError as e:
         first = e.message.splitlines()[0] if e.message else type(e).__name__

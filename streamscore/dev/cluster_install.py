@@ -1,12 +1,12 @@
 """Downloading the local cluster's servers once, and verifying them on every start.
 
 Kafka (its jars and runtime dependencies, with a log4j2 binding), the Apicurio Registry
-``-all`` tarball, and the one Apache Avro jar that the tests' Java reader of the
-predictions topics compiles against (with Kafka's own client jars) are fetched with
-Maven (``--strict-checksums``) into a staging directory next to their final place,
-hashed into a ``MANIFEST.json`` (sha256 + size of every file) and swapped in with a
-rename, so an interrupted download never looks installed. :func:`verify_manifest` checks
-an installed tree against its manifest.
+``-all`` tarball, the S3Proxy ``jar-with-dependencies``, and the one Apache Avro jar that
+the tests' Java reader of the predictions topics compiles against (with Kafka's own client
+jars) are fetched with Maven (``--strict-checksums``) into a staging directory next to
+their final place, hashed into a ``MANIFEST.json`` (sha256 + size of every file) and
+swapped in with a rename, so an interrupted download never looks installed.
+:func:`verify_manifest` checks an installed tree against its manifest.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class Installer:
         self.cache_dir = cache_dir
         self.kafka_home = cache_dir / f"kafka-{settings.kafka_version}"
         self.registry_home = cache_dir / f"apicurio-{settings.apicurio_version}"
+        self.s3proxy_home = cache_dir / f"s3proxy-{settings.s3proxy_version}"
         self.avro_home = cache_dir / f"avro-{AVRO_VERSION}"
 
     @property
@@ -117,6 +118,9 @@ class Installer:
         if (why := verify_manifest(self.registry_home)) is not None:
             log.info("installing apicurio registry %s (%s)", ver.apicurio_version, why)
             self._install_into(self.registry_home, self._fetch_registry)
+        if (why := verify_manifest(self.s3proxy_home)) is not None:
+            log.info("installing s3proxy %s (%s)", ver.s3proxy_version, why)
+            self._install_into(self.s3proxy_home, self._fetch_s3proxy)
         log.info("install checked in %.1fs", time.monotonic() - t0)
 
     def install_avro(self) -> None:
@@ -241,6 +245,33 @@ class Installer:
         shutil.rmtree(pom.parent)
         if not (libs / f"avro-{AVRO_VERSION}.jar").is_file():
             raise DownloadError(f"mvn did not produce avro-{AVRO_VERSION}.jar in {libs}")
+
+    def _fetch_s3proxy(self, staging: Path) -> None:
+        pom = self._write_pom(staging)
+        v = self.settings.s3proxy_version
+        self._mvn(
+            [
+                "-f",
+                str(pom),
+                f"org.apache.maven.plugins:maven-dependency-plugin:{DEPENDENCY_PLUGIN_COPY}:copy",
+                f"-Dartifact=org.gaul:s3proxy:{v}:jar:jar-with-dependencies",
+                f"-DoutputDirectory={staging}",
+            ],
+            cwd=pom.parent,
+        )
+        shutil.rmtree(pom.parent)
+        self.s3proxy_jar(staging)  # fails now rather than at start time
+
+    @property
+    def s3proxy_jar_name(self) -> str:
+        return f"s3proxy-{self.settings.s3proxy_version}-jar-with-dependencies.jar"
+
+    def s3proxy_jar(self, home: Path | None = None) -> Path:
+        """The runnable S3Proxy jar in an installed ``home``."""
+        jar = (home or self.s3proxy_home) / self.s3proxy_jar_name
+        if not jar.is_file():
+            raise DownloadError(f"no {jar.name} in {home}")
+        return jar
 
     @staticmethod
     def registry_jar(home: Path) -> Path:

@@ -44,15 +44,16 @@ from ..core.config import (
 )
 from ..core.records import Role
 from ..kafka.admin import create_topics, standard_topics
+from ..kafka.clients import admin_config
 from ..models.publish import ModelTopic
 from ..models.signing import Ed25519Signer, keygen
 from ..serde import schemas
-from ..serde.message import AvroDeserializer, AvroSerializer
+from ..serde.message import AvroDeserializer, topic_serializer
 from ..serde.wire import WriterSchemaCache, registry_client
-from ..train.training import demo_bundle
 from . import observe, report
 from .observe import Observer
 from .supervise import BACKGROUND_THREADS_ENV, processes, run_background, start_cli, wait_settled
+from .synthetic import demo_bundle
 from .traffic import Traffic
 
 #: The score workers export their metrics on 9400, 9401, ...; the feedback worker on 9500.
@@ -79,6 +80,13 @@ class DemoSettings:
     # traffic, at several hundred milliseconds of end-to-end latency
     warmup_s: float = 10.0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: the demo's project file: its features and training recipe
+    project: Path = field(default_factory=lambda: demo_project())
+
+
+def demo_project() -> Path:
+    """``examples/demo/streamscore.toml`` of this checkout (the demo runs from one)."""
+    return Path(__file__).resolve().parents[2] / "examples" / "demo" / "streamscore.toml"
 
 
 def _topics(run_id: str) -> TopicSettings:
@@ -157,7 +165,7 @@ class Demo:
             model_partitions=1,
             model_topic_max_bytes=MODEL_MAX_BYTES + 65536,
         )
-        create_topics(AdminClient(self.kafka.client_config()), specs, exist_ok=False)
+        create_topics(AdminClient(admin_config(self.kafka)), specs, exist_ok=False)
 
     def _child_env(self, *, background: bool = False, publisher: bool = False) -> dict[str, str]:
         # the caller's own signing settings are not handed on: the children use the demo's
@@ -175,6 +183,7 @@ class Demo:
         if publisher:
             env["STREAMSCORE_SIGNING_KEY_FILE"] = str(self.keys.private_file)
         env.update(self.topics.as_env())
+        env["STREAMSCORE_CONFIG"] = str(self.s.project)
         return env
 
     def _model_topic(self, reg: Any) -> ModelTopic:
@@ -182,7 +191,9 @@ class Demo:
         return ModelTopic(
             self.kafka,
             self.topics.models,
-            encode=AvroSerializer(reg, f"{self.topics.models}-value", schema),
+            encode=topic_serializer(
+                reg, self.registry_settings, "models", self.topics.models, schema
+            ),
             decode=AvroDeserializer(WriterSchemaCache(reg), schema),
             max_message_bytes=MODEL_MAX_BYTES,
         )
@@ -193,7 +204,7 @@ class Demo:
         after traffic starts, about 1 % of a minute's events: the p99 itself."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.kafka.client_config())
+        admin = AdminClient(admin_config(self.kafka))
         if not wait_settled(admin, group_id, self.topics.events, members, timeout):
             print(
                 f"demo: the score workers' group did not settle in {timeout:.0f}s; starting anyway",
@@ -211,14 +222,10 @@ class Demo:
         """Fit a candidate with c on the ground truth and publish it as shadow."""
         args = [
             "train",
-            "--store-dir",
+            "--groundtruth",
             str(self.store_dir),
-            "--features",
-            "a,b,c",
             "--as",
             "shadow",
-            "--name",
-            "demo",
             "--min-rows",
             "200",
             "--publisher",
@@ -340,15 +347,17 @@ class Demo:
                     "feedback",
                     "--group-id",
                     f"demo-feedback-{self.s.run_id}",
-                    "--store-dir",
+                    "--groundtruth",
                     str(self.store_dir),
                     "--metrics-port",
                     str(FEEDBACK_METRICS_PORT),
                     "--auto-promote",
                     "--promote-min-labels",
                     str(self.s.promote_min_labels),
-                    "--window-s",
-                    "600",
+                    "--window",
+                    "10m",
+                    "--state-dir",
+                    f"{self.store_dir}-state",
                 ],
                 publisher=True,  # --auto-promote signs what it promotes
             )

@@ -65,6 +65,18 @@ from .cluster_config import (
 )
 from .cluster_install import Installer
 from .cluster_processes import ServerProcess, check_java, port_answers, port_in_use, tail
+from .cluster_secure import (
+    SecureFiles,
+    acl_bindings,
+    apply_acls,
+    client_properties,
+    ensure_material,
+    process_acls,
+    scram_format_args,
+    secure_broker_properties,
+    secure_registry_properties,
+)
+from .s3proxy import S3Endpoint, S3Proxy
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +124,10 @@ class LocalCluster:
             )
             for role in (KAFKA, REGISTRY)
         }
+        #: the secured profile's CA, certificates and users (None: a plain cluster)
+        self.secure_files: SecureFiles | None = (
+            SecureFiles(self.run_dir / "secure") if settings.secure else None
+        )
         self._lock_depth: dict[Path, int] = {}
         self._lock_fd: dict[Path, int] = {}
 
@@ -170,6 +186,8 @@ class LocalCluster:
                     started.append(REGISTRY)
                 self._wait_ready(t0, (KAFKA, REGISTRY))
                 self.create_topics()
+                if self.secure_files is not None:
+                    self.grant_defaults()
                 log.info("local cluster up in %.1fs", time.monotonic() - t0)
             except BaseException:
                 for role in started:
@@ -178,11 +196,29 @@ class LocalCluster:
             return self.status()
 
     def down(self) -> None:
-        """Stop both servers (SIGTERM, then SIGKILL after a grace period). Their data
-        stays: the next ``up`` goes on from it."""
+        """Stop both servers and the S3 server (SIGTERM, then SIGKILL after a grace
+        period). Their data stays: the next ``up`` goes on from it."""
         with self._locked(self.run_dir):
+            self.s3.stop()
             for role in (REGISTRY, KAFKA):
                 self._stop(self._servers[role])
+
+    @property
+    def s3(self) -> S3Proxy:
+        """The cluster's S3 API server (S3Proxy), on ``settings.s3_port``."""
+        return S3Proxy(
+            self.installer.s3proxy_home / self.installer.s3proxy_jar_name,
+            self.run_dir,
+            host=self.settings.host,
+            port=self.settings.s3_port,
+        )
+
+    def up_s3(self) -> S3Endpoint:
+        """Start the S3 server (installed with the rest) unless it runs; its endpoint."""
+        with self._locked(self.run_dir):
+            with self._locked(self.cache_dir):
+                self.installer.install()
+            return self.s3.start(heap=self.settings.s3_heap)
 
     def reset(self) -> None:
         """Stop both servers and wipe the broker's data and the registry's database: the
@@ -252,7 +288,7 @@ class LocalCluster:
 
         from ..kafka.admin import create_topics, standard_topics
 
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers, "log_level": 0})
+        admin = AdminClient({**self.client_config(), "log_level": 0})
         specs = standard_topics(
             self.topics,
             partitions=self.settings.partitions,
@@ -262,6 +298,29 @@ class LocalCluster:
             create_topics(admin, specs, wait_for_leaders=False)
         except KafkaIOError as e:
             raise ClusterError(str(e)) from e
+
+    def client_config(self, user: str = "admin") -> dict[str, Any]:
+        """librdkafka properties of a client of this cluster (secured: as ``user``)."""
+        if self.secure_files is None:
+            return {"bootstrap.servers": self.settings.bootstrap_servers}
+        return dict(client_properties(self.settings, self.secure_files, user))
+
+    def grant_defaults(self) -> None:
+        """The secured profile's ACLs for the default topics and groups: each process
+        (score, feedback, publisher) under its own principal."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({**self.client_config(), "log_level": 0})
+        groups = {
+            "score": "streamscore-score",
+            "feedback": "streamscore-feedback",
+            "publisher": "-",
+        }
+        for role, group in groups.items():
+            grants = process_acls(role, self.topics, group)
+            apply_acls(admin, acl_bindings(role, grants))
+            if self.settings.mtls_port is not None:  # the same process by its certificate
+                apply_acls(admin, acl_bindings(f"CN={role}", grants))
 
     # --------------------------------------------------------------------- start
 
@@ -290,7 +349,13 @@ class LocalCluster:
         server = self._servers[KAFKA]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.run_dir / "server.properties"
-        props.write_text(render_server_properties(self.settings, self.data_dir))
+        overrides: dict[str, str] = {}
+        scram: list[str] = []
+        if self.secure_files is not None:
+            files = ensure_material(self.run_dir, self.settings.host)
+            overrides = secure_broker_properties(self.settings, files)
+            scram = scram_format_args(files)
+        props.write_text(render_server_properties(self.settings, self.data_dir, overrides))
         log4j = self.run_dir / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES)
         server.rotate_log()
@@ -314,6 +379,7 @@ class LocalCluster:
             random_cluster_id(),
             "-c",
             str(props),
+            *scram,  # the secured profile's SCRAM users, created with the storage
         ]
         with server.log.open("ab") as out:
             res = subprocess.run(
@@ -342,6 +408,9 @@ class LocalCluster:
             **APICURIO_PROPERTIES,
             **registry_storage_properties(self.run_dir),
         }
+        if self.secure_files is not None:
+            files = ensure_material(self.run_dir, self.settings.host)
+            props.update(secure_registry_properties(self.settings, files))
         server.rotate_log()
         cmd = [
             *self._jvm_base(java, server, self.settings.registry_heap),
@@ -392,7 +461,7 @@ class LocalCluster:
 
         return AdminClient(
             {
-                "bootstrap.servers": self.settings.bootstrap_servers,
+                **self.client_config(),
                 "socket.timeout.ms": timeout_ms,
                 "log_level": 0,  # no connection-refused noise on stderr while starting
             }
@@ -412,9 +481,16 @@ class LocalCluster:
     def _registry_ready(self) -> bool:
         if not port_answers(self.settings.host, self.settings.registry_port):
             return False
+        context = None
+        if self.secure_files is not None:
+            import ssl
+
+            if not self.secure_files.ca.is_file():
+                return False
+            context = ssl.create_default_context(cafile=str(self.secure_files.ca))
         try:
             with urllib.request.urlopen(
-                self.settings.registry_url + "/subjects", timeout=2
+                self.settings.registry_url + "/subjects", timeout=2, context=context
             ) as resp:
                 return int(resp.status) == 200
         except (urllib.error.URLError, OSError, ValueError):

@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from ..core.config import KafkaSettings, TopicSettings
 from ..serde import schemas
 from ..serde.message import AvroSerializer
-from ..train import synthetic
+from . import synthetic
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Traffic:
             1: AvroSerializer(reg, subject, schemas.load("event", 1)),
             2: AvroSerializer(reg, subject, schemas.load("event", 2)),
         }
-        p = Producer({**self.kafka.client_config(), "linger.ms": 2, "enable.idempotence": True})
+        p = Producer(self.kafka.config("producer", {"linger.ms": 2, "enable.idempotence": True}))
         ((e, _y),) = synthetic.events(1, np.random.default_rng(0), with_c=False)
         ser[1](e)  # registers the v1 schema (v2 is registered when v2 events start)
         p.list_topics(self.topics.events, timeout=10)
@@ -135,7 +135,7 @@ class Traffic:
         """Sends each event's true y to the feedback topic once its delay has passed; on
         stop, whatever is still queued goes out at once."""
         ser = AvroSerializer(reg, f"{self.topics.feedback}-value", schemas.load("feedback"))
-        p = Producer({**self.kafka.client_config(), "linger.ms": 5, "enable.idempotence": True})
+        p = Producer(self.kafka.config("producer", {"linger.ms": 5, "enable.idempotence": True}))
         while True:
             now = time.time()
             stopping = self.stop.is_set()  # on stop, whatever is queued goes out now

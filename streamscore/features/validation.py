@@ -53,7 +53,8 @@ def validate(cols: Columns, spec: FeatureSpec) -> ValidationResult:
         valid[rows] = False
 
     for j, f in enumerate(spec.fields):
-        flag(cols.wrong_type[:, j], WrongTypeError, j, "is not a number")
+        what = "a boolean" if f.kind is FeatureKind.BOOLEAN else "a number"
+        flag(cols.wrong_type[:, j], WrongTypeError, j, f"is not {what}")
         if f.missing is MissingPolicy.REJECT:
             flag(cols.missing[:, j], MissingFieldError, j, "is missing and the spec requires it")
             flag(cols.unknown_category[:, j], UnknownCategoryError, j, "is not a known category")

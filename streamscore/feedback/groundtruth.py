@@ -1,390 +1,792 @@
-"""The ground-truth store: labelled rows in time-partitioned Avro container files.
+"""The ground truth: labelled rows in a Delta Lake table (Parquet + a transaction log).
 
-Layout under ``root``::
+Where it lives: a URI (:class:`~streamscore.core.config.GroundTruthSettings`), a local
+directory by default (``file:///path`` or a plain path) or ``s3://bucket/prefix``. Two
+tables sit under it::
 
-    dt=YYYY-MM-DD/hour=HH/part-<uuid>.avro            joined rows, by event hour (UTC)
-    unmatched/dt=YYYY-MM-DD/hour=HH/part-<uuid>.avro   labels that found no prediction,
-                                                       by observed hour (feedback schema)
-    _inprogress/<writer>/part-<uuid>.avro              files being written (never read)
-    _inprogress/<writer>.lock                          held by the live writer <writer>
+    <uri>/rows/event_date=YYYY-MM-DD/part-*.parquet        one row per labelled event
+    <uri>/unmatched/observed_date=YYYY-MM-DD/part-*.parquet labels that met no prediction
+    <uri>/{rows,unmatched}/_delta_log/*.json               the tables' commits
 
-Rows (``schemas/groundtruth_row.v1.avsc``) are buffered in memory and written by
-:meth:`GroundTruthStore.flush`: one file per hour partition, written under
-``_inprogress/``, flushed and ``fsync``-ed, then moved into its partition with
-``os.replace`` (atomic within one file system) and the partition directory ``fsync``-ed.
-Readers only ever list ``part-*.avro`` in partition directories, so they never see a
-half-written file. A crash mid-write leaves at most an ``_inprogress`` file, which
-:meth:`GroundTruthStore.open` deletes: its rows belonged to messages whose consumer
-offsets were not committed yet (the feedback worker commits only after ``flush``), so
-they are read and written again.
+Rows keep the user's names (:class:`RowFields`): the event id and time under the
+project's ``id_field``/``time_field``, the label under ``label_field``, every raw input
+of the event (what the model read, and the fields it did not) under its own name, plus
+what the answering prediction said (:data:`META_COLUMNS`). An input whose name is one of
+the table's own columns is stored as ``input_<name>``.
 
-Several writers (feedback workers of one group) may share a store directory: each
-writes under its own ``_inprogress/<writer>/`` and holds an exclusive ``flock`` on
-``_inprogress/<writer>.lock`` while it lives. ``open`` deletes only the leftovers of
-writers whose lock is free (dead processes), never a live writer's file. This needs a
-file system with working POSIX locks (local disk, or a network file system that
-supports them).
+Guarantees:
 
-No duplicates: the store keeps the set of event ids it holds (rebuilt at ``open`` from the
-finalized files, extended by every accepted row) and :meth:`append` refuses an event id it
-already has, in a buffered row or a finalized file. The same holds for unmatched labels.
-With several writers, each event id belongs to one writer at a time (the join topic is
-keyed by event id); when ownership moves (a rebalance), :meth:`GroundTruthStore.refresh`
-indexes the files the others finalized since, so a re-read label is still known.
+* **One row per event id, by the table**: :meth:`GroundTruthStore.flush` is a Delta
+  ``MERGE`` on the id (``WHEN NOT MATCHED INSERT``), restricted to the event-date
+  partitions of the batch, so a row already in the table (written before a crash, or by
+  another worker before a rebalance) is never inserted again. No index of all past ids
+  is held in memory: only the ids of rows joined within ``recent_ms`` (about twice the
+  join window), loaded at each partition assignment, so that a message re-read after a
+  restart or a rebalance whose row is already written settles at once instead of waiting
+  a whole window for a partner that was consumed before.
+* **Several writers without locks**: every write is one atomic commit to the Delta log
+  (put-if-absent of the next version: a rename-if-absent on a local disk, a conditional
+  PUT on S3). Two writers that touch the same partitions conflict; the loser re-runs
+  its merge on the new version (bounded retries), which is idempotent.
+* **Durable before committed**: ``flush`` returns once the commit is in the log; the
+  feedback worker commits its consumer offsets only after that (see
+  :mod:`streamscore.feedback.loop`). A crash before the commit leaves at most Parquet
+  files no version refers to (never read; vacuum deletes them).
+* **Compaction and retention**: :meth:`GroundTruthStore.maintain` compacts small files
+  (Delta ``OPTIMIZE``, a rewrite that changes no row) and vacuums files that left the
+  table more than ``retention_hours`` ago, on the settings' schedule.
+* **Time travel**: every read names the table version it saw
+  (:attr:`RowsRead.version`); ``streamscore train`` records it in the bundle, and
+  :func:`read_rows` with ``version=`` reads exactly that data back (while retention
+  keeps its files).
 
-Reading (:func:`read_rows`, :func:`read_training_data`) prunes partitions by hour and
-filters on event time (``since`` inclusive, ``until`` exclusive, epoch ms). Training
-matrices are built with :func:`streamscore.features.prepare.from_rows` and the model's
-:class:`FeatureSpec`: the same checks and encoding as serving.
+Reading (:func:`read_rows`) prunes partitions by event date and filters on event time
+(``since`` inclusive, ``until`` exclusive, epoch ms). Training matrices are built by
+:func:`training_data` with :func:`streamscore.features.prepare.from_rows`: the serving
+checks and encoding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import logging
+import math
 import os
-import re
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fastavro
 import numpy as np
 
-from ..core.records import FeatureSpec, Task
-from ..serde import schemas
-from ..serde.wire import parse
+from ..core.config import GroundTruthSettings
+from ..core.errors import ConfigError, InfrastructureError
+from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from deltalake import DeltaTable
 
 log = logging.getLogger(__name__)
 
-INPROGRESS = "_inprogress"
+ROWS = "rows"
 UNMATCHED = "unmatched"
-_HOUR_MS = 3_600_000
-_PART_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
-_HOUR_DIR = re.compile(r"^hour=(\d{2})$")
+DATE_COLUMN = "event_date"
+OBSERVED_DATE_COLUMN = "observed_date"
+DEFAULT_LABEL_FIELD = "label"
+INPUT_PREFIX = "input_"
+_DAY_MS = 86_400_000
+
+#: what the table adds to the user's fields (an input with one of these names, or with
+#: the id/time/label field's name, is stored as ``input_<name>``)
+META_COLUMNS = (
+    DATE_COLUMN,
+    "event_key",
+    "observed_time",
+    "joined_time",
+    "model_name",
+    "model_version",
+    "model_role",
+    "prediction_value",
+    "prediction_label",
+    "prediction_score",
+    "probabilities",
+    "classes",
+    "shadow_versions",
+)
+
+#: commit conflicts (another writer, a compaction) re-run the merge this many times
+MAX_COMMIT_ATTEMPTS = 50
 
 
-def _row_schema() -> dict[str, Any]:
-    return schemas.load("groundtruth_row", 1)
+class GroundTruthUnavailableError(InfrastructureError):
+    """The ground-truth table could not be written or read (storage away, or commit
+    conflicts beyond the retry budget)."""
+
+    reason = "groundtruth_unavailable"
 
 
-def _unmatched_schema() -> dict[str, Any]:
-    return schemas.load("feedback", 1)
+@dataclass(frozen=True)
+class RowFields:
+    """The user's names for the id, time and label columns."""
+
+    id_field: str = EVENT_ID_FIELD
+    time_field: str = EVENT_TIME_FIELD
+    label_field: str = DEFAULT_LABEL_FIELD
+
+    def __post_init__(self) -> None:
+        names = (self.id_field, self.time_field, self.label_field)
+        if len(set(names)) != 3:
+            raise ConfigError(f"the id, time and label fields must differ, got {names}")
+        for n in names:
+            if n in META_COLUMNS:
+                raise ConfigError(
+                    f"{n!r} is a column of the ground-truth table itself; "
+                    f"its own columns are: {', '.join(META_COLUMNS)}"
+                )
+
+    def input_column(self, name: str) -> str:
+        """The column of the raw input ``name``."""
+        if name in META_COLUMNS or name in (self.id_field, self.time_field, self.label_field):
+            return INPUT_PREFIX + name
+        return name
+
+    @property
+    def own(self) -> frozenset[str]:
+        return frozenset((*META_COLUMNS, self.id_field, self.time_field, self.label_field))
 
 
-def partition_of(time_ms: int) -> tuple[str, str]:
-    t = dt.datetime.fromtimestamp(time_ms / 1000, tz=dt.UTC)
-    return f"dt={t:%Y-%m-%d}", f"hour={t:%H}"
+Location = GroundTruthSettings | str | os.PathLike[str]
 
 
-def _hour_start_ms(day: str, hour: str) -> int:
-    t = dt.datetime.strptime(f"{day} {hour}", "%Y-%m-%d %H").replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1000)
+def as_settings(where: Location) -> GroundTruthSettings:
+    """Settings for a location given as settings, a URI or a local path."""
+    if isinstance(where, GroundTruthSettings):
+        return where
+    return GroundTruthSettings(os.fspath(where))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _q(name: str) -> str:
+    """A column name in a Delta (DataFusion SQL) predicate, case kept."""
+    return "`" + name.replace("`", "``") + "`"
 
 
-def _finalized_files(
-    base: Path, since_ms: int | None = None, until_ms: int | None = None
-) -> list[Path]:
-    """Finalized part files under ``base`` whose hour overlaps [since, until)."""
-    out: list[Path] = []
-    if not base.is_dir():
-        return out
-    for day_dir in sorted(base.iterdir()):
-        m = _PART_DIR.match(day_dir.name)
-        if not m or not day_dir.is_dir():
-            continue
-        for hour_dir in sorted(day_dir.iterdir()):
-            h = _HOUR_DIR.match(hour_dir.name)
-            if not h or not hour_dir.is_dir():
-                continue
-            start = _hour_start_ms(m.group(1), h.group(1))
-            if until_ms is not None and start >= until_ms:
-                continue
-            if since_ms is not None and start + _HOUR_MS <= since_ms:
-                continue
-            out.extend(sorted(hour_dir.glob("part-*.avro")))
+def _date(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def _dates_of(ms: Sequence[int]) -> list[str]:
+    """The UTC dates of many times: one ``strftime`` per distinct day."""
+    days: dict[int, str] = {}
+    out = []
+    for t in ms:
+        d = t // _DAY_MS
+        s = days.get(d)
+        if s is None:
+            s = days[d] = _date(d * _DAY_MS)
+        out.append(s)
     return out
 
 
-_TIME_FIELDS = ("event_time", "observed_time", "joined_time")
+def _json_map(m: Mapping[str, Any] | None) -> str:
+    if not m:
+        return "{}"
+    import json
+
+    return json.dumps(m, sort_keys=True)
 
 
-def _read_file(path: Path, reader_schema: Any) -> Iterator[dict[str, Any]]:
-    """Records of one finalized file; timestamps as epoch-ms ints (fastavro applies the
-    file's logical types, so datetimes are turned back into milliseconds here)."""
-    with path.open("rb") as f:
-        for rec in fastavro.reader(f, reader_schema=reader_schema):
-            assert isinstance(rec, dict)
-            for k in _TIME_FIELDS:
-                v = rec.get(k)
-                if v is not None and not isinstance(v, int):
-                    rec[k] = round(v.timestamp() * 1000)
-            yield rec
+# ------------------------------------------------------------------------ columns
 
 
-@dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    removed_inprogress: tuple[str, ...]
-    rows: int
-    unmatched: int
+def _ts(values: Sequence[int]) -> pa.Array:
+    import pyarrow as pa
+
+    # Delta's timestamp is microseconds, UTC
+    return pa.array([v * 1000 for v in values], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
-class _Area:
-    """One partitioned area (rows or unmatched): buffer, index, finalize."""
+def _scalar_column(values: list[Any]) -> pa.Array | None:
+    """A column of raw scalars: float64 when every value is a number (or a bool),
+    string when any is a string (numbers then as their text), None when all are null
+    (the column is left out of the batch; the table keeps it null)."""
+    import pyarrow as pa
 
-    def __init__(self, store: GroundTruthStore, base: Path, schema: dict[str, Any], tkey: str):
-        self._store = store
-        self.base = base
-        self._writer_schema = fastavro.parse_schema(schema, named_schemas={})
-        self._reader_schema = parse(schema)  # timestamps as epoch-ms ints
-        self._time_key = tkey
-        self.ids: set[str] = set()
-        self._indexed: set[Path] = set()
-        self.buffer: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self.buffered = 0
-
-    def rebuild_index(self) -> int:
-        self.ids.clear()
-        self._indexed.clear()
-        return self.refresh_index()
-
-    def refresh_index(self) -> int:
-        """Index the finalized files not indexed yet (written by other writers)."""
-        n = 0
-        for path in _finalized_files(self.base):
-            if path in self._indexed:
-                continue
-            for rec in _read_file(path, self._reader_schema):
-                self.ids.add(rec["event_id"])
-                n += 1
-            self._indexed.add(path)
-        return n
-
-    def append(self, record: dict[str, Any]) -> bool:
-        eid = record["event_id"]
-        if eid in self.ids:
-            return False
-        self.ids.add(eid)
-        self.buffer.setdefault(partition_of(int(record[self._time_key])), []).append(record)
-        self.buffered += 1
-        return True
-
-    def flush(self) -> list[Path]:
-        written: list[Path] = []
-        for (day, hour), records in sorted(self.buffer.items()):
-            name = f"part-{uuid.uuid4().hex}.avro"
-            tmp = self._store.writer_dir / name
-            with tmp.open("wb") as f:
-                fastavro.writer(f, self._writer_schema, records, codec="deflate")
-                f.flush()
-                os.fsync(f.fileno())
-            final_dir = self.base / day / hour
-            new_dir = not final_dir.is_dir()
-            final_dir.mkdir(parents=True, exist_ok=True)
-            final = final_dir / name
-            os.replace(tmp, final)
-            self._indexed.add(final)
-            _fsync_dir(final_dir)
-            if new_dir:
-                _fsync_dir(final_dir.parent)
-                _fsync_dir(self.base)
-            written.append(final)
-        self.buffer.clear()
-        self.buffered = 0
-        return written
-
-
-class GroundTruthStore:
-    """Writer side of the store (several writers may share a directory: module doc)."""
-
-    def __init__(self, root: Path | str, *, max_buffered_rows: int = 20_000) -> None:
-        self.root = Path(root)
-        self.inprogress_dir = self.root / INPROGRESS
-        self.writer = uuid.uuid4().hex[:16]
-        self.writer_dir = self.inprogress_dir / self.writer
-        self._lock_fd: int | None = None
-        self.max_buffered_rows = max_buffered_rows
-        self._rows = _Area(self, self.root, _row_schema(), "event_time")
-        self._unmatched = _Area(self, self.root / UNMATCHED, _unmatched_schema(), "observed_time")
-        self._opened = False
-
-    def open(self) -> RecoveryReport:
-        """Create the layout, take this writer's lock, delete the leftover
-        ``_inprogress`` files of dead writers (a crash mid-write), and rebuild the
-        event-id indexes from the finalized files."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.inprogress_dir.mkdir(exist_ok=True)
-        self._lock_fd = _lock(self.inprogress_dir / f"{self.writer}.lock", wait=True)
-        self.writer_dir.mkdir()
-        removed = _remove_dead_writers(self.inprogress_dir, self.writer)
-        if removed:
-            log.warning(
-                "removed %d unfinished file(s) from %s (their rows are re-read from Kafka)",
-                len(removed),
-                self.inprogress_dir,
-            )
-        n_rows = self._rows.rebuild_index()
-        n_unmatched = self._unmatched.rebuild_index()
-        self._opened = True
-        return RecoveryReport(tuple(removed), n_rows, n_unmatched)
-
-    def close(self) -> None:
-        """Flush, then release this writer's lock and remove its (empty) directories."""
-        if not self._opened:
-            return
-        self.flush()
-        self._opened = False
-        with contextlib.suppress(OSError):
-            self.writer_dir.rmdir()
-        with contextlib.suppress(FileNotFoundError):
-            (self.inprogress_dir / f"{self.writer}.lock").unlink()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def refresh(self) -> int:
-        """Index the finalized files other writers added since (after a rebalance)."""
-        self._check_open()
-        return self._rows.refresh_index() + self._unmatched.refresh_index()
-
-    def _check_open(self) -> None:
-        if not self._opened:
-            raise RuntimeError("GroundTruthStore.open() must be called first")
-
-    def contains(self, event_id: str) -> bool:
-        return event_id in self._rows.ids
-
-    def contains_unmatched(self, event_id: str) -> bool:
-        return event_id in self._unmatched.ids
-
-    @property
-    def buffered(self) -> int:
-        return self._rows.buffered + self._unmatched.buffered
-
-    @property
-    def needs_flush(self) -> bool:
-        return self.buffered >= self.max_buffered_rows
-
-    def append(self, row: dict[str, Any]) -> bool:
-        """Buffer a ground-truth row; False (and nothing written) for a known event id."""
-        self._check_open()
-        return self._rows.append(row)
-
-    def append_unmatched(self, label: Mapping[str, Any]) -> bool:
-        """Buffer an unmatched label (feedback record); False for a known event id."""
-        self._check_open()
-        return self._unmatched.append(dict(label))
-
-    def flush(self) -> list[Path]:
-        """Write every buffered row to finalized files (durable when this returns)."""
-        self._check_open()
-        return self._rows.flush() + self._unmatched.flush()
-
-
-def _lock(path: Path, *, wait: bool) -> int | None:
-    """An exclusive ``flock`` on ``path`` (created if needed): the open descriptor, or
-    None if another process holds it and ``wait`` is False."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if not kinds:
         return None
-    return fd
+    if str in kinds:
+        return pa.array([None if v is None else _as_text(v) for v in values], pa.string())
+    return pa.array(
+        [None if v is None else float(v) for v in values],
+        pa.float64(),
+        from_pandas=True,  # NaN stays NaN, never null
+    )
 
 
-def _remove_dead_writers(inprogress: Path, me: str) -> list[str]:
-    """Delete what dead writers left under ``inprogress`` (their lock is free): files of
-    an older single-writer layout directly in it, and ``<writer>/`` directories."""
-    removed: list[str] = []
-    for p in sorted(inprogress.iterdir()):
-        if p.is_file() and p.suffix == ".avro":  # pre-lock layout: no live owner to ask
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p.name)
-            continue
-        if not p.is_dir() or p.name == me:
-            continue
-        lock_path = inprogress / f"{p.name}.lock"
-        fd = _lock(lock_path, wait=False)
-        if fd is None:
-            continue  # a live writer
-        try:
-            for f in sorted(p.iterdir()):
-                with contextlib.suppress(FileNotFoundError):
-                    f.unlink()
-                    removed.append(f.name)
-            with contextlib.suppress(OSError):
-                p.rmdir()
-            with contextlib.suppress(FileNotFoundError):
-                lock_path.unlink()
-        finally:
-            os.close(fd)
-    return removed
+def _as_text(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
 
 
-# ------------------------------------------------------------------------ reading
+def _score(row: Mapping[str, Any]) -> float | None:
+    probs = row.get("probabilities") or ()
+    return float(max(probs)) if probs else None
 
 
-def read_rows(
-    root: Path | str, since_ms: int | None = None, until_ms: int | None = None
-) -> list[dict[str, Any]]:
-    """Finalized rows with ``since <= event_time < until``, sorted by (event_time, id)."""
-    reader = parse(_row_schema())
-    out = [
-        r
-        for p in _finalized_files(Path(root), since_ms, until_ms)
-        for r in _read_file(p, reader)
-        if (since_ms is None or r["event_time"] >= since_ms)
-        and (until_ms is None or r["event_time"] < until_ms)
-    ]
-    out.sort(key=lambda r: (r["event_time"], r["event_id"]))
-    return out
-
-
-def read_unmatched(
-    root: Path | str, since_ms: int | None = None, until_ms: int | None = None
-) -> list[dict[str, Any]]:
-    """Unmatched labels with ``since <= observed_time < until``."""
-    reader = parse(_unmatched_schema())
-    out = [
-        r
-        for p in _finalized_files(Path(root) / UNMATCHED, since_ms, until_ms)
-        for r in _read_file(p, reader)
-        if (since_ms is None or r["observed_time"] >= since_ms)
-        and (until_ms is None or r["observed_time"] < until_ms)
-    ]
-    out.sort(key=lambda r: (r["observed_time"], r["event_id"]))
-    return out
-
-
-def raw_inputs(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The event's raw fields for a row: the scored features by name, overlaid with
-    ``inputs`` (what the scored vector does not hold as it was; see ``join``)."""
+def _inputs_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's raw fields of a join row: the scored features by name (NaN as
+    None), overlaid with ``inputs`` (what the scored vector does not hold as it was)."""
     raw = {
-        n: (None if isinstance(v, float) and np.isnan(v) else v)
+        n: (None if isinstance(v, float) and math.isnan(v) else v)
         for n, v in zip(row.get("feature_names") or (), row.get("features") or (), strict=False)
     }
     raw.update(row.get("inputs") or {})
     return raw
 
 
+def rows_to_arrow(rows: Sequence[Mapping[str, Any]], fields: RowFields) -> pa.Table:
+    """Join rows (:func:`streamscore.feedback.join.build_row` records) as an Arrow
+    table in the user's names (module doc)."""
+    import pyarrow as pa
+
+    inputs = [_inputs_of(r) for r in rows]
+    names: dict[str, None] = {}
+    for inp in inputs:
+        names.update(dict.fromkeys(inp))
+    event_ms = [int(r["event_time"]) for r in rows]
+    cols: dict[str, pa.Array] = {
+        fields.id_field: pa.array([str(r["event_id"]) for r in rows], pa.string()),
+        fields.time_field: _ts(event_ms),
+        DATE_COLUMN: pa.array(_dates_of(event_ms), pa.string()),
+        "event_key": pa.array([r.get("key") for r in rows], pa.string()),
+        "observed_time": _ts([int(r["observed_time"]) for r in rows]),
+        "joined_time": _ts([int(r["joined_time"]) for r in rows]),
+        "model_name": pa.array([r.get("model_name") for r in rows], pa.string()),
+        "model_version": pa.array([r.get("model_version") for r in rows], pa.int64()),
+        "model_role": pa.array([r.get("role") for r in rows], pa.string()),
+        "prediction_value": pa.array([r.get("prediction_value") for r in rows], pa.float64()),
+        "prediction_label": pa.array([r.get("prediction_label") for r in rows], pa.string()),
+        "prediction_score": pa.array([_score(r) for r in rows], pa.float64()),
+        "probabilities": pa.array(
+            [list(r.get("probabilities") or ()) for r in rows], pa.list_(pa.float64())
+        ),
+        "classes": pa.array([list(r.get("classes") or ()) for r in rows], pa.list_(pa.string())),
+        "shadow_versions": pa.array(
+            [_json_map(r.get("shadow_versions")) for r in rows], pa.string()
+        ),
+    }
+    label = _scalar_column([r.get("label") for r in rows])
+    if label is not None:
+        cols[fields.label_field] = label
+    for name in names:
+        col = _scalar_column([inp.get(name) for inp in inputs])
+        if col is not None:
+            cols[fields.input_column(name)] = col
+    return pa.table(cols)
+
+
+def unmatched_to_arrow(labels: Sequence[Mapping[str, Any]], fields: RowFields) -> pa.Table:
+    """Unmatched labels (``feedback`` records: event_id, label, observed_time)."""
+    import pyarrow as pa
+
+    observed = [int(x["observed_time"]) for x in labels]
+    cols: dict[str, pa.Array] = {
+        fields.id_field: pa.array([str(x["event_id"]) for x in labels], pa.string()),
+        "observed_time": _ts(observed),
+        OBSERVED_DATE_COLUMN: pa.array(_dates_of(observed), pa.string()),
+    }
+    label = _scalar_column([x.get("label") for x in labels])
+    if label is not None:
+        cols[fields.label_field] = label
+    return pa.table(cols)
+
+
+def conform(batch: pa.Table, target: pa.Schema) -> pa.Table:
+    """``batch`` with the columns the table already has cast to the table's types (a
+    string column of the table takes numbers as text; a number column takes numeric
+    strings, and logs what it cannot read as null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = batch
+    for i, name in enumerate(batch.column_names):
+        idx = target.get_field_index(name)
+        if idx < 0:
+            continue
+        want = target.field(idx).type
+        col = batch.column(i)
+        if col.type == want:
+            continue
+        if pa.types.is_string(want) or pa.types.is_large_string(want):
+            texts = [None if v is None else _as_text(v) for v in col.to_pylist()]
+            new = pa.array(texts, want)
+        else:
+            try:
+                new = col.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                new = pc.cast(col, want, safe=False) if pa.types.is_timestamp(want) else None
+                if new is None:
+                    vals = []
+                    bad = 0
+                    for v in col.to_pylist():
+                        try:
+                            vals.append(None if v is None else float(v))
+                        except (TypeError, ValueError):
+                            vals.append(None)
+                            bad += 1
+                    log.warning(
+                        "ground truth column %r is %s in the table: %d value(s) that are "
+                        "not numbers are stored as null",
+                        name,
+                        want,
+                        bad,
+                    )
+                    new = pa.array(vals, pa.float64()).cast(want)
+        out = out.set_column(i, pa.field(name, want), new)
+    return out
+
+
+# -------------------------------------------------------------------------- tables
+
+
+class _Table:
+    """One Delta table under the store's location, written by merges on the id."""
+
+    def __init__(
+        self,
+        uri: str,
+        options: dict[str, str],
+        key: str,
+        partition: str,
+        base: Callable[[], pa.Schema],
+    ) -> None:
+        self.uri = uri
+        self.options = options
+        self.key = key
+        self.partition = partition
+        self._base = base
+        self._dt: DeltaTable | None = None
+
+    def open(self) -> DeltaTable:
+        """The table, created (empty, with its base columns) when missing."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError, TableNotFoundError
+
+        for _ in range(5):
+            try:
+                self._dt = DeltaTable(self.uri, storage_options=self.options)
+                return self._dt
+            except TableNotFoundError:
+                pass
+            try:
+                self._dt = DeltaTable.create(
+                    self.uri,
+                    self._base(),
+                    mode="ignore",
+                    partition_by=[self.partition],
+                    storage_options=self.options,
+                )
+                return self._dt
+            except DeltaError as exc:  # another writer created it first: load it
+                log.info("table %s being created elsewhere (%s); loading it", self.uri, exc)
+        raise GroundTruthUnavailableError(f"cannot create or open the table at {self.uri}")
+
+    @property
+    def table(self) -> DeltaTable:
+        return self._dt if self._dt is not None else self.open()
+
+    def merge(self, batch: pa.Table) -> int:
+        """Insert the batch's rows whose id is not in the table yet; the rows inserted.
+        Commit conflicts re-run the merge on the table's new version."""
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        dates = sorted(set(batch.column(self.partition).to_pylist()))
+        k, p = _q(self.key), _q(self.partition)
+        in_dates = ", ".join("'" + d + "'" for d in dates)
+        predicate = f"t.{k} = s.{k} AND t.{p} = s.{p} AND t.{p} IN ({in_dates})"
+        delay = 0.05
+        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            table = self.table
+            try:
+                table.update_incremental()
+                source = conform(batch, _arrow_schema(table))
+                res = (
+                    table.merge(
+                        source,
+                        predicate=predicate,
+                        source_alias="s",
+                        target_alias="t",
+                        merge_schema=True,
+                    )
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+                return int(res.get("num_target_rows_inserted", 0))
+            except CommitFailedError as exc:
+                log.info("merge into %s conflicted (attempt %d): %s", self.uri, attempt, exc)
+            except (DeltaError, OSError) as exc:
+                if attempt >= 5:
+                    raise GroundTruthUnavailableError(
+                        f"cannot write the table at {self.uri}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning("writing %s failed (attempt %d): %s", self.uri, attempt, exc)
+            self._dt = None  # reload: the log moved on
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise GroundTruthUnavailableError(
+            f"merge into {self.uri} still conflicts after {MAX_COMMIT_ATTEMPTS} attempts"
+        )
+
+
+def _arrow_schema(table: DeltaTable) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(table.schema().to_arrow())
+
+
+def _rows_base(fields: RowFields) -> Callable[[], pa.Schema]:
+    return lambda: rows_to_arrow([], fields).schema
+
+
+def _unmatched_base(fields: RowFields) -> Callable[[], pa.Schema]:
+    return lambda: unmatched_to_arrow([], fields).schema
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReport:
+    rows_version: int
+    unmatched_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    rows: int = 0  # rows handed to the table
+    inserted: int = 0  # rows the table did not hold yet
+    unmatched: int = 0
+    unmatched_inserted: int = 0
+
+    @property
+    def already_stored(self) -> int:
+        """Rows the table already held (re-read after a crash or a rebalance)."""
+        return self.rows - self.inserted
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    compacted: dict[str, Any] | None = None
+    vacuumed: int = 0
+
+
+class GroundTruthStore:
+    """The feedback worker's writer (several may share one location: module doc)."""
+
+    def __init__(
+        self,
+        settings: Location,
+        *,
+        fields: RowFields | None = None,
+        max_buffered_rows: int = 20_000,
+        recent_ms: int = 3_600_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.settings = as_settings(settings)
+        self.fields = fields or RowFields()
+        self.max_buffered_rows = max_buffered_rows
+        loc = self.settings.location
+        opts = self.settings.storage_options()
+        self._rows = _Table(
+            loc.child(ROWS), opts, self.fields.id_field, DATE_COLUMN, _rows_base(self.fields)
+        )
+        self._unmatched = _Table(
+            loc.child(UNMATCHED),
+            opts,
+            self.fields.id_field,
+            OBSERVED_DATE_COLUMN,
+            _unmatched_base(self.fields),
+        )
+        self._buf: dict[str, dict[str, Any]] = {}
+        self._buf_unmatched: dict[str, dict[str, Any]] = {}
+        self._clock = clock
+        self._wall = wall_clock
+        self._last_compact = self._last_vacuum = clock()
+        self._opened = False
+        #: ids of rows joined within ``recent_ms`` (this writer's and, as of the last
+        #: :meth:`refresh`, the others'): what a restart or a rebalance can re-read.
+        #: Not the uniqueness guarantee (the merge is), only a shortcut that settles a
+        #: re-read message at once; bounded by the window, like the join state.
+        self.recent_ms = recent_ms
+        self._recent: dict[str, int] = {}
+
+    def open(self) -> OpenReport:
+        """Open (or create) both tables."""
+        if self.settings.location.scheme == "file":
+            from pathlib import Path
+
+            Path(self.settings.location.path).mkdir(parents=True, exist_ok=True)
+        rows = self._rows.open()
+        unmatched = self._unmatched.open()
+        self._opened = True
+        self.refresh()
+        return OpenReport(rows.version(), unmatched.version())
+
+    def refresh(self) -> int:
+        """Load the ids of the rows joined within ``recent_ms`` (by any writer): call it
+        when partitions are assigned. Returns how many are known."""
+        import pyarrow.compute as pc
+
+        self._check_open()
+        since = self._wall() - self.recent_ms
+        table = self._rows.table
+        table.update_incremental()
+        key = self.fields.id_field
+        found = table.to_pyarrow_dataset().to_table(
+            columns=[key, "joined_time"],
+            filter=pc.field("joined_time") >= _ts([since])[0],
+        )
+        joined = _records(found, ("joined_time",))
+        self._recent = {str(r[key]): int(r["joined_time"]) for r in joined}
+        return len(self._recent)
+
+    def contains(self, event_id: str) -> bool:
+        """True when the event's row is known written recently (see ``_recent``)."""
+        return event_id in self._recent
+
+    def close(self) -> None:
+        if self._opened:
+            self.flush()
+            self._opened = False
+
+    def _check_open(self) -> None:
+        if not self._opened:
+            raise RuntimeError("GroundTruthStore.open() must be called first")
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) + len(self._buf_unmatched)
+
+    @property
+    def needs_flush(self) -> bool:
+        return self.buffered >= self.max_buffered_rows
+
+    def append(self, row: dict[str, Any]) -> bool:
+        """Buffer a ground-truth row; False for an event id already buffered (whether
+        the table holds it is the merge's to say, at :meth:`flush`)."""
+        self._check_open()
+        eid = str(row["event_id"])
+        if eid in self._buf:
+            return False
+        self._buf[eid] = row
+        return True
+
+    def append_unmatched(self, label: Mapping[str, Any]) -> bool:
+        """Buffer an unmatched label (feedback record); False when already buffered."""
+        self._check_open()
+        eid = str(label["event_id"])
+        if eid in self._buf_unmatched:
+            return False
+        self._buf_unmatched[eid] = dict(label)
+        return True
+
+    def flush(self) -> FlushReport:
+        """Merge every buffered row into its table; durable when this returns. An
+        unmatched label whose event has a row (written before a restart) is not kept
+        as unmatched."""
+        self._check_open()
+        rows, inserted, unmatched, u_inserted = len(self._buf), 0, 0, 0
+        if self._buf:
+            inserted = self._rows.merge(rows_to_arrow(list(self._buf.values()), self.fields))
+            self._recent.update((k, int(r["joined_time"])) for k, r in self._buf.items())
+            horizon = self._wall() - self.recent_ms
+            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
+            self._buf.clear()
+        if self._buf_unmatched:
+            have = self._ids_in_rows(list(self._buf_unmatched))
+            labels = [v for k, v in self._buf_unmatched.items() if k not in have]
+            unmatched = len(labels)
+            if labels:
+                u_inserted = self._unmatched.merge(unmatched_to_arrow(labels, self.fields))
+            self._buf_unmatched.clear()
+        return FlushReport(rows, inserted, unmatched, u_inserted)
+
+    def _ids_in_rows(self, ids: list[str]) -> set[str]:
+        import pyarrow.compute as pc
+
+        table = self._rows.table
+        table.update_incremental()
+        key = self.fields.id_field
+        found = table.to_pyarrow_dataset().to_table(columns=[key], filter=pc.field(key).isin(ids))
+        return {str(x) for x in found.column(key).to_pylist()}
+
+    # ----------------------------------------------------------------- upkeep
+
+    def maintain(self, *, force: bool = False) -> MaintenanceReport:
+        """Compact small files and vacuum old ones when their interval has passed (or
+        ``force``). A compaction that conflicts with a writer is retried next time."""
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        s, now = self.settings, self._clock()
+        compacted: dict[str, Any] | None = None
+        vacuumed = 0
+        if force or (s.compact_every_s > 0 and now - self._last_compact >= s.compact_every_s):
+            self._last_compact = now
+            for t in (self._rows, self._unmatched):
+                try:
+                    t.table.update_incremental()
+                    res = t.table.optimize.compact()
+                    if t is self._rows:
+                        compacted = res
+                except CommitFailedError as exc:
+                    log.info("compaction of %s deferred (a writer committed): %s", t.uri, exc)
+                except (DeltaError, OSError) as exc:
+                    log.warning("compaction of %s failed: %s", t.uri, exc)
+        if force or (s.vacuum_every_s > 0 and now - self._last_vacuum >= s.vacuum_every_s):
+            self._last_vacuum = now
+            for t in (self._rows, self._unmatched):
+                try:
+                    t.table.update_incremental()
+                    vacuumed += len(
+                        t.table.vacuum(
+                            retention_hours=math.ceil(s.retention_hours),
+                            dry_run=False,
+                            enforce_retention_duration=False,
+                        )
+                    )
+                except (DeltaError, OSError) as exc:
+                    log.warning("vacuum of %s failed: %s", t.uri, exc)
+        return MaintenanceReport(compacted, vacuumed)
+
+    @property
+    def version(self) -> int:
+        return self._rows.table.version()
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def _open(settings: Location, name: str, version: int | None = None) -> DeltaTable | None:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    s = as_settings(settings)
+    try:
+        return DeltaTable(
+            s.location.child(name), version=version, storage_options=s.storage_options()
+        )
+    except TableNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class RowsRead:
+    """Rows of one table version, sorted by (time, id)."""
+
+    rows: list[dict[str, Any]]
+    version: int | None  # None: no table yet
+    uri: str = ""
+
+
+def _dates(since_ms: int | None, until_ms: int | None) -> list[tuple[str, str, str]]:
+    parts: list[tuple[str, str, str]] = []
+    if since_ms is not None:
+        parts.append((DATE_COLUMN, ">=", _date(since_ms)))
+    if until_ms is not None:
+        parts.append((DATE_COLUMN, "<=", _date(until_ms)))
+    return parts
+
+
+def read_table(
+    settings: Location,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    *,
+    fields: RowFields | None = None,
+    version: int | None = None,
+) -> tuple[pa.Table | None, int | None]:
+    """The rows with ``since <= time < until`` as Arrow, and the version read: only the
+    event-date partitions of the range are opened."""
+    import pyarrow.compute as pc
+
+    f = fields or RowFields()
+    table = _open(settings, ROWS, version)
+    if table is None:
+        return None, None
+    ds = table.to_pyarrow_dataset(file_pruning_predicate=_dates(since_ms, until_ms) or None)
+    expr = None
+    tcol = pc.field(f.time_field)
+    if since_ms is not None:
+        expr = tcol >= _ts([since_ms])[0]
+    if until_ms is not None:
+        e2 = tcol < _ts([until_ms])[0]
+        expr = e2 if expr is None else expr & e2
+    return ds.to_table(filter=expr), table.version()
+
+
+def _records(table: pa.Table, time_cols: Iterable[str]) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    for name in time_cols:
+        i = table.schema.get_field_index(name)
+        if i >= 0:
+            col = table.column(i)
+            if pa.types.is_timestamp(col.type):  # back to epoch milliseconds
+                col = col.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+            table = table.set_column(i, name, col)
+    return [
+        {k: v for k, v in r.items() if k not in (DATE_COLUMN, OBSERVED_DATE_COLUMN)}
+        for r in table.to_pylist()
+    ]
+
+
+def read_rows(
+    settings: Location,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    *,
+    fields: RowFields | None = None,
+    version: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows with ``since <= time < until`` (times as epoch ms), sorted by (time, id)."""
+    return read_rows_at(settings, since_ms, until_ms, fields=fields, version=version).rows
+
+
+def read_rows_at(
+    settings: Location,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    *,
+    fields: RowFields | None = None,
+    version: int | None = None,
+) -> RowsRead:
+    f = fields or RowFields()
+    s = as_settings(settings)
+    table, v = read_table(s, since_ms, until_ms, fields=f, version=version)
+    if table is None:
+        return RowsRead([], None, s.uri)
+    rows = _records(table, (f.time_field, "observed_time", "joined_time"))
+    rows.sort(key=lambda r: (r[f.time_field], str(r[f.id_field])))
+    return RowsRead(rows, v, s.uri)
+
+
+def read_unmatched(
+    settings: Location,
+    *,
+    fields: RowFields | None = None,
+) -> list[dict[str, Any]]:
+    """Every unmatched label (times as epoch ms), sorted by (observed time, id)."""
+    f = fields or RowFields()
+    table = _open(settings, UNMATCHED)
+    if table is None:
+        return []
+    rows = _records(table.to_pyarrow_table(), ("observed_time",))
+    rows.sort(key=lambda r: (r["observed_time"], str(r[f.id_field])))
+    return rows
+
+
+def raw_inputs(row: Mapping[str, Any], fields: RowFields) -> dict[str, Any]:
+    """The event's raw fields of a stored row, by their own names (``input_<name>``
+    columns back under ``name``); a join row (``join.build_row``: an ``inputs`` map) as
+    the table would store it."""
+    if isinstance(row.get("inputs"), Mapping):
+        return _inputs_of(row)
+    own = fields.own
+    raw: dict[str, Any] = {}
+    for k, v in row.items():
+        if k in own:
+            continue
+        name = k[len(INPUT_PREFIX) :] if k.startswith(INPUT_PREFIX) else k
+        if k.startswith(INPUT_PREFIX) and fields.input_column(name) != k:
+            name = k
+        raw[name] = None if isinstance(v, float) and math.isnan(v) else v
+    return raw
+
+
 @dataclass(frozen=True)
 class TrainingData:
-    """Rows valid for ``spec`` (serving checks), their matrix and labels, event-time
-    ordered."""
+    """Rows valid for ``spec`` (serving checks), their matrix and labels, time ordered."""
 
     X: np.ndarray
     y: np.ndarray
@@ -394,7 +796,9 @@ class TrainingData:
     n_invalid: int = 0
 
 
-def labels_array(rows: Sequence[Mapping[str, Any]], task: Task) -> tuple[np.ndarray, np.ndarray]:
+def labels_array(
+    rows: Sequence[Mapping[str, Any]], task: Task, label_field: str = DEFAULT_LABEL_FIELD
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels, usable mask): floats for regression (a string that is not a number is
     unusable), strings for classification (an integral float 1.0 reads as "1")."""
     n = len(rows)
@@ -403,12 +807,16 @@ def labels_array(rows: Sequence[Mapping[str, Any]], task: Task) -> tuple[np.ndar
         y = np.full(n, np.nan)
         for i, r in enumerate(rows):
             try:
-                y[i] = float(r["label"])
-            except (TypeError, ValueError):
+                y[i] = float(r[label_field])
+            except (TypeError, ValueError, KeyError):
                 ok[i] = False
         ok &= np.isfinite(y)
         return y, ok
-    ys = [label_as_class(r["label"]) for r in rows]
+    ys = []
+    for i, r in enumerate(rows):
+        v = r.get(label_field)
+        ok[i] = v is not None
+        ys.append(label_as_class(v))
     return np.array(ys, dtype=np.str_), ok
 
 
@@ -419,21 +827,24 @@ def label_as_class(v: Any) -> str:
 
 
 def training_data(
-    rows: Sequence[dict[str, Any]], spec: FeatureSpec, task: Task = Task.REGRESSION
+    rows: Sequence[dict[str, Any]],
+    spec: FeatureSpec,
+    task: Task = Task.REGRESSION,
+    fields: RowFields | None = None,
 ) -> TrainingData:
-    """The training matrix for ``rows`` through :func:`prepare.from_rows` (serving's
-    code path); rows the serving checks would refuse, or with unusable labels, are left
-    out."""
+    """The training matrix for stored ``rows`` through :func:`prepare.from_rows`
+    (serving's code path); rows the serving checks would refuse, or with unusable
+    labels, are left out."""
     from ..features.prepare import from_rows
 
-    raws = [raw_inputs(r) for r in rows]
-    y_all, y_ok = labels_array(rows, task)
+    f = fields or RowFields()
+    raws = [raw_inputs(r, f) for r in rows]
+    y_all, y_ok = labels_array(rows, task, f.label_field)
     X_all, valid = from_rows(raws, spec)
     keep = valid & y_ok
-    # from_rows returns only the valid rows; pick the label-usable ones among them
     X = X_all[y_ok[valid]]
     kept_rows = [r for r, k in zip(rows, keep.tolist(), strict=True) if k]
-    times = np.array([int(r["event_time"]) for r in kept_rows], dtype=np.int64)
+    times = np.array([int(r[f.time_field]) for r in kept_rows], dtype=np.int64)
     return TrainingData(
         X=X,
         y=y_all[keep],
@@ -445,11 +856,13 @@ def training_data(
 
 
 def read_training_data(
-    root: Path | str,
+    settings: Location,
     spec: FeatureSpec,
     *,
     since_ms: int | None = None,
     until_ms: int | None = None,
     task: Task = Task.REGRESSION,
+    fields: RowFields | None = None,
 ) -> TrainingData:
-    return training_data(read_rows(root, since_ms, until_ms), spec, task)
+    rows = read_rows(settings, since_ms, until_ms, fields=fields)
+    return training_data(rows, spec, task, fields)

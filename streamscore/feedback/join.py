@@ -1,62 +1,51 @@
-"""Label <-> prediction join state for the feedback worker. Pure: no Kafka imports.
+"""Label <-> prediction join for the feedback worker. Pure: no Kafka imports.
 
-The feedback worker reads two topics: ``predictions`` (every role's prediction of every
-scored event) and ``feedback`` (labels). :class:`JoinState` matches them by event id:
+The feedback worker reads the **join topic** (predictions and labels re-keyed by event id,
+:mod:`streamscore.feedback.router`). :class:`JoinState` matches them by event id:
 
 * A label joins *every* prediction of its event (primary, canary, shadow) that arrives
   within the window, whatever the order: a label may come before its prediction, long
-  after it, or never; a prediction may never get a label.
-* The window is measured in event time against a **watermark**: the largest event time
-  seen on the predictions stream. A prediction waits for its label until
-  ``watermark > event_time + window``; a label that has found no prediction waits until
-  ``watermark > observed_time + window`` and is then *unmatched* (kept, never dropped:
-  the caller writes it to the store's ``unmatched/`` area). Labels do not move the
-  watermark (a stalled predictions stream keeps labels waiting rather than calling them
-  unmatched too early); a quiet stream only holds memory, bounded by the cap below.
-* Memory is bounded: at most ``max_entries`` event ids are held; beyond that the oldest
-  entry (arrival order) is evicted exactly as if its window had passed.
+  after it (days, weeks: the window is a duration), or never; a prediction may never get
+  a label.
+* The window is measured in event time against a **watermark per join partition**: the
+  largest prediction event time seen on that partition (the Kafka Streams "stream time"
+  of a task). A prediction waits for its label until ``watermark > event_time + window``;
+  a label that has found no prediction waits until ``watermark > observed_time + window``
+  and is then *unmatched* (kept, never dropped: the caller writes it to the store's
+  unmatched area). Labels do not move the watermark. Expiry is checked as each message
+  is applied, so replaying a partition from a committed state gives the same results.
+* The state of each partition lives in a :class:`~streamscore.feedback.state.PartitionState`
+  (RocksDB on disk with a bounded in-memory cache, mirrored to a changelog topic): memory
+  is bounded whatever the number of pending predictions.
 * Exactly one ground-truth row per event id: it is built when the label meets the
   *answering* prediction (primary, or canary for canary keys) and carries that
   prediction's value, version, scored vector and the event's raw inputs. A label that
-  met only shadow predictions gets its row (from the shadow) when its entry is evicted.
+  met only shadow predictions gets its row (from the shadow) when its entry expires.
   Labels whose event id is already in the store (``already_written``) or already in the
-  state are *duplicates*: settled at once, not joined again.
-
-**Settlement** (restart safety, see :mod:`streamscore.feedback.loop`): every consumed message
-has a :data:`Position`; :class:`JoinOutput.settled` lists the positions whose work is
-complete once the rows / unmatched labels in the same output are durably stored:
-
-* a label and its event's predictions settle when the row is written (joined) or the
-  label is written as unmatched; later predictions of an already-written event settle
-  immediately;
-* a prediction that never got a label settles when it is evicted;
-* duplicates settle immediately.
-
-:class:`OffsetTracker` turns settled positions into per-partition committable offsets:
-the offset after the longest settled prefix of what was consumed.
+  state are *duplicates*, not joined again; a re-delivered prediction is ignored.
 
 Reconciliation (also exposed by :class:`JoinStats`)::
 
-    labels received == joined + unmatched + duplicate + released + pending labels
+    labels received + restored == joined + unmatched + duplicate + released + pending labels
 
-where *released* counts pending labels dropped on a rebalance (:meth:`JoinState.clear`;
-their offsets were not committed, so the next owner reads them again).
+where *restored* counts the pending labels found in a partition's state when it was
+opened, and *released* those handed over with a partition on a rebalance (they stay in
+its state, for the next owner).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.records import Feedback, Position, Prediction, Role
+from .state import DecodePrediction, Entry, PartitionState
 
 DEFAULT_WINDOW_MS = 3_600_000
-DEFAULT_MAX_ENTRIES = 500_000
+#: the partition of messages without a position (tests feeding the join directly)
+NO_PARTITION: tuple[str, int] = ("", -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,20 +67,19 @@ class JoinOutput:
     pairs: list[JoinedPair] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     unmatched: list[Feedback] = field(default_factory=list)
-    settled: list[Position] = field(default_factory=list)
     evicted_predictions: int = 0
 
     def extend(self, other: JoinOutput) -> None:
         self.pairs.extend(other.pairs)
         self.rows.extend(other.rows)
         self.unmatched.extend(other.unmatched)
-        self.settled.extend(other.settled)
         self.evicted_predictions += other.evicted_predictions
 
 
 @dataclass(slots=True)
 class JoinStats:
     received: int = 0
+    restored: int = 0
     joined: int = 0
     unmatched: int = 0
     duplicate: int = 0
@@ -100,21 +88,9 @@ class JoinStats:
     pending_predictions: int = 0  # predictions held without a label
 
     def reconciles(self) -> bool:
-        return self.received == (
+        return self.received + self.restored == (
             self.joined + self.unmatched + self.duplicate + self.released + self.pending_labels
         )
-
-
-@dataclass(slots=True)
-class _Entry:
-    event_id: str
-    expire_at: int
-    token: int
-    preds: dict[tuple[Role, int], Prediction] = field(default_factory=dict)
-    label: Feedback | None = None
-    joined: bool = False
-    written: bool = False
-    held: list[Position] = field(default_factory=list)
 
 
 def build_row(
@@ -158,231 +134,203 @@ def _answer_of(preds: Iterable[Prediction]) -> Prediction | None:
     return best
 
 
+def _no_decoder(_raw: bytes) -> Prediction:
+    raise RuntimeError("a stored prediction needs the join's decode_prediction")
+
+
 class JoinState:
-    """Bounded, windowed join of labels and predictions by event id (see module doc)."""
+    """Windowed join of labels and predictions by event id, over one
+    :class:`PartitionState` per join partition (see module doc)."""
 
     def __init__(
         self,
         window_ms: int = DEFAULT_WINDOW_MS,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
         *,
         already_written: Callable[[str], bool] = lambda _eid: False,
+        decode_prediction: DecodePrediction = _no_decoder,
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         if window_ms <= 0:
             raise ValueError(f"window_ms must be > 0, got {window_ms}")
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.window_ms = window_ms
-        self.max_entries = max_entries
         self._already_written = already_written
+        self._decode = decode_prediction
         self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._heap: list[tuple[int, int, str]] = []
-        self._tokens = itertools.count()
-        self.watermark_ms: int | None = None
+        self._parts: dict[tuple[str, int], PartitionState] = {}
         self.stats = JoinStats()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(1 for s in self._parts.values() for _ in s.items())
+
+    @property
+    def watermark_ms(self) -> int | None:
+        wms = [s.meta.watermark for s in self._parts.values() if s.meta.watermark >= 0]
+        return max(wms) if wms else None
+
+    # ------------------------------------------------------------- partitions
+    def open_partition(self, tp: tuple[str, int], state: PartitionState) -> None:
+        """Join ``tp``'s messages on ``state`` (restored by the caller)."""
+        old = self._parts.pop(tp, None)
+        if old is not None:
+            self._forget(old)
+            old.close()
+        self._parts[tp] = state
+        self.stats.restored += state.meta.pending_labels
+        self.stats.pending_labels += state.meta.pending_labels
+        self.stats.pending_predictions += state.meta.pending_predictions
+
+    def close_partition(self, tp: tuple[str, int]) -> None:
+        """Hand ``tp`` over (after a commit): its pending labels are *released*."""
+        state = self._parts.pop(tp, None)
+        if state is not None:
+            self.stats.released += state.meta.pending_labels
+            self._forget(state)
+            state.close()
+
+    def _forget(self, state: PartitionState) -> None:
+        self.stats.pending_labels -= state.meta.pending_labels
+        self.stats.pending_predictions -= state.meta.pending_predictions
+
+    def partitions(self) -> dict[tuple[str, int], PartitionState]:
+        return self._parts
+
+    def partition(self, tp: tuple[str, int]) -> PartitionState:
+        s = self._parts.get(tp)
+        if s is None:
+            s = PartitionState(None)
+            self._parts[tp] = s
+        return s
+
+    def _part_of(self, pos: Position | None) -> PartitionState:
+        tp = NO_PARTITION if pos is None else (pos[0], pos[1])
+        s = self._parts.get(tp)
+        return s if s is not None else self.partition(tp)
+
+    def consumed(self, pos: Position) -> None:
+        """``pos`` was applied (whatever it was): the partition resumes after it."""
+        s = self._parts.get((pos[0], pos[1]))
+        if s is not None and pos[2] >= s.meta.input_offset:
+            s.meta.input_offset = pos[2] + 1
+
+    def needs_commit(self) -> bool:
+        return any(s.dirty > s.cache_entries for s in self._parts.values())
 
     # ------------------------------------------------------------------ inputs
-    def add_prediction(self, p: Prediction) -> JoinOutput:
+    def add_prediction(self, p: Prediction, raw: bytes = b"") -> JoinOutput:
         out = JoinOutput()
-        if self.watermark_ms is None or p.event_time_ms > self.watermark_ms:
-            self.watermark_ms = p.event_time_ms
-        e = self._entries.get(p.event_id)
+        part = self._part_of(p.position)
+        e = part.get(p.event_id)
         if e is None:
-            if self._already_written(p.event_id):
-                # re-read after a restart (its row was made durable, the commit was not):
-                # nothing to join, so holding it would stall its partition for a window
-                _settle(out, p.position)
-                return self._bounded(out)
-            e = self._new_entry(p.event_id, p.event_time_ms + self.window_ms)
+            e = Entry(p.event_id, p.event_time_ms + self.window_ms)
         k = (p.role, p.model_version)
-        if k in e.preds:  # a re-delivered prediction: nothing new
-            _settle(out, p.position)
-            return self._bounded(out)
-        if not e.preds:
-            self._reschedule(e, p.event_time_ms + self.window_ms)
-        e.preds[k] = p
-        if e.label is None:
-            self.stats.pending_predictions += 1
-            _hold(e, p.position)
-            return self._bounded(out)
-        out.pairs.append(JoinedPair(e.label, p, first_for_label=not e.joined))
-        self._mark_joined(e)
-        if e.written:
-            _settle(out, p.position)
-        else:
-            _hold(e, p.position)
-            if p.answers:
-                self._write(e, p, out)
-        return self._bounded(out)
+        if k not in e.preds:  # else a re-delivered prediction: nothing new
+            if not e.preds:  # the first prediction sets the entry's window
+                e.expire_at = p.event_time_ms + self.window_ms
+                part.schedule(e)
+            e.preds[k] = [raw, p]
+            if e.label is None:
+                self.stats.pending_predictions += 1
+                part.meta.pending_predictions += 1
+            else:
+                out.pairs.append(JoinedPair(e.label, p, first_for_label=not e.joined))
+                self._mark_joined(part, e)
+                if not e.written and p.answers:
+                    self._write(e, p, out)
+            part.put(e)
+        if p.event_time_ms > part.meta.watermark:
+            part.meta.watermark = p.event_time_ms
+            if p.event_time_ms > part.next_expiry():
+                self._expire(part, out)
+        return out
 
     def add_label(self, lab: Feedback) -> JoinOutput:
         out = JoinOutput()
         self.stats.received += 1
-        e = self._entries.get(lab.event_id)
+        part = self._part_of(lab.position)
+        e = part.get(lab.event_id)
         if (e is not None and e.label is not None) or self._already_written(lab.event_id):
             self.stats.duplicate += 1
-            _settle(out, lab.position)
             return out
         if e is None:
-            e = self._new_entry(lab.event_id, lab.observed_time_ms + self.window_ms)
+            e = Entry(lab.event_id, lab.observed_time_ms + self.window_ms)
+            part.schedule(e)
         e.label = lab
-        _hold(e, lab.position)
+        part.put(e)
         if not e.preds:
             self.stats.pending_labels += 1
-            return self._bounded(out)
+            part.meta.pending_labels += 1
+            return out
         self.stats.pending_predictions -= len(e.preds)
+        part.meta.pending_predictions -= len(e.preds)
+        preds = [self._pred(slot) for slot in e.preds.values()]
         first = True
-        for p in e.preds.values():
+        for p in preds:
             out.pairs.append(JoinedPair(lab, p, first_for_label=first))
             first = False
-        self._mark_joined(e, was_pending=False)
-        answer = _answer_of(e.preds.values())
+        self._mark_joined(part, e, was_pending=False)
+        answer = _answer_of(preds)
         if answer is not None:
             self._write(e, answer, out)
-        return self._bounded(out)
+        return out
 
     def advance(self, watermark_ms: int | None = None) -> JoinOutput:
-        """Evict every entry whose window has passed (``watermark_ms`` may move the
-        watermark forward, e.g. in tests; it never moves back)."""
-        if watermark_ms is not None and (
-            self.watermark_ms is None or watermark_ms > self.watermark_ms
-        ):
-            self.watermark_ms = watermark_ms
+        """Expire every entry whose window has passed; ``watermark_ms`` moves every
+        partition's watermark forward (tests, tools; it never moves back)."""
         out = JoinOutput()
-        if self.watermark_ms is None:
-            return out
-        wm = self.watermark_ms
-        heap = self._heap
-        while heap and heap[0][0] < wm:
-            _exp, token, eid = heapq.heappop(heap)
-            e = self._entries.get(eid)
-            if e is None or e.token != token:
-                continue  # stale heap item
-            del self._entries[eid]
-            self._evict(e, out)
+        for part in list(self._parts.values()):
+            if watermark_ms is not None and watermark_ms > part.meta.watermark:
+                part.meta.watermark = watermark_ms
+            if part.meta.watermark >= 0:
+                self._expire(part, out)
         return out
 
     def clear(self) -> int:
-        """Drop everything (partitions revoked). Returns the pending labels released."""
-        released = self.stats.pending_labels
-        self.stats.released += released
-        self.stats.pending_labels = 0
-        self.stats.pending_predictions = 0
-        self._entries.clear()
-        self._heap.clear()
-        return released
+        """Drop every partition (tests). Returns the pending labels released."""
+        before = self.stats.released
+        for tp in list(self._parts):
+            self.close_partition(tp)
+        return self.stats.released - before
 
     # --------------------------------------------------------------- internals
-    def _new_entry(self, eid: str, expire_at: int) -> _Entry:
-        token = next(self._tokens)
-        e = _Entry(eid, expire_at, token)
-        self._entries[eid] = e
-        heapq.heappush(self._heap, (expire_at, token, eid))
-        return e
+    def _pred(self, slot: list[Any]) -> Prediction:
+        p = slot[1]
+        if p is None:
+            p = self._decode(slot[0])
+            slot[1] = p
+        assert isinstance(p, Prediction)
+        return p
 
-    def _reschedule(self, e: _Entry, expire_at: int) -> None:
-        if expire_at == e.expire_at:
-            return
-        e.token = next(self._tokens)
-        e.expire_at = expire_at
-        heapq.heappush(self._heap, (expire_at, e.token, e.event_id))
+    def _expire(self, part: PartitionState, out: JoinOutput) -> None:
+        for e in part.expired(part.meta.watermark):
+            self._evict(part, e, out)
 
-    def _mark_joined(self, e: _Entry, *, was_pending: bool = True) -> None:
+    def _mark_joined(self, part: PartitionState, e: Entry, *, was_pending: bool = True) -> None:
         if not e.joined:
             e.joined = True
             self.stats.joined += 1
             if was_pending:
                 self.stats.pending_labels -= 1
+                part.meta.pending_labels -= 1
 
-    def _write(self, e: _Entry, answer: Prediction, out: JoinOutput) -> None:
+    def _write(self, e: Entry, answer: Prediction, out: JoinOutput) -> None:
         assert e.label is not None
-        out.rows.append(build_row(e.label, answer, e.preds.values(), self._clock()))
+        others = [self._pred(slot) for slot in e.preds.values()]
+        out.rows.append(build_row(e.label, answer, others, self._clock()))
         e.written = True
-        out.settled.extend(e.held)
-        e.held = []
+        for slot in e.preds.values():  # only the keys matter from now on
+            slot[0], slot[1] = b"", None
 
-    def _evict(self, e: _Entry, out: JoinOutput) -> None:
+    def _evict(self, part: PartitionState, e: Entry, out: JoinOutput) -> None:
         if e.label is None:
             self.stats.pending_predictions -= len(e.preds)
+            part.meta.pending_predictions -= len(e.preds)
             out.evicted_predictions += len(e.preds)
         elif not e.joined:
             self.stats.pending_labels -= 1
+            part.meta.pending_labels -= 1
             self.stats.unmatched += 1
             out.unmatched.append(e.label)
         elif not e.written:
             # joined shadow predictions only: keep the row, from a shadow
-            best = next(iter(e.preds.values()))
-            out.rows.append(build_row(e.label, best, e.preds.values(), self._clock()))
-        out.settled.extend(e.held)
-        e.held = []
-
-    def _bounded(self, out: JoinOutput) -> JoinOutput:
-        while len(self._entries) > self.max_entries:
-            _eid, e = self._entries.popitem(last=False)
-            self._evict(e, out)
-        return out
-
-
-def _hold(e: _Entry, pos: Position | None) -> None:
-    if pos is not None:
-        e.held.append(pos)
-
-
-def _settle(out: JoinOutput, pos: Position | None) -> None:
-    if pos is not None:
-        out.settled.append(pos)
-
-
-class OffsetTracker:
-    """Per partition, the next offset that is safe to commit: one past the longest
-    prefix of consumed offsets that are all settled."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, int], deque[int]] = {}
-        self._settled: dict[tuple[str, int], set[int]] = {}
-        self._safe: dict[tuple[str, int], int] = {}
-        self._committed: dict[tuple[str, int], int] = {}
-
-    def track(self, pos: Position) -> None:
-        tp = (pos[0], pos[1])
-        self._seen.setdefault(tp, deque()).append(pos[2])
-
-    def untrack(self, pos: Position) -> None:
-        """Forget the position tracked last for its partition (put back, not read)."""
-        seen = self._seen.get((pos[0], pos[1]))
-        if seen and seen[-1] == pos[2]:
-            seen.pop()
-
-    def settle(self, positions: Iterable[Position]) -> None:
-        touched: set[tuple[str, int]] = set()
-        for topic, part, off in positions:
-            tp = (topic, part)
-            self._settled.setdefault(tp, set()).add(off)
-            touched.add(tp)
-        for tp in touched:
-            seen, done = self._seen.get(tp), self._settled[tp]
-            while seen and seen[0] in done:
-                off = seen.popleft()
-                done.discard(off)
-                self._safe[tp] = off + 1
-
-    def unsettled(self) -> int:
-        return sum(len(q) for q in self._seen.values())
-
-    def committable(self) -> dict[tuple[str, int], int]:
-        """Safe offsets that moved since the last :meth:`committed` call."""
-        return {tp: off for tp, off in self._safe.items() if self._committed.get(tp) != off}
-
-    def committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self._committed.update(offsets)
-
-    def clear(self) -> None:
-        self._seen.clear()
-        self._settled.clear()
-        self._safe.clear()
-        self._committed.clear()
+            preds = [self._pred(slot) for slot in e.preds.values()]
+            out.rows.append(build_row(e.label, preds[0], preds, self._clock()))

@@ -10,39 +10,37 @@ live quality metrics and the promotion policy; rows and unmatched labels go to t
 a key, they share a partition, and the members of the group each join their own
 partitions: feedback workers scale out up to the join topic's partition count.
 
-Restart safety (the choice, and why)
-------------------------------------
-Offsets are committed **only for settled messages**, and only **after** the store has
-made their rows durable:
+Durable join state, and how offsets and state are committed together
+--------------------------------------------------------------------
+Each assigned join partition's state (pending predictions, early labels, written
+markers) lives in an embedded RocksDB store under ``--state-dir``
+(:class:`~streamscore.feedback.state.PartitionState`), mirrored to a compacted changelog
+topic ``<join topic>.changelog`` (:mod:`streamscore.kafka.changelog`). At each checkpoint
+(every ``checkpoint_s``, when the changes since the last one exceed the cache, and on
+shutdown / revocation):
 
-1. every consumed message is tracked by :class:`~streamscore.feedback.join.OffsetTracker`;
-2. the join state says when a message is settled: its label's row is written, or the
-   label is written as unmatched, or the prediction was evicted without a label, or it
-   was a duplicate (see :mod:`streamscore.feedback.join`);
-3. at each checkpoint (every ``checkpoint_s`` and on shutdown / revocation) the loop
-   first calls :meth:`GroundTruthStore.flush` (files written under ``_inprogress/``,
-   ``fsync``-ed, atomically renamed into their partition), and only then marks the
-   positions settled up to that point and commits, per partition, the offset after the
-   longest settled prefix (synchronous commit).
+1. the ground-truth store makes the rows and unmatched labels produced so far durable
+   (:meth:`GroundTruthStore.flush`: one Delta merge per table, committed to the table's
+   log; if the table cannot be written, nothing else happens until the next checkpoint);
+2. one Kafka transaction carries every partition's state changes (and its meta record:
+   next input offset, watermark, pending counts) to the changelog **and** the consumer's
+   offsets (``send_offsets_to_transaction``);
+3. only once it is committed does the local store apply the same changes (one
+   ``WriteBatch``, recording the changelog offset reached).
 
-On a crash (even SIGKILL) the next worker resumes from the committed offsets and
-re-reads everything not settled: the pending labels and the predictions still waiting
-in the window, so **no label is lost**. Rows already finalized before the crash are in
-the store's event-id index (rebuilt from the finalized files at start), so a re-read
-label of an already-written event is a *duplicate* and **no row is written twice**;
-half-written files are ``_inprogress`` leftovers that are deleted at start (their rows
-had not been committed, so they are re-read). Persisting the join state instead would
-need its own atomic snapshots and offsets inside them; re-reading is simpler and the
-cost is bounded by the window: a prediction waiting for its label holds its partition's
-commit back by at most ``window`` of event time (or until the memory cap evicts it).
-
-Rebalances use an eager assignor: on revocation the loop checkpoints, then drops the
-whole join state (its pending labels are counted ``released``) and the new assignment
-resumes from the committed offsets.
+A crash (even SIGKILL) before step 2 commits rolls state and offsets back together: the
+next owner resumes from the previous checkpoint and replays the same messages onto the
+same state, which gives the same rows again (expiry is per-partition event time, checked
+as each message is applied); rows made durable in step 1 before the crash are refused by
+the store's one-row-per-event-id check, so **no row is lost and none is doubled**. The
+local store is never ahead of the changelog: on assignment it is opened and caught up
+from the changelog after its recorded offset (nothing to read after a clean stop; the
+whole changelog on a fresh host), then the partition is consumed from the state's own
+next offset. Nothing of the window is re-read from the join topic.
 
 A message the loop cannot decode (or without a known ``streamscore.kind``) never blocks
 its partition: it is handed to ``dead_letter`` (the CLI writes it to the dead-letter
-topic), counted, and settled. A schema registry that cannot answer is not bad input: the
+topic), counted, and consumed. A schema registry that cannot answer is not bad input: the
 batch, from the first message not yet joined, is put back
 (:class:`~streamscore.kafka.putback.PutBack`: paused, polled so the worker stays in its
 group, consumed again after a backoff).
@@ -50,11 +48,13 @@ group, consumed again after a backoff).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, TopicPartition
@@ -63,16 +63,21 @@ from ..core.errors import (
     AvroDecodeError,
     InfrastructureError,
     SerdeError,
+    StateStoreError,
     StreamscoreError,
     UnknownKindError,
+    ValidationError,
 )
-from ..core.records import Feedback, Position, Prediction, Role, Telemetry
+from ..core.records import Position, Prediction, Role, Telemetry
+from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
 from .groundtruth import GroundTruthStore
-from .join import JoinOutput, JoinState, OffsetTracker
+from .join import JoinOutput, JoinState
+from .labels import LabelReader
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
 from .router import KIND_HEADER, LABEL, PREDICTION
+from .state import PartitionState
 
 if TYPE_CHECKING:
     from ..models.signing import Signer, Verifier
@@ -80,6 +85,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
+
+
+def _timestamp_ms(msg: Any) -> int | None:
+    """The message's timestamp (epoch ms), None when it has none."""
+    ts_type, ts = msg.timestamp()
+    return int(ts) if ts_type != 0 and ts >= 0 else None
 
 
 def _kind(msg: Any) -> bytes | None:
@@ -95,6 +106,7 @@ class FeedbackStats:
     labels: int = 0
     undecodable: int = 0
     rows_written: int = 0
+    rows_already_stored: int = 0  # rows the table held already (re-read after a restart)
     checkpoints: int = 0
 
 
@@ -106,6 +118,7 @@ class FeedbackLoop:
         join_topic: str,
         decode_prediction: Decoder,
         decode_feedback: Decoder,
+        read_label: LabelReader | None = None,
         join: JoinState,
         store: GroundTruthStore,
         metrics: Metrics,
@@ -114,6 +127,9 @@ class FeedbackLoop:
         on_decision: Callable[[PromotionDecision], bool] | None = None,
         stop: threading.Event,
         dead_letter: Callable[[Any, StreamscoreError], None] | None = None,
+        changelog: Changelog | None = None,
+        state_dir: Path | None = None,
+        cache_entries: int = 100_000,
         checkpoint_s: float = 1.0,
         batch_size: int = 1000,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),
@@ -123,6 +139,8 @@ class FeedbackLoop:
         self._dead_letter = dead_letter
         self._dec_pred = decode_prediction
         self._dec_fb = decode_feedback
+        #: the decoded label record -> Feedback, by the project's ``[labels]`` field names
+        self._read_label = read_label or LabelReader()
         self.join = join
         self.store = store
         self._m = metrics
@@ -130,10 +148,12 @@ class FeedbackLoop:
         self._policy = policy
         self._on_decision = on_decision
         self._stop = stop
+        self._changelog = changelog
+        self._state_dir = state_dir
+        self._cache_entries = cache_entries
         self._checkpoint_s = checkpoint_s
         self._batch = batch_size
-        self.tracker = OffsetTracker()
-        self._to_settle: list[Position] = []
+        self._committed: dict[tuple[str, int], int] = {}
         self.stats = FeedbackStats()
         self._last_checkpoint = time.monotonic()
         self._put_back = PutBack(consumer, stop=stop, backoff_s=registry_backoff_s)
@@ -144,7 +164,7 @@ class FeedbackLoop:
             [self._topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
         try:
             while not self._stop.is_set():
@@ -158,29 +178,76 @@ class FeedbackLoop:
             try:
                 self.checkpoint()
             finally:
+                self._close_partitions(list(self.join.partitions()))
                 self._c.close()
         return self.stats
 
+    def open_partition(self, topic: str, partition: int) -> PartitionState:
+        """The partition's state: the local store, caught up from the changelog."""
+        path = None if self._state_dir is None else self._state_dir / f"{topic}-{partition}"
+        state = PartitionState(path, cache_entries=self._cache_entries)
+        if self._changelog is not None:
+            t0 = time.monotonic()
+            try:
+                n = self._changelog.restore(state, topic, partition)
+            except StateStoreError as exc:
+                log.warning("%s: restoring from scratch", exc)
+                state.close()
+                state = PartitionState(path, cache_entries=self._cache_entries, fresh=True)
+                n = self._changelog.restore(state, topic, partition)
+            log.info(
+                "join state %s[%d]: %d changelog records applied in %.2fs; resumes at "
+                "offset %d with %d pending predictions, %d pending labels",
+                topic,
+                partition,
+                n,
+                time.monotonic() - t0,
+                state.meta.input_offset,
+                state.meta.pending_predictions,
+                state.meta.pending_labels,
+            )
+        self.join.open_partition((topic, partition), state)
+        # labels received = from the topic, or restored pending with a partition's state
+        self._m.feedback_received.inc(state.meta.pending_labels)
+        return state
+
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        # rows recently written by any worker: a re-read message of theirs settles at once
+        n = self.store.refresh()
+        log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        for tp in partitions:
+            state = self.open_partition(tp.topic, tp.partition)
+            if state.meta.input_offset >= 0:
+                tp.offset = state.meta.input_offset
+                self._committed[(tp.topic, tp.partition)] = state.meta.input_offset
+        consumer.assign(partitions)
         if self._put_back.waiting:
             consumer.pause(partitions)
-        # rows other workers finalized for these partitions' event ids (store module doc)
-        n = self.store.refresh()
-        if n:
-            log.info("indexed %d rows written by other feedback workers", n)
+        self._refresh_pending()
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
-        log.info("revoked %s: checkpoint, then drop the join state", len(partitions))
+        log.info("revoked %s: checkpoint, then close their state", len(partitions))
         self._put_back.revoked(partitions)
         try:
             self.checkpoint()
         except StreamscoreError as exc:  # never raise out of a rebalance callback
             log.error("checkpoint on revoke failed: %s", exc)
-        released = self.join.clear()
-        self._m.feedback_labels.labels("released").inc(released)
-        self.tracker.clear()
-        self._to_settle.clear()
+            self._rollback()
+        self._close_partitions([(p.topic, p.partition) for p in partitions])
+
+    def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
+        log.warning("lost %s: their uncommitted state is dropped", len(partitions))
+        self._put_back.revoked(partitions)
+        self._rollback()
+        self._close_partitions([(p.topic, p.partition) for p in partitions])
+
+    def _close_partitions(self, tps: list[tuple[str, int]]) -> None:
+        before = self.join.stats.released
+        for tp in tps:
+            self.join.close_partition(tp)
+            self._committed.pop(tp, None)
+        self._m.feedback_labels.labels("released").inc(self.join.stats.released - before)
         self._refresh_pending()
 
     # -------------------------------------------------------------------- work
@@ -189,17 +256,25 @@ class FeedbackLoop:
         self._put_back(first_offsets(msgs), f"{type(exc).__name__}: {exc}")
 
     def _handle(self, msgs: list[Any]) -> None:
-        values = [m.value() for m in msgs if m.error() is None]
-        try:  # the batch's writer schemas first: a registry away puts it all back
-            for dec in (self._dec_pred, self._dec_fb):
-                require = getattr(dec, "require", None)
-                if require is not None:
-                    require(values)
+        kinds: list[bytes | None] = []
+        pred_i: list[int] = []
+        label_i: list[int] = []
+        for i, msg in enumerate(msgs):
+            kind = _kind(msg) if msg.error() is None else None
+            kinds.append(kind)
+            if kind == PREDICTION:
+                pred_i.append(i)
+            elif kind == LABEL:
+                label_i.append(i)
+        try:  # batch decode; a registry away puts the whole batch back
+            decoded = _decode_batch(self._dec_pred, msgs, pred_i)
+            decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
         except InfrastructureError as exc:
             self._registry_away(msgs, exc)
             return
         self._put_back.ok()
         out = JoinOutput()
+        join = self.join
         for i, msg in enumerate(msgs):
             err = msg.error()
             if err is not None:
@@ -207,32 +282,32 @@ class FeedbackLoop:
                     log.warning("consumer error: %s", err)
                 continue
             pos: Position = (msg.topic(), msg.partition(), msg.offset())
-            self.tracker.track(pos)
             try:
-                kind = _kind(msg)
+                kind = kinds[i]
+                rec = decoded.get(i)
+                if isinstance(rec, StreamscoreError):
+                    raise rec
                 if kind == PREDICTION:
-                    p = Prediction.from_avro(self._dec_pred(msg.value()), pos)
+                    assert rec is not None
+                    p = Prediction.from_avro(rec, pos)
                     self.stats.predictions += 1
-                    out.extend(self.join.add_prediction(p))
+                    out.extend(join.add_prediction(p, msg.value()))
                 elif kind == LABEL:
-                    lab = Feedback.from_avro(self._dec_fb(msg.value()), pos)
+                    assert rec is not None
+                    lab = self._read_label(rec, pos, _timestamp_ms(msg))
                     self.stats.labels += 1
                     self._m.feedback_received.inc()
-                    before = self.join.stats.duplicate
-                    out.extend(self.join.add_label(lab))
-                    if self.join.stats.duplicate > before:
+                    before = join.stats.duplicate
+                    out.extend(join.add_label(lab))
+                    if join.stats.duplicate > before:
                         self._m.feedback_labels.labels("duplicate").inc()
                 else:
                     raise UnknownKindError(
                         f"join-topic message without a known {KIND_HEADER} header ({kind!r})",
                         field=KIND_HEADER,
                     )
-            except InfrastructureError as exc:  # away since the check above: the rest back
-                self.tracker.untrack(pos)
-                self._registry_away(msgs[i:], exc)
-                break
-            except (SerdeError, KeyError, ValueError, TypeError) as exc:
-                # never blocks the partition: dead-lettered, counted, logged, settled
+            except (SerdeError, ValidationError, KeyError, ValueError, TypeError) as exc:
+                # never blocks the partition: dead-lettered, counted, logged, consumed
                 err = (
                     exc
                     if isinstance(exc, StreamscoreError)
@@ -245,8 +320,7 @@ class FeedbackLoop:
                 log.warning("undecodable message at %s: %s", pos, err)
                 if self._dead_letter is not None:
                     self._dead_letter(msg, err)
-                out.settled.append(pos)
-        out.extend(self.join.advance())
+            join.consumed(pos)
         self._apply(out)
 
     def _apply(self, out: JoinOutput) -> None:
@@ -263,8 +337,7 @@ class FeedbackLoop:
             self._m.feedback_unmatched.inc()
             self._m.feedback_labels.labels("unmatched").inc()
             self.store.append_unmatched(lab.to_avro())
-        self._to_settle.extend(out.settled)
-        if self.store.needs_flush:
+        if self.store.needs_flush or self.join.needs_commit():
             self.checkpoint()
 
     def _after_batch(self) -> None:
@@ -288,23 +361,93 @@ class FeedbackLoop:
         self._m.feedback_pending.labels("prediction").set(s.pending_predictions)
 
     def checkpoint(self) -> None:
-        """Make buffered rows durable, then commit what is settled (module doc)."""
+        """Rows durable, then state changes and offsets committed together (module doc)."""
         self._last_checkpoint = time.monotonic()
-        settle = self._to_settle
-        self._to_settle = []
-        self.store.flush()
-        self.tracker.settle(settle)
-        offsets = self.tracker.committable()
-        if not offsets:
-            return
-        tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         try:
-            self._c.commit(offsets=tps, asynchronous=False)
-        except Exception as exc:  # KafkaException: e.g. rebalance in progress
-            log.warning("offset commit failed (will retry at the next checkpoint): %s", exc)
+            flushed = self.store.flush()
+        except InfrastructureError as exc:  # storage away: keep everything, retry later
+            log.error("ground truth not written (retried at the next checkpoint): %s", exc)
             return
-        self.tracker.committed(offsets)
+        if flushed.already_stored:
+            log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
+        self.stats.rows_already_stored += flushed.already_stored
+        parts = self.join.partitions()
+        offsets = {
+            tp: s.meta.input_offset
+            for tp, s in parts.items()
+            if s.meta.input_offset >= 0 and self._committed.get(tp) != s.meta.input_offset
+        }
+        changed = {tp: s for tp, s in parts.items() if s.dirty or tp in offsets}
+        if not changed:
+            self.store.maintain()
+            return
+        changes = {tp: s.changes() for tp, s in changed.items()}
+        if self._changelog is not None:
+            try:
+                at = self._changelog.commit(changes, offsets, self._c.consumer_group_metadata())
+            except TransactionAborted as exc:
+                log.warning("%s: state and offsets roll back to the last checkpoint", exc)
+                self._rollback()
+                return
+            for tp, s in changed.items():
+                s.applied(at[tp])
+        else:
+            for s in changed.values():
+                s.applied(s.meta.changelog_offset)
+            if offsets:
+                tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+                try:
+                    self._c.commit(offsets=tps, asynchronous=False)
+                except Exception as exc:  # KafkaException: e.g. rebalance in progress
+                    log.warning("offset commit failed (retried at the next checkpoint): %s", exc)
+                    return
+        self._committed.update(offsets)
         self.stats.checkpoints += 1
+        self.store.maintain()  # compaction / vacuum when their interval has passed
+
+    def _rollback(self) -> None:
+        """Forget what was not committed and resume every partition from its state."""
+        parts = self.join.partitions()
+        for tp in list(parts):
+            self.join.close_partition(tp)
+            self._committed.pop(tp, None)
+            state = self.open_partition(*tp)
+            if state.meta.input_offset >= 0:
+                with contextlib.suppress(Exception):
+                    self._c.seek(TopicPartition(tp[0], tp[1], state.meta.input_offset))
+
+
+def _decode_batch(
+    dec: Decoder, msgs: list[Any], idx: list[int]
+) -> dict[int, dict[str, Any] | StreamscoreError]:
+    """Decode ``msgs[i]`` for ``i`` in ``idx`` in one batch when the decoder can (the
+    score worker's :meth:`AvroDeserializer.decode_many`), else one by one. A registry
+    that cannot answer raises; other failures are returned per message."""
+    out: dict[int, dict[str, Any] | StreamscoreError] = {}
+    if not idx:
+        return out
+    values = [msgs[i].value() for i in idx]
+    many = getattr(dec, "decode_many", None)
+    if many is not None:
+        good, records, failed = many(values)
+        for j, rec in zip(good, records, strict=True):
+            out[idx[j]] = dict(rec)
+        for j, exc in failed:
+            if isinstance(exc, InfrastructureError):
+                raise exc
+            out[idx[j]] = exc
+        return out
+    require = getattr(dec, "require", None)
+    if require is not None:
+        require(values)
+    for j, v in zip(idx, values, strict=True):
+        try:
+            out[j] = dec(v)
+        except InfrastructureError:
+            raise
+        except SerdeError as exc:
+            out[j] = exc
+    return out
 
 
 def make_telemetry(worker_id: str, decision: PromotionDecision, note: str = "") -> Telemetry:

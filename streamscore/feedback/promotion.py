@@ -9,9 +9,12 @@ gauges) and to :class:`PromotionPolicy`; it acts on the decisions the policy ret
 The policy compares a shadow with the primary on the **same labelled events** (paired:
 an event counts once both the primary's and the shadow's predictions met its label):
 
-* regression: MAE; the shadow must be better by ``margin`` *relative*
-  (``(mae_primary - mae_shadow) / mae_primary >= margin``);
-* classification: accuracy; better by ``margin`` *absolute* (``acc_s - acc_p >= margin``).
+* the metric is the recipe's (``[train] metric``: accuracy, log_loss, roc_auc, macro_f1,
+  mae, rmse), by default MAE (regression) or accuracy (classification);
+* an error metric (mae, rmse, log_loss) must improve by ``margin`` *relative*
+  (``(primary - shadow) / primary >= margin``), a score metric by ``margin`` *absolute*
+  (``shadow - primary >= margin``): :func:`streamscore.core.quality.better_by`, the
+  one place that knows which way each metric goes.
 
 It decides once ``min_labels`` paired events have been seen for a (primary version,
 shadow version) pair, and then not again before another ``min_labels`` new ones
@@ -22,36 +25,46 @@ Off by default (:class:`PromotionSettings.enabled`).
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+
+from ..core.quality import (
+    LOWER_IS_BETTER,
+    beats,
+    better_by,
+    classification_metrics,
+    default_metric,
+    improvement_kind,
+    regression_metrics,
+)
 from ..core.records import Prediction, Role, Task
-from ..metrics.series import Metrics
+from ..metrics.series import LIVE_FAMILIES, Metrics
 from .groundtruth import label_as_class
 from .join import JoinedPair
 
-#: Metrics where a lower value is better; all others (accuracy) are higher-is-better.
-LOWER_IS_BETTER = frozenset({"mae", "rmse", "log_loss"})
+__all__ = [
+    "LOWER_IS_BETTER",
+    "LiveQuality",
+    "PairScore",
+    "PromotionDecision",
+    "PromotionPolicy",
+    "PromotionSettings",
+    "better_by",
+    "decision_metric",
+    "pair_metrics",
+    "score_pair",
+]
+
 N_RELIABILITY_BUCKETS = 10
 
 
-def better_by(metric: str, current: float, candidate: float) -> float:
-    """How much better ``candidate`` is than ``current`` (positive = better).
-
-    Error metrics (mae, rmse, log_loss): relative reduction ``(current - candidate) /
-    current`` (``inf`` when current is 0 and candidate is 0 too is not better: 0).
-    Accuracy-like metrics: absolute gain ``candidate - current``.
-    """
-    if metric in LOWER_IS_BETTER:
-        if current <= 0.0:
-            return 0.0 if candidate >= current else math.inf
-        return (current - candidate) / current
-    return candidate - current
-
-
-def decision_metric(task: Task) -> str:
-    return "mae" if task is Task.REGRESSION else "accuracy"
+def decision_metric(task: Task, metric: str | None = None) -> str:
+    """The metric that decides: the recipe's, else mae (regression) / accuracy."""
+    return metric or default_metric(task)
 
 
 def task_of(p: Prediction) -> Task:
@@ -64,14 +77,24 @@ class PairScore:
 
     task: Task
     error: float = math.nan  # regression: label - prediction
-    correct: bool = False  # classification
+    truth: str = ""  # classification: the label, as a class
+    predicted: str = ""  # classification: the predicted class
     p_true: float = math.nan  # classification: probability given to the true class
-    confidence: float = math.nan  # p(positive class) (binary) or max prob (multiclass)
-    positive: bool = False  # binary: label is the positive class; multi: correct
+    #: binary: p(positive class); multi-class: the top probability (reliability diagram)
+    confidence: float = math.nan
+    #: binary: the label is the positive class; multi-class: the prediction is correct
+    positive: bool = False
+    binary: bool = False
+
+    @property
+    def correct(self) -> bool:
+        return self.task is Task.CLASSIFICATION and self.truth == self.predicted
 
 
-def score_pair(pair: JoinedPair) -> PairScore | None:
-    """None when the label cannot be compared with the prediction (wrong type)."""
+def score_pair(pair: JoinedPair, positive: str | None = None) -> PairScore | None:
+    """``pair``'s label scored against its prediction; ``positive`` is the positive class
+    of a binary model (default: the model's second class). None when the label cannot be
+    compared with the prediction (wrong type)."""
     p = pair.prediction
     if p.value is not None:
         try:
@@ -87,80 +110,80 @@ def score_pair(pair: JoinedPair) -> PairScore | None:
     probs = p.probabilities
     classes = p.classes
     p_true = probs[classes.index(truth)] if truth in classes and probs else 0.0
-    if len(classes) == 2 and len(probs) == 2:
-        confidence, positive = probs[1], truth == classes[1]
+    binary = len(classes) == 2 and len(probs) == 2
+    if binary:
+        pos = classes.index(positive) if positive in classes else 1
+        confidence, is_pos = probs[pos], truth == classes[pos]
     else:
         confidence = max(probs) if probs else math.nan
-        positive = truth == p.label
+        is_pos = truth == p.label
     return PairScore(
         Task.CLASSIFICATION,
-        correct=truth == p.label,
+        truth=truth,
+        predicted=p.label,
         p_true=p_true,
         confidence=confidence,
-        positive=positive,
+        positive=is_pos,
+        binary=binary,
+    )
+
+
+def pair_metrics(scores: Sequence[PairScore]) -> dict[str, float]:
+    """Every metric (:mod:`streamscore.core.quality`) of one model's scored pairs:
+    mae/rmse, or accuracy, log_loss, macro_f1 and (binary) roc_auc."""
+    if not scores:
+        return {}
+    if scores[0].task is Task.REGRESSION:
+        return regression_metrics([s.error for s in scores])
+    binary = scores[0].binary
+    return classification_metrics(
+        [s.truth for s in scores],
+        [s.predicted for s in scores],
+        [s.p_true for s in scores],
+        binary=binary,
+        positive=[s.positive for s in scores] if binary else None,
+        p_positive=[s.confidence for s in scores] if binary else None,
     )
 
 
 # ---------------------------------------------------------------- live quality
 
 
-@dataclass
-class _Rolling:
-    """Running sums over the last ``size`` scores of one (model version, role)."""
-
-    size: int
-    task: Task | None = None
-    items: deque[PairScore] = field(default_factory=deque)
-    sum_abs: float = 0.0
-    sum_sq: float = 0.0
-    n_correct: int = 0
-    sum_logloss: float = 0.0
-    buckets: list[list[float]] = field(
-        default_factory=lambda: [[0.0, 0.0, 0.0] for _ in range(N_RELIABILITY_BUCKETS)]
-    )  # per bucket: count, sum predicted, sum observed
-
-    def _apply(self, s: PairScore, sign: int) -> None:
-        if s.task is Task.REGRESSION:
-            self.sum_abs += sign * abs(s.error)
-            self.sum_sq += sign * s.error * s.error
-            return
-        self.n_correct += sign * int(s.correct)
-        self.sum_logloss += sign * -math.log(min(1.0, max(s.p_true, 1e-15)))
-        if math.isfinite(s.confidence):
-            b = min(int(s.confidence * N_RELIABILITY_BUCKETS), N_RELIABILITY_BUCKETS - 1)
-            bucket = self.buckets[max(b, 0)]
-            bucket[0] += sign
-            bucket[1] += sign * s.confidence
-            bucket[2] += sign * float(s.positive)
-
-    def add(self, s: PairScore) -> None:
-        self.task = s.task
-        self.items.append(s)
-        self._apply(s, +1)
-        if len(self.items) > self.size:
-            self._apply(self.items.popleft(), -1)
-
-    @property
-    def n(self) -> int:
-        return len(self.items)
-
-    def figures(self) -> dict[str, float]:
-        n = self.n
-        if n == 0:
-            return {}
-        if self.task is Task.REGRESSION:
-            return {"mae": self.sum_abs / n, "rmse": math.sqrt(max(self.sum_sq, 0.0) / n)}
-        return {"accuracy": self.n_correct / n, "log_loss": self.sum_logloss / n}
+def _reliability(scores: Sequence[PairScore]) -> list[tuple[int, float, float]]:
+    """Per confidence bucket: count, mean predicted probability, observed frequency."""
+    conf = np.array([s.confidence for s in scores], dtype=np.float64)
+    pos = np.array([s.positive for s in scores], dtype=np.float64)
+    ok = np.isfinite(conf)
+    conf, pos = conf[ok], pos[ok]
+    b = np.clip((conf * N_RELIABILITY_BUCKETS).astype(np.int64), 0, N_RELIABILITY_BUCKETS - 1)
+    count = np.bincount(b, minlength=N_RELIABILITY_BUCKETS)
+    sum_p = np.bincount(b, weights=conf, minlength=N_RELIABILITY_BUCKETS)
+    sum_o = np.bincount(b, weights=pos, minlength=N_RELIABILITY_BUCKETS)
+    return [
+        (int(n), float(sp / n) if n else math.nan, float(so / n) if n else math.nan)
+        for n, sp, so in zip(count.tolist(), sum_p.tolist(), sum_o.tolist(), strict=True)
+    ]
 
 
 class LiveQuality:
-    """Rolling quality per (model version, role); gauges refreshed by :meth:`publish`."""
+    """Rolling quality per (model version, role), over the last ``window`` scored labels.
+    :meth:`publish` (the feedback loop, after each batch) computes the figures of the
+    windows that changed; the ``streamscore_live_*`` families export them at scrape time
+    (:class:`~streamscore.metrics.collectors.ScrapedGauges` bound to :meth:`rows`)."""
 
-    def __init__(self, metrics: Metrics | None = None, *, window: int = 1000) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, *, window: int = 1000, positive: str | None = None
+    ) -> None:
         self._metrics = metrics
         self._window = window
-        self._rolling: dict[tuple[int, str], _Rolling] = {}
+        self._positive = positive
+        self._rolling: dict[tuple[int, str], deque[PairScore]] = {}
         self._dirty: set[tuple[int, str]] = set()
+        self._figures: dict[tuple[int, str], dict[str, float]] = {}
+        self._buckets: dict[tuple[int, str], list[tuple[int, float, float]]] = {}
+        self._lock = threading.Lock()
+        if metrics is not None:
+            metrics.live.bind(self.rows)
 
     def observe(self, pairs: Iterable[JoinedPair]) -> None:
         m = self._metrics
@@ -171,44 +194,57 @@ class LiveQuality:
                 m.feedback_joined.labels(str(p.model_version), p.role.value).inc()
                 if pair.first_for_label:
                     m.label_delay.observe(max(0.0, pair.delay_ms / 1000.0))
-            s = score_pair(pair)
+            s = score_pair(pair, self._positive)
             if s is None:
                 continue
             r = self._rolling.get(k)
             if r is None:
-                r = self._rolling[k] = _Rolling(self._window)
-            r.add(s)
+                r = self._rolling[k] = deque(maxlen=self._window)
+            r.append(s)
             self._dirty.add(k)
             if m is not None and s.task is Task.REGRESSION:
                 m.residuals.labels(str(p.model_version), p.role.value).observe(s.error)
 
     def figures(self, version: int, role: Role | str) -> dict[str, float]:
-        r = self._rolling.get((version, Role(role).value))
-        return {} if r is None else {"n": float(r.n), **r.figures()}
+        """The window's figures as of the last :meth:`publish` (and ``n``)."""
+        with self._lock:
+            return dict(self._figures.get((version, Role(role).value), {}))
 
     def publish(self) -> None:
-        m = self._metrics
-        if m is None:
-            self._dirty.clear()
-            return
+        """Compute the figures of the windows that changed since the last call."""
         for k in self._dirty:
-            r = self._rolling[k]
-            v, role = str(k[0]), k[1]
-            f = r.figures()
-            m.live_labelled.labels(v, role).set(r.n)
-            if r.task is Task.REGRESSION:
-                m.live_mae.labels(v, role).set(f["mae"])
-                m.live_rmse.labels(v, role).set(f["rmse"])
-                continue
-            m.live_accuracy.labels(v, role).set(f["accuracy"])
-            m.live_log_loss.labels(v, role).set(f["log_loss"])
-            for i, (cnt, sp, so) in enumerate(r.buckets):
-                b = f"{i / N_RELIABILITY_BUCKETS:.1f}"
-                m.live_reliability.labels(v, role, b, "count").set(cnt)
-                if cnt > 0:
-                    m.live_reliability.labels(v, role, b, "predicted").set(sp / cnt)
-                    m.live_reliability.labels(v, role, b, "observed").set(so / cnt)
+            scores = list(self._rolling[k])
+            f = {"n": float(len(scores)), **pair_metrics(scores)}
+            if scores and scores[0].task is Task.CLASSIFICATION:
+                # one of roc_auc (binary) or macro_f1 (multi-class) is the live figure
+                f.pop("macro_f1" if scores[0].binary else "roc_auc", None)
+            buckets = _reliability(scores) if "accuracy" in f else []
+            with self._lock:
+                self._figures[k] = f
+                self._buckets[k] = buckets
         self._dirty.clear()
+
+    def rows(self) -> list[list[tuple[tuple[str, ...], float]]]:
+        """The ``live`` families' samples (scrape time; ``LIVE_FAMILIES`` order, then
+        the reliability diagram)."""
+        with self._lock:
+            figures = list(self._figures.items())
+            buckets = dict(self._buckets)
+        out: list[list[tuple[tuple[str, ...], float]]] = [[] for _ in LIVE_FAMILIES]
+        reliability: list[tuple[tuple[str, ...], float]] = []
+        for (version, role), f in sorted(figures):
+            labels = (str(version), role)
+            for i, (name, _doc) in enumerate(LIVE_FAMILIES):
+                value = f.get("n" if name == "labelled" else name)
+                if value is not None and not math.isnan(value):
+                    out[i].append((labels, value))
+            for i, (cnt, sp, so) in enumerate(buckets.get((version, role), [])):
+                b = f"{i / N_RELIABILITY_BUCKETS:.1f}"
+                reliability.append(((*labels, b, "count"), float(cnt)))
+                if cnt > 0:
+                    reliability.append(((*labels, b, "predicted"), sp))
+                    reliability.append(((*labels, b, "observed"), so))
+        return [*out, reliability]
 
 
 # -------------------------------------------------------------------- promotion
@@ -219,12 +255,20 @@ class PromotionSettings:
     enabled: bool = False
     min_labels: int = 500
     margin: float = 0.05
+    #: the recipe's metric (``[train] metric``); None: mae (regression) / accuracy
+    metric: str | None = None
+    #: the positive class of a binary task (``[labels] positive``), for roc_auc
+    positive: str | None = None
+    #: paired events kept per (primary, shadow) pairing to compute the metric on
+    max_pairs: int = 100_000
 
     def __post_init__(self) -> None:
         if self.min_labels < 1:
             raise ValueError(f"min_labels must be >= 1, got {self.min_labels}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.max_pairs < self.min_labels:
+            raise ValueError(f"max_pairs must be >= min_labels, got {self.max_pairs}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,21 +292,20 @@ class PromotionDecision:
     @property
     def detail(self) -> str:
         verdict = "promote" if self.promote else "decline"
-        rel = "relative" if self.metric in LOWER_IS_BETTER else "absolute"
         return (
             f"{self.model_name}: shadow v{self.shadow_version} vs primary "
             f"v{self.primary_version} on {self.n_labels} paired labels: {self.metric} "
             f"{self.shadow_value:.6g} vs {self.primary_value:.6g}, improvement "
-            f"{self.improvement:.4g} ({rel}) vs margin {self.margin:.4g}: {verdict}"
+            f"{self.improvement:.4g} ({improvement_kind(self.metric)}) vs margin "
+            f"{self.margin:.4g}: {verdict}"
         )
 
 
 @dataclass
 class _Pairing:
     task: Task
+    pairs: deque[tuple[PairScore, PairScore]]
     n: int = 0
-    sum_primary: float = 0.0  # abs errors (regression) or correct counts
-    sum_shadow: float = 0.0
     decided_at: int = 0  # n at the last decision
     final: bool = False
 
@@ -282,7 +325,7 @@ class PromotionPolicy:
             p = pair.prediction
             if p.role is Role.CANARY:
                 continue
-            s = score_pair(pair)
+            s = score_pair(pair, self.settings.positive)
             if s is None:
                 continue
             slot = self._open.setdefault(pair.label.event_id, {})
@@ -300,15 +343,10 @@ class PromotionPolicy:
         key = (name, pv, sv)
         acc = self._pairings.get(key)
         if acc is None:
-            acc = self._pairings[key] = _Pairing(ps.task)
+            acc = self._pairings[key] = _Pairing(ps.task, deque(maxlen=self.settings.max_pairs))
         self._current = key
         acc.n += 1
-        if ps.task is Task.REGRESSION:
-            acc.sum_primary += abs(ps.error)
-            acc.sum_shadow += abs(ss.error)
-        else:
-            acc.sum_primary += float(ps.correct)
-            acc.sum_shadow += float(ss.correct)
+        acc.pairs.append((ps, ss))
 
     def paired(self, name: str, primary_version: int, shadow_version: int) -> int:
         acc = self._pairings.get((name, primary_version, shadow_version))
@@ -324,10 +362,10 @@ class PromotionPolicy:
         if acc.final or acc.n < n_min or acc.n - acc.decided_at < n_min:
             return None
         acc.decided_at = acc.n
-        metric = decision_metric(acc.task)
-        pv, sv = acc.sum_primary / acc.n, acc.sum_shadow / acc.n
-        gain = better_by(metric, pv, sv)
-        promote = gain >= self.settings.margin and gain > 0
+        metric = decision_metric(acc.task, self.settings.metric)
+        pv = pair_metrics([p for p, _ in acc.pairs]).get(metric, math.nan)
+        sv = pair_metrics([s for _, s in acc.pairs]).get(metric, math.nan)
+        promote, gain = beats(metric, pv, sv, self.settings.margin)
         if promote:
             acc.final = True
         return PromotionDecision(

@@ -81,6 +81,7 @@ class FeedbackRouter:
         sink: AtLeastOnceSink,
         topics: RouteTopics,
         event_id: EventIdReader,
+        label_id: EventIdReader | None = None,
         metrics: Metrics,
         worker_id: str,
         stop: threading.Event,
@@ -95,6 +96,9 @@ class FeedbackRouter:
         self._sink = sink
         self.topics = topics
         self._event_id = event_id
+        #: the label topic's id field (the project's ``[labels] id_field``); default: as
+        #: predictions (``event_id``, the feedback schema's)
+        self._label_id = label_id or event_id
         self._m = metrics
         self._worker_id = worker_id
         self._stop = stop
@@ -153,7 +157,7 @@ class FeedbackRouter:
         or dead-lettered; plus the offsets to store once they are all acknowledged.
         Raises :class:`InfrastructureError` (the registry away) before anything."""
         require = getattr(self._event_id, "require", None)
-        if require is not None:
+        if require is not None:  # one schema cache serves both readers
             require([m.value() for m in msgs if m.error() is None])
         out: list[OutMessage] = []
         offsets: dict[tuple[str, int], int] = {}
@@ -166,7 +170,7 @@ class FeedbackRouter:
             value = msg.value()
             kind = LABEL if topic == self.topics.feedback else PREDICTION
             try:
-                eid = self._event_id(value)
+                eid = (self._event_id if kind is PREDICTION else self._label_id)(value)
             except InfrastructureError:
                 raise
             except StreamscoreError as exc:

@@ -24,11 +24,11 @@ _RECEIVE_MAX_BYTES = 100_000_000
 _RECEIVE_MAX_BYTES_CAP = 2_147_483_647
 
 
-def _group_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+def _group_consumer(group_id: str, client_id: str) -> dict[str, Any]:
     """What every streamscore consumer-group member shares: read committed data from the
     beginning, offsets stored by the loop (never on poll), prompt failure detection and a
     bounded prefetch (memory stays flat however far behind it is)."""
-    conf = kafka.client_config()
+    conf: dict[str, Any] = {}
     conf.update(
         {
             "group.id": group_id,
@@ -49,7 +49,7 @@ def score_consumer(
 ) -> dict[str, Any]:
     """``max_input_bytes``: the events topic's ``max.message.bytes``; the fetch limits
     are raised to take a message that large (the defaults take up to about 50 MB)."""
-    conf = _group_consumer(kafka, scoring.group_id, f"streamscore-score-{scoring.worker_id}")
+    conf = _group_consumer(scoring.group_id, f"streamscore-score-{scoring.worker_id}")
     conf.update(
         {
             "partition.assignment.strategy": "cooperative-sticky",
@@ -67,8 +67,7 @@ def score_consumer(
         fetch = min(max_input_bytes + 65_536, _RECEIVE_MAX_BYTES_CAP - 1_048_576)
         conf["fetch.max.bytes"] = fetch
         conf["receive.message.max.bytes"] = max(_RECEIVE_MAX_BYTES, fetch + 1_048_576)
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("consumer", conf)
 
 
 def score_producer(
@@ -77,7 +76,7 @@ def score_producer(
     """``limits``: the output topics' limits; the producer's ``message.max.bytes`` is
     set to take the largest record any of them accepts, and its ``batch.size`` to fit the
     smallest (the outputs themselves are sized per topic before they are produced)."""
-    conf = kafka.client_config()
+    conf: dict[str, Any] = {}
     conf.update(
         {
             "client.id": f"streamscore-score-{scoring.worker_id}",
@@ -98,8 +97,7 @@ def score_producer(
         # a transaction's outputs need no acknowledgement one by one (the commit is
         # one); reports of refused outputs still come (delivery.py sizes them anew)
         conf["delivery.report.only.error"] = True
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("producer", conf)
 
 
 #: librdkafka's largest ``receive.message.max.bytes``.
@@ -127,7 +125,7 @@ def model_reader_limits(max_message_bytes: int) -> dict[str, Any]:
 
 
 def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict[str, Any]:
-    conf = kafka.client_config()
+    conf: dict[str, Any] = {}
     conf.update(
         {
             # never subscribes: assign() only, so this group id never joins or commits
@@ -139,22 +137,20 @@ def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict
             **model_reader_limits(max_message_bytes),
         }
     )
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("consumer", conf)
 
 
 def plain_producer(kafka: KafkaSettings, *, max_message_bytes: int | None = None) -> dict[str, Any]:
-    conf = kafka.client_config()
+    conf: dict[str, Any] = {}
     conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     if max_message_bytes is not None:
         conf["message.max.bytes"] = max_message_bytes + 65_536
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("producer", conf)
 
 
 def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
     """A plain consumer for tools and tests (read_committed, from the beginning)."""
-    conf = kafka.client_config()
+    conf: dict[str, Any] = {}
     conf.update(
         {
             "group.id": group_id,
@@ -164,14 +160,13 @@ def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[s
         }
     )
     conf.update(extra)
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("consumer", conf)
 
 
 def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
     """The join loop: eager ``range`` assignment (it drops its join state on revocation)
     and explicit commits of settled offsets only."""
-    conf = _group_consumer(kafka, group_id, client_id)
+    conf = _group_consumer(group_id, client_id)
     conf.update(
         {
             "partition.assignment.strategy": "range",
@@ -179,14 +174,13 @@ def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> di
             "fetch.wait.max.ms": 100,
         }
     )
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("consumer", conf)
 
 
 def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
     """The feedback router: like a score worker (offsets stored when the batch's outputs
     are acknowledged, then auto-committed), in its own group ``<group>.router``."""
-    conf = _group_consumer(kafka, f"{group_id}.router", f"{client_id}-router")
+    conf = _group_consumer(f"{group_id}.router", f"{client_id}-router")
     conf.update(
         {
             "partition.assignment.strategy": "cooperative-sticky",
@@ -195,8 +189,12 @@ def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
             "fetch.wait.max.ms": 100,
         }
     )
-    conf.update(kafka.extra)
-    return conf
+    return kafka.config("consumer", conf)
+
+
+def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """An admin client's properties (topics, their limits, ACLs)."""
+    return kafka.config("admin")
 
 
 def read_to_end(

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.errors import DeliveryError, TransactionFailedError
 from ..metrics.series import Metrics
+from .access import access_error
 from .headers import RowHeaders
 from .output_limits import wire_size
 
@@ -42,6 +43,9 @@ class _Pending:
     offsets: list[TopicPartition]
     remaining: int
     failed: str | None = None
+    #: the first refusal's error and topic (an access failure is reported as one)
+    failed_err: Any = None
+    failed_topic: str | None = None
     on_acked: Any = None
     replaced: int = 0
 
@@ -105,6 +109,14 @@ def _replacement(m: OutMessage, on_too_large: TooLarge | None) -> OutMessage | N
     return repl
 
 
+def _raise_if_refused(exc: KafkaException, topic: str) -> None:
+    """``produce()`` refused the output for a missing ACL (the producer knows it from the
+    topic's metadata): the clear :class:`AccessError` instead."""
+    refused = access_error(None, exc.args[0] if exc.args else None, topic=topic)
+    if refused is not None:
+        raise refused from None
+
+
 def _produce_one(
     producer: Any, m: OutMessage, on_delivery: Any, poll: Any, on_too_large: TooLarge | None
 ) -> None:
@@ -117,6 +129,7 @@ def _produce_one(
             # local queue full: serve delivery reports until there is room
             poll(0.05)
         except KafkaException as exc:
+            _raise_if_refused(exc, m.topic)
             repl = None
             if _is_too_large(exc.args[0]) and replaced < MAX_REPLACEMENTS:
                 repl = _replacement(m, on_too_large)
@@ -209,6 +222,7 @@ def _produce_pair(
         except BufferError:  # local queue full: serve delivery reports until there is room
             poll(0.05)
         except KafkaException as exc:
+            _raise_if_refused(exc, topic)
             # larger than the producer takes: the rest of the pipeline sized it wrong
             hs = None if headers is None else [(k, _utf8(v)) for k, v in headers]
             m = OutMessage(topic, key, value, hs)
@@ -286,6 +300,8 @@ class AtLeastOnceSink:
             entry.remaining -= 1
             if err is not None and entry.failed is None:
                 entry.failed = str(err)
+                entry.failed_err = err
+                entry.failed_topic = msg.topic() if msg is not None else None
 
         _produce_batch(self._producer, batch, acked, self.poll)
         self.poll(0)
@@ -300,6 +316,9 @@ class AtLeastOnceSink:
             if entry.failed is not None:
                 # never store offsets past an output the broker did not take
                 self._pending.clear()
+                refused = access_error(None, entry.failed_err, topic=entry.failed_topic)
+                if refused is not None:
+                    raise refused
                 raise DeliveryError(f"broker did not acknowledge an output: {entry.failed}")
             if entry.offsets:
                 self._consumer.store_offsets(offsets=entry.offsets)

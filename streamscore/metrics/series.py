@@ -22,6 +22,19 @@ _STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _SCORE_BUCKETS = (-1000, -500, -250, -100, -50, -10, 0, 0.1, 0.25, 0.5, 0.75, 0.9, 1, 10, 50, 100)
 
+#: The live quality gauges of a feedback worker, ``streamscore_live_<name>``, by model
+#: version and role (then ``live_reliability``): regression gets mae/rmse, classifiers
+#: accuracy, log_loss, and roc_auc (binary) or macro_f1 (multi-class).
+LIVE_FAMILIES = (
+    ("labelled", "Labelled predictions currently in the rolling quality window."),
+    ("mae", "Rolling mean absolute error (regressors)."),
+    ("rmse", "Rolling root mean squared error (regressors)."),
+    ("accuracy", "Rolling accuracy (classifiers)."),
+    ("log_loss", "Rolling log loss: mean -log p(true class) (classifiers)."),
+    ("roc_auc", "Rolling ROC AUC of the positive class's probability (binary classifiers)."),
+    ("macro_f1", "Rolling macro-averaged F1 (multi-class classifiers)."),
+)
+
 ProcessKind = Literal["score", "feedback"]
 
 
@@ -243,24 +256,6 @@ class Metrics:
             buckets=(-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50),
             registry=feedback,
         )
-        self.live_mae = Gauge(
-            f"{PREFIX}_live_mae",
-            "Rolling mean absolute error.",
-            ["model_version", "role"],
-            registry=feedback,
-        )
-        self.live_rmse = Gauge(
-            f"{PREFIX}_live_rmse",
-            "Rolling root mean squared error.",
-            ["model_version", "role"],
-            registry=feedback,
-        )
-        self.live_accuracy = Gauge(
-            f"{PREFIX}_live_accuracy",
-            "Rolling accuracy (classifiers).",
-            ["model_version", "role"],
-            registry=feedback,
-        )
         self.label_delay = Histogram(
             f"{PREFIX}_label_delay_seconds",
             "Label observed time minus event time.",
@@ -275,24 +270,21 @@ class Metrics:
             ["outcome"],
             registry=feedback,
         )
-        self.live_log_loss = Gauge(
-            f"{PREFIX}_live_log_loss",
-            "Rolling log loss (classifiers).",
-            ["model_version", "role"],
-            registry=feedback,
-        )
-        self.live_reliability = Gauge(
-            f"{PREFIX}_live_reliability",
-            "Rolling reliability diagram (classifiers): per confidence bucket, the mean "
-            "predicted probability (stat=predicted), observed frequency (stat=observed) "
-            "and row count (stat=count).",
-            ["model_version", "role", "bucket", "stat"],
-            registry=feedback,
-        )
-        self.live_labelled = Gauge(
-            f"{PREFIX}_live_labelled",
-            "Labelled predictions currently in the rolling quality window.",
-            ["model_version", "role"],
+        #: live quality per (model version, role), computed from the rolling windows of
+        #: joined labels (``feedback.promotion.LiveQuality`` binds itself); families in
+        #: the order of :data:`LIVE_FAMILIES`
+        self.live = ScrapedGauges(
+            *(
+                GaugeSpec(f"{PREFIX}_live_{name}", doc, ("model_version", "role"))
+                for name, doc in LIVE_FAMILIES
+            ),
+            GaugeSpec(
+                f"{PREFIX}_live_reliability",
+                "Rolling reliability diagram (classifiers): per confidence bucket, the mean "
+                "predicted probability (stat=predicted), observed frequency (stat=observed) "
+                "and row count (stat=count).",
+                ("model_version", "role", "bucket", "stat"),
+            ),
             registry=feedback,
         )
         self.promotion_decisions = Counter(

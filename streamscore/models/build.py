@@ -1,5 +1,6 @@
-"""Build a bundle from files a data scientist has: a fitted estimator, a feature spec and
-a data sample. Pure (no Kafka).
+"""Build a bundle from files a data scientist has: a fitted estimator, a training recipe
+and labelled data, a ready ONNX file or an MLflow model, with a feature spec and a data
+sample. Pure (no Kafka).
 
 The estimator file is a joblib/pickle file **from the local disk of the person
 publishing** — trusted by definition, like their own code. It is converted to ONNX here,
@@ -12,14 +13,18 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.errors import ConfigError
-from ..core.records import FeatureSpec
+from ..core.records import FeatureSpec, Task
 from .container import Bundle
 from .convert import build_bundle
+from .onnx_import import OnnxModelSpec
+
+if TYPE_CHECKING:
+    from ..train.recipe import ModelRecipe
 
 
 def load_spec(path: Path) -> FeatureSpec:
@@ -79,4 +84,120 @@ def bundle_from_files(
         X_reference=x[: min(len(x), 1000)],
         created_at_ms=int(time.time() * 1000),
         holdout_metrics=holdout_metrics,
+    )
+
+
+# ------------------------------------------------------- the other model sources
+
+
+def load_model_spec(path: Path) -> OnnxModelSpec:
+    """A ready ONNX / MLflow model's spec file: a feature spec JSON with the model's
+    ``task``, ``classes``, ``output``, ``output_kind`` beside its ``fields``
+    (:mod:`streamscore.models.onnx_import`)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the model spec {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a model spec is a JSON object")
+    try:
+        return OnnxModelSpec.from_dict(doc)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from None
+
+
+def load_labelled(path: Path, spec: FeatureSpec, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training data from a CSV: the spec's columns (model inputs, as :func:`load_matrix`
+    reads them) and the ``label`` column (as text)."""
+    if path.suffix != ".csv":
+        raise ConfigError(f"{path}: training data is a CSV file with a {label!r} column")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if label not in (reader.fieldnames or []):
+            raise ConfigError(f"{path} has no label column {label!r}")
+        y = np.asarray([r[label] for r in reader], dtype=np.str_)
+    return load_matrix(path, spec), y
+
+
+def bundle_from_recipe(
+    recipe: ModelRecipe,
+    spec: FeatureSpec,
+    data_path: Path,
+    *,
+    label: str,
+    task: Task | None,
+    name: str,
+    version: int,
+) -> Bundle:
+    """Run the training recipe on a labelled CSV and convert what it made. Without a
+    ``task``, an estimator class's own kind decides (classifier or regressor)."""
+    from sklearn.base import is_classifier
+
+    from ..train.recipe import fit_recipe, make_estimator
+
+    x, y = load_labelled(data_path, spec, label)
+    if task is None:
+        if recipe.estimator is None:
+            raise ConfigError("a fit function needs the task: --task or [labels] task")
+        clf = is_classifier(make_estimator(recipe.estimator, recipe.params))
+        task = Task.CLASSIFICATION if clf else Task.REGRESSION
+    if task is Task.REGRESSION:
+        try:
+            y = y.astype(np.float64)
+        except ValueError as exc:
+            raise ConfigError(f"{data_path}: regression labels must be numbers: {exc}") from None
+    fitted = fit_recipe(recipe, x, y, spec, task, label=label)
+    return build_bundle(
+        fitted.estimator,
+        name=name,
+        version=version,
+        feature_spec=spec,
+        X_train=x,
+        X_reference=x[-min(len(x), 1000) :],
+        created_at_ms=int(time.time() * 1000),
+        classes=fitted.classes,
+    )
+
+
+def bundle_from_onnx_file(
+    onnx_path: Path, spec: OnnxModelSpec, data_path: Path, *, name: str, version: int
+) -> Bundle:
+    """A ready ONNX file (what ``torch.onnx.export`` writes), its spec and a sample."""
+    from .onnx_import import bundle_from_onnx
+
+    try:
+        data = onnx_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the ONNX file {onnx_path}: {exc.strerror}") from None
+    return bundle_from_onnx(
+        data,
+        spec,
+        load_matrix(data_path, spec.features),
+        name=name,
+        version=version,
+        created_at_ms=int(time.time() * 1000),
+    )
+
+
+def bundle_from_mlflow_uri(
+    uri: str,
+    spec: OnnxModelSpec | FeatureSpec,
+    data_path: Path,
+    *,
+    name: str,
+    version: int,
+    tracking_uri: str | None = None,
+) -> Bundle:
+    """An MLflow model (``models:/name@alias``, ``runs:/...``, a local directory)."""
+    from .mlflow_import import bundle_from_mlflow
+
+    features = spec.features if isinstance(spec, OnnxModelSpec) else spec
+    return bundle_from_mlflow(
+        uri,
+        spec,
+        load_matrix(data_path, features),
+        name=name,
+        version=version,
+        created_at_ms=int(time.time() * 1000),
+        tracking_uri=tracking_uri,
     )

@@ -14,11 +14,17 @@ from typing import Any
 
 from ..core.errors import IncompatibleFeatureSpecError
 from ..core.records import FeatureKind, FeatureSpec
+from ..features.schema_fields import flatten
 
 __all__ = ["check_feature_compat", "normalize_avro_type", "reader_fields_from_schema"]
 
 _NUMERIC_AVRO = frozenset({"int", "long", "float", "double", "boolean"})
 _CATEGORICAL_AVRO = frozenset({"string", "enum", "int", "long", "boolean"})
+_ALLOWED = {
+    FeatureKind.NUMERIC: _NUMERIC_AVRO,
+    FeatureKind.CATEGORICAL: _CATEGORICAL_AVRO,
+    FeatureKind.BOOLEAN: frozenset({"boolean"}),
+}
 
 
 def normalize_avro_type(t: Any) -> str:
@@ -46,8 +52,13 @@ def normalize_avro_type(t: Any) -> str:
 
 
 def reader_fields_from_schema(schema: Mapping[str, Any]) -> dict[str, str]:
-    """``{field name: normalized type}`` for a record schema (parsed JSON)."""
-    return {str(f["name"]): normalize_avro_type(f["type"]) for f in schema.get("fields", ())}
+    """``{field name: normalized type}`` for a record schema (parsed JSON); the fields of
+    nested records by dotted path (``"device.os"``; nullable under a nullable record)."""
+    out = {str(f["name"]): normalize_avro_type(f["type"]) for f in schema.get("fields", ())}
+    for path, f in flatten(schema).items():
+        if "." in path:
+            out[path] = f.short
+    return out
 
 
 def check_feature_compat(spec: FeatureSpec, reader_fields: Mapping[str, str]) -> None:
@@ -55,16 +66,18 @@ def check_feature_compat(spec: FeatureSpec, reader_fields: Mapping[str, str]) ->
     the event reader schema. ``reader_fields`` maps field name -> normalized Avro type
     (see :func:`normalize_avro_type`; a trailing ``"?"`` marks a nullable field, accepted:
     missing values are the validation layer's concern). Numeric features accept
-    int/long/float/double/boolean; categorical ones string/enum/int/long/boolean."""
+    int/long/float/double/boolean; boolean ones boolean; categorical ones
+    string/enum/int/long/boolean. A feature is looked up at its source (its dotted path)."""
     for f in spec.fields:
-        if f.name not in reader_fields:
+        at = "" if f.source == f.name else f" (at {f.source!r})"
+        if f.source not in reader_fields:
             raise IncompatibleFeatureSpecError(
-                f"feature {f.name!r} is not a field of the event reader schema", field=f.name
+                f"feature {f.name!r}{at} is not a field of the event reader schema", field=f.name
             )
-        t = reader_fields[f.name].removesuffix("?")
-        allowed = _NUMERIC_AVRO if f.kind is FeatureKind.NUMERIC else _CATEGORICAL_AVRO
+        t = reader_fields[f.source].removesuffix("?")
+        allowed = _ALLOWED[f.kind]
         if t not in allowed:
             raise IncompatibleFeatureSpecError(
-                f"feature {f.name!r} is {f.kind.value} but the event field has Avro type {t!r}",
+                f"feature {f.name!r}{at} is {f.kind.value} but the event field has Avro type {t!r}",
                 field=f.name,
             )

@@ -19,7 +19,14 @@ import numpy.typing as npt
 
 from ..core.records import FeatureSpec, Task
 
-__all__ = ["HIST_BINS", "Histogram", "ModelMeta", "ReferenceDistributions", "compute_histogram"]
+__all__ = [
+    "HIST_BINS",
+    "Histogram",
+    "ModelMeta",
+    "ReferenceDistributions",
+    "TrainingSource",
+    "compute_histogram",
+]
 
 HIST_BINS = 10
 
@@ -98,6 +105,53 @@ class ReferenceDistributions:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingSource:
+    """Where a model's training data was read: the ground-truth table's URI (no
+    credentials: those are never part of it), the table version read (``None``: no table
+    yet), the event-time range asked for and the rows read, and the field names the rows
+    had. ``read_rows(uri, since, until, version=table_version)`` reads the same data
+    back while the table's retention keeps its files."""
+
+    uri: str
+    table_version: int | None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    rows: int = 0
+    id_field: str = "event_id"
+    time_field: str = "event_time"
+    label_field: str = "label"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "table_version": self.table_version,
+            "since_ms": self.since_ms,
+            "until_ms": self.until_ms,
+            "rows": self.rows,
+            "id_field": self.id_field,
+            "time_field": self.time_field,
+            "label_field": self.label_field,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainingSource:
+        def opt(k: str) -> int | None:
+            v = d.get(k)
+            return None if v is None else int(v)
+
+        return cls(
+            uri=str(d["uri"]),
+            table_version=opt("table_version"),
+            since_ms=opt("since_ms"),
+            until_ms=opt("until_ms"),
+            rows=int(d.get("rows", 0)),
+            id_field=str(d.get("id_field", "event_id")),
+            time_field=str(d.get("time_field", "event_time")),
+            label_field=str(d.get("label_field", "label")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ModelMeta:
     """Everything about a model except its graph."""
 
@@ -110,6 +164,8 @@ class ModelMeta:
     holdout_metrics: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     classes: tuple[str, ...] = ()
     reference_distributions: ReferenceDistributions = field(default_factory=ReferenceDistributions)
+    #: the ground-truth table version the model was trained from (None: not from it)
+    training_source: TrainingSource | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -140,6 +196,9 @@ class ModelMeta:
             "holdout_metrics": {k: float(v) for k, v in self.holdout_metrics.items()},
             "classes": list(self.classes),
             "reference_distributions": self.reference_distributions.to_dict(),
+            "training_source": (
+                None if self.training_source is None else self.training_source.to_dict()
+            ),
         }
 
     @classmethod
@@ -158,5 +217,10 @@ class ModelMeta:
             classes=tuple(str(c) for c in d.get("classes", ())),
             reference_distributions=ReferenceDistributions.from_dict(
                 d.get("reference_distributions", {})
+            ),
+            training_source=(
+                None
+                if d.get("training_source") is None
+                else TrainingSource.from_dict(d["training_source"])
             ),
         )

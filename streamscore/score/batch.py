@@ -41,6 +41,7 @@ from .codecs import (
     batch_encoder,
     decode_batch,
 )
+from .keys import KeyDecoder, key_decoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,22 +210,6 @@ def _uncount(out: ScoredBatch, p: _Placed, drop: np.ndarray) -> None:
         )
 
 
-def _decode_key(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return key.hex()
-
-
-def _decode_keys(keys: list[bytes | None]) -> list[str | None]:
-    try:
-        return [None if k is None else k.decode("utf-8") for k in keys]
-    except UnicodeDecodeError:
-        return [_decode_key(k) for k in keys]
-
-
 class BatchScorer:
     """Scores micro-batches. ``decoder`` turns message values into events, ``encoder``
     turns predictions into encoded values (see :mod:`streamscore.score.codecs`).
@@ -246,6 +231,7 @@ class BatchScorer:
         prediction_limit: Callable[[], int] | None = None,
         events: EventFields | None = None,
         shadow_limit: Callable[[], int] | None = None,
+        keys: KeyDecoder | None = None,
     ) -> None:
         """``prediction_limit()``: the largest prediction record (key, value and headers,
         as :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic
@@ -262,6 +248,9 @@ class BatchScorer:
         self._settings = settings
         self._clock_ms = clock_ms
         self._events = events or EventFields()
+        #: message keys -> strings, once per batch (``events.key_format``; Avro keys:
+        #: the registry-backed decoder the caller passes); unused with ``key_field``
+        self._keys = keys if keys is not None else key_decoder(self._events.key_format)
         #: the event's fields every prediction carries already (not repeated in ``inputs``)
         self._envelope = frozenset({self._events.id_field, self._events.time_field, "key"})
         #: the model headers of each (name, version, role): one shared list each
@@ -310,12 +299,16 @@ class BatchScorer:
             out.dead_letters.append(DeadLetter(messages[i], exc))
         t1 = time.perf_counter()
 
-        # ---- the event's own id and time (by the configured names), once per batch
+        # ---- the event's own id, time and key (by the configured names), once per batch
         fields = self._events
         times, bad = event_times_ms(events, fields.time_field, fields.time_encoding)
         ids, bad_ids = event_ids(events, fields.id_field)
-        if bad or bad_ids:
-            bad = {**bad, **bad_ids}  # an event without an id is dead-lettered as such
+        bad_keys: dict[int, StreamscoreError] = {}
+        if fields.key_field is None:
+            key_text, bad_keys = self._keys.decode_keys([raw_keys[g] for g in good])
+        if bad or bad_ids or bad_keys:
+            # an event without an id (or a key that does not decode) is dead-lettered as such
+            bad = {**bad, **bad_ids, **bad_keys}
             for i in sorted(bad):
                 out.dead_letters.append(DeadLetter(messages[good[i]], bad[i]))
             keep_rows = np.ones(len(events), dtype=bool)
@@ -325,6 +318,8 @@ class BatchScorer:
             good = [good[j] for j in kept]
             ids = [ids[j] for j in kept]
             times = times[keep_rows]
+            if fields.key_field is None:
+                key_text = [key_text[j] for j in kept]
 
         # ---- late events
         now = self._clock_ms()
@@ -340,6 +335,8 @@ class BatchScorer:
                 good = [good[j] for j in kept]
                 ids = [ids[j] for j in kept]
                 times, late = times[keep], late[keep]
+                if fields.key_field is None:
+                    key_text = [key_text[j] for j in kept]
 
         # ---- validate against the primary's spec
         primary = snapshot.primary
@@ -367,7 +364,7 @@ class BatchScorer:
             v_late = late[idx].tolist()
         if fields.key_field is None:
             v_raw_keys = [raw_keys[g] for g in v_good]
-            keys = _decode_keys(v_raw_keys)
+            keys = key_text if valid.all() else [key_text[i] for i in take]
         else:
             keys = event_keys(v_events, fields.key_field)
             v_raw_keys = [None if k is None else k.encode() for k in keys]
@@ -631,6 +628,14 @@ def _sources(messages: Sequence[InMessage], v_good: list[int]) -> Callable[[int]
     return lambda row: messages[v_good[row]]
 
 
+def _total_len(chunks: list[bytes] | list[bytes | None]) -> int:
+    """The bytes of ``chunks`` together (None counts 0)."""
+    try:
+        return len(b"".join(chunks))  # type: ignore[arg-type]
+    except TypeError:  # a None among them
+        return sum(map(len, filter(None, chunks)))
+
+
 def _drop_oversized(
     out: ScoredBatch,
     encoded: list[bytes],
@@ -641,14 +646,22 @@ def _drop_oversized(
 ) -> None:
     """Events with a prediction larger than its topic takes (``limits``: the predictions
     topic's, the shadow topic's) are dead-lettered, not predicted (none of their
-    predictions is produced: consumed = predicted + dead-lettered). One pass of C-level
-    ``len`` calls per batch when nothing is too large."""
+    predictions is produced: consumed = predicted + dead-lettered).
+
+    Per batch, a bound first: no record is larger than all of the batch's keys and values
+    together plus the largest headers (an event id header is never longer than the value
+    that holds the same id), which C-level joins measure (no Python call per record); only
+    when that bound does not fit, the largest key and value, and only when those do not
+    fit either, each record."""
     headers = out.prediction_headers
+    limit = min(limits)
+    largest_headers = headers.largest()
+    values = _total_len(encoded)
+    if 2 * values + _total_len(rec_keys) + largest_headers + RECORD_OVERHEAD <= limit:
+        return
     longest = max(map(len, encoded))
-    # an event id header is never longer than the value that holds the same id
-    longest += longest + max(map(len, filter(None, rec_keys)), default=0)
-    longest += headers.largest()
-    if longest + RECORD_OVERHEAD <= min(limits):
+    longest += longest + max(map(len, filter(None, rec_keys)), default=0) + largest_headers
+    if longest + RECORD_OVERHEAD <= limit:
         return
     too_big: dict[int, tuple[int, str, int]] = {}  # valid row -> size, role, limit
     start = 0
@@ -737,9 +750,22 @@ def copied_headers(
 def _input_value(v: Any) -> float | str | None:
     if v is None or isinstance(v, str):
         return v
+    if type(v) is bool:  # as a boolean feature reads it back (and as the vector holds it)
+        return 1.0 if v else 0.0
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
     return str(v)
+
+
+def _flatten(prefix: str, record: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """A nested record's fields into ``out`` by dotted name (``device.os``), as a
+    feature's path names them."""
+    for k, v in record.items():
+        name = f"{prefix}.{k}"
+        if type(v) is dict:
+            _flatten(name, v, out)
+        else:
+            out[name] = _input_value(v)
 
 
 def _inputs(
@@ -747,22 +773,33 @@ def _inputs(
 ) -> list[dict[str, Any]] | None:
     """Per event, what the scored feature vector does not hold as it was, so that the
     ground truth can rebuild the raw event for retraining: fields the model does not
-    use, raw values of categorical features, and numeric features that were missing
-    (and imputed). ``None`` when that is nothing for the whole batch (no per-row work:
-    an event whose fields are all numeric model inputs costs nothing here)."""
+    use, raw values of categorical features, and numeric or boolean features that were
+    missing (and imputed); a nested record's fields by their dotted names. ``None`` when
+    that is nothing for the whole batch (no per-row work: an event whose fields are all
+    numeric model inputs costs nothing here)."""
     if not events:
         return None
-    numeric = {f.name for f in spec.fields if f.kind is FeatureKind.NUMERIC}
+    as_is = (FeatureKind.NUMERIC, FeatureKind.BOOLEAN)  # the vector holds their values
+    numeric = {f.name for f in spec.fields if f.kind in as_is and f.source == f.name}
     other = [k for k in events[0] if k not in envelope and k not in numeric]
     miss_cols = [
-        (j, f.name)
-        for j, f in enumerate(spec.fields)
-        if f.kind is FeatureKind.NUMERIC and missing[:, j].any()
+        (j, f.name) for j, f in enumerate(spec.fields) if f.kind in as_is and missing[:, j].any()
     ]
     if not other and not miss_cols:
         return None
-    out = [{k: _input_value(e.get(k)) for k in other} for e in events]
+    out = [_raw_fields(e, other) for e in events]
     for j, name in miss_cols:
         for i in np.flatnonzero(missing[:, j]).tolist():
             out[i][name] = None
     return out
+
+
+def _raw_fields(event: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for k in names:
+        v = event.get(k)
+        if type(v) is dict:  # a nested record (per-message decoded events only)
+            _flatten(k, v, row)
+        else:
+            row[k] = _input_value(v)
+    return row

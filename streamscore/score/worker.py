@@ -20,8 +20,9 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..core.config import ScoringSettings, TopicSettings
-from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
+from ..core.errors import AccessError, InfrastructureError, OutputTooLargeError, StreamscoreError
 from ..core.records import Telemetry
+from ..kafka.access import access_error
 from ..kafka.dead_letters import dead_letter, source_headers
 from ..kafka.delivery import (
     AtLeastOnceSink,
@@ -299,6 +300,9 @@ class ScoreLoop:
                 err = m.error()
                 if err is None:
                     continue
+                refused = access_error(None, err, topic=m.topic())
+                if refused is not None:  # credentials, TLS, an ACL: no retry can help
+                    raise refused
                 if err.fatal():
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -330,8 +334,6 @@ class ScoreLoop:
                 self._consumer.pause(self._consumer.assignment())
             return
         self._put_back.ok()
-        if self.drift is not None:
-            self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
         batch = OutBatch(
             out,
             {k: v + 1 for k, v in last.items()},
@@ -345,7 +347,13 @@ class ScoreLoop:
             self._m.batches_aborted.inc()
             return
         produce_s = time.perf_counter() - t0
-        self._record(scored, produce_s)
+        # drift after the batch is sent, timed as its own stage: a batch that an
+        # exactly-once abort sends again (RetryBatch above) is observed once, when it is sent
+        drift_s: float | None = None
+        if self.drift is not None:
+            self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
+            drift_s = time.perf_counter() - t0 - produce_s
+        self._record(scored, produce_s, drift_s)
 
     def _prediction_bulk(self, scored: ScoredBatch) -> list[Bulk]:
         """The answers to the predictions topic, the shadow's to the shadow topic (both
@@ -479,7 +487,7 @@ class ScoreLoop:
             topic=topic,
         )
 
-    def _record(self, scored: ScoredBatch, produce_s: float) -> None:
+    def _record(self, scored: ScoredBatch, produce_s: float, drift_s: float | None = None) -> None:
         m = self._m
         self.stats.batches += 1
         self.stats.consumed += scored.n_messages
@@ -495,6 +503,8 @@ class ScoreLoop:
             ("produce", produce_s),
         ):
             m.stage_seconds.labels(stage).observe(secs)
+        if drift_s is not None:
+            m.stage_seconds.labels("drift").observe(drift_s)
         for ro in scored.outputs:
             if ro.count:
                 m.predictions.labels(ro.model_name, str(ro.model_version), ro.role.value).inc(
@@ -525,6 +535,8 @@ class ScoreLoop:
         log.info("stopping: draining outputs, committing, leaving the group")
         try:
             self._sink.drain()
+        except AccessError:  # the cause is reported once, by whoever stops the worker
+            log.info("outputs refused on shutdown too: their input offsets stay uncommitted")
         except StreamscoreError as exc:
             log.error("could not drain outputs on shutdown: %s", exc)
         finally:

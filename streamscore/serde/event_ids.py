@@ -25,13 +25,13 @@ from .wire import WriterSchemaCache, split_header
 FIELD = "event_id"
 
 
-def _starts_with_event_id(writer: Any) -> bool:
+def _starts_with_string(writer: Any, field: str) -> bool:
     fields = writer.get("fields") if isinstance(writer, dict) else None
     if not fields:
         return False
     first = fields[0]
     t = first.get("type")
-    return bool(first.get("name") == FIELD and (t == "string" or t == {"type": "string"}))
+    return bool(first.get("name") == field and (t == "string" or t == {"type": "string"}))
 
 
 def read_leading_string(body: memoryview) -> str:
@@ -64,12 +64,15 @@ def read_leading_string(body: memoryview) -> str:
 class EventIdReader:
     """``reader(value) -> event id`` for values in the Confluent wire format.
 
-    When the writer schema does not start with ``event_id: string``, the record is
-    decoded with its writer schema and its ``event_id`` field read. The shortcut is
-    decided once per schema id."""
+    ``field`` is the record's id field: ``event_id`` in the prediction and feedback
+    schemas, the project's ``[labels] id_field`` on the user's label topic (a string, or
+    an int/long, read as its decimal string). When the writer schema does not start with
+    ``<field>: string``, the record is decoded with its writer schema and the field read.
+    The shortcut is decided once per schema id."""
 
-    def __init__(self, schemas: WriterSchemaCache) -> None:
+    def __init__(self, schemas: WriterSchemaCache, field: str = FIELD) -> None:
         self._schemas = schemas
+        self.field = field
         self._leading: dict[int, bool] = {}
 
     def require(self, values: Sequence[bytes | None]) -> None:
@@ -83,19 +86,24 @@ class EventIdReader:
         leading = self._leading.get(schema_id)
         if leading is None:
             writer, _parsed = self._schemas.get(schema_id)
-            leading = self._leading[schema_id] = _starts_with_event_id(writer)
+            leading = self._leading[schema_id] = _starts_with_string(writer, self.field)
         if leading:
             eid: Any = read_leading_string(body)
         else:
-            eid = _decode_field(body, self._schemas.get(schema_id)[1])
+            eid = _decode_field(body, self._schemas.get(schema_id)[1], self.field)
+            if isinstance(eid, int) and not isinstance(eid, bool):
+                eid = str(eid)
             if eid is not None and not isinstance(eid, str):
-                raise WrongTypeError(f"event_id is {type(eid).__name__}, not a string", field=FIELD)
+                raise WrongTypeError(
+                    f"{self.field} is {type(eid).__name__}, not a string or an integer",
+                    field=self.field,
+                )
         if not eid:
-            raise MissingFieldError("the message has no event id", field=FIELD)
+            raise MissingFieldError(f"the message has no event id ({self.field})", field=self.field)
         return str(eid)
 
 
-def _decode_field(body: memoryview, writer: Any) -> Any:
+def _decode_field(body: memoryview, writer: Any, field: str) -> Any:
     buf = io.BytesIO(body)
     try:
         record = fastavro.schemaless_reader(buf, writer, None)
@@ -105,4 +113,4 @@ def _decode_field(body: memoryview, writer: Any) -> Any:
         raise AvroDecodeError(f"cannot decode the record: {type(exc).__name__}: {exc}") from None
     if buf.tell() != len(body):
         raise AvroDecodeError(f"{len(body) - buf.tell()} trailing bytes after the Avro record")
-    return record.get(FIELD) if isinstance(record, dict) else None
+    return record.get(field) if isinstance(record, dict) else None

@@ -17,7 +17,9 @@ away raises :class:`~streamscore.core.errors.RegistryUnavailableError` (retry).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +28,11 @@ import fastavro
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 
 from ..core.columns import EventColumns, RecordColumns
+from ..core.config import RegistrySettings
 from ..core.errors import (
     AvroDecodeError,
     EncodeError,
+    InfrastructureError,
     SchemaResolutionError,
     StreamscoreError,
     TruncatedMessageError,
@@ -46,12 +50,15 @@ from .wire import (
     HEADER_SIZE,
     MAGIC_BYTE,
     RegistryClient,
+    WriterSchema,
     WriterSchemaCache,
     parse,
     split_header,
     strip_logical_types,
-    writer_header,
+    writer_schema,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +74,25 @@ class _Plan:
 
 
 class AvroDeserializer:
-    """``(bytes, ctx) -> dict`` decoding with the caller's reader schema."""
+    """``(bytes, ctx) -> dict`` decoding with the caller's reader schema (None: each
+    message as its own writer schema says, for records whose schema is the user's; only
+    the per-message ``__call__`` then)."""
 
     def __init__(
         self,
         schemas: WriterSchemaCache,
-        reader_schema: dict[str, Any],
+        reader_schema: dict[str, Any] | None,
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        records_only: bool = True,
     ) -> None:
+        """``reader_schema`` None: each message is read with its own writer schema (as
+        it was written); ``records_only`` off: a value of any type is returned (a key)."""
         self._schemas = schemas
-        self._reader_json = strip_logical_types(reader_schema)
-        self._reader = parse(reader_schema)
+        self._reader_json = None if reader_schema is None else strip_logical_types(reader_schema)
+        self._reader = None if reader_schema is None else parse(reader_schema)
         self._max_depth = max_depth
+        self._records_only = records_only
         # schema id -> how its messages are read
         self._resolution: dict[int, _Plan] = {}
         # schema id -> column-wise decoding plan (None: left to the per-message path)
@@ -105,7 +118,7 @@ class AvroDeserializer:
                     schema_id=schema_id,
                 ) from exc
             stripped = strip_logical_types(writer_json)
-            if stripped == self._reader_json:
+            if self._reader_json is None or stripped == self._reader_json:
                 plan = _Plan(writer, None, scan)
             else:
                 unions = _check_top_level(stripped, self._reader_json, schema_id)
@@ -155,9 +168,9 @@ class AvroDeserializer:
                 f"{len(body) - buf.tell()} trailing bytes after the Avro record "
                 f"(schema id {schema_id})"
             )
-        if not isinstance(record, dict):
+        if self._records_only and not isinstance(record, dict):
             raise AvroDecodeError(f"schema id {schema_id} is not a record schema")
-        return record
+        return record  # type: ignore[no-any-return]
 
     def _resolution_failure(
         self, plan: _Plan, body: memoryview, schema_id: int, exc: Exception
@@ -195,6 +208,8 @@ class AvroDeserializer:
         """How to decode messages written with ``schema_id`` column-wise, or None when
         the per-message path must read them (see :func:`.columnar_decode.resolution`).
         Raises what ``__call__`` raises for a bad writer."""
+        if self._reader_json is None:
+            return None
         if schema_id not in self._flat:
             reader = self._plan(schema_id).reader
             # None: written with the reader schema (nothing to resolve)
@@ -228,6 +243,8 @@ class AvroDeserializer:
         The writer schemas of the batch are fetched first: a registry that cannot
         answer raises :class:`RegistryUnavailableError` before anything is decoded."""
         self.require(values)  # a registry away: raised here, nothing decoded
+        if self._reader is None:  # each as written (keys): one message at a time
+            return self._decode_each(values)
         known: dict[int, StreamscoreError] = {}  # errors already raised (_decode_columnar)
         if len(values) >= MIN_COLUMNAR:
             try:
@@ -281,6 +298,20 @@ class AvroDeserializer:
             good.append(i)
             records.append(record)
         return good, records, failed
+
+    def _decode_each(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], list[Any], list[tuple[int, StreamscoreError]]]:
+        good: list[int] = []
+        out: list[Any] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        for i, data in enumerate(values):
+            try:
+                out.append(self(data))
+                good.append(i)
+            except StreamscoreError as exc:
+                failed.append((i, exc))
+        return good, out, failed
 
 
 class _SlowPath(Exception):
@@ -359,6 +390,47 @@ def _check_top_level(
     return tuple(unions)
 
 
+def topic_serializer(
+    registry: RegistryClient,
+    settings: RegistrySettings,
+    topic_key: str,
+    topic: str,
+    schema: dict[str, Any],
+    also_topics: Sequence[str] = (),
+) -> AvroSerializer:
+    """The serializer of an output topic: its subject named by the topic's strategy
+    (``settings.strategy(topic_key)``), registration as ``settings.auto_register`` says.
+    ``also_topics`` carry the same records (the shadow predictions): their subjects, by
+    the same strategy, are registered (or, registration off, required) with it."""
+    strategy = settings.strategy(topic_key)
+    subject = strategy.subject(topic, schema)
+    also = dict.fromkeys(strategy.subject(t, schema) for t in also_topics)
+    also.pop(subject, None)  # the record strategy: one subject for every topic
+    return AvroSerializer(
+        registry, subject, schema, auto_register=settings.auto_register, also_subjects=list(also)
+    )
+
+
+def check_output_subjects(*serializers: AvroSerializer) -> None:
+    """Each output's subject, registered or (registration off) looked up and checked now,
+    so that a missing or incompatible subject stops the process at start with its typed
+    error (:class:`~streamscore.core.errors.SubjectMissingError`). A registry that is away
+    is only logged: the first batch waits for it, as it does later."""
+    for ser in serializers:
+        try:
+            writer = ser.prepare()
+        except InfrastructureError as exc:
+            log.warning("subject %s not checked at start: %s", ser.subject, exc)
+            continue
+        log.info(
+            "output subject %s%s: schema id %d%s",
+            ser.subject,
+            "".join(f" (and {s})" for s in ser.also_subjects),
+            writer.schema_id,
+            "" if writer.version is None else f" (latest version {writer.version})",
+        )
+
+
 def _field_in(message: str) -> str | None:
     # fastavro: "No default value for field b in Event"
     marker = "for field "
@@ -390,8 +462,7 @@ class LayoutDeserializer:
     def require(self, values: Sequence[bytes | None]) -> None:
         self._schemas.require(values)
 
-    def __call__(self, data: bytes | None, ctx: Any = None) -> dict[str, Any]:
-        schema_id, _body = split_header(data)
+    def _for(self, schema_id: int) -> AvroDeserializer:
         dec = self._by_id.get(schema_id)
         if dec is None:
             writer, _parsed = self._schemas.get(schema_id)
@@ -401,15 +472,54 @@ class LayoutDeserializer:
             if len(self._by_id) >= 1024:  # ids are few; bounded all the same
                 self._by_id.clear()
             self._by_id[schema_id] = dec
-        return dec(data)
+        return dec
+
+    def __call__(self, data: bytes | None, ctx: Any = None) -> dict[str, Any]:
+        schema_id, _body = split_header(data)
+        return self._for(schema_id)(data)
+
+    def decode_many(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], list[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        """:meth:`AvroDeserializer.decode_many` of each layout's reader on its messages
+        (the batch split by writer layout, once per schema id), merged in order. A value
+        whose header is bad goes to the current reader, which says why."""
+        self.require(values)  # a registry away: raised here, nothing decoded
+        groups: dict[int, tuple[AvroDeserializer, list[int]]] = {}
+        for i, data in enumerate(values):
+            dec = self._current
+            with contextlib.suppress(StreamscoreError):
+                dec = self._for(split_header(data)[0])
+            groups.setdefault(id(dec), (dec, []))[1].append(i)
+        good: list[int] = []
+        records: list[Mapping[str, Any]] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        if len(groups) == 1:
+            ((dec, _idx),) = groups.values()
+            g, r, f = dec.decode_many(values)
+            return g, list(r), f
+        merged: list[tuple[int, Mapping[str, Any]]] = []
+        for dec, idx in groups.values():
+            g, r, f = dec.decode_many([values[i] for i in idx])
+            merged.extend((idx[j], rec) for j, rec in zip(g, r, strict=True))
+            failed.extend((idx[j], exc) for j, exc in f)
+        merged.sort(key=lambda t: t[0])
+        failed.sort(key=lambda t: t[0])
+        for i, rec in merged:
+            good.append(i)
+            records.append(rec)
+        return good, records, failed
 
 
 class AvroSerializer:
-    """``(dict, ctx) -> bytes`` in the wire format under ``subject``. The schema is
-    registered on first use (or looked up when ``auto_register`` is off), also under
+    """``(dict, ctx) -> bytes`` in the wire format under ``subject``. On first use the
+    schema is registered, or, with ``auto_register`` off, the subject's latest version
+    is looked up, checked to read records of ``schema``, and written with
+    (:func:`~streamscore.serde.wire.writer_schema`); :meth:`prepare` does it at once.
     ``also_subjects`` (another topic that carries the same records, e.g. the shadow
-    predictions: its ``<topic>-value`` subject names the schema for tools that look a
-    topic's schema up by subject; the records carry ``subject``'s id)."""
+    predictions) are registered or checked the same way at the same time: a subject
+    that names the schema for tools that look a topic's schema up by subject; the
+    records carry ``subject``'s id."""
 
     def __init__(
         self,
@@ -424,21 +534,41 @@ class AvroSerializer:
         self._subject = subject
         self._also = tuple(also_subjects)
         self._schema_json = schema
-        self._parsed = parse(schema)
         self._auto_register = auto_register
+        self._writer: WriterSchema | None = None
         self._header: bytes | None = None
-        self._columnar = ColumnarEncoder(schema)
+        self._parsed: Any = None
+        self._columnar: ColumnarEncoder | None = None
+
+    @property
+    def subject(self) -> str:
+        return self._subject
+
+    @property
+    def also_subjects(self) -> tuple[str, ...]:
+        return self._also
 
     @property
     def schema_id(self) -> int:
         return int(HEADER.unpack(self._ensure_header())[1])
 
+    def prepare(self) -> WriterSchema:
+        """Register or look up the schema now (a process checks its outputs at start):
+        raises what the first encode would."""
+        self._ensure_header()
+        assert self._writer is not None
+        return self._writer
+
     def _ensure_header(self) -> bytes:
         if self._header is None:
             reg, schema, auto = self._registry, self._schema_json, self._auto_register
             for also in self._also:
-                writer_header(reg, also, schema, auto_register=auto)
-            self._header = writer_header(reg, self._subject, schema, auto_register=auto)
+                writer_schema(reg, also, schema, auto_register=auto)
+            writer = writer_schema(reg, self._subject, schema, auto_register=auto)
+            self._parsed = parse(writer.schema)
+            self._columnar = ColumnarEncoder(writer.schema)
+            self._writer = writer
+            self._header = writer.header
         return self._header
 
     def __call__(self, obj: dict[str, Any], ctx: object | None = None) -> bytes:
@@ -486,6 +616,7 @@ class AvroSerializer:
         value whose type fastavro would convert or refuse) falls back to ``encode_many``,
         which also raises the same :class:`EncodeError` for values that do not fit."""
         header = self._ensure_header()
+        assert self._columnar is not None
         encoded = self._columnar.encode(header, cols)
         if encoded is not None:
             return encoded

@@ -1,5 +1,4 @@
 """Retraining from the ground truth.
 
 - ``training``: fit, evaluate, compare, retrain
-- ``synthetic``: the demo's synthetic world
 """

@@ -2,7 +2,9 @@
 
 Retraining from the ground-truth store (``streamscore train``)::
 
-    rows  = groundtruth.read_rows(store, since, until)          # event-time ordered
+    rows  = groundtruth.read_rows_at(uri, since, until)         # partitions of the range
+                                                                # only; the version read
+                                                                # goes into the bundle
     split = the most recent ``holdout_fraction`` of rows (by event time) is held out
     X, y  = groundtruth.training_data(rows, spec)               # prepare.from_rows
     fit the candidate on the older part, evaluate candidate and current primary on the
@@ -22,16 +24,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from ..core.errors import StreamscoreError
+from ..core.quality import beats, improvement_kind, probabilities_metrics, regression_metrics
 from ..core.records import FeatureSpec, Task
-from ..feedback.groundtruth import training_data
-from ..feedback.promotion import LOWER_IS_BETTER, better_by, decision_metric
+from ..feedback.groundtruth import RowFields, training_data
+from ..feedback.promotion import decision_metric
 from ..models.container import Bundle
 from ..models.convert import build_bundle
+from ..models.meta import TrainingSource
 from ..models.runtime import LoadedModel, load_bundle
-from . import synthetic
+from .recipe import ModelRecipe, fit_recipe
 
 
 class TooFewRowsError(StreamscoreError):
@@ -45,62 +48,6 @@ class TooFewRowsError(StreamscoreError):
         self.minimum = minimum
 
 
-def demo_bundle(
-    kind: str, *, name: str = "demo", version: int = 1, seed: int = 7, n: int = 5000
-) -> Bundle:
-    """A linear regressor on the demo's synthetic data, with (``abc``) or without c."""
-    rng = np.random.default_rng(seed)
-    s = synthetic.sample(n, rng)
-    with_c = kind == "abc"
-    x = s.matrix(with_c)
-    n_train = int(n * 0.8)
-    est = LinearRegression().fit(x[:n_train], s.y[:n_train])
-    mae = float(np.mean(np.abs(est.predict(x[n_train:]) - s.y[n_train:])))
-    now = int(time.time() * 1000)
-    return build_bundle(
-        est,
-        name=name,
-        version=version,
-        feature_spec=synthetic.spec_abc() if with_c else synthetic.spec_ab(),
-        X_train=x[:n_train],
-        X_reference=x[n_train:],
-        created_at_ms=now,
-        train_window=(now, now),
-        holdout_metrics={"mae": mae},
-    )
-
-
-# --------------------------------------------------------------- specs and models
-
-DEMO_SPECS = {"ab": synthetic.spec_ab, "abc": synthetic.spec_abc}
-
-
-def spec_by_name(names: str) -> FeatureSpec:
-    """``"a,b,c"`` / ``"abc"`` / ``"a,b"`` -> the demo spec with those fields."""
-    key = names.replace(",", "").replace(" ", "")
-    if key not in DEMO_SPECS:
-        raise ValueError(f"unknown feature set {names!r}; known: a,b and a,b,c")
-    return DEMO_SPECS[key]()
-
-
-def make_estimator(kind: str, task: Task, seed: int = 0) -> Any:
-    """``linear`` (LinearRegression / LogisticRegression) or ``hgb``
-    (HistGradientBoosting{Regressor,Classifier})."""
-    if kind == "linear":
-        if task is Task.REGRESSION:
-            return LinearRegression()
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression(max_iter=1000)
-    if kind == "hgb":
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-        if task is Task.REGRESSION:
-            return HistGradientBoostingRegressor(random_state=seed)
-        return HistGradientBoostingClassifier(random_state=seed)
-    raise ValueError(f"unknown estimator {kind!r} (linear | hgb)")
-
-
 # ------------------------------------------------------------------- evaluation
 
 
@@ -111,27 +58,23 @@ def evaluate(
     values: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
     classes: Sequence[str] = (),
+    positive: str | None = None,
 ) -> dict[str, float]:
-    """mae/rmse for regressors; accuracy/log_loss for classifiers."""
+    """mae/rmse for regressors; accuracy, log_loss, macro_f1 and (binary, ``positive``
+    the positive class, default the second) roc_auc for classifiers
+    (:mod:`streamscore.core.quality`, the same definitions as the live metrics)."""
     if task is Task.REGRESSION:
         assert values is not None
         err = np.asarray(y, dtype=np.float64) - np.asarray(values, dtype=np.float64)
-        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err * err)))}
+        return regression_metrics(err)
     assert probabilities is not None
-    cls = np.asarray(list(classes), dtype=np.str_)
-    ys = np.asarray(y, dtype=np.str_)
-    pred = cls[np.argmax(probabilities, axis=1)]
-    idx = {c: i for i, c in enumerate(classes)}
-    p_true = np.array(
-        [probabilities[i, idx[v]] if v in idx else 0.0 for i, v in enumerate(ys.tolist())]
-    )
-    return {
-        "accuracy": float(np.mean(pred == ys)),
-        "log_loss": float(np.mean(-np.log(np.clip(p_true, 1e-15, 1.0)))),
-    }
+    ys = np.asarray(y, dtype=np.str_).tolist()
+    return probabilities_metrics(ys, probabilities, classes, positive)
 
 
-def evaluate_loaded(model: LoadedModel, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def evaluate_loaded(
+    model: LoadedModel, X: np.ndarray, y: np.ndarray, positive: str | None = None
+) -> dict[str, float]:
     out = model.predict(X)
     return evaluate(
         model.meta.task,
@@ -139,6 +82,7 @@ def evaluate_loaded(model: LoadedModel, X: np.ndarray, y: np.ndarray) -> dict[st
         values=out.values,
         probabilities=out.probabilities,
         classes=model.meta.classes,
+        positive=positive,
     )
 
 
@@ -149,10 +93,12 @@ class Comparison:
     candidate: Mapping[str, float]
     n_holdout: int
     current_version: int | None = None
+    #: the deciding metric (the recipe's); None: mae (regression) / accuracy
+    decision: str | None = None
 
     @property
     def metric(self) -> str:
-        return decision_metric(self.task)
+        return decision_metric(self.task, self.decision)
 
     def table(self) -> str:
         lines = [f"{'metric':<10} {'current':>12} {'candidate':>12} {'delta':>12}"]
@@ -177,13 +123,12 @@ def should_publish(comparison: Comparison, margin: float) -> PublishDecision:
     decision metric (relative for errors, absolute for accuracy; see
     :func:`streamscore.feedback.promotion.better_by`). With no current model, publish."""
     metric = comparison.metric
-    cand = comparison.candidate[metric]
+    cand = comparison.candidate.get(metric, math.nan)
     if not comparison.current:
         return PublishDecision(True, f"no current model; candidate {metric} {cand:.6g}", math.inf)
-    cur = comparison.current[metric]
-    gain = better_by(metric, cur, cand)
-    kind = "relative" if metric in LOWER_IS_BETTER else "absolute"
-    verdict = gain >= margin and gain > 0
+    cur = comparison.current.get(metric, math.nan)
+    verdict, gain = beats(metric, cur, cand, margin)
+    kind = improvement_kind(metric)
     return PublishDecision(
         verdict,
         f"{metric}: candidate {cand:.6g} vs current {cur:.6g}, improvement {gain:.4g} "
@@ -209,23 +154,29 @@ def retrain(
     current: LoadedModel | None,
     name: str,
     version: int,
+    recipe: ModelRecipe,
     task: Task = Task.REGRESSION,
-    estimator: str = "linear",
     holdout_fraction: float = 0.2,
     min_rows: int = 200,
     margin: float = 0.05,
+    metric: str | None = None,
+    positive: str | None = None,
     now_ms: int | None = None,
+    fields: RowFields | None = None,
+    source: TrainingSource | None = None,
 ) -> RetrainResult:
-    """Fit a candidate on the older rows, compare it with ``current`` on the most recent
-    ``holdout_fraction`` (by event time) and say whether to publish (module doc).
+    """Fit a candidate (the ``recipe`` run) on the older rows, compare it with
+    ``current`` on the most recent ``holdout_fraction`` (by event time) and say whether
+    to publish (module doc).
 
     Raises :class:`TooFewRowsError` when fewer than ``min_rows`` rows are usable for
     ``spec`` or either split would be empty.
     """
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    ordered = sorted(rows, key=lambda r: (int(r["event_time"]), str(r["event_id"])))
-    data = training_data(ordered, spec, task)
+    f = fields or RowFields()
+    ordered = sorted(rows, key=lambda r: (int(r[f.time_field]), str(r[f.id_field])))
+    data = training_data(ordered, spec, task, f)
     n = data.X.shape[0]
     n_hold = round(n * holdout_fraction)
     if n < min_rows or n_hold < 1 or n - n_hold < 1:
@@ -241,14 +192,14 @@ def retrain(
     X_ho, y_ho = data.X[n_train:], data.y[n_train:]
     hold_rows = data.rows[n_train:]
 
-    est = make_estimator(estimator, task).fit(X_tr, y_tr)
+    fitted = fit_recipe(recipe, X_tr, y_tr, spec, task)
     keep = np.ones(n_hold, dtype=bool)
     cur_metrics: dict[str, float] = {}
     X_cur = None
     if current is not None:
-        cur_data = training_data(hold_rows, current.meta.feature_spec, task)
-        valid_ids = {r["event_id"] for r in cur_data.rows}
-        keep = np.array([r["event_id"] in valid_ids for r in hold_rows], dtype=bool)
+        cur_data = training_data(hold_rows, current.meta.feature_spec, task, f)
+        valid_ids = {r[f.id_field] for r in cur_data.rows}
+        keep = np.array([r[f.id_field] in valid_ids for r in hold_rows], dtype=bool)
         X_cur = cur_data.X  # rows valid for both, in the same order
         if not keep.any():
             raise TooFewRowsError(
@@ -259,7 +210,8 @@ def retrain(
     y_eval = y_ho[keep]
     window = (int(data.event_time_ms[0]), int(data.event_time_ms[n_train - 1]))
     bundle = build_bundle(
-        est,
+        fitted.estimator,
+        classes=fitted.classes,
         name=name,
         version=version,
         feature_spec=spec,
@@ -270,17 +222,21 @@ def retrain(
     )
     # the candidate is judged as it would serve: through its ONNX graph, like the current
     candidate = load_bundle(bundle)
-    cand_metrics = evaluate_loaded(candidate, X_ho[keep], y_eval)
-    bundle = replace(bundle, meta=replace(bundle.meta, holdout_metrics=cand_metrics))
+    cand_metrics = evaluate_loaded(candidate, X_ho[keep], y_eval, positive)
+    bundle = replace(
+        bundle,
+        meta=replace(bundle.meta, holdout_metrics=cand_metrics, training_source=source),
+    )
     if current is not None:
         assert X_cur is not None
-        cur_metrics = evaluate_loaded(current, X_cur, y_eval)
+        cur_metrics = evaluate_loaded(current, X_cur, y_eval, positive)
     comparison = Comparison(
         task,
         cur_metrics,
         cand_metrics,
         int(keep.sum()),
         None if current is None else current.meta.version,
+        metric,
     )
     decision = should_publish(comparison, margin)
     return RetrainResult(bundle, comparison, decision, n_train, n_hold, window)

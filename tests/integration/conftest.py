@@ -19,6 +19,7 @@ These tests are never skipped for lack of Docker: option 3 needs only Java and M
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -178,6 +179,29 @@ def make_topic(admin: Any, unique_name: Callable[[str], str]) -> Iterator[Callab
         yield make
 
 
+# ------------------------------------------------------------------- S3 API server
+
+
+@pytest.fixture(scope="session")
+def s3(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 API server (S3Proxy, filesystem backend) of this test session: the
+    cluster's cached jar, its own run dir and a free port on loopback, stopped at the
+    end. Yields its :class:`~streamscore.dev.s3proxy.S3Endpoint` (bucket ``streamscore``
+    exists; tables go under a unique prefix per test)."""
+    from streamscore.dev.s3proxy import S3Proxy
+
+    local_cluster.install()  # the jar comes with the cluster's downloads
+    server = S3Proxy(
+        local_cluster.installer.s3proxy_jar(),
+        tmp_path_factory.mktemp("s3proxy"),
+        port=free_port(),
+    )
+    try:
+        yield server.start(heap="192m")
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------- private cluster
 
 
@@ -191,6 +215,7 @@ def private_cluster_settings(run_dir: Path) -> ClusterSettings:
         kafka_port=free_port(),
         controller_port=free_port(),
         registry_port=free_port(),
+        s3_port=free_port(),
         kafka_heap="320m",
         registry_heap="256m",
         partitions=2,
@@ -198,7 +223,9 @@ def private_cluster_settings(run_dir: Path) -> ClusterSettings:
     )
     # never the shared cluster's ports or run dir: other test runs use them right now
     ours = {settings.kafka_port, settings.controller_port, settings.registry_port}
-    assert not ours & {shared.kafka_port, shared.controller_port, shared.registry_port}
+    ours.add(settings.s3_port)
+    theirs = {shared.kafka_port, shared.controller_port, shared.registry_port, shared.s3_port}
+    assert not ours & theirs
     assert settings.run_path != shared.run_path
     return settings
 
@@ -219,12 +246,40 @@ def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalC
         cluster.down()
 
 
+@pytest.fixture(scope="session")
+def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The secured profile (``streamscore cluster up --secure``): SASL_SSL with SCRAM
+    users ``admin`` (super user), ``score``, ``feedback``, ``publisher``, a private CA,
+    the StandardAuthorizer with ACLs, the registry over TLS. Its own run dir and free
+    ports; started once per session, by the first test that asks for it, and stopped at
+    the end of the session. ``secure_files`` holds the CA and the users' password files."""
+    import logging
+    import time
+
+    settings = dataclasses.replace(
+        private_cluster_settings(tmp_path_factory.mktemp("secure-cluster")),
+        secure=True,
+        mtls_port=free_port(),
+    )
+    cluster = LocalCluster(settings, TopicSettings())
+    try:
+        t0 = time.monotonic()
+        cluster.up()
+        logging.getLogger(__name__).warning(
+            "secured cluster started in %.1f s", time.monotonic() - t0
+        )
+        yield cluster
+    finally:
+        cluster.down()
+
+
 # Factories for worker / stack tests (topics per test, worker processes, readers).
 from .stack import (  # noqa: E402, F401
     free_port,
     make_private_worker,
     make_worker,
     private_stack,
+    secure_stack,
     stack,
     topic_factory,
 )

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from streamscore.core.config import GroundTruthSettings, Secret
+from streamscore.dev import synthetic
+from streamscore.dev.s3proxy import S3Endpoint
 from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
-from streamscore.train import synthetic
 from tests.processes import WorkerProcess, launch, wait_until
 
 from .stack import Stack
@@ -26,9 +28,39 @@ from .stack import Stack
 FEEDBACK_MODULE = "streamscore.cli"
 
 
+#: a ground-truth location in tests: a local directory, or settings (an S3 table)
+Store = Path | GroundTruthSettings
+
+
+def gt_settings(store: Store) -> GroundTruthSettings:
+    return store if isinstance(store, GroundTruthSettings) else GroundTruthSettings(str(store))
+
+
+def s3_table(endpoint: S3Endpoint, prefix: str) -> GroundTruthSettings:
+    """A table under ``prefix`` of the test session's S3 server."""
+    opts = {k: Secret(v) for k, v in endpoint.storage_options().items()}
+    return GroundTruthSettings(f"s3://{endpoint.bucket}/{prefix}", storage=opts)
+
+
+def store_env(store: Store) -> dict[str, str]:
+    """What a streamscore process needs to reach ``store``: on S3 the usual AWS_*
+    variables (so the local credentials never sit on a command line)."""
+    gt = gt_settings(store)
+    if gt.location.scheme != "s3":
+        return {}
+    o = gt.storage_options()
+    return {
+        "AWS_ENDPOINT_URL": o["endpoint"],
+        "AWS_ACCESS_KEY_ID": o["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": o["secret_access_key"],
+        "AWS_REGION": o["region"],
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
 @dataclass
 class FeedbackProcess(WorkerProcess):
-    store_dir: Path = field(default_factory=Path)
+    store_dir: Store = field(default_factory=Path)
 
     def labels_outcomes(self) -> dict[str, float]:
         return {
@@ -41,17 +73,26 @@ class FeedbackProcess(WorkerProcess):
 def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProcess]]:
     started: list[FeedbackProcess] = []
 
-    def start(store_dir: Path, *args: str, group_id: str | None = None) -> FeedbackProcess:
+    def start(
+        store_dir: Store,
+        *args: str,
+        group_id: str | None = None,
+        state_dir: Path | None = None,
+    ) -> FeedbackProcess:
+        """A feedback worker; ``state_dir`` (its join state) defaults to one of its own,
+        as on another host."""
         f = launch(
             "feedback",
-            "--store-dir",
-            str(store_dir),
+            "--groundtruth",
+            gt_settings(store_dir).uri,
+            "--state-dir",
+            str(state_dir or stack.tmp / f"state-{len(started)}"),
             "--checkpoint-s",
             "0.5",
             *args,
             worker_id=f"fb{len(started)}",
             group_id=group_id or f"{stack.group_id}-feedback",
-            env=stack.env(publisher=True),
+            env={**stack.env(publisher=True), **store_env(store_dir)},
             log_path=stack.tmp / f"feedback-{len(started)}.log",
             cls=FeedbackProcess,
             store_dir=store_dir,
@@ -63,6 +104,17 @@ def make_feedback_fixture(stack: Stack) -> Iterator[Callable[..., FeedbackProces
     yield start
     for f in started:
         f.close()
+
+
+@pytest.fixture(name="table", params=["local", "s3"])
+def table_fixture(
+    request: pytest.FixtureRequest, tmp_path: Path, unique_name: Callable[[str], str]
+) -> Store:
+    """The ground-truth location of a test: a local directory, or a table on the
+    session's S3 server (S3Proxy)."""
+    if request.param == "local":
+        return tmp_path / "gt"
+    return s3_table(request.getfixturevalue("s3"), unique_name("gt"))
 
 
 def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
@@ -78,9 +130,48 @@ def produce_world(stack: Stack, n: int, seed: int) -> dict[str, float]:
     return truth
 
 
-def produce_labels(stack: Stack, labels: dict[str, float]) -> None:
+def produce_predictions(stack: Stack, preds: list[tuple[str, int]]) -> None:
+    """Primary predictions ``(event id, event time ms)`` straight onto the predictions
+    topic (as a score worker writes them), for tests that steer event time."""
+    ser = AvroSerializer(
+        stack.registry, f"{stack.topics.predictions}-value", schemas.load("prediction")
+    )
+    stack.produce_raw(
+        (
+            (
+                f"k-{eid}".encode(),
+                ser(
+                    {
+                        "event_id": eid,
+                        "key": f"k-{eid}",
+                        "event_time": t,
+                        "scored_time": t,
+                        "model_name": "demo",
+                        "model_version": 1,
+                        "role": "primary",
+                        "value": 1.0,
+                        "label": None,
+                        "probabilities": [],
+                        "classes": [],
+                        "degraded": False,
+                        "late": False,
+                        "feature_names": ["a"],
+                        "features": [1.0],
+                        "inputs": {},
+                    }
+                ),
+            )
+            for eid, t in preds
+        ),
+        topic=stack.topics.predictions,
+    )
+
+
+def produce_labels(
+    stack: Stack, labels: dict[str, float], *, observed_ms: int | None = None
+) -> None:
     ser = AvroSerializer(stack.registry, f"{stack.topics.feedback}-value", schemas.load("feedback"))
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if observed_ms is None else observed_ms
     stack.produce_raw(
         (
             (eid.encode(), ser({"event_id": eid, "label": y, "observed_time": now}))
@@ -90,11 +181,11 @@ def produce_labels(stack: Stack, labels: dict[str, float]) -> None:
     )
 
 
-def store_rows(store_dir: Path) -> list[dict[str, Any]]:
-    return groundtruth.read_rows(store_dir)
+def store_rows(store_dir: Store) -> list[dict[str, Any]]:
+    return groundtruth.read_rows(gt_settings(store_dir))
 
 
-def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None) -> list[Any]:
+def wait_rows(store_dir: Store, n: int, timeout: float = 120.0, proc: Any = None) -> list[Any]:
     deadline = time.monotonic() + timeout
     rows: list[Any] = []
     while time.monotonic() < deadline:
@@ -107,10 +198,20 @@ def wait_rows(store_dir: Path, n: int, timeout: float = 120.0, proc: Any = None)
     raise AssertionError(f"store has {len(rows)} rows, expected {n}")
 
 
-def run_train(stack: Stack, store_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+#: the demo's project file: its features and training recipe (the stack's topics, set
+#: in the environment, win over the file's)
+DEMO_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "demo" / "streamscore.toml"
+
+
+def run_train(stack: Stack, store_dir: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    uri = gt_settings(store_dir).uri
     return subprocess.run(
-        [sys.executable, "-m", FEEDBACK_MODULE, "train", "--store-dir", str(store_dir), *args],
-        env=stack.env(publisher=True),
+        [sys.executable, "-m", FEEDBACK_MODULE, "train", "--groundtruth", uri, *args],
+        env={
+            **stack.env(publisher=True),
+            **store_env(store_dir),
+            "STREAMSCORE_CONFIG": str(DEMO_PROJECT),
+        },
         capture_output=True,
         text=True,
         timeout=300,
@@ -157,3 +258,27 @@ def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> No
         wait_until(lambda: caught_up(group, join), timeout, f"{group} on the join topic")
     finally:
         c.close()
+
+
+def wait_join_group_settled(stack: Stack, group: str, members: int, timeout: float = 90.0) -> None:
+    """Until the join group ``group`` is stable with ``members`` members that each own
+    some of the join topic's partitions (and together all of them)."""
+    from confluent_kafka.admin import AdminClient
+
+    from streamscore.dev.supervise import group_settled
+    from streamscore.feedback.router import join_topic_for
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    topic = join_topic_for(group)
+
+    def settled() -> bool:
+        md = admin.list_topics(topic, timeout=10).topics[topic]
+        parts = {(topic, p) for p in md.partitions}
+        (fut,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+        desc = fut.result()
+        owned = [
+            {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions} for m in desc.members
+        ]
+        return bool(parts) and group_settled(desc.state, owned, parts, members)
+
+    wait_until(settled, timeout, f"join group {group} settled with {members} members")

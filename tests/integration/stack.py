@@ -4,6 +4,7 @@ producers and readers against the real cluster. Imported by conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import tempfile
@@ -21,7 +22,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamscore.core.config import SIGNING_ENV, KafkaSettings, TopicSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.dev.localcluster import LocalCluster
+from streamscore.dev.synthetic import demo_bundle
 from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.kafka.clients import read_to_end, reader_consumer
 from streamscore.models.publish import ModelTopic
@@ -29,8 +32,6 @@ from streamscore.models.signing import Ed25519Signer, KeyPair, Verifier, keygen
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
-from streamscore.train.training import demo_bundle
 from tests.processes import WorkerProcess, free_port, launch, wait_until, worker_env
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "make_private_worker",
     "make_worker",
     "private_stack",
+    "secure_env",
+    "secure_stack",
     "stack",
     "topic_factory",
 ]
@@ -72,6 +75,9 @@ class Stack:
     group_id: str
     tmp: Path
     registry: Any = None
+    #: librdkafka connection properties of the test's own clients (the secured profile:
+    #: its admin principal, SASL_SSL, the CA) beyond ``bootstrap.servers``
+    client: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> Ed25519Signer:
@@ -85,7 +91,7 @@ class Stack:
 
     @property
     def kafka(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.bootstrap)
+        return KafkaSettings(bootstrap_servers=self.bootstrap, extra=self.client)
 
     def env(self, *, publisher: bool = False, **extra: str) -> dict[str, str]:
         """A process's environment: workers get the public key only (they cannot sign);
@@ -135,6 +141,7 @@ class Stack:
         """``items`` produced in order (``headers``: each item's, when given)."""
         p = Producer(
             {
+                **self.client,
                 "bootstrap.servers": self.bootstrap,
                 "linger.ms": 5,
                 "enable.idempotence": True,
@@ -277,6 +284,8 @@ def new_stack(
     make_topic: Callable[..., str],
     unique_name: Callable[[str], str],
     tmp_path: Path,
+    *,
+    registry_conf: dict[str, str] | None = None,
 ) -> Stack:
     """Fresh topics for one test and a ``Stack`` on them."""
     topics = TopicSettings(
@@ -295,7 +304,7 @@ def new_stack(
         topics,
         unique_name("group"),
         tmp_path,
-        registry=registry_client({"url": registry_url}),
+        registry=registry_client({"url": registry_url, **(registry_conf or {})}),
     )
 
 
@@ -334,6 +343,46 @@ def private_stack(
             unique_name,
             tmp_path,
         )
+
+
+@pytest.fixture
+def secure_stack(
+    secure_cluster: LocalCluster, unique_name: Callable[[str], str], tmp_path: Path
+) -> Iterator[Stack]:
+    """A ``Stack`` on the session's secured cluster: fresh topics (made by ``admin``), the
+    score worker's and the publisher's ACLs on them (group ``stack.group_id``), the test's
+    own clients as ``admin``, the registry over TLS. Processes get their principal's
+    environment from :func:`secure_env`."""
+    from confluent_kafka.admin import AdminClient
+
+    from streamscore.dev.cluster_secure import grant_process
+
+    admin_conf = secure_cluster.client_config("admin")
+    admin = AdminClient(admin_conf)
+    files = secure_cluster.secure_files
+    assert files is not None
+    with topic_factory(admin, unique_name) as make:
+        st = new_stack(
+            secure_cluster.bootstrap_servers,
+            secure_cluster.registry_url,
+            make,
+            unique_name,
+            tmp_path,
+            registry_conf={"ssl.ca.location": str(files.ca)},
+        )
+        st.client = {k: v for k, v in admin_conf.items() if k != "bootstrap.servers"}
+        for role in ("score", "publisher"):
+            grant_process(admin, role, st.topics, st.group_id)
+        yield st
+
+
+def secure_env(cluster: LocalCluster, user: str, **overrides: str) -> dict[str, str]:
+    """The environment of a process of the secured cluster as ``user`` (password from its
+    file, the private CA for Kafka and the registry), with ``overrides``."""
+    from streamscore.dev.cluster_secure import client_env
+
+    assert cluster.secure_files is not None
+    return {**client_env(cluster.settings, cluster.secure_files, user), **overrides}
 
 
 @contextlib.contextmanager

@@ -23,8 +23,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamscore.dev import synthetic
 from streamscore.dev.localcluster import LocalCluster
-from streamscore.train import synthetic
 
 from .stack import Stack, WorkerProcess, topic_factory, worker_launcher
 

@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
 from streamscore.core.records import FeatureField, FeatureSpec, Role, prediction_headers
+from streamscore.dev.synthetic import demo_bundle
 from streamscore.models import envelope
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.runtime import LoadedModel, load_bundle
 from streamscore.models.signing import Ed25519Signer
-from streamscore.train.training import demo_bundle
 
 from .stack import Stack, WorkerProcess, three_role_worker
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from streamscore.core.records import Role
+from streamscore.dev.synthetic import demo_bundle
 from streamscore.models.signing import Ed25519Signer
-from streamscore.train.training import demo_bundle
 
 from .stack import Stack, WorkerProcess
 
@@ -35,13 +36,16 @@ def test_public_keys_only_worker_serves_signed_models_and_refuses_an_unlisted_ke
     worker_env = stack.env()
     assert "STREAMSCORE_SIGNING_KEY_FILE" not in worker_env
     assert "STREAMSCORE_PUBLIC_KEY_FILE" in worker_env
+    v1 = stack.tmp / "v1.bundle"
+    v1.write_bytes(demo_bundle("ab", version=1).to_bytes())
     # the workers' environment cannot sign: `model publish` there fails, naming the setting
-    denied = _model_cli(stack, "publish", "--demo", "ab", "--version", "1", publisher=False)
+    pub = ("publish", "--name", "demo", "--bundle", str(v1))
+    denied = _model_cli(stack, *pub, publisher=False)
     assert denied.returncode == 1, denied.stdout + denied.stderr
     assert "STREAMSCORE_SIGNING_KEY_FILE" in denied.stderr
     assert "Traceback" not in denied.stderr
     # a publisher (the private key) publishes v1 through the CLI
-    ok = _model_cli(stack, "publish", "--demo", "ab", "--version", "1", publisher=True)
+    ok = _model_cli(stack, *pub, publisher=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "published demo/primary v1" in ok.stdout
 
@@ -73,3 +77,52 @@ def test_public_keys_only_worker_serves_signed_models_and_refuses_an_unlisted_ke
     assert {p["model_version"] for p in preds} == {1}
     assert "Traceback" not in w.log()
     assert w.terminate() == 0
+
+
+def test_keyring_rotation_old_and_new_then_the_old_removed(
+    stack: Stack, make_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Rotation on running workers: with both public keys listed, what either private key
+    signed serves; restarted with the old key removed, a bundle the old key signs is
+    refused (``unknown_key``) and the new key's model keeps serving."""
+    from streamscore.models.signing import keygen
+
+    old, new = keygen(stack.tmp / "old", "old"), keygen(stack.tmp / "new", "new")
+    keyring = stack.tmp / "keyring"
+    keyring.write_text(old.public_file.read_text() + new.public_file.read_text())
+    topic = stack.model_topic()
+
+    def publish(version: int, signer_file: Path) -> None:
+        topic.publish(
+            demo_bundle("ab", version=version, seed=version).to_bytes(),
+            Role.PRIMARY,
+            key=Ed25519Signer.from_file(signer_file),
+            publisher="rotation",
+        )
+
+    def serving(w: WorkerProcess, version: int) -> Callable[[], bool]:
+        labels = {"model_version": str(version), "role": "primary"}
+        return lambda: w.sample("streamscore_model_info", labels) == 1
+
+    publish(1, old.private_file)
+    w1 = make_worker("rot1", env={"STREAMSCORE_KEYRING_FILE": str(keyring)})
+    w1.wait_until(serving(w1, 1), "v1 (old key) serving with both keys listed")
+    publish(2, new.private_file)
+    w1.wait_until(serving(w1, 2), "v2 (new key) serving with both keys listed")
+    assert w1.terminate() == 0
+
+    keyring.write_text(new.public_file.read_text())  # the old key retired
+    publish(3, old.private_file)
+    w2 = make_worker("rot2", env={"STREAMSCORE_KEYRING_FILE": str(keyring)})
+
+    def unknown_key() -> float:
+        return w2.sample("streamscore_model_updates_rejected_total", {"reason": "unknown_key"})
+
+    w2.wait_until(lambda: unknown_key() >= 2, "v1 and v3 (old key) refused as unknown_key")
+    w2.wait_until(serving(w2, 2), "v2 (new key) still serving")
+    assert w2.sample("streamscore_model_info", {"model_version": "3", "role": "primary"}) != 1
+    ids = stack.produce_events(200, seed=9)
+    msgs = stack.read(stack.topics.predictions, until=lambda got: len(got) >= len(ids))
+    dec = stack.decoder("prediction")
+    assert {dec(m.value())["model_version"] for m in msgs} == {2}
+    assert w2.terminate() == 0

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamscore.dev import synthetic
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
-from streamscore.train import synthetic
 from tests.avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,

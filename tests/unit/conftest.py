@@ -47,6 +47,17 @@ def training_data(n_rows: int = 400, n: int = N_FEATURES, seed: int = 0) -> np.n
 
 
 @pytest.fixture
+def one_thread() -> Any:
+    """Native thread pools (OpenMP in HistGradientBoosting, XGBoost, LightGBM; BLAS) held
+    to one thread: on a shared 2-core machine their spinning workers make a 0.2 s fit
+    take 15 s."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture
 def keyring() -> Mapping[str, bytes]:
     return KEYRING
 

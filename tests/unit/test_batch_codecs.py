@@ -14,6 +14,7 @@ from streamscore.core import errors
 from streamscore.core.columns import RecordColumns
 from streamscore.core.config import ScoringSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
 from streamscore.score.codecs import (
@@ -29,7 +30,6 @@ from streamscore.score.codecs import (
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
 
 from .test_scoring import _fit
 

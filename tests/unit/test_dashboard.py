@@ -62,6 +62,8 @@ def test_dashboard_queries_name_only_defined_metrics() -> None:
         "streamscore_feature_drift_psi",
         "streamscore_live_mae",
         "streamscore_live_accuracy",
+        "streamscore_live_roc_auc",
+        "streamscore_live_macro_f1",
         "streamscore_model_updates_rejected_total",
     } <= names
     assert sorted(names - defined_names()) == []

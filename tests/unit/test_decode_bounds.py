@@ -18,13 +18,13 @@ from streamscore.core import errors
 from streamscore.core.columns import EventColumns
 from streamscore.core.config import ScoringSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.models.store import ModelStore
 from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
 from streamscore.serde import schemas
 from streamscore.serde.avro_scan import ZERO_WIDTH_ALLOWANCE, BoundedScan
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import MAX_SCHEMA_JSON_DEPTH, WriterSchemaCache, parse, registry_client
-from streamscore.train import synthetic
 from tests.avro_poison import (
     NESTED_WRITER,
     NULL_ARRAY_WRITER,

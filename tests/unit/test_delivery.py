@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streamscore.core.errors import DeliveryError
+from streamscore.core.errors import AccessError, DeliveryError
 from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
 
 from .kafka_fakes import FakeConsumer
@@ -84,6 +84,44 @@ def test_failed_delivery_raises_and_never_stores_past_it() -> None:
     p.ack(2)
     with pytest.raises(DeliveryError, match="broker said no"):
         sink.poll()
+    assert c.stored == []
+
+
+def test_an_output_refused_for_a_missing_acl_is_an_access_error_and_stores_nothing() -> None:
+    from confluent_kafka import KafkaError
+
+    class Refused:
+        def topic(self) -> str:
+            return "predictions"
+
+    p, c = FakeProducer(), FakeConsumer()
+    sink = AtLeastOnceSink(p, c)
+    sink.send(batch(1, {("events", 0): 10}))
+    cb = p.waiting.pop(0)[0]
+    cb(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), Refused())
+    with pytest.raises(AccessError) as err:
+        sink.poll()
+    assert "may not" not in str(err.value)  # the clear wording, not a raw code
+    assert "to write topic 'predictions'" in str(err.value)
+    assert "grant the ACL (WRITE on topic 'predictions'" in str(err.value)
+    assert c.stored == []
+
+
+def test_an_output_produce_refuses_for_a_missing_acl_is_an_access_error() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    class Unauthorized(FakeProducer):
+        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    c = FakeConsumer()
+    sink = AtLeastOnceSink(Unauthorized(), c)
+    with pytest.raises(AccessError, match=r"to write topic 'out'"):
+        sink.send(batch(1, {("events", 0): 10}))
+    bulk = OutBatch([], {("events", 0): 11}, bulk=[("predictions", [(b"k", b"v")])])
+    with pytest.raises(AccessError, match=r"to write topic 'predictions'"):
+        sink.send(bulk)
+    sink.poll()
     assert c.stored == []
 
 

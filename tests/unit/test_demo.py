@@ -176,8 +176,14 @@ def test_metrics_are_read_with_the_exposition_parser() -> None:
         m.model_info.labels("demo", "2", "shadow").set(1)
         m.model_info.labels("demo", "1", "primary").set(1)
         m.model_info.labels("demo", "0", "canary").set(0)  # retired: not active
-        m.live_mae.labels("1", "primary").set(0.5)
-        m.live_mae.labels("2", "shadow").set(0.025)
+        from streamscore.metrics.series import LIVE_FAMILIES
+
+        live: list[list[tuple[tuple[str, ...], float]]] = [[] for _ in LIVE_FAMILIES]
+        live[[n for n, _ in LIVE_FAMILIES].index("mae")] = [
+            (("1", "primary"), 0.5),
+            (("2", "shadow"), 0.025),
+        ]
+        m.live.bind(lambda: [*live, []])
         assert observe.model_loaded(server.port)
         assert observe.active_models(server.port) == "primary v1, shadow v2"
         assert observe.feedback_mae(server.port) == {"v1/primary": 0.5, "v2/shadow": 0.025}

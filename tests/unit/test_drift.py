@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamscore.dev import synthetic
 from streamscore.metrics.series import Metrics
 from streamscore.models.meta import Histogram, ReferenceDistributions, compute_histogram
 from streamscore.score.drift import PSI_ALERT_THRESHOLD, SCORE_LABEL, DriftMonitor, psi
-from streamscore.train import synthetic
 
 NAMES = ("a", "b", "c")
 
@@ -159,7 +159,7 @@ def test_the_drift_gauges_export_the_report_at_scrape_time() -> None:
 
 
 def test_from_meta_uses_the_bundles_reference() -> None:
-    from streamscore.train.training import demo_bundle
+    from streamscore.dev.synthetic import demo_bundle
 
     meta = demo_bundle("ab", version=4, n=2000).meta
     mon = DriftMonitor.from_meta(meta, window=1000)

@@ -17,6 +17,7 @@ from streamscore.core import errors
 from streamscore.core.columns import EventColumns
 from streamscore.core.config import LatePolicy, ScoringSettings
 from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy, Role
+from streamscore.dev import synthetic
 from streamscore.features.extract import extract
 from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
 from streamscore.models.container import sign_bundle
@@ -27,7 +28,6 @@ from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
-from streamscore.train import synthetic
 from tests.avro_poison import corrupt
 
 from .kafka_fakes import FakeMessage

@@ -16,10 +16,10 @@ import pytest
 
 from streamscore.core import errors
 from streamscore.core.columns import EventColumns
+from streamscore.dev import synthetic
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
 from tests.avro_poison import corrupt, random_value
 
 from .test_fast_decode import assert_same, broken_versions

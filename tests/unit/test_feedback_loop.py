@@ -65,7 +65,7 @@ def make_loop(
     ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
     cache = WriterSchemaCache(registry)
     metrics = Metrics(CollectorRegistry())
-    store = GroundTruthStore(tmp_path)
+    store = GroundTruthStore(str(tmp_path))
     store.open()
     stop = threading.Event()
     consumer = FakeConsumer(batches, stop, topic=JOIN, partitions=(0,))
@@ -77,7 +77,7 @@ def make_loop(
             cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
         ),
         decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
-        join=JoinState(60_000, 1000, already_written=store.contains),
+        join=JoinState(60_000, already_written=store.contains),
         store=store,
         metrics=metrics,
         quality=LiveQuality(metrics),
@@ -105,7 +105,7 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         (2, UnknownKindError),
         (3, TruncatedMessageError),
     ]
-    rows = read_rows(tmp_path)
+    rows = read_rows(str(tmp_path))
     assert [(r["event_id"], r["label"], r["prediction_value"]) for r in rows] == [
         ("e1", "2.5", 2.0)
     ]
@@ -137,7 +137,7 @@ def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(
     assert consumer.paused_polls >= 1 and not consumer.paused
     assert dead == [] and stats.undecodable == 0
     assert (stats.predictions, stats.labels) == (1, 1)
-    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
     assert consumer.commits[-1] == [(JOIN, 0, 9)]
     put_back = metrics.registry.get_sample_value("streamscore_registry_unavailable_batches_total")
     assert put_back == 1
@@ -240,3 +240,34 @@ def test_the_feedback_side_reads_v2_and_v3_predictions_with_their_detail(registr
     # the v3 reader alone would have lost the v2 record's arrays
     plain = Prediction.from_avro(AvroDeserializer(cache, schemas.load("prediction"))(v2))
     assert plain.features == () and plain.feature_names == ()
+
+
+def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
+    registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table cannot be written at a checkpoint: nothing is committed, the rows stay
+    buffered, and the next checkpoint writes them and commits."""
+    from streamscore.feedback.groundtruth import GroundTruthUnavailableError
+
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    loop, consumer, _metrics, _dead = make_loop(registry, [batch], tmp_path)
+    real_flush = loop.store.flush
+    down = [True]
+
+    def flaky_flush() -> Any:
+        if down[0]:
+            raise GroundTruthUnavailableError("storage away")
+        return real_flush()
+
+    monkeypatch.setattr(loop.store, "flush", flaky_flush)
+    loop._handle(consumer.consume(10, 0.1))
+    loop.checkpoint()
+    assert consumer.commits == [] and loop.store.buffered == 1
+    assert read_rows(str(tmp_path)) == []
+    down[0] = False
+    loop.checkpoint()
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
+    assert consumer.commits[-1] == [(JOIN, 0, 2)]

@@ -1,27 +1,39 @@
-"""Ground-truth store: atomic files, crash leftovers, no duplicates, range reads."""
+"""Ground-truth table (Delta Lake, local disk): the user's names, one row per event id by
+the table's merge, several writers, range reads with partition pruning, compaction,
+vacuum and time travel; URI and retention settings."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamscore.core.config import GroundTruthSettings, Secret, parse_table_uri
+from streamscore.core.errors import ConfigError, ProjectFileError
+from streamscore.core.project import parse_project
+from streamscore.dev import synthetic
 from streamscore.feedback.groundtruth import (
-    INPROGRESS,
+    DATE_COLUMN,
     GroundTruthStore,
+    RowFields,
+    raw_inputs,
     read_rows,
+    read_rows_at,
     read_training_data,
     read_unmatched,
     training_data,
 )
-from streamscore.train import synthetic
+from streamscore.models.meta import TrainingSource
 
 HOUR = 3_600_000
-T0 = 1_700_000_000_000 - (1_700_000_000_000 % HOUR)  # 2023-11-14T22:00Z
+DAY = 24 * HOUR
+T0 = 1_700_000_000_000 - (1_700_000_000_000 % DAY)  # 2023-11-14T00:00Z
 
 
 def row(eid: str, t: int, **inputs: Any) -> dict[str, Any]:
+    """A join row (``join.build_row``'s shape)."""
     inp = inputs or {"a": -30.0, "b": 40.0, "c": 2.5, "segment": None}
     return {
         "event_id": eid,
@@ -44,116 +56,170 @@ def row(eid: str, t: int, **inputs: Any) -> dict[str, Any]:
     }
 
 
-def opened(root: Path) -> GroundTruthStore:
-    s = GroundTruthStore(root)
+def opened(root: Path | str, **kw: Any) -> GroundTruthStore:
+    s = GroundTruthStore(str(root), **kw)
     s.open()
     return s
 
 
-def test_rows_land_in_hour_partitions_and_read_back(tmp_path: Path) -> None:
+def ids(root: Path | str, **kw: Any) -> list[str]:
+    return [str(r["event_id"]) for r in read_rows(str(root), **kw)]
+
+
+def parquet_files(table_dir: Path) -> list[Path]:
+    return sorted(table_dir.rglob("*.parquet"))
+
+
+def test_rows_land_in_date_partitions_and_read_back(tmp_path: Path) -> None:
     s = opened(tmp_path)
     assert s.append(row("e1", T0 + 10))
-    assert s.append(row("e2", T0 + HOUR + 10))
-    assert read_rows(tmp_path) == []  # buffered rows are not visible
-    files = s.flush()
-    rel = sorted(str(p.relative_to(tmp_path).parent) for p in files)
-    assert rel == ["dt=2023-11-14/hour=22", "dt=2023-11-14/hour=23"]
-    assert all(p.name.startswith("part-") and p.suffix == ".avro" for p in files)
-    got = read_rows(tmp_path)
+    assert s.append(row("e2", T0 + DAY + 10))
+    assert not s.append(row("e1", T0 + 10))  # already buffered
+    assert read_rows(str(tmp_path)) == []  # buffered rows are not visible
+    rep = s.flush()
+    assert (rep.rows, rep.inserted, rep.already_stored) == (2, 2, 0)
+    parts = sorted({p.parent.name for p in parquet_files(tmp_path / "rows")})
+    assert parts == [f"{DATE_COLUMN}=2023-11-14", f"{DATE_COLUMN}=2023-11-15"]
+    assert (tmp_path / "rows" / "_delta_log").is_dir()
+    got = read_rows(str(tmp_path))
     assert [r["event_id"] for r in got] == ["e1", "e2"]
-    assert got[0]["event_time"] == T0 + 10 and isinstance(got[0]["observed_time"], int)
-    assert got[0]["inputs"]["c"] == 2.5
-    assert not list(s.writer_dir.iterdir())  # nothing left in progress
+    assert got[0]["event_time"] == T0 + 10 and got[0]["observed_time"] == T0 + 510
+    assert got[0]["c"] == 2.5 and got[0]["a"] == -30.0  # each input under its own name
+    assert got[0]["model_version"] == 1 and got[0]["model_role"] == "primary"
+    assert got[0]["label"] == 10 * -30.0 + 3 * 40.0
 
 
-def test_time_range_reads(tmp_path: Path) -> None:
+def test_rows_keep_the_users_names(tmp_path: Path) -> None:
+    fields = RowFields("payment_id", "created_at", "is_fraud")
+    s = opened(tmp_path, fields=fields)
+    r = row("p1", T0 + 5, amount=12.5, country="FR", classes="gold", is_fraud=None)
+    r.update(label="true", prediction_value=None, prediction_label="true")
+    r.update(probabilities=[0.2, 0.8], classes=["false", "true"])
+    s.append(r)
+    s.flush()
+    (got,) = read_rows(str(tmp_path), fields=fields)
+    assert got["payment_id"] == "p1" and got["created_at"] == T0 + 5
+    assert got["is_fraud"] == "true"
+    assert got["amount"] == 12.5 and got["country"] == "FR"
+    # inputs named like the table's own columns (or the label) are input_<name>
+    assert got["input_classes"] == "gold" and got["classes"] == ["false", "true"]
+    assert got["model_role"] == "primary"
+    assert "input_is_fraud" not in got  # a null input is a null column, not written
+    assert got["prediction_label"] == "true" and got["prediction_score"] == 0.8
+    assert not {"event_id", "event_time", "label", "inputs"} & set(got)
+    raw = raw_inputs(got, fields)
+    assert raw["classes"] == "gold" and raw["amount"] == 12.5 and "payment_id" not in raw
+
+
+def test_row_fields_refuse_clashes() -> None:
+    with pytest.raises(ConfigError, match="must differ"):
+        RowFields("id", "id", "label")
+    with pytest.raises(ConfigError, match="column of the ground-truth table"):
+        RowFields("event_id", "event_time", "model_version")
+
+
+def test_time_range_reads_prune_date_partitions(tmp_path: Path) -> None:
     s = opened(tmp_path)
     for i in range(6):
-        s.append(row(f"e{i}", T0 + i * HOUR // 2))
+        s.append(row(f"e{i}", T0 + i * DAY // 2))
     s.flush()
-    ids = [r["event_id"] for r in read_rows(tmp_path, T0 + HOUR // 2, T0 + 2 * HOUR)]
-    assert ids == ["e1", "e2", "e3"]  # since inclusive, until exclusive
-    assert [r["event_id"] for r in read_rows(tmp_path, since_ms=T0 + 2 * HOUR)] == ["e4", "e5"]
+    root = str(tmp_path)
+    assert ids(root, since_ms=T0 + DAY // 2, until_ms=T0 + 2 * DAY) == ["e1", "e2", "e3"]
+    assert ids(root, since_ms=T0 + 2 * DAY) == ["e4", "e5"]
+    assert ids(root, until_ms=T0 + 1) == ["e0"]
 
 
-def test_leftover_inprogress_file_is_ignored_and_cleaned(tmp_path: Path) -> None:
-    s = opened(tmp_path)
-    s.append(row("kept", T0))
-    s.flush()
-    # a crash mid-write: a partial file under _inprogress (garbage bytes)
-    junk = tmp_path / INPROGRESS / "part-deadbeef.avro"
-    junk.write_bytes(b"Obj\x01partial")
-    assert [r["event_id"] for r in read_rows(tmp_path)] == ["kept"]
-    report = GroundTruthStore(tmp_path).open()
-    assert report.removed_inprogress == ("part-deadbeef.avro",)
-    assert report.rows == 1
-    assert not junk.exists()
-
-
-def test_a_dead_writers_leftovers_are_removed_a_live_writers_are_not(tmp_path: Path) -> None:
-    live = opened(tmp_path)
-    live_partial = live.writer_dir / "part-live.avro"
-    live_partial.write_bytes(b"Obj\x01being written")
-    dead_dir = tmp_path / INPROGRESS / "0123456789abcdef"  # its lock file is not held
-    dead_dir.mkdir()
-    (dead_dir / "part-dead.avro").write_bytes(b"Obj\x01partial")
-    (tmp_path / INPROGRESS / "0123456789abcdef.lock").touch()
-
-    report = GroundTruthStore(tmp_path).open()
-
-    assert report.removed_inprogress == ("part-dead.avro",)
-    assert not dead_dir.exists()
-    assert live_partial.exists()  # its writer holds the lock: left alone
-
-
-def test_close_releases_the_writer_lock(tmp_path: Path) -> None:
-    s = opened(tmp_path)
-    s.append(row("e1", T0))
-    s.close()  # flushes first
-    assert [r["event_id"] for r in read_rows(tmp_path)] == ["e1"]
-    assert not s.writer_dir.exists()
-    assert list((tmp_path / INPROGRESS).iterdir()) == []
-
-
-def test_refresh_indexes_what_another_writer_finalized(tmp_path: Path) -> None:
-    a, b = opened(tmp_path), opened(tmp_path)
-    assert a.writer != b.writer
-    a.append(row("e1", T0))
-    a.flush()
-    assert not b.contains("e1")  # b indexed the store when it opened
-    assert b.refresh() == 1
-    assert b.contains("e1")
-    assert not b.append(row("e1", T0))  # a re-read label after a rebalance: no second row
-    assert b.refresh() == 0  # files already indexed are not read again
-
-
-def test_no_duplicate_event_ids_after_restart(tmp_path: Path) -> None:
+def test_one_row_per_event_id_across_restarts(tmp_path: Path) -> None:
     s = opened(tmp_path)
     for i in range(5):
-        assert s.append(row(f"e{i}", T0 + i))
-    assert not s.append(row("e2", T0 + 2))  # same process
+        s.append(row(f"e{i}", T0 + i))
     s.flush()
     s.append(row("lost", T0 + 9))  # buffered, never flushed: the process dies
-    s2 = opened(tmp_path)
-    assert s2.contains("e3") and not s2.contains("lost")
-    assert not s2.append(row("e3", T0 + 3))
-    assert s2.append(row("lost", T0 + 9))  # replayed from Kafka: written once now
-    assert s2.append(row("e9", T0 + 9))
-    s2.flush()
-    ids = [r["event_id"] for r in read_rows(tmp_path)]
-    assert sorted(ids) == ["e0", "e1", "e2", "e3", "e4", "e9", "lost"]
-    assert len(ids) == len(set(ids))
+    s2 = opened(tmp_path)  # a new worker re-reads what was not committed
+    for eid in ("e3", "lost", "e9"):
+        s2.append(row(eid, T0 + 9 if eid != "e3" else T0 + 3))
+    rep = s2.flush()
+    assert (rep.rows, rep.inserted, rep.already_stored) == (3, 2, 1)
+    got = ids(tmp_path)
+    assert sorted(got) == ["e0", "e1", "e2", "e3", "e4", "e9", "lost"]
+    assert len(got) == len(set(got))
 
 
-def test_unmatched_labels_are_kept_and_deduplicated(tmp_path: Path) -> None:
+def test_two_writers_on_one_table_write_each_row_once(tmp_path: Path) -> None:
+    a, b = opened(tmp_path), opened(tmp_path)
+    errors: list[BaseException] = []
+
+    def write(store: GroundTruthStore, offset: int) -> None:
+        try:
+            for batch in range(8):  # overlapping ids, same partitions: merges conflict
+                for i in range(batch * 10 + offset, batch * 10 + offset + 15):
+                    store.append(row(f"e{i}", T0 + i))
+                store.flush()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(st, k * 5)) for k, st in ((0, a), (1, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = ids(tmp_path)
+    assert len(got) == len(set(got)) == len({f"e{i}" for i in range(0, 90)})
+
+
+def test_unmatched_labels_are_kept_once_and_not_when_a_row_exists(tmp_path: Path) -> None:
     s = opened(tmp_path)
+    s.append(row("joined", T0))
+    s.flush()
     lab = {"event_id": "nope", "label": 3.5, "observed_time": T0 + 5}
     assert s.append_unmatched(lab)
     assert not s.append_unmatched(lab)
+    # a label re-read after a restart whose row was written before: not unmatched
+    s.append_unmatched({"event_id": "joined", "label": 1.0, "observed_time": T0 + 7})
     s.flush()
-    assert read_rows(tmp_path) == []
-    assert read_unmatched(tmp_path) == [lab]
-    assert opened(tmp_path).contains_unmatched("nope")
+    s2 = opened(tmp_path)
+    s2.append_unmatched(lab)  # again after a restart: the table keeps one
+    s2.flush()
+    assert read_unmatched(str(tmp_path)) == [lab]
+    assert ids(tmp_path) == ["joined"]
+
+
+def test_compaction_keeps_every_row_and_vacuum_respects_retention(tmp_path: Path) -> None:
+    s = opened(tmp_path, clock=lambda: 0.0)
+    for k in range(6):
+        s.append(row(f"e{k}", T0 + k))
+        s.flush()
+    v_before = read_rows_at(str(tmp_path)).version
+    n_files = len(parquet_files(tmp_path / "rows"))
+    assert n_files >= 6
+    rep = s.maintain(force=True)
+    assert rep.compacted is not None and rep.compacted["numFilesRemoved"] >= 6
+    assert ids(tmp_path) == [f"e{k}" for k in range(6)]
+    assert rep.vacuumed == 0  # retention (168 h by default) keeps the old files
+    assert read_rows_at(str(tmp_path)).version == (v_before or 0) + 1
+    # time travel: the version before compaction reads the same rows
+    assert ids(tmp_path, version=v_before) == [f"e{k}" for k in range(6)]
+
+    short = GroundTruthSettings(str(tmp_path), retention_hours=0)
+    s0 = GroundTruthStore(short, clock=lambda: 0.0)
+    s0.open()
+    assert s0.maintain(force=True).vacuumed >= 6
+    assert len(parquet_files(tmp_path / "rows")) == 1
+    assert ids(tmp_path) == [f"e{k}" for k in range(6)]
+
+
+def test_maintenance_follows_its_schedule(tmp_path: Path) -> None:
+    now = [0.0]
+    settings = GroundTruthSettings(str(tmp_path), compact_every_s=10, vacuum_every_s=0)
+    s = GroundTruthStore(settings, clock=lambda: now[0])
+    s.open()
+    s.append(row("e1", T0))
+    s.flush()
+    assert s.maintain().compacted is None  # not due yet
+    now[0] = 10.0
+    assert s.maintain().compacted is not None
+    assert s.maintain().compacted is None  # the next one is 10 s away
 
 
 def test_training_data_uses_the_serving_checks(tmp_path: Path) -> None:
@@ -161,21 +227,125 @@ def test_training_data_uses_the_serving_checks(tmp_path: Path) -> None:
     s.append(row("ok", T0, a=-30.0, b=40.0, c=2.0))
     s.append(row("c_out_of_range", T0 + 1, a=-30.0, b=40.0, c=99.0))  # spec: c <= 55
     s.append(row("c_missing", T0 + 2, a=-30.0, b=40.0, c=None))
-    bad = row("bad_label", T0 + 3)
+    bad = row("bad_label", T0 + 3, a=-30.0, b=40.0, c=1.0)
     bad["label"] = "n/a"
     s.append(bad)
     s.flush()
-    d = read_training_data(tmp_path, synthetic.spec_abc())
+    d = read_training_data(str(tmp_path), synthetic.spec_abc())
     assert [r["event_id"] for r in d.rows] == ["ok"]
     assert d.X.tolist() == [[-30.0, 40.0, 2.0]] and d.n_invalid == 3
-    ab = read_training_data(tmp_path, synthetic.spec_ab())
+    ab = read_training_data(str(tmp_path), synthetic.spec_ab())
     assert ab.X.shape == (3, 2)  # c is not an input of (a, b): only the bad label goes
 
 
-def test_fallback_to_scored_features_without_inputs() -> None:
+def test_training_data_with_the_users_names() -> None:
+    fields = RowFields("pid", "ts", "y")
+    rows = [{"pid": "p", "ts": T0, "y": 3.0, "a": -30.0, "b": 40.0, "model_role": "primary"}]
+    d = training_data(rows, synthetic.spec_ab(), fields=fields)
+    assert d.X.tolist() == [[-30.0, 40.0]] and d.y.tolist() == [3.0]
+    assert d.event_time_ms.tolist() == [T0]
+
+
+def test_scored_features_fill_in_for_missing_inputs(tmp_path: Path) -> None:
     r = row("x", T0)
     r["inputs"] = {}
-    d = training_data([r], synthetic.spec_ab())
-    assert d.X.tolist() == [[-30.0, 40.0]]
-    with pytest.raises(AssertionError):
-        assert training_data([r], synthetic.spec_abc()).X.shape[0] == 1
+    s = opened(tmp_path)
+    s.append(r)
+    s.flush()
+    (got,) = read_rows(str(tmp_path))
+    assert (got["a"], got["b"]) == (-30.0, 40.0) and "c" not in got
+
+
+# ---------------------------------------------------------------------- settings
+
+
+def test_uri_parsing() -> None:
+    assert parse_table_uri("file:///data/gt") == parse_table_uri("/data/gt")
+    assert parse_table_uri("/data/gt").scheme == "file"
+    assert parse_table_uri("gt").path == str(Path("gt").absolute())
+    assert parse_table_uri("file:///data/gt").child("rows") == "/data/gt/rows"
+    s3 = parse_table_uri("s3://bucket/some/prefix/")
+    assert (s3.scheme, s3.path) == ("s3", "bucket/some/prefix")
+    assert s3.child("rows") == "s3://bucket/some/prefix/rows"
+    assert parse_table_uri("s3://bucket").child("unmatched") == "s3://bucket/unmatched"
+    for bad, why in [
+        ("gs://b/p", "unsupported"),
+        ("file://relative/p", "absolute"),
+        ("s3://", "not an S3 location"),
+        ("s3://key:secret@bucket/p", "never in the URI"),
+        ("", "empty"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            parse_table_uri(bad)
+
+
+def test_storage_options_and_their_secrecy() -> None:
+    s3 = GroundTruthSettings(
+        "s3://b/p",
+        storage={"endpoint": Secret("http://127.0.0.1:9"), "secret_access_key": Secret("s3cr3t")},
+    )
+    opts = s3.storage_options()
+    assert opts["aws_conditional_put"] == "etag"  # safe concurrent commits by default
+    assert opts["secret_access_key"] == "s3cr3t"
+    assert "s3cr3t" not in repr(s3) and "s3cr3t" not in s3.describe()
+    assert "endpoint=http://127.0.0.1:9" in s3.describe()
+    own = GroundTruthSettings("s3://b/p", storage={"conditional_put": Secret("disabled")})
+    assert "aws_conditional_put" not in own.storage_options()
+    assert GroundTruthSettings("/x").storage_options() == {}
+
+
+def test_retention_and_schedule_settings() -> None:
+    s = GroundTruthSettings("/x")
+    assert (s.retention_hours, s.compact_every_s, s.vacuum_every_s) == (168.0, 600.0, 3600.0)
+    with pytest.raises(ConfigError, match="retention_hours"):
+        GroundTruthSettings("/x", retention_hours=-1)
+    with pytest.raises(ConfigError, match="0: never"):
+        GroundTruthSettings("/x", compact_every_s=-5)
+
+
+def test_project_file_groundtruth_table() -> None:
+    text = """
+[groundtruth]
+uri = "s3://lake/truth"
+retention_hours = 24
+compact_every_s = 60
+[groundtruth.storage]
+endpoint = "http://127.0.0.1:18090"
+allow_http = true
+secret_access_key = "hush"
+"""
+    gt = parse_project(text, "p.toml").groundtruth
+    assert gt is not None
+    assert gt.uri == "s3://lake/truth" and gt.retention_hours == 24.0
+    assert gt.compact_every_s == 60.0 and gt.vacuum_every_s == 3600.0
+    opts = gt.storage_options()
+    assert opts["allow_http"] == "true" and opts["secret_access_key"] == "hush"
+    assert "hush" not in repr(gt)
+    with pytest.raises(ProjectFileError, match="did you mean 'retention_hours'"):
+        parse_project("[groundtruth]\nretention_hour = 3\n", "p.toml")
+    with pytest.raises(ProjectFileError, match="unsupported ground-truth URI"):
+        parse_project('[groundtruth]\nuri = "ftp://x/y"\n', "p.toml")
+    with pytest.raises(ProjectFileError, match="number >= 0"):
+        parse_project("[groundtruth]\nvacuum_every_s = -1\n", "p.toml")
+
+
+def test_training_source_round_trips() -> None:
+    src = TrainingSource("s3://b/p", 12, T0, T0 + DAY, 345, "pid", "ts", "y")
+    assert TrainingSource.from_dict(src.to_dict()) == src
+
+
+def test_recently_written_ids_are_known_after_a_restart_older_ones_are_not(
+    tmp_path: Path,
+) -> None:
+    now = [T0 + 10 * DAY]
+    s = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])
+    old, new = row("old", T0), row("new", T0)
+    old["joined_time"], new["joined_time"] = now[0] - 2 * HOUR, now[0] - 60_000
+    s.append(old)
+    s.append(new)
+    s.flush()
+    assert s.contains("new") and not s.contains("old")  # own writes, within the horizon
+    other = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])  # a restart
+    assert other.contains("new") and not other.contains("old")
+    now[0] += 2 * HOUR
+    assert other.refresh() == 0 and not other.contains("new")  # bounded by the horizon

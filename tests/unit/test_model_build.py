@@ -9,10 +9,10 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from streamscore.core.errors import ConfigError
+from streamscore.dev import synthetic
 from streamscore.models.build import bundle_from_files
 from streamscore.models.container import decode_bundle
 from streamscore.models.runtime import load_bundle
-from streamscore.train import synthetic
 
 
 @pytest.fixture

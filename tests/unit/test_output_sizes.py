@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from streamscore.core import errors
 from streamscore.core.config import KafkaSettings, ScoringSettings, TopicSettings
 from streamscore.core.records import Role
+from streamscore.dev import synthetic
 from streamscore.feedback.router import FeedbackRouter, RouteTopics
 from streamscore.kafka.clients import score_consumer, score_producer
 from streamscore.kafka.dead_letters import (
@@ -34,7 +35,6 @@ from streamscore.serde import schemas
 from streamscore.serde.event_ids import EventIdReader
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
-from streamscore.train import synthetic
 
 from .kafka_fakes import FakeMessage, FakeSink
 from .test_scoring import decode_prediction, env, v1  # noqa: F401 (fixtures)
@@ -150,6 +150,22 @@ def test_an_event_whose_prediction_is_too_large_is_dead_lettered_not_predicted(
     # no limit, or one they fit: every event predicted (the check costs one len() pass)
     whole = BatchScorer(env["dec"], env["pred"], ScoringSettings()).score(msgs, store.snapshot())
     assert whole.n_scored == 20 and whole.dead_letters == []
+
+    # a limit the batch's predictions together exceed, each one fitting: the cheap
+    # per-batch bound fails, nothing is dropped; one byte less, only the largest goes
+    sizes = [wire_size(k, v) for k, v in whole.predictions]
+    largest = max(sizes)
+    assert sum(sizes) > largest  # the whole batch would not fit one record
+    tight = BatchScorer(
+        env["dec"], env["pred"], ScoringSettings(), prediction_limit=lambda: largest
+    ).score(msgs, store.snapshot())
+    assert tight.n_scored == 20 and tight.dead_letters == []
+    under = BatchScorer(
+        env["dec"], env["pred"], ScoringSettings(), prediction_limit=lambda: largest - 1
+    ).score(msgs, store.snapshot())
+    too_big = {whole.prediction_source(i).offset for i, s in enumerate(sizes) if s == largest}
+    assert {dl.message.offset for dl in under.dead_letters} == too_big
+    assert under.n_scored == 20 - len(too_big)
 
 
 # ----------------------------------------------------------- the worker's share

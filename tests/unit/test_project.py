@@ -62,20 +62,22 @@ def test_an_empty_file_is_the_defaults() -> None:
             None,
             None,
             "cfg.toml: unknown table 'event' (did you mean 'events'?); "
-            "expected one of: events, topics, kafka, registry",
+            "expected one of: events, topics, kafka, registry, groundtruth, labels, train, "
+            "features",
         ),
         (
             "name = 'x'\n",
             None,
             None,
-            "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry",
+            "cfg.toml: unknown key 'name'; expected one of: events, topics, kafka, registry, "
+            "groundtruth, labels, train, features",
         ),
         (
             "[events]\nid_feild = 'x'\n",
             "events",
             "id_feild",
             "cfg.toml: [events] id_feild: unknown key 'id_feild' (did you mean 'id_field'?); "
-            "expected one of: topic, id_field, time_field, time_encoding, key_field, "
+            "expected one of: topic, id_field, time_field, time_encoding, key_field, key_format, "
             "copy_headers",
         ),
         (
@@ -141,14 +143,21 @@ def test_an_empty_file_is_the_defaults() -> None:
             "[kafka]\nbootstrap_servers = ['a:1', 'b:2']\n",
             "kafka",
             "bootstrap_servers",
-            "cfg.toml: [kafka] bootstrap_servers: must be a string, not an array (['a:1', 'b:2'])",
+            "cfg.toml: [kafka] bootstrap_servers: must be a string, a number, a boolean or "
+            "{ file = \"<path>\" }, not an array (['a:1', 'b:2'])",
         ),
         (
-            "[kafka]\nbootstrap = 'a:1'\n",
+            "[kafka]\nBootstrap = 'a:1'\n",
             "kafka",
-            "bootstrap",
-            "cfg.toml: [kafka] bootstrap: unknown key 'bootstrap' (did you mean "
-            "'bootstrap_servers'?); expected one of: bootstrap_servers",
+            "Bootstrap",
+            "cfg.toml: [kafka] Bootstrap: is not a librdkafka property name (lower case, "
+            "dotted: ssl.ca.location)",
+        ),
+        (
+            "[kafka.consumer]\n'bootstrap.servers' = 'a:1'\n",
+            "kafka.consumer",
+            "bootstrap.servers",
+            "cfg.toml: [kafka.consumer] bootstrap.servers: goes in [kafka] (every client)",
         ),
         (
             "registry = 'http://r'\n",

@@ -163,3 +163,71 @@ def test_live_quality_gauges_per_version_and_role() -> None:
     assert reg.get_sample_value(
         "streamscore_live_reliability", {**top, "stat": "observed"}
     ) == pytest.approx(1.0)
+
+
+def _binary(eid: str, role: Role, version: int, p_pos: float) -> Prediction:
+    return Prediction(
+        eid, None, T0, "clf", version, role, None, "pos" if p_pos >= 0.5 else "neg",
+        (1 - p_pos, p_pos), ("neg", "pos"), (), (), {},
+    )  # fmt: skip
+
+
+def _multi(eid: str, role: Role, version: int, label: str) -> Prediction:
+    probs = tuple(0.8 if c == label else 0.1 for c in ("a", "b", "c"))
+    return Prediction(
+        eid, None, T0, "clf", version, role, None, label, probs, ("a", "b", "c"), (), (), {}
+    )
+
+
+def test_live_roc_auc_for_binary_and_macro_f1_for_multiclass() -> None:
+    reg = CollectorRegistry()
+    q = LiveQuality(Metrics(reg), window=100, positive="pos")
+    for i, (truth, p) in enumerate([("pos", 0.9), ("neg", 0.2), ("pos", 0.4), ("neg", 0.6)]):
+        q.observe(pairs_for(f"b{i}", truth, _binary(f"b{i}", Role.PRIMARY, 1, p)))
+    for i, (truth, pred) in enumerate([("a", "a"), ("b", "b"), ("c", "a"), ("c", "c")]):
+        q.observe(pairs_for(f"m{i}", truth, _multi(f"m{i}", Role.SHADOW, 2, pred)))
+    b = {"model_version": "1", "role": "primary"}
+    m = {"model_version": "2", "role": "shadow"}
+    assert reg.get_sample_value("streamscore_live_roc_auc", b) is None  # not published yet
+    q.publish()
+    # positives 0.9, 0.4 vs negatives 0.2, 0.6: 3 of 4 pairs ordered right
+    assert reg.get_sample_value("streamscore_live_roc_auc", b) == pytest.approx(0.75)
+    assert reg.get_sample_value("streamscore_live_accuracy", b) == pytest.approx(0.5)
+    assert reg.get_sample_value("streamscore_live_macro_f1", b) is None
+    # per class F1: a 2/3, b 1, c 2/3
+    assert reg.get_sample_value("streamscore_live_macro_f1", m) == pytest.approx(7 / 9)
+    assert reg.get_sample_value("streamscore_live_roc_auc", m) is None
+    assert reg.get_sample_value("streamscore_live_labelled", m) == 4
+    assert q.figures(2, "shadow")["accuracy"] == pytest.approx(0.75)
+
+
+def test_promotion_on_the_recipe_metric() -> None:
+    """Shadow and primary are equally accurate, the shadow ranks better: accuracy (the
+    default) declines, roc_auc (the recipe's) promotes; log_loss (lower is better) too."""
+
+    def feed(pol: PromotionPolicy) -> None:
+        for i in range(20):
+            truth = "pos" if i % 2 else "neg"
+            # both predict the right class; the shadow is more confident
+            pp = 0.6 if truth == "pos" else 0.45
+            ps = 0.95 if truth == "pos" else 0.05
+            eid = f"e{i}"
+            pol.observe(
+                pairs_for(
+                    eid,
+                    truth,
+                    _binary(eid, Role.PRIMARY, 1, pp if i != 3 else 0.3),
+                    _binary(eid, Role.SHADOW, 2, ps if i != 3 else 0.3),
+                )
+            )
+
+    for metric, promote in [(None, False), ("roc_auc", True), ("log_loss", True)]:
+        pol = PromotionPolicy(
+            PromotionSettings(
+                enabled=True, min_labels=20, margin=0.0, metric=metric, positive="pos"
+            )
+        )
+        feed(pol)
+        d = pol.decide()
+        assert d is not None and d.metric == (metric or "accuracy")
+        assert d.promote is promote, d.detail

@@ -14,6 +14,7 @@ from sklearn.linear_model import LinearRegression
 from streamscore.core import errors
 from streamscore.core.config import LatePolicy, ScoringSettings
 from streamscore.core.records import Role, Task
+from streamscore.dev import synthetic
 from streamscore.kafka.dead_letters import dead_letter_headers
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.convert import build_bundle
@@ -24,7 +25,6 @@ from streamscore.score.batch import BatchScorer, InMessage
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
-from streamscore.train import synthetic
 
 KEY = b"unit-test-key"
 

@@ -6,6 +6,7 @@ listed, then the old removed); ``model keygen``'s files and modes."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import stat
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from streamscore.models.runtime import verify_and_load
 from streamscore.models.signing import (
     Ed25519Signer,
     Ed25519Verifier,
+    HmacSigner,
     Signer,
     Verifier,
     keygen,
@@ -234,3 +236,46 @@ def test_reprs_show_key_ids_only(
     raw = base64.b64encode(s.public_key()).decode()
     assert repr(s) == "Ed25519Signer(key_id='k1')"
     assert repr(verifier) == "Ed25519Verifier(key_ids=['k1', 'k2'])" and raw not in repr(verifier)
+
+
+def test_a_bundle_signed_with_anything_derived_from_a_workers_material_is_refused(
+    tmp_path: Path, make_regressor_bundle: Callable[..., Bundle]
+) -> None:
+    """Everything a worker holds is its keyring file (public keys): whatever an attacker
+    on a worker makes of it (the public key as an Ed25519 seed, as an HMAC secret, the
+    whole keyring file as a seed's source), a bundle so signed under a listed key id is
+    refused, and the worker keeps what it serves."""
+    pair = keygen(tmp_path / "keys", "pub1")
+    keyring_file = pair.public_file
+    workers = SigningSettings(keyring_files=(keyring_file,))
+    v = worker_verifier(workers)
+    # the worker's material: public keys only (32 raw bytes each, loadable as public keys)
+    material = read_keyring(keyring_file)
+    assert list(material) == ["pub1"] and all(len(k) == 32 for k in material.values())
+    assert "PRIVATE" not in keyring_file.read_text()
+
+    public = material["pub1"]
+    derived: list[Signer] = [
+        Ed25519Signer(Ed25519PrivateKey.from_private_bytes(public), "pub1"),
+        Ed25519Signer(
+            Ed25519PrivateKey.from_private_bytes(
+                hashlib.sha256(keyring_file.read_bytes()).digest()
+            ),
+            "pub1",
+        ),
+        Ed25519Signer(
+            Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"pub1").digest()), "pub1"
+        ),
+        HmacSigner(public, "pub1"),
+        HmacSigner(keyring_file.read_bytes(), "pub1"),
+    ]
+    up, store, reg = worker(v)
+    legit = published(make_regressor_bundle(1), Ed25519Signer.from_file(pair.private_file))
+    assert up.apply(legit) and store.snapshot().versions() == {"primary": 1}
+    for n, forger in enumerate(derived, 2):
+        forged = published(make_regressor_bundle(n), forger)
+        with pytest.raises(SignatureMismatchError):
+            verify_signature(forged.artifact, forged.signature, forged.key_id, v)
+        assert not up.apply(forged)
+    assert rejected(reg, "bad_signature") == len(derived)
+    assert store.snapshot().versions() == {"primary": 1}

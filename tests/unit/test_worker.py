@@ -169,11 +169,11 @@ def test_revoke_drains_and_drops_lag_series_of_lost_partitions() -> None:
 
 
 def test_drift_tracker_flags_the_shifted_feature_and_follows_the_primary() -> None:
+    from streamscore.dev import synthetic
+    from streamscore.dev.synthetic import demo_bundle
     from streamscore.models.runtime import load_bundle
     from streamscore.score.drift import PSI_ALERT_THRESHOLD
     from streamscore.score.worker import DriftTracker
-    from streamscore.train import synthetic
-    from streamscore.train.training import demo_bundle
 
     reg = CollectorRegistry()
     tracker = DriftTracker(Metrics(reg), window=4000)
@@ -268,3 +268,48 @@ def test_a_scrape_reads_recorded_offsets_and_never_calls_the_consumer() -> None:
     assert (lag(0), lag(1)) == (0, 40)
     tracker.revoked([TopicPartition("events", 1)])
     assert (lag(0), lag(1)) == (0, None)
+
+
+class _AbortOnceSink(FakeSink):
+    """The first send is aborted (an exactly-once transaction that must be retried)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborts = 0
+
+    def send(self, batch: Any) -> None:
+        from streamscore.kafka.delivery import RetryBatch
+
+        if not self.aborts:
+            self.aborts += 1
+            raise RetryBatch("transaction aborted")
+        super().send(batch)
+
+
+class _Drift:
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink
+        self.seen_after_sends: list[int] = []
+
+    def observe(self, model: Any, x: Any, scores: Any) -> None:
+        self.seen_after_sends.append(len(self.sink.sent))
+
+
+def test_drift_is_observed_once_per_batch_after_it_is_sent_and_timed_as_its_own_stage() -> None:
+    stop = threading.Event()
+    batch = [msg(0, 3), msg(0, 4)]
+    # the aborted batch is consumed again (the sink rewound the consumer)
+    c = FakeConsumer([batch, batch], on_consume=lambda n: stop.set() if n > 2 else None)
+    sink = _AbortOnceSink()
+    reg = CollectorRegistry()
+    loop = make_loop(c, sink, stop, reg)
+    drift = _Drift(sink)
+    loop.drift = drift  # type: ignore[assignment]
+    loop.run()
+    assert sink.aborts == 1 and len(sink.sent) == 1
+    assert drift.seen_after_sends == [1]  # not for the aborted send; after the sent one
+
+    def count(stage: str) -> float | None:
+        return reg.get_sample_value("streamscore_stage_seconds_count", {"stage": stage})
+
+    assert count("produce") == 1 and count("drift") == 1

@@ -1,0 +1,431 @@
+"""Durable join state: one embedded RocksDB store per join partition, mirrored to a
+compacted changelog topic (the Kafka Streams pattern). Pure: no Kafka imports (the
+feedback loop produces the changelog and reads it back, :mod:`streamscore.kafka.changelog`).
+
+Layout of one partition's store (``<state-dir>/<join topic>-<partition>/``, RocksDB
+through ``rocksdict``, raw bytes)::
+
+    e<event id>                      -> the entry (pending predictions, label, flags)
+    x<expire_at: 8 bytes BE><event id> -> b""   time index: keys ordered by expiry
+    m                                 -> Meta (offsets, watermark, pending counts)
+
+Memory is bounded by ``cache_entries`` (entries decoded in memory, oldest dropped first
+once written) plus the changes since the last commit; RocksDB holds the rest (its block
+cache and memtables are bounded too, see :func:`_options`). Expiry is a range scan of the
+time index up to the partition's watermark, never a scan of the entries.
+
+Commit (two phases, driven by the loop): :meth:`PartitionState.changes` encodes every
+entry changed since the last commit plus the meta record (the next input offset of the
+partition among them); the loop writes them to the changelog in one Kafka transaction
+with the consumed offsets; then :meth:`PartitionState.applied` writes the same changes,
+the index keys and the meta (with the changelog offset reached) to RocksDB in one
+``WriteBatch``. The local store therefore never runs ahead of the committed changelog:
+after a crash it is either current or behind, and :meth:`PartitionState.restore` catches
+up from the changelog records after its recorded ``changelog_offset`` (all of them on a
+fresh host). Index keys are validated lazily (an index key whose entry is gone or
+expires at another time is dropped when scanned), so the changelog only carries entries.
+"""
+
+from __future__ import annotations
+
+import heapq
+import shutil
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+
+from ..core.errors import StateStoreError
+from ..core.records import Feedback, Prediction, Role
+
+ENTRY = b"e"
+INDEX = b"x"
+META = b"m"
+
+_META = struct.Struct("<qqqqq")
+_HEAD = struct.Struct("<qBH")  # expire_at, flags, number of predictions
+_LABEL = struct.Struct("<qB")  # observed_time, label type
+_PRED = struct.Struct("<BqI")  # role, model_version, raw length
+_EXP = struct.Struct(">Q")
+_F_LABEL, _F_JOINED, _F_WRITTEN = 1, 2, 4
+_ROLES = (Role.PRIMARY, Role.CANARY, Role.SHADOW)
+_ROLE_CODE = {r: i for i, r in enumerate(_ROLES)}
+#: bounds on what an entry read back may hold (a changelog is input too)
+MAX_PREDICTIONS = 1024
+MAX_LABEL_BYTES = 1 << 16
+
+_NEVER = 1 << 62
+
+DecodePrediction = Callable[[bytes], Prediction]
+
+
+@dataclass(slots=True)
+class Meta:
+    """What a partition's state records about itself (one changelog record, key ``m``)."""
+
+    input_offset: int = -1  # next join-topic offset to consume (-1: none applied yet)
+    changelog_offset: int = -1  # last changelog offset applied to this store
+    watermark: int = -1  # largest prediction event time seen (-1: none)
+    pending_labels: int = 0
+    pending_predictions: int = 0
+
+    def encode(self) -> bytes:
+        return _META.pack(
+            self.input_offset,
+            self.changelog_offset,
+            self.watermark,
+            self.pending_labels,
+            self.pending_predictions,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Meta:
+        if len(data) != _META.size:
+            raise StateStoreError(f"join-state meta record of {len(data)} bytes")
+        return cls(*_META.unpack(data))
+
+
+@dataclass(slots=True)
+class Entry:
+    """One event id's state. ``preds`` maps (role, version) to [wire bytes, decoded or
+    None]; once the row is written the bytes are dropped (only the keys still matter)."""
+
+    event_id: str
+    expire_at: int
+    preds: dict[tuple[Role, int], list[bytes | Prediction | None]] = field(default_factory=dict)
+    label: Feedback | None = None
+    joined: bool = False
+    written: bool = False
+
+
+def encode_entry(e: Entry) -> bytes:
+    flags = (
+        (_F_LABEL if e.label is not None else 0)
+        | (_F_JOINED if e.joined else 0)
+        | (_F_WRITTEN if e.written else 0)
+    )
+    parts = [_HEAD.pack(e.expire_at, flags, len(e.preds))]
+    lab = e.label
+    if lab is not None:
+        v = lab.label
+        if isinstance(v, bool):
+            parts += [_LABEL.pack(lab.observed_time_ms, 0), b"\x01" if v else b"\x00"]
+        elif isinstance(v, int):
+            parts += [_LABEL.pack(lab.observed_time_ms, 1), struct.pack("<q", v)]
+        elif isinstance(v, float):
+            parts += [_LABEL.pack(lab.observed_time_ms, 2), struct.pack("<d", v)]
+        else:
+            b = str(v).encode()
+            parts += [_LABEL.pack(lab.observed_time_ms, 3), struct.pack("<I", len(b)), b]
+    for (role, version), slot in e.preds.items():
+        raw = slot[0] if e.written is False else b""
+        assert isinstance(raw, bytes)
+        parts += [_PRED.pack(_ROLE_CODE[role], version, len(raw)), raw]
+    return b"".join(parts)
+
+
+def entry_expiry(data: bytes) -> int:
+    """The expiry time of an encoded entry (its first 8 bytes)."""
+    return int(struct.unpack_from("<q", data)[0])
+
+
+def decode_entry(event_id: str, data: bytes) -> Entry:
+    try:
+        expire_at, flags, n = _HEAD.unpack_from(data)
+        if n > MAX_PREDICTIONS:
+            raise StateStoreError(f"join-state entry with {n} predictions")
+        pos = _HEAD.size
+        e = Entry(event_id, expire_at, joined=bool(flags & _F_JOINED))
+        e.written = bool(flags & _F_WRITTEN)
+        if flags & _F_LABEL:
+            observed, kind = _LABEL.unpack_from(data, pos)
+            pos += _LABEL.size
+            value: float | str
+            if kind == 0:
+                value, pos = data[pos] == 1, pos + 1
+            elif kind == 1:
+                value, pos = struct.unpack_from("<q", data, pos)[0], pos + 8
+            elif kind == 2:
+                value, pos = struct.unpack_from("<d", data, pos)[0], pos + 8
+            elif kind == 3:
+                (size,) = struct.unpack_from("<I", data, pos)
+                if size > MAX_LABEL_BYTES:
+                    raise StateStoreError(f"join-state label of {size} bytes")
+                value, pos = data[pos + 4 : pos + 4 + size].decode(), pos + 4 + size
+            else:
+                raise StateStoreError(f"join-state label of unknown type {kind}")
+            e.label = Feedback(event_id, value, observed)
+        for _ in range(n):
+            role, version, size = _PRED.unpack_from(data, pos)
+            pos += _PRED.size
+            raw = data[pos : pos + size]
+            if len(raw) != size or role >= len(_ROLES):
+                raise StateStoreError("truncated join-state entry")
+            pos += size
+            e.preds[(_ROLES[role], version)] = [raw, None]
+        if pos != len(data):
+            raise StateStoreError("join-state entry with trailing bytes")
+        return e
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise StateStoreError(f"undecodable join-state entry: {exc}") from None
+
+
+def _options() -> Options:
+    o = Options(raw_mode=True)
+    o.create_if_missing(True)
+    o.set_write_buffer_size(32 << 20)
+    o.set_max_write_buffer_number(2)
+    t = BlockBasedOptions()
+    t.set_block_cache(Cache(64 << 20))
+    t.set_bloom_filter(10, False)
+    o.set_block_based_table_factory(t)
+    o.set_max_open_files(256)
+    return o
+
+
+class PartitionState:
+    """One join partition's entries (module doc). ``path`` None keeps everything in
+    memory (tests, and a worker run without ``--state-dir``)."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        cache_entries: int = 100_000,
+        fresh: bool = False,
+    ) -> None:
+        if cache_entries < 1:
+            raise ValueError(f"cache_entries must be >= 1, got {cache_entries}")
+        self.path = path
+        self.cache_entries = cache_entries
+        self._db: Rdict | None = None
+        if path is not None:
+            if fresh and path.exists():
+                shutil.rmtree(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = Rdict(str(path), _options())
+        self._cache: OrderedDict[str, Entry] = OrderedDict()
+        self._dirty: dict[str, Entry | None] = {}
+        self._heap: list[tuple[int, str]] = []
+        self._scanned: list[bytes] = []  # index keys handled, deleted at the next apply
+        self._scan_from = 0
+        self._next_db_expiry = 0  # no index key below this (0: unknown, scan)
+        self._encoded: list[tuple[str, bytes | None, int]] = []
+        self.meta = Meta()
+        if self._db is not None:
+            raw = self._get(META)
+            if raw is not None:
+                self.meta = Meta.decode(raw)
+
+    # ------------------------------------------------------------- key/value
+    def _get(self, key: bytes) -> bytes | None:
+        assert self._db is not None
+        v = self._db.get(key)
+        return None if v is None else cast(bytes, v)
+
+    def get(self, eid: str) -> Entry | None:
+        d = self._dirty
+        if eid in d:
+            return d[eid]
+        e = self._cache.get(eid)
+        if e is not None or self._db is None:
+            return e
+        raw = self._get(ENTRY + eid.encode())
+        if raw is None:
+            return None
+        e = decode_entry(eid, raw)
+        self._cache[eid] = e
+        return e
+
+    def put(self, e: Entry) -> None:
+        self._dirty[e.event_id] = e
+
+    def schedule(self, e: Entry) -> None:
+        heapq.heappush(self._heap, (e.expire_at, e.event_id))
+
+    def delete(self, eid: str) -> None:
+        self._dirty[eid] = None
+        self._cache.pop(eid, None)
+
+    @property
+    def dirty(self) -> int:
+        return len(self._dirty)
+
+    def cached(self) -> int:
+        return len(self._cache)
+
+    # ---------------------------------------------------------------- expiry
+    def next_expiry(self) -> int:
+        """No entry expires before this time (a lower bound)."""
+        nxt = self._next_db_expiry if self._db is not None else _NEVER
+        heap = self._heap
+        return heap[0][0] if heap and heap[0][0] < nxt else nxt
+
+    def expired(self, watermark: int) -> list[Entry]:
+        """Remove and return the entries with ``expire_at < watermark``, oldest first."""
+        out: list[Entry] = []
+        heap = self._heap
+        while heap and heap[0][0] < watermark:
+            exp, eid = heapq.heappop(heap)
+            e = self.get(eid)
+            if e is not None and e.expire_at == exp:
+                self.delete(eid)
+                out.append(e)
+        if self._db is not None and self._next_db_expiry < watermark:
+            self._next_db_expiry = _NEVER
+            start = INDEX + _EXP.pack(max(self._scan_from, 0))
+            for k in self._db.keys(from_key=start):
+                key = cast(bytes, k)
+                if not key.startswith(INDEX):
+                    break
+                exp = _EXP.unpack_from(key, 1)[0]
+                if exp >= watermark:
+                    self._next_db_expiry = exp
+                    break
+                self._scanned.append(key)
+                eid = key[9:].decode()
+                e = self.get(eid)
+                if e is not None and e.expire_at == exp:
+                    self.delete(eid)
+                    out.append(e)
+            self._scan_from = watermark
+            out.sort(key=lambda x: x.expire_at)
+        return out
+
+    def items(self) -> Iterable[Entry]:
+        """Every entry (tests, diagnostics): committed ones overlaid with the changes."""
+        seen: set[str] = set()
+        for eid, e in self._dirty.items():
+            seen.add(eid)
+            if e is not None:
+                yield e
+        if self._db is None:
+            for eid, e in self._cache.items():
+                if eid not in seen:
+                    yield e
+            return
+        for k, raw in self._db.items(from_key=ENTRY):
+            key = cast(bytes, k)
+            if not key.startswith(ENTRY):
+                break
+            eid = key[1:].decode()
+            if eid not in seen:
+                yield decode_entry(eid, cast(bytes, raw))
+
+    # ---------------------------------------------------------------- commit
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records of everything changed since the last commit, the meta
+        record last (its offset is the partition's changelog position)."""
+        enc: list[tuple[str, bytes | None, int]] = []
+        recs: list[tuple[bytes, bytes | None]] = []
+        for eid, e in self._dirty.items():
+            data = None if e is None else encode_entry(e)
+            enc.append((eid, data, -1 if e is None else e.expire_at))
+            recs.append((ENTRY + eid.encode(), data))
+        self._encoded = enc
+        recs.append((META, self.meta.encode()))
+        return recs
+
+    def applied(self, changelog_offset: int) -> None:
+        """The records of :meth:`changes` are committed to the changelog (its last at
+        ``changelog_offset``): write them to the local store and trim the cache."""
+        if not self._encoded and self._dirty:
+            self.changes()
+        self.meta.changelog_offset = changelog_offset
+        cache = self._cache
+        if self._db is not None:
+            wb = WriteBatch(raw_mode=True)
+            for eid, data, exp in self._encoded:
+                k = eid.encode()
+                if data is None:
+                    wb.delete(ENTRY + k)
+                else:
+                    wb.put(ENTRY + k, data)
+                    wb.put(INDEX + _EXP.pack(max(exp, 0)) + k, b"")
+            for key in self._scanned:
+                wb.delete(key)
+            wb.put(META, self.meta.encode())
+            self._db.write(wb)
+        for eid, e in self._dirty.items():
+            if e is not None:
+                cache[eid] = e
+                cache.move_to_end(eid)
+        if self._db is not None:
+            while len(cache) > self.cache_entries:
+                cache.popitem(last=False)
+            if self._heap:
+                self._next_db_expiry = min(self._next_db_expiry, self._heap[0][0])
+            self._heap.clear()
+        self._dirty.clear()
+        self._scanned.clear()
+        self._encoded = []
+
+    def discard(self) -> None:
+        """Forget the changes since the last commit (a failed transaction)."""
+        self._dirty.clear()
+        self._encoded = []
+        self._scanned.clear()
+        self._cache.clear()
+        self._heap.clear()
+        self._next_db_expiry = 0
+        self._scan_from = 0
+        if self._db is not None:
+            raw = self._get(META)
+            self.meta = Meta.decode(raw) if raw is not None else Meta()
+
+    # --------------------------------------------------------------- restore
+    def restore(self, records: Iterable[tuple[int, bytes | None, bytes | None]]) -> int:
+        """Apply changelog records ``(offset, key, value)`` read after
+        ``meta.changelog_offset`` (batched writes); returns how many were applied."""
+        if self._db is not None:
+            wb = WriteBatch(raw_mode=True)
+        n = 0
+        for off, key, value in records:
+            if key is None:
+                raise StateStoreError(f"changelog record at offset {off} without a key")
+            if key == META:
+                if value is None:
+                    raise StateStoreError(f"changelog meta record at offset {off} is empty")
+                self.meta = Meta.decode(value)
+            elif key.startswith(ENTRY):
+                eid = key[1:].decode()
+                if self._db is None:
+                    if value is None:
+                        self._cache.pop(eid, None)
+                    else:
+                        e = decode_entry(eid, value)
+                        self._cache[eid] = e
+                        self.schedule(e)
+                elif value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+                    wb.put(INDEX + _EXP.pack(max(entry_expiry(value), 0)) + key[1:], b"")
+            else:
+                raise StateStoreError(f"changelog record at offset {off} with an unknown key")
+            self.meta.changelog_offset = off
+            n += 1
+            if self._db is not None and wb.len() >= 10_000:
+                wb.put(META, self.meta.encode())
+                self._db.write(wb)
+                wb = WriteBatch(raw_mode=True)
+        if self._db is not None:
+            wb.put(META, self.meta.encode())
+            self._db.write(wb)
+        if n:
+            self._cache.clear() if self._db is not None else None
+            self._next_db_expiry = 0
+            self._scan_from = 0
+        return n
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.flush()
+            self._db.close()
+            self._db = None
+        self._cache.clear()
+        self._dirty.clear()

@@ -1,0 +1,223 @@
+"""The durable join state (RocksDB per partition): expiry by event time through the time
+index, a bounded cache, restore from changelog records, idempotent replay after a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamscore.core.errors import StateStoreError
+from streamscore.core.records import Feedback, Prediction, Role
+from streamscore.feedback.join import JoinState
+from streamscore.feedback.state import Entry, PartitionState, decode_entry, encode_entry
+
+T0 = 1_700_000_000_000
+DAY = 86_400_000
+WINDOW = 30 * DAY
+TP = ("join", 0)
+
+
+def pred_record(eid: str, t: int, role: str = "primary", version: int = 1) -> dict[str, Any]:
+    return {
+        "event_id": eid,
+        "key": f"k-{eid}",
+        "event_time": t,
+        "model_name": "m",
+        "model_version": version,
+        "role": role,
+        "value": 1.5,
+        "features": [1.0, 2.0],
+        "feature_names": ["a", "b"],
+        "inputs": {"a": 1.0, "b": 2.0},
+    }
+
+
+def decode(raw: bytes) -> Prediction:
+    return Prediction.from_avro(json.loads(raw))
+
+
+def add_pred(j: JoinState, eid: str, t: int, off: int, **kw: Any) -> Any:
+    rec = pred_record(eid, t, **kw)
+    raw = json.dumps(rec).encode()
+    out = j.add_prediction(Prediction.from_avro(rec, (*TP, off)), raw)
+    j.consumed((*TP, off))
+    return out
+
+
+def add_label(j: JoinState, eid: str, t: int, off: int, y: float = 1.0) -> Any:
+    out = j.add_label(Feedback(eid, y, t, (*TP, off)))
+    j.consumed((*TP, off))
+    return out
+
+
+def new_join(path: Path | None, cache: int = 100, **kw: Any) -> tuple[JoinState, PartitionState]:
+    j = JoinState(WINDOW, decode_prediction=decode, **kw)
+    s = PartitionState(path, cache_entries=cache)
+    j.open_partition(TP, s)
+    return j, s
+
+
+class Changelog:
+    """The records a Kafka changelog partition would hold, with offsets."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, bytes | None, bytes | None]] = []
+
+    def commit(self, s: PartitionState) -> None:
+        for k, v in s.changes():
+            self.records.append((len(self.records), k, v))
+        s.applied(len(self.records) - 1)
+
+    def after(self, offset: int) -> list[tuple[int, bytes | None, bytes | None]]:
+        return [r for r in self.records if r[0] > offset]
+
+
+def test_entry_codec_round_trips_and_rejects_garbage() -> None:
+    e = Entry("ev", T0 + WINDOW, label=Feedback("ev", "fraud", T0 + 5), joined=True)
+    e.preds[(Role.SHADOW, 3)] = [b"raw-bytes", None]
+    back = decode_entry("ev", encode_entry(e))
+    assert back.expire_at == T0 + WINDOW and back.joined and not back.written
+    assert back.label == Feedback("ev", "fraud", T0 + 5)
+    assert back.preds == {(Role.SHADOW, 3): [b"raw-bytes", None]}
+    for y in (True, 7, 2.5):
+        e.label = Feedback("ev", y, T0)
+        got = decode_entry("ev", encode_entry(e)).label
+        assert got is not None and got.label == y and type(got.label) is type(y)
+    data = encode_entry(e)
+    with pytest.raises(StateStoreError):
+        decode_entry("ev", data[:-3])
+    with pytest.raises(StateStoreError):
+        decode_entry("ev", data + b"x")
+
+
+def test_a_label_after_30_days_joins_and_one_after_the_window_is_unmatched(
+    tmp_path: Path,
+) -> None:
+    j, s = new_join(tmp_path / "p0", cache=5)
+    add_pred(j, "late", T0, 0)
+    add_pred(j, "too-late", T0, 1)
+    for i in range(200):  # the stream goes on for 30 days of event time
+        add_pred(j, f"other{i}", T0 + i * (30 * DAY // 200), 2 + i)
+    Changelog().commit(s)
+    assert s.cached() <= 5  # the old entries are on disk only
+    out = add_label(j, "late", T0 + 30 * DAY, 300)
+    (row,) = out.rows
+    assert row["event_id"] == "late" and row["prediction_value"] == 1.5
+    # the watermark passes the window of the other one: expired from the disk index
+    add_pred(j, "next", T0 + WINDOW + 10, 301)
+    assert j.stats.pending_predictions > 0
+    late = add_label(j, "too-late", T0 + WINDOW + 20, 302)
+    assert late.rows == [] and j.stats.pending_labels == 1
+    out = j.advance(T0 + 2 * WINDOW + 30)
+    assert [lab.event_id for lab in out.unmatched] == ["too-late"]
+    assert j.stats.joined == 1 and j.stats.unmatched == 1 and j.stats.reconciles()
+
+
+def test_expiry_is_a_range_scan_in_event_time_order(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "p0", cache=1)
+    for i in range(50):
+        add_pred(j, f"e{i}", T0 + (49 - i) * 1000, i)  # newest first
+    Changelog().commit(s)
+    for eid in ("e49", "e48"):  # loaded from disk, so the cache holds more than its cap
+        assert s.get(eid) is not None
+    gone = s.expired(T0 + WINDOW + 10 * 1000 + 1)  # everything older than 10 s after T0
+    assert [e.event_id for e in gone] == [f"e{i}" for i in range(49, 38, -1)]
+    assert s.expired(T0 + WINDOW + 10 * 1000 + 1) == []
+
+
+def test_memory_stays_bounded_and_the_oldest_still_joins(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "p0", cache=50)
+    log = Changelog()
+    for i in range(5000):
+        add_pred(j, f"e{i}", T0 + i, i)
+        if j.needs_commit():
+            log.commit(s)
+    log.commit(s)
+    assert s.cached() <= 50 and s.dirty == 0
+    assert j.stats.pending_predictions == 5000 == s.meta.pending_predictions
+    (row,) = add_label(j, "e0", T0 + DAY, 5000).rows
+    assert row["event_id"] == "e0"
+
+
+def test_restore_from_the_changelog_on_an_empty_state_dir(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "a", cache=10)
+    log = Changelog()
+    for i in range(100):
+        add_pred(j, f"e{i}", T0 + i, i)
+    add_label(j, "early", T0, 100)
+    log.commit(s)
+    add_label(j, "e1", T0 + 5, 101)  # e1 written: its entry keeps only the label + keys
+    log.commit(s)
+    j2, s2 = new_join(tmp_path / "fresh", cache=10)
+    j2.close_partition(TP)
+    s2 = PartitionState(tmp_path / "fresh", cache_entries=10)
+    assert s2.restore(log.after(s2.meta.changelog_offset)) == len(log.records)
+    j2.open_partition(TP, s2)
+    assert s2.meta.input_offset == 102 and s2.meta.changelog_offset == len(log.records) - 1
+    assert j2.stats.pending_predictions == 99 and j2.stats.pending_labels == 1
+    assert sorted(e.event_id for e in s2.items()) == sorted(e.event_id for e in s.items())
+    assert add_label(j2, "e1", T0 + 6, 102).rows == []  # already joined there
+    (row,) = add_label(j2, "e7", T0 + 7, 103).rows
+    assert row["event_id"] == "e7"
+    (row,) = add_pred(j2, "early", T0, 104).rows
+    assert row["event_id"] == "early"
+
+
+def test_a_local_store_catches_up_from_its_changelog_offset(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "a")
+    log = Changelog()
+    add_pred(j, "e1", T0, 0)
+    log.commit(s)
+    s.close()
+    # another worker owned the partition meanwhile and committed more
+    j_other, other = new_join(tmp_path / "b")
+    other.restore(log.after(-1))
+    add_label(j_other, "e1", T0 + 1, 1)
+    add_pred(j_other, "e2", T0 + 2, 2)
+    log.commit(other)
+    back = PartitionState(tmp_path / "a")
+    assert back.restore(log.after(back.meta.changelog_offset)) == 3  # e1, e2, meta
+    assert back.meta.input_offset == 3
+    e1 = back.get("e1")
+    assert e1 is not None and e1.written and back.get("e2") is not None
+
+
+def test_replay_after_a_crash_is_idempotent(tmp_path: Path) -> None:
+    """A crash after rows were made durable but before the commit: the replay from the
+    committed state gives the same rows and the same state as a run without a crash."""
+    msgs = [("p", f"e{i}", T0 + i * 1000) for i in range(20)]
+    msgs += [("l", f"e{i}", T0 + DAY) for i in range(0, 20, 2)]
+    msgs += [("l", "nope", T0), ("p", "far", T0 + WINDOW + 5000)]
+
+    def feed(j: JoinState, start: int, stop: int) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for off in range(start, stop):
+            kind, eid, t = msgs[off]
+            o = add_pred(j, eid, t, off) if kind == "p" else add_label(j, eid, t, off)
+            out += [("row", r["event_id"]) for r in o.rows]
+            out += [("unmatched", lab.event_id) for lab in o.unmatched]
+        return out
+
+    ja, sa = new_join(tmp_path / "clean", cache=3)
+    clean = feed(ja, 0, len(msgs))
+    Changelog().commit(sa)
+
+    jb, sb = new_join(tmp_path / "crashed", cache=3)
+    log = Changelog()
+    first = feed(jb, 0, 15)
+    log.commit(sb)
+    lost = feed(jb, 15, len(msgs))  # durable in the store, never committed: then SIGKILL
+    sb.close()
+    jc, sc = new_join(tmp_path / "crashed", cache=3)
+    assert sc.meta.input_offset == 15
+    again = feed(jc, sc.meta.input_offset, len(msgs))
+    assert again == lost and first + again == clean
+    Changelog().commit(sc)
+    assert sorted((e.event_id, e.expire_at, e.written) for e in sc.items()) == sorted(
+        (e.event_id, e.expire_at, e.written) for e in sa.items()
+    )
+    sc.meta.changelog_offset = sa.meta.changelog_offset
+    assert sc.meta == sa.meta  # offsets, watermark, pending counts
