@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore.core.errors import StreamscoreError, TruncatedMessageError, UnknownKindError
+from streamscore.core.errors import (
+    MagicByteError,
+    StreamscoreError,
+    TruncatedMessageError,
+    UnknownKindError,
+)
 from streamscore.core.records import Prediction, Role
 from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
 from streamscore.feedback.join import JoinState
@@ -240,6 +245,12 @@ def test_the_feedback_side_reads_v2_and_v3_predictions_with_their_detail(registr
     # the v3 reader alone would have lost the v2 record's arrays
     plain = Prediction.from_avro(AvroDeserializer(cache, schemas.load("prediction"))(v2))
     assert plain.features == () and plain.feature_names == ()
+    # in one batch (the join's batch decode): each layout with its reader, in order, a
+    # bad value typed at its place
+    good, records, failed = dec.decode_many([v3, v2, b"\x07bad", v2, v3])
+    assert good == [0, 1, 3, 4] and len(failed) == 1 and failed[0][0] == 2
+    assert isinstance(failed[0][1], MagicByteError)
+    assert all(Prediction.from_avro(r) == new for r in records)
 
 
 def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
