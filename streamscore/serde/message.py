@@ -562,9 +562,9 @@ class AvroSerializer:
     def _ensure_header(self) -> bytes:
         if self._header is None:
             reg, schema, auto = self._registry, self._schema_json, self._auto_register
-            for also in self._also:
-                writer_schema(reg, also, schema, auto_register=auto)
             writer = writer_schema(reg, self._subject, schema, auto_register=auto)
+            for also in self._also:  # after the main subject: its error is said first
+                writer_schema(reg, also, schema, auto_register=auto)
             self._parsed = parse(writer.schema)
             self._columnar = ColumnarEncoder(writer.schema)
             self._writer = writer
