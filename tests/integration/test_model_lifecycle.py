@@ -121,7 +121,7 @@ def test_twenty_swaps_during_50k_events_each_prediction_stamped_with_its_model(
     # the stamp is the truth: each value is what that version's own model gives
     for v in versions_seen:
         rows = [p for p in preds if p["model_version"] == v]
-        x = np.array([r["features"] for r in rows], dtype=np.float32)
+        x = np.array([r["detail"]["features"] for r in rows], dtype=np.float32)
         want = models[v].predict(x).values
         np.testing.assert_allclose([r["value"] for r in rows], want, rtol=0, atol=1e-4)
         other = models[v % 21 + 1].predict(x).values
