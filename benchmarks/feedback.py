@@ -22,12 +22,16 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import signal
+import statistics
+import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
@@ -41,7 +45,7 @@ from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import registry_client
-from tests.processes import WorkerProcess, launch, worker_env
+from tests.processes import WorkerProcess, launch, sample, worker_env
 
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
 
@@ -56,6 +60,17 @@ def joined(port: int) -> float:
         if line.startswith(JOINED):
             return float(line.split()[-1])
     return 0.0
+
+
+def rss_mb(pid: int) -> float | None:
+    """The process's peak RSS (VmHWM), MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def prediction(eid: str, key: str, t_ms: int, i: int) -> dict[str, Any]:
@@ -116,8 +131,8 @@ class FeedbackBench:
         self.create(self.topics.telemetry, 1)
         self.create(self.topics.dlq, 1)
 
-    def fresh_inputs(self, k: int) -> None:
-        """Predictions and feedback topics of their own for the run with k workers."""
+    def fresh_inputs(self, k: str) -> None:
+        """Predictions and feedback topics of their own for one run."""
         self.topics = replace(
             self.topics,
             predictions=self.topic(f"predictions.{k}"),
@@ -148,7 +163,9 @@ class FeedbackBench:
             time.sleep(0.2)
         raise RuntimeError(f"consumer group {group} did not settle in {timeout:.0f}s")
 
-    def fill(self, n: int) -> None:
+    def fill(self, n: int, *, labels: range | None = None) -> None:
+        """``n`` predictions and a label for each of ``labels`` (default: every one)."""
+        labelled = range(n) if labels is None else labels
         t0 = time.perf_counter()
         enc_p = AvroSerializer(
             self.reg, f"{self.topics.predictions}-value", schemas.load("prediction")
@@ -163,27 +180,28 @@ class FeedbackBench:
             }
         )
         now = int(time.time() * 1000)
-        for i in range(n):
+        out: list[tuple[str, str, bytes]] = []
+        for i in range(max(n, labelled.stop)):
             eid, key = f"{self.prefix}-{i}", f"entity-{i % 5000}"
-            for topic, k, v in (
-                (self.topics.predictions, key, enc_p(prediction(eid, key, now, i))),
-                (
-                    self.topics.feedback,
-                    eid,
-                    enc_f({"event_id": eid, "label": 1.0, "observed_time": now}),
-                ),
-            ):
+            if i < n:
+                out.append((self.topics.predictions, key, enc_p(prediction(eid, key, now, i))))
+            if i in labelled:
+                label = {"event_id": eid, "label": 1.0, "observed_time": now}
+                out.append((self.topics.feedback, eid, enc_f(label)))
+            for topic, k, v in out:
                 while True:
                     try:
                         p.produce(topic, v, k.encode())
                         break
                     except BufferError:
                         p.poll(0.05)
+            out.clear()
             if i % 10_000 == 0:
                 p.poll(0)
         assert p.flush(120) == 0, "the broker did not take every message"
         print(
-            f"bench: {n:,} predictions + {n:,} labels produced in {time.perf_counter() - t0:.1f}s",
+            f"bench: {n:,} predictions + {len(labelled):,} labels produced in "
+            f"{time.perf_counter() - t0:.1f}s",
             flush=True,
         )
 
@@ -192,51 +210,88 @@ class FeedbackBench:
             dict(os.environ), self.kafka.bootstrap_servers, self.registry.url, self.topics
         )
 
-    def run(self, k: int, n: int, timeout_s: float) -> dict[str, Any]:
-        self.fresh_inputs(k)
-        group = self.topic(f"fb{k}")
+    def launch(self, j: int, group: str, store: Path, state_dir: Path, *extra: str) -> Any:
+        return launch(
+            "feedback",
+            "--groundtruth",
+            str(store),
+            "--window",
+            "1h",
+            "--state-dir",
+            str(state_dir),
+            *extra,
+            worker_id=f"fb-{j}",
+            group_id=group,
+            env=self.env(),
+            log_path=self.workdir / f"feedback-{group.rsplit('.', 1)[-1]}-{j}.log",
+        )
+
+    def run(
+        self,
+        k: int,
+        n: int,
+        timeout_s: float,
+        *,
+        backlog: bool = False,
+        profile: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """``n`` labels joined by ``k`` workers. Live (default): the workers are up and
+        settled, then the bench produces (the figure is bounded by the producer, on the
+        same machine). ``backlog``: everything is produced first, then the workers start;
+        the figure runs from the first label joined to the last (startup and the group
+        join are reported apart)."""
+        tag = f"{k}{'b' if backlog else ''}.{len(self.created)}"
+        self.fresh_inputs(tag)
+        group = self.topic(f"fb{tag}")
         self.created.append(join_topic_for(group))
-        store = self.workdir / f"gt-{self.run_id}-{k}"
+        self.created.append(join_topic_for(group) + ".changelog")
+        store = self.workdir / f"gt-{group}"
         procs: list[WorkerProcess] = []
-        try:
-            for j in range(k):
-                procs.append(
-                    launch(
-                        "feedback",
-                        "--groundtruth",
-                        str(store),
-                        "--window",
-                        "1h",
-                        "--state-dir",
-                        str(self.workdir / f"state-{self.run_id}-{k}"),
-                        worker_id=f"fb{k}-{j}",
-                        group_id=group,
-                        env=self.env(),
-                        log_path=self.workdir / f"feedback-{k}-{j}.log",
-                    )
-                )
-            self.wait_settled(
-                f"{group}.router", [self.topics.predictions, self.topics.feedback], k, 120
-            )
-            self.wait_settled(group, [join_topic_for(group)], k, 120)
-            t0 = time.monotonic()
+        spy: subprocess.Popen[bytes] | None = None
+        t0: float | None = None
+        if backlog:
             self.fill(n)
+        try:
+            t_start = time.monotonic()
+            for j in range(k):
+                procs.append(self.launch(j, group, store, self.workdir / f"state-{group}", *extra))
+            if profile is not None:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "100",
+                     "-f", "raw", "-o", str(profile), "--pid", str(procs[0].proc.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            if not backlog:
+                self.wait_settled(
+                    f"{group}.router", [self.topics.predictions, self.topics.feedback], k, 120
+                )
+                self.wait_settled(group, [join_topic_for(group)], k, 120)
+                t0 = time.monotonic()
+                self.fill(n)
             done_t = None
-            deadline = t0 + timeout_s
+            deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 for w in procs:
                     if w.proc.poll() is not None:
                         raise RuntimeError(f"a feedback worker exited {w.proc.returncode}")
                 total = sum(joined(w.metrics_port) for w in procs)
                 now = time.monotonic()
+                if t0 is None and total > 0:
+                    t0 = now
                 if total >= n:
                     done_t = now
                     break
                 time.sleep(0.1)
-            if done_t is None:
+            if done_t is None or t0 is None:
                 raise RuntimeError(f"{k} worker(s) did not join {n:,} labels in {timeout_s}s")
             per_worker = [joined(w.metrics_port) for w in procs]
+            rss = [rss_mb(w.proc.pid) for w in procs]
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(30)
             for w in procs:
                 w.proc.terminate()  # all at once, then wait for each
             for w in procs:
@@ -246,13 +301,74 @@ class FeedbackBench:
         ids = {r["event_id"] for r in rows}
         return {
             "workers": k,
+            "mode": "backlog" if backlog else "live",
             "labels": n,
             "total_s": round(done_t - t0, 2),
             "labels_per_s": round(n / (done_t - t0)),
+            "start_to_first_join_s": round(t0 - t_start, 2) if backlog else None,
             "joined_per_worker": per_worker,
+            "rss_mb": rss,
             "rows": len(rows),
             "rows_unique": len(ids),
         }
+
+    def restart(self, n: int, timeout_s: float) -> dict[str, Any]:
+        """``n`` pending predictions joined in by one worker (through Kafka), SIGTERM;
+        a label for the oldest produced, the worker started again on its state directory:
+        seconds from the process start to that label joined. Then the same on an empty
+        state directory (a fresh host): restored from the changelog, the rate read from
+        the worker's log."""
+        self.fresh_inputs(f"restart.{len(self.created)}")
+        group = self.topic(f"fbr{len(self.created)}")
+        self.created += [join_topic_for(group), join_topic_for(group) + ".changelog"]
+        store, state_dir = self.workdir / f"gt-{group}", self.workdir / f"state-{group}"
+        pending = "streamscore_feedback_pending"
+        self.fill(n, labels=range(0))
+        w = self.launch(0, group, store, state_dir)
+        t0 = time.monotonic()
+        try:
+            w.wait_until(
+                lambda: sample(w.metrics_port, pending, {"side": "prediction"}) >= n,
+                f"{n:,} pending predictions",
+                timeout=timeout_s,
+            )
+            fill_s = time.monotonic() - t0
+            rss = rss_mb(w.proc.pid)
+            assert w.terminate(120) == 0, w.log()
+        finally:
+            w.close()
+        result: dict[str, Any] = {
+            "pending": n,
+            "joined_in_s": round(fill_s, 1),
+            "peak_rss_mb_filling": rss,
+        }
+        for i, (name, where) in enumerate(
+            (("local", state_dir), ("fresh_host", self.workdir / f"state-{group}-fresh"))
+        ):
+            self.fill(0, labels=range(i, i + 1))  # the oldest pending (then the next)
+            w = self.launch(1 + i, group, store, where)
+            t0 = time.monotonic()
+            try:
+                w.wait_until(lambda w=w: joined(w.metrics_port) >= 1, "the label joined", timeout_s)
+                result[f"{name}_start_to_join_s"] = round(time.monotonic() - t0, 2)
+                result[f"{name}_pending_after"] = sample(
+                    w.metrics_port, pending, {"side": "prediction"}
+                )
+                assert w.terminate(120) == 0, w.log()
+                text = w.log_path.read_text(errors="replace")
+            finally:
+                w.close()
+            applied = [
+                (int(m.group(1)), float(m.group(2)))
+                for m in re.finditer(r"(\d+) changelog records applied in ([\d.]+)s", text)
+            ]
+            records = sum(a for a, _ in applied)
+            secs = sum(s for _, s in applied)
+            result[f"{name}_changelog_records"] = records
+            result[f"{name}_restore_s"] = round(secs, 2)
+            if name == "fresh_host" and secs > 0:
+                result["restore_records_per_s"] = round(records / secs)
+        return result
 
     def cleanup(self) -> None:
         if not self.created:
@@ -262,11 +378,12 @@ class FeedbackBench:
                 fut.result()
 
 
-def state_bench(n: int, workdir: Path) -> dict[str, Any]:
+def state_bench(n: int, workdir: Path, commit_every: int = 50_000) -> dict[str, Any]:
     """The join state alone (no Kafka): ``n`` pending predictions fed to one partition's
-    RocksDB state (committed every 50k as the loop does), peak RSS, a label for the
-    oldest, then a restart from the local store and a restore on an empty directory
-    from the changelog records the commits produced (kept in memory here)."""
+    RocksDB state (committed every ``commit_every`` changes, as the loop does when the
+    changes outgrow the cache), peak RSS, a label for the oldest, then a restart from
+    the local store and a restore into an empty directory from the records a compacted
+    changelog would hold (streamed from the first store, never held in memory)."""
     import io
     import resource
     import shutil
@@ -275,8 +392,9 @@ def state_bench(n: int, workdir: Path) -> dict[str, Any]:
 
     from streamscore.core.records import Feedback, Prediction, Role
     from streamscore.feedback.join import JoinState
-    from streamscore.feedback.state import PartitionState
+    from streamscore.feedback.state import PartitionState, relax_gc
 
+    relax_gc()  # as the feedback worker does
     schema = fastavro.parse_schema(schemas.load("prediction"))
 
     def wire(eid: str, t: int) -> bytes:
@@ -286,20 +404,18 @@ def state_bench(n: int, workdir: Path) -> dict[str, Any]:
         return buf.getvalue()
 
     def decode(raw: bytes) -> Prediction:
-        return Prediction.from_avro(fastavro.schemaless_reader(io.BytesIO(raw[5:]), schema))
+        rec = fastavro.schemaless_reader(io.BytesIO(raw[5:]), schema, None)
+        return Prediction.from_avro(cast(dict[str, Any], rec))
 
     tp = ("bench.join", 0)
     root = workdir / f"state-bench-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
-    log: list[tuple[int, bytes | None, bytes | None]] = []
+    commits = [0]
 
-    def commit(state: PartitionState, keep: bool) -> None:
-        recs = state.changes()
-        if keep:
-            log.extend((len(log) + i, k, v) for i, (k, v) in enumerate(recs))
-        state.applied(len(log) - 1)
+    def commit(state: PartitionState) -> None:
+        commits[0] += len(state.changes())  # the changelog offsets they would take
+        state.applied(commits[0] - 1)
 
-    keep_log = n <= 2_000_000  # the restore figure needs the records in memory
     join = JoinState(30 * 86_400_000, decode_prediction=decode)
     state = PartitionState(root / "p0", cache_entries=100_000)
     join.open_partition(tp, state)
@@ -307,16 +423,16 @@ def state_bench(n: int, workdir: Path) -> dict[str, Any]:
     raw = wire("e0", t0_ms)
     t0 = time.perf_counter()
     for i in range(n):
-        t = t0_ms + i
+        pos = (tp[0], tp[1], i)
         p = Prediction(
-            f"e{i}", "k", t, "bench", 1, Role.PRIMARY, 1.0, None, (), (), ("a", "b"),
-            (1.0, 2.0), {}, (tp[0], tp[1], i),
+            f"e{i}", "k", t0_ms + i, "bench", 1, Role.PRIMARY, 1.0, None, (), (), ("a", "b"),
+            (1.0, 2.0), {}, pos,
         )  # fmt: skip
         join.add_prediction(p, raw)
-        join.consumed((tp[0], tp[1], i))
-        if state.dirty >= 50_000:
-            commit(state, keep_log)
-    commit(state, keep_log)
+        join.consumed(pos)
+        if state.dirty >= commit_every:
+            commit(state)
+    commit(state)
     feed_s = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t1 = time.perf_counter()
@@ -324,7 +440,7 @@ def state_bench(n: int, workdir: Path) -> dict[str, Any]:
     oldest_ms = (time.perf_counter() - t1) * 1000
     assert [r["event_id"] for r in out.rows] == ["e0"], "the oldest did not join"
     join.consumed((tp[0], tp[1], n))
-    commit(state, keep_log)
+    commit(state)
     join.close_partition(tp)
     t2 = time.perf_counter()
     again = PartitionState(root / "p0", cache_entries=100_000)
@@ -332,25 +448,26 @@ def state_bench(n: int, workdir: Path) -> dict[str, Any]:
     out = join.add_label(Feedback("e1", 1.0, t0_ms + 86_400_000, (tp[0], tp[1], n + 1)))
     restart_s = time.perf_counter() - t2
     assert [r["event_id"] for r in out.rows] == ["e1"] and again.meta.input_offset == n + 1
+    join.consumed((tp[0], tp[1], n + 1))
+    commit(again)
+    t3 = time.perf_counter()
+    fresh = PartitionState(root / "fresh", cache_entries=100_000)
+    applied = fresh.restore((i, k, v) for i, (k, v) in enumerate(again.snapshot()))
+    restore_s = time.perf_counter() - t3
+    assert fresh.meta.pending_predictions == n - 2 and fresh.get(f"e{n - 1}") is not None
+    fresh.close()
     join.close_partition(tp)
-    restore_rate = None
-    if keep_log:
-        t3 = time.perf_counter()
-        fresh = PartitionState(root / "fresh", cache_entries=100_000)
-        applied = fresh.restore(log)
-        restore_s = time.perf_counter() - t3
-        assert fresh.meta.pending_predictions == n - 1 and fresh.get(f"e{n - 1}") is not None
-        fresh.close()
-        restore_rate = round(applied / restore_s)
     disk_mb = sum(f.stat().st_size for f in (root / "p0").rglob("*") if f.is_file()) / 2**20
     shutil.rmtree(root, ignore_errors=True)
     return {
         "pending": n,
+        "feed_s": round(feed_s, 1),
         "feed_per_s": round(n / feed_s),
         "peak_rss_mb": round(rss_mb),
         "oldest_label_join_ms": round(oldest_ms, 2),
         "restart_from_local_s": round(restart_s, 3),
-        "restore_records_per_s": restore_rate,
+        "restore_records": applied,
+        "restore_records_per_s": round(applied / restore_s),
         "disk_mb": round(disk_mb),
     }
 
@@ -366,6 +483,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", type=int, default=60_000)
     ap.add_argument("--workers", default="1,2", help="worker counts to run, comma-separated")
     ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument(
+        "--mode",
+        default="backlog,live",
+        help="backlog (produced first, then the workers drain it) and/or live (produced "
+        "while the workers run; bounded by the bench's producer on the same machine)",
+    )
+    ap.add_argument(
+        "--restart-pending",
+        type=int,
+        default=0,
+        help="instead: the restart bench through Kafka with this many pending predictions",
+    )
+    ap.add_argument("--runs", type=int, default=1, help="repeat each measurement (medians)")
+    ap.add_argument("--profile", default=None, help="py-spy raw profile of the first worker")
+    ap.add_argument("--worker-arg", action="append", default=[], help="extra feedback flag")
     ap.add_argument("--out", default="results/bench-feedback.json")
     args = ap.parse_args(argv)
     if args.state_pending:
@@ -395,11 +527,24 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.up()
         bench = FeedbackBench(env.kafka, env.registry, workdir)
         bench.setup()
-        for k in counts:
-            r = bench.run(k, args.labels, args.timeout_s)
+        if args.restart_pending:
+            r = bench.restart(args.restart_pending, args.timeout_s)
+            print(json.dumps(r, indent=2), flush=True)
+            out.with_suffix(f".restart-{args.restart_pending}.json").write_text(json.dumps(r))
+            return 0
+        modes = [m for m in args.mode.split(",") if m]
+        for k, mode, run in [(k, m, i) for k in counts for m in modes for i in range(args.runs)]:
+            r = bench.run(
+                k,
+                args.labels,
+                args.timeout_s,
+                backlog=mode == "backlog",
+                profile=Path(f"{args.profile}.{k}.{mode}.{run}") if args.profile else None,
+                extra=tuple(args.worker_arg),
+            )
             results.append(r)
             print(
-                f"bench: {k} feedback worker(s): {r['labels_per_s']:,} labels/s, "
+                f"bench: {k} feedback worker(s), {mode}: {r['labels_per_s']:,} labels/s, "
                 f"{r['total_s']}s; joined per worker {r['joined_per_worker']}; "
                 f"store {r['rows']:,} rows, {r['rows_unique']:,} event ids",
                 flush=True,
@@ -410,17 +555,24 @@ def main(argv: list[str] | None = None) -> int:
         if started and cluster is not None:
             cluster.down()
     print()
-    print("| workers | labels | labels/s | seconds | joined per worker | store rows / unique |")
-    print("|---|---|---|---|---|---|")
+    print("| workers | mode | labels | labels/s | seconds | joined per worker | peak RSS MB "
+          "| store rows / unique |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         shares = " / ".join(f"{x:,.0f}" for x in r["joined_per_worker"])
         print(
-            f"| {r['workers']} | {r['labels']:,} | {r['labels_per_s']:,} | {r['total_s']} "
-            f"| {shares} | {r['rows']:,} / {r['rows_unique']:,} |"
+            f"| {r['workers']} | {r['mode']} | {r['labels']:,} | {r['labels_per_s']:,} "
+            f"| {r['total_s']} | {shares} | {r['rss_mb']} | {r['rows']:,} / {r['rows_unique']:,} |"
         )
-    if len(results) >= 2 and results[0]["labels_per_s"]:
-        ratio = results[-1]["labels_per_s"] / results[0]["labels_per_s"]
-        print(f"\n{results[-1]['workers']} vs {results[0]['workers']} worker(s): {ratio:.2f}x")
+    for k in counts:
+        for mode in modes:
+            rates = sorted(
+                r["labels_per_s"] for r in results if (r["workers"], r["mode"]) == (k, mode)
+            )
+            if rates:
+                print(
+                    f"median {k} worker(s) {mode}: {statistics.median(rates):,.0f} labels/s {rates}"
+                )
     host = {
         "cpus": os.cpu_count(),
         "command": "python -m benchmarks.feedback "

@@ -1,6 +1,7 @@
 """The worker's per-batch hot path without a real broker, for profiling.
 
-Run: ``python -m benchmarks.hotpath [--model hgb|lr] [--batch 500] [--profile]``.
+Run: ``python -m benchmarks.hotpath [--model hgb|lr] [--batch 500] [--profile]
+[--reader-schema]`` (events read as written, the worker's default; or with a reader schema).
 ``--decode`` times ``AvroDeserializer.decode_many`` alone instead (see :func:`bench_decode`).
 
 Drives :meth:`streamscore.score.worker.ScoreLoop._batch` (wrap consumed messages, decode,
@@ -44,11 +45,16 @@ from . import workload
 KEY = b"hotpath-bench-key"
 
 
-def build(model_kind: str, batch: int) -> tuple[ScoreLoop, Any, Producer]:
+def build(
+    model_kind: str, batch: int, *, reader_schema: bool = False
+) -> tuple[ScoreLoop, Any, Producer]:
+    """The loop as ``streamscore score`` runs it: by default each event is read with the
+    schema it was written with (the worker's default); ``reader_schema``: with the
+    events' schema given as the reader (``--reader-schema`` / ``[events] subject``)."""
     reg = registry_client({"url": f"mock://hotpath-{time.monotonic_ns()}"})
     schema = workload.event_schema()
     ser = AvroSerializer(reg, "events-value", schema)
-    decode = AvroDeserializer(WriterSchemaCache(reg), schema)
+    decode = AvroDeserializer(WriterSchemaCache(reg), schema if reader_schema else None)
     pred = AvroSerializer(reg, "predictions-value", schemas.load("prediction"))
     tele = AvroSerializer(reg, "telemetry-value", schemas.load("telemetry"))
     bm = workload.train(model_kind)
@@ -91,6 +97,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--reader-schema",
+        action="store_true",
+        help="decode with the events' schema as reader (default: each as written)",
+    )
     ap.add_argument("--decode", action="store_true", help="time decode_many alone")
     ap.add_argument("--repeats", type=int, default=7, help="--decode: runs per scenario")
     args = ap.parse_args()
@@ -98,7 +109,7 @@ def main() -> None:
         bench_decode(args.batch, args.batches, args.repeats)
         return
 
-    loop, enc, producer = build(args.model, args.batch)
+    loop, enc, producer = build(args.model, args.batch, reader_schema=args.reader_schema)
     rng = np.random.default_rng(0)
     now = int(time.time() * 1000)
     n = args.batch * 20  # a pool of distinct events, reused round-robin
@@ -128,7 +139,9 @@ def main() -> None:
         prof.disable()
     events = args.batches * args.batch
     print(
-        f"model={args.model} batch={args.batch}: {events / elapsed:,.0f} events/s "
+        f"model={args.model} batch={args.batch} "
+        f"reader={'events schema' if args.reader_schema else 'as written'}: "
+        f"{events / elapsed:,.0f} events/s "
         f"({elapsed / events * 1e6:.2f} us/event, incl. produce + acks on the mock broker)"
     )
     for s in _STAGES:

@@ -10,6 +10,7 @@ and the example's Avro schemas (registered under ``<topic>-value`` on first use)
 from __future__ import annotations
 
 import argparse
+import csv
 import heapq
 import json
 import time
@@ -102,6 +103,29 @@ def replay(
     return n_events, n_labels
 
 
+def write_sample(path: Path, project: Path, rows: Iterable[dict[str, Any]], n: int) -> int:
+    """The first ``n`` of ``rows`` (each a row's features and its label, by the project
+    file's names) as a CSV: the model inputs of ``[[features]]`` and the ``[labels]
+    label_field`` column, what ``streamscore model publish --data`` trains v1 on.
+    Booleans are written ``true``/``false``, missing values as empty cells."""
+    doc = tomllib.loads(project.read_text(encoding="utf-8"))
+    columns = [f.get("path", f["name"]) for f in doc["features"]] + [doc["labels"]["label_field"]]
+
+    def cell(v: Any) -> str:
+        return "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        written = 0
+        for row in rows:
+            if written == n:
+                break
+            out.writerow([cell(row.get(c)) for c in columns])
+            written += 1
+    return written
+
+
 def arguments(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", type=Path, default=Path("streamscore.toml"))
@@ -110,4 +134,13 @@ def arguments(description: str) -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=100.0, help="events per second")
     p.add_argument("--label-delay-s", type=float, default=2.0)
     p.add_argument("--repeat", type=int, default=1, help="replay the data set this many times")
+    p.add_argument(
+        "--write-sample",
+        type=Path,
+        metavar="CSV",
+        default=None,
+        help="write the first --sample-rows rows (features and label) to CSV and exit: "
+        "a training sample for v1",
+    )
+    p.add_argument("--sample-rows", type=int, default=40)
     return p

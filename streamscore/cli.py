@@ -673,6 +673,24 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     return limits, input_limit
 
 
+def events_reader_schema(path: str | None, env: Env) -> dict[str, Any] | None:
+    """The scorer's reader schema: the file ``path`` (``--reader-schema``), else the
+    latest version of the project's ``[events] subject``, else None: each event is read
+    with the schema it was written with (so a worker can start before any schema is
+    registered, and knows no field names but the project file's)."""
+    from .cli_project import avsc_record, latest_record
+
+    if path:
+        schema, origin = avsc_record(path)
+    elif env.events.subject:
+        schema, origin = latest_record(env, env.events.subject)
+    else:
+        log.info("events read with the schema each was written with (no reader schema)")
+        return None
+    log.info("events read as %s", origin)
+    return schema
+
+
 def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from prometheus_client import CollectorRegistry
@@ -734,11 +752,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
         group=scoring.group_id,
     )
     cache = WriterSchemaCache(reg)
-    reader_schema = (
-        schemas.load("event")
-        if not args.reader_schema
-        else __import__("json").loads(Path(args.reader_schema).read_text())
-    )
+    reader_schema = events_reader_schema(args.reader_schema, env)
     decode = AvroDeserializer(cache, reader_schema)
     predictions = topic_serializer(
         reg,
@@ -808,7 +822,9 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     updater = ModelUpdater(
         store,
         keyring=verifier,
-        reader_fields=reader_fields_from_schema(reader_schema),
+        # each event as written: no reader schema to check a model against at load (an
+        # event without a feature's field is then a missing value, per the feature)
+        reader_fields=None if reader_schema is None else reader_fields_from_schema(reader_schema),
         metrics=metrics,
         report=report,
         max_bytes=env.model_max_bytes,
@@ -981,7 +997,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--reader-schema",
         default=None,
-        help="Avro reader schema file (default: schemas/event latest)",
+        help="Avro reader schema file (default: the latest version of [events] subject if "
+        "the project file names one, else each event as it was written)",
     )
     s.add_argument("--model-name", default=None, help="only serve this model name")
     s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")

@@ -108,10 +108,12 @@ def groundtruth_settings(args: argparse.Namespace, env: Env) -> GroundTruthSetti
 
 
 def row_fields(args: argparse.Namespace, env: Env) -> RowFields:
-    """The user's id/time field names (``[events]``) and the label field's."""
-    from .feedback.groundtruth import RowFields
+    """The user's id/time field names (``[events]``) and the label field's:
+    ``--label-field``, else ``[labels] label_field``, else ``label``."""
+    from .feedback.groundtruth import DEFAULT_LABEL_FIELD, RowFields
 
-    return RowFields(env.events.id_field, env.events.time_field, args.label_field)
+    label = args.label_field or (env.labels.label_field if env.labels else DEFAULT_LABEL_FIELD)
+    return RowFields(env.events.id_field, env.events.time_field, label)
 
 
 def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
@@ -133,8 +135,8 @@ def _add_groundtruth_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--label-field",
-        default="label",
-        help="the label's column name in the table (default: label)",
+        default=None,
+        help="the label's column name in the table (default: [labels] label_field, else label)",
     )
 
 
@@ -172,6 +174,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionSettings,
     )
     from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .feedback.state import relax_gc
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
     from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
@@ -187,6 +190,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     )
     from .serde.wire import WriterSchemaCache
 
+    relax_gc()
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
     recipe, labels = env.train, env.labels
     promo = PromotionSettings(
@@ -535,9 +539,14 @@ def add_commands(sub: Any) -> None:
         "--cache-entries",
         type=int,
         default=100_000,
-        help="join-state entries kept decoded in memory per partition (the rest on disk)",
+        help="join-state entries kept in memory (encoded) per partition (the rest on disk)",
     )
-    f.add_argument("--checkpoint-s", type=float, default=1.0, help="flush + commit interval")
+    f.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=5.0,
+        help="flush + commit interval (each is one Delta merge and one transaction)",
+    )
     f.add_argument(
         "--join-topic",
         default=None,
@@ -558,7 +567,12 @@ def add_commands(sub: Any) -> None:
         help="retention of a join topic this worker creates; keep it above the join "
         "window plus the longest outage you want to recover from",
     )
-    f.add_argument("--max-buffered-rows", type=int, default=20_000)
+    f.add_argument(
+        "--max-buffered-rows",
+        type=int,
+        default=100_000,
+        help="ground-truth rows buffered before a checkpoint is forced",
+    )
     f.add_argument("--quality-window", type=int, default=1000, help="rolling metric window")
     f.add_argument("--metrics-host", default="127.0.0.1")
     f.add_argument(

@@ -21,7 +21,7 @@ from .core.errors import ConfigError, InfrastructureError, RegistryUnavailableEr
 MAX_SAMPLE_ROWS = 100_000
 
 
-def _latest(env: Env, subject: str) -> tuple[dict[str, Any], str]:
+def latest_record(env: Env, subject: str) -> tuple[dict[str, Any], str]:
     """The latest schema registered under ``subject`` (parsed) and where it came from."""
     from .serde.wire import registry_client
 
@@ -52,7 +52,7 @@ def _record(text: str, where: str) -> dict[str, Any]:
     return schema
 
 
-def _avsc(path: str) -> tuple[dict[str, Any], str]:
+def avsc_record(path: str) -> tuple[dict[str, Any], str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -120,7 +120,7 @@ def cmd_init(args: argparse.Namespace, env: Env) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists: give --force to overwrite it")
-    schema, origin = _latest(env, args.subject) if args.subject else _avsc(args.avsc)
+    schema, origin = latest_record(env, args.subject) if args.subject else avsc_record(args.avsc)
     topic = args.topic or (
         args.subject.removesuffix("-value") if args.subject else env.topics.events
     )
@@ -147,9 +147,11 @@ def cmd_check(args: argparse.Namespace, env: Env) -> int:
         raise ConfigError("check needs a project file: --config PATH (or STREAMSCORE_CONFIG)")
     project = read_project(path)
     if args.avsc:
-        schema, origin = _avsc(args.avsc)
+        schema, origin = avsc_record(args.avsc)
     else:
-        schema, origin = _latest(env, args.subject or f"{env.topics.events}-value")
+        schema, origin = latest_record(
+            env, args.subject or env.events.subject or f"{env.topics.events}-value"
+        )
     misfits = check(project.events, project.features, schema)
     for m in misfits:
         print(f"{path}: {m}")
@@ -179,6 +181,9 @@ def add_commands(sub: Any) -> None:
         "check",
         help="check a project file against the events schema; exit 1 on any misfit",
     )
-    c.add_argument("--subject", help="the events' registry subject (default: <events topic>-value)")
+    c.add_argument(
+        "--subject",
+        help="the events' registry subject (default: [events] subject, else <events topic>-value)",
+    )
     c.add_argument("--avsc", help="an Avro schema file instead of the registry")
     c.set_defaults(func=cmd_check)

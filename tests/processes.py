@@ -10,6 +10,7 @@ benchmarks import it as ``tests.processes`` from the repository root.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,27 @@ from typing import IO, Any, TypeVar
 
 from streamscore.core.config import TopicSettings
 
+#: ports handed out by :func:`free_port` in this process (never twice)
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port for a server a test starts, below Linux's ephemeral range
+    (32768-60999): a port the kernel hands out for outgoing connections could be taken
+    by any client's connection while a test stops and restarts its server on it."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20_000, 32_000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def worker_env(

@@ -6,6 +6,7 @@ each diagnosis a little later on the label topic (see ../replay.py).
 
 from __future__ import annotations
 
+import random
 import sys
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from replay import Row, Target, arguments, replay  # noqa: E402
+from replay import Row, Target, arguments, replay, write_sample  # noqa: E402
 
 FEATURES = (
     "mean_radius",
@@ -30,11 +31,13 @@ FEATURES = (
     "mean_fractal_dimension",
 )
 CLINICS = ("north", "south", "east", "west")
+SEED = 569
 
 
 def data() -> tuple[list[dict[str, float]], list[str]]:
     """The data set's measurements (the ten means, by this project's field names) and
-    each biopsy's outcome (``malignant`` / ``benign``), in the data set's order."""
+    each biopsy's outcome (``malignant`` / ``benign``), in replay order (shuffled with
+    a fixed seed)."""
     from sklearn.datasets import load_breast_cancer
 
     ds = load_breast_cancer()
@@ -42,7 +45,16 @@ def data() -> tuple[list[dict[str, float]], list[str]]:
     cols = [names.index(f) for f in FEATURES]
     rows = [{f: float(r[c]) for f, c in zip(FEATURES, cols, strict=True)} for r in ds.data]
     outcomes = [str(ds.target_names[t]) for t in ds.target]
-    return rows, outcomes
+    order = list(range(len(rows)))
+    random.Random(SEED).shuffle(order)  # the replay order: the same on every run
+    return [rows[i] for i in order], [outcomes[i] for i in order]
+
+
+def sample() -> Iterator[dict[str, Any]]:
+    """The rows in replay order as training rows: measurements and ``pathology``."""
+    measures, outcomes = data()
+    for m, outcome in zip(measures, outcomes, strict=True):
+        yield {**m, "pathology": outcome}
 
 
 def rows(repeat: int = 1) -> Iterator[Row]:
@@ -65,6 +77,10 @@ def rows(repeat: int = 1) -> Iterator[Row]:
 
 def main() -> None:
     args = arguments(__doc__ or "").parse_args()
+    if args.write_sample:
+        n = write_sample(args.write_sample, args.config, sample(), args.sample_rows)
+        print(f"wrote {n} biopsies (features and pathology) to {args.write_sample}")
+        return
     target = Target.from_project(args.config, args.bootstrap, args.registry_url)
     n = replay(
         target,

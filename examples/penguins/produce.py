@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import random
 import sys
 from collections.abc import Iterator
 from importlib import resources
@@ -20,9 +21,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from replay import Row, Target, arguments, replay  # noqa: E402
+from replay import Row, Target, arguments, replay, write_sample  # noqa: E402
 
 HEAVY_G = 4500
+SEED = 344
 
 
 def _number(text: str) -> float | None:
@@ -31,7 +33,8 @@ def _number(text: str) -> float | None:
 
 def data() -> list[dict[str, Any]]:
     """Every measured penguin: its species and its measurements, by this project's field
-    names (None where the data has NA)."""
+    names (None where the data has NA), in replay order (the file lists the penguins
+    species by species; they are shuffled with a fixed seed)."""
     path = resources.files("palmerpenguins") / "data" / "penguins.csv"
     out = []
     with path.open("r", encoding="utf-8") as f:
@@ -51,6 +54,7 @@ def data() -> list[dict[str, Any]]:
                     "heavy": mass >= HEAVY_G,
                 }
             )
+    random.Random(SEED).shuffle(out)  # the replay order: the same on every run
     return out
 
 
@@ -75,6 +79,10 @@ def main() -> None:
     p = arguments(__doc__ or "")
     p.add_argument("--first-tag", type=int, default=1, help="band number of the first penguin")
     args = p.parse_args()
+    if args.write_sample:
+        n = write_sample(args.write_sample, args.config, data(), args.sample_rows)
+        print(f"wrote {n} penguins (features and species) to {args.write_sample}")
+        return
     target = Target.from_project(args.config, args.bootstrap, args.registry_url)
     n = replay(
         target,

@@ -99,6 +99,9 @@ class EventFields:
     key_field: str | None = None
     #: how message keys are decoded (used when ``key_field`` is None)
     key_format: KeyFormat = KeyFormat.STRING
+    #: the registry subject whose latest version the scorer reads events as (None: each
+    #: event is read with the schema it was written with)
+    subject: str | None = None
     #: the event headers copied to the event's predictions (e.g. ``traceparent``)
     copy_headers: tuple[str, ...] = ()
 

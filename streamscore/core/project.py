@@ -12,6 +12,8 @@ passes silently)::
                                     # epoch-millis (a plain long), iso-8601 (a string)
     key_field = "account"           # optional: else the message key
     key_format = "string"           # message keys: string (default), bytes, avro
+    subject = "payments-value"      # optional: the scorer reads events as this subject's
+                                    # latest version (else each as it was written)
     copy_headers = ["traceparent"]  # event headers copied to its predictions
 
     [topics]                        # the other topics: predictions, telemetry, models,
@@ -125,6 +127,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
         "time_encoding",
         "key_field",
         "key_format",
+        "subject",
         "copy_headers",
     ),
     "topics": (*TOPIC_KEYS, "shadow"),
@@ -407,6 +410,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
             time_encoding=encoding,
             key_field=key_field,
             key_format=key_format or defaults.key_format,
+            subject=ev.string("subject"),
             copy_headers=copy_headers,
         )
     except ConfigError as exc:

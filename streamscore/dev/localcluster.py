@@ -156,7 +156,8 @@ class LocalCluster:
 
     def up(self) -> ClusterStatus:
         """Start whatever is not running (on the data of the previous run, if any), wait
-        until both answer, create the topics."""
+        until both answer, create the topics (on a running cluster too: those of another
+        project file)."""
         with self._locked(self.run_dir):
             st = self.status()
             if st.running:
@@ -165,6 +166,7 @@ class LocalCluster:
                     st.kafka_pid,
                     st.registry_pid,
                 )
+                self.create_topics()
                 return st
             with self._locked(self.cache_dir):
                 self.installer.install()

@@ -9,9 +9,11 @@ through ``rocksdict``, raw bytes)::
     x<expire_at: 8 bytes BE><event id> -> b""   time index: keys ordered by expiry
     m                                 -> Meta (offsets, watermark, pending counts)
 
-Memory is bounded by ``cache_entries`` (entries decoded in memory, oldest dropped first
-once written) plus the changes since the last commit; RocksDB holds the rest (its block
-cache and memtables are bounded too, see :func:`_options`). Expiry is a range scan of the
+Memory is bounded by ``cache_entries`` (the most recently committed entries, kept as
+their encoded bytes: a few hundred bytes each, no Python objects for the garbage collector
+to walk; decoded again when read) plus the changes since the last commit; RocksDB holds
+the rest (its block cache, memtables, index and filter blocks are bounded too, see
+:func:`_options`). Expiry is a range scan of the
 time index up to the partition's watermark, never a scan of the entries.
 
 Commit (two phases, driven by the loop): :meth:`PartitionState.changes` encodes every
@@ -28,6 +30,7 @@ expires at another time is dropped when scanned), so the changelog only carries 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import shutil
 import struct
@@ -174,6 +177,16 @@ def decode_entry(event_id: str, data: bytes) -> Entry:
         raise StateStoreError(f"undecodable join-state entry: {exc}") from None
 
 
+def relax_gc() -> None:
+    """Collect cycles rarely in a process that holds a join state. The changes between
+    two commits are up to ``cache_entries`` entries of several objects each, all alive
+    until the commit: with the default thresholds every few hundred allocations start a
+    collection and the full ones walk them all again and again (a third of the time of
+    feeding pending predictions). The join makes no reference cycles of its own."""
+    gc.freeze()  # what is alive now (modules, settings) is never walked again
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _options() -> Options:
     o = Options(raw_mode=True)
     o.create_if_missing(True)
@@ -182,6 +195,10 @@ def _options() -> Options:
     t = BlockBasedOptions()
     t.set_block_cache(Cache(64 << 20))
     t.set_bloom_filter(10, False)
+    # index and filter blocks in the bounded cache too (else they grow with the keys:
+    # tens of MB per 10 million entries)
+    t.set_cache_index_and_filter_blocks(True)
+    t.set_pin_l0_filter_and_index_blocks_in_cache(True)
     o.set_block_based_table_factory(t)
     o.set_max_open_files(256)
     return o
@@ -208,7 +225,9 @@ class PartitionState:
                 shutil.rmtree(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = Rdict(str(path), _options())
-        self._cache: OrderedDict[str, Entry] = OrderedDict()
+        #: committed entries: encoded bytes with a RocksDB store (decoded when read), the
+        #: entries themselves without one (then the cache is the whole state)
+        self._cache: OrderedDict[str, Entry | bytes] = OrderedDict()
         self._dirty: dict[str, Entry | None] = {}
         self._heap: list[tuple[int, str]] = []
         self._scanned: list[bytes] = []  # index keys handled, deleted at the next apply
@@ -231,15 +250,13 @@ class PartitionState:
         d = self._dirty
         if eid in d:
             return d[eid]
-        e = self._cache.get(eid)
-        if e is not None or self._db is None:
-            return e
-        raw = self._get(ENTRY + eid.encode())
-        if raw is None:
+        c = self._cache.get(eid)
+        if c is not None:
+            return c if isinstance(c, Entry) else decode_entry(eid, c)
+        if self._db is None:
             return None
-        e = decode_entry(eid, raw)
-        self._cache[eid] = e
-        return e
+        raw = self._get(ENTRY + eid.encode())
+        return None if raw is None else decode_entry(eid, raw)
 
     def put(self, e: Entry) -> None:
         self._dirty[e.event_id] = e
@@ -304,9 +321,9 @@ class PartitionState:
             if e is not None:
                 yield e
         if self._db is None:
-            for eid, e in self._cache.items():
+            for eid, c in self._cache.items():
                 if eid not in seen:
-                    yield e
+                    yield c if isinstance(c, Entry) else decode_entry(eid, c)
             return
         for k, raw in self._db.items(from_key=ENTRY):
             key = cast(bytes, k)
@@ -315,6 +332,20 @@ class PartitionState:
             eid = key[1:].decode()
             if eid not in seen:
                 yield decode_entry(eid, cast(bytes, raw))
+
+    def snapshot(self) -> Iterable[tuple[bytes, bytes]]:
+        """The committed records as a compacted changelog holds them (the latest value
+        of every entry key, then the meta record), read from the local store."""
+        if self._db is None:
+            for eid, c in self._cache.items():
+                yield ENTRY + eid.encode(), c if isinstance(c, bytes) else encode_entry(c)
+        else:
+            for k, raw in self._db.items(from_key=ENTRY):
+                key = cast(bytes, k)
+                if not key.startswith(ENTRY):
+                    break
+                yield key, cast(bytes, raw)
+        yield META, self.meta.encode()
 
     # ---------------------------------------------------------------- commit
     def changes(self) -> list[tuple[bytes, bytes | None]]:
@@ -350,11 +381,15 @@ class PartitionState:
                 wb.delete(key)
             wb.put(META, self.meta.encode())
             self._db.write(wb)
-        for eid, e in self._dirty.items():
-            if e is not None:
-                cache[eid] = e
-                cache.move_to_end(eid)
-        if self._db is not None:
+        if self._db is None:
+            for eid, e in self._dirty.items():
+                if e is not None:
+                    cache[eid] = e
+        else:
+            for eid, data, _exp in self._encoded:
+                if data is not None:
+                    cache[eid] = data
+                    cache.move_to_end(eid)
             while len(cache) > self.cache_entries:
                 cache.popitem(last=False)
             if self._heap:

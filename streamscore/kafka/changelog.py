@@ -12,6 +12,7 @@ has reached (or from the start, on a fresh host) and applies them to it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -90,6 +91,7 @@ class Changelog:
         self._restore_conf = dict(restore_conf)
         self._timeout = timeout_s
         self._restore_timeout = restore_timeout_s
+        self._reader: Any = None
         self._p.init_transactions(timeout_s)
 
     @classmethod
@@ -162,7 +164,9 @@ class Changelog:
         records applied. A local store ahead of the changelog (a topic recreated) is an
         error: the caller wipes it and restores from scratch."""
         topic = changelog_topic_for(join_topic)
-        c = Consumer(self._restore_conf)
+        if self._reader is None:  # one reader for every partition (connecting takes ~1 s)
+            self._reader = Consumer(self._restore_conf)
+        c = self._reader
         try:
             lo, hi = c.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=self._timeout
@@ -178,7 +182,8 @@ class Changelog:
             c.assign([TopicPartition(topic, partition, start)])
             return state.restore(self._records(c, hi))
         finally:
-            c.close()
+            with contextlib.suppress(KafkaException):
+                c.unassign()
 
     def _records(self, c: Any, hi: int) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         deadline = time.monotonic() + self._restore_timeout
@@ -197,3 +202,6 @@ class Changelog:
 
     def close(self) -> None:
         self._p.flush(self._timeout)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import ConfigError
-from ..core.records import FeatureSpec, Task
+from ..core.records import FeatureKind, FeatureSpec, MissingPolicy, Task
 from .container import Bundle
 from .convert import build_bundle
 from .onnx_import import OnnxModelSpec
@@ -36,21 +36,50 @@ def load_spec(path: Path) -> FeatureSpec:
 
 def load_matrix(path: Path, spec: FeatureSpec) -> np.ndarray:
     """A sample of model inputs: ``.npy`` (columns in spec order) or CSV with a header
-    naming (at least) the spec's fields."""
+    naming (at least) the spec's fields (see :func:`_csv_matrix`)."""
     if path.suffix == ".npy":
         x: np.ndarray = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
     else:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [n for n in spec.names if n not in (reader.fieldnames or [])]
-            if missing:
-                raise ConfigError(f"{path} has no column(s) {missing} of the feature spec")
-            rows = [[float(r[n]) if r[n] != "" else np.nan for n in spec.names] for r in reader]
-        x = np.asarray(rows, dtype=np.float64)
+        x = _csv_matrix(path, spec)
     if x.ndim != 2 or x.shape[1] != len(spec.fields) or x.shape[0] == 0:
         raise ConfigError(
             f"{path}: expected a non-empty (n, {len(spec.fields)}) matrix, got {x.shape}"
         )
+    return x
+
+
+def _csv_matrix(path: Path, spec: FeatureSpec) -> np.ndarray:
+    """The model matrix of a CSV whose columns are named by the feature names. A cell is
+    the model's input as a number (a category's index, a boolean as 0/1), or as the
+    event holds it: a category's text, ``true``/``false``; empty is missing. Missing
+    values of ``impute`` features take their impute value, as in the worker."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [n for n in spec.names if n not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path} has no column(s) {missing} of the feature spec")
+        rows = [[r[n] for n in spec.names] for r in reader]
+    x = np.full((len(rows), len(spec.fields)), np.nan)
+    for j, field in enumerate(spec.fields):
+        text = {c: float(i) for i, c in enumerate(field.categories)}
+        if field.kind is FeatureKind.BOOLEAN:
+            text = {"true": 1.0, "false": 0.0}
+        for i, row in enumerate(rows):
+            cell = row[j]
+            if cell == "":
+                continue
+            value = text.get(cell.lower() if field.kind is FeatureKind.BOOLEAN else cell)
+            if value is None:
+                try:
+                    value = float(cell)
+                except ValueError:
+                    raise ConfigError(
+                        f"{path} row {i + 2}: {field.name} is {cell!r}, not a number"
+                        + (f" or one of {list(text)}" if text else "")
+                    ) from None
+            x[i, j] = value
+        if field.missing is MissingPolicy.IMPUTE:
+            x[np.isnan(x[:, j]), j] = field.impute_value
     return x
 
 

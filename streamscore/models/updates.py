@@ -52,7 +52,7 @@ class ModelUpdater:
         store: ModelStore,
         *,
         keyring: Mapping[str, bytes] | Verifier,
-        reader_fields: Mapping[str, str],
+        reader_fields: Mapping[str, str] | None,
         metrics: Metrics,
         report: Callable[[UpdateReport], None] = lambda r: None,
         max_bytes: int = 64 * 1024 * 1024,
@@ -89,7 +89,8 @@ class ModelUpdater:
                 f"envelope says {env.model_name} v{env.version} but the signed bundle is "
                 f"{meta.name} v{meta.version}"
             )
-        check_feature_compat(meta.feature_spec, self._reader_fields)
+        if self._reader_fields is not None:  # None: events read as written, no reader
+            check_feature_compat(meta.feature_spec, self._reader_fields)
         return model
 
     def _ours(self, env: ModelEnvelope) -> bool:

@@ -75,8 +75,9 @@ class _Plan:
 
 class AvroDeserializer:
     """``(bytes, ctx) -> dict`` decoding with the caller's reader schema (None: each
-    message as its own writer schema says, for records whose schema is the user's; only
-    the per-message ``__call__`` then)."""
+    message as its own writer schema says, for records whose schema is the user's; a
+    batch of flat records is then decoded column-wise too, reader = writer per schema
+    id)."""
 
     def __init__(
         self,
@@ -207,11 +208,14 @@ class AvroDeserializer:
     def _flat_plan(self, schema_id: int) -> Resolution | None:
         """How to decode messages written with ``schema_id`` column-wise, or None when
         the per-message path must read them (see :func:`.columnar_decode.resolution`).
-        Raises what ``__call__`` raises for a bad writer."""
-        if self._reader_json is None:
-            return None
+        Raises what ``__call__`` raises for a bad writer. Without a reader schema each
+        writer schema is its own reader: an identity plan, made once per schema id."""
         if schema_id not in self._flat:
             reader = self._plan(schema_id).reader
+            if self._reader_json is None:  # read as written: the writer is the reader
+                own = strip_logical_types(self._schemas.get(schema_id)[0])
+                self._flat[schema_id] = resolution(None, own, None)
+                return self._flat[schema_id]
             # None: written with the reader schema (nothing to resolve)
             writer = None if reader is None else self._schemas.get(schema_id)[0]
             self._flat[schema_id] = resolution(writer, self._reader_json, self._reader)
@@ -238,12 +242,14 @@ class AvroDeserializer:
         with NumPy, one group per schema id, and the records come back as
         :class:`EventColumns`; otherwise each message takes a lean per-message path.
         Anything unusual (an error, an edge case of the encoding or of schema
-        resolution) is handed to ``__call__`` for its exact result.
+        resolution) is handed to ``__call__`` for its exact result. Without a reader
+        schema (``None``: each message as written) the same holds, each writer schema
+        being its own reader.
 
         The writer schemas of the batch are fetched first: a registry that cannot
         answer raises :class:`RegistryUnavailableError` before anything is decoded."""
         self.require(values)  # a registry away: raised here, nothing decoded
-        if self._reader is None:  # each as written (keys): one message at a time
+        if self._reader is None and not self._records_only:  # keys: one at a time
             return self._decode_each(values)
         known: dict[int, StreamscoreError] = {}  # errors already raised (_decode_columnar)
         if len(values) >= MIN_COLUMNAR:

@@ -385,18 +385,26 @@ def secure_env(cluster: LocalCluster, user: str, **overrides: str) -> dict[str, 
     return {**client_env(cluster.settings, cluster.secure_files, user), **overrides}
 
 
+#: the demo world's reader schema: what the tests of the demo's events were written for
+#: (resolution errors such as ``WriterMissingFieldError`` need one); a worker reads each
+#: event as written only when no reader schema is given (the examples' tests)
+DEMO_READER = ("--reader-schema", str(schemas.schema_dir() / "event.v2.avsc"))
+
+
 @contextlib.contextmanager
 def worker_launcher(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     """``start(worker_id="w1", *args, wait=True, env=None)``: a ``streamscore score``
-    process of ``stack``'s group; every one started is killed at the end."""
+    process of ``stack``'s group; every one started is killed at the end. Without
+    ``--config`` or ``--reader-schema`` in ``args`` it reads with :data:`DEMO_READER`."""
     started: list[WorkerProcess] = []
 
     def start(
         worker_id: str = "w1", *args: str, wait: bool = True, env: dict[str, str] | None = None
     ) -> WorkerProcess:
+        own = any(a in ("--config", "--reader-schema") for a in args)
         w = launch(
             "score",
-            *args,
+            *(args if own else (*DEMO_READER, *args)),
             worker_id=worker_id,
             group_id=stack.group_id,
             env=stack.env(**(env or {})),

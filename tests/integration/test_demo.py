@@ -31,7 +31,7 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
             "streamscore.cli",
             "demo",
             "--duration",
-            "30",  # promotion needs labels, a training run at low priority and N labels more
+            "40",  # promotion needs labels, a training run at low priority and N labels more
             "--rate",
             "300",
             "--results-dir",
@@ -68,9 +68,11 @@ def test_short_demo_reconciles_and_swaps_to_the_better_model(
     assert "primary v2" in summary["active_at_end"]
     assert set(summary["model_versions_first_seen_s"]) == {"1", "2"}
     mae = {int(k): v for k, v in summary["live_mae_by_version"].items()}
-    assert mae[2] < mae[1] / 10
+    # the world's noise (y + N(0, 0.5): a perfect model's MAE is about 0.4) bounds v2 from
+    # below; v1, blind to c, is off by about 1.0
+    assert 0.2 < mae[2] < mae[1] / 2
     fb = summary["live_mae_feedback_worker"]
-    assert fb["v2/primary"] < fb["v1/primary"] / 10
+    assert 0.2 < fb["v2/primary"] < fb["v1/primary"] / 2
     assert (results / "demo.png").stat().st_size > 10_000
     # the training run is timed, and the latency of what was scored meanwhile reported apart
     assert summary["training_runs_s"], summary

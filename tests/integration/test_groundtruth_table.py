@@ -199,7 +199,7 @@ def test_train_reads_the_table_on_s3_and_records_its_version(
     version = groundtruth.read_rows_at(store).version
     assert version is not None
 
-    res = run_train(stack, store, "--features", "a,b,c", "--min-rows", "500", "--margin", "0.2")
+    res = run_train(stack, store, "--min-rows", "500")
     print(res.stdout, res.stderr[-2000:])
     assert res.returncode == 0, res.stderr
     assert "published demo/primary v2" in res.stdout

@@ -188,6 +188,29 @@ def test_writer_schemas_that_need_resolution_decode_column_wise_too(registry: An
     assert_same(dec, v2_events[:5], columnar=False)  # a small batch: per message
 
 
+def test_without_a_reader_schema_each_writer_is_its_own_reader_column_wise(
+    registry: Any,
+) -> None:
+    """The score worker's default (no reader schema): each message as written, still
+    column-wise (an identity plan per writer schema id, made once); two writer versions
+    with other fields in one batch: per message, each with its own fields."""
+    ser = AvroSerializer(registry, "flat-value", FLAT)
+    dec = AvroDeserializer(WriterSchemaCache(registry), None)
+    rng = np.random.default_rng(3)
+    values = [ser(flat_record(i, rng)) for i in range(100)]
+    assert_same(dec, values, columnar=True)
+    assert_same(dec, values[:20] + broken_versions(values[0]) + values[20:], columnar=True)
+    assert list(dec._flat) == [ser.schema_id]  # one plan, cached
+    v1 = AvroSerializer(registry, "events-value", schemas.load("event", 1))
+    v2 = AvroSerializer(registry, "events-value", schemas.load("event", 2))
+    olds = [v1(e) for e, _y in synthetic.events(20, rng, with_c=False)]
+    news = [v2(e) for e, _y in synthetic.events(20, rng, with_c=True)]
+    assert_same(dec, news, columnar=True)
+    assert_same(dec, olds + news, columnar=False)  # records of two shapes
+    _good, records, _failed = dec.decode_many(olds + news)
+    assert "c" not in records[0] and "c" in records[-1]
+
+
 def test_event_columns_behave_like_the_event_dicts() -> None:
     cols = EventColumns(
         3,

@@ -60,3 +60,39 @@ def test_unreadable_estimator_is_a_clear_error(files: dict[str, Path], tmp_path:
     junk.write_bytes(b"not a pickle")
     with pytest.raises(ConfigError, match="cannot load the estimator"):
         bundle_from_files(junk, files["spec"], files["csv"], name="m", version=1)
+
+
+def test_a_csv_sample_holds_categories_and_booleans_as_the_events_do(tmp_path: Path) -> None:
+    """A training CSV may hold a category's text and ``true``/``false`` (what an example's
+    producer writes) or the model inputs as numbers; empty cells of ``impute`` features
+    take their impute value, as in the worker; anything else is named precisely."""
+    from streamscore.core.records import FeatureField, FeatureKind, FeatureSpec, MissingPolicy
+    from streamscore.models.build import load_labelled
+
+    spec = FeatureSpec(
+        (
+            FeatureField("island", FeatureKind.CATEGORICAL, categories=("Biscoe", "Dream")),
+            FeatureField(
+                "sex",
+                FeatureKind.CATEGORICAL,
+                categories=("female", "male"),
+                missing=MissingPolicy.IMPUTE,
+                impute_value=0.0,
+            ),
+            FeatureField("heavy", FeatureKind.BOOLEAN),
+            FeatureField("mass", FeatureKind.NUMERIC),
+        )
+    )
+    path = tmp_path / "sample.csv"
+    path.write_text(
+        "island,sex,heavy,mass,species\n"
+        "Dream,male,true,4700,Gentoo\n"
+        "Biscoe,,FALSE,3300,Adelie\n"
+        "1.0,0,1,4000.5,Chinstrap\n"
+    )
+    x, y = load_labelled(path, spec, "species")
+    assert x.tolist() == [[1.0, 1.0, 1.0, 4700.0], [0.0, 0.0, 0.0, 3300.0], [1.0, 0.0, 1.0, 4000.5]]
+    assert y.tolist() == ["Gentoo", "Adelie", "Chinstrap"]
+    path.write_text("island,sex,heavy,mass,species\nTorgersen,male,true,1,Adelie\n")
+    with pytest.raises(ConfigError, match=r"row 2: island is 'Torgersen', not a number or one"):
+        load_labelled(path, spec, "species")

@@ -78,7 +78,7 @@ def test_an_empty_file_is_the_defaults() -> None:
             "id_feild",
             "cfg.toml: [events] id_feild: unknown key 'id_feild' (did you mean 'id_field'?); "
             "expected one of: topic, id_field, time_field, time_encoding, key_field, key_format, "
-            "copy_headers",
+            "subject, copy_headers",
         ),
         (
             "[events]\ntime_field = 3\n",
@@ -338,3 +338,51 @@ def test_copy_headers_mistakes_are_precise(value: str, message: str) -> None:
     with pytest.raises(ProjectFileError) as err:
         parse_project(f"[events]\ncopy_headers = {value}\n", "cfg.toml")
     assert message in str(err.value) and err.value.key == "copy_headers"
+
+
+def test_the_score_workers_reader_schema_file_subject_or_each_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--reader-schema FILE`` wins; else ``[events] subject`` (its latest version);
+    else None: each event is read with the schema it was written with."""
+    from streamscore import cli_project
+
+    plain = cli.settings_from_env({}, parse_project("[events]\ntopic = 'pay'\n", "p.toml"))
+    assert plain.events.subject is None
+    assert cli.events_reader_schema(None, plain) is None
+    named = parse_project("[events]\ntopic = 'pay'\nsubject = 'payments-value'\n", "p.toml")
+    env = cli.settings_from_env({}, named)
+    assert env.events.subject == "payments-value"
+    record = {"type": "record", "name": "P", "fields": [{"name": "x", "type": "double"}]}
+    asked: list[str] = []
+
+    def latest(_env: object, subject: str) -> tuple[dict[str, object], str]:
+        asked.append(subject)
+        return record, f"subject {subject} version 3"
+
+    monkeypatch.setattr(cli_project, "latest_record", latest)
+    assert cli.events_reader_schema(None, env) == record and asked == ["payments-value"]
+    avsc = tmp_path / "p.avsc"
+    avsc.write_text('{"type": "record", "name": "Q", "fields": []}')
+    assert cli.events_reader_schema(str(avsc), env) == {"type": "record", "name": "Q", "fields": []}
+    assert asked == ["payments-value"]  # the file wins: the registry is not asked
+    with pytest.raises(ProjectFileError, match=r"\[events\] subject: must be a string"):
+        parse_project("[events]\nsubject = 3\n", "p.toml")
+
+
+def test_the_ground_truth_label_column_is_the_label_field_unless_overridden() -> None:
+    import argparse
+
+    from streamscore.cli_feedback import row_fields
+
+    labels = (
+        "[events]\nid_field = 'pid'\ntime_field = 'at'\n"
+        "[labels]\ntopic = 'cb'\nid_field = 'ref'\nlabel_field = 'is_fraud'\ntask = 'binary'\n"
+        "positive = 'true'\n"
+    )
+    env = cli.settings_from_env({}, parse_project(labels, "p.toml"))
+    got = row_fields(argparse.Namespace(label_field=None), env)
+    assert (got.id_field, got.time_field, got.label_field) == ("pid", "at", "is_fraud")
+    assert row_fields(argparse.Namespace(label_field="y"), env).label_field == "y"
+    bare = cli.settings_from_env({}, parse_project("", "p.toml"))
+    assert row_fields(argparse.Namespace(label_field=None), bare).label_field == "label"
