@@ -83,14 +83,17 @@ def prediction(eid: str, key: str, t_ms: int, i: int) -> dict[str, Any]:
         "model_version": 1,
         "role": "primary",
         "value": float(i % 97),
+        "score": float(i % 97),
         "label": None,
-        "probabilities": [],
-        "classes": [],
         "degraded": False,
         "late": False,
-        "feature_names": ["a", "b"],
-        "features": [float(i % 13), float(i % 7)],
-        "inputs": {},
+        "detail": {
+            "probabilities": [],
+            "classes": [],
+            "feature_names": ["a", "b"],
+            "features": [float(i % 13), float(i % 7)],
+            "inputs": {},
+        },
     }
 
 
@@ -106,6 +109,7 @@ class FeedbackBench:
         self.topics = TopicSettings(
             events=self.topic("events"),
             predictions=self.topic("predictions"),
+            predictions_shadow=self.topic("predictions.shadow"),
             telemetry=self.topic("telemetry"),
             models=self.topic("models"),
             feedback=self.topic("feedback"),
@@ -132,9 +136,11 @@ class FeedbackBench:
         self.topics = replace(
             self.topics,
             predictions=self.topic(f"predictions.{k}"),
+            predictions_shadow=self.topic(f"predictions.shadow.{k}"),
             feedback=self.topic(f"feedback.{k}"),
         )
         self.create(self.topics.predictions, 4)
+        self.create(self.topics.predictions_shadow, 4)
         self.create(self.topics.feedback, 4)
         self.prefix = f"{self.run_id}-k{k}"
 

@@ -70,13 +70,16 @@ def run(
                 "model_version": 1,
                 "role": "primary",
                 "value": None,
+                "score": float(proba[1]) if len(proba) == 2 else float(max(proba)),
                 "label": classes[int(np.argmax(proba))],
-                "probabilities": [float(x) for x in proba],
-                "classes": classes,
                 "degraded": False,
                 "late": False,
-                "feature_names": names,
-                "features": feats,
+                "detail": {
+                    "probabilities": [float(x) for x in proba],
+                    "classes": classes,
+                    "feature_names": names,
+                    "features": feats,
+                },
             }
             while True:
                 try:

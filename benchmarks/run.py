@@ -207,6 +207,7 @@ class Bench:
         return TopicSettings(
             events=events,
             predictions=predictions,
+            predictions_shadow=f"{predictions}.shadow",
             telemetry=s.telemetry,
             models=self.topic(f"models.{kind}"),
             feedback=s.feedback,

@@ -43,14 +43,16 @@ Environment (all optional unless said; each wins over the project file):
                                    s3://bucket/prefix (default ./groundtruth); on S3 the
                                    usual AWS_* variables (AWS_ACCESS_KEY_ID, AWS_REGION,
                                    AWS_ENDPOINT_URL, ...) are read by the object store
-  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _TELEMETRY, _MODELS, _FEEDBACK, _DLQ, _LATE
-                                   topic names (defaults: events, predictions, telemetry,
-                                   streamscore.models, feedback, events.dlq, events.late)
+  STREAMSCORE_TOPIC_EVENTS, _PREDICTIONS, _PREDICTIONS_SHADOW, _TELEMETRY, _MODELS,
+  _FEEDBACK, _DLQ, _LATE           topic names (defaults: events, predictions,
+                                   predictions.shadow, telemetry, streamscore.models,
+                                   feedback, events.dlq, events.late)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -64,6 +66,7 @@ from typing import Any
 
 from .core import redact
 from .core.config import (
+    SHADOW_TOPIC_HELP,
     STRATEGY_TOPICS,
     ClusterSettings,
     Env,
@@ -79,9 +82,10 @@ from .core.config import (
     SigningSettings,
     SubjectStrategy,
     TopicSettings,
+    topic_env_var,
 )
 from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
-from .core.project import CONFIG_ENV, TOPIC_KEYS, ProjectFile, parse_project
+from .core.project import CONFIG_ENV, ProjectFile, parse_project
 from .core.records import Role, Task
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
@@ -142,13 +146,14 @@ def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None
         from_file["events"] = file.events_topic
     if file.labels is not None:  # the user's label topic is the feedback side's input
         from_file["feedback"] = file.labels.topic
+    given = {
+        f.name: env.get(topic_env_var(f.name), from_file.get(f.name))
+        for f in dataclasses.fields(TopicSettings)
+    }
+    if given["predictions_shadow"] is None and given["predictions"] is not None:
+        given["predictions_shadow"] = given["predictions"] + ".shadow"  # follows predictions
     topics = TopicSettings(
-        **{
-            name: env.get(
-                f"STREAMSCORE_TOPIC_{name.upper()}", from_file.get(name, getattr(defaults, name))
-            )
-            for name in ("events", *TOPIC_KEYS)
-        }
+        **{name: getattr(defaults, name) if v is None else v for name, v in given.items()}
     )
     return Env(
         kafka,
@@ -652,7 +657,7 @@ def _message_limits(env: Env, scoring: ScoringSettings) -> tuple[Any, int | None
     from .kafka.output_limits import OutputLimits
 
     t = env.topics
-    outputs = (t.predictions, t.dlq, t.telemetry, t.late)
+    outputs = (t.predictions, t.predictions_shadow, t.dlq, t.telemetry, t.late)
     if scoring.max_message_bytes is not None:
         n = scoring.max_message_bytes
         return OutputLimits(dict.fromkeys(outputs, n), default=n), n
@@ -750,7 +755,12 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     reader_schema = events_reader_schema(args.reader_schema, env)
     decode = AvroDeserializer(cache, reader_schema)
     predictions = topic_serializer(
-        reg, env.registry, "predictions", env.topics.predictions, schemas.load("prediction")
+        reg,
+        env.registry,
+        "predictions",
+        env.topics.predictions,
+        schemas.load("prediction"),
+        also_topics=[env.topics.predictions_shadow],
     )
     telemetry = topic_serializer(
         reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
@@ -866,6 +876,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 scoring,
                 prediction_limit=lambda: limits.limit(env.topics.predictions),
                 events=env.events,
+                shadow_limit=lambda: limits.limit(env.topics.predictions_shadow),
                 keys=AvroKeyDecoder(cache) if env.events.key_format is KeyFormat.AVRO else None,
             ),
             store=store,
@@ -968,6 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--batch-wait-ms", type=int, default=10)
     s.add_argument("--exactly-once", action="store_true")
+    s.add_argument("--shadow-topic", default=None, help=SHADOW_TOPIC_HELP)
     s.add_argument(
         "--eos-retry-s",
         type=float,
@@ -1139,6 +1151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = project_path(args.config, os.environ)
         env = settings_from_env(os.environ, read_project(path) if path else None)
+        if getattr(args, "shadow_topic", None):
+            topics = dataclasses.replace(env.topics, predictions_shadow=args.shadow_topic)
+            env = dataclasses.replace(env, topics=topics)
         return int(args.func(args, env))
     except StreamscoreError as exc:
         print(f"streamscore: {type(exc).__name__}: {redact_urls(str(exc))}", file=sys.stderr)

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .core.config import SHADOW_TOPIC_HELP
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .core.records import Prediction, Role, Task
 from .core.redact import redact_urls
@@ -181,7 +182,12 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
-    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
+    from .serde.message import (
+        AvroDeserializer,
+        LayoutDeserializer,
+        check_output_subjects,
+        topic_serializer,
+    )
     from .serde.wire import WriterSchemaCache
 
     relax_gc()
@@ -241,13 +247,16 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         env.kafka,
         reg,
         redact_urls(env.registry.url),
-        read=[env.topics.predictions, env.topics.feedback],
+        read=[env.topics.predictions, env.topics.predictions_shadow, env.topics.feedback],
         write=[env.topics.dlq, env.topics.telemetry]
         + ([env.topics.models] if promo.enabled else []),
         group=args.group_id,
     )
     cache = WriterSchemaCache(reg)
-    decode_pred = AvroDeserializer(cache, schemas.load("prediction"))
+    # v3 predictions with the v3 reader, older ones with v2's (their arrays kept)
+    decode_pred = LayoutDeserializer(
+        cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
+    )
     # the user's label schema (any, from the registry) or the project's feedback schema
     decode_fb = AvroDeserializer(cache, None if labels is not None else schemas.load("feedback"))
     telemetry = topic_serializer(
@@ -277,11 +286,12 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     admin = AdminClient(admin_config(env.kafka))
     topics = RouteTopics(
         predictions=env.topics.predictions,
+        predictions_shadow=env.topics.predictions_shadow,
         feedback=env.topics.feedback,
         join=args.join_topic or join_topic_for(args.group_id),
         dlq=env.topics.dlq,
     )
-    sources = [partition_count(admin, t) for t in (topics.predictions, topics.feedback)]
+    sources = [partition_count(admin, t) for t in topics.sources()]
     want = args.join_partitions or max([n for n in sources if n] + [1])
     retention_ms = int(args.join_retention_h * 3_600_000)
     n_join = ensure_topic(admin, topics.join, want, {"retention.ms": str(retention_ms)})
@@ -501,6 +511,7 @@ def add_commands(sub: Any) -> None:
     f = sub.add_parser("feedback", help="join labels with predictions, fill the ground truth")
     f.add_argument("--group-id", default="streamscore-feedback")
     f.add_argument("--worker-id", default=None)
+    f.add_argument("--shadow-topic", default=None, help=SHADOW_TOPIC_HELP)
     _add_groundtruth_flags(f)
     f.add_argument(
         "--retention-hours",

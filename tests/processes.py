@@ -24,9 +24,6 @@ from typing import IO, Any, TypeVar
 
 from streamscore.core.config import TopicSettings
 
-TOPIC_NAMES = ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late")
-
-
 #: ports handed out by :func:`free_port` in this process (never twice)
 _HANDED_OUT: set[int] = set()
 
@@ -66,8 +63,7 @@ def worker_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for name in TOPIC_NAMES:
-        env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(topics, name)
+    env.update(topics.as_env())
     env.update(extra)
     return env
 

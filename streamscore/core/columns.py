@@ -117,7 +117,8 @@ class RecordColumns:
 
     Every field of the schema is either in ``constants`` (the same value in every record)
     or in ``columns`` (one value per record: a list, or a NumPy array, 1-d for scalar
-    fields and 2-d ``(n, k)`` for arrays of numbers)."""
+    fields and 2-d ``(n, k)`` for arrays of numbers, or a :class:`RecordColumns` of ``n``
+    records for a nested record field)."""
 
     n: int
     constants: Mapping[str, Any]
@@ -129,5 +130,12 @@ class RecordColumns:
         if not names:
             return [{} for _ in range(self.n)]
         consts = [repeat(v, self.n) for v in self.constants.values()]
-        cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in self.columns.values()]
+        cols = [
+            c.tolist()
+            if isinstance(c, np.ndarray)
+            else c.rows()
+            if isinstance(c, RecordColumns)
+            else c
+            for c in self.columns.values()
+        ]
         return [dict(zip(names, vals, strict=True)) for vals in zip(*consts, *cols, strict=False)]

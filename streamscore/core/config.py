@@ -9,7 +9,7 @@ import enum
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -75,6 +75,10 @@ class TimeEncoding(enum.StrEnum):
     ISO_8601 = "iso-8601"  # a string, with a UTC offset (``2026-01-02T03:04:05Z``)
 
 
+#: The most event headers a project may copy to its predictions
+MAX_COPIED_HEADERS = 16
+
+
 class KeyFormat(enum.StrEnum):
     """How the events' message keys are written (``[events] key_format``)."""
 
@@ -98,8 +102,12 @@ class EventFields:
     #: the registry subject whose latest version the scorer reads events as (None: each
     #: event is read with the schema it was written with)
     subject: str | None = None
+    #: the event headers copied to the event's predictions (e.g. ``traceparent``)
+    copy_headers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.copy_headers) > MAX_COPIED_HEADERS:
+            raise ConfigError(f"at most {MAX_COPIED_HEADERS} event headers can be copied")
         if self.id_field == self.time_field:
             raise ConfigError(f"the event id and time fields are both {self.id_field!r}")
 
@@ -478,6 +486,9 @@ class TopicSettings:
     feedback: str = "feedback"
     dlq: str = "events.dlq"
     late: str = "events.late"
+    #: shadow models' predictions (never the answer: ``predictions`` holds exactly one
+    #: record per scored event, the primary's or the canary's)
+    predictions_shadow: str = "predictions.shadow"
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -488,7 +499,25 @@ class TopicSettings:
             self.feedback,
             self.dlq,
             self.late,
+            self.predictions_shadow,
         )
+
+    def as_env(self) -> dict[str, str]:
+        """Every topic as the environment variable the CLI reads it from
+        (``STREAMSCORE_TOPIC_<FIELD>``): what a parent gives the processes it starts."""
+        return {topic_env_var(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+#: the ``--shadow-topic`` flag's help (the score and feedback commands)
+SHADOW_TOPIC_HELP = (
+    "the shadow predictions' topic (default: $STREAMSCORE_TOPIC_PREDICTIONS_SHADOW, "
+    "else [topics] shadow, else <predictions>.shadow)"
+)
+
+
+def topic_env_var(name: str) -> str:
+    """The environment variable of the :class:`TopicSettings` field ``name``."""
+    return f"STREAMSCORE_TOPIC_{name.upper()}"
 
 
 class LatePolicy(enum.StrEnum):

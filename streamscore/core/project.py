@@ -14,9 +14,11 @@ passes silently)::
     key_format = "string"           # message keys: string (default), bytes, avro
     subject = "payments-value"      # optional: the scorer reads events as this subject's
                                     # latest version (else each as it was written)
+    copy_headers = ["traceparent"]  # event headers copied to its predictions
 
     [topics]                        # the other topics: predictions, telemetry, models,
     predictions = "payments.scores" # feedback, dlq, late
+    shadow = "payments.scores.shadow"   # shadow predictions (default <predictions>.shadow)
 
     [kafka]                         # librdkafka properties for every client
     "bootstrap.servers" = "broker:9092"   # (bootstrap_servers: the same)
@@ -93,6 +95,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .config import (
+    MAX_COPIED_HEADERS,
     METRICS_BY_TASK,
     STRATEGY_TOPICS,
     EventFields,
@@ -125,8 +128,9 @@ _TABLES: dict[str, tuple[str, ...]] = {
         "key_field",
         "key_format",
         "subject",
+        "copy_headers",
     ),
-    "topics": TOPIC_KEYS,
+    "topics": (*TOPIC_KEYS, "shadow"),
     # any librdkafka property (read by _kafka_properties); listed for suggestions only
     "kafka": ("bootstrap_servers", "consumer", "producer", "admin"),
     "registry": (
@@ -398,6 +402,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
     key_field = ev.string("key_field", _AVRO_NAME, _FIELD_NAME)
     defaults = EventFields()
     encoding = ev.choice("time_encoding", TimeEncoding, "time encoding") or defaults.time_encoding
+    copy_headers = _copy_headers(ev)
     try:
         events = EventFields(
             id_field=id_field or defaults.id_field,
@@ -406,6 +411,7 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
             key_field=key_field,
             key_format=key_format or defaults.key_format,
             subject=ev.string("subject"),
+            copy_headers=copy_headers,
         )
     except ConfigError as exc:
         raise ev.error(exc.message, "time_field") from None
@@ -418,6 +424,9 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
             v = topics_table.string(key, _TOPIC_NAME, topic_name)
             if v is not None:
                 topics[key] = v
+        shadow = topics_table.string("shadow", _TOPIC_NAME, topic_name)
+        if shadow is not None:
+            topics["predictions_shadow"] = shadow
     kafka = got.get("kafka")
     registry = got.get("registry")
     props = _kafka_properties(kafka) if kafka is not None else {}
@@ -437,6 +446,29 @@ def project_from_mapping(data: Mapping[str, Any], path: str) -> ProjectFile:
         registry=MappingProxyType(_registry_table(registry)),
         groundtruth=None if gt is None else _groundtruth(gt),
     )
+
+
+#: a header name as ``copy_headers`` takes it (printable ASCII, no spaces)
+_HEADER_NAME = re.compile(r"[!-~]{1,249}\Z")
+
+
+def _copy_headers(ev: _Table) -> tuple[str, ...]:
+    """``[events] copy_headers``: the event headers copied to its predictions."""
+    if "copy_headers" not in ev.data:
+        return ()
+    names = ev.data["copy_headers"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ev.error("must be a list of header names (strings)", "copy_headers")
+    if len(names) > MAX_COPIED_HEADERS:
+        raise ev.error(f"at most {MAX_COPIED_HEADERS} header names", "copy_headers")
+    for n in names:
+        if not _HEADER_NAME.match(n):
+            raise ev.error(f"{n!r} is not a header name", "copy_headers")
+        if n.startswith("streamscore."):
+            raise ev.error(f"{n!r}: streamscore.* headers are the worker's own", "copy_headers")
+    if len(set(names)) != len(names):
+        raise ev.error("a header is named twice", "copy_headers")
+    return tuple(names)
 
 
 # ----------------------------------------------------------------- [[features]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,49 @@ EVENT_ID_FIELD = "event_id"
 EVENT_TIME_FIELD = "event_time"
 
 Event = dict[str, Any]
+
+#: Headers on every prediction (``predictions`` and ``predictions.shadow``), so that a
+#: router or a filter needs no decode; named like the dead letters' ``streamscore.error.*``
+#: and ``streamscore.source.*``. Values are UTF-8 text (the version in decimal).
+MODEL_NAME_HEADER = "streamscore.model.name"
+MODEL_VERSION_HEADER = "streamscore.model.version"
+MODEL_ROLE_HEADER = "streamscore.model.role"
+EVENT_ID_HEADER = "streamscore.event.id"
+
+#: A record's headers, in produce order
+HeaderList = list[tuple[str, bytes]]
+
+
+def model_headers(name: str, version: int, role: str) -> HeaderList:
+    """The headers every prediction of one model in one role repeats (the event id
+    header follows them: :func:`prediction_headers`)."""
+    return [
+        (MODEL_NAME_HEADER, name.encode()),
+        (MODEL_VERSION_HEADER, str(version).encode()),
+        (MODEL_ROLE_HEADER, role.encode()),
+    ]
+
+
+def event_id_values(ids: list[Any]) -> list[str] | list[bytes]:
+    """Event ids as header values, with no per-id work when they are all text (the
+    producer takes ``str`` header values and writes them as UTF-8): ``ids`` itself;
+    else :func:`event_id_bytes`."""
+    if set(map(type, ids)) <= {str}:
+        return ids
+    return event_id_bytes(ids)
+
+
+def event_id_bytes(ids: Sequence[Any]) -> list[bytes]:
+    """Event ids as header values (UTF-8; a non-text id as its decimal text; none: empty)."""
+    try:
+        return [i.encode() for i in ids]
+    except AttributeError:
+        return [b"" if i is None else str(i).encode() for i in ids]
+
+
+def prediction_headers(name: str, version: int, role: str, event_id: Any) -> HeaderList:
+    """The headers of one prediction."""
+    return [*model_headers(name, version, role), (EVENT_ID_HEADER, event_id_bytes([event_id])[0])]
 
 
 class Task(enum.StrEnum):
@@ -132,7 +175,8 @@ _NOT_INPUTS = frozenset({EVENT_ID_FIELD, "key", EVENT_TIME_FIELD})
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """A record of the predictions topic (``prediction`` schema v1 or v2), as the feedback
+    """A record of the predictions topics (``prediction`` schema v1, v2 or v3: v3 holds the
+    arrays and the inputs in its nested ``detail``), as the feedback
     side reads it, with where it was read from. The score worker writes these records
     column-wise (``streamscore.serde``), never through this class."""
 
@@ -153,6 +197,7 @@ class Prediction:
 
     @classmethod
     def from_avro(cls, d: Mapping[str, Any], position: Position | None = None) -> Prediction:
+        detail = d.get("detail") or d  # v3: nested; v1/v2: top level
         return cls(
             event_id=str(d["event_id"]),
             key=d.get("key"),
@@ -162,11 +207,11 @@ class Prediction:
             role=Role(d["role"]),
             value=d.get("value"),
             label=d.get("label"),
-            probabilities=tuple(d.get("probabilities") or ()),
-            classes=tuple(d.get("classes") or ()),
-            feature_names=tuple(d.get("feature_names") or ()),
-            features=tuple(d.get("features") or ()),
-            inputs=dict(d.get("inputs") or {}),
+            probabilities=tuple(detail.get("probabilities") or ()),
+            classes=tuple(detail.get("classes") or ()),
+            feature_names=tuple(detail.get("feature_names") or ()),
+            features=tuple(detail.get("features") or ()),
+            inputs=dict(detail.get("inputs") or {}),
             position=position,
         )
 

@@ -1,11 +1,12 @@
 """Downloading the local cluster's servers once, and verifying them on every start.
 
 Kafka (its jars and runtime dependencies, with a log4j2 binding), the Apicurio Registry
-``-all`` tarball and the S3Proxy ``jar-with-dependencies`` are fetched with Maven
-(``--strict-checksums``) into a staging directory next to their final place, hashed into
-a ``MANIFEST.json`` (sha256 + size of every file) and swapped in with a rename, so an
-interrupted download never looks installed. :func:`verify_manifest` checks an installed
-tree against its manifest.
+``-all`` tarball, the S3Proxy ``jar-with-dependencies``, and the one Apache Avro jar that
+the tests' Java reader of the predictions topics compiles against (with Kafka's own client
+jars) are fetched with Maven (``--strict-checksums``) into a staging directory next to
+their final place, hashed into a ``MANIFEST.json`` (sha256 + size of every file) and
+swapped in with a rename, so an interrupted download never looks installed.
+:func:`verify_manifest` checks an installed tree against its manifest.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ DEPENDENCY_PLUGIN = "3.8.1"
 #: bare artifact (checksums are still verified with ``--strict-checksums``).
 DEPENDENCY_PLUGIN_COPY = "2.8"
 MANIFEST = "MANIFEST.json"
+#: Apache Avro (Java), for the tests' non-Python consumer of the predictions topics
+AVRO_VERSION = "1.12.0"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -98,6 +101,12 @@ class Installer:
         self.kafka_home = cache_dir / f"kafka-{settings.kafka_version}"
         self.registry_home = cache_dir / f"apicurio-{settings.apicurio_version}"
         self.s3proxy_home = cache_dir / f"s3proxy-{settings.s3proxy_version}"
+        self.avro_home = cache_dir / f"avro-{AVRO_VERSION}"
+
+    @property
+    def avro_jar(self) -> Path:
+        """The Apache Avro jar (installed by :meth:`install`)."""
+        return self.avro_home / "libs" / f"avro-{AVRO_VERSION}.jar"
 
     def install(self) -> None:
         """Download and verify what the cache lacks; a no-op when it verifies."""
@@ -113,6 +122,12 @@ class Installer:
             log.info("installing s3proxy %s (%s)", ver.s3proxy_version, why)
             self._install_into(self.s3proxy_home, self._fetch_s3proxy)
         log.info("install checked in %.1fs", time.monotonic() - t0)
+
+    def install_avro(self) -> None:
+        """The Apache Avro jar, downloaded and verified when the cache lacks it."""
+        if (why := verify_manifest(self.avro_home)) is not None:
+            log.info("installing apache avro %s (%s)", AVRO_VERSION, why)
+            self._install_into(self.avro_home, self._fetch_avro)
 
     def _install_into(self, final: Path, fetch: Any) -> None:
         """Fetch into a temp dir next to ``final``, then swap it in with a rename, so an
@@ -213,6 +228,23 @@ class Installer:
         shutil.rmtree(dl)
         shutil.rmtree(pom.parent)
         self.registry_jar(staging)  # fails now rather than at start time
+
+    def _fetch_avro(self, staging: Path) -> None:
+        pom = self._write_pom(staging)
+        libs = staging / "libs"
+        self._mvn(
+            [
+                "-f",
+                str(pom),
+                f"org.apache.maven.plugins:maven-dependency-plugin:{DEPENDENCY_PLUGIN_COPY}:copy",
+                f"-Dartifact=org.apache.avro:avro:{AVRO_VERSION}",
+                f"-DoutputDirectory={libs}",
+            ],
+            cwd=pom.parent,
+        )
+        shutil.rmtree(pom.parent)
+        if not (libs / f"avro-{AVRO_VERSION}.jar").is_file():
+            raise DownloadError(f"mvn did not produce avro-{AVRO_VERSION}.jar in {libs}")
 
     def _fetch_s3proxy(self, staging: Path) -> None:
         pom = self._write_pom(staging)

@@ -329,12 +329,19 @@ def process_acls(role: str, topics: TopicSettings, group: str) -> list[Grant]:
             Grant("topic", t.models, "read"),
             *(
                 Grant("topic", name, "write")
-                for name in (t.predictions, t.telemetry, t.dlq, t.late)
+                for name in (t.predictions, t.predictions_shadow, t.telemetry, t.dlq, t.late)
             ),
             # each output topic's max.message.bytes is read at start
             *(
                 Grant("topic", name, "describe_configs")
-                for name in (t.events, t.predictions, t.telemetry, t.dlq, t.late)
+                for name in (
+                    t.events,
+                    t.predictions,
+                    t.predictions_shadow,
+                    t.telemetry,
+                    t.dlq,
+                    t.late,
+                )
             ),
             Grant("group", group, "read"),
             *model_readers,
@@ -346,6 +353,7 @@ def process_acls(role: str, topics: TopicSettings, group: str) -> list[Grant]:
         join = f"{group}.join"
         return [
             Grant("topic", t.predictions, "read"),
+            Grant("topic", t.predictions_shadow, "read"),
             Grant("topic", t.feedback, "read"),
             # <group>.join and its state's changelog <group>.join.changelog
             Grant("topic", join, "create", prefixed=True),

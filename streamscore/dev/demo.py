@@ -93,6 +93,7 @@ def _topics(run_id: str) -> TopicSettings:
     return TopicSettings(
         events=f"demo.{run_id}.events",
         predictions=f"demo.{run_id}.predictions",
+        predictions_shadow=f"demo.{run_id}.predictions.shadow",
         telemetry=f"demo.{run_id}.telemetry",
         models=f"demo.{run_id}.models",
         feedback=f"demo.{run_id}.feedback",
@@ -181,8 +182,7 @@ class Demo:
         )
         if publisher:
             env["STREAMSCORE_SIGNING_KEY_FILE"] = str(self.keys.private_file)
-        for name in ("events", "predictions", "telemetry", "models", "feedback", "dlq", "late"):
-            env[f"STREAMSCORE_TOPIC_{name.upper()}"] = getattr(self.topics, name)
+        env.update(self.topics.as_env())
         env["STREAMSCORE_CONFIG"] = str(self.s.project)
         return env
 

@@ -142,9 +142,17 @@ class LocalCluster:
     # ------------------------------------------------------------------ public API
 
     def install(self) -> None:
-        """Download and verify both servers once; a no-op when the cache verifies."""
+        """Download and verify both servers once, and the Apache Avro jar the tests' Java
+        reader uses; a no-op when the cache verifies."""
         with self._locked(self.cache_dir):
             self.installer.install()
+            self.installer.install_avro()
+
+    def avro_jar(self) -> Path:
+        """The Apache Avro jar, installed first if the cache lacks it."""
+        with self._locked(self.cache_dir):
+            self.installer.install_avro()
+        return self.installer.avro_jar
 
     def up(self) -> ClusterStatus:
         """Start whatever is not running (on the data of the previous run, if any), wait

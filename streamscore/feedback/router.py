@@ -64,6 +64,13 @@ class RouteTopics:
     feedback: str
     join: str
     dlq: str
+    #: the shadow models' predictions (None: not read)
+    predictions_shadow: str | None = None
+
+    def sources(self) -> list[str]:
+        """The topics the router reads: predictions (answers, then shadows), labels."""
+        shadow = [self.predictions_shadow] if self.predictions_shadow else []
+        return [self.predictions, *shadow, self.feedback]
 
 
 class FeedbackRouter:
@@ -103,7 +110,7 @@ class FeedbackRouter:
 
     def run(self) -> None:
         self._c.subscribe(
-            [self.topics.predictions, self.topics.feedback],
+            self.topics.sources(),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -161,7 +168,7 @@ class FeedbackRouter:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             offsets[(topic, partition)] = offset + 1
             value = msg.value()
-            kind = PREDICTION if topic == self.topics.predictions else LABEL
+            kind = LABEL if topic == self.topics.feedback else PREDICTION
             try:
                 eid = (self._event_id if kind is PREDICTION else self._label_id)(value)
             except InfrastructureError:

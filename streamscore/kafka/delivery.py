@@ -24,6 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from ..core.errors import DeliveryError, TransactionFailedError
 from ..metrics.series import Metrics
 from .access import access_error
+from .headers import RowHeaders
 from .output_limits import wire_size
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ class _Pending:
     replaced: int = 0
 
 
-#: Many messages to one topic, without headers: ``(topic, [(key, value), ...])``.
-Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]]]
+#: Many messages to one topic: ``(topic, [(key, value), ...], headers)``, ``headers``
+#: None (no headers) or theirs, one record each (:class:`RowHeaders`).
+Bulk = tuple[str, Sequence[tuple[bytes | None, bytes | None]], RowHeaders | None]
 
 #: Called with an output that the producer (in ``produce()``) or the broker (in its
 #: delivery report) refused as too large; returns what to produce in its place (its
@@ -78,7 +80,7 @@ class OutBatch:
     @property
     def n_outputs(self) -> int:
         """Every output of the batch (``messages`` and ``bulk``)."""
-        return len(self.messages) + sum(len(pairs) for _topic, pairs in self.bulk)
+        return len(self.messages) + sum(len(pairs) for _topic, pairs, _h in self.bulk)
 
 
 def _is_too_large(err: Any) -> bool:
@@ -158,29 +160,81 @@ def _produce_bulk(
     poll: Any,
     on_too_large: TooLarge | None = None,
 ) -> None:
-    # positional arguments (topic, value, key, partition, on_delivery), in the order
-    # Producer.produce documents: parsing keywords costs a third of the call
+    # positional arguments (see _produce_pair); anything but the plain call in a helper
     produce = producer.produce
-    for topic, pairs in bulk:
-        for key, value in pairs:
-            try:
-                produce(topic, value, key, _ANY_PARTITION, on_delivery)
-            except BufferError:
-                while True:  # local queue full: serve delivery reports until there is room
-                    poll(0.05)
+    for topic, pairs, headers in bulk:
+        if headers is None:
+            for key, value in pairs:
+                try:
+                    produce(topic, value, key, _ANY_PARTITION, on_delivery)
+                except (BufferError, KafkaException):
+                    _produce_pair(
+                        producer, topic, key, value, None, on_delivery, poll, on_too_large
+                    )
+            continue
+        if len(headers) != len(pairs):
+            raise ValueError(f"{len(pairs)} messages but {len(headers)} headers")
+        name, values, copied = headers.name, headers.values, headers.copied
+        start = 0
+        for n, shared in headers.runs:
+            stop = start + n
+            # one list for the whole run, its last header replaced per record: produce()
+            # copies the headers at the call, so only a record's own header is new
+            h: list[Any] = [*shared, None]
+            own = zip(pairs[start:stop], values[start:stop], strict=True)
+            if copied is None:
+                for (key, value), v in own:
+                    h[-1] = (name, v)
                     try:
-                        produce(topic, value, key, _ANY_PARTITION, on_delivery)
-                        break
-                    except BufferError:
-                        continue
-            except KafkaException as exc:
-                _raise_if_refused(exc, topic)
-                # larger than the producer takes: the rest of the pipeline sized it wrong
-                m = OutMessage(topic, key, value)
-                repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
-                if repl is None:
-                    raise
-                _produce_one(producer, repl, on_delivery, poll, on_too_large)
+                        produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, h)
+                    except (BufferError, KafkaException):
+                        _produce_pair(
+                            producer, topic, key, value, h, on_delivery, poll, on_too_large
+                        )
+            else:
+                for i, ((key, value), v) in enumerate(own, start):
+                    h[-1] = (name, v)
+                    hi = h + copied[i]
+                    _produce_pair(producer, topic, key, value, hi, on_delivery, poll, on_too_large)
+            start = stop
+
+
+def _produce_pair(
+    producer: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[Any] | None,
+    on_delivery: Any,
+    poll: Any,
+    on_too_large: TooLarge | None,
+) -> None:
+    """One message of a bulk: a full local queue served until there is room; one larger
+    than the producer takes replaced (``on_too_large``) or raised."""
+    # positional arguments, in the order of Producer.produce's C argument list (topic,
+    # value, key, partition, callback, on_delivery, timestamp, headers): parsing keywords
+    # costs a third of the call
+    produce = producer.produce
+    while True:
+        try:
+            produce(topic, value, key, _ANY_PARTITION, on_delivery, None, 0, headers)
+            return
+        except BufferError:  # local queue full: serve delivery reports until there is room
+            poll(0.05)
+        except KafkaException as exc:
+            _raise_if_refused(exc, topic)
+            # larger than the producer takes: the rest of the pipeline sized it wrong
+            hs = None if headers is None else [(k, _utf8(v)) for k, v in headers]
+            m = OutMessage(topic, key, value, hs)
+            repl = _replacement(m, on_too_large) if _is_too_large(exc.args[0]) else None
+            if repl is None:
+                raise
+            _produce_one(producer, repl, on_delivery, poll, on_too_large)
+            return
+
+
+def _utf8(v: bytes | str) -> bytes:
+    return v.encode() if isinstance(v, str) else v
 
 
 def _refusals(on_too_large: TooLarge) -> Any:

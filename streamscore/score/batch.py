@@ -13,6 +13,7 @@ routing and output sizing are parts of it).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ import numpy as np
 from ..core.columns import RecordColumns, take_events
 from ..core.config import EventFields, LatePolicy, ScoringSettings
 from ..core.errors import ModelError, NoModelError, OutputTooLargeError, StreamscoreError
-from ..core.records import FeatureKind, Role, StageTimings, Task
+from ..core.records import FeatureKind, Role, StageTimings, Task, event_id_values, model_headers
 from ..features.event_fields import event_ids, event_keys, event_times_ms
 from ..features.extract import Columns, extract, impute
 from ..features.validation import validate
+from ..kafka.headers import RowHeaders
 from ..kafka.output_limits import RECORD_OVERHEAD, wire_size
 from ..models.runtime import LoadedModel, ScoreBatch
 from ..models.store import FallbackResult, ModelSnapshot, score_with_fallback
@@ -52,6 +54,8 @@ class InMessage:
     partition: int
     offset: int
     timestamp_ms: int
+    #: the message's headers (read only when the project copies some to predictions)
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 class MessageBatch(Sequence[InMessage]):
@@ -60,24 +64,28 @@ class MessageBatch(Sequence[InMessage]):
     late routing). The worker hands one of these to :meth:`BatchScorer.score` so that no
     per-message object is created on the hot path; any ``Sequence[InMessage]`` works too."""
 
-    __slots__ = ("_make", "keys", "values")
+    __slots__ = ("_make", "headers", "keys", "values")
 
     def __init__(
         self,
         values: list[bytes | None],
         keys: list[bytes | None],
         make: Callable[[int], InMessage],
+        headers: list[list[tuple[str, bytes | None]] | None] | None = None,
     ) -> None:
+        """``headers``: each message's, when the scorer copies some (else None)."""
         if len(values) != len(keys):
             raise ValueError("values and keys must have the same length")
         self.values = values
         self.keys = keys
+        self.headers = headers
         self._make = make
 
     @classmethod
     def of(cls, messages: Sequence[InMessage]) -> MessageBatch:
         msgs = list(messages)
-        return cls([m.value for m in msgs], [m.key for m in msgs], msgs.__getitem__)
+        headers = [m.headers for m in msgs]
+        return cls([m.value for m in msgs], [m.key for m in msgs], msgs.__getitem__, headers)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -119,7 +127,13 @@ class RoleOutput:
 
 @dataclass(slots=True)
 class ScoredBatch:
+    #: every prediction: the answers (primary, canary) first, then the shadow's
     predictions: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    #: each prediction's headers (model name, version, role, event id)
+    prediction_headers: RowHeaders = field(default_factory=RowHeaders)
+    #: ``predictions[:n_answers]`` answer (``predictions``), the rest are the shadow's
+    #: (``predictions.shadow``)
+    n_answers: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     late_routed: list[InMessage] = field(default_factory=list)
     n_messages: int = 0
@@ -216,15 +230,19 @@ class BatchScorer:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         prediction_limit: Callable[[], int] | None = None,
         events: EventFields | None = None,
+        shadow_limit: Callable[[], int] | None = None,
         keys: KeyDecoder | None = None,
     ) -> None:
-        """``prediction_limit()``: the largest prediction record (key and value, as
-        :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic takes,
-        asked once per batch. An event with a prediction larger than that is not
-        predicted: it is dead-lettered (:class:`~streamscore.core.errors.OutputTooLargeError`).
-        ``events``: the event's own id, time and key fields (default: the shipped event
-        schema's); an event whose id or time cannot be read is dead-lettered."""
+        """``prediction_limit()``: the largest prediction record (key, value and headers,
+        as :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic
+        takes, asked once per batch; ``shadow_limit()`` the same for the shadow topic
+        (default: ``prediction_limit``). An event with a prediction larger than its topic
+        takes is not predicted: it is dead-lettered
+        (:class:`~streamscore.core.errors.OutputTooLargeError`). ``events``: the event's own
+        id, time and key fields (default: the shipped event schema's); an event whose id or
+        time cannot be read is dead-lettered."""
         self._prediction_limit = prediction_limit
+        self._shadow_limit = shadow_limit or prediction_limit
         self._decoder = batch_decoder(decoder)
         self._encoder = batch_encoder(encoder)
         self._settings = settings
@@ -235,6 +253,35 @@ class BatchScorer:
         self._keys = keys if keys is not None else key_decoder(self._events.key_format)
         #: the event's fields every prediction carries already (not repeated in ``inputs``)
         self._envelope = frozenset({self._events.id_field, self._events.time_field, "key"})
+        #: the model headers of each (name, version, role): one shared list each
+        self._headers: dict[tuple[str, int, Role], list[tuple[str, bytes]]] = {}
+
+    @property
+    def copies_headers(self) -> bool:
+        """Whether :meth:`score` reads the messages' headers (``[events] copy_headers``)."""
+        return bool(self._events.copy_headers)
+
+    def _copied(
+        self, messages: Sequence[InMessage], v_good: list[int]
+    ) -> list[list[tuple[str, bytes]]] | None:
+        """Each valid row's event headers to copy, or None when none are copied."""
+        if not self._events.copy_headers:
+            return None
+        names = frozenset(self._events.copy_headers)
+        if isinstance(messages, MessageBatch):
+            every = messages.headers or [None] * len(messages)
+            return [copied_headers(every[g], names) for g in v_good]
+        return [copied_headers(messages[g].headers, names) for g in v_good]
+
+    def _model_headers(self, name: str, version: int, role: Role) -> list[tuple[str, bytes]]:
+        """The headers every prediction of one model in one role repeats (the same list
+        for every batch: one run of :class:`RowHeaders` per model and batch)."""
+        got = self._headers.get((name, version, role))
+        if got is None:
+            if len(self._headers) > 64:  # versions come and go: keep the recent ones
+                self._headers.clear()
+            got = self._headers[(name, version, role)] = model_headers(name, version, role.value)
+        return got
 
     def score(self, messages: Sequence[InMessage], snapshot: ModelSnapshot) -> ScoredBatch:
         if snapshot.primary is None:
@@ -342,6 +389,7 @@ class BatchScorer:
             v_late,
             now,
             inputs,
+            self._copied(messages, v_good),
         )
         if n:
             canary = snapshot.canary
@@ -414,7 +462,9 @@ class BatchScorer:
         out.predictions = list(zip(rec_keys, encoded, strict=True))
         if self._prediction_limit is not None and encoded:
             limit = self._prediction_limit()
-            _drop_oversized(out, encoded, rec_keys, limit, messages, v_good)
+            shadow_limit = limit if self._shadow_limit is None else self._shadow_limit()
+            _drop_oversized(out, encoded, rec_keys, (limit, shadow_limit), messages, v_good)
+        out.n_answers = sum(int(p.rows.size) for p in out._placed if p.role is not Role.SHADOW)
         out._source = _sources(messages, v_good)
         t5 = time.perf_counter()
         out.timings = StageTimings(
@@ -485,7 +535,7 @@ class BatchScorer:
         """Queue ``rows``' predictions by ``model`` as one column-wise piece."""
         meta = model.meta
         n = int(rows.size)
-        inputs = ctx.inputs
+        inputs, copied = ctx.inputs, ctx.copied
         if n == len(ctx.ids):  # rows are increasing and unique: every row, in order
             ids, keys, times, late, raw = ctx.ids, ctx.keys, ctx.times, ctx.late, ctx.raw_keys
         else:
@@ -495,24 +545,29 @@ class BatchScorer:
             times = [ctx.times[i] for i in take]
             late = [ctx.late[i] for i in take]
             raw = [ctx.raw_keys[i] for i in take]
+            if copied is not None:
+                copied = [copied[i] for i in take]
             if inputs is not None:
                 inputs = [inputs[i] for i in take]
+        # the record (prediction schema v3): flat scalars, then the nested detail
+        scores = batch.score()
         constants: dict[str, Any] = {
             "scored_time": ctx.now,
             "model_name": meta.name,
             "role": role.value,
-            "feature_names": list(meta.feature_spec.names),
         }
+        detail_constants: dict[str, Any] = {"feature_names": list(meta.feature_spec.names)}
         if inputs is None:
-            constants["inputs"] = {}
+            detail_constants["inputs"] = {}
+        detail: dict[str, Any] = {"features": np.asarray(xm, dtype=np.float64)}
+        if inputs is not None:
+            detail["inputs"] = inputs
         columns: dict[str, Any] = {
             "event_id": ids,
             "key": keys,
             "event_time": times,
-            "features": np.asarray(xm, dtype=np.float64),
+            "score": np.asarray(scores, dtype=np.float64),
         }
-        if inputs is not None:
-            columns["inputs"] = inputs
         n_degraded = int(degraded.sum())
         if fallback is not None and n_degraded:
             columns["model_version"] = fallback.model_versions().tolist()
@@ -529,19 +584,36 @@ class BatchScorer:
         if batch.task is Task.REGRESSION:
             assert batch.values is not None
             columns["value"] = np.asarray(batch.values, dtype=np.float64)
-            constants.update(label=None, probabilities=[], classes=[])
+            constants["label"] = None
+            detail_constants.update(probabilities=[], classes=[])
         else:
             assert batch.probabilities is not None and batch.labels is not None
             columns["label"] = batch.labels.tolist()
-            columns["probabilities"] = np.asarray(batch.probabilities, dtype=np.float64)
-            constants.update(value=None, classes=list(batch.classes))
+            detail["probabilities"] = np.asarray(batch.probabilities, dtype=np.float64)
+            constants["value"] = None
+            detail_constants["classes"] = list(batch.classes)
+        columns["detail"] = RecordColumns(n, detail_constants, detail)
         pieces.append(RecordColumns(n, constants, columns))
         rec_keys.extend(raw)
         version = meta.version
+        # headers: the model's shared per batch, then the event id's
+        id_bytes = event_id_values(ids)
+        if "model_version" in columns:  # the fallback answered some rows
+            # (as the record says: the model name, the version that answered)
+            start = 0
+            for v, run in itertools.groupby(columns["model_version"]):
+                stop = start + len(list(run))
+                out.prediction_headers.add(
+                    self._model_headers(meta.name, v, role),
+                    id_bytes[start:stop],
+                    None if copied is None else copied[start:stop],
+                )
+                start = stop
+        else:
+            shared = self._model_headers(meta.name, version, role)
+            out.prediction_headers.add(shared, id_bytes, copied)
         main = len(out.outputs)
-        out.outputs.append(
-            RoleOutput(meta.name, version, role, n - n_degraded, batch.score(), n_degraded)
-        )
+        out.outputs.append(RoleOutput(meta.name, version, role, n - n_degraded, scores, n_degraded))
         fb_index = None
         if n_degraded and fallback is not None and fallback.fallback is not None:
             fb = fallback.fallback
@@ -568,34 +640,45 @@ def _drop_oversized(
     out: ScoredBatch,
     encoded: list[bytes],
     rec_keys: list[bytes | None],
-    limit: int,
+    limits: tuple[int, int],
     messages: Sequence[InMessage],
     v_good: list[int],
 ) -> None:
-    """Events with a prediction larger than ``limit`` are dead-lettered, not predicted
-    (none of their predictions is produced: consumed = predicted + dead-lettered).
+    """Events with a prediction larger than its topic takes (``limits``: the predictions
+    topic's, the shadow topic's) are dead-lettered, not predicted (none of their
+    predictions is produced: consumed = predicted + dead-lettered).
 
     Per batch, a bound first: no record is larger than all of the batch's keys and values
-    together, which two C-level joins measure (no Python call per record); only when that
-    bound does not fit, the largest key and value, and only when those do not fit either,
-    each record."""
-    if _total_len(encoded) + _total_len(rec_keys) + RECORD_OVERHEAD <= limit:
+    together plus the largest headers (an event id header is never longer than the value
+    that holds the same id), which C-level joins measure (no Python call per record); only
+    when that bound does not fit, the largest key and value, and only when those do not
+    fit either, each record."""
+    headers = out.prediction_headers
+    limit = min(limits)
+    largest_headers = headers.largest()
+    values = _total_len(encoded)
+    if 2 * values + _total_len(rec_keys) + largest_headers + RECORD_OVERHEAD <= limit:
         return
-    longest = max(map(len, encoded)) + max(map(len, filter(None, rec_keys)), default=0)
+    longest = max(map(len, encoded))
+    longest += longest + max(map(len, filter(None, rec_keys)), default=0) + largest_headers
     if longest + RECORD_OVERHEAD <= limit:
         return
-    too_big: dict[int, tuple[int, str]] = {}  # valid row -> size, role of its largest
+    too_big: dict[int, tuple[int, str, int]] = {}  # valid row -> size, role, limit
     start = 0
     for p in out._placed:
+        limit = limits[1] if p.role is Role.SHADOW else limits[0]
         for j, row in enumerate(p.rows.tolist()):
-            size = wire_size(rec_keys[start + j], encoded[start + j])
-            if size > limit and size > too_big.get(row, (0, ""))[0]:
-                too_big[row] = (size, p.role.value)
+            i = start + j
+            size = wire_size(rec_keys[i], encoded[i], headers.at(i))
+            prev = too_big.get(row)
+            if size > limit and (prev is None or size - limit > prev[0] - prev[2]):
+                too_big[row] = (size, p.role.value, limit)
         start += int(p.rows.size)
     if not too_big:
         return
     bad = np.fromiter(too_big, dtype=np.int64, count=len(too_big))
     kept: list[tuple[bytes | None, bytes]] = []
+    kept_rows: list[int] = []
     placed: list[_Placed] = []
     start = 0
     for p in out._placed:
@@ -604,19 +687,23 @@ def _drop_oversized(
         if drop.any():
             _uncount(out, p, drop)
             keep = ~drop
-            mine = out.predictions[start : start + n]
-            kept.extend(pr for pr, k in zip(mine, keep.tolist(), strict=True) if k)
+            take = np.flatnonzero(keep).tolist()
+            kept.extend(out.predictions[start + j] for j in take)
+            kept_rows.extend(start + j for j in take)
             p = dataclasses.replace(p, rows=p.rows[keep], degraded=p.degraded[keep])
         else:
             kept.extend(out.predictions[start : start + n])
+            kept_rows.extend(range(start, start + n))
         placed.append(p)
         start += n
     out.predictions = kept
+    out.prediction_headers = headers.select(kept_rows)
     out._placed = placed
-    for row, (size, role) in sorted(too_big.items()):
+    for row, (size, role, limit) in sorted(too_big.items()):
+        topic = "shadow predictions" if role == Role.SHADOW.value else "predictions"
         err = OutputTooLargeError(
             f"the {role} prediction of this event is {size} bytes, more than the "
-            f"predictions topic accepts ({limit} bytes)",
+            f"{topic} topic accepts ({limit} bytes)",
             size=size,
             limit=limit,
         )
@@ -638,6 +725,26 @@ class _RowContext:
     late: list[bool]
     now: int
     inputs: list[dict[str, Any]] | None  # None: every prediction's ``inputs`` is empty
+    #: the event headers copied to its predictions (None: the project copies none)
+    copied: list[list[tuple[str, bytes]]] | None = None
+
+
+def copied_headers(
+    headers: list[tuple[str, bytes | None]] | None, names: frozenset[str]
+) -> list[tuple[str, bytes]]:
+    """The headers ``names`` of one event, each at most once (its first), in its order;
+    a null value is not copied."""
+    if not headers:
+        return []
+    out: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for k, v in headers:
+        if k in names and k not in seen and v is not None:
+            seen.add(k)
+            out.append((k, v))
+            if len(seen) == len(names):
+                break
+    return out
 
 
 def _input_value(v: Any) -> float | str | None:

@@ -26,6 +26,7 @@ from ..kafka.access import access_error
 from ..kafka.dead_letters import dead_letter, source_headers
 from ..kafka.delivery import (
     AtLeastOnceSink,
+    Bulk,
     OutBatch,
     OutMessage,
     RetryBatch,
@@ -213,6 +214,8 @@ class ScoreLoop:
         self._consumer = consumer
         self._sink = sink
         self._scorer = scorer
+        #: whether the scorer copies event headers to predictions (reads them per message)
+        self._copies_headers = bool(getattr(scorer, "copies_headers", False))
         self._store = store
         self._m = metrics
         self._s = settings
@@ -320,7 +323,8 @@ class ScoreLoop:
         sources: list[tuple[OutMessage, DeadLetter]] = []
         try:
             # the registry away: raised before any scoring work (decode fetches first)
-            scored = self._scorer.score(MessageBatch(values, keys, make), snapshot)
+            headers = [m.headers() for m in good] if self._copies_headers else None
+            scored = self._scorer.score(MessageBatch(values, keys, make, headers), snapshot)
             t0 = time.perf_counter()
             out = self._outputs(scored, snapshot.versions(), first, last, sources)
         except InfrastructureError as exc:
@@ -334,7 +338,7 @@ class ScoreLoop:
             out,
             {k: v + 1 for k, v in last.items()},
             first,
-            bulk=[(self._topics.predictions, scored.predictions)],
+            bulk=self._prediction_bulk(scored),
             on_too_large=self._rescuer(scored, sources, snapshot.versions().get("primary")),
         )
         try:
@@ -350,6 +354,16 @@ class ScoreLoop:
             self.drift.observe(snapshot.primary, scored.primary_raw_x, scored.primary_scores)
             drift_s = time.perf_counter() - t0 - produce_s
         self._record(scored, produce_s, drift_s)
+
+    def _prediction_bulk(self, scored: ScoredBatch) -> list[Bulk]:
+        """The answers to the predictions topic, the shadow's to the shadow topic (both
+        in the batch's transaction, under exactly-once)."""
+        t = self._topics
+        preds, headers, k = scored.predictions, scored.prediction_headers, scored.n_answers
+        if k == len(preds):
+            return [(t.predictions, preds, headers)]
+        answers, shadows = headers.split(k)
+        return [(t.predictions, preds[:k], answers), (t.predictions_shadow, preds[k:], shadows)]
 
     def _outputs(
         self,
@@ -426,7 +440,7 @@ class ScoreLoop:
             size = wire_size(refused.key, refused.value, refused.headers)
             self._limits.lower(refused.topic, size)
             dl: DeadLetter | None = None
-            if refused.topic == t.predictions:
+            if refused.topic in (t.predictions, t.predictions_shadow):
                 for i, (k, v) in enumerate(scored.predictions):
                     if i not in unpredicted and v == refused.value and k == refused.key:
                         unpredicted.add(i)

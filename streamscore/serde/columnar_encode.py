@@ -129,13 +129,15 @@ class _FieldCodec:
 
     name: str
     one: Callable[[Any], bytes]
-    kind: str  # "scalar" | "array" | "nullable" | "other"
+    kind: str  # "scalar" | "array" | "nullable" | "record" | "other"
     array_dtype: str | None = None
     union_prefix: bytes = b""  # nullable numbers: the index of the non-null branch
     has_default: bool = False
     default: Any = None
     #: a whole list column at once, for the common types (else ``one`` per value)
     column: Callable[[list[Any]], list[bytes]] | None = None
+    #: a nested record's own field codecs (its column is a :class:`RecordColumns`)
+    fields: tuple[_FieldCodec, ...] = ()
 
 
 def _union_codec(branches: list[Any]) -> Callable[[Any], bytes]:
@@ -206,6 +208,26 @@ def _one_codec(t: Any) -> Callable[[Any], bytes]:
             return _long(len(v)) + body + b"\x00"
 
         return map_
+    if name == "record":
+        fields = [
+            (str(f["name"]), _one_codec(f["type"]), "default" in f, f.get("default"))
+            for f in t["fields"]
+        ]
+
+        def record(v: Any) -> bytes:
+            if type(v) is not dict:
+                raise _Unsupported
+            out = []
+            for fname, codec, has_default, default in fields:
+                if fname in v:
+                    out.append(codec(v[fname]))
+                elif has_default:
+                    out.append(codec(default))
+                else:
+                    raise _Unsupported
+            return b"".join(out)
+
+        return record
     raise _Unsupported
 
 
@@ -288,6 +310,9 @@ def _field_codec(f: Mapping[str, Any]) -> _FieldCodec:
                 return _FieldCodec(name, one, "other", column=column, **default)
         return _FieldCodec(name, one, "other", **default)
     tname = type_name(t) or ""
+    if tname == "record":
+        sub = tuple(_field_codec(g) for g in t["fields"])
+        return _FieldCodec(name, one, "record", fields=sub, **default)
     if tname == "array":
         items = _NUMERIC_ITEMS.get(type_name(t["items"]) or "")
         return _FieldCodec(name, one, "array", items, **default)
@@ -362,9 +387,24 @@ def _encode_columns(
     plan: tuple[_FieldCodec, ...], header: bytes, cols: RecordColumns
 ) -> list[bytes]:
     n = cols.n
-    given = 0
     parts: list[Any] = []
     pending = [header]  # adjacent constants are merged into one piece
+    _collect(plan, cols, parts, pending)
+    if not parts:  # constants only: every record the same
+        return [b"".join(pending)] * n
+    if pending:
+        parts.append(repeat(b"".join(pending), n))
+    return list(map(b"".join, zip(*parts, strict=False)))  # repeat() is endless
+
+
+def _collect(
+    plan: tuple[_FieldCodec, ...], cols: RecordColumns, parts: list[Any], pending: list[bytes]
+) -> None:
+    """Append the pieces of ``cols`` to ``parts`` (columns, one bytes per record) and
+    ``pending`` (constant bytes not yet in ``parts``). A nested record given column-wise
+    adds its own pieces in place: one ``b"".join`` per record for the whole record."""
+    n = cols.n
+    given = 0
     for codec in plan:
         if codec.name in cols.constants:
             pending.append(codec.one(cols.constants[codec.name]))
@@ -376,12 +416,15 @@ def _encode_columns(
             pending.append(codec.one(codec.default))  # as fastavro: absent -> default
             continue
         given += 1
+        col = cols.columns[codec.name]
+        if codec.kind == "record":  # a nested record: its fields in line
+            if not isinstance(col, RecordColumns) or col.n != n:
+                raise _Unsupported
+            _collect(codec.fields, col, parts, pending)
+            continue
         if pending:
             parts.append(repeat(b"".join(pending), n))
-            pending = []
-        parts.append(_column(codec, cols.columns[codec.name], n))
+            pending.clear()
+        parts.append(_column(codec, col, n))
     if given != len(cols.constants) + len(cols.columns):
         raise _Unsupported  # a name that is not a field of the schema
-    if pending:
-        parts.append(repeat(b"".join(pending), n))
-    return list(map(b"".join, zip(*parts, strict=False)))  # repeat() is endless

@@ -17,6 +17,7 @@ away raises :class:`~streamscore.core.errors.RegistryUnavailableError` (retry).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Mapping, Sequence
@@ -401,11 +402,19 @@ def topic_serializer(
     topic_key: str,
     topic: str,
     schema: dict[str, Any],
+    also_topics: Sequence[str] = (),
 ) -> AvroSerializer:
     """The serializer of an output topic: its subject named by the topic's strategy
-    (``settings.strategy(topic_key)``), registration as ``settings.auto_register`` says."""
-    subject = settings.strategy(topic_key).subject(topic, schema)
-    return AvroSerializer(registry, subject, schema, auto_register=settings.auto_register)
+    (``settings.strategy(topic_key)``), registration as ``settings.auto_register`` says.
+    ``also_topics`` carry the same records (the shadow predictions): their subjects, by
+    the same strategy, are registered (or, registration off, required) with it."""
+    strategy = settings.strategy(topic_key)
+    subject = strategy.subject(topic, schema)
+    also = dict.fromkeys(strategy.subject(t, schema) for t in also_topics)
+    also.pop(subject, None)  # the record strategy: one subject for every topic
+    return AvroSerializer(
+        registry, subject, schema, auto_register=settings.auto_register, also_subjects=list(also)
+    )
 
 
 def check_output_subjects(*serializers: AvroSerializer) -> None:
@@ -420,8 +429,9 @@ def check_output_subjects(*serializers: AvroSerializer) -> None:
             log.warning("subject %s not checked at start: %s", ser.subject, exc)
             continue
         log.info(
-            "output subject %s: schema id %d%s",
+            "output subject %s%s: schema id %d%s",
             ser.subject,
+            "".join(f" (and {s})" for s in ser.also_subjects),
             writer.schema_id,
             "" if writer.version is None else f" (latest version {writer.version})",
         )
@@ -435,11 +445,87 @@ def _field_in(message: str) -> str | None:
     return None
 
 
+class LayoutDeserializer:
+    """Decodes each message with the reader schema of its writer's layout: ``current``
+    when the writer schema has the top-level field ``marker``, else ``legacy``. For a
+    field that moved into a nested record (prediction v3's ``detail``), which Avro schema
+    resolution cannot follow: a v2 prediction read with the v3 reader would lose its
+    arrays, so it is read with the v2 reader, and the caller reads both shapes."""
+
+    def __init__(
+        self,
+        schemas: WriterSchemaCache,
+        current: dict[str, Any],
+        legacy: dict[str, Any],
+        marker: str,
+    ) -> None:
+        self._schemas = schemas
+        self._current = AvroDeserializer(schemas, current)
+        self._legacy = AvroDeserializer(schemas, legacy)
+        self._marker = marker
+        self._by_id: dict[int, AvroDeserializer] = {}
+
+    def require(self, values: Sequence[bytes | None]) -> None:
+        self._schemas.require(values)
+
+    def _for(self, schema_id: int) -> AvroDeserializer:
+        dec = self._by_id.get(schema_id)
+        if dec is None:
+            writer, _parsed = self._schemas.get(schema_id)
+            fields = writer.get("fields") if isinstance(writer, dict) else None
+            names = {f.get("name") for f in fields or () if isinstance(f, dict)}
+            dec = self._current if self._marker in names else self._legacy
+            if len(self._by_id) >= 1024:  # ids are few; bounded all the same
+                self._by_id.clear()
+            self._by_id[schema_id] = dec
+        return dec
+
+    def __call__(self, data: bytes | None, ctx: Any = None) -> dict[str, Any]:
+        schema_id, _body = split_header(data)
+        return self._for(schema_id)(data)
+
+    def decode_many(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], list[Mapping[str, Any]], list[tuple[int, StreamscoreError]]]:
+        """:meth:`AvroDeserializer.decode_many` of each layout's reader on its messages
+        (the batch split by writer layout, once per schema id), merged in order. A value
+        whose header is bad goes to the current reader, which says why."""
+        self.require(values)  # a registry away: raised here, nothing decoded
+        groups: dict[int, tuple[AvroDeserializer, list[int]]] = {}
+        for i, data in enumerate(values):
+            dec = self._current
+            with contextlib.suppress(StreamscoreError):
+                dec = self._for(split_header(data)[0])
+            groups.setdefault(id(dec), (dec, []))[1].append(i)
+        good: list[int] = []
+        records: list[Mapping[str, Any]] = []
+        failed: list[tuple[int, StreamscoreError]] = []
+        if len(groups) == 1:
+            ((dec, _idx),) = groups.values()
+            g, r, f = dec.decode_many(values)
+            return g, list(r), f
+        merged: list[tuple[int, Mapping[str, Any]]] = []
+        for dec, idx in groups.values():
+            g, r, f = dec.decode_many([values[i] for i in idx])
+            merged.extend((idx[j], rec) for j, rec in zip(g, r, strict=True))
+            failed.extend((idx[j], exc) for j, exc in f)
+        merged.sort(key=lambda t: t[0])
+        failed.sort(key=lambda t: t[0])
+        for i, rec in merged:
+            good.append(i)
+            records.append(rec)
+        return good, records, failed
+
+
 class AvroSerializer:
     """``(dict, ctx) -> bytes`` in the wire format under ``subject``. On first use the
     schema is registered, or, with ``auto_register`` off, the subject's latest version
     is looked up, checked to read records of ``schema``, and written with
-    (:func:`~streamscore.serde.wire.writer_schema`); :meth:`prepare` does it at once."""
+    (:func:`~streamscore.serde.wire.writer_schema`); :meth:`prepare` does it at once.
+    ``also_subjects`` (another topic that carries the same records, e.g. the shadow
+    predictions) are registered or checked the same way at the same time: a subject
+    that names the schema for tools that look a topic's schema up by subject; the
+    records carry ``subject``'s id."""
 
     def __init__(
         self,
@@ -448,9 +534,11 @@ class AvroSerializer:
         schema: dict[str, Any],
         *,
         auto_register: bool = True,
+        also_subjects: Sequence[str] = (),
     ) -> None:
         self._registry = registry
         self._subject = subject
+        self._also = tuple(also_subjects)
         self._schema_json = schema
         self._auto_register = auto_register
         self._writer: WriterSchema | None = None
@@ -461,6 +549,10 @@ class AvroSerializer:
     @property
     def subject(self) -> str:
         return self._subject
+
+    @property
+    def also_subjects(self) -> tuple[str, ...]:
+        return self._also
 
     @property
     def schema_id(self) -> int:
@@ -475,9 +567,10 @@ class AvroSerializer:
 
     def _ensure_header(self) -> bytes:
         if self._header is None:
-            writer = writer_schema(
-                self._registry, self._subject, self._schema_json, auto_register=self._auto_register
-            )
+            reg, schema, auto = self._registry, self._schema_json, self._auto_register
+            writer = writer_schema(reg, self._subject, schema, auto_register=auto)
+            for also in self._also:  # after the main subject: its error is said first
+                writer_schema(reg, also, schema, auto_register=auto)
             self._parsed = parse(writer.schema)
             self._columnar = ColumnarEncoder(writer.schema)
             self._writer = writer

@@ -140,15 +140,16 @@ def cluster_endpoints(cluster_kind: str, local_cluster: LocalCluster) -> Iterato
                 exits.callback(local_cluster.down)
                 local_cluster.up()
             ep = Endpoints(settings.bootstrap_servers, settings.registry_url)
-        if cluster_kind != "local":
-            from confluent_kafka.admin import AdminClient
+        # every standard topic, also on a local cluster already running since before a
+        # topic was added to TopicSettings (its ``up`` creates them only when it starts)
+        from confluent_kafka.admin import AdminClient
 
-            specs = standard_topics(
-                topics,
-                partitions=settings.partitions,
-                model_topic_max_bytes=settings.model_topic_max_bytes,
-            )
-            create_topics(AdminClient({"bootstrap.servers": ep.bootstrap_servers}), specs)
+        specs = standard_topics(
+            topics,
+            partitions=settings.partitions,
+            model_topic_max_bytes=settings.model_topic_max_bytes,
+        )
+        create_topics(AdminClient({"bootstrap.servers": ep.bootstrap_servers}), specs)
         yield ep
 
 

@@ -251,7 +251,8 @@ def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> No
                 for tp in got
             )
 
-        sources = high(stack.topics.predictions) | high(stack.topics.feedback)
+        t = stack.topics
+        sources = high(t.predictions) | high(t.predictions_shadow) | high(t.feedback)
         wait_until(lambda: caught_up(f"{group}.router", sources), timeout, "the router")
         join = high(join_topic_for(group))
         wait_until(lambda: caught_up(group, join), timeout, f"{group} on the join topic")

@@ -11,7 +11,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,9 @@ class Stack:
         topic: str | None = None,
         *,
         max_message_bytes: int = 1_000_000,
+        headers: Sequence[list[tuple[str, bytes]]] | None = None,
     ) -> int:
+        """``items`` produced in order (``headers``: each item's, when given)."""
         p = Producer(
             {
                 **self.client,
@@ -148,9 +150,10 @@ class Stack:
         )
         n = 0
         for key, value in items:
+            h = None if headers is None else headers[n]
             while True:
                 try:
-                    p.produce(topic or self.topics.events, value, key)
+                    p.produce(topic or self.topics.events, value, key, headers=h)
                     break
                 except BufferError:
                     p.poll(0.05)
@@ -172,6 +175,34 @@ class Stack:
 
         self.produce_raw(items())
         return ids
+
+    def produce_traced_events(
+        self, n: int, n_keys: int, *, seed: int = 21
+    ) -> list[list[tuple[str, bytes]]]:
+        """``n`` schema-v2 events ``ev-0``.. on ``n_keys`` keys (the events past
+        ``n_keys`` repeat earlier keys), each with a W3C ``traceparent`` header and another
+        header; returns each event's headers."""
+        ser = self.event_serializer(2)
+        now = int(time.time() * 1000)
+        rng = np.random.default_rng(seed)
+        events = []
+        for i in range(n):
+            key = f"key-{i if i < n_keys else int(rng.integers(0, n_keys))}"
+            event = {
+                "event_id": f"ev-{i}",
+                "key": key,
+                "event_time": now,
+                "a": float(rng.normal(-30, 6)),
+                "b": float(rng.normal(40, 3)),
+                "segment": None,
+                "c": float(55 * rng.beta(5, 100)),
+            }
+            events.append((key.encode(), ser(event)))
+        trace = [
+            [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("x", b"y")] for i in range(n)
+        ]
+        self.produce_raw(events, headers=trace)
+        return trace
 
     # ---- reading outputs
     def read(
@@ -260,6 +291,7 @@ def new_stack(
     topics = TopicSettings(
         events=make_topic(4),
         predictions=make_topic(4),
+        predictions_shadow=make_topic(4),
         telemetry=make_topic(1),
         models=make_topic(1, cleanup_policy="compact", max_message_bytes=16 * 1024 * 1024 + 65536),
         feedback=make_topic(4),
@@ -394,6 +426,22 @@ def worker_launcher(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
 def make_worker(stack: Stack) -> Iterator[Callable[..., WorkerProcess]]:
     with worker_launcher(stack) as start:
         yield start
+
+
+def three_role_worker(
+    stack: Stack, make_worker: Callable[..., WorkerProcess], name: str, tmp_path: Path
+) -> WorkerProcess:
+    """A worker with a primary (v1), a canary (v2, 30 % of the keys) and a shadow (v3, its
+    own feature spec) active, copying each event's ``traceparent`` to its predictions."""
+    stack.publish("ab", version=1)
+    stack.publish("ab", version=2, role=Role.CANARY)
+    stack.publish("abc", version=3, role=Role.SHADOW)
+    project = tmp_path / "streamscore.toml"
+    project.write_text('[events]\ncopy_headers = ["traceparent"]\n')
+    w = make_worker(name, "--canary-fraction", "0.3", "--config", str(project))
+    for role, v in (("primary", "1"), ("canary", "2"), ("shadow", "3")):
+        assert w.sample("streamscore_model_info", {"model_version": v, "role": role}) == 1
+    return w
 
 
 @pytest.fixture

@@ -4,24 +4,26 @@ each kind of bad update rejected while the current model keeps serving."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
-from streamscore.core.records import FeatureField, FeatureSpec, Role
+from streamscore.core.records import FeatureField, FeatureSpec, Role, prediction_headers
 from streamscore.dev.synthetic import demo_bundle
 from streamscore.models import envelope
 from streamscore.models.container import Bundle, sign_bundle
 from streamscore.models.runtime import LoadedModel, load_bundle
 from streamscore.models.signing import Ed25519Signer
 
-from .stack import Stack, WorkerProcess
+from .stack import Stack, WorkerProcess, three_role_worker
 
 
 def _loaded(b: Bundle) -> LoadedModel:
@@ -119,7 +121,7 @@ def test_twenty_swaps_during_50k_events_each_prediction_stamped_with_its_model(
     # the stamp is the truth: each value is what that version's own model gives
     for v in versions_seen:
         rows = [p for p in preds if p["model_version"] == v]
-        x = np.array([r["features"] for r in rows], dtype=np.float32)
+        x = np.array([r["detail"]["features"] for r in rows], dtype=np.float32)
         want = models[v].predict(x).values
         np.testing.assert_allclose([r["value"] for r in rows], want, rtol=0, atol=1e-4)
         other = models[v % 21 + 1].predict(x).values
@@ -299,52 +301,48 @@ def test_rollback_republishes_the_previous_version(
 
 
 def test_shadow_and_canary_through_the_real_topics(
-    stack: Stack, make_worker: Callable[..., WorkerProcess]
+    stack: Stack, make_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    stack.publish("ab", version=1)  # primary
-    stack.publish("ab", version=2, role=Role.CANARY)
-    stack.publish("abc", version=3, role=Role.SHADOW)
-    w = make_worker("roles", "--canary-fraction", "0.3")
-    for role, v in (("primary", "1"), ("canary", "2"), ("shadow", "3")):
-        assert w.sample("streamscore_model_info", {"model_version": v, "role": role}) == 1
-    ser = stack.event_serializer(2)
-    now = int(time.time() * 1000)
-    rng = np.random.default_rng(21)
-    n_keys = 20_000
-    events = []
-    for i in range(n_keys + 5_000):  # 5,000 repeats of earlier keys: stickiness
-        key = f"key-{i if i < n_keys else int(rng.integers(0, n_keys))}"
-        events.append(
-            (
-                key.encode(),
-                ser(
-                    {
-                        "event_id": f"ev-{i}",
-                        "key": key,
-                        "event_time": now,
-                        "a": float(rng.normal(-30, 6)),
-                        "b": float(rng.normal(40, 3)),
-                        "segment": None,
-                        "c": float(55 * rng.beta(5, 100)),
-                    }
-                ),
-            )
-        )
-    stack.produce_raw(events)
-    total = len(events)
-    msgs = stack.read(stack.topics.predictions, until=lambda g: len(g) >= 2 * total)
-    preds = _predictions(stack, msgs)
-    answers = [p for p in preds if p["role"] in ("primary", "canary")]
-    shadow = [p for p in preds if p["role"] == "shadow"]
+    """Primary + canary at 30 % + shadow on 20,000 events: ``predictions`` holds exactly
+    one answer per event, ``predictions.shadow`` one shadow prediction per event; every
+    record carries its model and event headers and the event's own ``traceparent``."""
+    w = three_role_worker(stack, make_worker, "roles", tmp_path)
+    total = 20_000
+    trace = stack.produce_traced_events(total, n_keys=15_000)
+
+    t = stack.topics
+    # predictions: exactly one record per event (the answer); the shadow's on its own topic
+    stack.read(t.predictions, until=lambda g: len(g) >= total)
+    stack.read(t.predictions_shadow, until=lambda g: len(g) >= total)
+    answer_msgs = stack.read_to_end(t.predictions)
+    shadow_msgs = stack.read_to_end(t.predictions_shadow)
+    assert (len(answer_msgs), len(shadow_msgs)) == (total, total)
+    answers = _predictions(stack, answer_msgs)
+    shadow = _predictions(stack, shadow_msgs)
+    # routing needs no decode: every record's headers say what its decoded fields say
+    for m, p in [*zip(answer_msgs, answers, strict=True), *zip(shadow_msgs, shadow, strict=True)]:
+        i = int(p["event_id"].removeprefix("ev-"))
+        assert m.headers() == [
+            *prediction_headers(p["model_name"], p["model_version"], p["role"], p["event_id"]),
+            trace[i][0],  # copied from the event; its other header is not
+        ]
+    assert {p["role"] for p in answers} == {"primary", "canary"}
+    assert {p["role"] for p in shadow} == {"shadow"}
     # one answer per event, and the shadow scored every event alongside it
     assert sorted(p["event_id"] for p in answers) == sorted(f"ev-{i}" for i in range(total))
     assert sorted(p["event_id"] for p in shadow) == sorted(f"ev-{i}" for i in range(total))
     assert {p["model_version"] for p in shadow} == {3}
+    # the shadow topic's own subject names the prediction schema (ksqlDB, sinks)
+    for topic in (t.predictions, t.predictions_shadow):
+        latest = stack.registry.get_latest_version(f"{topic}-value")
+        assert json.loads(latest.schema.schema_str)["name"] == "Prediction"
     role_of_key: dict[str, set[str]] = defaultdict(set)
     for p in answers:
         role_of_key[p["key"]].add(p["role"])
     assert all(len(r) == 1 for r in role_of_key.values())  # a key always lands on one model
-    canary_share = sum(1 for r in role_of_key.values() if r == {"canary"}) / n_keys
+    canary_share = sum(1 for r in role_of_key.values() if r == {"canary"}) / len(role_of_key)
     assert abs(canary_share - 0.3) <= 0.02, canary_share
+    canary_records = sum(1 for p in answers if p["role"] == "canary") / total
+    assert abs(canary_records - 0.3) <= 0.02, canary_records
     assert {p["model_version"] for p in answers if p["role"] == "canary"} == {2}
     assert w.terminate() == 0

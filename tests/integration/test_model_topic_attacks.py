@@ -52,18 +52,21 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _answers(stack: Stack, ids: list[str], per_event: int) -> list[dict[str, Any]]:
-    """The predictions of events ``ids`` (``per_event`` each: answer + shadow)."""
+def _answers(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
+    """The predictions of events ``ids``: one answer each on the predictions topic, and
+    one shadow prediction each on the shadow topic (a shadow is active throughout)."""
     want = set(ids)
     dec = stack.decoder("prediction")
 
     def ours(msgs: list[Any]) -> list[dict[str, Any]]:
         return [p for p in (dec(m.value()) for m in msgs) if p["event_id"] in want]
 
-    msgs = stack.read(
-        stack.topics.predictions, until=lambda got: len(ours(got)) >= per_event * len(ids)
-    )
-    return ours(msgs)
+    t = stack.topics
+    return [
+        p
+        for topic in (t.predictions, t.predictions_shadow)
+        for p in ours(stack.read(topic, until=lambda got: len(ours(got)) >= len(ids)))
+    ]
 
 
 def _record(envs: list[ModelEnvelope], action: Action, role: Role, version: int) -> ModelEnvelope:
@@ -130,7 +133,7 @@ def test_forged_replayed_and_oversized_model_records(
     assert _serving(w1, "primary", 2) and _serving(w1, "shadow", 3)
     assert not _serving(w1, "primary", 1) and not _serving(w1, "primary", 3)
     ids = stack.produce_events(400, with_c=True, seed=31)
-    preds = _answers(stack, ids, 2)
+    preds = _answers(stack, ids)
     assert Counter((p["role"], p["model_version"]) for p in preds) == {
         ("primary", 2): 400,
         ("shadow", 3): 400,
@@ -146,7 +149,7 @@ def test_forged_replayed_and_oversized_model_records(
     stack.publish("ab", version=4)
     _wait(lambda: _serving(w1, "primary", 4) and _serving(w2, "primary", 4), "v4 everywhere")
     ids = stack.produce_events(300, with_c=True, seed=32)
-    assert {p["model_version"] for p in _answers(stack, ids, 2) if p["role"] == "primary"} == {4}
+    assert {p["model_version"] for p in _answers(stack, ids) if p["role"] == "primary"} == {4}
     # ...and so does a signed rollback (v4 -> v2, the previous primary; not shadow v3)
     # (an operator whose STREAMSCORE_MODEL_MAX_BYTES is the workers': it skips the
     # oversized record as they do, so it names the version they serve)
@@ -156,7 +159,7 @@ def test_forged_replayed_and_oversized_model_records(
     assert res.version == 2
     _wait(lambda: _serving(w1, "primary", 2) and _serving(w2, "primary", 2), "rollback to v2")
     ids = stack.produce_events(300, with_c=True, seed=33)
-    assert {p["model_version"] for p in _answers(stack, ids, 2) if p["role"] == "primary"} == {2}
+    assert {p["model_version"] for p in _answers(stack, ids) if p["role"] == "primary"} == {2}
     for w in (w1, w2):
         assert _rejections(w) == WANT  # legitimate records are never counted as rejected
 

@@ -49,9 +49,9 @@ def test_a_worker_started_with_a_project_file_scores_by_its_id_and_time_fields(
     expected = {e["payment_id"]: e["created_at"] // 1000 for e in events}
     assert {p["event_id"]: p["event_time"] for p in decoded} == expected
     assert {p["role"] for p in decoded} == {"primary"}
-    assert {tuple(p["feature_names"]) for p in decoded} == {("amount", "n_items")}
+    assert {tuple(p["detail"]["feature_names"]) for p in decoded} == {("amount", "n_items")}
     # the configured id and time are the prediction's own; they are not repeated as inputs
-    assert all(set(p["inputs"]) == {"account"} for p in decoded)
+    assert all(set(p["detail"]["inputs"]) == {"account"} for p in decoded)
 
     assert len(dlq) == 1
     h = _headers(dlq[0])

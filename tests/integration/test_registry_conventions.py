@@ -172,3 +172,33 @@ def test_a_missing_subject_with_registration_off_stops_the_worker(
     assert "STREAMSCORE_REGISTRY_AUTO_REGISTER" in log
     assert "Traceback" not in log
     assert subject not in stack.registry.get_subjects()
+
+
+def test_registration_off_the_shadow_topic_subject_must_exist_too(
+    stack: Stack, make_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The shadow predictions' subject (named by the predictions' strategy) is an output
+    subject like the others: with registration off and only the answers' subject there,
+    the worker stops at start naming the shadow's; once it exists, the worker runs and
+    registers nothing."""
+    t = stack.topics
+    _register(stack, f"{t.predictions}-value", schemas.load("prediction"))
+    _register(stack, f"{t.telemetry}-value", schemas.load("telemetry"))
+    stack.publish("ab", 1)
+    off = {"STREAMSCORE_REGISTRY_AUTO_REGISTER": "false"}
+    w = make_worker("noshadow", wait=False, env=off)
+    assert w.proc.wait(120) != 0
+    log = w.log()
+    shadow = f"{t.predictions_shadow}-value"
+    assert f"subject {shadow!r} does not exist in the schema registry" in log
+    assert "Traceback" not in log
+    assert shadow not in stack.registry.get_subjects()
+
+    _register(stack, shadow, schemas.load("prediction"))
+    watched = [f"{t.predictions}-value", shadow, f"{t.telemetry}-value"]
+    before = _versions(stack, watched)
+    w2 = make_worker("withshadow", env=off)
+    stack.produce_events(20)
+    assert len(stack.read(t.predictions, until=lambda got: len(got) >= 20)) == 20
+    assert w2.terminate() == 0
+    assert _versions(stack, watched) == before

@@ -152,3 +152,76 @@ def test_model_envelope_v2_evolves_backward_and_v1_records_are_refused_as_unsign
     no_default["fields"].append({"name": "required_later", "type": "long"})
     with pytest.raises(errors.SchemaRegistrationError):
         assert AvroSerializer(registry, subject, no_default).schema_id > 0
+
+
+def test_prediction_v3_evolves_backward_on_the_real_registry(
+    registry: Any, unique_name: Callable[[str], str]
+) -> None:
+    """prediction v3 (flat scalars first, the arrays and the map in the nested ``detail``)
+    registers after v1 and v2 under BACKWARD; a v2 record read with v3 keeps its scalars
+    (score null, detail empty); the registry's own check refuses a v3 whose ``detail`` has
+    no default."""
+    subject = f"{unique_name('predictions')}-value"
+    registry.set_compatibility(subject_name=subject, level="BACKWARD")
+    shipped = schemas.versions("prediction")
+    assert shipped[-1] == 3
+
+    def register(versions: list[int]) -> list[int]:
+        return [
+            AvroSerializer(registry, subject, schemas.load("prediction", v)).schema_id
+            for v in versions
+        ]
+
+    ids = register([1, 2])
+    # the registry's own check, against v2: v3 passes; without detail's default it fails
+    v3 = schemas.load("prediction", 3)
+    assert registry.test_compatibility(subject, Schema(json.dumps(v3), "AVRO")) is True
+    no_default = copy.deepcopy(v3)
+    (detail,) = [f for f in no_default["fields"] if f["name"] == "detail"]
+    del detail["default"]
+    assert registry.test_compatibility(subject, Schema(json.dumps(no_default), "AVRO")) is False
+    with pytest.raises(errors.SchemaRegistrationError):
+        assert AvroSerializer(registry, subject, no_default).schema_id > 0
+    ids += register(shipped[2:])
+    assert len(set(ids)) == len(ids) == len(shipped)
+    v2_record = {
+        "event_id": "e-1",
+        "key": "k",
+        "event_time": 1_700_000_000_000,
+        "scored_time": 1_700_000_000_005,
+        "model_name": "m",
+        "model_version": 4,
+        "role": "canary",
+        "value": None,
+        "label": "yes",
+        "probabilities": [0.2, 0.8],
+        "classes": ["no", "yes"],
+        "degraded": False,
+        "late": True,
+        "feature_names": ["a"],
+        "features": [1.5],
+        "inputs": {"c": 2.0},
+    }
+    old = AvroSerializer(registry, subject, schemas.load("prediction", 2))(v2_record)
+    read = AvroDeserializer(WriterSchemaCache(registry), v3)(old)
+    assert read["score"] is None and read["label"] == "yes" and read["late"] is True
+    assert (read["role"], read["model_version"], read["event_id"]) == ("canary", 4, "e-1")
+    assert read["detail"] == {
+        "probabilities": [],
+        "classes": [],
+        "feature_names": [],
+        "features": [],
+        "inputs": {},
+    }
+    # a v3 record read back whole, and by the v2 reader (forward): the scalars survive
+    v3_record = {k: v2_record[k] for k in v2_record if k not in detail_names(v3)}
+    v3_record |= {"score": 0.8, "detail": {k: v2_record[k] for k in detail_names(v3)}}
+    new = AvroSerializer(registry, subject, v3)(v3_record)
+    assert AvroDeserializer(WriterSchemaCache(registry), v3)(new)["detail"]["features"] == [1.5]
+    back = AvroDeserializer(WriterSchemaCache(registry), schemas.load("prediction", 2))(new)
+    assert (back["label"], back["role"], back["probabilities"]) == ("yes", "canary", [])
+
+
+def detail_names(schema: dict[str, Any]) -> list[str]:
+    (detail,) = [f for f in schema["fields"] if f["name"] == "detail"]
+    return [f["name"] for f in detail["type"]["fields"]]

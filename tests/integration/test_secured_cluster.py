@@ -135,6 +135,8 @@ def test_publish_score_and_feedback_over_sasl_ssl_each_under_its_own_principal(
         "feedback",
         "--store-dir",
         str(store),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--checkpoint-s",
         "0.5",
         worker_id="secure-fb",

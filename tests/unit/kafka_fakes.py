@@ -220,6 +220,19 @@ def prediction_record(eid: str, *, event_time_ms: int = 1_700_000_000_000) -> di
     }
 
 
+#: the prediction fields that v3 nests in ``detail``
+DETAIL_FIELDS = ("probabilities", "classes", "feature_names", "features", "inputs")
+
+
+def nest_detail(record: dict[str, Any]) -> dict[str, Any]:
+    """A v2-shaped prediction (:func:`prediction_record`) in the v3 shape: the arrays and
+    the inputs in ``detail``, ``score`` the value or the top probability."""
+    out = {k: v for k, v in record.items() if k not in DETAIL_FIELDS}
+    probs = record.get("probabilities") or []
+    score = record.get("value") if not probs else (probs[1] if len(probs) == 2 else max(probs))
+    return out | {"score": score, "detail": {k: record[k] for k in DETAIL_FIELDS if k in record}}
+
+
 def kafka_exception(
     code: int,
     *,

@@ -128,7 +128,9 @@ def test_the_scorer_uses_any_batch_codec_through_the_protocol_alone(
     assert (decoder.batches, decoder.singles) == (1, 0)  # one call for the whole batch
     n = got.n_scored
     assert n > 90 and [c.n for c in encoder.given] == [n, n]  # column-wise: primary, shadow
-    assert all(isinstance(c.columns["features"], np.ndarray) for c in encoder.given)
+    assert all(
+        isinstance(c.columns["detail"].columns["features"], np.ndarray) for c in encoder.given
+    )
     for other in (avro, plain):
         want = other.score(MessageBatch.of(msgs), store.snapshot())
         assert got.predictions == want.predictions

@@ -84,7 +84,7 @@ def test_each_process_gets_only_what_it_needs() -> None:
     score = process_acls("score", TOPICS, "g")
     assert _ops(score, "topic", TOPICS.events) == {"read", "describe_configs"}
     assert _ops(score, "topic", TOPICS.models) == {"read"}  # never write: it cannot publish
-    for out in (TOPICS.predictions, TOPICS.telemetry, TOPICS.dlq):
+    for out in (TOPICS.predictions, TOPICS.predictions_shadow, TOPICS.telemetry, TOPICS.dlq):
         assert "write" in _ops(score, "topic", out)
         assert "read" not in _ops(score, "topic", out)
     assert _ops(score, "topic", TOPICS.feedback) == set()
@@ -93,6 +93,9 @@ def test_each_process_gets_only_what_it_needs() -> None:
     assert _ops(feedback, "topic", TOPICS.models) == set()
     assert _ops(feedback, "topic", TOPICS.events) == set()
     assert "create" in _ops(feedback, "topic", "fb.join")
+    # the feedback side reads the answers and the shadows, writes neither
+    for read in (TOPICS.predictions, TOPICS.predictions_shadow):
+        assert _ops(feedback, "topic", read) == {"read"}
     publisher = process_acls("publisher", TOPICS, "-")
     assert {g.name for g in publisher if g.resource == "topic"} == {TOPICS.models}
 

@@ -12,6 +12,7 @@ from streamscore.core.config import (
     Secret,
     SigningScheme,
     SigningSettings,
+    TopicSettings,
 )
 from streamscore.core.errors import ConfigError
 from streamscore.models.signing import (
@@ -58,6 +59,19 @@ def test_settings_from_env_reads_everything_and_hides_secrets(tmp_path: Path) ->
     pem = pair.private_file.read_text().split("-----BEGIN")[1]
     for shown in (repr(env.signing), repr(signer), repr(verifier), str(env)):
         assert pem not in shown and "PRIVATE KEY" not in shown
+
+
+def test_every_topic_is_read_from_its_variable_and_given_to_children_the_same_way() -> None:
+    base = {"STREAMSCORE_BOOTSTRAP": "b:9092", "STREAMSCORE_REGISTRY_URL": "http://r:8081"}
+    assert settings_from_env(base).topics.predictions_shadow == "predictions.shadow"
+    env = settings_from_env(base | {"STREAMSCORE_TOPIC_PREDICTIONS_SHADOW": "answers.shadow"})
+    assert env.topics.predictions_shadow == "answers.shadow"
+    assert env.topics.predictions == "predictions"
+    assert "predictions.shadow" not in env.topics.all() and "answers.shadow" in env.topics.all()
+    # what a parent (the demo, the tests) passes its workers reads back as the same topics
+    mine = TopicSettings(**{f: f"t.{f}" for f in TopicSettings.__dataclass_fields__})
+    assert mine.as_env()["STREAMSCORE_TOPIC_PREDICTIONS_SHADOW"] == "t.predictions_shadow"
+    assert settings_from_env(base | mine.as_env()).topics == mine
 
 
 def test_hmac_scheme_is_explicit_and_keeps_the_shared_secret_settings(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_an_output_produce_refuses_for_a_missing_acl_is_an_access_error() -> Non
     sink = AtLeastOnceSink(Unauthorized(), c)
     with pytest.raises(AccessError, match=r"to write topic 'out'"):
         sink.send(batch(1, {("events", 0): 10}))
-    bulk = OutBatch([], {("events", 0): 11}, bulk=[("predictions", [(b"k", b"v")])])
+    bulk = OutBatch([], {("events", 0): 11}, bulk=[("predictions", [(b"k", b"v")], None)])
     with pytest.raises(AccessError, match=r"to write topic 'predictions'"):
         sink.send(bulk)
     sink.poll()

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streamscore.core.config import ClusterSettings
+from streamscore.core.config import ClusterSettings, TopicSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -136,6 +136,10 @@ def test_compose_has_the_whole_system_on_pinned_images() -> None:
     init = " ".join(services["kafka-init"]["command"])
     m = re.search(r"t events --partitions (\d+)", init)
     assert m is not None and int(m.group(1)) == ClusterSettings().partitions
+    # the broker creates no topic on its own: the init job creates every default topic
+    # (the shadow predictions' too)
+    created = set(re.findall(r"\bt ([A-Za-z0-9._-]+) --partitions", init))
+    assert created == set(TopicSettings().all())
 
 
 def test_compose_prometheus_config_passes_promtool() -> None:

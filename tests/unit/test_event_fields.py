@@ -189,8 +189,8 @@ def test_the_scorer_reads_the_configured_id_and_time_and_dead_letters_a_null_tim
     assert out.event_times_ms.tolist() == [e["created_at"] // 1000 for e in good]
     assert [p["key"] for p in preds] == [f"mk-{i}" for i in range(50) if i != 7]
     # the configured envelope is not repeated among the prediction's inputs
-    assert {k for p in preds for k in p["inputs"]} == {"account"}
-    assert preds[0]["feature_names"] == ["amount", "n_items"]
+    assert {k for p in preds for k in p["detail"]["inputs"]} == {"account"}
+    assert preds[0]["detail"]["feature_names"] == ["amount", "n_items"]
 
 
 def test_the_key_field_gives_the_key() -> None:

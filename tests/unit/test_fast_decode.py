@@ -260,16 +260,18 @@ class AckingProducer:
         self.waiting: list[Any] = []
         self.topics: list[str] = []
 
-    def produce(  # Producer.produce's documented positional order
+    def produce(  # the positional order of Producer.produce's C argument list
         self,
         topic: str,
         value: Any = None,
         key: Any = None,
         partition: int = -1,
+        callback: Any = None,
         on_delivery: Any = None,
         timestamp: int = 0,
         headers: Any = None,
     ) -> None:
+        on_delivery = callback or on_delivery
         assert partition == -1
         self.waiting.append(on_delivery)
         self.topics.append(topic)
@@ -294,7 +296,7 @@ def test_bulk_outputs_are_acknowledged_like_the_others_before_offsets_move() -> 
     batch = OutBatch(
         [OutMessage("telemetry", b"w", b"t")],
         {("events", 0): 5},
-        bulk=[("predictions", [(b"k1", b"v1"), (b"k2", b"v2")])],
+        bulk=[("predictions", [(b"k1", b"v1"), (b"k2", b"v2")], None)],
     )
     assert batch.n_outputs == 3
     sink.send(batch)

@@ -86,6 +86,23 @@ def prediction_columns(
     return RecordColumns(n, constants, columns)
 
 
+_DETAIL = ("probabilities", "classes", "feature_names", "features", "inputs")
+
+
+def nested(cols: RecordColumns, rng: np.random.Generator) -> RecordColumns:
+    """``cols`` in the v3 shape: a ``score`` column, the arrays in the nested ``detail``."""
+    constants = {k: v for k, v in cols.constants.items() if k not in _DETAIL}
+    columns = {k: v for k, v in cols.columns.items() if k not in _DETAIL}
+    columns["score"] = rng.random(cols.n)
+    detail = RecordColumns(
+        cols.n,
+        {k: v for k, v in cols.constants.items() if k in _DETAIL},
+        {k: v for k, v in cols.columns.items() if k in _DETAIL},
+    )
+    columns["detail"] = detail
+    return RecordColumns(cols.n, constants, columns)
+
+
 @pytest.mark.parametrize("version", schemas.versions("prediction"))
 @pytest.mark.parametrize("classifier", [True, False])
 @pytest.mark.parametrize("odd", [False, True])
@@ -96,7 +113,26 @@ def test_predictions_match_fastavro_byte_for_byte(
     ser = AvroSerializer(registry, "predictions-value", schema)
     rng = np.random.default_rng(version * 10 + classifier + 2 * odd)
     for n in (1, 7, 300):
-        same_as_fastavro(ser, schema, prediction_columns(n, rng, classifier=classifier, odd=odd))
+        cols = prediction_columns(n, rng, classifier=classifier, odd=odd)
+        if version >= 3:
+            cols = nested(cols, rng)
+        same_as_fastavro(ser, schema, cols)
+
+
+def test_a_nested_record_given_whole_as_a_constant_or_left_to_its_default(
+    registry: Any,
+) -> None:
+    schema = schemas.load("prediction", 3)
+    ser = AvroSerializer(registry, "predictions-value", schema)
+    rng = np.random.default_rng(3)
+    cols = nested(prediction_columns(9, rng, classifier=True), rng)
+    detail = cols.columns["detail"].rows()[0]
+    whole = {k: v for k, v in cols.columns.items() if k != "detail"}
+    same_as_fastavro(ser, schema, RecordColumns(9, {**cols.constants, "detail": detail}, whole))
+    same_as_fastavro(ser, schema, RecordColumns(9, cols.constants, whole))  # the default
+    # a nested record of constants only: every record's detail the same
+    only = RecordColumns(9, detail, {})
+    same_as_fastavro(ser, schema, RecordColumns(9, cols.constants, {**whole, "detail": only}))
 
 
 @pytest.mark.parametrize("k", [0, 1, 64])

@@ -12,8 +12,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamscore.core.errors import StreamscoreError, TruncatedMessageError, UnknownKindError
-from streamscore.core.records import Role
+from streamscore.core.errors import (
+    MagicByteError,
+    StreamscoreError,
+    TruncatedMessageError,
+    UnknownKindError,
+)
+from streamscore.core.records import Prediction, Role
 from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
 from streamscore.feedback.join import JoinState
 from streamscore.feedback.loop import FeedbackLoop, promote_shadow
@@ -23,10 +28,16 @@ from streamscore.metrics.series import Metrics
 from streamscore.models.envelope import Action
 from streamscore.models.signing import HmacSigner, as_verifier
 from streamscore.serde import schemas
-from streamscore.serde.message import AvroDeserializer, AvroSerializer
+from streamscore.serde.message import AvroDeserializer, AvroSerializer, LayoutDeserializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client
 
-from .kafka_fakes import FakeConsumer, FakeMessage, FlakyRegistry, prediction_record
+from .kafka_fakes import (
+    FakeConsumer,
+    FakeMessage,
+    FlakyRegistry,
+    nest_detail,
+    prediction_record,
+)
 from .model_records import RECORD_KEY, RECORD_KEYRING, signed_record
 
 T0 = 1_700_000_000_000
@@ -40,7 +51,7 @@ def registry() -> Any:
 
 def prediction(registry: Any, eid: str) -> bytes:
     ser = AvroSerializer(registry, "p-value", schemas.load("prediction"))
-    return ser(prediction_record(eid, event_time_ms=T0))
+    return ser(nest_detail(prediction_record(eid, event_time_ms=T0)))
 
 
 def label(registry: Any, eid: str, y: str = "2.5") -> bytes:
@@ -67,7 +78,9 @@ def make_loop(
     loop = FeedbackLoop(
         consumer=consumer,
         join_topic=JOIN,
-        decode_prediction=AvroDeserializer(cache, schemas.load("prediction")),
+        decode_prediction=LayoutDeserializer(
+            cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
+        ),
         decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
         join=JoinState(60_000, already_written=store.contains),
         store=store,
@@ -212,6 +225,32 @@ def test_promote_shadow_is_not_steered_by_forged_or_replayed_records() -> None:
     topic = FakeModelTopic([signed_record(Role.PRIMARY, 1), forged_shadow])
     assert "no longer the shadow" in promote_v2(topic)
     assert topic.published == [] and topic.retired == []
+
+
+def test_the_feedback_side_reads_v2_and_v3_predictions_with_their_detail(registry: Any) -> None:
+    """A v3 prediction nests its arrays in ``detail``; a v2 one (written before an
+    upgrade) has them at the top level, which the v3 reader cannot follow: each is read
+    with the reader of its layout, and both give the same Prediction."""
+    record = prediction_record("e1") | {"feature_names": ["a", "b"], "features": [1.0, 2.0]}
+    record |= {"inputs": {"c": "x"}}
+    v2 = AvroSerializer(registry, "p-value", schemas.load("prediction", 2))(record)
+    v3 = AvroSerializer(registry, "p-value", schemas.load("prediction", 3))(nest_detail(record))
+    cache = WriterSchemaCache(registry)
+    dec = LayoutDeserializer(
+        cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
+    )
+    old, new = Prediction.from_avro(dec(v2)), Prediction.from_avro(dec(v3))
+    assert old == new
+    assert new.features == (1.0, 2.0) and new.inputs == {"c": "x"} and new.value == 2.0
+    # the v3 reader alone would have lost the v2 record's arrays
+    plain = Prediction.from_avro(AvroDeserializer(cache, schemas.load("prediction"))(v2))
+    assert plain.features == () and plain.feature_names == ()
+    # in one batch (the join's batch decode): each layout with its reader, in order, a
+    # bad value typed at its place
+    good, records, failed = dec.decode_many([v3, v2, b"\x07bad", v2, v3])
+    assert good == [0, 1, 3, 4] and len(failed) == 1 and failed[0][0] == 2
+    assert isinstance(failed[0][1], MagicByteError)
+    assert all(Prediction.from_avro(r) == new for r in records)
 
 
 def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(

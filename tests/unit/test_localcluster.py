@@ -173,24 +173,32 @@ def test_install_redoes_a_corrupted_install(
         fetched.append("s3proxy")
         (staging / "s3proxy-2.6.0-jar-with-dependencies.jar").write_bytes(b"jar")
 
+    def fake_avro(staging: Path) -> None:
+        fetched.append("avro")
+        (staging / "libs").mkdir()
+        (staging / "libs" / f"avro-{inst.AVRO_VERSION}.jar").write_bytes(b"jar")
+
     monkeypatch.setattr(cluster.installer, "_fetch_kafka", fake_kafka)
     monkeypatch.setattr(cluster.installer, "_fetch_registry", fake_registry)
     monkeypatch.setattr(cluster.installer, "_fetch_s3proxy", fake_s3proxy)
+    monkeypatch.setattr(cluster.installer, "_fetch_avro", fake_avro)
     cluster.install()
-    assert fetched == ["kafka", "registry", "s3proxy"]
+    assert fetched == ["kafka", "registry", "s3proxy", "avro"]
     cluster.install()  # verified: nothing fetched again
-    assert fetched == ["kafka", "registry", "s3proxy"]
+    assert cluster.avro_jar().read_bytes() == b"jar"
+    assert fetched == ["kafka", "registry", "s3proxy", "avro"]
 
     (cluster.kafka_home / "libs" / "kafka_2.13-4.1.1.jar").write_bytes(b"bad")
     (cluster.installer.s3proxy_jar()).write_bytes(b"bad")
     cluster.install()
-    assert fetched == ["kafka", "registry", "s3proxy", "kafka", "s3proxy"]
+    assert fetched == ["kafka", "registry", "s3proxy", "avro", "kafka", "s3proxy"]
     assert inst.verify_manifest(cluster.kafka_home) is None
     assert inst.verify_manifest(cluster.installer.s3proxy_home) is None
     # no staging leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".lock",
         "apicurio-3.0.9",
+        f"avro-{inst.AVRO_VERSION}",
         "kafka-4.1.1",
         "s3proxy-2.6.0",
     ]

@@ -135,7 +135,8 @@ def test_an_event_whose_prediction_is_too_large_is_dead_lettered_not_predicted(
     assert err.reason == "output_too_large" and err.limit == limit and err.size > 200_000
     preds = [decode_prediction(v) for _k, v in out.predictions]
     assert len(preds) == 36  # 18 events x (primary + shadow)
-    assert all(wire_size(k, v) <= limit for k, v in out.predictions)
+    heads = out.prediction_headers
+    assert all(wire_size(k, v, heads.at(i)) <= limit for i, (k, v) in enumerate(out.predictions))
     assert {p["role"] for p in preds} == {"primary", "shadow"}
     assert sum(o.count for o in out.outputs if o.role is Role.PRIMARY) == 18
     assert sum(o.count for o in out.outputs if o.role is Role.SHADOW) == 18
@@ -153,7 +154,9 @@ def test_an_event_whose_prediction_is_too_large_is_dead_lettered_not_predicted(
 
     # a limit the batch's predictions together exceed, each one fitting: the cheap
     # per-batch bound fails, nothing is dropped; one byte less, only the largest goes
-    sizes = [wire_size(k, v) for k, v in whole.predictions]
+    # (sizes with the prediction headers, as the producer counts them)
+    heads = whole.prediction_headers
+    sizes = [wire_size(k, v, heads.at(i)) for i, (k, v) in enumerate(whole.predictions)]
     largest = max(sizes)
     assert sum(sizes) > largest  # the whole batch would not fit one record
     tight = BatchScorer(
@@ -193,10 +196,12 @@ class SizedProducer:
         value: bytes | None = None,
         key: bytes | None = None,
         partition: int = -1,
+        callback: Any = None,
         on_delivery: Any = None,
-        *,
+        timestamp: int = 0,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        on_delivery = callback or on_delivery
         if wire_size(key, value, headers) - RECORD_OVERHEAD > self.max_bytes:
             self.raised += 1
             raise _too_large()

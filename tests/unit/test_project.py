@@ -78,7 +78,7 @@ def test_an_empty_file_is_the_defaults() -> None:
             "id_feild",
             "cfg.toml: [events] id_feild: unknown key 'id_feild' (did you mean 'id_field'?); "
             "expected one of: topic, id_field, time_field, time_encoding, key_field, key_format, "
-            "subject",
+            "subject, copy_headers",
         ),
         (
             "[events]\ntime_field = 3\n",
@@ -137,7 +137,7 @@ def test_an_empty_file_is_the_defaults() -> None:
             "predictons",
             "cfg.toml: [topics] predictons: unknown key 'predictons' (did you mean "
             "'predictions'?); expected one of: predictions, telemetry, models, feedback, "
-            "dlq, late",
+            "dlq, late, shadow",
         ),
         (
             "[kafka]\nbootstrap_servers = ['a:1', 'b:2']\n",
@@ -222,6 +222,7 @@ def test_the_file_overrides_the_defaults(tmp_path: Path) -> None:
         feedback=defaults.feedback,
         dlq="payments.dlq",
         late=defaults.late,
+        predictions_shadow="payments.scores.shadow",  # follows predictions
     )
     assert env.events.id_field == "payment_id"
     assert env.events.time_encoding is TimeEncoding.TIMESTAMP_MICROS
@@ -295,6 +296,48 @@ def test_main_reports_a_bad_project_file_and_exits_1(
     assert cli.main(["--config", str(bad), "cluster", "status"]) == 1
     err = capsys.readouterr().err
     assert f"ProjectFileError: {bad}: [events] time_encoding: unknown time encoding 'unix'" in err
+
+
+def test_the_shadow_topic_and_copied_headers_are_read_from_the_file(tmp_path: Path) -> None:
+    got = parse_project(
+        '[events]\ncopy_headers = ["traceparent", "tracestate"]\n'
+        '[topics]\npredictions = "p"\nshadow = "p.mirror"\n',
+        "cfg.toml",
+    )
+    assert got.events.copy_headers == ("traceparent", "tracestate")
+    assert got.topics["predictions_shadow"] == "p.mirror"
+    base = {"STREAMSCORE_BOOTSTRAP": "b:9092", "STREAMSCORE_REGISTRY_URL": "http://r:8081"}
+    env = cli.settings_from_env(base, got)
+    assert (
+        env.topics.predictions_shadow == "p.mirror" and env.events.copy_headers[0] == "traceparent"
+    )
+    # the environment wins over the file; without either the shadow follows predictions
+    over = {"STREAMSCORE_TOPIC_PREDICTIONS_SHADOW": "env.shadow"}
+    assert cli.settings_from_env(base | over, got).topics.predictions_shadow == "env.shadow"
+    only = parse_project('[topics]\npredictions = "answers"\n', "cfg.toml")
+    assert cli.settings_from_env(base, only).topics.predictions_shadow == "answers.shadow"
+    assert cli.settings_from_env(base).topics.predictions_shadow == "predictions.shadow"
+    # the flag wins over everything
+    args = cli.build_parser().parse_args(["score", "--shadow-topic", "flag.shadow"])
+    assert args.shadow_topic == "flag.shadow"
+    fb = cli.build_parser().parse_args(["feedback", "--shadow-topic", "flag.shadow"])
+    assert fb.shadow_topic == "flag.shadow"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"traceparent"', "must be a list of header names (strings)"),
+        ('["a b"]', "'a b' is not a header name"),
+        ('["x", "x"]', "a header is named twice"),
+        ('["streamscore.event.id"]', "streamscore.* headers are the worker's own"),
+        (str([f"h{i}" for i in range(17)]), "at most 16 header names"),
+    ],
+)
+def test_copy_headers_mistakes_are_precise(value: str, message: str) -> None:
+    with pytest.raises(ProjectFileError) as err:
+        parse_project(f"[events]\ncopy_headers = {value}\n", "cfg.toml")
+    assert message in str(err.value) and err.value.key == "copy_headers"
 
 
 def test_the_score_workers_reader_schema_file_subject_or_each_as_written(

@@ -41,7 +41,17 @@ def test_versions_follow_the_evolution_rules(family: str) -> None:
             _fields_by_name(schemas.load(family, old_v)),
             _fields_by_name(schemas.load(family, new_v)),
         )
-        assert set(old) <= set(new), f"{family} v{new_v} removed fields"
+        # a field never disappears: it stays, or it moves unchanged into a nested record
+        nested = {
+            g["name"]: g
+            for f in new.values()
+            if isinstance(f["type"], dict) and f["type"].get("type") == "record"
+            for g in f["type"]["fields"]
+        }
+        for name in set(old) - set(new):
+            assert name in nested, f"{family} v{new_v} removed field {name}"
+            assert nested[name]["type"] == old[name]["type"], f"{family} v{new_v}: {name} changed"
+            assert "default" in nested[name], f"{family} v{new_v}: moved {name} has no default"
         for name in set(new) - set(old):
             assert "default" in new[name], f"{family} v{new_v}: new field {name} has no default"
 
@@ -87,3 +97,49 @@ def test_event_v2_adds_optional_c() -> None:
     assert fields["c"] == "double?"
     assert fields["a"] == "double"
     assert "c" not in schemas.record_fields(schemas.load("event", 1))
+
+
+#: the column types a JDBC sink writes (Kafka Connect's primitive schema types, and the
+#: Avro logical timestamp); arrays, maps and records have no column type
+_SCALARS = {"null", "boolean", "int", "long", "float", "double", "string", "enum"}
+
+
+def _scalar(t: Any) -> bool:
+    if isinstance(t, list):
+        return all(_scalar(b) for b in t) and len([b for b in t if b != "null"]) == 1
+    if isinstance(t, dict):
+        return t.get("type") in _SCALARS
+    return t in _SCALARS
+
+
+def test_the_latest_prediction_projects_flat_onto_a_jdbc_table() -> None:
+    """Every top-level field of the answer record is a column type (a scalar, an enum, a
+    timestamp, a nullable one of those) except the one nested ``detail`` record, which a
+    sink drops (``ReplaceField$Value`` exclude=detail) or flattens; it leads with the
+    fields an analyst reads."""
+    schema = schemas.load("prediction")
+    fields = schema["fields"]
+    not_flat = [f["name"] for f in fields if not _scalar(f["type"])]
+    assert not_flat == ["detail"]
+    assert [f["name"] for f in fields[:9]] == [
+        "event_id",
+        "event_time",
+        "model_name",
+        "model_version",
+        "role",
+        "score",
+        "label",
+        "degraded",
+        "late",
+    ]
+    (detail,) = [f for f in fields if f["name"] == "detail"]
+    assert {g["name"] for g in detail["type"]["fields"]} == {
+        "probabilities",
+        "classes",
+        "feature_names",
+        "features",
+        "inputs",
+    }
+    # the older versions were not flat: the arrays and the map sat at the top level
+    v2 = [f["name"] for f in schemas.load("prediction", 2)["fields"] if not _scalar(f["type"])]
+    assert set(v2) == {"probabilities", "classes", "feature_names", "features", "inputs"}

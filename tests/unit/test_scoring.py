@@ -104,9 +104,9 @@ def test_every_valid_event_gets_one_primary_prediction(
     assert [k for k, _ in out.predictions] == [m.key for m in msgs]
     assert {p["role"] for p in preds} == {"primary"}
     assert {p["model_version"] for p in preds} == {1}
-    assert preds[0]["feature_names"] == ["a", "b"]
+    assert preds[0]["detail"]["feature_names"] == ["a", "b"]
     # the model's answer, computed once per batch, is what each prediction carries
-    x = np.array([p["features"] for p in preds])
+    x = np.array([p["detail"]["features"] for p in preds])
     expected = v1.predict(x.astype(np.float32)).values
     np.testing.assert_allclose([p["value"] for p in preds], expected, rtol=1e-6)
     assert out.event_times_ms.shape == (200,)
@@ -196,18 +196,29 @@ def test_shadow_scores_the_same_events_with_its_own_spec(
     assert len(primary) == 25
     assert len(shadow) == 20
     assert {p["model_version"] for p in shadow} == {2}
-    assert shadow[0]["feature_names"] == ["a", "b", "c"]
+    assert shadow[0]["detail"]["feature_names"] == ["a", "b", "c"]
     assert out.shadow_skipped == {"shadow": 5}
     # the shadow (sees c) is closer to the truth than the primary on the same events
     by_id = {p["event_id"]: p for p in primary}
     s_err = [
-        abs(p["value"] - (10 * p["features"][0] + 3 * p["features"][1] + p["features"][2]))
+        abs(
+            p["value"]
+            - (
+                10 * p["detail"]["features"][0]
+                + 3 * p["detail"]["features"][1]
+                + p["detail"]["features"][2]
+            )
+        )
         for p in shadow
     ]
     p_err = [
         abs(
             by_id[p["event_id"]]["value"]
-            - (10 * p["features"][0] + 3 * p["features"][1] + p["features"][2])
+            - (
+                10 * p["detail"]["features"][0]
+                + 3 * p["detail"]["features"][1]
+                + p["detail"]["features"][2]
+            )
         )
         for p in shadow
     ]
@@ -310,7 +321,7 @@ def test_primary_failing_at_predict_time_falls_back_and_marks_degraded(
     assert len(preds) == 50 and out.dead_letters == []
     assert all(p["degraded"] for p in preds)
     assert {p["model_version"] for p in preds} == {1}
-    x = np.array([p["features"] for p in preds], dtype=np.float32)
+    x = np.array([p["detail"]["features"] for p in preds], dtype=np.float32)
     np.testing.assert_allclose([p["value"] for p in preds], v1.predict(x).values, rtol=1e-6)
     # the answers are counted under the version that gave them
     assert {(o.model_version, o.count) for o in out.outputs if o.count} == {(1, 50)}
@@ -327,8 +338,11 @@ def test_predictions_carry_what_the_scored_vector_does_not(
     events = [env["dec"](m.value) for m in msgs]
     for p, e in zip(preds, events, strict=True):
         # c and segment are not model inputs: kept raw, so retraining can use them
-        assert p["inputs"] == {"c": e["c"], "segment": e["segment"]}
-        raw = dict(zip(p["feature_names"], p["features"], strict=True)) | p["inputs"]
+        assert p["detail"]["inputs"] == {"c": e["c"], "segment": e["segment"]}
+        raw = (
+            dict(zip(p["detail"]["feature_names"], p["detail"]["features"], strict=True))
+            | p["detail"]["inputs"]
+        )
         assert {k: raw[k] for k in ("a", "b", "c")} == {k: e[k] for k in ("a", "b", "c")}
 
 
@@ -340,5 +354,7 @@ def test_model_inputs_are_not_repeated_in_inputs(
     msgs = make_messages(10, with_c=True)
     out = scorer(env).score(msgs, store.snapshot())
     preds = [decode_prediction(v) for _, v in out.predictions]
-    assert all(p["inputs"] == {"segment": p["inputs"].get("segment")} for p in preds)
-    assert all("c" not in p["inputs"] for p in preds)
+    assert all(
+        p["detail"]["inputs"] == {"segment": p["detail"]["inputs"].get("segment")} for p in preds
+    )
+    assert all("c" not in p["detail"]["inputs"] for p in preds)

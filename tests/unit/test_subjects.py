@@ -22,7 +22,7 @@ from streamscore.core.errors import (
     SubjectMissingError,
 )
 from streamscore.serde import schemas
-from streamscore.serde.message import AvroDeserializer, topic_serializer
+from streamscore.serde.message import AvroDeserializer, check_output_subjects, topic_serializer
 from streamscore.serde.wire import WriterSchemaCache, registry_client, unreadable_by, writer_schema
 from tests.unit.test_fast_encode import prediction_columns
 
@@ -160,6 +160,55 @@ def test_strategies_name_the_output_subjects(registry: Any, strategy: SubjectStr
     # telemetry keeps the default strategy
     tele = topic_serializer(registry, settings, "telemetry", "tele", schemas.load("telemetry"))
     assert tele.subject == "tele-value"
+
+
+@pytest.mark.parametrize("strategy", list(SubjectStrategy))
+def test_the_shadow_topic_subject_follows_the_predictions_strategy(
+    registry: Any, strategy: SubjectStrategy
+) -> None:
+    """The shadow predictions carry the predictions' records: their topic's subject is
+    named by the predictions' strategy and registered with it (once when the strategy
+    names one subject for both topics); records carry the predictions subject's id."""
+    settings = RegistrySettings(subject_strategies={"predictions": strategy})
+    pred = schemas.load("prediction")
+    ser = topic_serializer(
+        registry, settings, "predictions", "preds", pred, also_topics=["preds.shadow"]
+    )
+    want = {
+        SubjectStrategy.TOPIC: ["preds-value", "preds.shadow-value"],
+        SubjectStrategy.RECORD: ["streamscore.Prediction"],
+        SubjectStrategy.TOPIC_RECORD: [
+            "preds-streamscore.Prediction",
+            "preds.shadow-streamscore.Prediction",
+        ],
+    }[strategy]
+    assert [ser.subject, *ser.also_subjects] == want
+    writer = ser.prepare()
+    assert sorted(registry.get_subjects()) == sorted(want)
+    assert writer.schema_id == _register(registry, want[0], pred)
+
+
+def test_registration_off_the_shadow_subject_must_exist_like_the_others(registry: Any) -> None:
+    """Registration off: a missing shadow subject stops the process at start like a missing
+    predictions subject (check_output_subjects), naming it; nothing is registered."""
+    pred = schemas.load("prediction")
+    _register(registry, "preds-value", pred)
+    strict = NoRegistration(registry)
+    settings = RegistrySettings(auto_register=False)
+
+    def serializer() -> Any:
+        return topic_serializer(
+            strict, settings, "predictions", "preds", pred, also_topics=["preds.shadow"]
+        )
+
+    with pytest.raises(SubjectMissingError) as err:
+        check_output_subjects(serializer())
+    assert err.value.subject == "preds.shadow-value"
+    _register(registry, "preds.shadow-value", pred)
+    ser = serializer()
+    check_output_subjects(ser)
+    assert ser.schema_id == _register(registry, "preds-value", pred)
+    assert strict.register_calls == 0
 
 
 @pytest.mark.parametrize("auto_register", [True, False])
