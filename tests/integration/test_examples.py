@@ -86,6 +86,11 @@ def project_copy(example: Path, stack: Stack, out: Path) -> Path:
     for old, new in renames:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
+    # the shadow predictions' topic is the stack's too (the example leaves it to its
+    # default, <predictions>.shadow, which the stack did not create)
+    assert "shadow" not in doc["topics"] and text.count("[topics]\n") == 1
+    shadow = f'shadow = "{stack.topics.predictions_shadow}"\n'
+    text = text.replace("[topics]\n", "[topics]\n" + shadow)
     out.write_text(text, encoding="utf-8")
     return out
 
