@@ -229,37 +229,31 @@ class Installer:
         shutil.rmtree(pom.parent)
         self.registry_jar(staging)  # fails now rather than at start time
 
-    def _fetch_avro(self, staging: Path) -> None:
+    def _copy_artifact(self, staging: Path, artifact: str, out: Path) -> None:
+        """One Maven artifact (``group:name:version[:type:classifier]``) copied into
+        ``out`` by the dependency plugin, through a throwaway pom under ``staging``."""
         pom = self._write_pom(staging)
-        libs = staging / "libs"
         self._mvn(
             [
                 "-f",
                 str(pom),
                 f"org.apache.maven.plugins:maven-dependency-plugin:{DEPENDENCY_PLUGIN_COPY}:copy",
-                f"-Dartifact=org.apache.avro:avro:{AVRO_VERSION}",
-                f"-DoutputDirectory={libs}",
+                f"-Dartifact={artifact}",
+                f"-DoutputDirectory={out}",
             ],
             cwd=pom.parent,
         )
         shutil.rmtree(pom.parent)
+
+    def _fetch_avro(self, staging: Path) -> None:
+        libs = staging / "libs"
+        self._copy_artifact(staging, f"org.apache.avro:avro:{AVRO_VERSION}", libs)
         if not (libs / f"avro-{AVRO_VERSION}.jar").is_file():
             raise DownloadError(f"mvn did not produce avro-{AVRO_VERSION}.jar in {libs}")
 
     def _fetch_s3proxy(self, staging: Path) -> None:
-        pom = self._write_pom(staging)
         v = self.settings.s3proxy_version
-        self._mvn(
-            [
-                "-f",
-                str(pom),
-                f"org.apache.maven.plugins:maven-dependency-plugin:{DEPENDENCY_PLUGIN_COPY}:copy",
-                f"-Dartifact=org.gaul:s3proxy:{v}:jar:jar-with-dependencies",
-                f"-DoutputDirectory={staging}",
-            ],
-            cwd=pom.parent,
-        )
-        shutil.rmtree(pom.parent)
+        self._copy_artifact(staging, f"org.gaul:s3proxy:{v}:jar:jar-with-dependencies", staging)
         self.s3proxy_jar(staging)  # fails now rather than at start time
 
     @property
