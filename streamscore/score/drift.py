@@ -178,6 +178,18 @@ class DriftMonitor:
         self._missing_at = n_bins_total
         self._oor_at = n_bins_total + nv
         self._size = n_bins_total + 2 * nv
+        # a batch's bins come from its values sorted per variable: how many fall below
+        # each interior edge, then differences. Layout of those cumulative counts: per
+        # variable 0, its values below each interior edge, its present values (the bins
+        # are the differences within a variable; _bin_take skips the ones across two)
+        starts = self._bin_offsets + np.arange(nv)
+        self._cum_starts = starts
+        self._cum_ends = starts + nbins
+        self._cum = np.zeros(n_bins_total + nv, dtype=np.int64)
+        self._bin_take = np.concatenate(
+            [np.arange(a, b) for a, b in zip(starts.tolist(), self._cum_ends.tolist(), strict=True)]
+            or [np.empty(0, dtype=np.int64)]
+        )
         self._ring: deque[_Batch] = deque()
         self._totals: IntArray = np.zeros(self._size, dtype=np.int64)
         self._events = 0
@@ -207,7 +219,8 @@ class DriftMonitor:
     # ---------------------------------------------------------------- ingestion
 
     def _batch_counts(self, x: FloatArray, score: FloatArray | None) -> IntArray:
-        """One flat count vector for the batch: k + 1 searchsorted, one bincount."""
+        """One flat count vector for the batch: one sort, then per variable one binary
+        search of its edges among its sorted values (never per event)."""
         cols = x[:, self._columns] if self._columns.size else np.empty((x.shape[0], 0))
         if self._has_score:
             assert score is not None
@@ -217,15 +230,18 @@ class DriftMonitor:
         n, nv = values.shape
         if nv == 0 or n == 0:
             return np.zeros(self._size, dtype=np.int64)
-        missing = np.isnan(values)
-        oor = ~missing & ((values < self._lo) | (values > self._hi))
-        idx = np.empty((n, nv), dtype=np.int64)
-        for j in range(nv):  # per variable, never per event
-            idx[:, j] = np.searchsorted(self._interior[j], values[:, j], side="right")
-        idx += self._bin_offsets
-        counts = np.bincount(idx[~missing], minlength=self._size).astype(np.int64)
-        counts[self._missing_at : self._missing_at + nv] = missing.sum(axis=0)
-        counts[self._oor_at : self._oor_at + nv] = oor.sum(axis=0)
+        missing = np.isnan(values).sum(axis=0)
+        # NaN compares false: a missing value is never out of range
+        oor = ((values < self._lo) | (values > self._hi)).sum(axis=0)
+        ordered = np.sort(values.T, axis=1)  # per variable ascending, NaN (missing) last
+        cum = self._cum
+        for j, (edges, a) in enumerate(zip(self._interior, self._cum_starts.tolist(), strict=True)):
+            cum[a + 1 : a + 1 + edges.size] = np.searchsorted(ordered[j], edges, side="left")
+        cum[self._cum_ends] = n - missing
+        counts = np.empty(self._size, dtype=np.int64)
+        counts[: self._missing_at] = np.diff(cum)[self._bin_take]
+        counts[self._missing_at : self._oor_at] = missing
+        counts[self._oor_at :] = oor
         return counts
 
     def update(self, features: npt.ArrayLike, score: npt.ArrayLike | None = None) -> None:

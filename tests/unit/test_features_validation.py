@@ -120,3 +120,56 @@ def test_spec_round_trips_and_refuses_duplicates(spec: FeatureSpec) -> None:
     assert FeatureSpec.from_dict(spec.to_dict()).names == ("a", "b", "c", "segment")
     with pytest.raises(ValueError, match="duplicate"):
         FeatureSpec((FeatureField("a"), FeatureField("a")))
+
+
+def test_the_batch_screen_finds_exactly_the_rows_the_field_checks_reject() -> None:
+    """validate() screens the whole matrix at once and explains only the rows it flags:
+    on random batches mixing every fault, its errors are the field-by-field checks' own
+    (same rows, same first field, same type)."""
+    spec = FeatureSpec(
+        (
+            FeatureField("lo", minimum=-1.0),
+            FeatureField("hi", maximum=1.0, missing=MissingPolicy.IMPUTE),
+            FeatureField("free"),
+            FeatureField("flag", kind=FeatureKind.BOOLEAN),
+            FeatureField(
+                "cat",
+                kind=FeatureKind.CATEGORICAL,
+                categories=("x", "y"),
+                missing=MissingPolicy.REJECT,
+            ),
+            FeatureField(
+                "soft",
+                kind=FeatureKind.CATEGORICAL,
+                categories=("x",),
+                missing=MissingPolicy.IMPUTE,
+            ),
+        )
+    )
+    rng = np.random.default_rng(7)
+    numbers = [0.5, -0.5, -3.0, 3.0, math.inf, -math.inf, math.nan, None, "text"]
+    flags = [True, False, None, "yes", 2]
+    cats = ["x", "y", "z", None]
+    for _ in range(30):
+        n = int(rng.integers(1, 60))
+        events = [
+            {
+                "lo": numbers[rng.integers(len(numbers))],
+                "hi": numbers[rng.integers(len(numbers))],
+                "free": numbers[rng.integers(len(numbers))],
+                "flag": flags[rng.integers(len(flags))],
+                "cat": cats[rng.integers(len(cats))],
+                "soft": cats[rng.integers(len(cats))],
+            }
+            for _ in range(n)
+        ]
+        cols = features.extract(events, spec)
+        got = validation.validate(cols, spec)
+        every_row = np.ones(n, dtype=bool)
+        want = validation.first_errors(cols, spec, every_row)
+        assert sorted(got.errors) == sorted(want)
+        assert (got.valid == every_row).all()
+        for i, err in want.items():
+            assert type(got.errors[i]) is type(err) and got.errors[i].field == err.field
+            assert str(got.errors[i]) == str(err)
+        assert got.n_invalid > 0 or n < 5  # the draw does make faults
