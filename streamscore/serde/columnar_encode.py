@@ -4,7 +4,9 @@
 (:meth:`~streamscore.serde.message.AvroSerializer.encode_many`), without building the
 dicts: Avro binary is a plain concatenation of the fields, so constant fields are encoded
 once per batch; columns are encoded a field at a time (float arrays and arrays of arrays
-vectorised with NumPy); each record is then one ``b"".join``. A schema or a value it does
+vectorised with NumPy, and so are columns whose values all take one width: same-length
+ASCII text, varints of one size); adjacent constants and one-width columns become one
+matrix, and each record is one ``b"".join`` of the few pieces left. A schema or a value it does
 not handle is left to fastavro (:meth:`ColumnarEncoder.encode` returns None).
 :meth:`~streamscore.serde.message.AvroSerializer.encode_columns` is the entry point.
 """
@@ -134,8 +136,9 @@ class _FieldCodec:
     union_prefix: bytes = b""  # nullable numbers: the index of the non-null branch
     has_default: bool = False
     default: Any = None
-    #: a whole list column at once, for the common types (else ``one`` per value)
-    column: Callable[[list[Any]], list[bytes]] | None = None
+    #: a whole list column at once, for the common types (else ``one`` per value): bytes
+    #: per row, or an ``(n, w)`` uint8 matrix when every row takes ``w`` bytes
+    column: Callable[[list[Any]], list[bytes] | np.ndarray] | None = None
     #: a nested record's own field codecs (its column is a :class:`RecordColumns`)
     fields: tuple[_FieldCodec, ...] = ()
 
@@ -231,14 +234,38 @@ def _one_codec(t: Any) -> Callable[[Any], bytes]:
     raise _Unsupported
 
 
-def _strings(col: list[Any]) -> list[bytes]:
+def _strings(col: list[Any]) -> list[bytes] | np.ndarray:
     if not set(map(type, col)) <= {str}:
         raise _Unsupported
+    same = _same_width_ascii(col, b"")
+    if same is not None:
+        return same
     small, long_ = _SMALL_VARINT, _long
     return [(small[n] if (n := len(b)) < 64 else long_(n)) + b for b in [v.encode() for v in col]]
 
 
-def _nullable_strings(null: bytes, prefix: bytes) -> Callable[[list[Any]], list[bytes]]:
+def _same_width_ascii(col: list[str], prefix: bytes) -> np.ndarray | None:
+    """A column of text values that are all ASCII of one length under 64 (ids, codes,
+    labels: the common case) as an ``(n, w)`` matrix: ``prefix``, the length, the
+    characters; None otherwise."""
+    widths = set(map(len, col))
+    if len(widths) != 1:
+        return None
+    (w,) = widths
+    joined = "".join(col)
+    if w >= 64 or not joined.isascii():
+        return None
+    head = prefix + _SMALL_VARINT[w]
+    mat = np.empty((len(col), len(head) + w), dtype=np.uint8)
+    mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+    if w:
+        mat[:, len(head) :] = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(-1, w)
+    return mat
+
+
+def _nullable_strings(
+    null: bytes, prefix: bytes
+) -> Callable[[list[Any]], list[bytes] | np.ndarray]:
     heads = tuple(prefix + b for b in _SMALL_VARINT[:64])  # branch + short length
 
     def one(v: str | None) -> bytes:
@@ -247,9 +274,14 @@ def _nullable_strings(null: bytes, prefix: bytes) -> Callable[[list[Any]], list[
         b = v.encode()
         return heads[n] + b if (n := len(b)) < 64 else prefix + _long(n) + b
 
-    def column(col: list[Any]) -> list[bytes]:
-        if not set(map(type, col)) <= {str, type(None)}:
+    def column(col: list[Any]) -> list[bytes] | np.ndarray:
+        types = set(map(type, col))
+        if not types <= {str, type(None)}:
             raise _Unsupported
+        if types == {str}:
+            same = _same_width_ascii(col, prefix)
+            if same is not None:
+                return same
         if _few_distinct(col):  # labels: a handful of classes
             memo = {v: one(v) for v in dict.fromkeys(col)}
             return list(map(memo.__getitem__, col))
@@ -269,7 +301,14 @@ def _few_distinct(col: list[Any], probe: int = 32, most: int = 4) -> bool:
     return len(col) > 2 * probe and len(set(col[:probe])) <= most
 
 
-def _longs(col: list[Any]) -> list[bytes]:
+def _longs(col: list[Any]) -> list[bytes] | np.ndarray:
+    if set(map(type, col)) == {int}:
+        try:
+            same = _same_width_varints(np.array(col, dtype=np.int64))
+        except OverflowError:  # beyond 64 bits: the value-by-value path refuses it
+            same = None
+        if same is not None:
+            return same
     memo: dict[Any, bytes] = {}  # times and versions repeat within a batch
     out = []
     for v in col:
@@ -280,13 +319,34 @@ def _longs(col: list[Any]) -> list[bytes]:
     return out
 
 
+_SEVEN = np.uint64(7)
+_LOW7, _MORE = np.uint64(0x7F), np.uint64(0x80)
+#: the smallest zigzag value needing k + 2 varint bytes, k = 0 .. 8
+_VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
+def _same_width_varints(vals: np.ndarray) -> np.ndarray | None:
+    """Zigzag varints of an int64 column as an ``(n, w)`` matrix when every value takes
+    the same number of bytes ``w`` (times of one era do); None otherwise."""
+    z = (vals.astype(np.uint64) << np.uint64(1)) ^ (vals >> 63).astype(np.uint64)
+    lo, hi = z.min(), z.max()
+    w = 1 + int(np.searchsorted(_VARINT_STEPS, lo, side="right"))
+    if w != 1 + int(np.searchsorted(_VARINT_STEPS, hi, side="right")):
+        return None
+    mat = np.empty((vals.size, w), dtype=np.uint8)
+    for k in range(w):
+        byte = (z >> (_SEVEN * np.uint64(k))) & _LOW7
+        mat[:, k] = byte | _MORE if k < w - 1 else byte
+    return mat
+
+
 def _booleans(col: list[Any]) -> list[bytes]:
     if not set(map(type, col)) <= {bool}:
         raise _Unsupported
     return [_BOOL[v] for v in col]
 
 
-_COLUMNS: dict[str, Callable[[list[Any]], list[bytes]]] = {
+_COLUMNS: dict[str, Callable[[list[Any]], list[bytes] | np.ndarray]] = {
     "string": _strings,
     "long": _longs,
     "int": _longs,
@@ -339,8 +399,8 @@ def _rows_bytes(mat: np.ndarray) -> list[bytes]:
     return out  # type: ignore[no-any-return]
 
 
-def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> list[bytes]:
-    """A column of doubles/floats (or of arrays of them, 2-d) as bytes per row."""
+def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> np.ndarray:
+    """A column of doubles/floats (or of arrays of them, 2-d) as an ``(n, w)`` matrix."""
     assert codec.array_dtype is not None
     if col.dtype.kind != "f":
         raise _Unsupported
@@ -350,14 +410,14 @@ def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> list[bytes]:
             raise _Unsupported
         k = vals.shape[1]
         if k == 0:
-            return [b"\x00"] * n
+            return np.zeros((n, 1), dtype=np.uint8)
         head = np.frombuffer(_long(k), dtype=np.uint8)
         body = vals.view(np.uint8).reshape(n, -1)
         mat = np.empty((n, head.size + body.shape[1] + 1), dtype=np.uint8)
         mat[:, : head.size] = head
         mat[:, head.size : -1] = body
         mat[:, -1] = 0
-        return _rows_bytes(mat)
+        return mat
     if vals.ndim != 1 or vals.shape[0] != n:
         raise _Unsupported
     body = vals.view(np.uint8).reshape(n, -1)
@@ -366,11 +426,11 @@ def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> list[bytes]:
         mat = np.empty((n, head.size + body.shape[1]), dtype=np.uint8)
         mat[:, : head.size] = head
         mat[:, head.size :] = body
-        return _rows_bytes(mat)
-    return _rows_bytes(body)
+        return mat
+    return body
 
 
-def _column(codec: _FieldCodec, col: Any, n: int) -> list[bytes]:
+def _column(codec: _FieldCodec, col: Any, n: int) -> list[bytes] | np.ndarray:
     if isinstance(col, np.ndarray):
         if codec.array_dtype is not None:
             return _numeric_column(codec, col, n)
@@ -387,44 +447,69 @@ def _encode_columns(
     plan: tuple[_FieldCodec, ...], header: bytes, cols: RecordColumns
 ) -> list[bytes]:
     n = cols.n
-    parts: list[Any] = []
-    pending = [header]  # adjacent constants are merged into one piece
-    _collect(plan, cols, parts, pending)
-    if not parts:  # constants only: every record the same
-        return [b"".join(pending)] * n
-    if pending:
-        parts.append(repeat(b"".join(pending), n))
-    return list(map(b"".join, zip(*parts, strict=False)))  # repeat() is endless
+    parts: list[bytes | list[bytes] | np.ndarray] = [header]
+    _collect(plan, cols, parts)
+    # runs of constants and same-width columns become one matrix, turned into bytes
+    # once: each record is then one join of a few pieces (one piece when every field
+    # has one width)
+    pieces: list[Any] = []
+    run: list[bytes | np.ndarray] = []
+    for part in [*parts, []]:
+        if not isinstance(part, list):
+            run.append(part)
+            continue
+        if run:
+            if all(isinstance(r, bytes) for r in run):
+                pieces.append(repeat(b"".join(run), n))  # type: ignore[arg-type]
+            else:
+                pieces.append(_rows_bytes(_side_by_side(run, n)))
+            run = []
+        if part:
+            pieces.append(part)
+    if len(pieces) == 1:
+        only = pieces[0]
+        return only if isinstance(only, list) else [next(only)] * n
+    return list(map(b"".join, zip(*pieces, strict=False)))  # repeat() is endless
+
+
+def _side_by_side(run: list[bytes | np.ndarray], n: int) -> np.ndarray:
+    """Constants and ``(n, w)`` matrices side by side in one ``(n, sum w)`` matrix."""
+    widths = [len(r) if isinstance(r, bytes) else r.shape[1] for r in run]
+    mat = np.empty((n, sum(widths)), dtype=np.uint8)
+    at = 0
+    for r, w in zip(run, widths, strict=True):
+        mat[:, at : at + w] = np.frombuffer(r, dtype=np.uint8) if isinstance(r, bytes) else r
+        at += w
+    return mat
 
 
 def _collect(
-    plan: tuple[_FieldCodec, ...], cols: RecordColumns, parts: list[Any], pending: list[bytes]
+    plan: tuple[_FieldCodec, ...],
+    cols: RecordColumns,
+    parts: list[bytes | list[bytes] | np.ndarray],
 ) -> None:
-    """Append the pieces of ``cols`` to ``parts`` (columns, one bytes per record) and
-    ``pending`` (constant bytes not yet in ``parts``). A nested record given column-wise
-    adds its own pieces in place: one ``b"".join`` per record for the whole record."""
+    """Append the pieces of ``cols`` to ``parts``: constant bytes, a column as bytes per
+    record, or a column as an ``(n, w)`` matrix. A nested record given column-wise adds
+    its own pieces in place: its fields are in line in the record's bytes."""
     n = cols.n
     given = 0
     for codec in plan:
         if codec.name in cols.constants:
-            pending.append(codec.one(cols.constants[codec.name]))
+            parts.append(codec.one(cols.constants[codec.name]))
             given += 1
             continue
         if codec.name not in cols.columns:
             if not codec.has_default:
                 raise _Unsupported  # fastavro says what is missing
-            pending.append(codec.one(codec.default))  # as fastavro: absent -> default
+            parts.append(codec.one(codec.default))  # as fastavro: absent -> default
             continue
         given += 1
         col = cols.columns[codec.name]
         if codec.kind == "record":  # a nested record: its fields in line
             if not isinstance(col, RecordColumns) or col.n != n:
                 raise _Unsupported
-            _collect(codec.fields, col, parts, pending)
+            _collect(codec.fields, col, parts)
             continue
-        if pending:
-            parts.append(repeat(b"".join(pending), n))
-            pending.clear()
         parts.append(_column(codec, col, n))
     if given != len(cols.constants) + len(cols.columns):
         raise _Unsupported  # a name that is not a field of the schema

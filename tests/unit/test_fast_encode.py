@@ -270,3 +270,54 @@ def test_rows_are_the_dicts_the_columns_describe() -> None:
         {"c": [1], "a": 1.5, "b": "x", "m": [1.0, 0.0]},
         {"c": [1], "a": 2.5, "b": None, "m": [0.0, 1.0]},
     ]
+
+
+SAME_WIDTH = {
+    "type": "record",
+    "name": "SameWidth",
+    "namespace": "t",
+    "fields": [
+        {"name": "s", "type": "string"},
+        {"name": "ns", "type": ["null", "string"]},
+        {"name": "l", "type": "long"},
+        {"name": "i", "type": "int"},
+        {"name": "d", "type": "double"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("strings", "longs"),
+    [
+        (["ab12"] * 6, [1_763_700_000_000 + i for i in range(6)]),  # ids, times of one era
+        ([f"{i:016x}" for i in range(6)], [0, 1, -1, 63, -64, 5]),  # one varint byte each
+        (["x" * 63] * 6, [-(2**63), -(2**63) + 1, -(2**62) - 7, 2**63 - 1, 2**62 + 9, -(2**63)]),
+        (["x" * 64] * 6, [64, 64, 8191, 100, 127, 128]),  # a length of two varint bytes
+        (["é1"] * 6, [1, 100, 10_000, 1_000_000, 2**40, -(2**40)]),  # not ASCII; mixed widths
+        (["a", "bb", "a", "", "ccc", "a"], [7] * 6),  # mixed lengths
+        ([""] * 6, [-65, -65, -65, -65, 64, 64]),  # empty strings; two-byte varints
+        (["q"] * 6, [64] * 6),  # every value the first to take two varint bytes
+        (["q"] * 6, [8192, -8193, 8192, 8192, -8193, 8192]),  # ... three bytes
+        (["q"] * 6, [63, -64, 0, 1, -1, 2]),  # ... the last ones taking one
+    ],
+)
+def test_columns_of_one_width_match_fastavro(
+    registry: Any, strings: list[str], longs: list[int]
+) -> None:
+    """Columns whose values all take the same number of bytes (same-length ASCII text,
+    varints of one width) are laid out as one matrix: same bytes as fastavro's, on each
+    side of every width boundary, and the others take the value-by-value path."""
+    ser = AvroSerializer(registry, "same-width-value", SAME_WIDTH)
+    n = len(strings)
+    ints = [max(-(2**31), min(2**31 - 1, v)) for v in longs]
+    cols = RecordColumns(
+        n,
+        {},
+        {"s": strings, "ns": strings, "l": longs, "i": ints, "d": np.linspace(-1, 1, n)},
+    )
+    same_as_fastavro(ser, SAME_WIDTH, cols)
+    with_null = RecordColumns(n, {}, {**cols.columns, "ns": [None, *strings[1:]]})
+    same_as_fastavro(ser, SAME_WIDTH, with_null)
+    # every field of one width: each record is one row of one matrix
+    const = RecordColumns(n, {"s": "k", "ns": None, "i": 3}, {"l": longs, "d": np.zeros(n)})
+    same_as_fastavro(ser, SAME_WIDTH, const)
