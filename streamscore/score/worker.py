@@ -130,27 +130,28 @@ class PartitionTracker:
 
 
 def _offset_ranges(
-    msgs: list[Any],
+    msgs: list[Any], topic: str | None = None
 ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
-    """First and last offset seen per (topic, partition), in one pass of C-level calls."""
-    topics = [m.topic() for m in msgs]
-    parts = [m.partition() for m in msgs]
-    offs = [m.offset() for m in msgs]
+    """First and last offset seen per (topic, partition). ``topic``: the one topic every
+    message is from (the loop subscribes to one), so that a message's topic is not asked;
+    offsets are then read only where a run of one partition starts or ends (a partition's
+    offsets only grow through a batch)."""
     first: dict[tuple[str, int], int] = {}
     last: dict[tuple[str, int], int] = {}
-    if topics.count(topics[0]) == len(topics):  # one topic (we subscribe to one)
-        topic = topics[0]
-        p = np.asarray(parts)
-        uniq, i_first = np.unique(p, return_index=True)
-        _, i_last = np.unique(p[::-1], return_index=True)
-        for part, i, j in zip(uniq.tolist(), i_first.tolist(), i_last.tolist(), strict=True):
-            first[(topic, part)] = offs[i]
-            last[(topic, part)] = offs[len(offs) - 1 - j]
+    if topic is None:
+        for m in msgs:
+            tp = (m.topic(), m.partition())
+            if tp not in first:
+                first[tp] = m.offset()
+            last[tp] = m.offset()
         return first, last
-    for tp, off in zip(zip(topics, parts, strict=True), offs, strict=True):
+    parts = np.fromiter([m.partition() for m in msgs], dtype=np.int64, count=len(msgs))
+    breaks = (np.flatnonzero(parts[1:] != parts[:-1]) + 1).tolist()
+    for a, b in zip([0, *breaks], [*breaks, len(msgs)], strict=True):
+        tp = (topic, int(parts[a]))
         if tp not in first:
-            first[tp] = off
-        last[tp] = off
+            first[tp] = msgs[a].offset()
+        last[tp] = msgs[b - 1].offset()
     return first, last
 
 
@@ -311,7 +312,7 @@ class ScoreLoop:
             return
         values: list[bytes | None] = [m.value() for m in good]
         keys: list[bytes | None] = [m.key() for m in good]
-        first, last = _offset_ranges(good)
+        first, last = _offset_ranges(good, self._topics.events)
 
         def make(i: int) -> InMessage:  # only for dead letters and late routing
             m = good[i]

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 import fastavro
@@ -50,6 +51,8 @@ from ..core.errors import (
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
 HEADER_SIZE = HEADER.size  # 5
+#: a value's wire header (the first HEADER_SIZE bytes), as a C-level callable
+_HEAD: Callable[[Any], bytes] = itemgetter(slice(0, HEADER_SIZE))
 
 
 class RegistryClient(Protocol):
@@ -280,7 +283,7 @@ class WriterSchemaCache:
         registry cannot answer (before any per-message work). Unknown ids and malformed
         headers are left to the decoder, which reports them per message."""
         try:
-            heads = {v[:HEADER_SIZE] for v in values}  # type: ignore[index]
+            heads = set(map(_HEAD, values))  # one C-level pass
         except TypeError:  # a None value, or bytes-like values
             heads = {bytes(v[:HEADER_SIZE]) for v in values if v is not None}
         for head in heads:

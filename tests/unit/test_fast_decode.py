@@ -397,17 +397,21 @@ def test_scorer_fast_paths_give_what_the_plain_paths_give(
     ]
 
 
-@pytest.mark.parametrize("topics", [["e"], ["e", "f"]])
+@pytest.mark.parametrize(("topics", "run"), [(["e"], 1), (["e"], 40), (["e", "f"], 1)])
 def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
-    topics: list[str],
+    topics: list[str], run: int
 ) -> None:
+    """Partitions interleaved message by message, or in runs (as fetches deliver them);
+    one topic given (the loop's), or several asked message by message."""
     from streamscore.score.worker import _offset_ranges
 
-    rng = np.random.default_rng(len(topics))
+    rng = np.random.default_rng(len(topics) + run)
     next_offset: dict[tuple[str, int], int] = {}
     msgs = []
-    for _ in range(300):
-        tp = (topics[int(rng.integers(len(topics)))], int(rng.integers(4)))
+    tp = (topics[0], 0)
+    for i in range(300):
+        if i % run == 0 or rng.random() < 1 / run:
+            tp = (topics[int(rng.integers(len(topics)))], int(rng.integers(4)))
         next_offset[tp] = next_offset.get(tp, int(rng.integers(100))) + 1
         msgs.append(FakeMessage(tp[0], tp[1], next_offset[tp], None))
     first: dict[tuple[str, int], int] = {}
@@ -416,3 +420,5 @@ def test_offset_ranges_are_the_first_and_last_offset_seen_per_partition(
         first.setdefault((m.topic(), m.partition()), m.offset())
         last[(m.topic(), m.partition())] = m.offset()
     assert _offset_ranges(msgs) == (first, last)
+    if len(topics) == 1:
+        assert _offset_ranges(msgs, topics[0]) == (first, last)
