@@ -741,15 +741,19 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
 
     reg = _registry(env)
     t = env.topics
-    # credentials, certificates and ACLs first: one clear line and exit 1 if refused
+    outputs = ["predictions", "predictions_shadow", "telemetry", "dlq"]
+    if scoring.late_policy is LatePolicy.ROUTE:
+        outputs.append("late")
+    # credentials, certificates, ACLs and the output topics first: one clear line and
+    # exit 1 if refused or missing, before anything is consumed
     preflight(
         env.kafka,
         reg,
         redact_urls(env.registry.url),
         read=[t.events, t.models],
-        write=[t.predictions, t.telemetry, t.dlq]
-        + ([t.late] if scoring.late_policy is LatePolicy.ROUTE else []),
+        write=[getattr(t, name) for name in outputs],
         group=scoring.group_id,
+        must_exist=t.where_set(outputs),
     )
     cache = WriterSchemaCache(reg)
     reader_schema = events_reader_schema(args.reader_schema, env)
