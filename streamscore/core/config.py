@@ -678,6 +678,10 @@ class ClusterSettings:
     #: the secured profile's mutual-TLS listener (``SSL``, client certificates
     #: required; principals ``User:CN=<user>``); None: none
     mtls_port: int | None = None
+    #: the servers this process starts die with it (Linux: the kernel kills them when
+    #: it ends, however it ends): a test's private cluster; never the shared one that
+    #: ``streamscore cluster up`` starts and leaves running
+    stop_with_parent: bool = False
 
     @property
     def run_path(self) -> Path:
