@@ -129,6 +129,8 @@ class Bench:
             feedback=self.topic("feedback"),
             dlq=self.topic("dlq"),
             late=self.topic("late"),
+            # a worker refuses to start without each of its outputs (no shadow runs here)
+            predictions_shadow=self.topic("predictions.shadow"),
         )
         self._seq = 0
         self.broker_pid: int | None = None  # set when the broker is the local cluster
@@ -162,7 +164,7 @@ class Bench:
     def setup(self) -> None:
         s = self.shared
         self.create(s.events)
-        for t in (s.telemetry, s.dlq, s.late, s.feedback):
+        for t in (s.telemetry, s.dlq, s.late, s.feedback, s.predictions_shadow):
             self.create(t, 1)
         ser = AvroSerializer(self.reg, f"{s.events}-value", workload.event_schema())
         self.schema_id = ser.schema_id
@@ -207,7 +209,7 @@ class Bench:
         return TopicSettings(
             events=events,
             predictions=predictions,
-            predictions_shadow=f"{predictions}.shadow",
+            predictions_shadow=s.predictions_shadow,
             telemetry=s.telemetry,
             models=self.topic(f"models.{kind}"),
             feedback=s.feedback,

@@ -707,7 +707,12 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
     from .score.batch import BatchScorer
     from .score.worker import ScoreLoop
     from .serde.keys import AvroKeyDecoder
-    from .serde.message import AvroDeserializer, check_output_subjects, topic_serializer
+    from .serde.message import (
+        AvroDeserializer,
+        check_output_subjects,
+        topic_serializer,
+        topic_serializers,
+    )
     from .serde.wire import WriterSchemaCache
 
     verifier = worker_verifier(env.signing)  # public keys only: this process cannot sign
@@ -741,31 +746,35 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
 
     reg = _registry(env)
     t = env.topics
-    # credentials, certificates and ACLs first: one clear line and exit 1 if refused
+    outputs = ["predictions", "predictions_shadow", "telemetry", "dlq"]
+    if scoring.late_policy is LatePolicy.ROUTE:
+        outputs.append("late")
+    # credentials, certificates, ACLs and the output topics first: one clear line and
+    # exit 1 if refused or missing, before anything is consumed
     preflight(
         env.kafka,
         reg,
         redact_urls(env.registry.url),
         read=[t.events, t.models],
-        write=[t.predictions, t.telemetry, t.dlq]
-        + ([t.late] if scoring.late_policy is LatePolicy.ROUTE else []),
+        write=[getattr(t, name) for name in outputs],
         group=scoring.group_id,
+        must_exist=t.where_set(outputs),
     )
     cache = WriterSchemaCache(reg)
     reader_schema = events_reader_schema(args.reader_schema, env)
     decode = AvroDeserializer(cache, reader_schema)
-    predictions = topic_serializer(
+    # the shadow predictions under their own topic's subject (and its schema id)
+    predictions, shadow = topic_serializers(
         reg,
         env.registry,
         "predictions",
-        env.topics.predictions,
+        [env.topics.predictions, env.topics.predictions_shadow],
         schemas.load("prediction"),
-        also_topics=[env.topics.predictions_shadow],
     )
     telemetry = topic_serializer(
         reg, env.registry, "telemetry", env.topics.telemetry, schemas.load("telemetry")
     )
-    check_output_subjects(predictions, telemetry)
+    check_output_subjects(predictions, shadow, telemetry)
     envelope_decoder = AvroDeserializer(cache, schemas.load("model_envelope"))
 
     limits, input_limit = _message_limits(env, scoring)
@@ -878,6 +887,7 @@ def cmd_score(args: argparse.Namespace, env: Env) -> int:
                 events=env.events,
                 shadow_limit=lambda: limits.limit(env.topics.predictions_shadow),
                 keys=AvroKeyDecoder(cache) if env.events.key_format is KeyFormat.AVRO else None,
+                shadow_encoder=shadow,
             ),
             store=store,
             metrics=metrics,

@@ -243,14 +243,16 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         report.unmatched_version,
     )
     reg = _registry(env)
+    # the outputs it does not create itself (the join topic and the changelog it does)
+    outputs = ["dlq", "telemetry"] + (["models"] if promo.enabled else [])
     preflight(
         env.kafka,
         reg,
         redact_urls(env.registry.url),
         read=[env.topics.predictions, env.topics.predictions_shadow, env.topics.feedback],
-        write=[env.topics.dlq, env.topics.telemetry]
-        + ([env.topics.models] if promo.enabled else []),
+        write=[getattr(env.topics, name) for name in outputs],
         group=args.group_id,
+        must_exist=env.topics.where_set(outputs),
     )
     cache = WriterSchemaCache(reg)
     # v3 predictions with the v3 reader, older ones with v2's (their arrays kept)

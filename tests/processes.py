@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from streamscore.core.config import TopicSettings
+from streamscore.dev.cluster_processes import die_with_parent
 
 #: ports handed out by :func:`free_port` in this process (never twice)
 _HANDED_OUT: set[int] = set()
@@ -188,7 +189,8 @@ def launch(
 ) -> W:
     """Start ``python -m streamscore.cli <command> --worker-id .. --group-id ..
     --metrics-port <free port> *args`` with its output in ``log_path``. The caller stops
-    it (:meth:`WorkerProcess.terminate` / :meth:`~WorkerProcess.close`)."""
+    it (:meth:`WorkerProcess.terminate` / :meth:`~WorkerProcess.close`); should this
+    process end without doing so (killed), the kernel kills it (Linux, main thread)."""
     port = free_port()
     log = log_path.open("wb")
     cmd = [
@@ -204,8 +206,10 @@ def launch(
         str(port),
         *args,
     ]
-    try:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:  # killed by the kernel should this process end without stopping it
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
+        )
     except BaseException:
         log.close()
         raise

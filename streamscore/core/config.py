@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -502,6 +502,16 @@ class TopicSettings:
             self.predictions_shadow,
         )
 
+    def where_set(self, names: Sequence[str]) -> dict[str, str]:
+        """The topics of the settings ``names`` (attribute names), each with where it
+        is set, for messages: ``{"payments.scores": "predictions (STREAMSCORE_TOPIC_
+        PREDICTIONS / [topics] predictions)"}``; two settings naming one topic are both
+        said."""
+        out: dict[str, list[str]] = {}
+        for name in names:
+            out.setdefault(getattr(self, name), []).append(f"{name} ({topic_setting(name)})")
+        return {topic: " and ".join(how) for topic, how in out.items()}
+
     def as_env(self) -> dict[str, str]:
         """Every topic as the environment variable the CLI reads it from
         (``STREAMSCORE_TOPIC_<FIELD>``): what a parent gives the processes it starts."""
@@ -518,6 +528,21 @@ SHADOW_TOPIC_HELP = (
 def topic_env_var(name: str) -> str:
     """The environment variable of the :class:`TopicSettings` field ``name``."""
     return f"STREAMSCORE_TOPIC_{name.upper()}"
+
+
+#: the project-file key of a topic setting, where it is not ``[topics] <name>``
+_TOPIC_PROJECT_KEYS = {
+    "events": "[events] topic",
+    "feedback": "[labels] topic or [topics] feedback",
+    "predictions_shadow": "[topics] shadow, default <predictions>.shadow",
+}
+
+
+def topic_setting(name: str) -> str:
+    """Where the :class:`TopicSettings` field ``name`` is set, in words for messages:
+    the flag (if any), the environment variable, the project-file key."""
+    flag = "--shadow-topic / " if name == "predictions_shadow" else ""
+    return f"{flag}{topic_env_var(name)} / {_TOPIC_PROJECT_KEYS.get(name, f'[topics] {name}')}"
 
 
 class LatePolicy(enum.StrEnum):
@@ -653,6 +678,10 @@ class ClusterSettings:
     #: the secured profile's mutual-TLS listener (``SSL``, client certificates
     #: required; principals ``User:CN=<user>``); None: none
     mtls_port: int | None = None
+    #: the servers this process starts die with it (Linux: the kernel kills them when
+    #: it ends, however it ends): a test's private cluster; never the shared one that
+    #: ``streamscore cluster up`` starts and leaves running
+    stop_with_parent: bool = False
 
     @property
     def run_path(self) -> Path:

@@ -414,6 +414,21 @@ class AccessError(KafkaIOError):
     reason = "access"
 
 
+class MissingTopicError(ConfigError):
+    """A topic this process writes to does not exist on the cluster, found at start
+    before anything is consumed. streamscore never creates its outputs on the fly (a
+    producer would error on each record, or the broker would auto-create the topic with
+    its defaults): create the topic, or correct the setting that names it. ``topics``:
+    the missing topics; the message names each with the flag, variable or project key
+    that set it."""
+
+    reason = "topic_missing"
+
+    def __init__(self, message: str, *, topics: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.topics = topics
+
+
 class TransactionFailedError(KafkaIOError):
     """An exactly-once transaction can neither complete nor be aborted (fenced, a fatal
     producer error, or the broker away past the retry budget): the worker must exit."""

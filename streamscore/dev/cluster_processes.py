@@ -11,6 +11,9 @@ of the process table (:meth:`ServerProcess.pid`). Also here: the checks a start 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -18,8 +21,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +169,68 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 # (no zombies) when we stop them from the same process.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child is killed (SIGKILL) by the
+    kernel when this process ends, however it ends (a test session killed by ``timeout``,
+    SIGKILL, a crash: no ``finally`` runs then, and a server in a session of its own
+    would live on). None where the kernel cannot do it (not Linux).
+
+    prctl(PR_SET_PDEATHSIG) is tied to the thread that forks, so only the main thread's
+    children get it (another thread may end before its child should: None). libc is
+    loaded here, in the parent, so that the child only makes two system calls between
+    fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl, getppid, kill = libc.prctl, os.getppid, os.kill
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if getppid() != parent:  # the parent died before prctl: nobody will stop us
+            kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def stray_servers(run_dirs: Iterable[Path], props: Iterable[str]) -> list[int]:
+    """Live server processes of ours (a ``java`` carrying a ``-D<prop>=<run dir>`` marker,
+    ``prop`` one of ``props``) of one of ``run_dirs`` (or a directory under one): what a
+    test session must not leave behind."""
+    dirs = [str(Path(d).absolute()) for d in run_dirs]
+    marks = tuple(f"-D{p}={d}" for p in props for d in dirs)
+    if not marks:
+        return []
+
+    def marked(arg: str) -> bool:
+        return any(arg == m or arg.startswith((f"{m}#", f"{m}/")) for m in marks)
+
+    found = []
+    for pid in list_pids():
+        args = process_cmdline(pid)
+        if args and Path(args[0]).name.startswith("java") and any(map(marked, args)):
+            found.append(pid)
+    return found
+
+
+def kill_pids(pids: Iterable[int], timeout_s: float = 10.0) -> None:
+    """SIGKILL ``pids`` (each its process group when it leads one) and wait until they
+    are gone (or ``timeout_s``)."""
+    pids = set(pids)
+    for p in pids:
+        _signal(p, signal.SIGKILL)
+    end = time.monotonic() + timeout_s
+    while pids and time.monotonic() < end:
+        _reap()
+        pids = {p for p in pids if process_cmdline(p) is not None}
+        if pids:
+            time.sleep(0.05)
+
 
 def _signal(pid: int, sig: signal.Signals) -> None:
     try:
@@ -184,12 +251,15 @@ def _reap() -> None:
 
 @dataclass(frozen=True)
 class ServerProcess:
-    """One server of a local cluster: its role, pid file, log and marker argument."""
+    """One server of a local cluster: its role, pid file, log and marker argument.
+    ``stop_with_parent``: the servers it spawns are killed when this process ends
+    (:func:`die_with_parent`; a test's cluster)."""
 
     role: str
     pid_file: Path
     log: Path
     marker: str
+    stop_with_parent: bool = False
 
     def pid(self) -> int | None:
         """The live pid of this server (pid file first, else a process-table scan)."""
@@ -211,7 +281,8 @@ class ServerProcess:
 
     def spawn(self, cmd: Sequence[str], cwd: Path) -> int:
         """Start ``cmd`` in a session of its own, output appended to the log; write the
-        pid file."""
+        pid file. Should writing it fail, the process is killed before the error is
+        raised: nothing is left running that :meth:`stop` could not find."""
         with self.log.open("ab") as out:
             proc = subprocess.Popen(
                 list(cmd),
@@ -220,11 +291,18 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent() if self.stop_with_parent else None,
             )
         _CHILDREN[proc.pid] = proc
-        tmp = self.pid_file.with_suffix(".pid.tmp")
-        tmp.write_text(f"{proc.pid}\n")
-        tmp.replace(self.pid_file)
+        try:
+            tmp = self.pid_file.with_suffix(".pid.tmp")
+            tmp.write_text(f"{proc.pid}\n")
+            tmp.replace(self.pid_file)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         log.info("started %s (pid %d), log %s", self.role, proc.pid, self.log)
         return proc.pid
 

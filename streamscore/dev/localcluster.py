@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -48,7 +49,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ log = logging.getLogger(__name__)
 MARKER_PROP = "streamscore.localcluster"
 KAFKA = "kafka"
 REGISTRY = "registry"
+#: the order ``down`` and ``reset`` stop the servers in
+STOP_ORDER = (REGISTRY, KAFKA)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class LocalCluster:
                 pid_file=self.run_dir / f"{role}.pid",
                 log=self.run_dir / f"{role}.log",
                 marker=f"-D{MARKER_PROP}={self.run_dir}#{role}",
+                stop_with_parent=settings.stop_with_parent,
             )
             for role in (KAFKA, REGISTRY)
         }
@@ -180,30 +184,46 @@ class LocalCluster:
                     )
                 if st.registry_pid is None:
                     self._check_ports(REGISTRY, [self.settings.registry_port])
+                # noted before the start: a failure after the spawn stops it too
                 if st.kafka_pid is None:
-                    self._start_kafka(java)
                     started.append(KAFKA)
+                    self._start_kafka(java)
                 if st.registry_pid is None:
-                    self._start_registry(java)
                     started.append(REGISTRY)
+                    self._start_registry(java)
                 self._wait_ready(t0, (KAFKA, REGISTRY))
                 self.create_topics()
                 if self.secure_files is not None:
                     self.grant_defaults()
                 log.info("local cluster up in %.1fs", time.monotonic() - t0)
             except BaseException:
-                for role in started:
-                    self._stop(self._servers[role])
+                self._stop_all(self._stops(started))
                 raise
             return self.status()
 
     def down(self) -> None:
         """Stop both servers and the S3 server (SIGTERM, then SIGKILL after a grace
-        period). Their data stays: the next ``up`` goes on from it."""
+        period). Their data stays: the next ``up`` goes on from it. Each is stopped even
+        when stopping another failed (or was interrupted); the first error is raised
+        after."""
         with self._locked(self.run_dir):
-            self.s3.stop()
-            for role in (REGISTRY, KAFKA):
-                self._stop(self._servers[role])
+            self._stop_all([self.s3.stop, *self._stops(STOP_ORDER)])
+
+    def _stops(self, roles: Sequence[str]) -> list[Callable[[], None]]:
+        return [functools.partial(self._stop, self._servers[r]) for r in roles]
+
+    @staticmethod
+    def _stop_all(stops: Sequence[Callable[[], None]]) -> None:
+        """Call every one of ``stops``, whatever the others raise (a KeyboardInterrupt
+        too); then raise the first error."""
+        first: BaseException | None = None
+        for stop in stops:
+            try:
+                stop()
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     @property
     def s3(self) -> S3Proxy:
@@ -213,6 +233,7 @@ class LocalCluster:
             self.run_dir,
             host=self.settings.host,
             port=self.settings.s3_port,
+            stop_with_parent=self.settings.stop_with_parent,
         )
 
     def up_s3(self) -> S3Endpoint:
@@ -226,8 +247,7 @@ class LocalCluster:
         """Stop both servers and wipe the broker's data and the registry's database: the
         next ``up`` starts an empty cluster (a new cluster id, schema ids from 1)."""
         with self._locked(self.run_dir):
-            for role in (REGISTRY, KAFKA):
-                self._stop(self._servers[role])
+            self._stop_all(self._stops(STOP_ORDER))
             for d in (self.data_dir, self.registry_db_dir):
                 if d.exists():
                     shutil.rmtree(d)
@@ -260,11 +280,13 @@ class LocalCluster:
             t0 = time.monotonic()
             if role == KAFKA:
                 self._check_ports(KAFKA, [self.settings.kafka_port, self.settings.controller_port])
-                self._start_kafka(java)
             else:
                 self._check_ports(REGISTRY, [self.settings.registry_port])
-                self._start_registry(java)
-            try:
+            try:  # a failure after the spawn (or an interrupt) stops it too
+                if role == KAFKA:
+                    self._start_kafka(java)
+                else:
+                    self._start_registry(java)
                 self._wait_ready(t0, (role,))
             except BaseException:
                 self._stop(self._servers[role])

@@ -55,8 +55,15 @@ class S3Proxy:
     ``run_dir/s3-data``."""
 
     def __init__(
-        self, jar: Path, run_dir: Path, *, host: str = "127.0.0.1", port: int = 18090
+        self,
+        jar: Path,
+        run_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 18090,
+        stop_with_parent: bool = False,
     ) -> None:
+        """``stop_with_parent``: the server dies with this process (a test's server)."""
         self.jar = jar
         self.run_dir = Path(run_dir)
         self.host = host
@@ -67,6 +74,7 @@ class S3Proxy:
             pid_file=self.run_dir / "s3proxy.pid",
             log=self.run_dir / "s3proxy.log",
             marker=f"-D{MARKER_PROP}={self.run_dir}",
+            stop_with_parent=stop_with_parent,
         )
 
     @property
@@ -128,20 +136,24 @@ class S3Proxy:
             str(conf),
         ]
         self.server.spawn(cmd, cwd=self.run_dir)
-        deadline = time.monotonic() + timeout_s
-        while not self.ready():
-            if self.pid() is None:
-                raise ServerStartError(
-                    f"S3Proxy exited during start; log {self.server.log}:\n{tail(self.server.log)}",
-                    log_path=str(self.server.log),
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerStartError(
-                    f"S3Proxy not ready after {timeout_s:.0f}s; log {self.server.log}",
-                    log_path=str(self.server.log),
-                )
-            time.sleep(0.2)
+        try:  # not ready in time, or interrupted: stopped before the error goes on
+            deadline = time.monotonic() + timeout_s
+            while not self.ready():
+                if self.pid() is None:
+                    raise ServerStartError(
+                        f"S3Proxy exited during start; log {self.server.log}:\n"
+                        f"{tail(self.server.log)}",
+                        log_path=str(self.server.log),
+                    )
+                if time.monotonic() > deadline:
+                    raise ServerStartError(
+                        f"S3Proxy not ready after {timeout_s:.0f}s; log {self.server.log}",
+                        log_path=str(self.server.log),
+                    )
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
         return self.endpoint
 
     def stop(self) -> None:

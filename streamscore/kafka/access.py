@@ -2,25 +2,27 @@
 (:func:`check_access`, :func:`check_registry`), and the same clear messages for access
 failures met later (:func:`access_error`: a delivery report, a consumer error).
 
-Every failure here is an :class:`~streamscore.core.errors.AccessError`: wrong
-credentials, a certificate that is not trusted, a missing ACL. Each message says the
-cause and the setting (or ACL) to check, in one line, with no secret in it; the CLI
-prints it and exits non-zero. A broker or registry that is merely away is not an access
-failure: the check lets the process start and its loops retry as usual.
+Every failure here is an :class:`~streamscore.core.errors.AccessError` (wrong
+credentials, a certificate that is not trusted, a missing ACL), or a
+:class:`~streamscore.core.errors.MissingTopicError` (an output topic that does not
+exist). Each message says the cause and the setting (or ACL) to check, in one line,
+with no secret in it; the CLI prints it and exits non-zero. A broker or registry that
+is merely away is not an access failure: the check lets the process start and its loops
+retry as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AclOperation, AdminClient  # type: ignore[attr-defined]
 
 from ..core.config import KafkaSettings
-from ..core.errors import AccessError
+from ..core.errors import AccessError, MissingTopicError
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,16 @@ def check_access(
     read: Sequence[str] = (),
     write: Sequence[str] = (),
     group: str | None = None,
+    must_exist: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> None:
     """Before a process consumes anything: can it connect (credentials, TLS), read the
     ``read`` topics, write the ``write`` topics and use its consumer ``group``? Raises
-    :class:`AccessError` naming the cause and the setting or ACL to check. A cluster
-    that does not answer within ``timeout_s`` is left to the process's own retries."""
+    :class:`AccessError` naming the cause and the setting or ACL to check. The topics of
+    ``must_exist`` (topic -> the setting that names it, for the message) must exist:
+    :class:`MissingTopicError` names every one that does not (after the access errors,
+    which say more). A cluster that does not answer within ``timeout_s`` is left to the
+    process's own retries."""
     from .clients import admin_config
 
     errors: list[KafkaError] = []
@@ -137,7 +143,9 @@ def check_access(
     conf.setdefault("log_level", 0)  # the error callback says it once, clearly
     admin = AdminClient(conf)
     deadline = time.monotonic() + timeout_s
-    topics = list(dict.fromkeys([*read, *write]))
+    required = dict(must_exist or {})
+    topics = list(dict.fromkeys([*read, *write, *required]))
+    missing: list[str] = []
     pending: dict[str, Any] = {}
     if topics:
         pending.update(
@@ -159,10 +167,12 @@ def check_access(
                 raise found
         done = [k for k, f in pending.items() if f.done()]
         for key in done:
-            _check_one(kafka, key, pending.pop(key), read, write)
+            if _check_one(kafka, key, pending.pop(key), read, write) and key in required:
+                missing.append(key)
         if not pending:
-            return
+            break
         if time.monotonic() > deadline:
+            _refuse_missing(kafka, missing, required)
             log.warning(
                 "Kafka at %s did not answer the access check within %.0f s (%s): going on",
                 kafka.bootstrap_servers,
@@ -171,11 +181,31 @@ def check_access(
             )
             return
         admin.poll(0.1)
+    _refuse_missing(kafka, missing, required)
+
+
+def _refuse_missing(kafka: KafkaSettings, missing: list[str], where: Mapping[str, str]) -> None:
+    """:class:`MissingTopicError` naming each of ``missing`` and the setting that names
+    it (``where``); nothing when none is."""
+    if not missing:
+        return
+    missing = sorted(missing, key=list(where).index)  # in the caller's order
+    named = ", ".join(f"{t!r} ({where[t]})" for t in missing)
+    one = len(missing) == 1
+    raise MissingTopicError(
+        f"{'topic' if one else f'{len(missing)} topics'} this process writes to "
+        f"{'does' if one else 'do'} not exist on the Kafka cluster "
+        f"({kafka.bootstrap_servers}): {named}; create {'it' if one else 'them'} before "
+        "starting (streamscore does not create its output topics), or correct the "
+        "setting; nothing was consumed",
+        topics=tuple(missing),
+    )
 
 
 def _check_one(
     kafka: KafkaSettings, key: str, future: Any, read: Sequence[str], write: Sequence[str]
-) -> None:
+) -> bool:
+    """Check one topic's (or group's) description; True when the topic does not exist."""
     try:
         result = future.result()
     except KafkaException as exc:
@@ -189,24 +219,28 @@ def _check_one(
             found = access_error(kafka, err)
             if found is not None:
                 raise found from None
-        # an unknown topic, a group coordinator still loading, a timeout: not a refusal;
-        # the process's own handling says more if it matters
+            if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and not key.startswith("group:"):
+                log.info("access check: topic %r does not exist", key)
+                return True
+        # a group coordinator still loading, a timeout: not a refusal; the process's own
+        # handling says more if it matters
         log.info("access check of %s: %s", key, exc)
-        return
+        return False
     ops = getattr(result, "authorized_operations", None)
     if ops is None:
-        return
+        return False
     allowed = set(ops) | (
         {AclOperation.READ, AclOperation.WRITE} if AclOperation.ALL in ops else set()
     )
     if key.startswith("group:"):
         if AclOperation.READ not in allowed:
             raise denied(kafka, f"consumer group {key[6:]!r}", "read")
-        return
+        return False
     if key in read and AclOperation.READ not in allowed:
         raise denied(kafka, f"topic {key!r}", "read")
     if key in write and AclOperation.WRITE not in allowed:
         raise denied(kafka, f"topic {key!r}", "write")
+    return False
 
 
 def check_registry(client: Any, url: str, ca_setting: str) -> None:
@@ -249,8 +283,10 @@ def preflight(
     read: Sequence[str] = (),
     write: Sequence[str] = (),
     group: str | None = None,
+    must_exist: Mapping[str, str] | None = None,
 ) -> None:
-    """A process's start check: the registry (when it uses one), then Kafka."""
+    """A process's start check: the registry (when it uses one), then Kafka
+    (:func:`check_access`; ``must_exist``: the output topics that must exist)."""
     if registry is not None:
         check_registry(registry, registry_url, "STREAMSCORE_REGISTRY_SSL_CA_LOCATION")
-    check_access(kafka, read=read, write=write, group=group)
+    check_access(kafka, read=read, write=write, group=group, must_exist=must_exist)

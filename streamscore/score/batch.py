@@ -232,6 +232,7 @@ class BatchScorer:
         events: EventFields | None = None,
         shadow_limit: Callable[[], int] | None = None,
         keys: KeyDecoder | None = None,
+        shadow_encoder: BatchEncoder | RowsEncoder | None = None,
     ) -> None:
         """``prediction_limit()``: the largest prediction record (key, value and headers,
         as :func:`~streamscore.kafka.output_limits.wire_size` counts) the predictions topic
@@ -240,11 +241,15 @@ class BatchScorer:
         takes is not predicted: it is dead-lettered
         (:class:`~streamscore.core.errors.OutputTooLargeError`). ``events``: the event's own
         id, time and key fields (default: the shipped event schema's); an event whose id or
-        time cannot be read is dead-lettered."""
+        time cannot be read is dead-lettered. ``shadow_encoder``: the shadow predictions'
+        encoder (their topic's subject; default ``encoder``)."""
         self._prediction_limit = prediction_limit
         self._shadow_limit = shadow_limit or prediction_limit
         self._decoder = batch_decoder(decoder)
         self._encoder = batch_encoder(encoder)
+        self._shadow_encoder = (
+            self._encoder if shadow_encoder is None else batch_encoder(shadow_encoder)
+        )
         self._settings = settings
         self._clock_ms = clock_ms
         self._events = events or EventFields()
@@ -457,8 +462,10 @@ class BatchScorer:
 
         # ---- encode
         encoded: list[bytes] = []
-        for piece in pieces:
-            encoded.extend(self._encoder.encode_columns(piece))
+        for piece, placed in zip(pieces, out._placed, strict=True):
+            # each topic's records with its own subject's schema id
+            enc = self._shadow_encoder if placed.role is Role.SHADOW else self._encoder
+            encoded.extend(enc.encode_columns(piece))
         out.predictions = list(zip(rec_keys, encoded, strict=True))
         if self._prediction_limit is not None and encoded:
             limit = self._prediction_limit()

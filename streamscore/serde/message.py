@@ -402,36 +402,48 @@ def topic_serializer(
     topic_key: str,
     topic: str,
     schema: dict[str, Any],
-    also_topics: Sequence[str] = (),
 ) -> AvroSerializer:
     """The serializer of an output topic: its subject named by the topic's strategy
-    (``settings.strategy(topic_key)``), registration as ``settings.auto_register`` says.
-    ``also_topics`` carry the same records (the shadow predictions): their subjects, by
-    the same strategy, are registered (or, registration off, required) with it."""
-    strategy = settings.strategy(topic_key)
-    subject = strategy.subject(topic, schema)
-    also = dict.fromkeys(strategy.subject(t, schema) for t in also_topics)
-    also.pop(subject, None)  # the record strategy: one subject for every topic
-    return AvroSerializer(
-        registry, subject, schema, auto_register=settings.auto_register, also_subjects=list(also)
-    )
+    (``settings.strategy(topic_key)``), registration as ``settings.auto_register`` says."""
+    subject = settings.strategy(topic_key).subject(topic, schema)
+    return AvroSerializer(registry, subject, schema, auto_register=settings.auto_register)
+
+
+def topic_serializers(
+    registry: RegistryClient,
+    settings: RegistrySettings,
+    topic_key: str,
+    topics: Sequence[str],
+    schema: dict[str, Any],
+) -> list[AvroSerializer]:
+    """:func:`topic_serializer` of each of ``topics``, which carry the same records under
+    the strategy of ``topic_key`` (the predictions and the shadow predictions): each
+    topic's records carry the schema id of its own subject (registration off: the latest
+    version of that subject, looked up). Topics whose subjects are the same (the record
+    strategy) share one serializer."""
+    by_subject: dict[str, AvroSerializer] = {}
+    out = []
+    for topic in topics:
+        ser = topic_serializer(registry, settings, topic_key, topic, schema)
+        out.append(by_subject.setdefault(ser.subject, ser))
+    return out
 
 
 def check_output_subjects(*serializers: AvroSerializer) -> None:
     """Each output's subject, registered or (registration off) looked up and checked now,
     so that a missing or incompatible subject stops the process at start with its typed
     error (:class:`~streamscore.core.errors.SubjectMissingError`). A registry that is away
-    is only logged: the first batch waits for it, as it does later."""
-    for ser in serializers:
+    is only logged: the first batch waits for it, as it does later. A serializer given
+    twice (topics sharing a subject) is checked once."""
+    for ser in dict.fromkeys(serializers):
         try:
             writer = ser.prepare()
         except InfrastructureError as exc:
             log.warning("subject %s not checked at start: %s", ser.subject, exc)
             continue
         log.info(
-            "output subject %s%s: schema id %d%s",
+            "output subject %s: schema id %d%s",
             ser.subject,
-            "".join(f" (and {s})" for s in ser.also_subjects),
             writer.schema_id,
             "" if writer.version is None else f" (latest version {writer.version})",
         )
@@ -522,10 +534,9 @@ class AvroSerializer:
     schema is registered, or, with ``auto_register`` off, the subject's latest version
     is looked up, checked to read records of ``schema``, and written with
     (:func:`~streamscore.serde.wire.writer_schema`); :meth:`prepare` does it at once.
-    ``also_subjects`` (another topic that carries the same records, e.g. the shadow
-    predictions) are registered or checked the same way at the same time: a subject
-    that names the schema for tools that look a topic's schema up by subject; the
-    records carry ``subject``'s id."""
+    Records carry ``subject``'s schema id: another topic with the same records under
+    another subject (the shadow predictions) has a serializer of its own
+    (:func:`topic_serializers`)."""
 
     def __init__(
         self,
@@ -534,11 +545,9 @@ class AvroSerializer:
         schema: dict[str, Any],
         *,
         auto_register: bool = True,
-        also_subjects: Sequence[str] = (),
     ) -> None:
         self._registry = registry
         self._subject = subject
-        self._also = tuple(also_subjects)
         self._schema_json = schema
         self._auto_register = auto_register
         self._writer: WriterSchema | None = None
@@ -549,10 +558,6 @@ class AvroSerializer:
     @property
     def subject(self) -> str:
         return self._subject
-
-    @property
-    def also_subjects(self) -> tuple[str, ...]:
-        return self._also
 
     @property
     def schema_id(self) -> int:
@@ -569,8 +574,6 @@ class AvroSerializer:
         if self._header is None:
             reg, schema, auto = self._registry, self._schema_json, self._auto_register
             writer = writer_schema(reg, self._subject, schema, auto_register=auto)
-            for also in self._also:  # after the main subject: its error is said first
-                writer_schema(reg, also, schema, auto_register=auto)
             self._parsed = parse(writer.schema)
             self._columnar = ColumnarEncoder(writer.schema)
             self._writer = writer

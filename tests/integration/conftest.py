@@ -102,8 +102,9 @@ def _start_containers(exits: ExitStack) -> Endpoints:  # pragma: no cover - need
 
 @pytest.fixture(scope="session")
 def local_cluster() -> LocalCluster:
-    """The local JVM cluster object (whether or not the session uses it)."""
-    return LocalCluster(ClusterSettings(), TopicSettings())
+    """The local JVM cluster object (whether or not the session uses it). Servers it
+    starts (only when the shared cluster was not running) die with the session."""
+    return LocalCluster(ClusterSettings(stop_with_parent=True), TopicSettings())
 
 
 @pytest.fixture(scope="session")
@@ -193,8 +194,9 @@ def s3(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     local_cluster.install()  # the jar comes with the cluster's downloads
     server = S3Proxy(
         local_cluster.installer.s3proxy_jar(),
-        tmp_path_factory.mktemp("s3proxy"),
+        session_run_dir(tmp_path_factory.mktemp("s3proxy")),
         port=free_port(),
+        stop_with_parent=True,
     )
     try:
         yield server.start(heap="192m")
@@ -205,13 +207,49 @@ def s3(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
 # ----------------------------------------------------------------- private cluster
 
 
+#: the run dirs of the servers this session starts: none may be running at its end
+_SESSION_RUN_DIRS: list[Path] = []
+
+
+def session_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, noted as the run dir of servers this session starts (checked by
+    :func:`pytest_sessionfinish`)."""
+    _SESSION_RUN_DIRS.append(run_dir)
+    return run_dir
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture's teardown: no server of this session may still run. One that
+    does (a teardown interrupted, a stop that failed) is killed here, and the session
+    fails naming it. (A session killed outright runs no hook: its servers were started
+    with ``stop_with_parent``, so the kernel kills them.)"""
+    from streamscore.dev import localcluster, s3proxy
+    from streamscore.dev.cluster_processes import kill_pids, process_cmdline, stray_servers
+
+    props = (localcluster.MARKER_PROP, s3proxy.MARKER_PROP)
+    strays = stray_servers(_SESSION_RUN_DIRS, props)
+    if not strays:
+        return
+    named = {p: " ".join(process_cmdline(p) or [])[:300] for p in strays}
+    kill_pids(strays)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    text = "\n".join(f"  pid {p}: {cmd}" for p, cmd in named.items())
+    message = f"servers started by this session were still running at its end (killed):\n{text}"
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def private_cluster_settings(run_dir: Path) -> ClusterSettings:
     """A cluster of our own: the shared downloads, its own run dir, free ports, small
-    heaps (two more JVMs on a shared machine)."""
+    heaps (two more JVMs on a shared machine), its servers dying with the session
+    however it ends, its run dir checked at the end of the session."""
     shared = ClusterSettings()
     settings = ClusterSettings(
         cache_dir=shared.cache_dir,
-        run_dir=run_dir,
+        run_dir=session_run_dir(run_dir),
+        stop_with_parent=True,
         kafka_port=free_port(),
         controller_port=free_port(),
         registry_port=free_port(),

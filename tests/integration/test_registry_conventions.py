@@ -17,6 +17,7 @@ import fastavro
 import numpy as np
 from confluent_kafka.schema_registry import Schema, SchemaReference
 
+from streamscore.core.records import Role
 from streamscore.dev import synthetic
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer
@@ -179,8 +180,9 @@ def test_registration_off_the_shadow_topic_subject_must_exist_too(
 ) -> None:
     """The shadow predictions' subject (named by the predictions' strategy) is an output
     subject like the others: with registration off and only the answers' subject there,
-    the worker stops at start naming the shadow's; once it exists, the worker runs and
-    registers nothing."""
+    the worker stops at start naming the shadow's; once it exists (here a later version,
+    one more field with a default), the worker runs, registers nothing, and each topic's
+    records carry the schema id of its own subject's latest version."""
     t = stack.topics
     _register(stack, f"{t.predictions}-value", schemas.load("prediction"))
     _register(stack, f"{t.telemetry}-value", schemas.load("telemetry"))
@@ -194,11 +196,25 @@ def test_registration_off_the_shadow_topic_subject_must_exist_too(
     assert "Traceback" not in log
     assert shadow not in stack.registry.get_subjects()
 
+    later = copy.deepcopy(schemas.load("prediction"))
+    later["fields"].append({"name": "region", "type": "string", "default": "eu"})
     _register(stack, shadow, schemas.load("prediction"))
+    shadow_id = _register(stack, shadow, later)
+    pred_id = stack.registry.get_latest_version(f"{t.predictions}-value").schema_id
+    assert shadow_id != pred_id
+    stack.publish("abc", 2, role=Role.SHADOW)
     watched = [f"{t.predictions}-value", shadow, f"{t.telemetry}-value"]
     before = _versions(stack, watched)
     w2 = make_worker("withshadow", env=off)
-    stack.produce_events(20)
-    assert len(stack.read(t.predictions, until=lambda got: len(got) >= 20)) == 20
+    stack.produce_events(20, with_c=True)
+    answers = stack.read(t.predictions, until=lambda got: len(got) >= 20)
+    shadows = stack.read(t.predictions_shadow, until=lambda got: len(got) >= 20)
+    assert len(answers) == len(shadows) == 20
+    assert {HEADER.unpack(m.value()[:5])[1] for m in answers} == {pred_id}
+    assert {HEADER.unpack(m.value()[:5])[1] for m in shadows} == {shadow_id}
+    as_written = AvroDeserializer(WriterSchemaCache(stack.registry), None)
+    assert {(as_written(m.value())["role"], as_written(m.value())["region"]) for m in shadows} == {
+        ("shadow", "eu")
+    }
     assert w2.terminate() == 0
     assert _versions(stack, watched) == before

@@ -6,7 +6,9 @@ Importable without pytest (the benchmarks import it too)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -406,3 +408,48 @@ class FakeTxnConsumer:
             )
             for tp in tps
         ]
+
+
+class FakeAdmin:
+    """The ``AdminClient`` calls of the start check (:mod:`streamscore.kafka.access`):
+    ``describe_topics`` answers each of ``topics`` with its authorized operations (all),
+    any other topic with UNKNOWN_TOPIC_OR_PART, as a broker does; groups are allowed."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = set(topics)
+        self.described: list[str] = []
+
+    def __call__(self, conf: dict[str, Any]) -> FakeAdmin:  # stands in for the class
+        return self
+
+    @staticmethod
+    def _done(result: Any = None, error: BaseException | None = None) -> Future[Any]:
+        fut: Future[Any] = Future()
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+        return fut
+
+    def describe_topics(self, topics: Any, **_kw: Any) -> dict[str, Future[Any]]:
+        from confluent_kafka import KafkaError
+        from confluent_kafka.admin import AclOperation  # type: ignore[attr-defined]
+
+        out: dict[str, Future[Any]] = {}
+        for name in topics.topic_names:
+            self.described.append(name)
+            if name in self.topics:
+                found = SimpleNamespace(name=name, authorized_operations=[AclOperation.ALL])
+                out[name] = self._done(found)
+            else:
+                out[name] = self._done(error=kafka_exception(KafkaError.UNKNOWN_TOPIC_OR_PART))
+        return out
+
+    def describe_consumer_groups(self, groups: list[str], **_kw: Any) -> dict[str, Future[Any]]:
+        from confluent_kafka.admin import AclOperation  # type: ignore[attr-defined]
+
+        found = SimpleNamespace(authorized_operations=[AclOperation.READ])
+        return {g: self._done(found) for g in groups}
+
+    def poll(self, timeout: float) -> int:
+        return 0

@@ -180,3 +180,34 @@ def test_a_batch_decoder_that_fails_otherwise_falls_back_to_one_message_at_a_tim
     assert broken.singles == 20
     assert good == want[0] and list(events) == list(want[1])
     assert [(i, type(e)) for i, e in failed] == [(i, type(e)) for i, e in want[2]]
+
+
+def test_shadow_predictions_carry_their_own_topics_schema_id(codecs: dict[str, Any]) -> None:
+    """The shadow's predictions are encoded by the shadow topic's serializer: with
+    registration off, the id of the latest version of its own subject, not the
+    predictions subject's (here a later version, with a field of its own)."""
+    import json
+
+    from confluent_kafka.schema_registry import Schema
+
+    from streamscore.serde.wire import split_header
+
+    reg = codecs["pred"]._registry
+    pred = schemas.load("prediction")
+    later = {
+        **pred,
+        "fields": [*pred["fields"], {"name": "site", "type": "string", "default": "x"}],
+    }
+    shadow_id = reg.register_schema("predictions.shadow-value", Schema(json.dumps(later), "AVRO"))
+    shadow = AvroSerializer(reg, "predictions.shadow-value", pred, auto_register=False)
+    store = ModelStore()
+    store.offer(Role.PRIMARY, _fit(False, 1))
+    store.offer(Role.SHADOW, _fit(True, 2))
+    scorer = BatchScorer(codecs["dec"], codecs["pred"], ScoringSettings(), shadow_encoder=shadow)
+    got = scorer.score(MessageBatch.of(_messages(codecs["enc"], 60)), store.snapshot())
+    answers, shadows = got.predictions[: got.n_answers], got.predictions[got.n_answers :]
+    assert answers and shadows
+    assert {split_header(v)[0] for _k, v in answers} == {codecs["pred"].schema_id}
+    assert {split_header(v)[0] for _k, v in shadows} == {shadow_id} != {codecs["pred"].schema_id}
+    read = AvroDeserializer(WriterSchemaCache(reg), later)
+    assert {(r["role"], r["site"]) for r in (read(v) for _k, v in shadows)} == {("shadow", "x")}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -437,3 +439,111 @@ def test_main_cluster_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert ccli.main_cluster("down", c) == 0
     assert str(c.run_dir) in capsys.readouterr().out
     assert calls == ["reset", "down"]
+
+
+_SPAWNER = """
+import sys, time
+from pathlib import Path
+from streamscore.dev.cluster_processes import ServerProcess
+run = Path(sys.argv[1])
+tied = sys.argv[2] == "1"
+server = ServerProcess("sleeper", run / "s.pid", run / "s.log", "-Dx", stop_with_parent=tied)
+print(server.spawn(["sleep", "300"], run), flush=True)
+time.sleep(300)
+"""
+
+
+def _orphan_after_parent_killed(tmp_path: Path, stop_with_parent: bool) -> bool:
+    """A process spawns a server (``sleep``, in a session of its own) and is SIGKILLed
+    (no ``finally`` runs): does the server live on? Every process started is killed at
+    the end."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _SPAWNER, str(tmp_path), "1" if stop_with_parent else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = None
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert procs.process_cmdline(child) == ["sleep", "300"]
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while procs.process_cmdline(child) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return procs.process_cmdline(child) is not None
+    finally:
+        parent.kill()
+        parent.wait()
+        if child is not None and procs.process_cmdline(child) is not None:
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_test_clusters_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """``stop_with_parent`` (a test's private cluster): the kernel kills the server when
+    the process that started it ends however it ends (a session killed by ``timeout``),
+    where it would otherwise live on in its own session."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert _orphan_after_parent_killed(tmp_path / "a", stop_with_parent=False)
+    assert not _orphan_after_parent_killed(tmp_path / "b", stop_with_parent=True)
+    assert (
+        lc.LocalCluster(ClusterSettings(cache_dir=tmp_path, stop_with_parent=True), TopicSettings())
+        ._servers[lc.KAFKA]
+        .stop_with_parent
+    )
+
+
+def test_a_spawn_whose_pid_file_cannot_be_written_leaves_nothing_running(tmp_path: Path) -> None:
+    server = procs.ServerProcess("sleeper", tmp_path / "gone" / "s.pid", tmp_path / "s.log", "-Dx")
+    before = set(procs._CHILDREN)
+    with pytest.raises(FileNotFoundError):
+        server.spawn(["sleep", "300"], tmp_path)
+    (proc,) = [p for pid, p in procs._CHILDREN.items() if pid not in before]
+    assert proc.returncode is not None and procs.process_cmdline(proc.pid) is None
+
+
+def test_down_stops_every_server_even_when_stopping_one_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that fails or is interrupted (a test's timeout in a teardown) does not
+    leave the other servers running; the first error is raised after."""
+    c = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path), TopicSettings())
+    stopped: list[str] = []
+
+    def stop(server: procs.ServerProcess, *, kill: bool = False) -> None:
+        stopped.append(server.role)
+        if server.role == lc.REGISTRY:
+            raise KeyboardInterrupt
+
+    def s3_stop(self: Any) -> None:
+        stopped.append("s3proxy")
+        raise ClusterError("could not stop local s3proxy")
+
+    monkeypatch.setattr(c, "_stop", stop)
+    monkeypatch.setattr(lc.S3Proxy, "stop", s3_stop)
+    with pytest.raises(ClusterError, match="s3proxy"):
+        c.down()
+    assert stopped == ["s3proxy", lc.REGISTRY, lc.KAFKA]
+    stopped.clear()
+    with pytest.raises(KeyboardInterrupt):
+        c.reset()
+    assert stopped == [lc.REGISTRY, lc.KAFKA]
+
+
+def test_stray_servers_are_this_sessions_marked_java_processes_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "private"
+    table = {
+        1: ["/usr/bin/java", f"-D{lc.MARKER_PROP}={run}#kafka", "kafka.Kafka"],
+        2: ["/usr/bin/java", f"-Ds3.marker={run}/s3", "-jar", "s3proxy.jar"],
+        3: ["/usr/bin/java", f"-D{lc.MARKER_PROP}={tmp_path}/private-other#kafka"],  # not ours
+        4: ["python", f"-D{lc.MARKER_PROP}={run}#kafka"],  # not a java
+        5: ["/usr/bin/java", f"-D{lc.MARKER_PROP}=/root/.cache/streamscore/run#kafka"],  # shared
+    }
+    monkeypatch.setattr(procs, "list_pids", lambda: list(table))
+    monkeypatch.setattr(procs, "process_cmdline", table.get)
+    assert procs.stray_servers([run], [lc.MARKER_PROP, "s3.marker"]) == [1, 2]
+    assert procs.stray_servers([], [lc.MARKER_PROP]) == []

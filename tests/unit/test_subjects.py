@@ -22,8 +22,19 @@ from streamscore.core.errors import (
     SubjectMissingError,
 )
 from streamscore.serde import schemas
-from streamscore.serde.message import AvroDeserializer, check_output_subjects, topic_serializer
-from streamscore.serde.wire import WriterSchemaCache, registry_client, unreadable_by, writer_schema
+from streamscore.serde.message import (
+    AvroDeserializer,
+    check_output_subjects,
+    topic_serializer,
+    topic_serializers,
+)
+from streamscore.serde.wire import (
+    WriterSchemaCache,
+    registry_client,
+    split_header,
+    unreadable_by,
+    writer_schema,
+)
 from tests.unit.test_fast_encode import prediction_columns
 
 
@@ -167,47 +178,64 @@ def test_the_shadow_topic_subject_follows_the_predictions_strategy(
     registry: Any, strategy: SubjectStrategy
 ) -> None:
     """The shadow predictions carry the predictions' records: their topic's subject is
-    named by the predictions' strategy and registered with it (once when the strategy
-    names one subject for both topics); records carry the predictions subject's id."""
+    named by the predictions' strategy; each topic has its own serializer (one shared
+    when the strategy names one subject for both topics), its records its subject's id."""
     settings = RegistrySettings(subject_strategies={"predictions": strategy})
     pred = schemas.load("prediction")
-    ser = topic_serializer(
-        registry, settings, "predictions", "preds", pred, also_topics=["preds.shadow"]
+    main, shadow = topic_serializers(
+        registry, settings, "predictions", ["preds", "preds.shadow"], pred
     )
     want = {
         SubjectStrategy.TOPIC: ["preds-value", "preds.shadow-value"],
-        SubjectStrategy.RECORD: ["streamscore.Prediction"],
+        SubjectStrategy.RECORD: ["streamscore.Prediction", "streamscore.Prediction"],
         SubjectStrategy.TOPIC_RECORD: [
             "preds-streamscore.Prediction",
             "preds.shadow-streamscore.Prediction",
         ],
     }[strategy]
-    assert [ser.subject, *ser.also_subjects] == want
-    writer = ser.prepare()
-    assert sorted(registry.get_subjects()) == sorted(want)
-    assert writer.schema_id == _register(registry, want[0], pred)
+    assert [main.subject, shadow.subject] == want
+    assert (main is shadow) == (strategy is SubjectStrategy.RECORD)
+    check_output_subjects(main, shadow)
+    assert sorted(registry.get_subjects()) == sorted(set(want))
+    assert main.schema_id == _register(registry, want[0], pred)
+    assert shadow.schema_id == _register(registry, want[1], pred)
 
 
-def test_registration_off_the_shadow_subject_must_exist_like_the_others(registry: Any) -> None:
+@pytest.mark.parametrize("strategy", [SubjectStrategy.TOPIC, SubjectStrategy.TOPIC_RECORD])
+def test_registration_off_each_topic_is_written_with_its_own_subjects_id(
+    registry: Any, strategy: SubjectStrategy
+) -> None:
     """Registration off: a missing shadow subject stops the process at start like a missing
-    predictions subject (check_output_subjects), naming it; nothing is registered."""
+    predictions subject (check_output_subjects), naming it; once registered (here a later
+    version than the predictions subject's), the shadow records carry its id, looked up,
+    never registered."""
     pred = schemas.load("prediction")
-    _register(registry, "preds-value", pred)
+    settings = RegistrySettings(auto_register=False, subject_strategies={"predictions": strategy})
+    main_subject = strategy.subject("preds", pred)
+    shadow_subject = strategy.subject("preds.shadow", pred)
+    main_id = _register(registry, main_subject, pred)
     strict = NoRegistration(registry)
-    settings = RegistrySettings(auto_register=False)
 
-    def serializer() -> Any:
-        return topic_serializer(
-            strict, settings, "predictions", "preds", pred, also_topics=["preds.shadow"]
-        )
+    def serializers() -> list[Any]:
+        return topic_serializers(strict, settings, "predictions", ["preds", "preds.shadow"], pred)
 
     with pytest.raises(SubjectMissingError) as err:
-        check_output_subjects(serializer())
-    assert err.value.subject == "preds.shadow-value"
-    _register(registry, "preds.shadow-value", pred)
-    ser = serializer()
-    check_output_subjects(ser)
-    assert ser.schema_id == _register(registry, "preds-value", pred)
+        check_output_subjects(*serializers())
+    assert err.value.subject == shadow_subject
+    assert f"subject {shadow_subject!r} does not exist" in str(err.value)
+    later = {
+        **pred,
+        "fields": [*pred["fields"], {"name": "site", "type": "string", "default": "x"}],
+    }
+    _register(registry, shadow_subject, pred)
+    shadow_id = _register(registry, shadow_subject, later)
+    assert shadow_id != main_id
+    main, shadow = serializers()
+    check_output_subjects(main, shadow)
+    assert (main.schema_id, shadow.schema_id) == (main_id, shadow_id)
+    cols = prediction_columns(5, np.random.default_rng(1), classifier=True)
+    assert {split_header(v)[0] for v in shadow.encode_columns(cols)} == {shadow_id}
+    assert {split_header(v)[0] for v in main.encode_columns(cols)} == {main_id}
     assert strict.register_calls == 0
 
 
