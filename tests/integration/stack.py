@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -37,6 +39,7 @@ from tests.processes import WorkerProcess, free_port, launch, wait_until, worker
 __all__ = [
     "Stack",
     "WorkerProcess",
+    "compile_java",
     "free_port",
     "make_private_worker",
     "make_worker",
@@ -48,6 +51,28 @@ __all__ = [
 ]
 
 SIGNING_KEY_ID = "test"
+
+#: the Java programs some tests run (``tests/integration/java``)
+JAVA_DIR = Path(__file__).parent / "java"
+
+
+def compile_java(
+    cluster: LocalCluster, name: str, out: Path, extra_classpath: Sequence[Path] = ()
+) -> str:
+    """``java/<name>.java`` compiled into ``out`` with ``javac`` against the cluster's own
+    Kafka client jars (and ``extra_classpath``); returns the classpath to run it with."""
+    javac = shutil.which("javac")
+    assert javac is not None, "javac (the JDK the local cluster runs on) is not on PATH"
+    cp = ":".join([f"{cluster.kafka_home / 'libs'}/*", *map(str, extra_classpath)])
+    out.mkdir()
+    res = subprocess.run(
+        [javac, "-d", str(out), "-cp", cp, str(JAVA_DIR / f"{name}.java")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return f"{out}:{cp}"
 
 
 @functools.cache

@@ -17,25 +17,7 @@ from typing import Any
 from streamscore.core.records import prediction_headers
 from streamscore.dev.localcluster import LocalCluster
 
-from .stack import Stack, WorkerProcess, three_role_worker
-
-JAVA_SOURCE = Path(__file__).parent / "java" / "ReadPredictions.java"
-
-
-def _compile(local_cluster: LocalCluster, out: Path) -> str:
-    """The reader compiled into ``out``; returns the classpath to run it with."""
-    javac = shutil.which("javac")
-    assert javac is not None, "javac (the JDK the local cluster runs on) is not on PATH"
-    cp = f"{local_cluster.kafka_home / 'libs'}/*:{local_cluster.avro_jar()}"
-    out.mkdir()
-    res = subprocess.run(
-        [javac, "-d", str(out), "-cp", cp, str(JAVA_SOURCE)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    return f"{out}:{cp}"
+from .stack import Stack, WorkerProcess, compile_java, three_role_worker
 
 
 def test_a_java_consumer_reads_one_answer_per_event_and_the_headers(
@@ -44,7 +26,9 @@ def test_a_java_consumer_reads_one_answer_per_event_and_the_headers(
     local_cluster: LocalCluster,
     tmp_path: Path,
 ) -> None:
-    classpath = _compile(local_cluster, tmp_path / "classes")
+    classpath = compile_java(
+        local_cluster, "ReadPredictions", tmp_path / "classes", [local_cluster.avro_jar()]
+    )
     w = three_role_worker(stack, make_worker, "java", tmp_path)
     n = 2_000
     trace = stack.produce_traced_events(n, n_keys=n)
