@@ -6,16 +6,40 @@ over TLS. The private CA and the servers' certificates are generated on the spot
 
 Principals (each process its own; passwords random, in ``secure/users.json``, mode 0600):
 
-========== ================================================================
-admin      super user (the broker itself, topic creation, ACLs)
-score      the score workers (:func:`process_acls` says what each may do)
-feedback   the feedback workers
-publisher  ``streamscore model publish|rollback|retire`` and ``train``
-========== ================================================================
+=========================== ===================================================
+admin                       super user (the broker's SCRAM user, topic creation,
+                            ACLs)
+CN=streamscore-controller   super user: the broker on its link to its KRaft
+                            controller (a certificate, see below)
+score                       the score workers (:func:`process_acls` says what each
+                            may do)
+feedback                    the feedback workers
+publisher                   ``streamscore model publish|rollback|retire``, ``train``
+=========================== ===================================================
 
-The controller listener stays PLAINTEXT on loopback (the broker's own link to its
-co-located controller, whose principal is ``ANONYMOUS`` and so a super user): clients
-only ever use the ``SASL_SSL`` listener.
+The KRaft controller listener is ``SSL`` with ``ssl.client.auth=required``. Since Kafka
+3.7 (KIP-919) an admin client may talk to the controllers directly
+(``bootstrap.controllers``): a PLAINTEXT controller listener, whose clients are
+``User:ANONYMOUS``, would have to make ``ANONYMOUS`` a super user for the broker's sake,
+and then any local process reaching the port could create ACLs or users. Why a
+certificate and not a password there:
+
+* SCRAM cannot do it: its credentials live in the metadata log the
+  controller itself serves (bootstrapped by ``kafka-storage format --add-scram``,
+  KIP-900); SCRAM on KRaft controller links is an open Kafka issue (KAFKA-15513), and
+  Confluent's cp-ansible refuses it for inter-controller links.
+* PLAIN would put a second password in clear in ``server.properties`` (``user_<name>=``
+  in the listener's JAAS line) and send it on every connection (in clear on
+  ``SASL_PLAINTEXT``); nothing changes it short of a restart.
+* SSL with a required client certificate needs no new secret: the cluster's CA issues a
+  certificate for ``CN=streamscore-controller`` (server *and* client extended key usage),
+  in its own key store ``controller-keystore.pem`` (``listener.name.controller.ssl.*``,
+  which the broker also uses as the client of that listener); the principal is
+  ``User:CN=streamscore-controller``. The registry's certificate is another one, so the
+  registry's key is no super user's. A client certificate the CA issued to a user
+  (``CN=score``...) passes the handshake there but holds no cluster ACL: refused.
+
+Clients only ever use the ``SASL_SSL`` (or mutual-TLS ``SSL``) listener.
 """
 
 from __future__ import annotations
@@ -34,6 +58,10 @@ from ..core.config import ClusterSettings, TopicSettings
 
 #: the principals of the secured profile; ``admin`` is the super user
 USERS = ("admin", "score", "feedback", "publisher")
+#: the common name of the controller listener's certificate: the broker's identity on its
+#: link to the controller (principal ``User:CN=<it>``, a super user)
+CONTROLLER_CN = "streamscore-controller"
+CONTROLLER_PRINCIPAL = f"User:CN={CONTROLLER_CN}"
 SCRAM = "SCRAM-SHA-512"
 SECURE_DIR = "secure"
 
@@ -64,6 +92,14 @@ class SecureFiles:
     def keystore(self) -> Path:
         """The broker's PEM key store: its key, then its certificate and the CA's."""
         return self.root / "server-keystore.pem"
+
+    @property
+    def controller_keystore(self) -> Path:
+        """The KRaft controller listener's PEM key store (key, certificate, CA's): its
+        server certificate and the broker's client certificate on its link to the
+        controller, principal ``User:CN=<CONTROLLER_CN>``, the only super user besides
+        ``admin``. Used by nothing else (the registry has its own key)."""
+        return self.root / "controller-keystore.pem"
 
     @property
     def users(self) -> Path:
@@ -184,11 +220,14 @@ def pem_cert(cert: Any) -> bytes:
 
 
 def ensure_material(run_dir: Path, host: str) -> SecureFiles:
-    """The CA, the servers' certificate and the users' passwords of the cluster in
+    """The CA, the servers' certificates and the users' passwords of the cluster in
     ``run_dir``: made on its first secured start, kept afterwards (the users exist in the
-    broker's formatted storage)."""
+    broker's formatted storage). A run dir made before the controller listener had its
+    own certificate gets one, signed by its CA."""
     files = SecureFiles(run_dir / SECURE_DIR)
     if files.users.is_file() and files.keystore.is_file():
+        if not files.controller_keystore.is_file():
+            _issue_controller(files, *_load_ca(files), host)
         return files
     files.root.mkdir(parents=True, exist_ok=True)
     os.chmod(files.root, 0o700)
@@ -199,6 +238,7 @@ def ensure_material(run_dir: Path, host: str) -> SecureFiles:
     files.server_cert.write_bytes(pem_cert(cert) + pem_cert(ca_cert))
     _write_private(files.server_key, pem_key(key))
     _write_private(files.keystore, pem_key(key) + pem_cert(cert) + pem_cert(ca_cert))
+    _issue_controller(files, ca_key, ca_cert, host)
     passwords = {u: secrets.token_hex(16) for u in USERS}
     for user, pw in passwords.items():
         _write_private(files.password_file(user), pw.encode())
@@ -207,6 +247,19 @@ def ensure_material(run_dir: Path, host: str) -> SecureFiles:
         _write_private(files.client_key(user), pem_key(user_key))
     _write_private(files.users, json.dumps(passwords, indent=2).encode())
     return files
+
+
+def _load_ca(files: SecureFiles) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    return key, x509.load_pem_x509_certificate(files.ca.read_bytes())
+
+
+def _issue_controller(files: SecureFiles, ca_key: Any, ca_cert: Any, host: str) -> None:
+    key, cert = issue(ca_key, ca_cert, CONTROLLER_CN, [host, "localhost", "127.0.0.1"])
+    _write_private(files.controller_keystore, pem_key(key) + pem_cert(cert) + pem_cert(ca_cert))
 
 
 def scram_format_args(files: SecureFiles) -> list[str]:
@@ -230,8 +283,13 @@ def secure_broker_properties(settings: ClusterSettings, files: SecureFiles) -> d
         "listeners": f"{listeners},CONTROLLER://{h}:{settings.controller_port}",
         "advertised.listeners": listeners,
         "inter.broker.listener.name": "SASL_SSL",
-        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:SSL",
         **mtls,
+        # the controller listener: mutual TLS, its own certificate (the broker's client
+        # identity on its link to the controller too); see the module's docstring
+        "listener.name.controller.ssl.client.auth": "required",
+        "listener.name.controller.ssl.keystore.type": "PEM",
+        "listener.name.controller.ssl.keystore.location": str(files.controller_keystore),
         "sasl.enabled.mechanisms": SCRAM,
         "sasl.mechanism.inter.broker.protocol": SCRAM,
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
@@ -243,7 +301,7 @@ def secure_broker_properties(settings: ClusterSettings, files: SecureFiles) -> d
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(files.ca),
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-        "super.users": "User:admin;User:ANONYMOUS",
+        "super.users": f"User:admin;{CONTROLLER_PRINCIPAL}",
         "allow.everyone.if.no.acl.found": "false",
     }
 

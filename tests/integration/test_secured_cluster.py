@@ -1,6 +1,7 @@
 """The secured profile (issue 14, points 1, 4 and 6) on a real broker and registry:
 SASL_SSL with SCRAM-SHA-512 users, a private CA, the StandardAuthorizer with ACLs per
-process, the registry over TLS (``secure_cluster``: one start per session).
+process, the registry over TLS, the KRaft controller listener over mutual TLS
+(``secure_cluster``: one start per session).
 
 Each process runs under its own principal with only its ACLs; each way of being refused
 (a wrong password, an unknown CA, a missing ACL) ends the process with one clear line
@@ -11,6 +12,7 @@ write ACL, no input offset committed and nothing lost once the ACL is granted.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,10 +20,18 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from streamscore.dev.cluster_secure import (
     Grant,
+    SecureFiles,
     acl_bindings,
     apply_acls,
     grant_process,
@@ -34,7 +44,7 @@ from streamscore.dev.synthetic import demo_bundle
 from tests.processes import launch
 
 from .feedback_stack import produce_labels, wait_rows
-from .stack import Stack, WorkerProcess, secure_env, worker_launcher
+from .stack import Stack, WorkerProcess, compile_java, secure_env, worker_launcher
 
 
 @pytest.fixture
@@ -349,3 +359,126 @@ def test_a_registry_refusing_the_output_schema_stops_the_worker_before_it_consum
     assert "check its compatibility" in line[0]
     assert all(o < 0 for o in _committed(secure_cluster, stack.group_id, stack.topics.events, 4))
     assert stack.read_to_end(stack.topics.dlq) == []  # not the input's fault: no dead letter
+
+
+def _controller_admin(
+    cluster: LocalCluster, classpath: str, conf: Path | None, action: str, principal: str
+) -> str:
+    """What ``java/ControllerAcls.java`` (Kafka's Java admin client with
+    ``bootstrap.controllers``, KIP-919) answers on the controller port: ``OK ...`` or
+    ``FAILED <exception class>: <message>``."""
+    java = shutil.which("java")
+    assert java is not None
+    s = cluster.settings
+    res = subprocess.run(
+        [
+            java,
+            "-cp",
+            classpath,
+            "ControllerAcls",
+            f"{s.host}:{s.controller_port}",
+            str(conf) if conf is not None else "-",
+            action,
+            principal,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [x for x in res.stdout.splitlines() if x.startswith(("OK", "FAILED"))]
+    assert len(lines) == 1, res.stdout + res.stderr[-3000:]
+    return lines[0]
+
+
+def _controller_handshake_failures(cluster: LocalCluster) -> int:
+    """How many connections the controller listener refused at the TLS handshake (the
+    broker's log)."""
+    log = cluster.status().kafka_log.read_text(errors="replace")
+    return sum(
+        "listenerType=CONTROLLER" in line and "(SSL handshake failed)" in line
+        for line in log.splitlines()
+    )
+
+
+def _tls_client_conf(path: Path, files: SecureFiles, key: Path, cert: Path) -> Path:
+    """Java client properties: TLS trusting the cluster's CA, ``cert`` as the client's
+    certificate (written beside ``path`` as one PEM key store)."""
+    keystore = path.with_suffix(".keystore.pem")
+    keystore.write_bytes(key.read_bytes() + cert.read_bytes())
+    path.write_text(
+        "security.protocol=SSL\n"
+        "ssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={files.ca}\n"
+        "ssl.keystore.type=PEM\n"
+        f"ssl.keystore.location={keystore}\n"
+    )
+    return path
+
+
+def test_the_controller_port_refuses_unauthenticated_and_unprivileged_admin_clients(
+    secure_cluster: LocalCluster, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """An admin client may talk to the controllers directly (``bootstrap.controllers``,
+    KIP-919): the controller listener takes only the certificates the cluster's CA
+    signed, and only the broker's own (``User:CN=streamscore-controller``) is a super user
+    there, so a local process can neither read nor create ACLs through it."""
+    files = secure_cluster.secure_files
+    assert files is not None
+    classpath = compile_java(secure_cluster, "ControllerAcls", tmp_path / "classes")
+    intruder = f"User:{unique_name('intruder')}"
+
+    def attempt(conf: Path | None, action: str) -> str:
+        return _controller_admin(secure_cluster, classpath, conf, action, intruder)
+
+    # no credentials at all, what the PLAINTEXT controller listener let in as the super
+    # user ANONYMOUS: the controller drops the connection at the TLS handshake, the
+    # client never gets an answer
+    refused_before = _controller_handshake_failures(secure_cluster)
+    for action, call in (("describe", "describeAcls"), ("create", "createAcls")):
+        assert attempt(None, action) == (
+            "FAILED org.apache.kafka.common.errors.TimeoutException: "
+            f"Timed out waiting for a node assignment. Call: {call}"
+        )
+    assert _controller_handshake_failures(secure_cluster) > refused_before
+    # TLS without a client certificate: the handshake fails
+    no_cert = tmp_path / "no-cert.properties"
+    no_cert.write_text(
+        f"security.protocol=SSL\nssl.truststore.type=PEM\nssl.truststore.location={files.ca}\n"
+    )
+    for action in ("describe", "create"):
+        assert attempt(no_cert, action).startswith(
+            "FAILED org.apache.kafka.common.errors.SslAuthenticationException: "
+        )
+    # a certificate the CA signed for another principal (User:CN=score): authenticated on
+    # the controller listener, not authorized there (only super users hold cluster rights)
+    score = _tls_client_conf(
+        tmp_path / "score.properties", files, files.client_key("score"), files.client_cert("score")
+    )
+    for action in ("describe", "create"):
+        outcome = attempt(score, action)
+        assert outcome.startswith(
+            "FAILED org.apache.kafka.common.errors.ClusterAuthorizationException: "
+        ), outcome
+        assert "listenerName=ListenerName(CONTROLLER), securityProtocol=SSL" in outcome
+    # the broker's own identity may (the listener works; the refusals above are about who)
+    controller = tmp_path / "controller.properties"
+    controller.write_text(
+        "security.protocol=SSL\nssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={files.ca}\n"
+        f"ssl.keystore.type=PEM\nssl.keystore.location={files.controller_keystore}\n"
+    )
+    assert attempt(controller, "describe").startswith("OK ")
+    # and the refused create left nothing behind (asked through the broker, as admin)
+    admin = AdminClient(secure_cluster.client_config("admin"))
+    mine = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        intruder,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    assert admin.describe_acls(mine, request_timeout=30).result(30) == []

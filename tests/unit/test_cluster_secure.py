@@ -9,9 +9,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from streamscore.core.config import ClusterSettings, TopicSettings
+from streamscore.dev.cluster_config import render_server_properties
 from streamscore.dev.cluster_secure import (
+    CONTROLLER_CN,
     USERS,
     Grant,
     client_env,
@@ -112,3 +115,56 @@ def test_cluster_secure_flag_picks_the_secured_profile_beside_the_plain_cluster(
     ports = {secure.kafka_port, secure.controller_port, secure.registry_port, secure.mtls_port}
     assert not ports & {plain.kafka_port, plain.controller_port, plain.registry_port}
     assert len(ports) == 4
+
+
+def _pem_certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def test_the_controller_listener_authenticates_by_certificate_and_anonymous_is_no_super_user(
+    tmp_path: Path,
+) -> None:
+    settings = ClusterSettings(secure=True, kafka_port=29092, controller_port=29093)
+    files = ensure_material(tmp_path, settings.host)
+    rendered = render_server_properties(
+        settings, tmp_path / "data", secure_broker_properties(settings, files)
+    )
+    props = dict(line.split("=", 1) for line in rendered.splitlines() if not line.startswith("#"))
+    protocols = dict(p.split(":") for p in props["listener.security.protocol.map"].split(","))
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert protocols["CONTROLLER"] == "SSL"
+    assert "PLAINTEXT" not in protocols.values()
+    assert "CONTROLLER://127.0.0.1:29093" in props["listeners"].split(",")
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["listener.name.controller.ssl.keystore.location"] == str(files.controller_keystore)
+    assert props["super.users"].split(";") == ["User:admin", f"User:CN={CONTROLLER_CN}"]
+    assert "ANONYMOUS" not in rendered
+    # its certificate: the CA's, for the controller's address, usable both as the
+    # listener's server certificate and as the broker's client certificate on that link;
+    # not the registry's (whose key must not be a super user's)
+    cert, ca = _pem_certs(files.controller_keystore)
+    cert.verify_directly_issued_by(ca)
+    assert ca == x509.load_pem_x509_certificate(files.ca.read_bytes())
+    assert cert.subject.rfc4514_string() == f"CN={CONTROLLER_CN}"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usage)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert cert != _pem_certs(files.server_cert)[0]
+    assert stat.S_IMODE(files.controller_keystore.stat().st_mode) == 0o600
+
+
+def test_a_run_dir_from_before_the_controller_certificate_gets_one_from_its_own_ca(
+    tmp_path: Path,
+) -> None:
+    files = ensure_material(tmp_path, "127.0.0.1")
+    passwords, keystore = files.passwords(), files.keystore.read_bytes()
+    files.controller_keystore.unlink()  # as made by the earlier version
+    again = ensure_material(tmp_path, "127.0.0.1")
+    cert, ca = _pem_certs(again.controller_keystore)
+    assert ca == x509.load_pem_x509_certificate(files.ca.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.rfc4514_string() == f"CN={CONTROLLER_CN}"
+    # nothing else changed: the users in the formatted storage keep their passwords
+    assert again.passwords() == passwords
+    assert again.keystore.read_bytes() == keystore
