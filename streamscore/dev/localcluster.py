@@ -86,6 +86,8 @@ KAFKA = "kafka"
 REGISTRY = "registry"
 #: the order ``down`` and ``reset`` stop the servers in
 STOP_ORDER = (REGISTRY, KAFKA)
+#: how long a start waits for a port a just-stopped server may still hold
+PORT_RELEASE_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,12 @@ class LocalCluster:
     # --------------------------------------------------------------------- start
 
     def _check_ports(self, role: str, ports: Sequence[int]) -> None:
+        # a server stopped a moment ago may still be closing its sockets (its command
+        # line is gone before its files are closed, and a JVM has many): a short grace
+        deadline = time.monotonic() + PORT_RELEASE_GRACE_S
         for port in ports:
+            while port_in_use(self.settings.host, port) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if port_in_use(self.settings.host, port):
                 raise PortInUseError(
                     f"port {self.settings.host}:{port} (needed by the local {role}) is "

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,10 @@ def test_port_in_use_detects_a_bound_socket() -> None:
     assert not procs.port_in_use("127.0.0.1", port)
 
 
-def test_up_refuses_a_port_taken_by_someone_else(tmp_path: Path) -> None:
+def test_up_refuses_a_port_taken_by_someone_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lc, "PORT_RELEASE_GRACE_S", 0.3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -125,6 +129,24 @@ def test_up_refuses_a_port_taken_by_someone_else(tmp_path: Path) -> None:
             cluster._check_ports("kafka", [port])
         assert ei.value.port == port
         assert str(port) in str(ei.value)
+
+
+def test_a_port_released_within_the_grace_is_taken(tmp_path: Path) -> None:
+    """A server stopped a moment ago may still hold its port while its files close: the
+    start waits for it (up to PORT_RELEASE_GRACE_S) instead of refusing."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    cluster = lc.LocalCluster(ClusterSettings(cache_dir=tmp_path, kafka_port=port), TopicSettings())
+    closer = threading.Timer(0.5, s.close)
+    closer.start()
+    try:
+        cluster._check_ports("kafka", [port])  # returns once the port is free
+        assert not procs.port_in_use("127.0.0.1", port)
+    finally:
+        closer.cancel()
+        s.close()
 
 
 def test_manifest_roundtrip_and_corruption(tmp_path: Path) -> None:
