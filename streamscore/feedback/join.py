@@ -216,8 +216,13 @@ class JoinState:
         return any(s.dirty > s.cache_entries for s in self._parts.values())
 
     # ------------------------------------------------------------------ inputs
-    def add_prediction(self, p: Prediction, raw: bytes = b"") -> JoinOutput:
-        out = JoinOutput()
+    def add_prediction(
+        self, p: Prediction, raw: bytes = b"", *, out: JoinOutput | None = None
+    ) -> JoinOutput:
+        """Apply one prediction; what it settles is added to ``out`` (a new output by
+        default), which is returned."""
+        if out is None:
+            out = JoinOutput()
         part = self._part_of(p.position)
         e = part.get(p.event_id)
         if e is None:
@@ -243,8 +248,11 @@ class JoinState:
                 self._expire(part, out)
         return out
 
-    def add_label(self, lab: Feedback) -> JoinOutput:
-        out = JoinOutput()
+    def add_label(self, lab: Feedback, *, out: JoinOutput | None = None) -> JoinOutput:
+        """Apply one label; what it settles is added to ``out`` (a new output by
+        default), which is returned."""
+        if out is None:
+            out = JoinOutput()
         self.stats.received += 1
         part = self._part_of(lab.position)
         e = part.get(lab.event_id)

@@ -27,11 +27,17 @@ the message's length. The scan's work is too: every step consumes bytes, except 
 fields of records (bounded by the schema per record entered) and items that take no
 bytes (skipped in one step, never one by one).
 
-Only writer schemas that can nest or repeat (arrays, maps, recursive named types, or
-records nested deeper than the limit) need the scan before fastavro (``guard``); flat
-schemas are safe in fastavro (a string length past the end is an ``EOFError`` there,
-nothing is allocated) and take the column-wise path. For them the scan is run only after
-fastavro has failed, to name the flaw as precisely as for the others.
+Only writer schemas whose messages can make fastavro work beyond their length need the
+scan before fastavro (``guard``): recursive named types, records nested deeper than the
+limit, and arrays whose items may take no bytes. Other schemas are safe in fastavro: a
+string length past the end is an ``EOFError`` there (nothing is allocated), and an array
+or map of items that each take at least one byte ends, at the latest, with the message
+(fastavro appends item by item, it allocates nothing from a claimed count), however many
+items its blocks claim; nesting is bounded by the schema. Flat ones take the column-wise
+path; the others (a prediction's arrays and map) are read by fastavro directly, a pure
+Python walk of every message less. For all of them the scan is run after fastavro has
+failed, to name the flaw (a count too large, a length past the end) as precisely as for
+the guarded ones.
 """
 
 from __future__ import annotations
@@ -99,7 +105,9 @@ class _Compiler:
     def __init__(self, named: Mapping[str, Any]) -> None:
         self._named = named
         self._records: dict[str, _Node] = {}
-        self.guard = False  # arrays, maps or recursion: the data says how much
+        #: recursion, or arrays of items that may take no bytes: fastavro's work is then
+        #: the data's to say (arrays and maps of items that take bytes end with the bytes)
+        self.guard = False
 
     def node(self, schema: Any, path: frozenset[str]) -> _Node:
         if isinstance(schema, list):
@@ -131,9 +139,12 @@ class _Compiler:
         if t == "fixed":
             return _Node(_FIXED, int(schema["size"]))
         if t == "array" or t == "map":
-            self.guard = True  # repeats: as many items as the data says
             container = _Node(_ARRAY if t == "array" else _MAP)
             item = self.node(schema["items" if t == "array" else "values"], path)
+            if t == "array" and item.least == 0:
+                # items that take no bytes: as many as the data says, for no bytes read
+                # (a map's entry always takes its key's length byte)
+                self.guard = True
             container.steps = [item]
             container.least = 1  # the block count ending it
             container.height = 1 + item.height

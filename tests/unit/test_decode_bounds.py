@@ -279,6 +279,26 @@ def test_flat_schemas_are_not_scanned_before_fastavro(registry: Any) -> None:
         assert len(dec.decode_many(values[:5])[0]) == 5  # the per-message path
 
 
+def test_arrays_and_maps_of_items_that_take_bytes_are_not_scanned_first(registry: Any) -> None:
+    """A prediction's arrays and map end with the message whatever their blocks claim:
+    fastavro reads them directly (no pure Python walk per message), and a claim too large
+    still fails at once with the scan's typed error, named after fastavro stopped."""
+    assert not BoundedScan(parse(schemas.load("prediction"))).guard
+    assert BoundedScan(parse(NULL_ARRAY_WRITER)).guard  # items that take no bytes
+    writer = event_with("array-bomb", field("xs", {"type": "array", "items": "double"}))
+    ser = AvroSerializer(registry, "array-bomb-value", writer)
+    dec = deserializer(registry)
+    base = events(ser, 1, xs=[])[0]
+    values = [base, base[:-1] + varint(2**62) + bytes(40)]
+    with mock.patch.object(BoundedScan, "scan", side_effect=AssertionError("scanned")):
+        good, _records, _failed = dec.decode_many(values[:1])
+        assert good == [0]
+    t0 = time.perf_counter()
+    err = failure(dec, values[1])
+    assert type(err) is errors.ClaimedCountTooLargeError and err.count == 2**62
+    assert time.perf_counter() - t0 < 1.0
+
+
 # -------------------------------------------------------- nullable writer unions (case 9)
 
 
