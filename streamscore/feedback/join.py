@@ -212,6 +212,13 @@ class JoinState:
         if s is not None and pos[2] >= s.meta.input_offset:
             s.meta.input_offset = pos[2] + 1
 
+    def prefetch(self, tp: tuple[str, int], eids: Iterable[str]) -> None:
+        """The entries of a batch's event ids on ``tp`` read from its store at once
+        (:meth:`PartitionState.prefetch`) before its messages are applied."""
+        s = self._parts.get(tp)
+        if s is not None:
+            s.prefetch(eids)
+
     def needs_commit(self) -> bool:
         return any(s.dirty > s.cache_entries for s in self._parts.values())
 

@@ -259,6 +259,7 @@ class FeedbackLoop:
         kinds: list[bytes | None] = []
         pred_i: list[int] = []
         label_i: list[int] = []
+        keys: dict[tuple[str, int], list[bytes]] = {}
         for i, msg in enumerate(msgs):
             kind = _kind(msg) if msg.error() is None else None
             kinds.append(kind)
@@ -266,6 +267,15 @@ class FeedbackLoop:
                 pred_i.append(i)
             elif kind == LABEL:
                 label_i.append(i)
+            else:
+                continue
+            key = msg.key()
+            if key is not None:  # the router's key: the event id
+                tp = (msg.topic(), msg.partition())
+                ks = keys.get(tp)
+                if ks is None:
+                    ks = keys[tp] = []
+                ks.append(key)
         try:  # batch decode; a registry away puts the whole batch back
             decoded: dict[int, Any] = _decode_batch(self._dec_pred, msgs, pred_i)
             decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
@@ -274,6 +284,8 @@ class FeedbackLoop:
             return
         self._put_back.ok()
         self._read_labels(msgs, label_i, decoded)
+        for tp, ks in keys.items():  # one multi-get per partition, not one get per message
+            self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
         out = JoinOutput()
         join = self.join
         duplicate = join.stats.duplicate
