@@ -459,7 +459,7 @@ class PartitionState:
         db = self._db
         assert db is not None
         wo = WriteOptions()
-        wo.disable_wal = True
+        wo.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (stub: a method)
         index, entry, meta_key, pack = INDEX, ENTRY, META, _EXP.pack
         wb = WriteBatch(raw_mode=True)
         n = in_batch = written = 0
