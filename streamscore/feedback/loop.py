@@ -216,6 +216,8 @@ class FeedbackLoop:
         # rows recently written by any worker: a re-read message of theirs settles at once
         n = self.store.refresh()
         log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        if self._changelog is not None:
+            self._changelog.look_up_ends([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
             state = self.open_partition(tp.topic, tp.partition)
             if state.meta.input_offset >= 0:
