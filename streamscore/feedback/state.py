@@ -12,9 +12,11 @@ through ``rocksdict``, raw bytes)::
 Memory is bounded by ``cache_entries`` (the most recently committed entries, kept as
 their encoded bytes: a few hundred bytes each, no Python objects for the garbage collector
 to walk; decoded again when read) plus the changes since the last commit; RocksDB holds
-the rest (its block cache, memtables, index and filter blocks are bounded too, see
-:func:`_options`). Expiry is a range scan of the
-time index up to the partition's watermark, never a scan of the entries.
+the rest: its block cache and memtables are one budget shared by every store of the
+process, its index and filter blocks a few bytes per key (see :func:`_options`). Lookups
+are batched: the loop reads a consumed batch's entries in one multi-get per partition
+(:meth:`PartitionState.prefetch`). Expiry is a range scan of the time index up to the
+partition's watermark, never a scan of the entries.
 
 Commit (two phases, driven by the loop): :meth:`PartitionState.changes` encodes every
 entry changed since the last commit plus the meta record (the next input offset of the
@@ -40,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from ..core.errors import StateStoreError
 from ..core.records import Feedback, Prediction, Role
@@ -189,17 +199,36 @@ def relax_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+#: block cache and memtables of all the partition stores of one process, together
+BLOCK_CACHE_BYTES = 64 << 20
+MEMTABLE_BYTES = 64 << 20
+_shared: tuple[Cache, WriteBufferManager] | None = None
+
+
+def _memory() -> tuple[Cache, WriteBufferManager]:
+    """The block cache and the memtable budget every store of the process shares: a
+    worker that owns four partitions holds four stores, and with a cache and memtables
+    of their own each (64 + 64 MB) filling a million pending predictions took it near a
+    gigabyte."""
+    global _shared
+    if _shared is None:
+        _shared = (Cache(BLOCK_CACHE_BYTES), WriteBufferManager(MEMTABLE_BYTES, False))
+    return _shared
+
+
 def _options() -> Options:
+    cache, memtables = _memory()
     o = Options(raw_mode=True)
     o.create_if_missing(True)
     o.set_write_buffer_size(32 << 20)
     o.set_max_write_buffer_number(2)
+    o.set_write_buffer_manager(memtables)  # flushes the largest when all exceed the budget
     # most lookups are of event ids not in the store (a new prediction): a bloom filter
     # on the memtables too answers them without searching the memtables' skip lists
     o.set_memtable_prefix_bloom_ratio(0.1)
     o.set_memtable_whole_key_filtering(True)
     t = BlockBasedOptions()
-    t.set_block_cache(Cache(64 << 20))
+    t.set_block_cache(cache)
     t.set_bloom_filter(10, False)
     # index and filter blocks stay in memory, outside the block cache: a few bytes per
     # key (about 40 MB per 10 million pending predictions with their index keys). In the
