@@ -27,17 +27,21 @@ the message's length. The scan's work is too: every step consumes bytes, except 
 fields of records (bounded by the schema per record entered) and items that take no
 bytes (skipped in one step, never one by one).
 
-Only writer schemas whose messages can make fastavro work beyond their length need the
-scan before fastavro (``guard``): recursive named types, records nested deeper than the
-limit, and arrays whose items may take no bytes. Other schemas are safe in fastavro: a
-string length past the end is an ``EOFError`` there (nothing is allocated), and an array
-or map of items that each take at least one byte ends, at the latest, with the message
-(fastavro appends item by item, it allocates nothing from a claimed count), however many
-items its blocks claim; nesting is bounded by the schema. Flat ones take the column-wise
-path; the others (a prediction's arrays and map) are read by fastavro directly, a pure
-Python walk of every message less. For all of them the scan is run after fastavro has
-failed, to name the flaw (a count too large, a length past the end) as precisely as for
-the guarded ones.
+Reading as written (no reader schema to resolve to, the common case of a topic's own
+schema) needs less: fastavro reading every value of an array or a map stops with an
+``EOFError`` at the end of the bytes whatever count a block claims, as long as each item
+takes at least one byte, and nesting is then bounded by the schema; so only recursion,
+records nested deeper than the limit and arrays of items that may take no bytes need the
+scan first (``guard_read``). Resolving to another reader schema is different: fastavro
+*skips* the writer's fields the reader does not have, and a skip seeks past the end
+without noticing, so an array claiming 2**62 items of 8 bytes would keep it busy for ever:
+there every schema that nests or repeats is scanned first (``guard``).
+
+Only writer schemas that can nest or repeat (arrays, maps, recursive named types, or
+records nested deeper than the limit) need the scan before fastavro (``guard``); flat
+schemas are safe in fastavro (a string length past the end is an ``EOFError`` there,
+nothing is allocated) and take the column-wise path. For them the scan is run only after
+fastavro has failed, to name the flaw as precisely as for the others.
 """
 
 from __future__ import annotations
@@ -105,9 +109,10 @@ class _Compiler:
     def __init__(self, named: Mapping[str, Any]) -> None:
         self._named = named
         self._records: dict[str, _Node] = {}
-        #: recursion, or arrays of items that may take no bytes: fastavro's work is then
-        #: the data's to say (arrays and maps of items that take bytes end with the bytes)
-        self.guard = False
+        self.guard = False  # arrays, maps or recursion: the data says how much
+        #: recursion, or arrays of items that may take no bytes: the data says how much
+        #: even to a reader that reads every value (see ``BoundedScan.guard_read``)
+        self.guard_read = False
 
     def node(self, schema: Any, path: frozenset[str]) -> _Node:
         if isinstance(schema, list):
@@ -124,7 +129,7 @@ class _Compiler:
             if schema in ("string", "bytes"):
                 return _Node(_BYTES, least=1)  # the length
             if schema in path:
-                self.guard = True  # recursion: as deep as the data says
+                self.guard = self.guard_read = True  # recursion: as deep as the data says
                 return self._records[schema]
             if schema in self._named:
                 return self.node(self._named[schema], path)
@@ -139,13 +144,12 @@ class _Compiler:
         if t == "fixed":
             return _Node(_FIXED, int(schema["size"]))
         if t == "array" or t == "map":
+            self.guard = True  # repeats: as many items as the data says
             container = _Node(_ARRAY if t == "array" else _MAP)
             item = self.node(schema["items" if t == "array" else "values"], path)
-            if t == "array" and item.least == 0:
-                # items that take no bytes: as many as the data says, for no bytes read
-                # (a map's entry always takes its key's length byte)
-                self.guard = True
             container.steps = [item]
+            if t == "array" and item.least == 0:  # (a map's entry takes its key's length)
+                self.guard_read = True
             container.least = 1  # the block count ending it
             container.height = 1 + item.height
             return container
@@ -180,9 +184,11 @@ class BoundedScan:
     """The compiled scan of one writer schema (a schema parsed by fastavro).
 
     ``guard`` says whether fastavro needs it before reading a message of this schema
-    (the schema can nest or repeat); ``scan`` checks one message."""
+    (the schema can nest or repeat); ``guard_read`` whether it does even when it reads
+    the message with this schema itself, every value read and none skipped; ``scan``
+    checks one message."""
 
-    __slots__ = ("_root", "guard", "max_depth")
+    __slots__ = ("_root", "guard", "guard_read", "max_depth")
 
     def __init__(self, parsed_writer: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         if max_depth < 1:
@@ -194,7 +200,9 @@ class BoundedScan:
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaTooComplexError(f"{type(exc).__name__}: {exc}") from exc
         # deeper than the limit even without recursion: the scan says so before fastavro
-        self.guard = compiler.guard or self._root.height > max_depth
+        too_deep = self._root.height > max_depth
+        self.guard = compiler.guard or too_deep
+        self.guard_read = compiler.guard_read or too_deep
         self.max_depth = max_depth
 
     def scan(self, data: Any, start: int, schema_id: int) -> int:
