@@ -212,12 +212,24 @@ class JoinState:
         if s is not None and pos[2] >= s.meta.input_offset:
             s.meta.input_offset = pos[2] + 1
 
+    def prefetch(self, tp: tuple[str, int], eids: Iterable[str]) -> None:
+        """The entries of a batch's event ids on ``tp`` read from its store at once
+        (:meth:`PartitionState.prefetch`) before its messages are applied."""
+        s = self._parts.get(tp)
+        if s is not None:
+            s.prefetch(eids)
+
     def needs_commit(self) -> bool:
         return any(s.dirty > s.cache_entries for s in self._parts.values())
 
     # ------------------------------------------------------------------ inputs
-    def add_prediction(self, p: Prediction, raw: bytes = b"") -> JoinOutput:
-        out = JoinOutput()
+    def add_prediction(
+        self, p: Prediction, raw: bytes = b"", *, out: JoinOutput | None = None
+    ) -> JoinOutput:
+        """Apply one prediction; what it settles is added to ``out`` (a new output by
+        default), which is returned."""
+        if out is None:
+            out = JoinOutput()
         part = self._part_of(p.position)
         e = part.get(p.event_id)
         if e is None:
@@ -243,8 +255,11 @@ class JoinState:
                 self._expire(part, out)
         return out
 
-    def add_label(self, lab: Feedback) -> JoinOutput:
-        out = JoinOutput()
+    def add_label(self, lab: Feedback, *, out: JoinOutput | None = None) -> JoinOutput:
+        """Apply one label; what it settles is added to ``out`` (a new output by
+        default), which is returned."""
+        if out is None:
+            out = JoinOutput()
         self.stats.received += 1
         part = self._part_of(lab.position)
         e = part.get(lab.event_id)

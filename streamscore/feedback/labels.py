@@ -24,12 +24,12 @@ message. The field names are looked up once, never guessed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.config import TimeEncoding
-from ..core.errors import BadLabelError, MissingFieldError, WrongTypeError
+from ..core.errors import BadLabelError, MissingFieldError, StreamscoreError, WrongTypeError
 from ..core.records import Feedback, Position
 from ..features.event_fields import event_ids, event_times_ms
 
@@ -95,23 +95,51 @@ class LabelReader:
         position: Position | None = None,
         timestamp_ms: int | None = None,
     ) -> Feedback:
+        (lab,) = self.read_many([record], [position], [timestamp_ms])
+        if isinstance(lab, StreamscoreError):
+            raise lab
+        return lab
+
+    def read_many(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        positions: Sequence[Position | None],
+        timestamps_ms: Sequence[int | None],
+    ) -> list[Feedback | StreamscoreError]:
+        """A batch of label records read at once (the id and time columns in one pass
+        each): each one's :class:`Feedback`, or the typed error that says why it is not
+        a label (the id checked first, then the time, then the label)."""
         f = self.fields
-        ids, bad = event_ids([record], f.id_field)
-        if bad:
-            raise bad[0]
+        ids, bad_ids = event_ids(records, f.id_field)
+        times: list[int] = []
+        bad_times: dict[int, StreamscoreError] = {}
         if f.time_field is None:
-            if timestamp_ms is None or timestamp_ms < 0:
-                raise MissingFieldError(
-                    "the label message has no timestamp (and [labels] names no time_field)",
-                    field="timestamp",
-                )
-            observed = int(timestamp_ms)
+            for i, ts in enumerate(timestamps_ms):
+                if ts is None or ts < 0:
+                    bad_times[i] = MissingFieldError(
+                        "the label message has no timestamp (and [labels] names no time_field)",
+                        field="timestamp",
+                    )
+                    times.append(0)
+                else:
+                    times.append(int(ts))
         else:
-            times, bad = event_times_ms([record], f.time_field, f.time_encoding)
-            if bad:
-                raise bad[0]
-            observed = int(times[0])
-        return Feedback(ids[0], self._label(record), observed, position)
+            col, bad_times = event_times_ms(records, f.time_field, f.time_encoding)
+            times = col.tolist()
+        out: list[Feedback | StreamscoreError] = []
+        label = self._label
+        for i, rec in enumerate(records):
+            err = bad_ids.get(i) if bad_ids else None
+            if err is None and bad_times:
+                err = bad_times.get(i)
+            if err is not None:
+                out.append(err)
+                continue
+            try:
+                out.append(Feedback(ids[i], label(rec), times[i], positions[i]))
+            except StreamscoreError as exc:
+                out.append(exc)
+        return out
 
     def _label(self, record: Mapping[str, Any]) -> float | str:
         name, task = self.fields.label_field, self.fields.task

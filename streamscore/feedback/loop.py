@@ -68,7 +68,7 @@ from ..core.errors import (
     UnknownKindError,
     ValidationError,
 )
-from ..core.records import Position, Prediction, Role, Telemetry
+from ..core.records import Feedback, Position, Prediction, Role, Telemetry
 from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
@@ -216,6 +216,8 @@ class FeedbackLoop:
         # rows recently written by any worker: a re-read message of theirs settles at once
         n = self.store.refresh()
         log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        if self._changelog is not None:
+            self._changelog.look_up_ends([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
             state = self.open_partition(tp.topic, tp.partition)
             if state.meta.input_offset >= 0:
@@ -259,6 +261,7 @@ class FeedbackLoop:
         kinds: list[bytes | None] = []
         pred_i: list[int] = []
         label_i: list[int] = []
+        keys: dict[tuple[str, int], list[bytes]] = {}
         for i, msg in enumerate(msgs):
             kind = _kind(msg) if msg.error() is None else None
             kinds.append(kind)
@@ -266,15 +269,29 @@ class FeedbackLoop:
                 pred_i.append(i)
             elif kind == LABEL:
                 label_i.append(i)
+            else:
+                continue
+            key = msg.key()
+            if key is not None:  # the router's key: the event id
+                tp = (msg.topic(), msg.partition())
+                ks = keys.get(tp)
+                if ks is None:
+                    ks = keys[tp] = []
+                ks.append(key)
         try:  # batch decode; a registry away puts the whole batch back
-            decoded = _decode_batch(self._dec_pred, msgs, pred_i)
+            decoded: dict[int, Any] = _decode_batch(self._dec_pred, msgs, pred_i)
             decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
         except InfrastructureError as exc:
             self._registry_away(msgs, exc)
             return
         self._put_back.ok()
+        self._read_labels(msgs, label_i, decoded)
+        for tp, ks in keys.items():  # one multi-get per partition, not one get per message
+            self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
         out = JoinOutput()
         join = self.join
+        duplicate = join.stats.duplicate
+        n_labels = 0
         for i, msg in enumerate(msgs):
             err = msg.error()
             if err is not None:
@@ -285,22 +302,17 @@ class FeedbackLoop:
             try:
                 kind = kinds[i]
                 rec = decoded.get(i)
-                if isinstance(rec, StreamscoreError):
+                if isinstance(rec, Exception):  # the typed error of a bad message
                     raise rec
                 if kind == PREDICTION:
-                    assert rec is not None
+                    assert isinstance(rec, dict)
                     p = Prediction.from_avro(rec, pos)
                     self.stats.predictions += 1
-                    out.extend(join.add_prediction(p, msg.value()))
+                    join.add_prediction(p, msg.value(), out=out)
                 elif kind == LABEL:
-                    assert rec is not None
-                    lab = self._read_label(rec, pos, _timestamp_ms(msg))
-                    self.stats.labels += 1
-                    self._m.feedback_received.inc()
-                    before = join.stats.duplicate
-                    out.extend(join.add_label(lab))
-                    if join.stats.duplicate > before:
-                        self._m.feedback_labels.labels("duplicate").inc()
+                    assert isinstance(rec, Feedback)
+                    n_labels += 1
+                    join.add_label(rec, out=out)
                 else:
                     raise UnknownKindError(
                         f"join-topic message without a known {KIND_HEADER} header ({kind!r})",
@@ -321,7 +333,37 @@ class FeedbackLoop:
                 if self._dead_letter is not None:
                     self._dead_letter(msg, err)
             join.consumed(pos)
+        if n_labels:
+            self.stats.labels += n_labels
+            self._m.feedback_received.inc(n_labels)
+        if join.stats.duplicate > duplicate:
+            self._m.feedback_labels.labels("duplicate").inc(join.stats.duplicate - duplicate)
         self._apply(out)
+
+    def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
+        """The decoded label records of the batch read as :class:`Feedback` at once
+        (in ``decoded``, in place; a record that is not a label becomes its error)."""
+        good = [i for i in idx if isinstance(decoded.get(i), dict)]
+        if not good:
+            return
+        positions: list[Position | None] = []
+        stamps: list[int | None] = []
+        for i in good:
+            m = msgs[i]
+            positions.append((m.topic(), m.partition(), m.offset()))
+            stamps.append(_timestamp_ms(m))
+        records = [decoded[i] for i in good]
+        try:
+            labels: list[Any] = self._read_label.read_many(records, positions, stamps)
+        except (KeyError, ValueError, TypeError):  # then each record says for itself
+            labels = []
+            for rec, pos, ts in zip(records, positions, stamps, strict=True):
+                try:
+                    labels.append(self._read_label(rec, pos, ts))
+                except (StreamscoreError, KeyError, ValueError, TypeError) as exc:
+                    labels.append(exc)
+        for i, lab in zip(good, labels, strict=True):
+            decoded[i] = lab
 
     def _apply(self, out: JoinOutput) -> None:
         n_joined_labels = sum(1 for p in out.pairs if p.first_for_label)

@@ -186,24 +186,40 @@ class LiveQuality:
             metrics.live.bind(self.rows)
 
     def observe(self, pairs: Iterable[JoinedPair]) -> None:
+        """Score a batch of pairs: per (model version, role), one counter increment and
+        one lookup of each labelled series, not one per pair."""
         m = self._metrics
+        groups: dict[tuple[int, str], list[JoinedPair]] = {}
         for pair in pairs:
             p = pair.prediction
             k = (p.model_version, p.role.value)
+            g = groups.get(k)
+            if g is None:
+                g = groups[k] = []
+            g.append(pair)
+        positive = self._positive
+        for k, group in groups.items():
+            residual = None
             if m is not None:
-                m.feedback_joined.labels(str(p.model_version), p.role.value).inc()
-                if pair.first_for_label:
-                    m.label_delay.observe(max(0.0, pair.delay_ms / 1000.0))
-            s = score_pair(pair, self._positive)
-            if s is None:
+                labels = (str(k[0]), k[1])
+                m.feedback_joined.labels(*labels).inc(len(group))
+                delay = m.label_delay.observe
+                for pair in group:
+                    if pair.first_for_label:
+                        delay(max(0.0, pair.delay_ms / 1000.0))
+                residual = m.residuals.labels(*labels).observe
+            scores = [s for s in (score_pair(pair, positive) for pair in group) if s is not None]
+            if not scores:
                 continue
             r = self._rolling.get(k)
             if r is None:
                 r = self._rolling[k] = deque(maxlen=self._window)
-            r.append(s)
+            r.extend(scores)
             self._dirty.add(k)
-            if m is not None and s.task is Task.REGRESSION:
-                m.residuals.labels(str(p.model_version), p.role.value).observe(s.error)
+            if residual is not None:
+                for s in scores:
+                    if s.task is Task.REGRESSION:
+                        residual(s.error)
 
     def figures(self, version: int, role: Role | str) -> dict[str, float]:
         """The window's figures as of the last :meth:`publish` (and ``n``)."""

@@ -12,9 +12,11 @@ through ``rocksdict``, raw bytes)::
 Memory is bounded by ``cache_entries`` (the most recently committed entries, kept as
 their encoded bytes: a few hundred bytes each, no Python objects for the garbage collector
 to walk; decoded again when read) plus the changes since the last commit; RocksDB holds
-the rest (its block cache, memtables, index and filter blocks are bounded too, see
-:func:`_options`). Expiry is a range scan of the
-time index up to the partition's watermark, never a scan of the entries.
+the rest: its block cache and memtables are one budget shared by every store of the
+process, its index and filter blocks a few bytes per key (see :func:`_options`). Lookups
+are batched: the loop reads a consumed batch's entries in one multi-get per partition
+(:meth:`PartitionState.prefetch`). Expiry is a range scan of the time index up to the
+partition's watermark, never a scan of the entries.
 
 Commit (two phases, driven by the loop): :meth:`PartitionState.changes` encodes every
 entry changed since the last commit plus the meta record (the next input offset of the
@@ -40,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from ..core.errors import StateStoreError
 from ..core.records import Feedback, Prediction, Role
@@ -62,6 +72,8 @@ MAX_PREDICTIONS = 1024
 MAX_LABEL_BYTES = 1 << 16
 
 _NEVER = 1 << 62
+#: changelog records per RocksDB write batch when restoring
+RESTORE_BATCH = 20_000
 
 DecodePrediction = Callable[[bytes], Prediction]
 
@@ -187,18 +199,42 @@ def relax_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+#: block cache and memtables of all the partition stores of one process, together
+BLOCK_CACHE_BYTES = 64 << 20
+MEMTABLE_BYTES = 64 << 20
+_shared: tuple[Cache, WriteBufferManager] | None = None
+
+
+def _memory() -> tuple[Cache, WriteBufferManager]:
+    """The block cache and the memtable budget every store of the process shares: a
+    worker that owns four partitions holds four stores, and with a cache and memtables
+    of their own each (64 + 64 MB) filling a million pending predictions took it near a
+    gigabyte."""
+    global _shared
+    if _shared is None:
+        _shared = (Cache(BLOCK_CACHE_BYTES), WriteBufferManager(MEMTABLE_BYTES, False))
+    return _shared
+
+
 def _options() -> Options:
+    cache, memtables = _memory()
     o = Options(raw_mode=True)
     o.create_if_missing(True)
     o.set_write_buffer_size(32 << 20)
     o.set_max_write_buffer_number(2)
+    o.set_write_buffer_manager(memtables)  # flushes the largest when all exceed the budget
+    # most lookups are of event ids not in the store (a new prediction): a bloom filter
+    # on the memtables too answers them without searching the memtables' skip lists
+    o.set_memtable_prefix_bloom_ratio(0.1)
+    o.set_memtable_whole_key_filtering(True)
     t = BlockBasedOptions()
-    t.set_block_cache(Cache(64 << 20))
+    t.set_block_cache(cache)
     t.set_bloom_filter(10, False)
-    # index and filter blocks in the bounded cache too (else they grow with the keys:
-    # tens of MB per 10 million entries)
-    t.set_cache_index_and_filter_blocks(True)
-    t.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # index and filter blocks stay in memory, outside the block cache: a few bytes per
+    # key (about 40 MB per 10 million pending predictions with their index keys). In the
+    # cache, data blocks evicted them and every lookup of an absent key read them back
+    # (the 10 million state bench slowed down without end).
+    t.set_cache_index_and_filter_blocks(False)
     o.set_block_based_table_factory(t)
     o.set_max_open_files(256)
     return o
@@ -234,6 +270,9 @@ class PartitionState:
         self._scan_from = 0
         self._next_db_expiry = 0  # no index key below this (0: unknown, scan)
         self._encoded: list[tuple[str, bytes | None, int]] = []
+        #: committed entries read ahead for the batch being applied (:meth:`prefetch`),
+        #: None for an id the store does not hold; forgotten at every commit
+        self._fetched: dict[str, bytes | None] = {}
         self.meta = Meta()
         if self._db is not None:
             raw = self._get(META)
@@ -255,8 +294,22 @@ class PartitionState:
             return c if isinstance(c, Entry) else decode_entry(eid, c)
         if self._db is None:
             return None
-        raw = self._get(ENTRY + eid.encode())
+        f = self._fetched
+        raw = f[eid] if eid in f else self._get(ENTRY + eid.encode())
         return None if raw is None else decode_entry(eid, raw)
+
+    def prefetch(self, eids: Iterable[str]) -> None:
+        """Read the committed entries of ``eids`` (a batch's event ids) from RocksDB in
+        one multi-get, for :meth:`get` to find: one call for the batch instead of one
+        lookup per message, most of them of ids the store does not hold."""
+        if self._db is None:
+            return
+        d, c = self._dirty, self._cache
+        todo = list(dict.fromkeys(e for e in eids if e not in d and e not in c))
+        self._fetched = {}
+        if todo:
+            values = self._db.get([ENTRY + e.encode() for e in todo])
+            self._fetched = dict(zip(todo, cast(list[bytes | None], values), strict=True))
 
     def put(self, e: Entry) -> None:
         self._dirty[e.event_id] = e
@@ -398,10 +451,12 @@ class PartitionState:
         self._dirty.clear()
         self._scanned.clear()
         self._encoded = []
+        self._fetched = {}
 
     def discard(self) -> None:
         """Forget the changes since the last commit (a failed transaction)."""
         self._dirty.clear()
+        self._fetched = {}
         self._encoded = []
         self._scanned.clear()
         self._cache.clear()
@@ -416,8 +471,68 @@ class PartitionState:
     def restore(self, records: Iterable[tuple[int, bytes | None, bytes | None]]) -> int:
         """Apply changelog records ``(offset, key, value)`` read after
         ``meta.changelog_offset`` (batched writes); returns how many were applied."""
-        if self._db is not None:
-            wb = WriteBatch(raw_mode=True)
+        n = self._restore_db(records) if self._db is not None else self._restore_memory(records)
+        if n:
+            self._cache.clear() if self._db is not None else None
+            self._fetched = {}
+            self._next_db_expiry = 0
+            self._scan_from = 0
+        return n
+
+    def _restore_db(self, records: Iterable[tuple[int, bytes | None, bytes | None]]) -> int:
+        """Into RocksDB, in write batches of :data:`RESTORE_BATCH` records, each with the
+        meta record (its changelog offset) and without the write-ahead log: a crash
+        mid-restore loses whole batches and their meta together, so the store is behind,
+        never inconsistent; the memtables are flushed at the end (the writes after it
+        use the log again)."""
+        db = self._db
+        assert db is not None
+        wo = WriteOptions()
+        wo.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (stub: a method)
+        index, entry, meta_key, pack = INDEX, ENTRY, META, _EXP.pack
+        wb = WriteBatch(raw_mode=True)
+        n = in_batch = written = 0
+        last = self.meta.changelog_offset
+        try:
+            for off, key, value in records:
+                if key is None:
+                    raise StateStoreError(f"changelog record at offset {off} without a key")
+                if key[:1] == entry:
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        if len(value) < 8:
+                            raise StateStoreError(f"truncated join-state entry at offset {off}")
+                        exp = int.from_bytes(value[:8], "little", signed=True)
+                        wb.put(key, value)
+                        wb.put(index + pack(exp if exp > 0 else 0) + key[1:], b"")
+                elif key == meta_key:
+                    if value is None:
+                        raise StateStoreError(f"changelog meta record at offset {off} is empty")
+                    self.meta = Meta.decode(value)
+                else:
+                    raise StateStoreError(f"changelog record at offset {off} with an unknown key")
+                last = off
+                n += 1
+                in_batch += 1
+                if in_batch >= RESTORE_BATCH:
+                    self.meta.changelog_offset = last
+                    wb.put(meta_key, self.meta.encode())
+                    db.write(wb, wo)
+                    written += 1
+                    wb = WriteBatch(raw_mode=True)
+                    in_batch = 0
+            if in_batch:
+                self.meta.changelog_offset = last
+                wb.put(meta_key, self.meta.encode())
+                db.write(wb, wo)
+                written += 1
+        finally:  # the batches written without the log are made durable before any other
+            if written:
+                db.flush(True)
+        return n
+
+    def _restore_memory(self, records: Iterable[tuple[int, bytes | None, bytes | None]]) -> int:
         n = 0
         for off, key, value in records:
             if key is None:
@@ -428,33 +543,16 @@ class PartitionState:
                 self.meta = Meta.decode(value)
             elif key.startswith(ENTRY):
                 eid = key[1:].decode()
-                if self._db is None:
-                    if value is None:
-                        self._cache.pop(eid, None)
-                    else:
-                        e = decode_entry(eid, value)
-                        self._cache[eid] = e
-                        self.schedule(e)
-                elif value is None:
-                    wb.delete(key)
+                if value is None:
+                    self._cache.pop(eid, None)
                 else:
-                    wb.put(key, value)
-                    wb.put(INDEX + _EXP.pack(max(entry_expiry(value), 0)) + key[1:], b"")
+                    e = decode_entry(eid, value)
+                    self._cache[eid] = e
+                    self.schedule(e)
             else:
                 raise StateStoreError(f"changelog record at offset {off} with an unknown key")
             self.meta.changelog_offset = off
             n += 1
-            if self._db is not None and wb.len() >= 10_000:
-                wb.put(META, self.meta.encode())
-                self._db.write(wb)
-                wb = WriteBatch(raw_mode=True)
-        if self._db is not None:
-            wb.put(META, self.meta.encode())
-            self._db.write(wb)
-        if n:
-            self._cache.clear() if self._db is not None else None
-            self._next_db_expiry = 0
-            self._scan_from = 0
         return n
 
     def close(self) -> None:
@@ -464,3 +562,4 @@ class PartitionState:
             self._db = None
         self._cache.clear()
         self._dirty.clear()
+        self._fetched = {}

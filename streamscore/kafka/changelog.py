@@ -74,6 +74,10 @@ def restore_consumer(kafka: KafkaSettings, group_id: str) -> dict[str, Any]:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 52_428_800,
+            # the broker answers at once: at the end of a partition (often nothing but a
+            # commit marker after the local store's offset) a fetch would otherwise be
+            # held for its default 500 ms, per partition restored
+            "fetch.wait.max.ms": 10,
         },
     )
 
@@ -92,6 +96,8 @@ class Changelog:
         self._timeout = timeout_s
         self._restore_timeout = restore_timeout_s
         self._reader: Any = None
+        #: changelog end offsets looked up ahead (:meth:`look_up_ends`), used once each
+        self._ends: dict[TP, tuple[int, int]] = {}
         self._p.init_transactions(timeout_s)
 
     @classmethod
@@ -159,18 +165,34 @@ class Changelog:
             raise KafkaIOError(f"could not abort the checkpoint: {abort_exc}") from exc
         raise TransactionAborted(f"checkpoint aborted: {exc}") from exc
 
+    def _consumer(self) -> Any:
+        if self._reader is None:  # one reader for every partition (connecting takes ~1 s)
+            self._reader = Consumer(self._restore_conf)
+        return self._reader
+
+    def look_up_ends(self, join_partitions: Sequence[TP]) -> None:
+        """Ask for the changelog offsets of every newly assigned join partition before
+        any is restored: a few ms each this way, where a lookup right after the previous
+        partition's restore waited about a second for the reader to settle."""
+        c = self._consumer()
+        self._ends.clear()  # never an end looked up for an earlier assignment
+        for join_topic, partition in join_partitions:
+            tp = TopicPartition(changelog_topic_for(join_topic), partition)
+            self._ends[(join_topic, partition)] = c.get_watermark_offsets(tp, timeout=self._timeout)
+
     def restore(self, state: PartitionState, join_topic: str, partition: int) -> int:
         """Bring ``state`` up to the end of its changelog partition; returns the number of
         records applied. A local store ahead of the changelog (a topic recreated) is an
         error: the caller wipes it and restores from scratch."""
         topic = changelog_topic_for(join_topic)
-        if self._reader is None:  # one reader for every partition (connecting takes ~1 s)
-            self._reader = Consumer(self._restore_conf)
-        c = self._reader
+        c = self._consumer()
         try:
-            lo, hi = c.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=self._timeout
-            )
+            ends = self._ends.pop((join_topic, partition), None)
+            if ends is None:
+                ends = c.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self._timeout
+                )
+            lo, hi = ends
             if state.meta.changelog_offset >= hi:
                 raise StateStoreError(
                     f"local join state of {join_topic}[{partition}] is at changelog offset "
@@ -188,7 +210,11 @@ class Changelog:
     def _records(self, c: Any, hi: int) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         deadline = time.monotonic() + self._restore_timeout
         while time.monotonic() < deadline:
-            for m in c.consume(10_000, 0.5):
+            # a short wait: consume() returns when the batch is full or the wait is over,
+            # and a changelog read to its end often holds no record at all after the
+            # store's offset (only the last transaction's commit marker), so the end of
+            # the partition is a wait, not a record count (0.5 s waits cost 1 s each)
+            for m in c.consume(10_000, 0.05):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

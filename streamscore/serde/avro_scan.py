@@ -27,6 +27,16 @@ the message's length. The scan's work is too: every step consumes bytes, except 
 fields of records (bounded by the schema per record entered) and items that take no
 bytes (skipped in one step, never one by one).
 
+Reading as written (no reader schema to resolve to, the common case of a topic's own
+schema) needs less: fastavro reading every value of an array or a map stops with an
+``EOFError`` at the end of the bytes whatever count a block claims, as long as each item
+takes at least one byte, and nesting is then bounded by the schema; so only recursion,
+records nested deeper than the limit and arrays of items that may take no bytes need the
+scan first (``guard_read``). Resolving to another reader schema is different: fastavro
+*skips* the writer's fields the reader does not have, and a skip seeks past the end
+without noticing, so an array claiming 2**62 items of 8 bytes would keep it busy for ever:
+there every schema that nests or repeats is scanned first (``guard``).
+
 Only writer schemas that can nest or repeat (arrays, maps, recursive named types, or
 records nested deeper than the limit) need the scan before fastavro (``guard``); flat
 schemas are safe in fastavro (a string length past the end is an ``EOFError`` there,
@@ -100,6 +110,9 @@ class _Compiler:
         self._named = named
         self._records: dict[str, _Node] = {}
         self.guard = False  # arrays, maps or recursion: the data says how much
+        #: recursion, or arrays of items that may take no bytes: the data says how much
+        #: even to a reader that reads every value (see ``BoundedScan.guard_read``)
+        self.guard_read = False
 
     def node(self, schema: Any, path: frozenset[str]) -> _Node:
         if isinstance(schema, list):
@@ -116,7 +129,7 @@ class _Compiler:
             if schema in ("string", "bytes"):
                 return _Node(_BYTES, least=1)  # the length
             if schema in path:
-                self.guard = True  # recursion: as deep as the data says
+                self.guard = self.guard_read = True  # recursion: as deep as the data says
                 return self._records[schema]
             if schema in self._named:
                 return self.node(self._named[schema], path)
@@ -135,6 +148,8 @@ class _Compiler:
             container = _Node(_ARRAY if t == "array" else _MAP)
             item = self.node(schema["items" if t == "array" else "values"], path)
             container.steps = [item]
+            if t == "array" and item.least == 0:  # (a map's entry takes its key's length)
+                self.guard_read = True
             container.least = 1  # the block count ending it
             container.height = 1 + item.height
             return container
@@ -169,9 +184,11 @@ class BoundedScan:
     """The compiled scan of one writer schema (a schema parsed by fastavro).
 
     ``guard`` says whether fastavro needs it before reading a message of this schema
-    (the schema can nest or repeat); ``scan`` checks one message."""
+    (the schema can nest or repeat); ``guard_read`` whether it does even when it reads
+    the message with this schema itself, every value read and none skipped; ``scan``
+    checks one message."""
 
-    __slots__ = ("_root", "guard", "max_depth")
+    __slots__ = ("_root", "guard", "guard_read", "max_depth")
 
     def __init__(self, parsed_writer: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         if max_depth < 1:
@@ -183,7 +200,9 @@ class BoundedScan:
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaTooComplexError(f"{type(exc).__name__}: {exc}") from exc
         # deeper than the limit even without recursion: the scan says so before fastavro
-        self.guard = compiler.guard or self._root.height > max_depth
+        too_deep = self._root.height > max_depth
+        self.guard = compiler.guard or too_deep
+        self.guard_read = compiler.guard_read or too_deep
         self.max_depth = max_depth
 
     def scan(self, data: Any, start: int, schema_id: int) -> int:

@@ -67,10 +67,18 @@ class _Plan:
 
     writer: Any  # parsed writer schema
     reader: Any  # parsed reader schema to resolve to, or None when writer == reader
-    scan: BoundedScan  # bounds checked before fastavro (``scan.guard``) or to name a flaw
+    scan: BoundedScan  # bounds checked before fastavro (``guard``) or to name a flaw
     #: top-level writer unions with branches the reader cannot take (resolved per
     #: record): (writer field, reader field, the writer's branch names it can take)
     unions: tuple[tuple[str, str, frozenset[str]], ...] = ()
+
+    @property
+    def guard(self) -> bool:
+        """Scan before fastavro: read as written, fastavro stops at the end of the bytes
+        unless the schema recurses, nests too deep or repeats items that take no bytes;
+        resolved to a reader, it may skip writer fields, and skips do not stop there
+        (:mod:`.avro_scan`)."""
+        return self.scan.guard if self.reader is not None else self.scan.guard_read
 
 
 class AvroDeserializer:
@@ -140,7 +148,7 @@ class AvroDeserializer:
     def _decode(self, data: bytes | None) -> dict[str, Any]:
         schema_id, body = split_header(data)
         plan = self._plan(schema_id)
-        if plan.scan.guard:  # nests or repeats: bounds checked before fastavro recurses
+        if plan.guard:  # bounds checked before fastavro (see _Plan.guard)
             plan.scan.scan(body, 0, schema_id)
         buf = io.BytesIO(body)
         try:
@@ -150,7 +158,7 @@ class AvroDeserializer:
         except Exception as exc:  # fastavro raises ValueError, IndexError, UnicodeDecodeError...
             if isinstance(exc, (RecursionError, MemoryError)):
                 raise unexpected_decode_error(exc, limit=self._max_depth) from exc
-            if not plan.scan.guard:
+            if not plan.guard:
                 plan.scan.scan(body, 0, schema_id)  # names a broken bound, as for the others
             if isinstance(exc, EOFError):
                 raise TruncatedMessageError(
@@ -285,7 +293,7 @@ class AvroDeserializer:
                         failed.append((i, exc))
                         continue
                     writer, reader = plan.writer, plan.reader
-                    guard = plan.scan if plan.scan.guard else None
+                    guard = plan.scan if plan.guard else None
                     last_header = header
                 if guard is not None:  # nests or repeats: bounds first (raises typed errors)
                     guard.scan(data, HEADER_SIZE, 0)

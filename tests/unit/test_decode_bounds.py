@@ -279,6 +279,36 @@ def test_flat_schemas_are_not_scanned_before_fastavro(registry: Any) -> None:
         assert len(dec.decode_many(values[:5])[0]) == 5  # the per-message path
 
 
+def test_arrays_read_as_written_are_not_scanned_first_but_skipped_ones_are(
+    registry: Any,
+) -> None:
+    """Read as written (a prediction's arrays and map, its own schema), fastavro stops at
+    the end of the bytes whatever a block claims: no pure Python walk per message first,
+    and a claim too large still fails at once with the scan's typed error. Resolved to a
+    reader that skips the array (fastavro's skips do not stop at the end), the same
+    message is scanned first: a claim of 2**62 items is refused before fastavro."""
+    prediction = BoundedScan(parse(schemas.load("prediction")))
+    assert prediction.guard and not prediction.guard_read
+    assert BoundedScan(parse(NULL_ARRAY_WRITER)).guard_read  # items that take no bytes
+    writer = event_with("array-bomb", field("xs", {"type": "array", "items": "double"}))
+    ser = AvroSerializer(registry, "array-bomb-value", writer)
+    base = events(ser, 1, xs=[1.5])[0]
+    bomb = base[:-10] + varint(2**62) + bytes(40)  # [count 1, 8 bytes, end 0] replaced
+    as_written = AvroDeserializer(WriterSchemaCache(registry), writer)
+    skipping = deserializer(registry)  # the demo reader: xs is skipped
+    for dec in (as_written, skipping):
+        t0 = time.perf_counter()
+        err = failure(dec, bomb)
+        assert type(err) is errors.ClaimedCountTooLargeError and err.count == 2**62
+        assert time.perf_counter() - t0 < 1.0
+    scan = BoundedScan.scan
+    with mock.patch.object(BoundedScan, "scan", autospec=True, side_effect=scan) as scanned:
+        good, records, _failed = as_written.decode_many([base])
+        assert good == [0] and records[0]["xs"] == [1.5] and scanned.call_count == 0
+        good, _records, _failed = skipping.decode_many([base])
+        assert good == [0] and scanned.call_count == 1
+
+
 # -------------------------------------------------------- nullable writer unions (case 9)
 
 

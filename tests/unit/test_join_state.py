@@ -221,3 +221,42 @@ def test_replay_after_a_crash_is_idempotent(tmp_path: Path) -> None:
     )
     sc.meta.changelog_offset = sa.meta.changelog_offset
     assert sc.meta == sa.meta  # offsets, watermark, pending counts
+
+
+def test_prefetched_entries_are_what_get_reads_until_the_next_commit(tmp_path: Path) -> None:
+    """A batch's entries read ahead in one multi-get give the same join as lookups one
+    by one, and a commit forgets them (an entry expired and deleted meanwhile is gone)."""
+    j, s = new_join(tmp_path / "p0", cache=1)
+    log = Changelog()
+    for i in range(10):
+        add_pred(j, f"e{i}", T0 + i, i)
+    log.commit(s)  # committed; only the last entry stays in the cache
+    j.prefetch(TP, ["e0", "e1", "e9", "new"])
+    assert s.get("new") is None
+    (row,) = add_label(j, "e1", T0 + DAY, 10).rows
+    assert row["event_id"] == "e1"
+    assert add_label(j, "e1", T0 + DAY, 11).rows == []  # a duplicate: the change seen
+    j.prefetch(TP, ["e0"])
+    j.advance(T0 + WINDOW + 5)  # every entry but e1's label expires and is deleted
+    log.commit(s)
+    assert s.get("e0") is None  # not the bytes read ahead before the commit
+    assert add_pred(j, "e0", T0 + WINDOW + 6, 12).rows == []  # a new entry, pending
+    e0 = s.get("e0")
+    assert e0 is not None and e0.label is None and len(e0.preds) == 1
+
+
+def test_restore_writes_batches_without_the_log_then_flushes(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "a")
+    log = Changelog()
+    for i in range(50):
+        add_pred(j, f"e{i}", T0 + i, i)
+        log.commit(s)  # one meta record per commit: 100 records
+    fresh = PartitionState(tmp_path / "fresh")
+    assert fresh.restore(log.after(-1)) == 100
+    fresh.close()  # reopened: what the restore wrote is on disk with its offset
+    back = PartitionState(tmp_path / "fresh")
+    assert back.meta.changelog_offset == 99 and back.meta.pending_predictions == 50
+    assert back.get("e49") is not None
+    broken = PartitionState(tmp_path / "broken")
+    with pytest.raises(StateStoreError, match="truncated"):
+        broken.restore([(0, b"ee1", b"\x01\x02")])
