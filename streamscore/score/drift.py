@@ -183,9 +183,13 @@ class DriftMonitor:
         # variable 0, its values below each interior edge, its present values (the bins
         # are the differences within a variable; _bin_take skips the ones across two)
         starts = self._bin_offsets + np.arange(nv)
-        self._cum_starts = starts
         self._cum_ends = starts + nbins
         self._cum = np.zeros(n_bins_total + nv, dtype=np.int64)
+        #: per variable: its interior edges, and where its values below each edge go
+        self._searches = [
+            (edges, slice(a + 1, a + 1 + edges.size))
+            for edges, a in zip(self._interior, starts.tolist(), strict=True)
+        ]
         self._bin_take = np.concatenate(
             [np.arange(a, b) for a, b in zip(starts.tolist(), self._cum_ends.tolist(), strict=True)]
             or [np.empty(0, dtype=np.int64)]
@@ -235,8 +239,8 @@ class DriftMonitor:
         oor = ((values < self._lo) | (values > self._hi)).sum(axis=0)
         ordered = np.sort(values.T, axis=1)  # per variable ascending, NaN (missing) last
         cum = self._cum
-        for j, (edges, a) in enumerate(zip(self._interior, self._cum_starts.tolist(), strict=True)):
-            cum[a + 1 : a + 1 + edges.size] = np.searchsorted(ordered[j], edges, side="left")
+        for row, (edges, below) in zip(ordered, self._searches, strict=True):
+            cum[below] = np.searchsorted(row, edges, side="left")
         cum[self._cum_ends] = n - missing
         counts = np.empty(self._size, dtype=np.int64)
         counts[: self._missing_at] = np.diff(cum)[self._bin_take]

@@ -255,12 +255,8 @@ def _same_width_ascii(col: list[str], prefix: bytes) -> np.ndarray | None:
     joined = "".join(col)
     if w >= 64 or not joined.isascii():
         return None
-    head = prefix + _SMALL_VARINT[w]
-    mat = np.empty((len(col), len(head) + w), dtype=np.uint8)
-    mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
-    if w:
-        mat[:, len(head) :] = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(-1, w)
-    return mat
+    body = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(len(col), w)
+    return _side_by_side([prefix + _SMALL_VARINT[w], body], len(col))
 
 
 def _nullable_strings(
@@ -411,22 +407,12 @@ def _numeric_column(codec: _FieldCodec, col: np.ndarray, n: int) -> np.ndarray:
         k = vals.shape[1]
         if k == 0:
             return np.zeros((n, 1), dtype=np.uint8)
-        head = np.frombuffer(_long(k), dtype=np.uint8)
-        body = vals.view(np.uint8).reshape(n, -1)
-        mat = np.empty((n, head.size + body.shape[1] + 1), dtype=np.uint8)
-        mat[:, : head.size] = head
-        mat[:, head.size : -1] = body
-        mat[:, -1] = 0
-        return mat
+        return _side_by_side([_long(k), vals.view(np.uint8).reshape(n, -1), b"\x00"], n)
     if vals.ndim != 1 or vals.shape[0] != n:
         raise _Unsupported
     body = vals.view(np.uint8).reshape(n, -1)
     if codec.kind == "nullable":
-        head = np.frombuffer(codec.union_prefix, dtype=np.uint8)
-        mat = np.empty((n, head.size + body.shape[1]), dtype=np.uint8)
-        mat[:, : head.size] = head
-        mat[:, head.size :] = body
-        return mat
+        return _side_by_side([codec.union_prefix, body], n)
     return body
 
 
