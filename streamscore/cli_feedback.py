@@ -335,7 +335,11 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     router = FeedbackRouter(
         consumer=router_c,
         sink=AtLeastOnceSink(
-            Producer(plain_producer(env.kafka, max_message_bytes=limits.producer_max_bytes())),
+            Producer(
+                plain_producer(
+                    env.kafka, max_message_bytes=limits.producer_max_bytes(), failures_only=True
+                )
+            ),
             router_c,
         ),
         topics=topics,

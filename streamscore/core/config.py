@@ -146,7 +146,8 @@ OWNED_PROPERTIES: Mapping[str, str] = MappingProxyType(
         "partition.assignment.strategy": "the assignment protocol each loop's rebalance "
         "handling is written for",
         "auto.offset.reset": "a new group starts from the beginning: no event is skipped",
-        "delivery.report.only.error": "the exactly-once sink's accounting of refused outputs",
+        "delivery.report.only.error": "the sinks count refused outputs only (offsets are "
+        "stored at flush checkpoints)",
         "metadata.recovery.strategy": "reconnecting to the known brokers after an outage "
         "(librdkafka#5511)",
     }
