@@ -87,7 +87,7 @@ def build(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=workload.MODEL_KINDS, default="hgb")
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=ScoringSettings.batch_size)
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(

@@ -555,7 +555,11 @@ class LatePolicy(enum.StrEnum):
 class ScoringSettings:
     group_id: str = "streamscore-score"
     worker_id: str = "worker"
-    batch_size: int = 500
+    #: At most this many messages per micro-batch. Per-batch costs (NumPy calls of the
+    #: batch codecs, one model call per role, one telemetry record) are shared by more
+    #: events at 2000 than at 500 (+17 % HGB, +24 % LR events/s in ``make bench``, session
+    #: 6); a batch is this large only when the worker is behind.
+    batch_size: int = 2000
     #: A batch closes on ``batch_size`` or after this wait, whichever comes first.
     batch_wait_ms: int = 10
     late_after_ms: int | None = None
