@@ -22,6 +22,7 @@ from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from tests.processes import WorkerProcess, launch, wait_until
+from tests.records import prediction_record
 
 from .stack import Stack
 
@@ -141,24 +142,8 @@ def produce_predictions(stack: Stack, preds: list[tuple[str, int]]) -> None:
             (
                 f"k-{eid}".encode(),
                 ser(
-                    {
-                        "event_id": eid,
-                        "key": f"k-{eid}",
-                        "event_time": t,
-                        "scored_time": t,
-                        "model_name": "demo",
-                        "model_version": 1,
-                        "role": "primary",
-                        "value": 1.0,
-                        "label": None,
-                        "probabilities": [],
-                        "classes": [],
-                        "degraded": False,
-                        "late": False,
-                        "feature_names": ["a"],
-                        "features": [1.0],
-                        "inputs": {},
-                    }
+                    prediction_record(eid, event_time_ms=t)
+                    | {"key": f"k-{eid}", "scored_time": t, "value": 1.0}
                 ),
             )
             for eid, t in preds
