@@ -3,6 +3,9 @@
 Hook into ``cli.py`` with ``cli_feedback.add_commands(sub)`` on its subparsers; until
 then ``python -m streamscore.cli_feedback {feedback,train} ...`` runs them directly
 (same environment variables as ``streamscore``, see :mod:`streamscore.cli`).
+
+One concern, hence its length: the argument parsing and wiring of the feedback and
+train commands.
 """
 
 from __future__ import annotations

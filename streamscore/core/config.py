@@ -1,6 +1,10 @@
 """Typed, frozen settings. Only ``cli.py`` reads the environment; everything else is
 handed one of these objects. Secrets are wrapped in :class:`Secret` so that a settings
 object can be logged or printed without leaking them.
+
+One concern, hence its length: the typed settings of every process (one frozen
+dataclass per part: Kafka, registry, topics, scoring, feedback, ground truth, metrics)
+and their validation.
 """
 
 from __future__ import annotations
