@@ -267,8 +267,12 @@ class AtLeastOnceSink:
     then commit): whenever the producer's queue is empty after a poll (every output
     produced so far acknowledged; at a modest rate that is almost every poll), and at the
     latest every ``checkpoint_s`` of pending batches by a ``flush`` bounded by
-    ``flush_s``. A flush that times out (the broker away) stores nothing and is tried
-    again ``checkpoint_s`` later. Offsets are stored only when every output of every
+    ``flush_s`` (a stall of a few milliseconds when the broker keeps up). A flush that
+    times out (the broker slower than the worker, or away) stores nothing and is tried
+    again ``checkpoint_s`` later with twice the bound, up to ``max_flush_s``, so that
+    offsets move on under a sustained overload too (the worker produces nothing while it
+    waits); the bound is reset by a checkpoint that completes. Offsets are stored only
+    when every output of every
     batch sent so far is acknowledged; a refusal (a failure report) raises before any
     offset is stored past it. A crash re-reads at most the batches since the last
     checkpoint and the auto-commit interval: duplicates, never a loss.
@@ -282,14 +286,18 @@ class AtLeastOnceSink:
         producer: Any,
         consumer: Any,
         *,
-        checkpoint_s: float = 1.0,
+        checkpoint_s: float = 2.0,
         flush_s: float = 0.5,
+        max_flush_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._producer = producer
         self._consumer = consumer
         self._checkpoint_s = checkpoint_s
         self._flush_s = flush_s
+        self._max_flush_s = max_flush_s
+        #: the bound of the next checkpoint's flush (doubled after each that times out)
+        self._next_flush_s = flush_s
         self._clock = clock
         #: the next offsets of the batches sent since the last checkpoint, merged
         self._pending: dict[tuple[str, int], int] = {}
@@ -348,12 +356,20 @@ class AtLeastOnceSink:
         if len(self._producer):
             if not flush and self._clock() < self._due:
                 return False
-            left = self._producer.flush(self._flush_s if timeout is None else timeout)
+            left = self._producer.flush(self._next_flush_s if timeout is None else timeout)
             self._raise_if_refused()
             if left:
-                log.debug("checkpoint: %d outputs still unacknowledged, retried later", left)
+                if self._next_flush_s >= self._max_flush_s:
+                    log.warning(
+                        "%d outputs still unacknowledged after a %.0f s flush: offsets are "
+                        "not stored until the broker catches up",
+                        left,
+                        self._next_flush_s,
+                    )
                 self._due = self._clock() + self._checkpoint_s
+                self._next_flush_s = min(2 * self._next_flush_s, self._max_flush_s)
                 return False
+        self._next_flush_s = self._flush_s
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._pending.items())]
         self._pending.clear()
         self._due = None

@@ -104,30 +104,40 @@ def test_under_sustained_load_a_due_checkpoint_flushes_then_stores() -> None:
 
 
 def test_a_checkpoint_flush_that_times_out_stores_nothing_and_is_tried_again_later() -> None:
+    """The broker slower than the worker (or away): nothing is stored, the next attempt
+    waits a full interval and may wait twice as long (up to the cap), so that offsets
+    move on under a sustained overload too; a checkpoint that completes resets it."""
     clock = FakeClock()
     p, c = FakeProducer(), FakeConsumer()
     away = True
-    flushes = 0
+    bounds: list[float] = []
 
-    def flush(timeout: float = 0) -> int:  # the broker away: nothing acknowledged
-        nonlocal flushes
-        flushes += 1
+    def flush(timeout: float = 0) -> int:
+        bounds.append(timeout)
         if not away:
             p.ack(len(p.waiting))
         return len(p.waiting)
 
     p.flush = flush  # type: ignore[method-assign]
-    sink = AtLeastOnceSink(p, c, checkpoint_s=1.0, clock=clock)
+    sink = AtLeastOnceSink(p, c, checkpoint_s=1.0, flush_s=0.5, max_flush_s=1.5, clock=clock)
     sink.send(batch(1, {("events", 0): 3}))
     clock.now += 1.5
     sink.poll()
-    assert (c.stored, flushes) == ([], 1)
+    assert (c.stored, bounds) == ([], [0.5])
     sink.poll()  # the next attempt waits a full interval
-    assert flushes == 1
+    assert bounds == [0.5]
+    for _ in range(2):
+        clock.now += 1.0
+        sink.poll()
+    assert (c.stored, bounds) == ([], [0.5, 1.0, 1.5])  # doubled, capped
     away = False
     clock.now += 1.0
     sink.poll()
-    assert (c.stored, flushes) == ([[("events", 0, 3)]], 2)
+    assert (c.stored, bounds) == ([[("events", 0, 3)]], [0.5, 1.0, 1.5, 1.5])
+    sink.send(batch(1, {("events", 0): 4}))
+    clock.now += 1.0
+    sink.poll()
+    assert bounds[-1] == 0.5  # reset by the checkpoint that completed
 
 
 def test_a_refusal_served_by_the_checkpoint_flush_raises_and_stores_nothing() -> None:
