@@ -144,11 +144,19 @@ def list_pids() -> list[int]:
 
 
 def is_ours(pid: int, marker: str) -> bool:
-    """True when ``pid`` is a live java process that carries our ``marker`` argument."""
-    args = process_cmdline(pid)
-    if not args:
-        return False
-    return Path(args[0]).name.startswith("java") and marker in args
+    """True when ``pid`` is a live java process that carries our ``marker`` argument
+    (or, for the moment before it execs it, the ``setpriv`` that starts it:
+    :func:`die_with_parent`)."""
+    args = _java_args(process_cmdline(pid))
+    return args is not None and marker in args
+
+
+def _java_args(args: list[str] | None) -> list[str] | None:
+    """A process's command line if it is a ``java`` (or a ``setpriv`` about to exec one:
+    the java's part), else None."""
+    if args and Path(args[0]).name == "setpriv" and "--" in args:
+        args = args[args.index("--") + 1 :]
+    return args if args and Path(args[0]).name.startswith("java") else None
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -202,8 +210,8 @@ def stray_servers(run_dirs: Iterable[Path], props: Iterable[str]) -> list[int]:
 
     found = []
     for pid in list_pids():
-        args = process_cmdline(pid)
-        if args and Path(args[0]).name.startswith("java") and any(map(marked, args)):
+        args = _java_args(process_cmdline(pid))
+        if args is not None and any(map(marked, args)):
             found.append(pid)
     return found
 
@@ -295,6 +303,15 @@ class ServerProcess:
             raise
         log.info("started %s (pid %d), log %s", self.role, proc.pid, self.log)
         return proc.pid
+
+    def exited(self) -> bool:
+        """Whether this server is gone: no live process of ours, and the child this
+        process started (if it did) has ended, not merely between its fork and its
+        exec of java."""
+        if self.pid() is not None:
+            return False
+        proc = _CHILDREN.get(read_pid_file(self.pid_file) or -1)
+        return proc is None or proc.poll() is not None
 
     def exit_code(self) -> int | str:
         proc = _CHILDREN.get(read_pid_file(self.pid_file) or -1)

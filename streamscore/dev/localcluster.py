@@ -461,7 +461,7 @@ class LocalCluster:
         while pending:
             for role, ready in list(pending.items()):
                 server = self._servers[role]
-                if server.pid() is None:
+                if server.exited():
                     code = server.exit_code()
                     raise ServerStartError(
                         f"local {role} exited during start (exit {code}); "

@@ -139,7 +139,7 @@ class S3Proxy:
         try:  # not ready in time, or interrupted: stopped before the error goes on
             deadline = time.monotonic() + timeout_s
             while not self.ready():
-                if self.pid() is None:
+                if self.server.exited():
                     raise ServerStartError(
                         f"S3Proxy exited during start; log {self.server.log}:\n"
                         f"{tail(self.server.log)}",

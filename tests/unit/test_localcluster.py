@@ -303,6 +303,43 @@ def test_is_ours_needs_java_and_marker(tmp_path: Path) -> None:
     assert procs.process_cmdline(proc.pid) is None
 
 
+def test_is_ours_sees_the_java_a_setpriv_is_about_to_exec(tmp_path: Path) -> None:
+    """A server started under ``setpriv --pdeathsig KILL --`` (stop_with_parent) is
+    ``setpriv`` for a moment before its exec: it is ours when what it starts is our java
+    (else a start under load reads the moment as "exited during start")."""
+    marker = f"-D{lc.MARKER_PROP}={tmp_path}#kafka"
+    code = "import time; time.sleep(30)"
+    started = []
+    try:
+        for target in ("java", "python3"):  # argv[0] "setpriv", run by Python
+            args = ["setpriv", "-c", code, "--", f"/usr/bin/{target}", marker]
+            started.append(subprocess.Popen(args, executable=sys.executable))
+        java, other = started
+        wait_until(lambda: procs.process_cmdline(other.pid) is not None, 10, "the processes")
+        assert procs.is_ours(java.pid, marker)
+        assert not procs.is_ours(other.pid, marker)  # what it starts is not java
+        assert not procs.is_ours(java.pid, marker + "x")
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_server_between_its_fork_and_its_java_has_not_exited(tmp_path: Path) -> None:
+    """The start waits on ``exited()``: a child that is not java yet (``setpriv`` before
+    its exec; here ``sleep``) is no server of ours by its command line, but it has not
+    exited while the child runs; once the child ends it has."""
+    server = procs.ServerProcess("sleeper", tmp_path / "s.pid", tmp_path / "s.log", "-Dx")
+    pid = server.spawn(["sleep", "300"], tmp_path)
+    try:
+        assert server.pid() is None  # not a java carrying the marker
+        assert not server.exited()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(server.exited, 10, "the child to end")
+    assert server.exit_code() == -signal.SIGKILL
+
+
 def test_cluster_id_shape() -> None:
     for _ in range(50):
         cid = cconf.random_cluster_id()
