@@ -166,7 +166,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .feedback.groundtruth import GroundTruthStore
     from .feedback.join import JoinState
     from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
-    from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
+    from .feedback.loop import PREDICTION_HEAD, FeedbackLoop, make_telemetry, promote_shadow
     from .feedback.promotion import (
         LiveQuality,
         PromotionDecision,
@@ -188,6 +188,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         check_output_subjects,
         topic_serializer,
     )
+    from .serde.record_heads import HeadReader
     from .serde.wire import WriterSchemaCache
 
     relax_gc()
@@ -362,6 +363,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         decode_prediction=decode_pred,
         decode_feedback=decode_fb,
         read_label=LabelReader(label_fields),
+        read_heads=HeadReader(
+            schemas.load("prediction"), PREDICTION_HEAD, lambda sid: cache.get(sid)[0]
+        ),
         join=join,
         store=store,
         metrics=metrics,

@@ -230,30 +230,48 @@ class JoinState:
         default), which is returned."""
         if out is None:
             out = JoinOutput()
-        part = self._part_of(p.position)
-        e = part.get(p.event_id)
+        self.add_head(p.event_id, p.event_time_ms, p.role, p.model_version, raw, p.position, out, p)
+        return out
+
+    def add_head(
+        self,
+        event_id: str,
+        event_time_ms: int,
+        role: Role,
+        model_version: int,
+        raw: bytes,
+        position: Position | None,
+        out: JoinOutput,
+        p: Prediction | None = None,
+    ) -> None:
+        """Apply one prediction known by its head fields and its wire bytes (checked
+        whole by the caller): it is decoded only if a label waits for it, or when its
+        label arrives (as a stored one is). ``p``: the prediction, decoded already."""
+        part = self._part_of(position)
+        e = part.get(event_id)
         if e is None:
-            e = Entry(p.event_id, p.event_time_ms + self.window_ms)
-        k = (p.role, p.model_version)
+            e = Entry(event_id, event_time_ms + self.window_ms)
+        k = (role, model_version)
         if k not in e.preds:  # else a re-delivered prediction: nothing new
             if not e.preds:  # the first prediction sets the entry's window
-                e.expire_at = p.event_time_ms + self.window_ms
+                e.expire_at = event_time_ms + self.window_ms
                 part.schedule(e)
-            e.preds[k] = [raw, p]
+            slot: list[Any] = [raw, p]
+            e.preds[k] = slot
             if e.label is None:
                 self.stats.pending_predictions += 1
                 part.meta.pending_predictions += 1
             else:
-                out.pairs.append(JoinedPair(e.label, p, first_for_label=not e.joined))
+                full = self._pred(slot)
+                out.pairs.append(JoinedPair(e.label, full, first_for_label=not e.joined))
                 self._mark_joined(part, e)
-                if not e.written and p.answers:
-                    self._write(e, p, out)
+                if not e.written and role is not Role.SHADOW:
+                    self._write(e, full, out)
             part.put(e)
-        if p.event_time_ms > part.meta.watermark:
-            part.meta.watermark = p.event_time_ms
-            if p.event_time_ms > part.next_expiry():
+        if event_time_ms > part.meta.watermark:
+            part.meta.watermark = event_time_ms
+            if event_time_ms > part.next_expiry():
                 self._expire(part, out)
-        return out
 
     def add_label(self, lab: Feedback, *, out: JoinOutput | None = None) -> JoinOutput:
         """Apply one label; what it settles is added to ``out`` (a new output by

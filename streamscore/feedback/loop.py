@@ -52,7 +52,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +72,7 @@ from ..core.records import Feedback, Position, Prediction, Role, Telemetry
 from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
+from ..serde.record_heads import Heads
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState
 from .labels import LabelReader
@@ -83,6 +84,10 @@ if TYPE_CHECKING:
     from ..models.signing import Signer, Verifier
 
 log = logging.getLogger(__name__)
+
+_ROLES = {r.value: r for r in Role}
+#: the head fields of a prediction the join holds it by (the prediction schema's names)
+PREDICTION_HEAD = ("event_id", "event_time", "model_version", "role")
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
 
@@ -119,6 +124,7 @@ class FeedbackLoop:
         decode_prediction: Decoder,
         decode_feedback: Decoder,
         read_label: LabelReader | None = None,
+        read_heads: Callable[[Sequence[bytes | None]], Heads] | None = None,
         join: JoinState,
         store: GroundTruthStore,
         metrics: Metrics,
@@ -141,6 +147,9 @@ class FeedbackLoop:
         self._dec_fb = decode_feedback
         #: the decoded label record -> Feedback, by the project's ``[labels]`` field names
         self._read_label = read_label or LabelReader()
+        #: predictions checked whole in one vectorised pass, their head fields read
+        #: (:class:`~streamscore.serde.record_heads.HeadReader`); the rest are decoded
+        self._read_heads = read_heads
         self.join = join
         self.store = store
         self._m = metrics
@@ -278,6 +287,7 @@ class FeedbackLoop:
                 if ks is None:
                     ks = keys[tp] = []
                 ks.append(key)
+        heads, pred_i = self._heads(msgs, pred_i)
         try:  # batch decode; a registry away puts the whole batch back
             decoded: dict[int, Any] = _decode_batch(self._dec_pred, msgs, pred_i)
             decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
@@ -305,10 +315,15 @@ class FeedbackLoop:
                 if isinstance(rec, Exception):  # the typed error of a bad message
                     raise rec
                 if kind == PREDICTION:
-                    assert isinstance(rec, dict)
-                    p = Prediction.from_avro(rec, pos)
+                    h = heads.get(i)
+                    if h is not None:
+                        eid, t, version, role = h
+                        join.add_head(eid, t, _ROLES[role], version, msg.value(), pos, out)
+                    else:
+                        assert isinstance(rec, dict)
+                        p = Prediction.from_avro(rec, pos)
+                        join.add_prediction(p, msg.value(), out=out)
                     self.stats.predictions += 1
-                    join.add_prediction(p, msg.value(), out=out)
                 elif kind == LABEL:
                     assert isinstance(rec, Feedback)
                     n_labels += 1
@@ -339,6 +354,25 @@ class FeedbackLoop:
         if join.stats.duplicate > duplicate:
             self._m.feedback_labels.labels("duplicate").inc(join.stats.duplicate - duplicate)
         self._apply(out)
+
+    def _heads(
+        self, msgs: list[Any], idx: list[int]
+    ) -> tuple[dict[int, tuple[str, int, int, str]], list[int]]:
+        """The predictions of the batch the head reader accepts, by index: (event id,
+        event time, model version, role); and the indices left to the decoder."""
+        if self._read_heads is None or not idx:
+            return {}, idx
+        h = self._read_heads([msgs[i].value() for i in idx])
+        if not h.rows:
+            return {}, idx
+        c = h.columns
+        heads = {
+            idx[j]: (eid, t, v, r)
+            for j, eid, t, v, r in zip(
+                h.rows, c["event_id"], c["event_time"], c["model_version"], c["role"], strict=True
+            )
+        }
+        return heads, [i for i in idx if i not in heads]
 
     def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
         """The decoded label records of the batch read as :class:`Feedback` at once
