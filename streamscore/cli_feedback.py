@@ -377,6 +377,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         changelog=changelog,
         state_dir=Path(args.state_dir) / args.group_id,
         cache_entries=args.cache_entries,
+        max_changes=args.max_changes,
         checkpoint_s=args.checkpoint_s,
     )
     log.info(
@@ -544,8 +545,16 @@ def add_commands(sub: Any) -> None:
     f.add_argument(
         "--cache-entries",
         type=int,
+        default=20_000,
+        help="committed join-state entries kept in memory (encoded) by the worker, shared by "
+        "its partitions (the rest on disk, in RocksDB)",
+    )
+    f.add_argument(
+        "--max-changes",
+        type=int,
         default=100_000,
-        help="join-state entries kept in memory (encoded) per partition (the rest on disk)",
+        help="join-state changes held in memory between checkpoints (all partitions); more "
+        "force a checkpoint",
     )
     f.add_argument(
         "--checkpoint-s",

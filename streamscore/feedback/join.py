@@ -219,7 +219,11 @@ class JoinState:
         if s is not None:
             s.prefetch(eids)
 
-    def needs_commit(self) -> bool:
+    def needs_commit(self, max_changes: int | None = None) -> bool:
+        """The changes held since the last commit are too many: more than
+        ``max_changes`` over every partition (None: more than a partition's cache)."""
+        if max_changes is not None:
+            return sum(s.dirty for s in self._parts.values()) > max_changes
         return any(s.dirty > s.cache_entries for s in self._parts.values())
 
     # ------------------------------------------------------------------ inputs

@@ -135,7 +135,8 @@ class FeedbackLoop:
         dead_letter: Callable[[Any, StreamscoreError], None] | None = None,
         changelog: Changelog | None = None,
         state_dir: Path | None = None,
-        cache_entries: int = 100_000,
+        cache_entries: int = 20_000,
+        max_changes: int = 100_000,
         checkpoint_s: float = 1.0,
         batch_size: int = 1000,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),
@@ -159,7 +160,11 @@ class FeedbackLoop:
         self._stop = stop
         self._changelog = changelog
         self._state_dir = state_dir
+        #: committed entries kept in memory (encoded), shared by the assigned partitions
         self._cache_entries = cache_entries
+        self._assigned = 1
+        #: state changes held between checkpoints, over every partition (more: one now)
+        self._max_changes = max_changes
         self._checkpoint_s = checkpoint_s
         self._batch = batch_size
         self._committed: dict[tuple[str, int], int] = {}
@@ -194,7 +199,8 @@ class FeedbackLoop:
     def open_partition(self, topic: str, partition: int) -> PartitionState:
         """The partition's state: the local store, caught up from the changelog."""
         path = None if self._state_dir is None else self._state_dir / f"{topic}-{partition}"
-        state = PartitionState(path, cache_entries=self._cache_entries)
+        cache = max(1, self._cache_entries // self._assigned)
+        state = PartitionState(path, cache_entries=cache)
         if self._changelog is not None:
             t0 = time.monotonic()
             try:
@@ -202,7 +208,7 @@ class FeedbackLoop:
             except StateStoreError as exc:
                 log.warning("%s: restoring from scratch", exc)
                 state.close()
-                state = PartitionState(path, cache_entries=self._cache_entries, fresh=True)
+                state = PartitionState(path, cache_entries=cache, fresh=True)
                 n = self._changelog.restore(state, topic, partition)
             log.info(
                 "join state %s[%d]: %d changelog records applied in %.2fs; resumes at "
@@ -225,6 +231,7 @@ class FeedbackLoop:
         # rows recently written by any worker: a re-read message of theirs settles at once
         n = self.store.refresh()
         log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        self._assigned = max(1, len(partitions))
         if self._changelog is not None:
             self._changelog.look_up_ends([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
@@ -413,7 +420,7 @@ class FeedbackLoop:
             self._m.feedback_unmatched.inc()
             self._m.feedback_labels.labels("unmatched").inc()
             self.store.append_unmatched(lab.to_avro())
-        if self.store.needs_flush or self.join.needs_commit():
+        if self.store.needs_flush or self.join.needs_commit(self._max_changes):
             self.checkpoint()
 
     def _after_batch(self) -> None:
