@@ -178,7 +178,13 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
     from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
-    from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
+    from .kafka.clients import (
+        ROUTER_QUEUE_MESSAGES,
+        admin_config,
+        feedback_consumer,
+        plain_producer,
+        router_consumer,
+    )
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
@@ -336,7 +342,14 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     router = FeedbackRouter(
         consumer=router_c,
         sink=AtLeastOnceSink(
-            Producer(plain_producer(env.kafka, max_message_bytes=limits.producer_max_bytes())),
+            Producer(
+                plain_producer(
+                    env.kafka,
+                    max_message_bytes=limits.producer_max_bytes(),
+                    # a bounded queue of re-keyed messages: a full one holds the router
+                    max_queued=ROUTER_QUEUE_MESSAGES,
+                )
+            ),
             router_c,
         ),
         topics=topics,

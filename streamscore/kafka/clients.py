@@ -140,12 +140,25 @@ def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict
     return kafka.config("consumer", conf)
 
 
-def plain_producer(kafka: KafkaSettings, *, max_message_bytes: int | None = None) -> dict[str, Any]:
+def plain_producer(
+    kafka: KafkaSettings,
+    *,
+    max_message_bytes: int | None = None,
+    max_queued: int | None = None,
+) -> dict[str, Any]:
+    """An idempotent producer; ``max_queued``: messages waiting in its queue at most
+    (more: ``produce`` raises ``BufferError`` and the caller waits for deliveries)."""
     conf: dict[str, Any] = {}
     conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     if max_message_bytes is not None:
         conf["message.max.bytes"] = max_message_bytes + 65_536
+    if max_queued is not None:
+        conf["queue.buffering.max.messages"] = max_queued
     return kafka.config("producer", conf)
+
+
+#: the feedback router's producer queue (librdkafka's default is 100,000 messages)
+ROUTER_QUEUE_MESSAGES = 20_000
 
 
 def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
@@ -172,6 +185,7 @@ def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> di
             "partition.assignment.strategy": "range",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
+            **FEEDBACK_PREFETCH,
         }
     )
     return kafka.config("consumer", conf)
@@ -187,9 +201,19 @@ def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
             "enable.auto.commit": True,
             "auto.commit.interval.ms": 1000,
             "fetch.wait.max.ms": 100,
+            **FEEDBACK_PREFETCH,
         }
     )
     return kafka.config("consumer", conf)
+
+
+#: the feedback consumers' prefetch (the router's and the join's): their messages are
+#: small (a prediction is ~100-300 bytes), and librdkafka's own bookkeeping of each
+#: prefetched message (a few hundred bytes more) is not counted by
+#: ``queued.max.messages.kbytes``: with 16 MB of payload and the default 100,000 messages
+#: per partition, each consumer held ~60 MB. A few thousand messages per partition is
+#: still seconds of work for the loop.
+FEEDBACK_PREFETCH = {"queued.min.messages": 5_000, "queued.max.messages.kbytes": 4_096}
 
 
 def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
