@@ -171,6 +171,7 @@ class FeatureSpec:
 Position = tuple[str, int, int]
 
 _NOT_INPUTS = frozenset({EVENT_ID_FIELD, "key", EVENT_TIME_FIELD})
+_ROLE_OF = {r.value: r for r in Role}
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +205,7 @@ class Prediction:
             event_time_ms=_millis(d["event_time"]),
             model_name=str(d["model_name"]),
             model_version=int(d["model_version"]),
-            role=Role(d["role"]),
+            role=_ROLE_OF.get(d["role"]) or Role(d["role"]),
             value=d.get("value"),
             label=d.get("label"),
             probabilities=tuple(detail.get("probabilities") or ()),
