@@ -157,6 +157,7 @@ class JoinState:
         self._decode = decode_prediction
         self._clock = clock
         self._parts: dict[tuple[str, int], PartitionState] = {}
+        self._ready: dict[bytes, Prediction] = {}
         self.stats = JoinStats()
 
     def __len__(self) -> int:
@@ -329,10 +330,24 @@ class JoinState:
         return self.stats.released - before
 
     # --------------------------------------------------------------- internals
+    def predecode(self, raws: dict[bytes, Prediction]) -> None:
+        """Predictions about to be joined, decoded by the caller at once (the batch
+        being applied): a stored prediction with these bytes is taken from here instead
+        of being decoded alone. Replaces the previous batch's."""
+        self._ready = raws
+
+    def peek(self, tp: tuple[str, int], eid: str) -> Entry | None:
+        """The entry of ``eid`` on ``tp``, to look at (not to change)."""
+        s = self._parts.get(tp)
+        return None if s is None else s.get(eid)
+
     def _pred(self, slot: list[Any]) -> Prediction:
         p = slot[1]
         if p is None:
-            p = self._decode(slot[0])
+            raw = slot[0]
+            p = self._ready.get(raw) if self._ready else None
+            if p is None:
+                p = self._decode(raw)
             slot[1] = p
         assert isinstance(p, Prediction)
         return p

@@ -52,7 +52,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +72,7 @@ from ..core.records import Feedback, Position, Prediction, Role, Telemetry
 from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
-from ..serde.record_heads import Heads
+from ..serde.record_heads import HeadReader
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState
 from .labels import LabelReader
@@ -124,7 +124,7 @@ class FeedbackLoop:
         decode_prediction: Decoder,
         decode_feedback: Decoder,
         read_label: LabelReader | None = None,
-        read_heads: Callable[[Sequence[bytes | None]], Heads] | None = None,
+        read_heads: HeadReader | None = None,
         join: JoinState,
         store: GroundTruthStore,
         metrics: Metrics,
@@ -305,6 +305,8 @@ class FeedbackLoop:
         self._read_labels(msgs, label_i, decoded)
         for tp, ks in keys.items():  # one multi-get per partition, not one get per message
             self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
+        if heads:
+            self._predecode(msgs, heads, label_i, decoded)
         out = JoinOutput()
         join = self.join
         duplicate = join.stats.duplicate
@@ -355,6 +357,7 @@ class FeedbackLoop:
                 if self._dead_letter is not None:
                     self._dead_letter(msg, err)
             join.consumed(pos)
+        join.predecode({})
         if n_labels:
             self.stats.labels += n_labels
             self._m.feedback_received.inc(n_labels)
@@ -380,6 +383,44 @@ class FeedbackLoop:
             )
         }
         return heads, [i for i in idx if i not in heads]
+
+    def _predecode(
+        self,
+        msgs: list[Any],
+        heads: dict[int, tuple[str, int, int, str]],
+        label_i: list[int],
+        decoded: dict[int, Any],
+    ) -> None:
+        """The predictions the batch's labels will meet (held by the state, or in the
+        batch) decoded at once, column-wise, for the join to take (:meth:`JoinState.predecode`)."""
+        assert self._read_heads is not None
+        join = self.join
+        labelled: set[tuple[str, int, str]] = set()
+        need: list[bytes] = []
+        for i in label_i:
+            lab = decoded.get(i)
+            if not isinstance(lab, Feedback) or lab.position is None:
+                continue
+            t, part = lab.position[0], lab.position[1]
+            labelled.add((t, part, lab.event_id))
+            e = join.peek((t, part), lab.event_id)
+            if e is not None and e.label is None:
+                for slot in e.preds.values():
+                    raw = slot[0]
+                    if slot[1] is None and isinstance(raw, bytes) and raw:
+                        need.append(raw)
+        for i, h in heads.items():
+            m = msgs[i]
+            if (m.topic(), m.partition(), h[0]) in labelled:
+                need.append(m.value())
+        if not need:
+            return
+        rows, records = self._read_heads.records(need)
+        ready: dict[bytes, Prediction] = {}
+        for j, rec in zip(rows, records, strict=True):
+            with contextlib.suppress(KeyError, ValueError, TypeError):  # then decoded alone
+                ready[need[j]] = Prediction.from_avro(rec)
+        join.predecode(ready)
 
     def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
         """The decoded label records of the batch read as :class:`Feedback` at once

@@ -271,8 +271,9 @@ class PartitionState:
         self._next_db_expiry = 0  # no index key below this (0: unknown, scan)
         self._encoded: list[tuple[str, bytes | None, int]] = []
         #: committed entries read ahead for the batch being applied (:meth:`prefetch`),
-        #: None for an id the store does not hold; forgotten at every commit
-        self._fetched: dict[str, bytes | None] = {}
+        #: None for an id the store does not hold, the Entry once read (so that a batch
+        #: that looks at an entry twice decodes it once); forgotten at every commit
+        self._fetched: dict[str, bytes | Entry | None] = {}
         self.meta = Meta()
         if self._db is not None:
             raw = self._get(META)
@@ -295,7 +296,13 @@ class PartitionState:
         if self._db is None:
             return None
         f = self._fetched
-        raw = f[eid] if eid in f else self._get(ENTRY + eid.encode())
+        if eid in f:
+            v = f[eid]
+            if v is None or isinstance(v, Entry):
+                return v
+            e = f[eid] = decode_entry(eid, v)  # an entry changed is put(), and dirty wins
+            return e
+        raw = self._get(ENTRY + eid.encode())
         return None if raw is None else decode_entry(eid, raw)
 
     def prefetch(self, eids: Iterable[str]) -> None:
@@ -309,7 +316,7 @@ class PartitionState:
         self._fetched = {}
         if todo:
             values = self._db.get([ENTRY + e.encode() for e in todo])
-            self._fetched = dict(zip(todo, cast(list[bytes | None], values), strict=True))
+            self._fetched = dict(zip(todo, cast(list[bytes | Entry | None], values), strict=True))
 
     def put(self, e: Entry) -> None:
         self._dirty[e.event_id] = e

@@ -223,6 +223,7 @@ class HeadReader:
             if kind not in ("string", "int", "long", "enum"):
                 raise ValueError(f"head field {name!r} must be a top-level string/int/long/enum")
         self.head = tuple(head)
+        self._symbols = {n: kinds[n].symbols for n in head if kinds[n].kind == "enum"}
         self._writer_of = writer_of
         self._same: dict[int, bool] = {}
 
@@ -241,9 +242,45 @@ class HeadReader:
         return same
 
     def __call__(self, values: Sequence[bytes | None]) -> Heads:
+        checked = self._check(values)
+        if checked is None:
+            return Heads([], {name: [] for name in self.head})
+        raw, _buf, rows, _starts, kept = checked
+        columns: dict[str, list[Any]] = {}
+        for name in self.head:
+            kind, a_or_vals, stop = kept[name]
+            if kind == "string":
+                assert stop is not None
+                columns[name] = [
+                    raw[x:y].decode("ascii")
+                    for x, y in zip(a_or_vals.tolist(), stop.tolist(), strict=True)
+                ]
+            elif kind == "enum":
+                syms = self._symbols[name]
+                columns[name] = [syms[v] for v in a_or_vals.tolist()]
+            else:
+                columns[name] = a_or_vals.tolist()
+        return Heads(rows.tolist(), columns)
+
+    def records(self, values: Sequence[bytes | None]) -> tuple[list[int], list[dict[str, Any]]]:
+        """The accepted messages of a batch decoded whole, column-wise: (their indices,
+        their records, as ``fastavro.schemaless_reader`` gives them)."""
+        checked = self._check(values)
+        if checked is None:
+            return [], []
+        raw, buf, rows, starts, _kept = checked
+        _pos, recs = _Read(raw, buf).read(self._type, starts)
+        return rows.tolist(), recs
+
+    def _check(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]] | None:
+        """The batch walked (module doc): (its bytes joined, as an array, the indices of
+        the accepted messages, where their bodies start, their head fields), or None
+        when it accepts none."""
         n = len(values)
         if n == 0 or set(map(type, values)) != {bytes}:
-            return Heads([], {name: [] for name in self.head})
+            return None
         datas: Sequence[bytes] = values  # type: ignore[assignment]
         raw = b"".join(datas)
         lens = np.fromiter(map(len, datas), dtype=np.int64, count=n)
@@ -258,12 +295,12 @@ class HeadReader:
                 ok &= ids != schema_id
         rows = np.flatnonzero(ok)
         if rows.size == 0:
-            return Heads([], {name: [] for name in self.head})
+            return None
         w = _Walk(buf, ends[rows])
         idx = np.arange(rows.size)
-        pos = starts[rows] + HEADER_SIZE
+        body = starts[rows] + HEADER_SIZE
+        pos = body
         kept: dict[str, tuple[str, np.ndarray, np.ndarray | None]] = {}
-        symbols: dict[str, tuple[str, ...]] = {}
         for name, ft in self._type.fields:
             if name in self.head:
                 if ft.kind == "string":
@@ -276,8 +313,6 @@ class HeadReader:
                 pos = w.walk(ft, idx, pos)
                 vals, _after, _long = varints(buf, before)
                 kept[name] = (ft.kind, vals, None)
-                if ft.kind == "enum":
-                    symbols[name] = ft.symbols
                 continue
             pos = w.walk(ft, idx, pos)
         bad = w.bad | (pos != w.ends)  # ran past its end, or bytes left over
@@ -292,18 +327,101 @@ class HeadReader:
                 owner = np.searchsorted(w.ends, wide, side="right")
                 bad[np.minimum(owner, bad.size - 1)] = True
         good = np.flatnonzero(~bad)
-        columns: dict[str, list[Any]] = {}
-        for name in self.head:
-            kind, a_or_vals, stop = kept[name]
-            if kind == "string":
-                assert stop is not None
-                columns[name] = [
-                    raw[x:y].decode("ascii")
-                    for x, y in zip(a_or_vals[good].tolist(), stop[good].tolist(), strict=True)
-                ]
-            elif kind == "enum":
-                syms = symbols[name]
-                columns[name] = [syms[v] for v in a_or_vals[good].tolist()]
+        if good.size == 0:
+            return None
+        kept_good = {
+            name: (kind, a[good], None if b is None else b[good])
+            for name, (kind, a, b) in kept.items()
+        }
+        return raw, buf, rows[good], body[good], kept_good
+
+
+class _Read:
+    """Values of sound messages (already walked and accepted), column-wise: each
+    ``read`` returns the positions after the values and the values (one per row), as
+    fastavro gives them (arrays as lists, maps and records as dicts)."""
+
+    def __init__(self, raw: bytes, buf: np.ndarray) -> None:
+        self.raw = raw
+        self.buf = buf
+
+    def read(self, t: _T, pos: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        k, n = t.kind, pos.size
+        buf = self.buf
+        if k == "null":
+            return pos, [None] * n
+        if k == "boolean":
+            return pos + 1, (buf[pos] == 1).tolist()
+        if k in ("float", "double"):
+            width = _WIDTH[k]
+            idx = pos[:, None] + np.arange(width)
+            arr = np.ascontiguousarray(buf[idx]).view("<f4" if width == 4 else "<f8")
+            return pos + width, arr.reshape(n).tolist()
+        if k in _VARINT_KINDS:
+            v, pos, _long = varints(buf, pos)
+            if k == "enum":
+                return pos, [t.symbols[i] for i in v.tolist()]
+            return pos, v.tolist()
+        if k in _BYTES_KINDS:
+            size, pos = varints(buf, pos)[:2]
+            stop = pos + size
+            raw = self.raw
+            spans = zip(pos.tolist(), stop.tolist(), strict=True)
+            if k == "string":
+                return stop, [raw[a:b].decode() for a, b in spans]
+            return stop, [raw[a:b] for a, b in spans]
+        if k == "union":
+            b, pos = varints(buf, pos)[:2]
+            out: list[Any] = [None] * n
+            after = pos.copy()
+            for i, bt in enumerate(t.branches):
+                m = np.flatnonzero(b == i)
+                if m.size:
+                    after[m], vals = self.read(bt, pos[m])
+                    for r, v in zip(m.tolist(), vals, strict=True):
+                        out[r] = v
+            return after, out
+        if k == "record":
+            names, cols = [], []
+            for name, ft in t.fields:
+                pos, vals = self.read(ft, pos)
+                names.append(name)
+                cols.append(vals)
+            return pos, [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
+        items = t.items  # array or map: one block (the walk checked), then its 0
+        assert items is not None
+        count, pos = varints(buf, pos)[:2]
+        lists: list[Any] = [[] for _ in range(n)] if k == "array" else [{} for _ in range(n)]
+        if count.any():
+            if k == "array" and items.kind in ("double", "float"):
+                width = _WIDTH[items.kind]
+                rows = np.repeat(np.arange(n), count)
+                first = np.cumsum(count) - count
+                at = pos[rows] + width * (np.arange(rows.size) - first[rows])
+                flat = (
+                    np.ascontiguousarray(buf[at[:, None] + np.arange(width)])
+                    .view("<f4" if width == 4 else "<f8")
+                    .reshape(rows.size)
+                    .tolist()
+                )
+                for r, a, c in zip(range(n), first.tolist(), count.tolist(), strict=True):
+                    if c:
+                        lists[r] = flat[a : a + c]
+                pos = pos + width * count
             else:
-                columns[name] = a_or_vals[good].tolist()
-        return Heads(rows[good].tolist(), columns)
+                for i in range(int(count.max())):
+                    m = np.flatnonzero(count > i)
+                    p = pos[m]
+                    if k == "map":
+                        p, keys = self.read(_STRING, p)
+                        p, vals = self.read(items, p)
+                        for r, key, v in zip(m.tolist(), keys, vals, strict=True):
+                            lists[r][key] = v
+                    else:
+                        p, vals = self.read(items, p)
+                        for r, v in zip(m.tolist(), vals, strict=True):
+                            lists[r].append(v)
+                    pos[m] = p
+            more = np.flatnonzero(count > 0)  # the count after a block: 0 (walked)
+            pos[more] = varints(buf, pos[more])[1]
+        return pos, lists

@@ -92,13 +92,18 @@ def fx() -> Fixture:
 
 def check(fx: Fixture, values: list[bytes]) -> list[int]:
     """Every accepted message decodes (fastavro, through the join's decoder) to the head
-    values the reader gave; returns the accepted indices."""
+    values the reader gave, and to the record :meth:`HeadReader.records` gave; returns
+    the accepted indices."""
     heads = fx.reader(values)
     assert heads.rows == sorted(set(heads.rows))
+    rows, records = fx.reader.records(values)
+    assert rows == heads.rows
     for j, i in enumerate(heads.rows):
         rec = fx.decode(values[i])  # raises if the reader accepted a message it should not
         for name in HEAD:
             assert heads.columns[name][j] == rec[name], (i, name)
+        assert records[j] == rec, i
+        assert records[j] == fastavro.schemaless_reader(io.BytesIO(values[i][5:]), fx.parsed, None)
     return heads.rows
 
 
