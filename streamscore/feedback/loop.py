@@ -305,7 +305,7 @@ class FeedbackLoop:
         self._read_labels(msgs, label_i, decoded)
         for tp, ks in keys.items():  # one multi-get per partition, not one get per message
             self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
-        if heads:
+        if self._read_heads is not None and label_i:
             self._predecode(msgs, heads, label_i, decoded)
         out = JoinOutput()
         join = self.join
