@@ -305,7 +305,7 @@ class FeedbackLoop:
         self._read_labels(msgs, label_i, decoded)
         for tp, ks in keys.items():  # one multi-get per partition, not one get per message
             self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
-        if self._read_heads is not None and label_i:
+        if self._read_heads is not None and (label_i or heads):
             self._predecode(msgs, heads, label_i, decoded)
         out = JoinOutput()
         join = self.join
@@ -392,7 +392,7 @@ class FeedbackLoop:
         decoded: dict[int, Any],
     ) -> None:
         """The predictions the batch's labels will meet (held by the state, or in the
-        batch) decoded at once, column-wise, for the join to take (:meth:`JoinState.predecode`)."""
+        batch), and the batch's predictions whose label the state holds, decoded at once, column-wise, for the join to take (:meth:`JoinState.predecode`)."""
         assert self._read_heads is not None
         join = self.join
         labelled: set[tuple[str, int, str]] = set()
@@ -409,9 +409,14 @@ class FeedbackLoop:
                     raw = slot[0]
                     if slot[1] is None and isinstance(raw, bytes) and raw:
                         need.append(raw)
-        for i, h in heads.items():
+        for i, h in heads.items():  # a label of the batch, or one the state holds
             m = msgs[i]
-            if (m.topic(), m.partition(), h[0]) in labelled:
+            tp = (m.topic(), m.partition())
+            if (*tp, h[0]) in labelled:
+                need.append(m.value())
+                continue
+            e = join.peek(tp, h[0])
+            if e is not None and e.label is not None:
                 need.append(m.value())
         if not need:
             return
