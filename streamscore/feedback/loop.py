@@ -392,7 +392,8 @@ class FeedbackLoop:
         decoded: dict[int, Any],
     ) -> None:
         """The predictions the batch's labels will meet (held by the state, or in the
-        batch), and the batch's predictions whose label the state holds, decoded at once, column-wise, for the join to take (:meth:`JoinState.predecode`)."""
+        batch), and the batch's predictions whose label the state holds, decoded at once,
+        column-wise, for the join to take (:meth:`JoinState.predecode`)."""
         assert self._read_heads is not None
         join = self.join
         labelled: set[tuple[str, int, str]] = set()
@@ -420,12 +421,10 @@ class FeedbackLoop:
                 need.append(m.value())
         if not need:
             return
-        rows, records = self._read_heads.records(need)
-        ready: dict[bytes, Prediction] = {}
-        for j, rec in zip(rows, records, strict=True):
-            with contextlib.suppress(KeyError, ValueError, TypeError):  # then decoded alone
-                ready[need[j]] = Prediction.from_avro(rec)
-        join.predecode(ready)
+        rows, columns = self._read_heads.columns(need)
+        if rows:
+            preds = Prediction.many_from_columns(columns)
+            join.predecode({need[j]: p for j, p in zip(rows, preds, strict=True)})
 
     def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
         """The decoded label records of the batch read as :class:`Feedback` at once

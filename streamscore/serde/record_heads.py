@@ -272,6 +272,15 @@ class HeadReader:
         _pos, recs = _Read(raw, buf).read(self._type, starts)
         return rows.tolist(), recs
 
+    def columns(self, values: Sequence[bytes | None]) -> tuple[list[int], dict[str, Any]]:
+        """:meth:`records` as columns: (the indices, each field's values in a list, a
+        nested record's as a dict of such lists), no record built."""
+        checked = self._check(values)
+        if checked is None:
+            return [], {}
+        raw, buf, rows, starts, _kept = checked
+        return rows.tolist(), _Read(raw, buf, as_columns=True).record(self._type, starts)[1]
+
     def _check(
         self, values: Sequence[bytes | None]
     ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]] | None:
@@ -341,9 +350,17 @@ class _Read:
     ``read`` returns the positions after the values and the values (one per row), as
     fastavro gives them (arrays as lists, maps and records as dicts)."""
 
-    def __init__(self, raw: bytes, buf: np.ndarray) -> None:
+    def __init__(self, raw: bytes, buf: np.ndarray, *, as_columns: bool = False) -> None:
         self.raw = raw
         self.buf = buf
+        #: records (top-level, nested) as a dict of columns instead of one dict per row
+        self.as_columns = as_columns
+
+    def record(self, t: _T, pos: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        cols: dict[str, Any] = {}
+        for name, ft in t.fields:
+            pos, cols[name] = self.read(ft, pos)
+        return pos, cols
 
     def read(self, t: _T, pos: np.ndarray) -> tuple[np.ndarray, list[Any]]:
         k, n = t.kind, pos.size
@@ -382,12 +399,12 @@ class _Read:
                         out[r] = v
             return after, out
         if k == "record":
-            names, cols = [], []
-            for name, ft in t.fields:
-                pos, vals = self.read(ft, pos)
-                names.append(name)
-                cols.append(vals)
-            return pos, [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
+            pos, cols = self.record(t, pos)
+            if self.as_columns:
+                return pos, cols  # type: ignore[return-value]
+            names = list(cols)
+            tuples = zip(*cols.values(), strict=True)
+            return pos, [dict(zip(names, row, strict=True)) for row in tuples]
         items = t.items  # array or map: one block (the walk checked), then its 0
         assert items is not None
         count, pos = varints(buf, pos)[:2]

@@ -313,10 +313,10 @@ class Counted:
         self.accepted.append(len(h.rows))
         return h
 
-    def records(self, values: Any) -> Any:
-        rows, recs = self.inner.records(values)
+    def columns(self, values: Any) -> Any:
+        rows, cols = self.inner.columns(values)
         self.records_read += len(rows)
-        return rows, recs
+        return rows, cols
 
 
 def test_predictions_held_by_their_heads_join_and_dead_letter_as_decoded_ones(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from streamscore.core.errors import StreamscoreError
+from streamscore.core.records import Prediction
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, LayoutDeserializer
 from streamscore.serde.record_heads import MAX_ITEMS, HeadReader
@@ -98,6 +99,10 @@ def check(fx: Fixture, values: list[bytes]) -> list[int]:
     assert heads.rows == sorted(set(heads.rows))
     rows, records = fx.reader.records(values)
     assert rows == heads.rows
+    rows_c, columns = fx.reader.columns(values)
+    assert rows_c == rows
+    if rows:
+        assert Prediction.many_from_columns(columns) == [Prediction.from_avro(r) for r in records]
     for j, i in enumerate(heads.rows):
         rec = fx.decode(values[i])  # raises if the reader accepted a message it should not
         for name in HEAD:
