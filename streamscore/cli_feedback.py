@@ -565,7 +565,7 @@ def add_commands(sub: Any) -> None:
     f.add_argument(
         "--max-changes",
         type=int,
-        default=100_000,
+        default=50_000,
         help="join-state changes held in memory between checkpoints (all partitions); more "
         "force a checkpoint",
     )

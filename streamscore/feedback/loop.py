@@ -136,7 +136,7 @@ class FeedbackLoop:
         changelog: Changelog | None = None,
         state_dir: Path | None = None,
         cache_entries: int = 20_000,
-        max_changes: int = 100_000,
+        max_changes: int = 50_000,
         checkpoint_s: float = 1.0,
         batch_size: int = 1000,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),

@@ -200,8 +200,10 @@ def relax_gc() -> None:
 
 
 #: block cache and memtables of all the partition stores of one process, together
-BLOCK_CACHE_BYTES = 64 << 20
-MEMTABLE_BYTES = 64 << 20
+#: (the block cache holds what labels read back; most lookups are of ids the store does
+#: not hold, answered by the bloom filters, which live outside it)
+BLOCK_CACHE_BYTES = 16 << 20
+MEMTABLE_BYTES = 32 << 20
 _shared: tuple[Cache, WriteBufferManager] | None = None
 
 
@@ -220,7 +222,7 @@ def _options() -> Options:
     cache, memtables = _memory()
     o = Options(raw_mode=True)
     o.create_if_missing(True)
-    o.set_write_buffer_size(32 << 20)
+    o.set_write_buffer_size(16 << 20)
     o.set_max_write_buffer_number(2)
     o.set_write_buffer_manager(memtables)  # flushes the largest when all exceed the budget
     # most lookups are of event ids not in the store (a new prediction): a bloom filter
