@@ -25,9 +25,10 @@ import numpy as np
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from streamscore.core.config import ScoringSettings, TopicSettings
+from streamscore.core.config import KafkaSettings, ScoringSettings, TopicSettings
 from streamscore.core.records import Role
 from streamscore.dev import synthetic
+from streamscore.kafka.clients import score_producer
 from streamscore.kafka.delivery import AtLeastOnceSink
 from streamscore.metrics.series import Metrics
 from streamscore.models.container import sign_bundle
@@ -63,18 +64,10 @@ def build(
     store = ModelStore()
     store.offer(Role.PRIMARY, model)
     settings = ScoringSettings(batch_size=batch)
-    producer = Producer(
-        {
-            "test.mock.num.brokers": 1,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 2,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 200_000,
-            "queue.buffering.max.kbytes": 262_144,
-            "log_level": 0,
-        }
-    )
+    # the worker's own producer settings (score_producer), on the mock cluster
+    conf = score_producer(KafkaSettings(), settings)
+    conf.pop("bootstrap.servers", None)
+    producer = Producer({**conf, "test.mock.num.brokers": 1, "log_level": 0})
     sink = AtLeastOnceSink(producer, FakeConsumer())
     loop = ScoreLoop(
         consumer=FakeConsumer(),
@@ -94,7 +87,7 @@ def build(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=workload.MODEL_KINDS, default="hgb")
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=ScoringSettings.batch_size)
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
@@ -113,8 +106,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     now = int(time.time() * 1000)
     n = args.batch * 20  # a pool of distinct events, reused round-robin
+    # a consumed batch holds runs of one partition (a fetch is per partition): 4 runs
+    run_len = max(1, args.batch // 4)
     pool = [
-        FakeMessage("events", i % 4, i, enc.encode(e), key=e["key"].encode(), timestamp_ms=now)
+        FakeMessage(
+            "events", (i // run_len) % 4, i, enc.encode(e), key=e["key"].encode(), timestamp_ms=now
+        )
         for i, e in enumerate(workload.events(n, rng, event_time_ms=now))
     ]
     batches = [pool[i : i + args.batch] for i in range(0, n, args.batch)]

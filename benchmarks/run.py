@@ -59,7 +59,13 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from streamscore.cli import settings_from_env
-from streamscore.core.config import SIGNING_ENV, KafkaSettings, RegistrySettings, TopicSettings
+from streamscore.core.config import (
+    SIGNING_ENV,
+    KafkaSettings,
+    RegistrySettings,
+    ScoringSettings,
+    TopicSettings,
+)
 from streamscore.core.records import Role
 from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.kafka.clients import reader_consumer
@@ -399,7 +405,12 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
-    ap.add_argument("--batch-size", type=int, default=500, help="worker --batch-size")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=ScoringSettings.batch_size,
+        help="worker --batch-size (default: the worker's own)",
+    )
     ap.add_argument("--out", default="results/bench.json")
     ap.add_argument("--events", type=int, help="events of the long runs (default per profile)")
     ap.add_argument("--repeats", type=int, help="long runs per model (default per profile)")

@@ -986,8 +986,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--worker-id", default=None, help="stable id (transactional id in --exactly-once)"
     )
-    s.add_argument("--batch-size", type=int, default=500)
-    s.add_argument("--batch-wait-ms", type=int, default=10)
+    s.add_argument(
+        "--batch-size",
+        type=int,
+        default=ScoringSettings.batch_size,
+        help=f"most messages per micro-batch (default {ScoringSettings.batch_size})",
+    )
+    s.add_argument("--batch-wait-ms", type=int, default=ScoringSettings.batch_wait_ms)
     s.add_argument("--exactly-once", action="store_true")
     s.add_argument("--shadow-topic", default=None, help=SHADOW_TOPIC_HELP)
     s.add_argument(

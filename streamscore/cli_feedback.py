@@ -3,6 +3,9 @@
 Hook into ``cli.py`` with ``cli_feedback.add_commands(sub)`` on its subparsers; until
 then ``python -m streamscore.cli_feedback {feedback,train} ...`` runs them directly
 (same environment variables as ``streamscore``, see :mod:`streamscore.cli`).
+
+One concern, hence its length: the argument parsing and wiring of the feedback and
+train commands.
 """
 
 from __future__ import annotations
@@ -346,6 +349,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
                 plain_producer(
                     env.kafka,
                     max_message_bytes=limits.producer_max_bytes(),
+                    failures_only=True,
                     # a bounded queue of re-keyed messages: a full one holds the router
                     max_queued=ROUTER_QUEUE_MESSAGES,
                 )

@@ -194,6 +194,7 @@ def launch(
     port = free_port()
     log = log_path.open("wb")
     cmd = [
+        *die_with_parent(),  # killed by the kernel should this process end without stopping it
         sys.executable,
         "-m",
         "streamscore.cli",
@@ -206,10 +207,8 @@ def launch(
         str(port),
         *args,
     ]
-    try:  # killed by the kernel should this process end without stopping it
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
-        )
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     except BaseException:
         log.close()
         raise

@@ -81,6 +81,9 @@ Secrets are never written in the project file: only the files that hold them.
     allow_http = "true"
 
 Precedence (the CLI applies it): flags > environment > project file > defaults.
+
+One concern, hence its length: the project file's text turned into typed tables, with
+a precise error for each mistake.
 """
 
 from __future__ import annotations

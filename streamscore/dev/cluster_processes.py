@@ -12,8 +12,6 @@ of the process table (:meth:`ServerProcess.pid`). Also here: the checks a start 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import re
@@ -24,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,33 +167,25 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 # (no zombies) when we stop them from the same process.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
-_PR_SET_PDEATHSIG = 1
 
+def die_with_parent() -> list[str]:
+    """A command prefix under which the child is killed (SIGKILL) by the kernel when
+    this process ends, however it ends (a test session killed by ``timeout``, SIGKILL, a
+    crash: no ``finally`` runs then, and a server in a session of its own would live
+    on): ``setpriv --pdeathsig KILL --`` (util-linux), which sets
+    ``prctl(PR_SET_PDEATHSIG)`` and execs the command (same pid; the setting survives the
+    exec). Empty where it cannot be done (not Linux, no ``setpriv``).
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` for ``subprocess.Popen``: the child is killed (SIGKILL) by the
-    kernel when this process ends, however it ends (a test session killed by ``timeout``,
-    SIGKILL, a crash: no ``finally`` runs then, and a server in a session of its own
-    would live on). None where the kernel cannot do it (not Linux).
-
-    prctl(PR_SET_PDEATHSIG) is tied to the thread that forks, so only the main thread's
-    children get it (another thread may end before its child should: None). libc is
-    loaded here, in the parent, so that the child only makes two system calls between
-    fork and exec."""
+    Not a ``preexec_fn``: Python code between fork and exec can deadlock when other
+    threads run (the tests' feeders, the demo's supervisors). The setting is tied to the
+    thread that forks, so only the main thread's children get it (another thread may end
+    before its child should: empty)."""
     if not sys.platform.startswith("linux"):
-        return None
+        return []
     if threading.current_thread() is not threading.main_thread():
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl, getppid, kill = libc.prctl, os.getppid, os.kill
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if getppid() != parent:  # the parent died before prctl: nobody will stop us
-            kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def stray_servers(run_dirs: Iterable[Path], props: Iterable[str]) -> list[int]:
@@ -284,14 +274,14 @@ class ServerProcess:
         pid file. Should writing it fail, the process is killed before the error is
         raised: nothing is left running that :meth:`stop` could not find."""
         with self.log.open("ab") as out:
+            prefix = die_with_parent() if self.stop_with_parent else []
             proc = subprocess.Popen(
-                list(cmd),
+                [*prefix, *cmd],
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent() if self.stop_with_parent else None,
             )
         _CHILDREN[proc.pid] = proc
         try:

@@ -35,6 +35,9 @@ Every JVM we start carries ``-Dstreamscore.localcluster=<run dir>#<role>`` on it
 line. ``down()`` only signals processes whose ``/proc/<pid>/cmdline`` carries that marker
 (found through the pid files or, after a crash that lost them, by scanning the process
 table), so it never kills a foreign process that happens to reuse a pid.
+
+One concern, hence its length: the local cluster's life cycle (install, up, down,
+reset, status).
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ Reading (:func:`read_rows`) prunes partitions by event date and filters on event
 (``since`` inclusive, ``until`` exclusive, epoch ms). Training matrices are built by
 :func:`training_data` with :func:`streamscore.features.prepare.from_rows`: the serving
 checks and encoding.
+
+One concern, hence its length: the ground-truth table (its rows, the merge on the
+event id, compaction and vacuum, pruned and time-travel reads).
 """
 
 from __future__ import annotations

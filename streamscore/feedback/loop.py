@@ -44,6 +44,8 @@ topic), counted, and consumed. A schema registry that cannot answer is not bad i
 batch, from the first message not yet joined, is put back
 (:class:`~streamscore.kafka.putback.PutBack`: paused, polled so the worker stays in its
 group, consumed again after a backoff).
+
+One concern, hence its length: the feedback join's consume loop.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ after a crash it is either current or behind, and :meth:`PartitionState.restore`
 up from the changelog records after its recorded ``changelog_offset`` (all of them on a
 fresh host). Index keys are validated lazily (an index key whose entry is gone or
 expires at another time is dropped when scanned), so the changelog only carries entries.
+
+One concern, hence its length: the join's durable state per partition (RocksDB and
+its changelog).
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ def score_producer(
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": max(scoring.max_in_flight * 2, 10_000),
             "queue.buffering.max.kbytes": 262_144,
+            # a success costs no Python call: both sinks count failures only (at least
+            # once stores offsets at flush checkpoints; a transaction's commit is one
+            # acknowledgement); reports of refused outputs still come (delivery.py
+            # sizes them anew)
+            "delivery.report.only.error": True,
         }
     )
     if limits is not None:
@@ -94,9 +99,6 @@ def score_producer(
     if scoring.exactly_once:
         conf["transactional.id"] = f"streamscore-score-{scoring.group_id}-{scoring.worker_id}"
         conf["transaction.timeout.ms"] = 30_000
-        # a transaction's outputs need no acknowledgement one by one (the commit is
-        # one); reports of refused outputs still come (delivery.py sizes them anew)
-        conf["delivery.report.only.error"] = True
     return kafka.config("producer", conf)
 
 
@@ -144,12 +146,18 @@ def plain_producer(
     kafka: KafkaSettings,
     *,
     max_message_bytes: int | None = None,
+    failures_only: bool = False,
     max_queued: int | None = None,
 ) -> dict[str, Any]:
-    """An idempotent producer; ``max_queued``: messages waiting in its queue at most
-    (more: ``produce`` raises ``BufferError`` and the caller waits for deliveries)."""
+    """An idempotent producer. ``failures_only``: delivery reports for failures only, so
+    that a success costs no Python call (for an
+    :class:`~streamscore.kafka.delivery.AtLeastOnceSink`, which counts failures only);
+    ``max_queued``: messages waiting in its queue at most (more: ``produce`` raises
+    ``BufferError`` and the caller waits for deliveries)."""
     conf: dict[str, Any] = {}
     conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    if failures_only:
+        conf["delivery.report.only.error"] = True
     if max_message_bytes is not None:
         conf["message.max.bytes"] = max_message_bytes + 65_536
     if max_queued is not None:

@@ -1,8 +1,8 @@
 """Getting a batch's outputs to the broker, and its offsets committed, per guarantee.
 
-``AtLeastOnceSink``: outputs are produced asynchronously; a batch's consumed offsets are
-stored (and then auto-committed) only once every output of that batch, and of every
-batch before it, is acknowledged. ``TransactionalSink``: one transaction per batch holds
+``AtLeastOnceSink``: outputs are produced asynchronously, only failures are reported;
+consumed offsets are stored (and then auto-committed) at checkpoints, once every output
+produced so far is acknowledged. ``TransactionalSink``: one transaction per batch holds
 the outputs and the consumed offsets (``send_offsets_to_transaction``).
 
 One concern, hence its length: delivery under the two guarantees, including the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,15 +38,13 @@ class OutMessage:
 
 
 @dataclass(slots=True)
-class _Pending:
-    offsets: list[TopicPartition]
-    remaining: int
-    failed: str | None = None
-    #: the first refusal's error and topic (an access failure is reported as one)
-    failed_err: Any = None
-    failed_topic: str | None = None
-    on_acked: Any = None
-    replaced: int = 0
+class _Refusal:
+    """The first output the broker did not take: what it said, and the topic (an access
+    failure is reported as one)."""
+
+    why: str
+    err: Any
+    topic: str | None
 
 
 #: Many messages to one topic: ``(topic, [(key, value), ...], headers)``, ``headers``
@@ -262,28 +259,66 @@ def _produce_batch(producer: Any, batch: OutBatch, on_delivery: Any, poll: Any) 
 
 
 class AtLeastOnceSink:
-    def __init__(self, producer: Any, consumer: Any) -> None:
+    """At least once, with delivery reports for failures only.
+
+    The producer is configured with ``delivery.report.only.error`` (``score_producer``):
+    a success costs no Python call. Consumed offsets are therefore stored at
+    checkpoints, the way Kafka Streams commits under at-least-once (flush the producer,
+    then commit): whenever the producer's queue is empty after a poll (every output
+    produced so far acknowledged; at a modest rate that is almost every poll), and at the
+    latest every ``checkpoint_s`` of pending batches by a ``flush`` bounded by
+    ``flush_s`` (a stall of a few milliseconds when the broker keeps up). A flush that
+    times out (the broker slower than the worker, or away) stores nothing and is tried
+    again ``checkpoint_s`` later with twice the bound, up to ``max_flush_s``, so that
+    offsets move on under a sustained overload too (the worker produces nothing while it
+    waits); the bound is reset by a checkpoint that completes. Offsets are stored only
+    when every output of every
+    batch sent so far is acknowledged; a refusal (a failure report) raises before any
+    offset is stored past it. A crash re-reads at most the batches since the last
+    checkpoint and the auto-commit interval: duplicates, never a loss.
+
+    Success reports, if the producer sends them, are ignored: the accounting never
+    depends on them.
+    """
+
+    def __init__(
+        self,
+        producer: Any,
+        consumer: Any,
+        *,
+        checkpoint_s: float = 2.0,
+        flush_s: float = 0.5,
+        max_flush_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._producer = producer
         self._consumer = consumer
-        self._pending: deque[_Pending] = deque()
+        self._checkpoint_s = checkpoint_s
+        self._flush_s = flush_s
+        self._max_flush_s = max_flush_s
+        #: the bound of the next checkpoint's flush (doubled after each that times out)
+        self._next_flush_s = flush_s
+        self._clock = clock
+        #: the next offsets of the batches sent since the last checkpoint, merged
+        self._pending: dict[tuple[str, int], int] = {}
+        #: when the next checkpoint flushes (None: nothing pending)
+        self._due: float | None = None
+        self._refused: _Refusal | None = None
 
     def send(self, batch: OutBatch) -> None:
-        entry = _Pending(batch.topic_partitions(), batch.n_outputs)
-        self._pending.append(entry)
-
         hook = batch.on_too_large
         producer = self._producer
+        budget = MAX_REPLACEMENTS * max(1, batch.n_outputs)
+        replaced = 0
 
-        def acked(err: Any, msg: Any) -> None:
-            if (
-                err is not None
-                and hook is not None
-                and _is_too_large(err)
-                and entry.replaced < MAX_REPLACEMENTS * max(1, batch.n_outputs)
-            ):
+        def report(err: Any, msg: Any) -> None:
+            nonlocal replaced
+            if err is None:
+                return
+            if hook is not None and _is_too_large(err) and replaced < budget:
                 # the broker refused it (its topic's limit is lower than the one read at
-                # start): its replacement takes its place in this batch's accounting
-                entry.replaced += 1
+                # start): its replacement is produced in its place
+                replaced += 1
                 repl = _replacement(_out_message(msg), hook)
                 if repl is not None:
                     try:
@@ -292,36 +327,67 @@ class AtLeastOnceSink:
                             repl.value,
                             repl.key,
                             headers=repl.headers,
-                            on_delivery=acked,
+                            on_delivery=report,
                         )
                         return
                     except (BufferError, KafkaException) as exc:
                         log.error("cannot produce the replacement of a refused output: %s", exc)
-            entry.remaining -= 1
-            if err is not None and entry.failed is None:
-                entry.failed = str(err)
-                entry.failed_err = err
-                entry.failed_topic = msg.topic() if msg is not None else None
+            if self._refused is None:
+                topic = msg.topic() if msg is not None else None
+                self._refused = _Refusal(str(err), err, topic)
 
-        _produce_batch(self._producer, batch, acked, self.poll)
+        _produce_batch(producer, batch, report, self.poll)
+        self._pending.update(batch.offsets)
+        if self._due is None:
+            self._due = self._clock() + self._checkpoint_s
         self.poll(0)
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
-        self._store_completed()
+        self._checkpoint(flush=False)
 
-    def _store_completed(self) -> None:
-        while self._pending and self._pending[0].remaining <= 0:
-            entry = self._pending.popleft()
-            if entry.failed is not None:
-                # never store offsets past an output the broker did not take
-                self._pending.clear()
-                refused = access_error(None, entry.failed_err, topic=entry.failed_topic)
-                if refused is not None:
-                    raise refused
-                raise DeliveryError(f"broker did not acknowledge an output: {entry.failed}")
-            if entry.offsets:
-                self._consumer.store_offsets(offsets=entry.offsets)
+    def _checkpoint(self, *, flush: bool, timeout: float | None = None) -> bool:
+        """Store the pending offsets if every output is acknowledged (``flush``, or the
+        checkpoint due: after a flush of at most ``timeout``). True when nothing is left
+        pending."""
+        self._raise_if_refused()
+        if self._due is None:
+            return True
+        if len(self._producer):
+            if not flush and self._clock() < self._due:
+                return False
+            left = self._producer.flush(self._next_flush_s if timeout is None else timeout)
+            self._raise_if_refused()
+            if left:
+                if self._next_flush_s >= self._max_flush_s:
+                    log.warning(
+                        "%d outputs still unacknowledged after a %.0f s flush: offsets are "
+                        "not stored until the broker catches up",
+                        left,
+                        self._next_flush_s,
+                    )
+                self._due = self._clock() + self._checkpoint_s
+                self._next_flush_s = min(2 * self._next_flush_s, self._max_flush_s)
+                return False
+        self._next_flush_s = self._flush_s
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._pending.items())]
+        self._pending.clear()
+        self._due = None
+        if offsets:
+            self._consumer.store_offsets(offsets=offsets)
+        return True
+
+    def _raise_if_refused(self) -> None:
+        refused = self._refused
+        if refused is None:
+            return
+        # never store offsets past an output the broker did not take
+        self._pending.clear()
+        self._due = None
+        access = access_error(None, refused.err, topic=refused.topic)
+        if access is not None:
+            raise access
+        raise DeliveryError(f"broker did not acknowledge an output: {refused.why}")
 
     @property
     def backlog(self) -> int:
@@ -329,10 +395,9 @@ class AtLeastOnceSink:
 
     def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
         """Wait for every acknowledgement, store their offsets, commit synchronously."""
-        remaining = self._producer.flush(timeout)
-        self._store_completed()
-        if remaining:
-            raise DeliveryError(f"{remaining} outputs still unacknowledged after {timeout}s")
+        if not self._checkpoint(flush=True, timeout=timeout):
+            left = len(self._producer)
+            raise DeliveryError(f"{left} outputs still unacknowledged after {timeout}s")
         if commit:
             try:
                 self._consumer.commit(asynchronous=False)
@@ -345,6 +410,7 @@ class AtLeastOnceSink:
         """Partitions were lost: their pending offsets must not be committed."""
         self._producer.flush(10)
         self._pending.clear()
+        self._due = None
 
 
 class _NeedsAbort(Exception):

@@ -13,6 +13,9 @@ Each message is resolved from its writer schema (fetched by id once:
 schema that cannot resolve is named precisely, per field, before any message is read.
 Every failure is a typed :class:`~streamscore.core.errors.SerdeError`; a registry that is
 away raises :class:`~streamscore.core.errors.RegistryUnavailableError` (retry).
+
+One concern, hence its length: the Avro codecs as plain callables (one message at a
+time, and their batch entry points).
 """
 
 from __future__ import annotations

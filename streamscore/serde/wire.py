@@ -17,6 +17,9 @@ schemas it names, and the registry that holds them.
 
 The codecs built on these: :mod:`.message` (one message at a time, and whole batches),
 :mod:`.columnar_decode` and :mod:`.columnar_encode` (a batch column-wise).
+
+One concern, hence its length: the wire format and the writer schemas behind it
+(header, schema cache, registry errors, references).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from streamscore.feedback import groundtruth
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from tests.processes import WorkerProcess, launch, wait_until
+from tests.records import prediction_record
 
 from .stack import Stack
 
@@ -141,24 +142,8 @@ def produce_predictions(stack: Stack, preds: list[tuple[str, int]]) -> None:
             (
                 f"k-{eid}".encode(),
                 ser(
-                    {
-                        "event_id": eid,
-                        "key": f"k-{eid}",
-                        "event_time": t,
-                        "scored_time": t,
-                        "model_name": "demo",
-                        "model_version": 1,
-                        "role": "primary",
-                        "value": 1.0,
-                        "label": None,
-                        "probabilities": [],
-                        "classes": [],
-                        "degraded": False,
-                        "late": False,
-                        "feature_names": ["a"],
-                        "features": [1.0],
-                        "inputs": {},
-                    }
+                    prediction_record(eid, event_time_ms=t)
+                    | {"key": f"k-{eid}", "scored_time": t, "value": 1.0}
                 ),
             )
             for eid, t in preds
@@ -219,6 +204,52 @@ def run_train(stack: Stack, store_dir: Store, *args: str) -> subprocess.Complete
     )
 
 
+def _committed(stack: Stack, members: str, tps: list[TopicPartition]) -> list[Any] | None:
+    """Group ``members``' committed offsets of ``tps``; None when the coordinator did not
+    answer in time (a busy machine: ask again)."""
+    probe = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": members})
+    try:
+        return list(probe.committed(tps, timeout=10))
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._TIMED_OUT:
+            raise
+        return None
+    finally:
+        probe.close()
+
+
+def _partitions(stack: Stack, topic: str) -> list[TopicPartition]:
+    c = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"probe-{topic}"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return [TopicPartition(topic, p) for p in sorted(parts)]
+    finally:
+        c.close()
+
+
+def wait_join_committed(stack: Stack, group: str, timeout: float = 120.0) -> None:
+    """Until the joiners of ``group`` have committed some offset of the join topic (a
+    checkpoint: state, rows and offsets together)."""
+    from streamscore.feedback.router import join_topic_for
+
+    tps = _partitions(stack, join_topic_for(group))
+
+    def committed() -> bool:
+        got = _committed(stack, group, tps)
+        return got is not None and any(tp.offset > 0 for tp in got)
+
+    wait_until(committed, timeout, f"{group}'s first commit on the join topic")
+
+
+def count_join_labels(stack: Stack, group: str) -> int:
+    """The label records on ``group``'s join topic now (what the router routed, a crash's
+    re-routed tail included)."""
+    from streamscore.feedback.router import join_topic_for
+
+    msgs = stack.read_to_end(join_topic_for(group))
+    return sum(1 for m in msgs if dict(m.headers() or []).get("streamscore.kind") == b"label")
+
+
 def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> None:
     """Until the feedback workers of ``group`` have processed everything their input holds
     now (call it after the producers flushed): the router (group ``<group>.router``) has
@@ -240,16 +271,8 @@ def wait_group_caught_up(stack: Stack, group: str, timeout: float = 120.0) -> No
             return out
 
         def caught_up(members: str, want: dict[TopicPartition, int]) -> bool:
-            probe = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": members})
-            try:
-                got = probe.committed(list(want), timeout=10)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._TIMED_OUT:
-                    raise
-                return False  # the coordinator did not answer in time (a busy machine): ask again
-            finally:
-                probe.close()
-            return all(
+            got = _committed(stack, members, list(want))
+            return got is not None and all(
                 tp.offset >= want[TopicPartition(tp.topic, tp.partition)] > 0
                 or want[TopicPartition(tp.topic, tp.partition)] == 0  # never written to
                 for tp in got

@@ -10,7 +10,7 @@ import pytest
 from streamscore.core.errors import AccessError, DeliveryError
 from streamscore.kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
 
-from .kafka_fakes import FakeConsumer
+from .kafka_fakes import FakeClock, FakeConsumer
 
 
 class FakeProducer:
@@ -72,7 +72,105 @@ def test_a_later_batch_acked_first_waits_for_the_earlier_one() -> None:
     assert c.stored == []
     p.ack(2)
     sink.poll()
-    assert c.stored == [[("events", 0, 10)], [("events", 0, 20)]]
+    # one store at the checkpoint: the furthest offset of every batch sent
+    assert c.stored == [[("events", 0, 20)]]
+
+
+def test_under_sustained_load_a_due_checkpoint_flushes_then_stores() -> None:
+    """The queue is never empty while batches keep coming: once the checkpoint is due,
+    a flush (bounded) waits for every output, then the offsets are stored."""
+    clock = FakeClock()
+    p, c = FakeProducer(), FakeConsumer()
+    flushes: list[float] = []
+    flush = p.flush
+
+    def timed_flush(timeout: float = 0) -> int:
+        flushes.append(timeout)
+        return flush(timeout)
+
+    p.flush = timed_flush  # type: ignore[method-assign]
+    sink = AtLeastOnceSink(p, c, checkpoint_s=1.0, flush_s=0.25, clock=clock)
+    sink.send(batch(2, {("events", 0): 10}))
+    clock.now += 0.5
+    sink.send(batch(2, {("events", 1): 4}))
+    p.ack(3)  # one output of the second batch still in flight
+    sink.poll()
+    assert (c.stored, flushes) == ([], [])  # not due yet: no flush, nothing stored
+    clock.now += 0.6  # the first batch was sent 1.1 s ago
+    sink.poll()
+    assert flushes == [0.25]
+    assert c.stored == [[("events", 0, 10), ("events", 1, 4)]]
+    assert sink.backlog == 0
+
+
+def test_a_checkpoint_flush_that_times_out_stores_nothing_and_is_tried_again_later() -> None:
+    """The broker slower than the worker (or away): nothing is stored, the next attempt
+    waits a full interval and may wait twice as long (up to the cap), so that offsets
+    move on under a sustained overload too; a checkpoint that completes resets it."""
+    clock = FakeClock()
+    p, c = FakeProducer(), FakeConsumer()
+    away = True
+    bounds: list[float] = []
+
+    def flush(timeout: float = 0) -> int:
+        bounds.append(timeout)
+        if not away:
+            p.ack(len(p.waiting))
+        return len(p.waiting)
+
+    p.flush = flush  # type: ignore[method-assign]
+    sink = AtLeastOnceSink(p, c, checkpoint_s=1.0, flush_s=0.5, max_flush_s=1.5, clock=clock)
+    sink.send(batch(1, {("events", 0): 3}))
+    clock.now += 1.5
+    sink.poll()
+    assert (c.stored, bounds) == ([], [0.5])
+    sink.poll()  # the next attempt waits a full interval
+    assert bounds == [0.5]
+    for _ in range(2):
+        clock.now += 1.0
+        sink.poll()
+    assert (c.stored, bounds) == ([], [0.5, 1.0, 1.5])  # doubled, capped
+    away = False
+    clock.now += 1.0
+    sink.poll()
+    assert (c.stored, bounds) == ([[("events", 0, 3)]], [0.5, 1.0, 1.5, 1.5])
+    sink.send(batch(1, {("events", 0): 4}))
+    clock.now += 1.0
+    sink.poll()
+    assert bounds[-1] == 0.5  # reset by the checkpoint that completed
+
+
+def test_a_refusal_served_by_the_checkpoint_flush_raises_and_stores_nothing() -> None:
+    clock = FakeClock()
+    p, c = FakeProducer(), FakeConsumer()
+    p.flush = lambda timeout=0: (p.ack(1, err="broker said no"), 0)[1]  # type: ignore[method-assign]
+    sink = AtLeastOnceSink(p, c, clock=clock)
+    sink.send(batch(1, {("events", 0): 3}))
+    clock.now += 2.0
+    with pytest.raises(DeliveryError, match="broker said no"):
+        sink.poll()
+    assert c.stored == []
+
+
+def test_with_a_real_producer_that_reports_failures_only_offsets_are_stored() -> None:
+    """librdkafka's in-process mock cluster, the score worker's producer settings
+    (``delivery.report.only.error``): no success report ever comes, and the offsets are
+    still stored once the outputs are acknowledged."""
+    from confluent_kafka import Producer
+
+    from streamscore.core.config import KafkaSettings, ScoringSettings
+    from streamscore.kafka.clients import score_producer
+
+    conf = score_producer(KafkaSettings(bootstrap_servers="unused:1"), ScoringSettings())
+    assert conf["delivery.report.only.error"] is True
+    conf.pop("bootstrap.servers")
+    producer = Producer({**conf, "test.mock.num.brokers": 1, "log_level": 0})
+    c = FakeConsumer()
+    sink = AtLeastOnceSink(producer, c)
+    sink.send(batch(50, {("events", 2): 60}))
+    sink.drain(10, commit=False)
+    assert c.stored == [[("events", 2, 60)]]
+    assert sink.backlog == 0
 
 
 def test_failed_delivery_raises_and_never_stores_past_it() -> None:

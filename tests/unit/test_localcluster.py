@@ -27,6 +27,7 @@ from streamscore.dev import cluster_config as cconf
 from streamscore.dev import cluster_install as inst
 from streamscore.dev import cluster_processes as procs
 from streamscore.dev import localcluster as lc
+from tests.processes import wait_until
 
 
 def _props(text: str) -> dict[str, str]:
@@ -488,7 +489,8 @@ def _orphan_after_parent_killed(tmp_path: Path, stop_with_parent: bool) -> bool:
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        assert procs.process_cmdline(child) == ["sleep", "300"]
+        # the server runs (under ``setpriv`` until it execs the command: same pid)
+        wait_until(lambda: procs.process_cmdline(child) == ["sleep", "300"], 10, "the server")
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 10
