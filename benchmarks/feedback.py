@@ -312,7 +312,7 @@ class FeedbackBench:
             "rows_unique": len(ids),
         }
 
-    def restart(self, n: int, timeout_s: float) -> dict[str, Any]:
+    def restart(self, n: int, timeout_s: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
         """``n`` pending predictions joined in by one worker (through Kafka), SIGTERM;
         a label for the oldest produced, the worker started again on its state directory:
         seconds from the process start to that label joined. Then the same on an empty
@@ -324,7 +324,7 @@ class FeedbackBench:
         store, state_dir = self.workdir / f"gt-{group}", self.workdir / f"state-{group}"
         pending = "streamscore_feedback_pending"
         self.fill(n, labels=range(0))
-        w = self.launch(0, group, store, state_dir)
+        w = self.launch(0, group, store, state_dir, *extra)
         t0 = time.monotonic()
         try:
             w.wait_until(
@@ -346,7 +346,7 @@ class FeedbackBench:
             (("local", state_dir), ("fresh_host", self.workdir / f"state-{group}-fresh"))
         ):
             self.fill(0, labels=range(i, i + 1))  # the oldest pending (then the next)
-            w = self.launch(1 + i, group, store, where)
+            w = self.launch(1 + i, group, store, where, *extra)
             t0 = time.monotonic()
             try:
                 w.wait_until(lambda w=w: joined(w.metrics_port) >= 1, "the label joined", timeout_s)
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = FeedbackBench(env.kafka, env.registry, workdir)
         bench.setup()
         if args.restart_pending:
-            r = bench.restart(args.restart_pending, args.timeout_s)
+            r = bench.restart(args.restart_pending, args.timeout_s, tuple(args.worker_arg))
             print(json.dumps(r, indent=2), flush=True)
             out.with_suffix(f".restart-{args.restart_pending}.json").write_text(json.dumps(r))
             return 0

@@ -169,7 +169,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .feedback.groundtruth import GroundTruthStore
     from .feedback.join import JoinState
     from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
-    from .feedback.loop import FeedbackLoop, make_telemetry, promote_shadow
+    from .feedback.loop import PREDICTION_HEAD, FeedbackLoop, make_telemetry, promote_shadow
     from .feedback.promotion import (
         LiveQuality,
         PromotionDecision,
@@ -181,7 +181,13 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
     from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
-    from .kafka.clients import admin_config, feedback_consumer, plain_producer, router_consumer
+    from .kafka.clients import (
+        ROUTER_QUEUE_MESSAGES,
+        admin_config,
+        feedback_consumer,
+        plain_producer,
+        router_consumer,
+    )
     from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
     from .serde.event_ids import EventIdReader
@@ -191,6 +197,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         check_output_subjects,
         topic_serializer,
     )
+    from .serde.record_heads import HeadReader
     from .serde.wire import WriterSchemaCache
 
     relax_gc()
@@ -340,7 +347,11 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         sink=AtLeastOnceSink(
             Producer(
                 plain_producer(
-                    env.kafka, max_message_bytes=limits.producer_max_bytes(), failures_only=True
+                    env.kafka,
+                    max_message_bytes=limits.producer_max_bytes(),
+                    failures_only=True,
+                    # a bounded queue of re-keyed messages: a full one holds the router
+                    max_queued=ROUTER_QUEUE_MESSAGES,
                 )
             ),
             router_c,
@@ -369,6 +380,9 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         decode_prediction=decode_pred,
         decode_feedback=decode_fb,
         read_label=LabelReader(label_fields),
+        read_heads=HeadReader(
+            schemas.load("prediction"), PREDICTION_HEAD, lambda sid: cache.get(sid)[0]
+        ),
         join=join,
         store=store,
         metrics=metrics,
@@ -380,6 +394,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         changelog=changelog,
         state_dir=Path(args.state_dir) / args.group_id,
         cache_entries=args.cache_entries,
+        max_changes=args.max_changes,
         checkpoint_s=args.checkpoint_s,
     )
     log.info(
@@ -547,8 +562,16 @@ def add_commands(sub: Any) -> None:
     f.add_argument(
         "--cache-entries",
         type=int,
-        default=100_000,
-        help="join-state entries kept in memory (encoded) per partition (the rest on disk)",
+        default=20_000,
+        help="committed join-state entries kept in memory (encoded) by the worker, shared by "
+        "its partitions (the rest on disk, in RocksDB)",
+    )
+    f.add_argument(
+        "--max-changes",
+        type=int,
+        default=50_000,
+        help="join-state changes held in memory between checkpoints (all partitions); more "
+        "force a checkpoint",
     )
     f.add_argument(
         "--checkpoint-s",

@@ -171,6 +171,7 @@ class FeatureSpec:
 Position = tuple[str, int, int]
 
 _NOT_INPUTS = frozenset({EVENT_ID_FIELD, "key", EVENT_TIME_FIELD})
+_ROLE_OF = {r.value: r for r in Role}
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +205,7 @@ class Prediction:
             event_time_ms=_millis(d["event_time"]),
             model_name=str(d["model_name"]),
             model_version=int(d["model_version"]),
-            role=Role(d["role"]),
+            role=_ROLE_OF.get(d["role"]) or Role(d["role"]),
             value=d.get("value"),
             label=d.get("label"),
             probabilities=tuple(detail.get("probabilities") or ()),
@@ -214,6 +215,25 @@ class Prediction:
             inputs=dict(detail.get("inputs") or {}),
             position=position,
         )
+
+    @classmethod
+    def many_from_columns(cls, c: Mapping[str, Any]) -> list[Prediction]:
+        """What :meth:`from_avro` makes of each v3 record, from the records' columns
+        (each field's values in a list; ``detail``'s the same, in a dict), as
+        :meth:`~streamscore.serde.record_heads.HeadReader.columns` reads them."""
+        d = c["detail"]
+        roles = [_ROLE_OF.get(r) or Role(r) for r in c["role"]]
+        times = [v if isinstance(v, int) else _millis(v) for v in c["event_time"]]
+        return [
+            cls(eid, key, t, name, version, role, value, label, tuple(probs), tuple(classes),
+                tuple(names), tuple(features), dict(inputs), None)
+            for eid, key, t, name, version, role, value, label, probs, classes, names,
+            features, inputs in zip(
+                c["event_id"], c["key"], times, c["model_name"], c["model_version"], roles,
+                c["value"], c["label"], d["probabilities"], d["classes"], d["feature_names"],
+                d["features"], d["inputs"], strict=True,
+            )
+        ]  # fmt: skip
 
     @property
     def answers(self) -> bool:

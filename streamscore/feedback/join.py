@@ -157,6 +157,7 @@ class JoinState:
         self._decode = decode_prediction
         self._clock = clock
         self._parts: dict[tuple[str, int], PartitionState] = {}
+        self._ready: dict[bytes, Prediction] = {}
         self.stats = JoinStats()
 
     def __len__(self) -> int:
@@ -219,7 +220,11 @@ class JoinState:
         if s is not None:
             s.prefetch(eids)
 
-    def needs_commit(self) -> bool:
+    def needs_commit(self, max_changes: int | None = None) -> bool:
+        """The changes held since the last commit are too many: more than
+        ``max_changes`` over every partition (None: more than a partition's cache)."""
+        if max_changes is not None:
+            return sum(s.dirty for s in self._parts.values()) > max_changes
         return any(s.dirty > s.cache_entries for s in self._parts.values())
 
     # ------------------------------------------------------------------ inputs
@@ -230,30 +235,48 @@ class JoinState:
         default), which is returned."""
         if out is None:
             out = JoinOutput()
-        part = self._part_of(p.position)
-        e = part.get(p.event_id)
+        self.add_head(p.event_id, p.event_time_ms, p.role, p.model_version, raw, p.position, out, p)
+        return out
+
+    def add_head(
+        self,
+        event_id: str,
+        event_time_ms: int,
+        role: Role,
+        model_version: int,
+        raw: bytes,
+        position: Position | None,
+        out: JoinOutput,
+        p: Prediction | None = None,
+    ) -> None:
+        """Apply one prediction known by its head fields and its wire bytes (checked
+        whole by the caller): it is decoded only if a label waits for it, or when its
+        label arrives (as a stored one is). ``p``: the prediction, decoded already."""
+        part = self._part_of(position)
+        e = part.get(event_id)
         if e is None:
-            e = Entry(p.event_id, p.event_time_ms + self.window_ms)
-        k = (p.role, p.model_version)
+            e = Entry(event_id, event_time_ms + self.window_ms)
+        k = (role, model_version)
         if k not in e.preds:  # else a re-delivered prediction: nothing new
             if not e.preds:  # the first prediction sets the entry's window
-                e.expire_at = p.event_time_ms + self.window_ms
+                e.expire_at = event_time_ms + self.window_ms
                 part.schedule(e)
-            e.preds[k] = [raw, p]
+            slot: list[Any] = [raw, p]
+            e.preds[k] = slot
             if e.label is None:
                 self.stats.pending_predictions += 1
                 part.meta.pending_predictions += 1
             else:
-                out.pairs.append(JoinedPair(e.label, p, first_for_label=not e.joined))
+                full = self._pred(slot)
+                out.pairs.append(JoinedPair(e.label, full, first_for_label=not e.joined))
                 self._mark_joined(part, e)
-                if not e.written and p.answers:
-                    self._write(e, p, out)
+                if not e.written and role is not Role.SHADOW:
+                    self._write(e, full, out)
             part.put(e)
-        if p.event_time_ms > part.meta.watermark:
-            part.meta.watermark = p.event_time_ms
-            if p.event_time_ms > part.next_expiry():
+        if event_time_ms > part.meta.watermark:
+            part.meta.watermark = event_time_ms
+            if event_time_ms > part.next_expiry():
                 self._expire(part, out)
-        return out
 
     def add_label(self, lab: Feedback, *, out: JoinOutput | None = None) -> JoinOutput:
         """Apply one label; what it settles is added to ``out`` (a new output by
@@ -307,10 +330,24 @@ class JoinState:
         return self.stats.released - before
 
     # --------------------------------------------------------------- internals
+    def predecode(self, raws: dict[bytes, Prediction]) -> None:
+        """Predictions about to be joined, decoded by the caller at once (the batch
+        being applied): a stored prediction with these bytes is taken from here instead
+        of being decoded alone. Replaces the previous batch's."""
+        self._ready = raws
+
+    def peek(self, tp: tuple[str, int], eid: str) -> Entry | None:
+        """The entry of ``eid`` on ``tp``, to look at (not to change)."""
+        s = self._parts.get(tp)
+        return None if s is None else s.get(eid)
+
     def _pred(self, slot: list[Any]) -> Prediction:
         p = slot[1]
         if p is None:
-            p = self._decode(slot[0])
+            raw = slot[0]
+            p = self._ready.get(raw) if self._ready else None
+            if p is None:
+                p = self._decode(raw)
             slot[1] = p
         assert isinstance(p, Prediction)
         return p

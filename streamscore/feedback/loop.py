@@ -74,6 +74,7 @@ from ..core.records import Feedback, Position, Prediction, Role, Telemetry
 from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
+from ..serde.record_heads import HeadReader
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState
 from .labels import LabelReader
@@ -85,6 +86,10 @@ if TYPE_CHECKING:
     from ..models.signing import Signer, Verifier
 
 log = logging.getLogger(__name__)
+
+_ROLES = {r.value: r for r in Role}
+#: the head fields of a prediction the join holds it by (the prediction schema's names)
+PREDICTION_HEAD = ("event_id", "event_time", "model_version", "role")
 
 Decoder = Callable[[bytes | None], dict[str, Any]]
 
@@ -121,6 +126,7 @@ class FeedbackLoop:
         decode_prediction: Decoder,
         decode_feedback: Decoder,
         read_label: LabelReader | None = None,
+        read_heads: HeadReader | None = None,
         join: JoinState,
         store: GroundTruthStore,
         metrics: Metrics,
@@ -131,7 +137,8 @@ class FeedbackLoop:
         dead_letter: Callable[[Any, StreamscoreError], None] | None = None,
         changelog: Changelog | None = None,
         state_dir: Path | None = None,
-        cache_entries: int = 100_000,
+        cache_entries: int = 20_000,
+        max_changes: int = 50_000,
         checkpoint_s: float = 1.0,
         batch_size: int = 1000,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),
@@ -143,6 +150,9 @@ class FeedbackLoop:
         self._dec_fb = decode_feedback
         #: the decoded label record -> Feedback, by the project's ``[labels]`` field names
         self._read_label = read_label or LabelReader()
+        #: predictions checked whole in one vectorised pass, their head fields read
+        #: (:class:`~streamscore.serde.record_heads.HeadReader`); the rest are decoded
+        self._read_heads = read_heads
         self.join = join
         self.store = store
         self._m = metrics
@@ -152,7 +162,11 @@ class FeedbackLoop:
         self._stop = stop
         self._changelog = changelog
         self._state_dir = state_dir
+        #: committed entries kept in memory (encoded), shared by the assigned partitions
         self._cache_entries = cache_entries
+        self._assigned = 1
+        #: state changes held between checkpoints, over every partition (more: one now)
+        self._max_changes = max_changes
         self._checkpoint_s = checkpoint_s
         self._batch = batch_size
         self._committed: dict[tuple[str, int], int] = {}
@@ -187,7 +201,8 @@ class FeedbackLoop:
     def open_partition(self, topic: str, partition: int) -> PartitionState:
         """The partition's state: the local store, caught up from the changelog."""
         path = None if self._state_dir is None else self._state_dir / f"{topic}-{partition}"
-        state = PartitionState(path, cache_entries=self._cache_entries)
+        cache = max(1, self._cache_entries // self._assigned)
+        state = PartitionState(path, cache_entries=cache)
         if self._changelog is not None:
             t0 = time.monotonic()
             try:
@@ -195,7 +210,7 @@ class FeedbackLoop:
             except StateStoreError as exc:
                 log.warning("%s: restoring from scratch", exc)
                 state.close()
-                state = PartitionState(path, cache_entries=self._cache_entries, fresh=True)
+                state = PartitionState(path, cache_entries=cache, fresh=True)
                 n = self._changelog.restore(state, topic, partition)
             log.info(
                 "join state %s[%d]: %d changelog records applied in %.2fs; resumes at "
@@ -218,6 +233,7 @@ class FeedbackLoop:
         # rows recently written by any worker: a re-read message of theirs settles at once
         n = self.store.refresh()
         log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        self._assigned = max(1, len(partitions))
         if self._changelog is not None:
             self._changelog.look_up_ends([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
@@ -280,6 +296,7 @@ class FeedbackLoop:
                 if ks is None:
                     ks = keys[tp] = []
                 ks.append(key)
+        heads, pred_i = self._heads(msgs, pred_i)
         try:  # batch decode; a registry away puts the whole batch back
             decoded: dict[int, Any] = _decode_batch(self._dec_pred, msgs, pred_i)
             decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
@@ -290,6 +307,8 @@ class FeedbackLoop:
         self._read_labels(msgs, label_i, decoded)
         for tp, ks in keys.items():  # one multi-get per partition, not one get per message
             self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
+        if self._read_heads is not None and (label_i or heads):
+            self._predecode(msgs, heads, label_i, decoded)
         out = JoinOutput()
         join = self.join
         duplicate = join.stats.duplicate
@@ -307,10 +326,15 @@ class FeedbackLoop:
                 if isinstance(rec, Exception):  # the typed error of a bad message
                     raise rec
                 if kind == PREDICTION:
-                    assert isinstance(rec, dict)
-                    p = Prediction.from_avro(rec, pos)
+                    h = heads.get(i)
+                    if h is not None:
+                        eid, t, version, role = h
+                        join.add_head(eid, t, _ROLES[role], version, msg.value(), pos, out)
+                    else:
+                        assert isinstance(rec, dict)
+                        p = Prediction.from_avro(rec, pos)
+                        join.add_prediction(p, msg.value(), out=out)
                     self.stats.predictions += 1
-                    join.add_prediction(p, msg.value(), out=out)
                 elif kind == LABEL:
                     assert isinstance(rec, Feedback)
                     n_labels += 1
@@ -335,12 +359,74 @@ class FeedbackLoop:
                 if self._dead_letter is not None:
                     self._dead_letter(msg, err)
             join.consumed(pos)
+        join.predecode({})
         if n_labels:
             self.stats.labels += n_labels
             self._m.feedback_received.inc(n_labels)
         if join.stats.duplicate > duplicate:
             self._m.feedback_labels.labels("duplicate").inc(join.stats.duplicate - duplicate)
         self._apply(out)
+
+    def _heads(
+        self, msgs: list[Any], idx: list[int]
+    ) -> tuple[dict[int, tuple[str, int, int, str]], list[int]]:
+        """The predictions of the batch the head reader accepts, by index: (event id,
+        event time, model version, role); and the indices left to the decoder."""
+        if self._read_heads is None or not idx:
+            return {}, idx
+        h = self._read_heads([msgs[i].value() for i in idx])
+        if not h.rows:
+            return {}, idx
+        c = h.columns
+        heads = {
+            idx[j]: (eid, t, v, r)
+            for j, eid, t, v, r in zip(
+                h.rows, c["event_id"], c["event_time"], c["model_version"], c["role"], strict=True
+            )
+        }
+        return heads, [i for i in idx if i not in heads]
+
+    def _predecode(
+        self,
+        msgs: list[Any],
+        heads: dict[int, tuple[str, int, int, str]],
+        label_i: list[int],
+        decoded: dict[int, Any],
+    ) -> None:
+        """The predictions the batch's labels will meet (held by the state, or in the
+        batch), and the batch's predictions whose label the state holds, decoded at once,
+        column-wise, for the join to take (:meth:`JoinState.predecode`)."""
+        assert self._read_heads is not None
+        join = self.join
+        labelled: set[tuple[str, int, str]] = set()
+        need: list[bytes] = []
+        for i in label_i:
+            lab = decoded.get(i)
+            if not isinstance(lab, Feedback) or lab.position is None:
+                continue
+            t, part = lab.position[0], lab.position[1]
+            labelled.add((t, part, lab.event_id))
+            e = join.peek((t, part), lab.event_id)
+            if e is not None and e.label is None:
+                for slot in e.preds.values():
+                    raw = slot[0]
+                    if slot[1] is None and isinstance(raw, bytes) and raw:
+                        need.append(raw)
+        for i, h in heads.items():  # a label of the batch, or one the state holds
+            m = msgs[i]
+            tp = (m.topic(), m.partition())
+            if (*tp, h[0]) in labelled:
+                need.append(m.value())
+                continue
+            e = join.peek(tp, h[0])
+            if e is not None and e.label is not None:
+                need.append(m.value())
+        if not need:
+            return
+        rows, columns = self._read_heads.columns(need)
+        if rows:
+            preds = Prediction.many_from_columns(columns)
+            join.predecode({need[j]: p for j, p in zip(rows, preds, strict=True)})
 
     def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
         """The decoded label records of the batch read as :class:`Feedback` at once
@@ -381,7 +467,7 @@ class FeedbackLoop:
             self._m.feedback_unmatched.inc()
             self._m.feedback_labels.labels("unmatched").inc()
             self.store.append_unmatched(lab.to_avro())
-        if self.store.needs_flush or self.join.needs_commit():
+        if self.store.needs_flush or self.join.needs_commit(self._max_changes):
             self.checkpoint()
 
     def _after_batch(self) -> None:

@@ -203,11 +203,10 @@ class LiveQuality:
             if m is not None:
                 labels = (str(k[0]), k[1])
                 m.feedback_joined.labels(*labels).inc(len(group))
-                delay = m.label_delay.observe
-                for pair in group:
-                    if pair.first_for_label:
-                        delay(max(0.0, pair.delay_ms / 1000.0))
-                residual = m.residuals.labels(*labels).observe
+                m.label_delay.observe_many(
+                    [max(0.0, p.delay_ms / 1000.0) for p in group if p.first_for_label]
+                )
+                residual = m.residuals.labels(*labels)
             scores = [s for s in (score_pair(pair, positive) for pair in group) if s is not None]
             if not scores:
                 continue
@@ -217,9 +216,7 @@ class LiveQuality:
             r.extend(scores)
             self._dirty.add(k)
             if residual is not None:
-                for s in scores:
-                    if s.task is Task.REGRESSION:
-                        residual(s.error)
+                residual.observe_many([s.error for s in scores if s.task is Task.REGRESSION])
 
     def figures(self, version: int, role: Role | str) -> dict[str, float]:
         """The window's figures as of the last :meth:`publish` (and ``n``)."""

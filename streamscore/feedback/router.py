@@ -50,6 +50,11 @@ PREDICTION = b"prediction"
 LABEL = b"label"
 _PREDICTION_HEADERS = [(KIND_HEADER, PREDICTION)]
 _LABEL_HEADERS = [(KIND_HEADER, LABEL)]
+#: what a join-topic record counts beyond its key and value (:func:`wire_size`), by kind
+_FIXED_SIZE = {
+    PREDICTION: wire_size(None, None, _PREDICTION_HEADERS),
+    LABEL: wire_size(None, None, _LABEL_HEADERS),
+}
 
 
 def join_topic_for(group_id: str) -> str:
@@ -161,6 +166,8 @@ class FeedbackRouter:
             require([m.value() for m in msgs if m.error() is None])
         out: list[OutMessage] = []
         offsets: dict[tuple[str, int], int] = {}
+        join = self.topics.join
+        join_limit = None if self._limits is None else self._limits.limit(join)
         routed = {PREDICTION: 0, LABEL: 0}
         for msg in msgs:
             if msg.error() is not None:
@@ -177,9 +184,11 @@ class FeedbackRouter:
                 out.append(self._dead_letter(msg, exc))
                 continue
             headers = _PREDICTION_HEADERS if kind is PREDICTION else _LABEL_HEADERS
-            size = wire_size(eid.encode(), value, headers)
-            if self._limits is not None and size > self._limits.limit(self.topics.join):
-                limit = self._limits.limit(self.topics.join)
+            key = eid.encode()
+            # wire_size(key, value, headers), the headers' share counted once per kind
+            size = len(key) + len(value or b"") + _FIXED_SIZE[kind]
+            if join_limit is not None and size > join_limit:
+                limit = join_limit
                 err = OutputTooLargeError(
                     f"{size} bytes, more than the join topic accepts ({limit} bytes)",
                     size=size,
@@ -188,7 +197,7 @@ class FeedbackRouter:
                 )
                 out.append(self._dead_letter(msg, err))
                 continue
-            out.append(OutMessage(self.topics.join, eid.encode(), value, headers))
+            out.append(OutMessage(join, key, value, headers))
             routed[kind] += 1
         for kind, n in routed.items():
             if n:

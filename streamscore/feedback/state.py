@@ -203,8 +203,10 @@ def relax_gc() -> None:
 
 
 #: block cache and memtables of all the partition stores of one process, together
-BLOCK_CACHE_BYTES = 64 << 20
-MEMTABLE_BYTES = 64 << 20
+#: (the block cache holds what labels read back; most lookups are of ids the store does
+#: not hold, answered by the bloom filters, which live outside it)
+BLOCK_CACHE_BYTES = 16 << 20
+MEMTABLE_BYTES = 32 << 20
 _shared: tuple[Cache, WriteBufferManager] | None = None
 
 
@@ -223,7 +225,7 @@ def _options() -> Options:
     cache, memtables = _memory()
     o = Options(raw_mode=True)
     o.create_if_missing(True)
-    o.set_write_buffer_size(32 << 20)
+    o.set_write_buffer_size(16 << 20)
     o.set_max_write_buffer_number(2)
     o.set_write_buffer_manager(memtables)  # flushes the largest when all exceed the budget
     # most lookups are of event ids not in the store (a new prediction): a bloom filter
@@ -274,8 +276,9 @@ class PartitionState:
         self._next_db_expiry = 0  # no index key below this (0: unknown, scan)
         self._encoded: list[tuple[str, bytes | None, int]] = []
         #: committed entries read ahead for the batch being applied (:meth:`prefetch`),
-        #: None for an id the store does not hold; forgotten at every commit
-        self._fetched: dict[str, bytes | None] = {}
+        #: None for an id the store does not hold, the Entry once read (so that a batch
+        #: that looks at an entry twice decodes it once); forgotten at every commit
+        self._fetched: dict[str, bytes | Entry | None] = {}
         self.meta = Meta()
         if self._db is not None:
             raw = self._get(META)
@@ -298,7 +301,13 @@ class PartitionState:
         if self._db is None:
             return None
         f = self._fetched
-        raw = f[eid] if eid in f else self._get(ENTRY + eid.encode())
+        if eid in f:
+            v = f[eid]
+            if v is None or isinstance(v, Entry):
+                return v
+            e = f[eid] = decode_entry(eid, v)  # an entry changed is put(), and dirty wins
+            return e
+        raw = self._get(ENTRY + eid.encode())
         return None if raw is None else decode_entry(eid, raw)
 
     def prefetch(self, eids: Iterable[str]) -> None:
@@ -312,7 +321,7 @@ class PartitionState:
         self._fetched = {}
         if todo:
             values = self._db.get([ENTRY + e.encode() for e in todo])
-            self._fetched = dict(zip(todo, cast(list[bytes | None], values), strict=True))
+            self._fetched = dict(zip(todo, cast(list[bytes | Entry | None], values), strict=True))
 
     def put(self, e: Entry) -> None:
         self._dirty[e.event_id] = e

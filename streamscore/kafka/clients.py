@@ -143,18 +143,30 @@ def model_watcher_consumer(kafka: KafkaSettings, max_message_bytes: int) -> dict
 
 
 def plain_producer(
-    kafka: KafkaSettings, *, max_message_bytes: int | None = None, failures_only: bool = False
+    kafka: KafkaSettings,
+    *,
+    max_message_bytes: int | None = None,
+    failures_only: bool = False,
+    max_queued: int | None = None,
 ) -> dict[str, Any]:
-    """``failures_only``: delivery reports for failures only, so that a success costs
-    no Python call (for an :class:`~streamscore.kafka.delivery.AtLeastOnceSink`, which
-    counts failures only)."""
+    """An idempotent producer. ``failures_only``: delivery reports for failures only, so
+    that a success costs no Python call (for an
+    :class:`~streamscore.kafka.delivery.AtLeastOnceSink`, which counts failures only);
+    ``max_queued``: messages waiting in its queue at most (more: ``produce`` raises
+    ``BufferError`` and the caller waits for deliveries)."""
     conf: dict[str, Any] = {}
     conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     if failures_only:
         conf["delivery.report.only.error"] = True
     if max_message_bytes is not None:
         conf["message.max.bytes"] = max_message_bytes + 65_536
+    if max_queued is not None:
+        conf["queue.buffering.max.messages"] = max_queued
     return kafka.config("producer", conf)
+
+
+#: the feedback router's producer queue (librdkafka's default is 100,000 messages)
+ROUTER_QUEUE_MESSAGES = 20_000
 
 
 def reader_consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
@@ -181,6 +193,7 @@ def feedback_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> di
             "partition.assignment.strategy": "range",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
+            **FEEDBACK_PREFETCH,
         }
     )
     return kafka.config("consumer", conf)
@@ -196,9 +209,19 @@ def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
             "enable.auto.commit": True,
             "auto.commit.interval.ms": 1000,
             "fetch.wait.max.ms": 100,
+            **FEEDBACK_PREFETCH,
         }
     )
     return kafka.config("consumer", conf)
+
+
+#: the feedback consumers' prefetch (the router's and the join's): their messages are
+#: small (a prediction is ~100-300 bytes), and librdkafka's own bookkeeping of each
+#: prefetched message (a few hundred bytes more) is not counted by
+#: ``queued.max.messages.kbytes``: with 16 MB of payload and the default 100,000 messages
+#: per partition, each consumer held ~60 MB. A few thousand messages per partition is
+#: still seconds of work for the loop.
+FEEDBACK_PREFETCH = {"queued.min.messages": 5_000, "queued.max.messages.kbytes": 4_096}
 
 
 def admin_config(kafka: KafkaSettings) -> dict[str, Any]:

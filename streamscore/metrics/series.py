@@ -249,14 +249,15 @@ class Metrics:
             ["side"],
             registry=feedback,
         )
-        self.residuals = Histogram(
+        # observed a batch of joined pairs at a time (observe_many)
+        self.residuals = BulkHistogram(
             f"{PREFIX}_residual",
             "Label minus prediction (regressors).",
             ["model_version", "role"],
             buckets=(-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50),
             registry=feedback,
         )
-        self.label_delay = Histogram(
+        self.label_delay = BulkHistogram(
             f"{PREFIX}_label_delay_seconds",
             "Label observed time minus event time.",
             buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400),

@@ -402,10 +402,14 @@ def _merge(pieces: list[tuple[np.ndarray, np.ndarray | list[Any]]], n: int) -> A
     return full.tolist()
 
 
-def _varints(buf: np.ndarray, pos: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zigzag varints at ``pos``: (values, positions after them). Rows whose varint is
-    longer than ``_MAX_VARINT`` bytes are flagged in ``bad``."""
+def varints(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zigzag varints at ``pos``: (values, positions after them, rows whose varint is
+    longer than ``_MAX_VARINT`` bytes)."""
     last = buf.size - 1
+    first = buf[np.minimum(pos, last)]
+    if not (first & 0x80).any():  # one byte each (lengths, counts, branches): the usual
+        one = first.astype(np.int64)
+        return (one >> 1) ^ -(one & 1), pos + 1, np.zeros(pos.size, dtype=bool)
     acc = np.zeros(pos.size, dtype=np.uint64)
     cur = pos.copy()
     active = np.ones(pos.size, dtype=bool)
@@ -416,9 +420,15 @@ def _varints(buf: np.ndarray, pos: np.ndarray, bad: np.ndarray) -> tuple[np.ndar
         active &= (b & np.uint64(0x80)) != 0
         if not active.any():
             break
-    bad |= active
     signed = (acc >> np.uint64(1)).astype(np.int64) ^ -(acc & np.uint64(1)).astype(np.int64)
-    return signed, cur
+    return signed, cur, active
+
+
+def _varints(buf: np.ndarray, pos: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`varints`, the rows whose varint is too long flagged in ``bad``."""
+    vals, cur, long = varints(buf, pos)
+    bad |= long
+    return vals, cur
 
 
 def _fixed(buf: np.ndarray, pos: np.ndarray, width: int, dtype: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from streamscore.core.errors import (
 from streamscore.core.records import Prediction, Role
 from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
 from streamscore.feedback.join import JoinState
-from streamscore.feedback.loop import FeedbackLoop, promote_shadow
+from streamscore.feedback.loop import PREDICTION_HEAD, FeedbackLoop, promote_shadow
 from streamscore.feedback.promotion import LiveQuality, PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
@@ -29,6 +29,7 @@ from streamscore.models.envelope import Action
 from streamscore.models.signing import HmacSigner, as_verifier
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer, LayoutDeserializer
+from streamscore.serde.record_heads import HeadReader
 from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 from .kafka_fakes import (
@@ -64,11 +65,24 @@ def kind(k: bytes) -> list[tuple[str, bytes]]:
 
 
 def make_loop(
-    registry: Any, batches: list[list[FakeMessage]], tmp_path: Path, **kw: Any
+    registry: Any,
+    batches: list[list[FakeMessage]],
+    tmp_path: Path,
+    *,
+    heads: bool = False,
+    **kw: Any,
 ) -> tuple[FeedbackLoop, FakeConsumer, Metrics, list[tuple[int, StreamscoreError]]]:
     """A join loop over a fake consumer handing out ``batches``, its writer schemas from
-    ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``."""
+    ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``.
+    ``heads``: predictions checked and held by their heads (as the worker does)."""
     cache = WriterSchemaCache(registry)
+    decode_pred = LayoutDeserializer(
+        cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
+    )
+    if heads:
+        kw["read_heads"] = HeadReader(
+            schemas.load("prediction"), PREDICTION_HEAD, lambda sid: cache.get(sid)[0]
+        )
     metrics = Metrics(CollectorRegistry())
     store = GroundTruthStore(str(tmp_path))
     store.open()
@@ -78,11 +92,13 @@ def make_loop(
     loop = FeedbackLoop(
         consumer=consumer,
         join_topic=JOIN,
-        decode_prediction=LayoutDeserializer(
-            cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
-        ),
+        decode_prediction=decode_pred,
         decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
-        join=JoinState(60_000, already_written=store.contains),
+        join=JoinState(
+            60_000,
+            already_written=store.contains,
+            decode_prediction=lambda raw: Prediction.from_avro(decode_pred(raw)),
+        ),
         store=store,
         metrics=metrics,
         quality=LiveQuality(metrics),
@@ -282,3 +298,92 @@ def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
     loop.checkpoint()
     assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
     assert consumer.commits[-1] == [(JOIN, 0, 2)]
+
+
+class Counted:
+    """A head reader that counts what it accepts and the records it reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.accepted: list[int] = []
+        self.records_read = 0
+
+    def __call__(self, values: Any) -> Any:
+        h = self.inner(values)
+        self.accepted.append(len(h.rows))
+        return h
+
+    def columns(self, values: Any) -> Any:
+        rows, cols = self.inner.columns(values)
+        self.records_read += len(rows)
+        return rows, cols
+
+
+def test_predictions_held_by_their_heads_join_and_dead_letter_as_decoded_ones(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The head reader's path (predictions checked whole in one pass, decoded only when
+    their label comes) gives the rows, dead letters, counts and commits of the decoder's
+    path: labels before and after their predictions, across batches and a checkpoint,
+    v2 predictions, shadows, and broken messages among them."""
+    v2 = AvroSerializer(registry, "p2-value", schemas.load("prediction", 2))
+    first: list[FakeMessage] = []
+    second: list[FakeMessage] = []
+    for j in range(40):
+        eid = f"e{j}"
+        raw = prediction(registry, eid) if j % 5 else v2(prediction_record(eid, event_time_ms=T0))
+        if j == 7:
+            raw = raw[:-3]  # truncated
+        elif j == 8:
+            raw = raw + b"\x00"  # a trailing byte
+        elif j == 9:
+            raw = raw[:5] + b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f" + raw[6:]  # a huge length
+        msg_p = FakeMessage(JOIN, 0, 0, raw, key=eid.encode(), headers=kind(b"prediction"))
+        msg_l = FakeMessage(
+            JOIN, 0, 0, label(registry, eid), key=eid.encode(), headers=kind(b"label")
+        )
+        if j % 3 == 0:  # the label first, its prediction in the next batch
+            first.append(msg_l)
+            second.append(msg_p)
+        elif j % 3 == 1:  # both in the first batch
+            first += [msg_p, msg_l]
+        else:  # the prediction first, its label after a checkpoint
+            first.append(msg_p)
+            second.append(msg_l)
+    shadow = nest_detail(prediction_record("e1", event_time_ms=T0)) | {"role": "shadow"}
+    v3 = AvroSerializer(registry, "p-value", schemas.load("prediction"))
+    first.append(FakeMessage(JOIN, 0, 0, v3(shadow), key=b"e1", headers=kind(b"prediction")))
+    for off, m in enumerate(first + second):
+        m._offset = off
+    results = []
+    for heads in (False, True):
+        where = tmp_path / str(heads)
+        loop, consumer, _metrics, dead = make_loop(
+            registry, [list(first), list(second)], where, heads=heads
+        )
+        counted = Counted(loop._read_heads)
+        if heads:
+            loop._read_heads = counted  # type: ignore[assignment]
+        loop._handle(consumer.consume(1000, 0.1))
+        loop.checkpoint()
+        loop._handle(consumer.consume(1000, 0.1))
+        loop.checkpoint()
+        rows = sorted(
+            (r["event_id"], r["label"], r["prediction_value"], r["model_role"])
+            for r in read_rows(str(where))
+        )
+        results.append(
+            (
+                rows,
+                [(off, type(err)) for off, err in dead],
+                dataclasses.astuple(loop.stats),
+                dataclasses.astuple(loop.join.stats),
+                consumer.commits[-1],
+            )
+        )
+        if heads:  # the v3 ones, less the three broken
+            assert sum(counted.accepted) == 32 - 3 + 1
+            assert counted.records_read > 0  # labels met predictions decoded column-wise
+    assert results[0] == results[1]
+    rows, dead, *_ = results[1]
+    assert len(rows) == 37 and len(dead) == 3

@@ -11,7 +11,7 @@ import pytest
 
 from streamscore.core.errors import StateStoreError
 from streamscore.core.records import Feedback, Prediction, Role
-from streamscore.feedback.join import JoinState
+from streamscore.feedback.join import JoinOutput, JoinState
 from streamscore.feedback.state import Entry, PartitionState, decode_entry, encode_entry
 
 T0 = 1_700_000_000_000
@@ -260,3 +260,38 @@ def test_restore_writes_batches_without_the_log_then_flushes(tmp_path: Path) -> 
     broken = PartitionState(tmp_path / "broken")
     with pytest.raises(StateStoreError, match="truncated"):
         broken.restore([(0, b"ee1", b"\x01\x02")])
+
+
+def test_changes_are_bounded_over_every_partition_when_a_limit_is_given(tmp_path: Path) -> None:
+    j = JoinState(WINDOW, decode_prediction=decode)
+    for p in (0, 1):
+        j.open_partition(("join", p), PartitionState(tmp_path / str(p), cache_entries=1000))
+    for i in range(6):
+        rec = pred_record(f"e{i}", T0 + i)
+        j.add_prediction(Prediction.from_avro(rec, ("join", i % 2, i)), json.dumps(rec).encode())
+    assert j.needs_commit(5) and not j.needs_commit(6)
+    assert not j.needs_commit()  # per partition: 3 changes each, under their cache
+
+
+def test_a_prediction_held_by_its_head_joins_as_a_decoded_one(tmp_path: Path) -> None:
+    """add_head keeps the wire bytes only; the label decodes them, before or after."""
+    rows: dict[bool, list[Any]] = {}
+    for by_head in (False, True):
+        j, _s = new_join(tmp_path / str(by_head))
+        out = JoinOutput()
+        for n, eid in enumerate(("before", "after")):
+            rec = pred_record(eid, T0)
+            raw = json.dumps(rec).encode()
+            if eid == "before":  # the label waits for its prediction
+                add_label(j, eid, T0 + DAY, 10 + n)
+            if by_head:
+                j.add_head(eid, T0, Role.PRIMARY, 1, raw, (*TP, n), out)
+            else:
+                j.add_prediction(Prediction.from_avro(rec, (*TP, n)), raw, out=out)
+            if eid == "after":
+                out.extend(add_label(j, eid, T0 + DAY, 20 + n))
+        rows[by_head] = [
+            (r["event_id"], r["prediction_value"], r["features"], r["inputs"]) for r in out.rows
+        ]
+    assert rows[True] == rows[False]
+    assert [r[0] for r in rows[True]] == ["before", "after"]
