@@ -72,12 +72,17 @@ class OutBatch:
     on_too_large: TooLarge | None = None
 
     def topic_partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in sorted(self.offsets.items())]
+        return _topic_partitions(self.offsets)
 
     @property
     def n_outputs(self) -> int:
         """Every output of the batch (``messages`` and ``bulk``)."""
         return len(self.messages) + sum(len(pairs) for _topic, pairs, _h in self.bulk)
+
+
+def _topic_partitions(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    """What a commit records: the next offset per (topic, partition), in order."""
+    return [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
 
 
 def _is_too_large(err: Any) -> bool:
@@ -272,10 +277,10 @@ class AtLeastOnceSink:
     again ``checkpoint_s`` later with twice the bound, up to ``max_flush_s``, so that
     offsets move on under a sustained overload too (the worker produces nothing while it
     waits); the bound is reset by a checkpoint that completes. Offsets are stored only
-    when every output of every
-    batch sent so far is acknowledged; a refusal (a failure report) raises before any
-    offset is stored past it. A crash re-reads at most the batches since the last
-    checkpoint and the auto-commit interval: duplicates, never a loss.
+    when every output of every batch sent so far is acknowledged; a refusal (a failure
+    report) raises before any offset is stored past it. A crash re-reads at most the
+    batches since the last checkpoint and the auto-commit interval: duplicates, never a
+    loss.
 
     Success reports, if the producer sends them, are ignored: the accounting never
     depends on them.
@@ -344,33 +349,35 @@ class AtLeastOnceSink:
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
-        self._checkpoint(flush=False)
+        self._checkpoint()
 
-    def _checkpoint(self, *, flush: bool, timeout: float | None = None) -> bool:
-        """Store the pending offsets if every output is acknowledged (``flush``, or the
-        checkpoint due: after a flush of at most ``timeout``). True when nothing is left
-        pending."""
+    def _checkpoint(self, *, drain_s: float | None = None) -> bool:
+        """Store the pending offsets if every output is acknowledged: at once when the
+        queue is empty, else after a flush when the checkpoint is due (bounded by the
+        escalating bound) or when draining (bounded by ``drain_s``). True when nothing is
+        left pending."""
         self._raise_if_refused()
         if self._due is None:
             return True
         if len(self._producer):
-            if not flush and self._clock() < self._due:
+            if drain_s is None and self._clock() < self._due:
                 return False
-            left = self._producer.flush(self._next_flush_s if timeout is None else timeout)
+            left = self._producer.flush(self._next_flush_s if drain_s is None else drain_s)
             self._raise_if_refused()
             if left:
-                if self._next_flush_s >= self._max_flush_s:
-                    log.warning(
-                        "%d outputs still unacknowledged after a %.0f s flush: offsets are "
-                        "not stored until the broker catches up",
-                        left,
-                        self._next_flush_s,
-                    )
-                self._due = self._clock() + self._checkpoint_s
-                self._next_flush_s = min(2 * self._next_flush_s, self._max_flush_s)
+                if drain_s is None:  # a due checkpoint: the next one may wait longer
+                    if self._next_flush_s >= self._max_flush_s:
+                        log.warning(
+                            "%d outputs still unacknowledged after a %.0f s flush: offsets "
+                            "are not stored until the broker catches up",
+                            left,
+                            self._next_flush_s,
+                        )
+                    self._due = self._clock() + self._checkpoint_s
+                    self._next_flush_s = min(2 * self._next_flush_s, self._max_flush_s)
                 return False
         self._next_flush_s = self._flush_s
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._pending.items())]
+        offsets = _topic_partitions(self._pending)
         self._pending.clear()
         self._due = None
         if offsets:
@@ -395,7 +402,7 @@ class AtLeastOnceSink:
 
     def drain(self, timeout: float = 30.0, *, commit: bool = True) -> None:
         """Wait for every acknowledgement, store their offsets, commit synchronously."""
-        if not self._checkpoint(flush=True, timeout=timeout):
+        if not self._checkpoint(drain_s=timeout):
             left = len(self._producer)
             raise DeliveryError(f"{left} outputs still unacknowledged after {timeout}s")
         if commit:

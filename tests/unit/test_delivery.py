@@ -140,6 +140,25 @@ def test_a_checkpoint_flush_that_times_out_stores_nothing_and_is_tried_again_lat
     assert bounds[-1] == 0.5  # reset by the checkpoint that completed
 
 
+def test_a_drain_that_times_out_raises_and_leaves_the_checkpoint_bound_alone() -> None:
+    clock = FakeClock()
+    p, c = FakeProducer(), FakeConsumer()
+    bounds: list[float] = []
+
+    def flush(timeout: float = 0) -> int:  # the broker away
+        bounds.append(timeout)
+        return len(p.waiting)
+
+    p.flush = flush  # type: ignore[method-assign]
+    sink = AtLeastOnceSink(p, c, checkpoint_s=1.0, flush_s=0.5, clock=clock)
+    sink.send(batch(2, {("events", 0): 3}))
+    with pytest.raises(DeliveryError, match="2 outputs still unacknowledged after 7"):
+        sink.drain(7)
+    clock.now += 1.0
+    sink.poll()
+    assert bounds == [7, 0.5] and c.stored == [] and c.commits == []
+
+
 def test_a_refusal_served_by_the_checkpoint_flush_raises_and_stores_nothing() -> None:
     clock = FakeClock()
     p, c = FakeProducer(), FakeConsumer()
