@@ -7,17 +7,49 @@ matching its schema in ``schemas/``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 #: Fields every event schema must carry (the rest are features or passengers).
 EVENT_ID_FIELD = "event_id"
 EVENT_TIME_FIELD = "event_time"
 
 Event = dict[str, Any]
+
+_T = TypeVar("_T")
+
+
+def positional_maker(cls: type[_T]) -> Callable[..., _T]:
+    """``cls(*values)`` for a frozen, slotted dataclass, every field given in order:
+    the same object, its fields set through their slot descriptors. (A frozen class's
+    generated ``__init__`` sets each field with ``object.__setattr__``, which looks the
+    name up first: twice the cost, paid per label where the feedback join builds one.)
+    Refuses a class this could not build as its ``__init__`` would (not frozen, not
+    slotted, a ``__post_init__``, a field left out of ``__init__``)."""
+    params = getattr(cls, "__dataclass_params__", None)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if (
+        params is None
+        or not params.frozen
+        or "__slots__" not in cls.__dict__
+        or hasattr(cls, "__post_init__")
+        or not all(f.init for f in fields)
+    ):
+        raise TypeError(f"{cls.__name__}: not a frozen, slotted dataclass built by __init__")
+    names = [f.name for f in fields]
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    env.update((f"_set_{n}", getattr(cls, n).__set__) for n in names)
+    body = "".join(f"    _set_{n}(o, {n})\n" for n in names)
+    src = f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n"
+    exec(src, env)
+    make: Callable[..., _T] = env["make"]
+    make.__qualname__ = f"positional_maker({cls.__name__})"
+    return make
+
 
 #: Headers on every prediction (``predictions`` and ``predictions.shadow``), so that a
 #: router or a filter needs no decode; named like the dead letters' ``streamscore.error.*``
@@ -224,8 +256,9 @@ class Prediction:
         d = c["detail"]
         roles = [_ROLE_OF.get(r) or Role(r) for r in c["role"]]
         times = [v if isinstance(v, int) else _millis(v) for v in c["event_time"]]
+        make = _make_prediction
         return [
-            cls(eid, key, t, name, version, role, value, label, tuple(probs), tuple(classes),
+            make(eid, key, t, name, version, role, value, label, tuple(probs), tuple(classes),
                 tuple(names), tuple(features), dict(inputs), None)
             for eid, key, t, name, version, role, value, label, probs, classes, names,
             features, inputs in zip(
@@ -334,3 +367,8 @@ def _millis(v: Any) -> int:
     if isinstance(v, int):
         return v
     return round(float(v.timestamp()) * 1000)
+
+
+#: positional constructors of the records the feedback join builds per label
+_make_prediction = positional_maker(Prediction)
+make_feedback = positional_maker(Feedback)

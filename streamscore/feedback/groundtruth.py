@@ -221,7 +221,13 @@ def _score(row: Mapping[str, Any]) -> float | None:
 
 def _inputs_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The event's raw fields of a join row: the scored features by name (NaN as
-    None), overlaid with ``inputs`` (what the scored vector does not hold as it was)."""
+    None), overlaid with ``inputs`` (what the scored vector does not hold as it was).
+    A row whose ``inputs`` names every feature already (``join.build_row``'s) is its
+    own answer: nothing to build."""
+    inputs = row.get("inputs") or {}
+    names = row.get("feature_names") or ()
+    if all(n in inputs for n in names):
+        return dict(inputs)
     raw = {
         n: (None if isinstance(v, float) and math.isnan(v) else v)
         for n, v in zip(row.get("feature_names") or (), row.get("features") or (), strict=False)

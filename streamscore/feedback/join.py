@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.records import Feedback, Position, Prediction, Role
+from ..core.records import Feedback, Position, Prediction, Role, positional_maker
 from .state import DecodePrediction, Entry, PartitionState
 
 DEFAULT_WINDOW_MS = 3_600_000
@@ -60,6 +60,9 @@ class JoinedPair:
     @property
     def delay_ms(self) -> int:
         return self.label.observed_time_ms - self.prediction.event_time_ms
+
+
+_make_pair = positional_maker(JoinedPair)
 
 
 @dataclass(slots=True)
@@ -268,7 +271,7 @@ class JoinState:
                 part.meta.pending_predictions += 1
             else:
                 full = self._pred(slot)
-                out.pairs.append(JoinedPair(e.label, full, first_for_label=not e.joined))
+                out.pairs.append(_make_pair(e.label, full, not e.joined))
                 self._mark_joined(part, e)
                 if not e.written and role is not Role.SHADOW:
                     self._write(e, full, out)
@@ -303,7 +306,7 @@ class JoinState:
         preds = [self._pred(slot) for slot in e.preds.values()]
         first = True
         for p in preds:
-            out.pairs.append(JoinedPair(lab, p, first_for_label=first))
+            out.pairs.append(_make_pair(lab, p, first))
             first = False
         self._mark_joined(part, e, was_pending=False)
         answer = _answer_of(preds)

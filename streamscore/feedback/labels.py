@@ -30,7 +30,7 @@ from typing import Any
 
 from ..core.config import TimeEncoding
 from ..core.errors import BadLabelError, MissingFieldError, StreamscoreError, WrongTypeError
-from ..core.records import Feedback, Position
+from ..core.records import Feedback, Position, make_feedback
 from ..features.event_fields import event_ids, event_times_ms
 
 #: the longest class name a label may carry (characters)
@@ -136,7 +136,7 @@ class LabelReader:
                 out.append(err)
                 continue
             try:
-                out.append(Feedback(ids[i], label(rec), times[i], positions[i]))
+                out.append(make_feedback(ids[i], label(rec), times[i], positions[i]))
             except StreamscoreError as exc:
                 out.append(exc)
         return out

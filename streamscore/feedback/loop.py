@@ -277,11 +277,18 @@ class FeedbackLoop:
 
     def _handle(self, msgs: list[Any]) -> None:
         kinds: list[bytes | None] = []
+        positions: list[Position | None] = []
         pred_i: list[int] = []
         label_i: list[int] = []
         keys: dict[tuple[str, int], list[bytes]] = {}
         for i, msg in enumerate(msgs):
-            kind = _kind(msg) if msg.error() is None else None
+            if msg.error() is not None:
+                kinds.append(None)
+                positions.append(None)
+                continue
+            tp = (msg.topic(), msg.partition())
+            positions.append((*tp, msg.offset()))
+            kind = _kind(msg)
             kinds.append(kind)
             if kind == PREDICTION:
                 pred_i.append(i)
@@ -291,7 +298,6 @@ class FeedbackLoop:
                 continue
             key = msg.key()
             if key is not None:  # the router's key: the event id
-                tp = (msg.topic(), msg.partition())
                 ks = keys.get(tp)
                 if ks is None:
                     ks = keys[tp] = []
@@ -313,52 +319,57 @@ class FeedbackLoop:
         join = self.join
         duplicate = join.stats.duplicate
         n_labels = 0
-        for i, msg in enumerate(msgs):
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err)
-                continue
-            pos: Position = (msg.topic(), msg.partition(), msg.offset())
-            try:
-                kind = kinds[i]
-                rec = decoded.get(i)
-                if isinstance(rec, Exception):  # the typed error of a bad message
-                    raise rec
-                if kind == PREDICTION:
-                    h = heads.get(i)
-                    if h is not None:
-                        eid, t, version, role = h
-                        join.add_head(eid, t, _ROLES[role], version, msg.value(), pos, out)
+        done = 0  # messages applied (whatever they were): their partitions resume after
+        try:
+            for i, msg in enumerate(msgs):
+                done = i  # the messages before this one are applied
+                pos = positions[i]
+                if pos is None:
+                    err = msg.error()
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error: %s", err)
+                    continue
+                try:
+                    kind = kinds[i]
+                    rec = decoded.get(i)
+                    if isinstance(rec, Exception):  # the typed error of a bad message
+                        raise rec
+                    if kind == PREDICTION:
+                        h = heads.get(i)
+                        if h is not None:
+                            eid, t, version, role = h
+                            join.add_head(eid, t, _ROLES[role], version, msg.value(), pos, out)
+                        else:
+                            assert isinstance(rec, dict)
+                            p = Prediction.from_avro(rec, pos)
+                            join.add_prediction(p, msg.value(), out=out)
+                        self.stats.predictions += 1
+                    elif kind == LABEL:
+                        assert isinstance(rec, Feedback)
+                        n_labels += 1
+                        join.add_label(rec, out=out)
                     else:
-                        assert isinstance(rec, dict)
-                        p = Prediction.from_avro(rec, pos)
-                        join.add_prediction(p, msg.value(), out=out)
-                    self.stats.predictions += 1
-                elif kind == LABEL:
-                    assert isinstance(rec, Feedback)
-                    n_labels += 1
-                    join.add_label(rec, out=out)
-                else:
-                    raise UnknownKindError(
-                        f"join-topic message without a known {KIND_HEADER} header ({kind!r})",
-                        field=KIND_HEADER,
+                        raise UnknownKindError(
+                            f"join-topic message without a known {KIND_HEADER} header ({kind!r})",
+                            field=KIND_HEADER,
+                        )
+                except (SerdeError, ValidationError, KeyError, ValueError, TypeError) as exc:
+                    # never blocks the partition: dead-lettered, counted, logged, consumed
+                    err = (
+                        exc
+                        if isinstance(exc, StreamscoreError)
+                        else AvroDecodeError(
+                            f"decoded record does not fit: {type(exc).__name__}: {exc}"
+                        )
                     )
-            except (SerdeError, ValidationError, KeyError, ValueError, TypeError) as exc:
-                # never blocks the partition: dead-lettered, counted, logged, consumed
-                err = (
-                    exc
-                    if isinstance(exc, StreamscoreError)
-                    else AvroDecodeError(
-                        f"decoded record does not fit: {type(exc).__name__}: {exc}"
-                    )
-                )
-                self.stats.undecodable += 1
-                self._m.invalid_events.labels(f"feedback_{err.reason}").inc()
-                log.warning("undecodable message at %s: %s", pos, err)
-                if self._dead_letter is not None:
-                    self._dead_letter(msg, err)
-            join.consumed(pos)
+                    self.stats.undecodable += 1
+                    self._m.invalid_events.labels(f"feedback_{err.reason}").inc()
+                    log.warning("undecodable message at %s: %s", pos, err)
+                    if self._dead_letter is not None:
+                        self._dead_letter(msg, err)
+            done = len(msgs)
+        finally:
+            self._consumed(positions[:done])
         join.predecode({})
         if n_labels:
             self.stats.labels += n_labels
@@ -366,6 +377,15 @@ class FeedbackLoop:
         if join.stats.duplicate > duplicate:
             self._m.feedback_labels.labels("duplicate").inc(join.stats.duplicate - duplicate)
         self._apply(out)
+
+    def _consumed(self, positions: list[Position | None]) -> None:
+        """The partitions of ``positions`` resume after the last of each."""
+        last: dict[tuple[str, int], int] = {}
+        for pos in positions:
+            if pos is not None:
+                last[(pos[0], pos[1])] = pos[2]
+        for (t, part), offset in last.items():
+            self.join.consumed((t, part, offset))
 
     def _heads(
         self, msgs: list[Any], idx: list[int]

@@ -41,7 +41,7 @@ from ..core.quality import (
     improvement_kind,
     regression_metrics,
 )
-from ..core.records import Prediction, Role, Task
+from ..core.records import Prediction, Role, Task, positional_maker
 from ..metrics.series import LIVE_FAMILIES, Metrics
 from .groundtruth import label_as_class
 from .join import JoinedPair
@@ -91,6 +91,10 @@ class PairScore:
         return self.task is Task.CLASSIFICATION and self.truth == self.predicted
 
 
+_make_score = positional_maker(PairScore)
+_NAN = math.nan
+
+
 def score_pair(pair: JoinedPair, positive: str | None = None) -> PairScore | None:
     """``pair``'s label scored against its prediction; ``positive`` is the positive class
     of a binary model (default: the model's second class). None when the label cannot be
@@ -103,7 +107,7 @@ def score_pair(pair: JoinedPair, positive: str | None = None) -> PairScore | Non
             return None
         if not (math.isfinite(y) and math.isfinite(p.value)):
             return None
-        return PairScore(Task.REGRESSION, error=y - p.value)
+        return _make_score(Task.REGRESSION, y - p.value, "", "", _NAN, _NAN, False, False)
     if p.label is None:
         return None
     truth = label_as_class(pair.label.label)
@@ -117,14 +121,8 @@ def score_pair(pair: JoinedPair, positive: str | None = None) -> PairScore | Non
     else:
         confidence = max(probs) if probs else math.nan
         is_pos = truth == p.label
-    return PairScore(
-        Task.CLASSIFICATION,
-        truth=truth,
-        predicted=p.label,
-        p_true=p_true,
-        confidence=confidence,
-        positive=is_pos,
-        binary=binary,
+    return _make_score(
+        Task.CLASSIFICATION, _NAN, truth, p.label, p_true, confidence, is_pos, binary
     )
 
 

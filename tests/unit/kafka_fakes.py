@@ -421,3 +421,52 @@ class FakeAdmin:
 
     def poll(self, timeout: float) -> int:
         return 0
+
+
+def feedback_loop(
+    registry: Any,
+    consumer: Any,
+    store: Any,
+    metrics: Any,
+    stop: threading.Event,
+    *,
+    window_ms: int,
+    heads: bool = False,
+    **kw: Any,
+) -> Any:
+    """A join loop wired as the worker wires it (``streamscore feedback``): the writer
+    schemas from ``registry``, predictions decoded with the v3/v2 layouts (and, with
+    ``heads``, checked and held by their head fields), labels with the feedback schema."""
+    from streamscore.core.records import Prediction
+    from streamscore.feedback.join import JoinState
+    from streamscore.feedback.loop import PREDICTION_HEAD, FeedbackLoop
+    from streamscore.feedback.promotion import LiveQuality
+    from streamscore.serde import schemas
+    from streamscore.serde.message import AvroDeserializer, LayoutDeserializer
+    from streamscore.serde.record_heads import HeadReader
+    from streamscore.serde.wire import WriterSchemaCache
+
+    cache = WriterSchemaCache(registry)
+    decode_pred = LayoutDeserializer(
+        cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
+    )
+    if heads:
+        kw["read_heads"] = HeadReader(
+            schemas.load("prediction"), PREDICTION_HEAD, lambda sid: cache.get(sid)[0]
+        )
+    return FeedbackLoop(
+        consumer=consumer,
+        join_topic=consumer.topic,
+        decode_prediction=decode_pred,
+        decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
+        join=JoinState(
+            window_ms,
+            already_written=store.contains,
+            decode_prediction=lambda raw: Prediction.from_avro(decode_pred(raw)),
+        ),
+        store=store,
+        metrics=metrics,
+        quality=LiveQuality(metrics),
+        stop=stop,
+        **kw,
+    )

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamscore.core.errors import (
+    DeliveryError,
     MagicByteError,
     StreamscoreError,
     TruncatedMessageError,
@@ -20,22 +21,21 @@ from streamscore.core.errors import (
 )
 from streamscore.core.records import Prediction, Role
 from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
-from streamscore.feedback.join import JoinState
-from streamscore.feedback.loop import PREDICTION_HEAD, FeedbackLoop, promote_shadow
-from streamscore.feedback.promotion import LiveQuality, PromotionDecision
+from streamscore.feedback.loop import FeedbackLoop, promote_shadow
+from streamscore.feedback.promotion import PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
 from streamscore.models.envelope import Action
 from streamscore.models.signing import HmacSigner, as_verifier
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer, LayoutDeserializer
-from streamscore.serde.record_heads import HeadReader
 from streamscore.serde.wire import WriterSchemaCache, registry_client
 
 from .kafka_fakes import (
     FakeConsumer,
     FakeMessage,
     FlakyRegistry,
+    feedback_loop,
     nest_detail,
     prediction_record,
 )
@@ -75,34 +75,20 @@ def make_loop(
     """A join loop over a fake consumer handing out ``batches``, its writer schemas from
     ``registry``, its store in ``tmp_path``; dead letters as ``(offset, error)``.
     ``heads``: predictions checked and held by their heads (as the worker does)."""
-    cache = WriterSchemaCache(registry)
-    decode_pred = LayoutDeserializer(
-        cache, schemas.load("prediction"), schemas.load("prediction", 2), "detail"
-    )
-    if heads:
-        kw["read_heads"] = HeadReader(
-            schemas.load("prediction"), PREDICTION_HEAD, lambda sid: cache.get(sid)[0]
-        )
     metrics = Metrics(CollectorRegistry())
     store = GroundTruthStore(str(tmp_path))
     store.open()
     stop = threading.Event()
     consumer = FakeConsumer(batches, stop, topic=JOIN, partitions=(0,))
     dead: list[tuple[int, StreamscoreError]] = []
-    loop = FeedbackLoop(
-        consumer=consumer,
-        join_topic=JOIN,
-        decode_prediction=decode_pred,
-        decode_feedback=AvroDeserializer(cache, schemas.load("feedback")),
-        join=JoinState(
-            60_000,
-            already_written=store.contains,
-            decode_prediction=lambda raw: Prediction.from_avro(decode_pred(raw)),
-        ),
-        store=store,
-        metrics=metrics,
-        quality=LiveQuality(metrics),
-        stop=stop,
+    loop = feedback_loop(
+        registry,
+        consumer,
+        store,
+        metrics,
+        stop,
+        window_ms=60_000,
+        heads=heads,
         dead_letter=lambda msg, err: dead.append((msg.offset(), err)),
         checkpoint_s=60.0,
         **kw,
@@ -136,6 +122,32 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         "streamscore_feedback_labels_total", {"outcome": "joined"}
     )
     assert joined == 1
+
+
+def test_a_dead_letter_that_fails_leaves_its_message_and_the_rest_unconsumed(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The dead-letter topic refusing a bad message stops the batch there: the messages
+    before it are applied and their partition resumes at the bad one (its offset is the
+    next to consume), nothing after it is applied."""
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 1, 0, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e2")[:-4], key=b"e2", headers=kind(b"label")),
+        FakeMessage(JOIN, 0, 2, prediction(registry, "e3"), key=b"e3", headers=kind(b"prediction")),
+    ]
+    loop, _consumer, _metrics, _dead = make_loop(registry, [batch], tmp_path)
+
+    def refused(_msg: Any, _err: StreamscoreError) -> None:
+        raise DeliveryError("the dead-letter topic did not acknowledge")
+
+    loop._dead_letter = refused
+    with pytest.raises(DeliveryError):
+        loop._handle(batch)
+    parts = loop.join.partitions()
+    assert parts[(JOIN, 0)].meta.input_offset == 1  # the refused one is consumed again
+    assert parts[(JOIN, 1)].meta.input_offset == 1
+    assert loop.stats.predictions == 1 and loop.join.peek((JOIN, 0), "e3") is None
 
 
 def test_a_registry_outage_puts_the_batch_back_and_joins_it_once_it_answers(

@@ -12,7 +12,13 @@ import pytest
 from streamscore.core.errors import StateStoreError
 from streamscore.core.records import Feedback, Prediction, Role
 from streamscore.feedback.join import JoinOutput, JoinState
-from streamscore.feedback.state import Entry, PartitionState, decode_entry, encode_entry
+from streamscore.feedback.state import (
+    Entry,
+    PartitionState,
+    decode_entry,
+    encode_entry,
+    encode_entry_parts,
+)
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000
@@ -91,6 +97,26 @@ def test_entry_codec_round_trips_and_rejects_garbage() -> None:
         decode_entry("ev", data[:-3])
     with pytest.raises(StateStoreError):
         decode_entry("ev", data + b"x")
+
+
+@pytest.mark.parametrize("label", [None, 2.5, float("nan"), 1.0, True, 7, "fraud"])
+@pytest.mark.parametrize("written", [False, True])
+@pytest.mark.parametrize("n_preds", [1, 2])
+def test_packed_entries_are_the_field_by_field_bytes(
+    label: Any, written: bool, n_preds: int
+) -> None:
+    e = Entry("ev", T0 + WINDOW, joined=label is not None, written=written)
+    e.label = None if label is None else Feedback("ev", label, T0 + 5)
+    for i, role in enumerate((Role.PRIMARY, Role.SHADOW)[:n_preds]):
+        e.preds[(role, 3 + i)] = [b"raw-bytes" * (i + 1), None]
+    data = encode_entry(e)
+    assert data == encode_entry_parts(e)
+    back = decode_entry("ev", data)
+    assert (back.expire_at, back.joined, back.written) == (e.expire_at, e.joined, written)
+    assert list(back.preds) == list(e.preds)
+    assert [s[0] for s in back.preds.values()] == [
+        b"" if written else s[0] for s in e.preds.values()
+    ]
 
 
 def test_a_label_after_30_days_joins_and_one_after_the_window_is_unmatched(
