@@ -21,7 +21,8 @@ Guarantees:
   partitions of the batch, so a row already in the table (written before a crash, or by
   another worker before a rebalance) is never inserted again. No index of all past ids
   is held in memory: only the ids of rows joined within ``recent_ms`` (about twice the
-  join window), loaded at each partition assignment, so that a message re-read after a
+  join window; the newest ``max_recent_ids`` of them at most, whatever the label rate),
+  loaded at each partition assignment, so that a message re-read after a
   restart or a rebalance whose row is already written settles at once instead of waiting
   a whole window for a partner that was consumed before.
 * **Several writers without locks**: every write is one atomic commit to the Delta log
@@ -56,6 +57,7 @@ import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -469,6 +471,10 @@ class MaintenanceReport:
     vacuumed: int = 0
 
 
+#: the ids of recently written rows a store holds at most (a few MB; see ``_recent``)
+MAX_RECENT_IDS = 100_000
+
+
 class GroundTruthStore:
     """The feedback worker's writer (several may share one location: module doc)."""
 
@@ -479,6 +485,7 @@ class GroundTruthStore:
         fields: RowFields | None = None,
         max_buffered_rows: int = 20_000,
         recent_ms: int = 3_600_000,
+        max_recent_ids: int = MAX_RECENT_IDS,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
@@ -506,9 +513,11 @@ class GroundTruthStore:
         #: ids of rows joined within ``recent_ms`` (this writer's and, as of the last
         #: :meth:`refresh`, the others'): what a restart or a rebalance can re-read.
         #: Not the uniqueness guarantee (the merge is), only a shortcut that settles a
-        #: re-read message at once; bounded by the window, like the join state.
+        #: re-read message at once; bounded by the window, like the join state, and
+        #: by ``max_recent_ids`` (the newest kept), whatever the label rate.
         self.recent_ms = recent_ms
-        self._recent: dict[str, int] = {}
+        self.max_recent_ids = max_recent_ids
+        self._recent: OrderedDict[str, int] = OrderedDict()
 
     def open(self) -> OpenReport:
         """Open (or create) both tables."""
@@ -536,9 +545,26 @@ class GroundTruthStore:
             columns=[key, "joined_time"],
             filter=pc.field("joined_time") >= _ts([since])[0],
         )
+        if found.num_rows > self.max_recent_ids:  # the newest
+            found = found.sort_by("joined_time").slice(found.num_rows - self.max_recent_ids)
         joined = _records(found, ("joined_time",))
-        self._recent = {str(r[key]): int(r["joined_time"]) for r in joined}
+        joined.sort(key=lambda r: r["joined_time"])
+        self._recent = OrderedDict((str(r[key]), int(r["joined_time"])) for r in joined)
         return len(self._recent)
+
+    def _remember(self, rows: Iterable[tuple[str, int]]) -> None:
+        """Ids of rows just written (with their joined times), then the oldest forgotten:
+        those past ``recent_ms``, and any beyond ``max_recent_ids``. Joined times follow
+        the wall clock, so the oldest are first."""
+        horizon = self._wall() - self.recent_ms
+        recent = self._recent
+        for k, t in rows:
+            if t >= horizon:
+                recent[k] = t
+        while recent and (
+            len(recent) > self.max_recent_ids or next(iter(recent.values())) < horizon
+        ):
+            recent.popitem(last=False)
 
     def contains(self, event_id: str) -> bool:
         """True when the event's row is known written recently (see ``_recent``)."""
@@ -588,9 +614,7 @@ class GroundTruthStore:
         rows, inserted, unmatched, u_inserted = len(self._buf), 0, 0, 0
         if self._buf:
             inserted = self._rows.merge(rows_to_arrow(list(self._buf.values()), self.fields))
-            self._recent.update((k, int(r["joined_time"])) for k, r in self._buf.items())
-            horizon = self._wall() - self.recent_ms
-            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
+            self._remember((k, int(r["joined_time"])) for k, r in self._buf.items())
             self._buf.clear()
         if self._buf_unmatched:
             have = self._ids_in_rows(list(self._buf_unmatched))

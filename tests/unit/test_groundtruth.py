@@ -349,3 +349,17 @@ def test_recently_written_ids_are_known_after_a_restart_older_ones_are_not(
     assert other.contains("new") and not other.contains("old")
     now[0] += 2 * HOUR
     assert other.refresh() == 0 and not other.contains("new")  # bounded by the horizon
+
+
+def test_recently_written_ids_are_bounded_in_number_the_newest_kept(tmp_path: Path) -> None:
+    now = [T0 + 10 * DAY]
+    s = opened(tmp_path, recent_ms=HOUR, max_recent_ids=3, wall_clock=lambda: now[0])
+    for i in range(5):
+        r = row(f"e{i}", T0)
+        r["joined_time"] = now[0] - 50_000 + i
+        s.append(r)
+    s.flush()
+    assert [s.contains(f"e{i}") for i in range(5)] == [False, False, True, True, True]
+    restarted = opened(tmp_path, recent_ms=HOUR, max_recent_ids=2, wall_clock=lambda: now[0])
+    assert [restarted.contains(f"e{i}") for i in range(5)] == [False] * 3 + [True] * 2
+    assert len(read_rows(tmp_path)) == 5  # the table keeps every row: only the shortcut forgets
