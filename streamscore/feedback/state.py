@@ -23,11 +23,15 @@ entry changed since the last commit plus the meta record (the next input offset 
 partition among them); the loop writes them to the changelog in one Kafka transaction
 with the consumed offsets; then :meth:`PartitionState.applied` writes the same changes,
 the index keys and the meta (with the changelog offset reached) to RocksDB in one
-``WriteBatch``. The local store therefore never runs ahead of the committed changelog:
-after a crash it is either current or behind, and :meth:`PartitionState.restore` catches
-up from the changelog records after its recorded ``changelog_offset`` (all of them on a
-fresh host). Index keys are validated lazily (an index key whose entry is gone or
-expires at another time is dropped when scanned), so the changelog only carries entries.
+``WriteBatch``, without RocksDB's write-ahead log: the changelog is the store's log (as
+Kafka Streams runs its RocksDB stores). The local store therefore never runs ahead of the
+committed changelog: after a crash it is either current or behind (the batches since the
+last memtable flush are lost whole, their meta records with them), and
+:meth:`PartitionState.restore` catches up from the changelog records after its recorded
+``changelog_offset`` (all of them on a fresh host); a clean close flushes the memtables.
+Index keys are validated lazily (an index key whose entry is gone or expires at another
+time is dropped when scanned), so the changelog only carries entries; an update that
+keeps an entry's expiry writes no index key again (:attr:`Entry.indexed_at`).
 
 One concern, hence its length: the join's durable state per partition (RocksDB and
 its changelog).
@@ -78,6 +82,15 @@ _NEVER = 1 << 62
 #: changelog records per RocksDB write batch when restoring
 RESTORE_BATCH = 20_000
 
+
+def _without_wal() -> WriteOptions:
+    wo = WriteOptions()
+    wo.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (stub: a method)
+    return wo
+
+
+_NO_WAL = _without_wal()
+
 DecodePrediction = Callable[[bytes], Prediction]
 
 
@@ -118,6 +131,9 @@ class Entry:
     label: Feedback | None = None
     joined: bool = False
     written: bool = False
+    #: the expiry its committed version is indexed under (read back from the store),
+    #: -1 for an entry new since the last commit
+    indexed_at: int = -1
 
 
 #: the usual entries in one pack each (the same bytes as :func:`encode_entry_parts`):
@@ -184,7 +200,7 @@ def decode_entry(event_id: str, data: bytes) -> Entry:
         if n > MAX_PREDICTIONS:
             raise StateStoreError(f"join-state entry with {n} predictions")
         pos = _HEAD.size
-        e = Entry(event_id, expire_at, joined=bool(flags & _F_JOINED))
+        e = Entry(event_id, expire_at, joined=bool(flags & _F_JOINED), indexed_at=expire_at)
         e.written = bool(flags & _F_WRITTEN)
         if flags & _F_LABEL:
             observed, kind = _LABEL.unpack_from(data, pos)
@@ -301,7 +317,7 @@ class PartitionState:
         self._scanned: list[bytes] = []  # index keys handled, deleted at the next apply
         self._scan_from = 0
         self._next_db_expiry = 0  # no index key below this (0: unknown, scan)
-        self._encoded: list[tuple[str, bytes | None, int]] = []
+        self._encoded: list[tuple[str, bytes | None, int | None]] = []
         #: committed entries read ahead for the batch being applied (:meth:`prefetch`),
         #: None for an id the store does not hold, the Entry once read (so that a batch
         #: that looks at an entry twice decodes it once); forgotten at every commit
@@ -443,11 +459,16 @@ class PartitionState:
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         """The changelog records of everything changed since the last commit, the meta
         record last (its offset is the partition's changelog position)."""
-        enc: list[tuple[str, bytes | None, int]] = []
+        enc: list[tuple[str, bytes | None, int | None]] = []
         recs: list[tuple[bytes, bytes | None]] = []
         for eid, e in self._dirty.items():
-            data = None if e is None else encode_entry(e)
-            enc.append((eid, data, -1 if e is None else e.expire_at))
+            if e is None:
+                enc.append((eid, None, None))
+                recs.append((ENTRY + eid.encode(), None))
+                continue
+            data = encode_entry(e)
+            # None: its index key is in the store already (an update that kept its expiry)
+            enc.append((eid, data, None if e.indexed_at == e.expire_at else e.expire_at))
             recs.append((ENTRY + eid.encode(), data))
         self._encoded = enc
         recs.append((META, self.meta.encode()))
@@ -462,23 +483,27 @@ class PartitionState:
         cache = self._cache
         if self._db is not None:
             wb = WriteBatch(raw_mode=True)
+            put, pack = wb.put, _EXP.pack
             for eid, data, exp in self._encoded:
                 k = eid.encode()
                 if data is None:
                     wb.delete(ENTRY + k)
                 else:
-                    wb.put(ENTRY + k, data)
-                    wb.put(INDEX + _EXP.pack(max(exp, 0)) + k, b"")
+                    put(ENTRY + k, data)
+                    if exp is not None:
+                        put(INDEX + pack(max(exp, 0)) + k, b"")
             for key in self._scanned:
                 wb.delete(key)
             wb.put(META, self.meta.encode())
-            self._db.write(wb)
+            # no write-ahead log: the changelog is this store's log (module doc)
+            self._db.write(wb, _NO_WAL)
         if self._db is None:
             for eid, e in self._dirty.items():
                 if e is not None:
                     cache[eid] = e
         else:
-            for eid, data, _exp in self._encoded:
+            # the newest entries stay cached: only as many as the cache holds are put
+            for eid, data, _exp in self._encoded[-self.cache_entries :]:
                 if data is not None:
                     cache[eid] = data
                     cache.move_to_end(eid)
@@ -526,8 +551,7 @@ class PartitionState:
         use the log again)."""
         db = self._db
         assert db is not None
-        wo = WriteOptions()
-        wo.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (stub: a method)
+        wo = _NO_WAL
         index, entry, meta_key, pack = INDEX, ENTRY, META, _EXP.pack
         wb = WriteBatch(raw_mode=True)
         n = in_batch = written = 0

@@ -288,6 +288,77 @@ def test_restore_writes_batches_without_the_log_then_flushes(tmp_path: Path) -> 
         broken.restore([(0, b"ee1", b"\x01\x02")])
 
 
+def _index_keys(s: PartitionState, eid: str) -> list[bytes]:
+    db = s._db
+    assert db is not None
+    return [k for k in db.keys(from_key=b"x") if k.startswith(b"x") and k[9:] == eid.encode()]
+
+
+def test_an_update_that_keeps_its_expiry_writes_no_new_index_key(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "p0", cache=1)
+    log = Changelog()
+    add_pred(j, "kept", T0, 0)
+    add_pred(j, "moved", T0, 1)
+    add_pred(j, "other", T0 + 1, 2)  # pushes both out of the one-entry cache
+    log.commit(s)
+    add_label(j, "kept", T0 + DAY, 3)  # read back from the store, its expiry unchanged
+    e = s.get("moved")
+    assert e is not None and e.indexed_at == e.expire_at == T0 + WINDOW
+    e.expire_at += DAY  # an update that moves the entry in time
+    s.put(e)
+    log.commit(s)
+    assert len(_index_keys(s, "kept")) == 1
+    assert len(_index_keys(s, "moved")) == 2  # the new expiry's; the old one is stale
+    # both expire once, at their own time
+    assert [x.event_id for x in s.expired(T0 + WINDOW + 1)] == ["kept"]
+    log.commit(s)
+    assert [x.event_id for x in s.expired(T0 + WINDOW + DAY + 1)] == ["other", "moved"]
+
+
+_KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from streamscore.feedback.state import Entry, PartitionState
+s = PartitionState(Path(sys.argv[1]))
+for batch in range(3):
+    for i in range(2000):
+        s.put(Entry(f"b{batch}-{i}", 10**12 + i))
+    s.changes()
+    s.applied(batch)
+    if batch == 0:
+        s._db.flush(True)  # the first batch reaches an SST; the others stay in memtables
+print("written", flush=True)
+os._exit(9)  # killed: no close, no flush
+"""
+
+
+def test_a_killed_process_leaves_its_store_behind_never_inconsistent(tmp_path: Path) -> None:
+    """State writes skip RocksDB's write-ahead log (the changelog is the log): a process
+    killed after three commits leaves a store as of one of them, with the meta record of
+    that same commit, and a restore from the changelog brings it up to date."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "p0"
+    out = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True, timeout=60
+    )
+    assert out.returncode == 9 and b"written" in out.stdout, out.stderr
+    s = PartitionState(path)
+    seen = s.meta.changelog_offset
+    assert seen in (0, 1, 2)
+    for batch in range(3):  # every batch up to the meta's, none after it
+        assert (s.get(f"b{batch}-1999") is not None) == (batch <= seen)
+    records = [
+        (batch, b"e" + f"b{batch}-{i}".encode(), encode_entry(Entry(f"b{batch}-{i}", 10**12 + i)))
+        for batch in range(seen + 1, 3)
+        for i in range(2000)
+    ]
+    s.restore(records)
+    assert all(s.get(f"b{batch}-1999") is not None for batch in range(3))
+    s.close()
+
+
 def test_changes_are_bounded_over_every_partition_when_a_limit_is_given(tmp_path: Path) -> None:
     j = JoinState(WINDOW, decode_prediction=decode)
     for p in (0, 1):
