@@ -10,7 +10,9 @@ messages of its prediction (before or after it, as the router interleaves two to
 handed to a real :class:`~streamscore.feedback.loop.FeedbackLoop` (RocksDB state under a
 temporary directory, Delta ground-truth table on local disk, no changelog: offsets are
 committed to the fake consumer) in consumed batches of ``--batch``. Reported: process CPU
-seconds, labels per CPU second, checkpoint count, and the rows the table holds.
+seconds, labels per CPU second, checkpoint count, and the rows the table holds; with
+``--repeat``, the run that took the least CPU (interference on a shared machine only
+adds to it).
 ``--profile``: a cProfile of the drain, top functions by cumulative time.
 """
 
@@ -153,14 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--profile", default=None, help="write a cProfile here, print its top")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs; the least CPU is reported (noise adds)"
+    )
     args = ap.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="fb-hotpath-"))
-    try:
-        r = run(args.labels, args.batch, args.profile, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    runs = []
+    for _ in range(args.repeat):
+        workdir = Path(tempfile.mkdtemp(prefix="fb-hotpath-"))
+        try:
+            runs.append(run(args.labels, args.batch, args.profile, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    r = min(runs, key=lambda x: x["cpu_s"])
+    r["cpu_s_runs"] = [x["cpu_s"] for x in runs]
     print(json.dumps(r))
-    return 0 if r["rows"] == r["rows_unique"] == args.labels else 1
+    return 0 if all(x["rows"] == x["rows_unique"] == args.labels for x in runs) else 1
 
 
 if __name__ == "__main__":

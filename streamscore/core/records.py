@@ -277,11 +277,14 @@ class Prediction:
         """The event's raw fields: the scored features by name (NaN as None), overlaid
         with ``inputs``, which carries every field the scored vector does not hold as it
         was (fields the model did not use, raw categorical values, missing values)."""
-        raw = {
-            n: (None if isinstance(v, float) and math.isnan(v) else v)
-            for n, v in zip(self.feature_names, self.features, strict=False)
-        }
-        raw.update((k, v) for k, v in self.inputs.items() if k not in _NOT_INPUTS)
+        features = self.features
+        raw: dict[str, Any] = dict(zip(self.feature_names, features, strict=False))
+        if any(v != v for v in features):  # NaN (the only value unequal to itself)
+            raw = {
+                n: (None if isinstance(v, float) and math.isnan(v) else v) for n, v in raw.items()
+            }
+        if self.inputs:
+            raw.update((k, v) for k, v in self.inputs.items() if k not in _NOT_INPUTS)
         return raw
 
 

@@ -74,7 +74,7 @@ from ..core.records import Feedback, Position, Prediction, Role, Telemetry
 from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
-from ..serde.record_heads import HeadReader
+from ..serde.record_heads import HeadReader, Heads
 from .groundtruth import GroundTruthStore
 from .join import JoinOutput, JoinState
 from .labels import LabelReader
@@ -302,7 +302,7 @@ class FeedbackLoop:
                 if ks is None:
                     ks = keys[tp] = []
                 ks.append(key)
-        heads, pred_i = self._heads(msgs, pred_i)
+        heads, checked, pred_i = self._heads(msgs, pred_i)
         try:  # batch decode; a registry away puts the whole batch back
             decoded: dict[int, Any] = _decode_batch(self._dec_pred, msgs, pred_i)
             decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
@@ -314,7 +314,7 @@ class FeedbackLoop:
         for tp, ks in keys.items():  # one multi-get per partition, not one get per message
             self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
         if self._read_heads is not None and (label_i or heads):
-            self._predecode(msgs, heads, label_i, decoded)
+            self._predecode(msgs, heads, checked, label_i, decoded)
         out = JoinOutput()
         join = self.join
         duplicate = join.stats.duplicate
@@ -389,14 +389,15 @@ class FeedbackLoop:
 
     def _heads(
         self, msgs: list[Any], idx: list[int]
-    ) -> tuple[dict[int, tuple[str, int, int, str]], list[int]]:
+    ) -> tuple[dict[int, tuple[str, int, int, str]], Heads | None, list[int]]:
         """The predictions of the batch the head reader accepts, by index: (event id,
-        event time, model version, role); and the indices left to the decoder."""
+        event time, model version, role); what the reader made of the batch; and the
+        indices left to the decoder."""
         if self._read_heads is None or not idx:
-            return {}, idx
+            return {}, None, idx
         h = self._read_heads([msgs[i].value() for i in idx])
         if not h.rows:
-            return {}, idx
+            return {}, None, idx
         c = h.columns
         heads = {
             idx[j]: (eid, t, v, r)
@@ -404,22 +405,25 @@ class FeedbackLoop:
                 h.rows, c["event_id"], c["event_time"], c["model_version"], c["role"], strict=True
             )
         }
-        return heads, [i for i in idx if i not in heads]
+        return heads, h, [i for i in idx if i not in heads]
 
     def _predecode(
         self,
         msgs: list[Any],
         heads: dict[int, tuple[str, int, int, str]],
+        checked: Heads | None,
         label_i: list[int],
         decoded: dict[int, Any],
     ) -> None:
         """The predictions the batch's labels will meet (held by the state, or in the
         batch), and the batch's predictions whose label the state holds, decoded at once,
-        column-wise, for the join to take (:meth:`JoinState.predecode`)."""
-        assert self._read_heads is not None
+        column-wise, for the join to take (:meth:`JoinState.predecode`). The batch's own
+        were checked as they were read (``checked``); the state's are checked again."""
+        reader = self._read_heads
+        assert reader is not None
         join = self.join
         labelled: set[tuple[str, int, str]] = set()
-        need: list[bytes] = []
+        stored: list[bytes] = []
         for i in label_i:
             lab = decoded.get(i)
             if not isinstance(lab, Feedback) or lab.position is None:
@@ -431,22 +435,29 @@ class FeedbackLoop:
                 for slot in e.preds.values():
                     raw = slot[0]
                     if slot[1] is None and isinstance(raw, bytes) and raw:
-                        need.append(raw)
-        for i, h in heads.items():  # a label of the batch, or one the state holds
+                        stored.append(raw)
+        mine: list[int] = []  # positions in checked.rows
+        values: list[bytes] = []
+        for j, (i, h) in enumerate(heads.items()):  # a label of the batch, or the state's
             m = msgs[i]
             tp = (m.topic(), m.partition())
-            if (*tp, h[0]) in labelled:
-                need.append(m.value())
-                continue
-            e = join.peek(tp, h[0])
-            if e is not None and e.label is not None:
-                need.append(m.value())
-        if not need:
-            return
-        rows, columns = self._read_heads.columns(need)
-        if rows:
-            preds = Prediction.many_from_columns(columns)
-            join.predecode({need[j]: p for j, p in zip(rows, preds, strict=True)})
+            if (*tp, h[0]) not in labelled:
+                e = join.peek(tp, h[0])
+                if e is None or e.label is None:
+                    continue
+            mine.append(j)
+            values.append(m.value())
+        ready: dict[bytes, Prediction] = {}
+        if stored:
+            rows, columns = reader.columns(stored)
+            if rows:
+                preds = Prediction.many_from_columns(columns)
+                ready.update((stored[r], p) for r, p in zip(rows, preds, strict=True))
+        if mine and checked is not None:
+            preds = Prediction.many_from_columns(reader.columns_of(checked, mine))
+            ready.update(zip(values, preds, strict=True))
+        if ready:
+            join.predecode(ready)
 
     def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
         """The decoded label records of the batch read as :class:`Feedback` at once

@@ -320,7 +320,8 @@ class PartitionState:
         self._encoded: list[tuple[str, bytes | None, int | None]] = []
         #: committed entries read ahead for the batch being applied (:meth:`prefetch`),
         #: None for an id the store does not hold, the Entry once read (so that a batch
-        #: that looks at an entry twice decodes it once); forgotten at every commit
+        #: that looks at an entry twice decodes it once; cached ones too); forgotten at
+        #: every commit and at the next prefetch
         self._fetched: dict[str, bytes | Entry | None] = {}
         self.meta = Meta()
         if self._db is not None:
@@ -338,11 +339,6 @@ class PartitionState:
         d = self._dirty
         if eid in d:
             return d[eid]
-        c = self._cache.get(eid)
-        if c is not None:
-            return c if isinstance(c, Entry) else decode_entry(eid, c)
-        if self._db is None:
-            return None
         f = self._fetched
         if eid in f:
             v = f[eid]
@@ -350,6 +346,14 @@ class PartitionState:
                 return v
             e = f[eid] = decode_entry(eid, v)  # an entry changed is put(), and dirty wins
             return e
+        c = self._cache.get(eid)
+        if c is not None:
+            if isinstance(c, Entry):
+                return c
+            e = f[eid] = decode_entry(eid, c)  # decoded once for the batch (as fetched)
+            return e
+        if self._db is None:
+            return None
         raw = self._get(ENTRY + eid.encode())
         return None if raw is None else decode_entry(eid, raw)
 

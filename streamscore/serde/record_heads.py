@@ -196,6 +196,9 @@ class Heads:
 
     rows: list[int]
     columns: dict[str, list[Any]]
+    #: the batch as it was checked (its bytes joined, as an array, where the accepted
+    #: bodies start), for :meth:`HeadReader.columns_of` to decode some of them whole
+    checked: tuple[bytes, np.ndarray, np.ndarray] | None = None
 
 
 class HeadReader:
@@ -245,7 +248,7 @@ class HeadReader:
         checked = self._check(values)
         if checked is None:
             return Heads([], {name: [] for name in self.head})
-        raw, _buf, rows, _starts, kept = checked
+        raw, buf, rows, starts, kept = checked
         columns: dict[str, list[Any]] = {}
         for name in self.head:
             kind, a_or_vals, stop = kept[name]
@@ -260,7 +263,17 @@ class HeadReader:
                 columns[name] = [syms[v] for v in a_or_vals.tolist()]
             else:
                 columns[name] = a_or_vals.tolist()
-        return Heads(rows.tolist(), columns)
+        return Heads(rows.tolist(), columns, (raw, buf, starts))
+
+    def columns_of(self, heads: Heads, which: Sequence[int]) -> dict[str, Any]:
+        """Whole records of messages ``heads`` accepted (``which``: positions in
+        ``heads.rows``), decoded column-wise as :meth:`columns` does, without checking
+        them again: each field's values in a list, aligned with ``which``."""
+        if heads.checked is None or not which:
+            return {}
+        raw, buf, starts = heads.checked
+        at = starts[np.asarray(which, dtype=np.int64)]
+        return _Read(raw, buf, as_columns=True).record(self._type, at)[1]
 
     def records(self, values: Sequence[bytes | None]) -> tuple[list[int], list[dict[str, Any]]]:
         """The accepted messages of a batch decoded whole, column-wise: (their indices,

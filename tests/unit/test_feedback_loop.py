@@ -330,6 +330,10 @@ class Counted:
         self.records_read += len(rows)
         return rows, cols
 
+    def columns_of(self, heads: Any, which: Any) -> Any:
+        self.records_read += len(which)
+        return self.inner.columns_of(heads, which)
+
 
 def test_predictions_held_by_their_heads_join_and_dead_letter_as_decoded_ones(
     registry: Any, tmp_path: Path
