@@ -28,10 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.columns import EventColumns
 from ..core.config import TimeEncoding
 from ..core.errors import BadLabelError, MissingFieldError, StreamscoreError, WrongTypeError
 from ..core.records import Feedback, Position, make_feedback
 from ..features.event_fields import event_ids, event_times_ms
+
+#: a label field the record does not have
+_ABSENT: Any = object()
 
 #: the longest class name a label may carry (characters)
 MAX_CLASS_CHARS = 256
@@ -128,24 +132,33 @@ class LabelReader:
             times = col.tolist()
         out: list[Feedback | StreamscoreError] = []
         label = self._label
-        for i, rec in enumerate(records):
+        numbers = self.fields.task in ("regression", "any")
+        isfinite = math.isfinite
+        for i, v in enumerate(self._label_column(records)):
             err = bad_ids.get(i) if bad_ids else None
             if err is None and bad_times:
                 err = bad_times.get(i)
             if err is not None:
                 out.append(err)
                 continue
-            try:
-                out.append(make_feedback(ids[i], label(rec), times[i], positions[i]))
+            try:  # a finite float is a number label as it is (the usual case)
+                y = v if numbers and type(v) is float and isfinite(v) else label(v)
+                out.append(make_feedback(ids[i], y, times[i], positions[i]))
             except StreamscoreError as exc:
                 out.append(exc)
         return out
 
-    def _label(self, record: Mapping[str, Any]) -> float | str:
+    def _label_column(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Each record's label value (:data:`_ABSENT` where it has none), one column."""
+        name = self.fields.label_field
+        if isinstance(records, EventColumns):
+            return records.values_of(name) if records.has_field(name) else [_ABSENT] * len(records)
+        return [r.get(name, _ABSENT) for r in records]
+
+    def _label(self, v: Any) -> float | str:
         name, task = self.fields.label_field, self.fields.task
-        if name not in record or record[name] is None:
+        if v is None or v is _ABSENT:
             raise MissingFieldError(f"the label record has no {name!r}", field=name)
-        v = record[name]
         if task == "regression" or (task == "any" and not isinstance(v, str)):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise WrongTypeError(

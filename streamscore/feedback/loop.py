@@ -305,12 +305,11 @@ class FeedbackLoop:
         heads, checked, pred_i = self._heads(msgs, pred_i)
         try:  # batch decode; a registry away puts the whole batch back
             decoded: dict[int, Any] = _decode_batch(self._dec_pred, msgs, pred_i)
-            decoded.update(_decode_batch(self._dec_fb, msgs, label_i))
+            decoded.update(self._labels(msgs, label_i))
         except InfrastructureError as exc:
             self._registry_away(msgs, exc)
             return
         self._put_back.ok()
-        self._read_labels(msgs, label_i, decoded)
         for tp, ks in keys.items():  # one multi-get per partition, not one get per message
             self.join.prefetch(tp, (k.decode("utf-8", "replace") for k in ks))
         if self._read_heads is not None and (label_i or heads):
@@ -459,19 +458,39 @@ class FeedbackLoop:
         if ready:
             join.predecode(ready)
 
-    def _read_labels(self, msgs: list[Any], idx: list[int], decoded: dict[int, Any]) -> None:
-        """The decoded label records of the batch read as :class:`Feedback` at once
-        (in ``decoded``, in place; a record that is not a label becomes its error)."""
-        good = [i for i in idx if isinstance(decoded.get(i), dict)]
-        if not good:
-            return
+    def _labels(self, msgs: list[Any], idx: list[int]) -> dict[int, Feedback | StreamscoreError]:
+        """The batch's labels decoded and read as :class:`Feedback` at once, by index (a
+        message that is not a label: its typed error). The decoder's records go to the
+        label reader as they come (column-wise, when the decoder read the batch so).
+        Raises :class:`InfrastructureError` (the registry away) before anything."""
+        out: dict[int, Feedback | StreamscoreError] = {}
+        if not idx:
+            return out
+        many = getattr(self._dec_fb, "decode_many", None)
+        if many is None:
+            good_i: list[int] = []
+            records: Any = []
+            for i, rec in _decode_batch(self._dec_fb, msgs, idx).items():
+                if isinstance(rec, StreamscoreError):
+                    out[i] = rec
+                else:
+                    good_i.append(i)
+                    records.append(rec)
+        else:
+            good, records, failed = many([msgs[i].value() for i in idx])
+            for j, exc in failed:
+                if isinstance(exc, InfrastructureError):
+                    raise exc
+                out[idx[j]] = exc
+            good_i = [idx[j] for j in good]
+        if not good_i:
+            return out
         positions: list[Position | None] = []
         stamps: list[int | None] = []
-        for i in good:
+        for i in good_i:
             m = msgs[i]
             positions.append((m.topic(), m.partition(), m.offset()))
             stamps.append(_timestamp_ms(m))
-        records = [decoded[i] for i in good]
         try:
             labels: list[Any] = self._read_label.read_many(records, positions, stamps)
         except (KeyError, ValueError, TypeError):  # then each record says for itself
@@ -481,8 +500,9 @@ class FeedbackLoop:
                     labels.append(self._read_label(rec, pos, ts))
                 except (StreamscoreError, KeyError, ValueError, TypeError) as exc:
                     labels.append(exc)
-        for i, lab in zip(good, labels, strict=True):
-            decoded[i] = lab
+        for i, lab in zip(good_i, labels, strict=True):
+            out[i] = lab
+        return out
 
     def _apply(self, out: JoinOutput) -> None:
         n_joined_labels = sum(1 for p in out.pairs if p.first_for_label)
