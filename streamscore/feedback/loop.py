@@ -543,12 +543,15 @@ class FeedbackLoop:
 
     def checkpoint(self) -> None:
         """Rows durable, then state changes and offsets committed together (module doc)."""
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = t0 = time.monotonic()
         try:
             flushed = self.store.flush()
         except InfrastructureError as exc:  # storage away: keep everything, retry later
             log.error("ground truth not written (retried at the next checkpoint): %s", exc)
             return
+        took = self._m.checkpoint_seconds
+        if flushed.rows or flushed.unmatched:
+            took.labels("groundtruth").observe(time.monotonic() - t0)
         if flushed.already_stored:
             log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
         self.stats.rows_already_stored += flushed.already_stored
@@ -562,6 +565,7 @@ class FeedbackLoop:
         if not changed:
             self.store.maintain()
             return
+        t1 = time.monotonic()
         changes = {tp: s.changes() for tp, s in changed.items()}
         if self._changelog is not None:
             try:
@@ -570,8 +574,11 @@ class FeedbackLoop:
                 log.warning("%s: state and offsets roll back to the last checkpoint", exc)
                 self._rollback()
                 return
+            t2 = time.monotonic()
+            took.labels("changelog").observe(t2 - t1)
             for tp, s in changed.items():
                 s.applied(at[tp])
+            took.labels("state").observe(time.monotonic() - t2)
         else:
             for s in changed.values():
                 s.applied(s.meta.changelog_offset)

@@ -263,6 +263,14 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400),
             registry=feedback,
         )
+        self.checkpoint_seconds = Histogram(
+            f"{PREFIX}_feedback_checkpoint_seconds",
+            "Feedback checkpoint time by step: the ground-truth merge (groundtruth), the "
+            "changelog transaction with the offsets (changelog), the local store (state).",
+            ["step"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=feedback,
+        )
         # ---- feedback: label accounting, classifier quality, promotion (issue 4)
         self.feedback_labels = Counter(
             f"{PREFIX}_feedback_labels",
