@@ -45,7 +45,7 @@ import shutil
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -288,6 +288,19 @@ def _options() -> Options:
     return o
 
 
+@dataclass(slots=True)
+class _Sealed:
+    """The changes of a commit in flight: the entries (None: deleted), their records as
+    encoded (event id, bytes, the expiry to index or None), the expiry schedule, the
+    index keys to delete, and the meta record as sealed."""
+
+    entries: dict[str, Entry | None] = field(default_factory=dict)
+    encoded: list[tuple[str, bytes | None, int | None]] = field(default_factory=list)
+    heap: list[tuple[int, str]] = field(default_factory=list)
+    scanned: list[bytes] = field(default_factory=list)
+    meta: bytes = b""
+
+
 class PartitionState:
     """One join partition's entries (module doc). ``path`` None keeps everything in
     memory (tests, and a worker run without ``--state-dir``)."""
@@ -315,9 +328,10 @@ class PartitionState:
         self._dirty: dict[str, Entry | None] = {}
         self._heap: list[tuple[int, str]] = []
         self._scanned: list[bytes] = []  # index keys handled, deleted at the next apply
+        #: the changes of a commit in flight (:meth:`seal`): read through until applied
+        self._sealed = _Sealed()
         self._scan_from = 0
         self._next_db_expiry = 0  # no index key below this (0: unknown, scan)
-        self._encoded: list[tuple[str, bytes | None, int | None]] = []
         #: committed entries read ahead for the batch being applied (:meth:`prefetch`),
         #: None for an id the store does not hold, the Entry once read (so that a batch
         #: that looks at an entry twice decodes it once; cached ones too); forgotten at
@@ -339,6 +353,9 @@ class PartitionState:
         d = self._dirty
         if eid in d:
             return d[eid]
+        sealed = self._sealed.entries
+        if sealed and eid in sealed:
+            return sealed[eid]
         f = self._fetched
         if eid in f:
             v = f[eid]
@@ -363,8 +380,8 @@ class PartitionState:
         lookup per message, most of them of ids the store does not hold."""
         if self._db is None:
             return
-        d, c = self._dirty, self._cache
-        todo = list(dict.fromkeys(e for e in eids if e not in d and e not in c))
+        d, c, sealed = self._dirty, self._cache, self._sealed.entries
+        todo = list(dict.fromkeys(e for e in eids if e not in d and e not in c and e not in sealed))
         self._fetched = {}
         if todo:
             values = self._db.get([ENTRY + e.encode() for e in todo])
@@ -391,19 +408,23 @@ class PartitionState:
     def next_expiry(self) -> int:
         """No entry expires before this time (a lower bound)."""
         nxt = self._next_db_expiry if self._db is not None else _NEVER
-        heap = self._heap
-        return heap[0][0] if heap and heap[0][0] < nxt else nxt
+        for heap in (self._heap, self._sealed.heap):
+            if heap and heap[0][0] < nxt:
+                nxt = heap[0][0]
+        return nxt
 
     def expired(self, watermark: int) -> list[Entry]:
         """Remove and return the entries with ``expire_at < watermark``, oldest first."""
         out: list[Entry] = []
-        heap = self._heap
-        while heap and heap[0][0] < watermark:
-            exp, eid = heapq.heappop(heap)
-            e = self.get(eid)
-            if e is not None and e.expire_at == exp:
-                self.delete(eid)
-                out.append(e)
+        for heap in (self._sealed.heap, self._heap):
+            while heap and heap[0][0] < watermark:
+                exp, eid = heapq.heappop(heap)
+                e = self.get(eid)
+                if e is not None and e.expire_at == exp:
+                    self.delete(eid)
+                    out.append(e)
+        if self._sealed.heap:
+            out.sort(key=lambda x: x.expire_at)
         if self._db is not None and self._next_db_expiry < watermark:
             self._next_db_expiry = _NEVER
             start = INDEX + _EXP.pack(max(self._scan_from, 0))
@@ -428,10 +449,13 @@ class PartitionState:
     def items(self) -> Iterable[Entry]:
         """Every entry (tests, diagnostics): committed ones overlaid with the changes."""
         seen: set[str] = set()
-        for eid, e in self._dirty.items():
-            seen.add(eid)
-            if e is not None:
-                yield e
+        for changes in (self._dirty, self._sealed.entries):
+            for eid, e in changes.items():
+                if eid in seen:
+                    continue
+                seen.add(eid)
+                if e is not None:
+                    yield e
         if self._db is None:
             for eid, c in self._cache.items():
                 if eid not in seen:
@@ -460,9 +484,13 @@ class PartitionState:
         yield META, self.meta.encode()
 
     # ---------------------------------------------------------------- commit
-    def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """The changelog records of everything changed since the last commit, the meta
-        record last (its offset is the partition's changelog position)."""
+    def seal(self) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records of everything changed since the last seal, the meta
+        record last (its offset is the partition's changelog position), set aside for a
+        commit (:meth:`applied`, or :meth:`unseal` when it fails) while new changes
+        gather: :meth:`get` reads them until then. One commit at a time."""
+        if self.in_flight:
+            raise RuntimeError("a commit of this partition's state is already in flight")
         enc: list[tuple[str, bytes | None, int | None]] = []
         recs: list[tuple[bytes, bytes | None]] = []
         for eid, e in self._dirty.items():
@@ -474,21 +502,35 @@ class PartitionState:
             # None: its index key is in the store already (an update that kept its expiry)
             enc.append((eid, data, None if e.indexed_at == e.expire_at else e.expire_at))
             recs.append((ENTRY + eid.encode(), data))
-        self._encoded = enc
-        recs.append((META, self.meta.encode()))
+        meta = self.meta.encode()
+        recs.append((META, meta))
+        self._sealed = _Sealed(self._dirty, enc, self._heap, self._scanned, meta)
+        self._dirty, self._heap, self._scanned = {}, [], []
         return recs
 
+    #: the records of everything changed since the last commit (:meth:`seal`)
+    changes = seal
+
+    @property
+    def in_flight(self) -> bool:
+        """Changes are sealed for a commit not applied yet."""
+        return bool(self._sealed.meta)
+
     def applied(self, changelog_offset: int) -> None:
-        """The records of :meth:`changes` are committed to the changelog (its last at
-        ``changelog_offset``): write them to the local store and trim the cache."""
-        if not self._encoded and self._dirty:
-            self.changes()
+        """The sealed records are committed to the changelog (their last at
+        ``changelog_offset``): write them to the local store, with the meta as it was
+        sealed, and keep the newest in the cache. Nothing sealed: seal the changes first."""
+        if not self.in_flight and self._dirty:
+            self.seal()
+        sealed = self._sealed
         self.meta.changelog_offset = changelog_offset
         cache = self._cache
         if self._db is not None:
+            meta = Meta.decode(sealed.meta) if sealed.meta else replace(self.meta)
+            meta.changelog_offset = changelog_offset
             wb = WriteBatch(raw_mode=True)
             put, pack = wb.put, _EXP.pack
-            for eid, data, exp in self._encoded:
+            for eid, data, exp in sealed.encoded:
                 k = eid.encode()
                 if data is None:
                     wb.delete(ENTRY + k)
@@ -496,36 +538,47 @@ class PartitionState:
                     put(ENTRY + k, data)
                     if exp is not None:
                         put(INDEX + pack(max(exp, 0)) + k, b"")
-            for key in self._scanned:
+            for key in sealed.scanned:
                 wb.delete(key)
-            wb.put(META, self.meta.encode())
+            wb.put(META, meta.encode())
             # no write-ahead log: the changelog is this store's log (module doc)
             self._db.write(wb, _NO_WAL)
-        if self._db is None:
-            for eid, e in self._dirty.items():
-                if e is not None:
-                    cache[eid] = e
-        else:
             # the newest entries stay cached: only as many as the cache holds are put
-            for eid, data, _exp in self._encoded[-self.cache_entries :]:
+            for eid, data, _exp in sealed.encoded[-self.cache_entries :]:
                 if data is not None:
                     cache[eid] = data
                     cache.move_to_end(eid)
             while len(cache) > self.cache_entries:
                 cache.popitem(last=False)
-            if self._heap:
-                self._next_db_expiry = min(self._next_db_expiry, self._heap[0][0])
-            self._heap.clear()
-        self._dirty.clear()
-        self._scanned.clear()
-        self._encoded = []
+            if sealed.heap:  # now found by the index scan, from where they expire
+                first = sealed.heap[0][0]
+                self._next_db_expiry = min(self._next_db_expiry, first)
+                self._scan_from = min(self._scan_from, first)
+        else:
+            for eid, e in sealed.entries.items():
+                if e is not None:
+                    cache[eid] = e
+                else:
+                    cache.pop(eid, None)
+            for item in sealed.heap:  # the cache is the whole state: its heap stays
+                heapq.heappush(self._heap, item)
+        self._sealed = _Sealed()
         self._fetched = {}
+
+    def unseal(self) -> None:
+        """The commit in flight failed before the changelog took it: its changes join
+        the ones made since (the newer win), for the next commit."""
+        sealed = self._sealed
+        self._sealed = _Sealed()
+        self._dirty = {**sealed.entries, **self._dirty}
+        self._heap = list(heapq.merge(sealed.heap, self._heap))
+        self._scanned = sealed.scanned + self._scanned
 
     def discard(self) -> None:
         """Forget the changes since the last commit (a failed transaction)."""
         self._dirty.clear()
+        self._sealed = _Sealed()
         self._fetched = {}
-        self._encoded = []
         self._scanned.clear()
         self._cache.clear()
         self._heap.clear()
@@ -629,4 +682,5 @@ class PartitionState:
             self._db = None
         self._cache.clear()
         self._dirty.clear()
+        self._sealed = _Sealed()
         self._fetched = {}

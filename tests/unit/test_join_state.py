@@ -359,6 +359,61 @@ def test_a_killed_process_leaves_its_store_behind_never_inconsistent(tmp_path: P
     s.close()
 
 
+def test_a_sealed_commit_is_read_through_and_applied_as_it_was_sealed(tmp_path: Path) -> None:
+    """While a commit is in flight (sealed), the join goes on: it reads the sealed
+    entries, its new changes gather apart, and applying the commit writes the sealed
+    changes with the meta as sealed (its input offset), never the newer ones."""
+    j, s = new_join(tmp_path / "p0")
+    add_pred(j, "a", T0, 0)
+    records = s.seal()
+    assert [k for k, _v in records] == [b"ea", b"m"] and s.in_flight
+    with pytest.raises(RuntimeError):
+        s.seal()  # one commit at a time
+    add_label(j, "a", T0 + DAY, 1)  # meets the sealed prediction
+    add_pred(j, "b", T0 + 1, 2)
+    assert j.stats.joined == 1 and s.dirty == 2
+    s.applied(1)
+    assert not s.in_flight and s.dirty == 2 and s.meta.changelog_offset == 1
+    s.close()
+    back = PartitionState(tmp_path / "p0")
+    assert back.meta.input_offset == 1 and back.meta.changelog_offset == 1
+    got = back.get("a")
+    assert got is not None and got.label is None  # as sealed: the label came after
+    assert back.get("b") is None
+
+
+def test_an_unsealed_commit_joins_the_newer_changes(tmp_path: Path) -> None:
+    j, s = new_join(tmp_path / "p0")
+    log = Changelog()
+    add_pred(j, "a", T0, 0)
+    add_pred(j, "b", T0, 1)
+    s.seal()
+    add_label(j, "a", T0 + DAY, 2)  # a newer change of a sealed entry
+    s.unseal()  # the commit failed (the table away): nothing was written
+    assert not s.in_flight and s.dirty == 2
+    log.commit(s)
+    s.close()
+    back = PartitionState(tmp_path / "p0")
+    a, b = back.get("a"), back.get("b")
+    assert a is not None and a.label is not None and a.written  # the newer one won
+    assert b is not None and back.meta.input_offset == 3
+
+
+def test_an_entry_committed_after_its_time_has_passed_still_expires(tmp_path: Path) -> None:
+    """A label whose window had already passed when it came (expiry below the watermark
+    the index was last scanned to) is committed before the watermark moves on: it still
+    expires at the next scan, as unmatched."""
+    j, s = new_join(tmp_path / "p0", cache=1)
+    log = Changelog()
+    add_pred(j, "p", T0 + 2 * WINDOW, 0)  # watermark far ahead, index scanned to it
+    log.commit(s)
+    j.add_label(Feedback("late", 1.0, T0, (*TP, 1)))  # expired already when it came
+    j.consumed((*TP, 1))
+    log.commit(s)  # committed before any prediction moves the watermark
+    out = add_pred(j, "q", T0 + 2 * WINDOW + 1, 2)
+    assert [lab.event_id for lab in out.unmatched] == ["late"]
+
+
 def test_changes_are_bounded_over_every_partition_when_a_limit_is_given(tmp_path: Path) -> None:
     j = JoinState(WINDOW, decode_prediction=decode)
     for p in (0, 1):
