@@ -447,6 +447,14 @@ def _unmatched_base(fields: RowFields) -> Callable[[], pa.Schema]:
 
 
 @dataclass(frozen=True, slots=True)
+class Sealed:
+    """Buffered rows and unmatched labels taken out for one write, by event id."""
+
+    rows: dict[str, dict[str, Any]]
+    unmatched: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class OpenReport:
     rows_version: int
     unmatched_version: int
@@ -609,21 +617,49 @@ class GroundTruthStore:
     def flush(self) -> FlushReport:
         """Merge every buffered row into its table; durable when this returns. An
         unmatched label whose event has a row (written before a restart) is not kept
-        as unmatched."""
+        as unmatched. Raises (the table away) with the rows still buffered."""
+        batch = self.seal()
+        try:
+            report = self.write(batch)
+        except BaseException:
+            self.unseal(batch)
+            raise
+        self.written(batch)
+        return report
+
+    def seal(self) -> Sealed:
+        """The buffered rows and unmatched labels taken out for :meth:`write` (on another
+        thread, while new rows are buffered), then :meth:`written` or :meth:`unseal`."""
         self._check_open()
-        rows, inserted, unmatched, u_inserted = len(self._buf), 0, 0, 0
-        if self._buf:
-            inserted = self._rows.merge(rows_to_arrow(list(self._buf.values()), self.fields))
-            self._remember((k, int(r["joined_time"])) for k, r in self._buf.items())
-            self._buf.clear()
-        if self._buf_unmatched:
-            have = self._ids_in_rows(list(self._buf_unmatched))
-            labels = [v for k, v in self._buf_unmatched.items() if k not in have]
+        batch = Sealed(self._buf, self._buf_unmatched)
+        self._buf, self._buf_unmatched = {}, {}
+        return batch
+
+    def write(self, batch: Sealed) -> FlushReport:
+        """Merge a sealed batch into the tables; durable when this returns. Touches no
+        buffer: safe on a thread of its own while rows are appended (one write at a
+        time, and no :meth:`refresh` or :meth:`maintain` meanwhile)."""
+        rows, inserted, unmatched, u_inserted = len(batch.rows), 0, 0, 0
+        if batch.rows:
+            inserted = self._rows.merge(rows_to_arrow(list(batch.rows.values()), self.fields))
+        if batch.unmatched:
+            have = self._ids_in_rows(list(batch.unmatched))
+            labels = [v for k, v in batch.unmatched.items() if k not in have]
             unmatched = len(labels)
             if labels:
                 u_inserted = self._unmatched.merge(unmatched_to_arrow(labels, self.fields))
-            self._buf_unmatched.clear()
         return FlushReport(rows, inserted, unmatched, u_inserted)
+
+    def written(self, batch: Sealed) -> None:
+        """A sealed batch is in the table: its rows' ids are known written."""
+        self._remember((k, int(r["joined_time"])) for k, r in batch.rows.items())
+
+    def unseal(self, batch: Sealed) -> None:
+        """A sealed batch was not written: back in the buffers (what was buffered since
+        keeps its place; a row the table took before a failure is refused again by the
+        next merge)."""
+        self._buf = {**batch.rows, **self._buf}
+        self._buf_unmatched = {**batch.unmatched, **self._buf_unmatched}
 
     def _ids_in_rows(self, ids: list[str]) -> set[str]:
         import pyarrow.compute as pc

@@ -55,6 +55,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ from ..kafka.changelog import Changelog, TransactionAborted
 from ..kafka.putback import PutBack, first_offsets
 from ..metrics.series import Metrics
 from ..serde.record_heads import HeadReader, Heads
-from .groundtruth import GroundTruthStore
+from .groundtruth import FlushReport, GroundTruthStore, Sealed
 from .join import JoinOutput, JoinState
 from .labels import LabelReader
 from .promotion import LiveQuality, PromotionDecision, PromotionPolicy
@@ -115,6 +116,16 @@ class FeedbackStats:
     rows_written: int = 0
     rows_already_stored: int = 0  # rows the table held already (re-read after a restart)
     checkpoints: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """A checkpoint in flight: what its thread returns, and what it sealed."""
+
+    future: Future[tuple[FlushReport, dict[tuple[str, int], int] | None]]
+    rows: Sealed
+    states: dict[tuple[str, int], PartitionState]
+    offsets: dict[tuple[str, int], int]
 
 
 class FeedbackLoop:
@@ -173,6 +184,9 @@ class FeedbackLoop:
         self.stats = FeedbackStats()
         self._last_checkpoint = time.monotonic()
         self._put_back = PutBack(consumer, stop=stop, backoff_s=registry_backoff_s)
+        #: the checkpoint in flight (one at a time) and the thread that writes it
+        self._inflight: _Checkpoint | None = None
+        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="feedback-checkpoint")
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> FeedbackStats:
@@ -188,14 +202,18 @@ class FeedbackLoop:
                 if msgs:
                     self._handle(msgs)
                 self._after_batch()
+                inflight = self._inflight
+                if inflight is not None and inflight.future.done():
+                    self._finish()
                 if time.monotonic() - self._last_checkpoint >= self._checkpoint_s:
-                    self.checkpoint()
+                    self.checkpoint(wait=False)
         finally:
             try:
                 self.checkpoint()
             finally:
                 self._close_partitions(list(self.join.partitions()))
                 self._c.close()
+                self._checkpoints.shutdown(wait=True)
         return self.stats
 
     def open_partition(self, topic: str, partition: int) -> PartitionState:
@@ -230,6 +248,7 @@ class FeedbackLoop:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self._finish()  # (a revocation has finished it already, unless none came first)
         # rows recently written by any worker: a re-read message of theirs settles at once
         n = self.store.refresh()
         log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
@@ -519,7 +538,7 @@ class FeedbackLoop:
             self._m.feedback_labels.labels("unmatched").inc()
             self.store.append_unmatched(lab.to_avro())
         if self.store.needs_flush or self.join.needs_commit(self._max_changes):
-            self.checkpoint()
+            self.checkpoint(wait=False)
 
     def _after_batch(self) -> None:
         self._quality.publish()
@@ -541,20 +560,20 @@ class FeedbackLoop:
         self._m.feedback_pending.labels("label").set(s.pending_labels)
         self._m.feedback_pending.labels("prediction").set(s.pending_predictions)
 
-    def checkpoint(self) -> None:
-        """Rows durable, then state changes and offsets committed together (module doc)."""
-        self._last_checkpoint = t0 = time.monotonic()
-        try:
-            flushed = self.store.flush()
-        except InfrastructureError as exc:  # storage away: keep everything, retry later
-            log.error("ground truth not written (retried at the next checkpoint): %s", exc)
-            return
-        took = self._m.checkpoint_seconds
-        if flushed.rows or flushed.unmatched:
-            took.labels("groundtruth").observe(time.monotonic() - t0)
-        if flushed.already_stored:
-            log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
-        self.stats.rows_already_stored += flushed.already_stored
+    def checkpoint(self, *, wait: bool = True) -> None:
+        """Rows durable, then state changes and offsets committed together (module doc).
+        The checkpoint in flight, if any, is finished first. ``wait=False``: the rows
+        are merged and the changelog written on the checkpoint thread while the join
+        goes on (:meth:`_finish` completes it once it is done)."""
+        self._last_checkpoint = time.monotonic()
+        self._finish()
+        if self._start() and wait:
+            self._finish()
+
+    def _start(self) -> bool:
+        """Seal the rows, the changed partitions' state and their offsets, and hand them
+        to the checkpoint thread. False when there was nothing to commit."""
+        rows = self.store.seal()
         parts = self.join.partitions()
         offsets = {
             tp: s.meta.input_offset
@@ -562,39 +581,80 @@ class FeedbackLoop:
             if s.meta.input_offset >= 0 and self._committed.get(tp) != s.meta.input_offset
         }
         changed = {tp: s for tp, s in parts.items() if s.dirty or tp in offsets}
-        if not changed:
-            self.store.maintain()
-            return
+        if not changed and not rows.rows and not rows.unmatched:
+            self.store.maintain()  # compaction / vacuum when their interval has passed
+            return False
+        changes = {tp: s.seal() for tp, s in changed.items()}
+        group = self._c.consumer_group_metadata() if self._changelog is not None else None
+        future = self._checkpoints.submit(self._persist, rows, changes, offsets, group)
+        self._inflight = _Checkpoint(future, rows, changed, offsets)
+        return True
+
+    def _persist(
+        self,
+        rows: Sealed,
+        changes: dict[tuple[str, int], list[tuple[bytes, bytes | None]]],
+        offsets: dict[tuple[str, int], int],
+        group: Any,
+    ) -> tuple[FlushReport, dict[tuple[str, int], int] | None]:
+        """The checkpoint thread's part: the rows merged (durable), then, only then, the
+        state changes and the offsets in one changelog transaction."""
+        took = self._m.checkpoint_seconds
+        t0 = time.monotonic()
+        flushed = self.store.write(rows)
         t1 = time.monotonic()
-        changes = {tp: s.changes() for tp, s in changed.items()}
-        if self._changelog is not None:
-            try:
-                at = self._changelog.commit(changes, offsets, self._c.consumer_group_metadata())
-            except TransactionAborted as exc:
-                log.warning("%s: state and offsets roll back to the last checkpoint", exc)
-                self._rollback()
-                return
-            t2 = time.monotonic()
-            took.labels("changelog").observe(t2 - t1)
-            for tp, s in changed.items():
-                s.applied(at[tp])
-            took.labels("state").observe(time.monotonic() - t2)
-        else:
-            for s in changed.values():
-                s.applied(s.meta.changelog_offset)
-            if offsets:
-                tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        if flushed.rows or flushed.unmatched:
+            took.labels("groundtruth").observe(t1 - t0)
+        if self._changelog is None or not changes:
+            return flushed, None
+        at = self._changelog.commit(changes, offsets, group)
+        took.labels("changelog").observe(time.monotonic() - t1)
+        return flushed, at
+
+    def _finish(self) -> None:
+        """Complete the checkpoint in flight (waiting for its thread): on success the
+        sealed state is applied to the local stores; with the table away everything
+        sealed goes back, for the next checkpoint; an aborted transaction rolls state
+        and offsets back to the last checkpoint."""
+        c, self._inflight = self._inflight, None
+        if c is None:
+            return
+        try:
+            flushed, at = c.future.result()
+        except InfrastructureError as exc:  # storage away: keep everything, retry later
+            log.error("ground truth not written (retried at the next checkpoint): %s", exc)
+            self.store.unseal(c.rows)
+            for s in c.states.values():
+                s.unseal()
+            return
+        except TransactionAborted as exc:
+            log.warning("%s: state and offsets roll back to the last checkpoint", exc)
+            self.store.written(c.rows)  # durable before the transaction was tried
+            self._rollback()
+            return
+        self.store.written(c.rows)
+        if flushed.already_stored:
+            log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
+        self.stats.rows_already_stored += flushed.already_stored
+        if c.states:
+            t0 = time.monotonic()
+            for tp, s in c.states.items():
+                s.applied(s.meta.changelog_offset if at is None else at[tp])
+            self._m.checkpoint_seconds.labels("state").observe(time.monotonic() - t0)
+            if self._changelog is None and c.offsets:
+                tps = [TopicPartition(t, p, off) for (t, p), off in c.offsets.items()]
                 try:
                     self._c.commit(offsets=tps, asynchronous=False)
                 except Exception as exc:  # KafkaException: e.g. rebalance in progress
                     log.warning("offset commit failed (retried at the next checkpoint): %s", exc)
                     return
-        self._committed.update(offsets)
-        self.stats.checkpoints += 1
+            self._committed.update(c.offsets)
+            self.stats.checkpoints += 1
         self.store.maintain()  # compaction / vacuum when their interval has passed
 
     def _rollback(self) -> None:
         """Forget what was not committed and resume every partition from its state."""
+        self._finish()  # what is in flight: applied if committed, else sealed back
         parts = self.join.partitions()
         for tp in list(parts):
             self.join.close_partition(tp)

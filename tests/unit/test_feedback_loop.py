@@ -293,15 +293,15 @@ def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
         FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
     ]
     loop, consumer, _metrics, _dead = make_loop(registry, [batch], tmp_path)
-    real_flush = loop.store.flush
+    real_write = loop.store.write
     down = [True]
 
-    def flaky_flush() -> Any:
+    def flaky_write(batch: Any) -> Any:
         if down[0]:
             raise GroundTruthUnavailableError("storage away")
-        return real_flush()
+        return real_write(batch)
 
-    monkeypatch.setattr(loop.store, "flush", flaky_flush)
+    monkeypatch.setattr(loop.store, "write", flaky_write)
     loop._handle(consumer.consume(10, 0.1))
     loop.checkpoint()
     assert consumer.commits == [] and loop.store.buffered == 1
@@ -310,6 +310,59 @@ def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
     loop.checkpoint()
     assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
     assert consumer.commits[-1] == [(JOIN, 0, 2)]
+
+
+def test_the_join_goes_on_while_a_checkpoint_is_in_flight(
+    registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint merging on its thread does not hold the join: the next batch is
+    joined meanwhile (its label meets a prediction the checkpoint sealed); the offsets
+    committed are the sealed ones, and the next checkpoint takes the rest, each row once.
+    The table away at a checkpoint in flight: everything sealed comes back for the next."""
+    from streamscore.feedback.groundtruth import GroundTruthUnavailableError
+
+    first = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, prediction(registry, "e2"), key=b"e2", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 2, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    second = [FakeMessage(JOIN, 0, 3, label(registry, "e2"), key=b"e2", headers=kind(b"label"))]
+    third = [
+        FakeMessage(JOIN, 0, 4, prediction(registry, "e3"), key=b"e3", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 5, label(registry, "e3"), key=b"e3", headers=kind(b"label")),
+    ]
+    loop, consumer, _metrics, _dead = make_loop(registry, [first, second, third], tmp_path)
+    real_write = loop.store.write
+    gate = threading.Event()
+    down = [False]
+
+    def held_write(batch: Any) -> Any:
+        assert gate.wait(30), "never released"
+        if down[0]:
+            raise GroundTruthUnavailableError("storage away")
+        return real_write(batch)
+
+    monkeypatch.setattr(loop.store, "write", held_write)
+    loop._handle(consumer.consume(10, 0.1))
+    loop.checkpoint(wait=False)
+    loop._handle(consumer.consume(10, 0.1))  # joined while the checkpoint waits
+    assert loop.join.stats.joined == 2 and consumer.commits == []
+    gate.set()
+    loop._finish()
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
+    assert consumer.commits == [[(JOIN, 0, 3)]]  # the sealed offsets, not the batch since
+    gate.clear()
+    loop.checkpoint(wait=False)  # e2's row and offset 4, held
+    loop._handle(consumer.consume(10, 0.1))
+    down[0] = True
+    gate.set()
+    loop._finish()  # the table away: nothing committed, everything back
+    assert consumer.commits == [[(JOIN, 0, 3)]] and loop.store.buffered == 2
+    down[0] = False
+    loop.checkpoint()
+    assert sorted(r["event_id"] for r in read_rows(str(tmp_path))) == ["e1", "e2", "e3"]
+    assert consumer.commits[-1] == [(JOIN, 0, 6)]
+    assert loop.stats.rows_written == 3 and loop.stats.checkpoints == 2
 
 
 class Counted:
