@@ -28,6 +28,13 @@ shutdown / revocation):
 3. only once it is committed does the local store apply the same changes (one
    ``WriteBatch``, recording the changelog offset reached).
 
+Steps 1 and 2 run on a checkpoint thread while the loop goes on joining: the checkpoint
+seals the buffered rows (:meth:`GroundTruthStore.seal`), each changed partition's state
+(:meth:`PartitionState.seal`: read through until applied, new changes gathering apart)
+and the offsets reached, and step 3 applies exactly what was sealed, on the loop's thread,
+once the thread is done (:meth:`FeedbackLoop._finish`). One checkpoint is in flight at a
+time; the next one, a revocation, an assignment and the shutdown finish it first.
+
 A crash (even SIGKILL) before step 2 commits rolls state and offsets back together: the
 next owner resumes from the previous checkpoint and replays the same messages onto the
 same state, which gives the same rows again (expiry is per-partition event time, checked
