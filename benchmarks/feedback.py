@@ -11,7 +11,8 @@ fresh join topic, also 4 partitions) with one shared ground-truth store, waits u
 of their groups (router and join) have settled with every member owning partitions, then
 produces N predictions and N labels as fast as it can and follows the workers'
 ``streamscore_feedback_labels_total{outcome="joined"}`` until all N are joined.
-Reported: labels per second from the first message produced to the last label joined,
+Reported: labels per second from the first message produced to the last label joined
+(each worker's checkpoint steps too: count and seconds, as its metrics give them),
 and each worker's share. The store is then checked: N rows, no event id twice. Every
 topic the run created, the join topics included, is deleted at the end.
 """
@@ -60,6 +61,24 @@ def joined(port: int) -> float:
         if line.startswith(JOINED):
             return float(line.split()[-1])
     return 0.0
+
+
+def checkpoint_steps(port: int) -> dict[str, list[float]]:
+    """The worker's checkpoint steps so far: {step: [count, seconds]}."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(
+        r'^streamscore_feedback_checkpoint_seconds_(count|sum)\{step="(\w+)"\} (\S+)$',
+        text,
+        re.M,
+    ):
+        kind, step, value = m.groups()
+        out.setdefault(step, [0.0, 0.0])[0 if kind == "count" else 1] = round(float(value), 3)
+    return out
 
 
 def rss_mb(pid: int) -> float | None:
@@ -287,6 +306,7 @@ class FeedbackBench:
                 raise RuntimeError(f"{k} worker(s) did not join {n:,} labels in {timeout_s}s")
             per_worker = [joined(w.metrics_port) for w in procs]
             rss = [rss_mb(w.proc.pid) for w in procs]
+            steps = [checkpoint_steps(w.metrics_port) for w in procs]
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -308,6 +328,7 @@ class FeedbackBench:
             "start_to_first_join_s": round(t0 - t_start, 2) if backlog else None,
             "joined_per_worker": per_worker,
             "rss_mb": rss,
+            "checkpoint_steps": steps,
             "rows": len(rows),
             "rows_unique": len(ids),
         }
