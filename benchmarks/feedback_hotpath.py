@@ -47,11 +47,6 @@ JOIN = "bench.join"
 PARTITIONS = 4
 
 
-class _Consumer(FakeConsumer):
-    def assign(self, _tps: list[TopicPartition]) -> None:
-        pass
-
-
 def messages(n: int, seed: int = 7) -> tuple[list[list[FakeMessage]], Any]:
     """``n`` predictions and their labels as the join topic holds them, per partition,
     and the registry that knows their schemas."""
@@ -111,7 +106,7 @@ def run(n: int, batch: int, profile: str | None, workdir: Path) -> dict[str, Any
     store = GroundTruthStore(str(workdir / "gt"), max_buffered_rows=100_000)
     store.open()
     stop = threading.Event()
-    consumer = _Consumer(todo, stop, topic=JOIN, partitions=tuple(range(PARTITIONS)))
+    consumer = FakeConsumer(todo, stop, topic=JOIN, partitions=tuple(range(PARTITIONS)))
     loop = feedback_loop(
         reg,
         consumer,

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from ..core.errors import (
     AvroDecodeError,
@@ -639,6 +639,11 @@ class FeedbackLoop:
             self.store.written(c.rows)  # durable before the transaction was tried
             self._rollback()
             return
+        except BaseException:  # e.g. the changelog producer fenced: raised, nothing applied
+            self.store.unseal(c.rows)
+            for s in c.states.values():
+                s.unseal()
+            raise
         self.store.written(c.rows)
         if flushed.already_stored:
             log.info("%d row(s) were already in the table (re-read)", flushed.already_stored)
@@ -667,9 +672,17 @@ class FeedbackLoop:
             self.join.close_partition(tp)
             self._committed.pop(tp, None)
             state = self.open_partition(*tp)
-            if state.meta.input_offset >= 0:
-                with contextlib.suppress(Exception):
-                    self._c.seek(TopicPartition(tp[0], tp[1], state.meta.input_offset))
+            offset = state.meta.input_offset
+            with contextlib.suppress(Exception):
+                if offset < 0:  # no checkpoint yet: from the group's commit, if any
+                    offset = self._last_commit(tp)
+                self._c.seek(TopicPartition(tp[0], tp[1], offset))
+
+    def _last_commit(self, tp: tuple[str, int]) -> int:
+        """The offset the group last committed for ``tp``; none: the beginning (the
+        consumer's ``auto.offset.reset``), so nothing consumed since is skipped."""
+        (got,) = self._c.committed([TopicPartition(tp[0], tp[1])], timeout=10)
+        return int(got.offset) if got.offset >= 0 else OFFSET_BEGINNING
 
 
 def _decode_batch(

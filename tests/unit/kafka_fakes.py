@@ -108,6 +108,7 @@ class FakeConsumer:
         self.seeks: list[tuple[str, int, int]] = []
         self.stored: list[list[tuple[str, int, int]]] = []
         self.commits: list[list[tuple[str, int, int]] | None] = []
+        self.assigned: list[tuple[str, int, int]] = []
         self.closed = False
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
@@ -139,6 +140,15 @@ class FakeConsumer:
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in tps]
+
+    def committed(self, tps: list[TopicPartition], timeout: float = 10) -> list[TopicPartition]:
+        """The last commit of each (``commits``); none yet: OFFSET_INVALID (-1001)."""
+        done = {(t, p): o for c in self.commits if c for t, p, o in c}
+        return [TopicPartition(tp.topic, tp.partition, done.get((tp.topic, tp.partition), -1001))
+                for tp in tps]  # fmt: skip
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self._position) for tp in tps]

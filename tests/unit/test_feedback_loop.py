@@ -365,6 +365,63 @@ def test_the_join_goes_on_while_a_checkpoint_is_in_flight(
     assert loop.stats.rows_written == 3 and loop.stats.checkpoints == 2
 
 
+class AbortingChangelog:
+    """A changelog whose transactions abort while ``down`` (and that restores nothing:
+    a fresh group); the committed ones are kept by partition."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.committed: list[dict[tuple[str, int], int]] = []
+
+    def look_up_ends(self, _tps: Any) -> None:
+        pass
+
+    def restore(self, _state: Any, _topic: str, _partition: int) -> int:
+        return 0
+
+    def commit(self, changes: Any, offsets: Any, _group: Any) -> dict[tuple[str, int], int]:
+        from streamscore.kafka.changelog import TransactionAborted
+
+        if self.down:
+            raise TransactionAborted("checkpoint aborted: broker away")
+        self.committed.append(dict(offsets))
+        return {tp: len(recs) - 1 for tp, recs in changes.items()}
+
+
+def test_an_aborted_checkpoint_in_flight_rolls_state_and_positions_back(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The changelog transaction of a checkpoint in flight aborts after the rows were
+    merged: the join state goes back to the last checkpoint (none: empty) and each
+    partition is sought back to where it resumes from (never checkpointed: where the
+    group starts, its last commit or the beginning), so nothing consumed is skipped."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    changelog = AbortingChangelog()
+    loop, consumer, _metrics, _dead = make_loop(
+        registry, [batch], tmp_path / "gt", changelog=changelog, state_dir=tmp_path / "state"
+    )
+    consumer.consumer_group_metadata = lambda: "group"  # type: ignore[attr-defined]
+    loop._on_assign(consumer, [TopicPartition(JOIN, 0)])
+    loop._handle(consumer.consume(10, 0.1))
+    loop.checkpoint(wait=False)
+    loop._finish()
+    assert consumer.seeks == [(JOIN, 0, OFFSET_BEGINNING)]
+    state = loop.join.partitions()[(JOIN, 0)]
+    assert state.get("e1") is None and state.meta.input_offset == -1
+    assert loop.stats.checkpoints == 0 and changelog.committed == []
+    assert [r["event_id"] for r in read_rows(str(tmp_path / "gt"))] == ["e1"]  # merged first
+    changelog.down = False  # the same messages again: the label's row is known written
+    loop._handle(batch)
+    loop.checkpoint()
+    assert changelog.committed == [{(JOIN, 0): 2}] and loop.join.stats.duplicate == 1
+    assert [r["event_id"] for r in read_rows(str(tmp_path / "gt"))] == ["e1"]  # not doubled
+
+
 class Counted:
     """A head reader that counts what it accepts and the records it reads."""
 
