@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 
+#: errors of a watermark lookup while a partition's leadership moves (retried)
+_MOVING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
 #: the changelog topics' configuration: compacted, tombstones kept a day
 CHANGELOG_CONFIG = {
     "cleanup.policy": "compact",
@@ -178,7 +191,26 @@ class Changelog:
         self._ends.clear()  # never an end looked up for an earlier assignment
         for join_topic, partition in join_partitions:
             tp = TopicPartition(changelog_topic_for(join_topic), partition)
-            self._ends[(join_topic, partition)] = c.get_watermark_offsets(tp, timeout=self._timeout)
+            self._ends[(join_topic, partition)] = self._watermarks(c, tp)
+
+    def _watermarks(self, c: Any, tp: TopicPartition) -> tuple[int, int]:
+        """A changelog partition's low and high offsets. What a lookup meets while
+        leadership moves (a topic just created, a broker restarting, a leader election)
+        is retried with a backoff, up to the client timeout; then it raises."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.05
+        while True:
+            try:
+                lo, hi = c.get_watermark_offsets(tp, timeout=max(0.5, deadline - time.monotonic()))
+                return int(lo), int(hi)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                transient = err is not None and (err.retriable() or err.code() in _MOVING)
+                if not transient or time.monotonic() + delay > deadline:
+                    raise
+                log.info("changelog %s[%d] end offsets: %s (retried)", tp.topic, tp.partition, err)
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     def restore(self, state: PartitionState, join_topic: str, partition: int) -> int:
         """Bring ``state`` up to the end of its changelog partition; returns the number of
@@ -189,9 +221,7 @@ class Changelog:
         try:
             ends = self._ends.pop((join_topic, partition), None)
             if ends is None:
-                ends = c.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self._timeout
-                )
+                ends = self._watermarks(c, TopicPartition(topic, partition))
             lo, hi = ends
             if state.meta.changelog_offset >= hi:
                 raise StateStoreError(
