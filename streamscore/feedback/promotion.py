@@ -107,7 +107,7 @@ def score_pair(pair: JoinedPair, positive: str | None = None) -> PairScore | Non
             return None
         if not (math.isfinite(y) and math.isfinite(p.value)):
             return None
-        return _make_score(Task.REGRESSION, y - p.value, "", "", _NAN, _NAN, False, False)
+        return _regression_score(y - p.value)
     if p.label is None:
         return None
     truth = label_as_class(pair.label.label)
@@ -124,6 +124,26 @@ def score_pair(pair: JoinedPair, positive: str | None = None) -> PairScore | Non
     return _make_score(
         Task.CLASSIFICATION, _NAN, truth, p.label, p_true, confidence, is_pos, binary
     )
+
+
+def _regression_errors(pairs: Sequence[JoinedPair]) -> list[float] | None:
+    """Label minus prediction of each pair :func:`score_pair` scores, when every
+    prediction is a regressor's and every label a float (the usual case, one tight loop);
+    None otherwise (then each pair is scored on its own)."""
+    errors: list[float] = []
+    isfinite = math.isfinite
+    for pair in pairs:
+        v = pair.prediction.value
+        y = pair.label.label
+        if v is None or type(y) is not float:
+            return None
+        if isfinite(y) and isfinite(v):
+            errors.append(y - v)
+    return errors
+
+
+def _regression_score(error: float) -> PairScore:
+    return _make_score(Task.REGRESSION, error, "", "", _NAN, _NAN, False, False)
 
 
 def pair_metrics(scores: Sequence[PairScore]) -> dict[str, float]:
@@ -205,16 +225,24 @@ class LiveQuality:
                     [max(0.0, p.delay_ms / 1000.0) for p in group if p.first_for_label]
                 )
                 residual = m.residuals.labels(*labels)
-            scores = [s for s in (score_pair(pair, positive) for pair in group) if s is not None]
-            if not scores:
-                continue
+            errors = _regression_errors(group)
+            if errors is not None:  # a regressor's pairs, as score_pair scores them
+                if not errors:
+                    continue
+                # the window keeps the last ``window`` scores: only those are made
+                scores = [_regression_score(e) for e in errors[-self._window :]]
+            else:
+                scores = [s for s in (score_pair(pair, positive) for pair in group) if s]
+                if not scores:
+                    continue
+                errors = [s.error for s in scores if s.task is Task.REGRESSION]
             r = self._rolling.get(k)
             if r is None:
                 r = self._rolling[k] = deque(maxlen=self._window)
             r.extend(scores)
             self._dirty.add(k)
             if residual is not None:
-                residual.observe_many([s.error for s in scores if s.task is Task.REGRESSION])
+                residual.observe_many(errors)
 
     def figures(self, version: int, role: Role | str) -> dict[str, float]:
         """The window's figures as of the last :meth:`publish` (and ``n``)."""

@@ -165,6 +165,35 @@ def test_live_quality_gauges_per_version_and_role() -> None:
     ) == pytest.approx(1.0)
 
 
+def test_a_batch_of_regression_pairs_scores_as_pair_by_pair() -> None:
+    """One batch of a regressor's pairs (the tight path: non-finite labels skipped, only
+    the window's last scores kept) gives the figures and residuals of the same pairs
+    observed one at a time (each pair scored by score_pair)."""
+    ys = [10.0, math.nan, 7.5, math.inf, 3.0, -2.0, 8.0]
+    pairs = [
+        p
+        for i, y in enumerate(ys)
+        for p in pairs_for(f"e{i}", y, rpred(f"e{i}", Role.PRIMARY, 1, 5.0 + i))
+    ]
+    figures = []
+    for batches in ([pairs], [[p] for p in pairs]):
+        reg = CollectorRegistry()
+        q = LiveQuality(Metrics(reg), window=3)
+        for b in batches:
+            q.observe(b)
+        q.publish()
+        lbl = {"model_version": "1", "role": "primary"}
+        figures.append(
+            (
+                q.figures(1, Role.PRIMARY),
+                reg.get_sample_value("streamscore_residual_count", lbl),
+                reg.get_sample_value("streamscore_residual_sum", lbl),
+            )
+        )
+    assert figures[0] == figures[1]
+    assert figures[0][1] == 5 and figures[0][0]["n"] == 3
+
+
 def _binary(eid: str, role: Role, version: int, p_pos: float) -> Prediction:
     return Prediction(
         eid, None, T0, "clf", version, role, None, "pos" if p_pos >= 0.5 else "neg",
