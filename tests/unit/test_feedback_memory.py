@@ -8,6 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
+
+from streamscore.feedback.state import META
+from streamscore.kafka.changelog import POLL_EVERY, Changelog
+from tests.unit.kafka_fakes import FakeClock, FakeTxnProducer
 
 # malloc 8 MB, free it (glibc's dynamic threshold rises to 8 MB), then malloc 1 MB: is the
 # 1 MB block mapped on its own (mallinfo2's hblkhd: bytes in mapped blocks) or taken from
@@ -90,3 +95,43 @@ def test_the_trimming_thread_runs_until_the_worker_stops() -> None:
         [sys.executable, "-c", _TRIMMER], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["True", "False"]
+
+
+class _Delivering(FakeTxnProducer):
+    """Every record is delivered at once, but its report (and librdkafka's copy of the
+    record) waits until ``poll`` or ``flush`` serves it: ``most_held`` is the largest
+    number of delivered records held at any time."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeClock())
+        self.held: list[tuple[Any, int]] = []
+        self.most_held = 0
+
+    def produce(self, topic: str, value: Any, key: Any, *_a: Any, **kw: Any) -> None:
+        super().produce(topic, value, key)
+        self.held.append((kw.get("on_delivery"), len(self.produced) - 1))
+        self.most_held = max(self.most_held, len(self.held))
+
+    def _serve(self) -> None:
+        for cb, offset in self.held:
+            if cb is not None:
+                cb(None, type("Msg", (), {"offset": lambda self, o=offset: o})())
+        self.held.clear()
+
+    def poll(self, timeout: float = 0) -> int:
+        self._serve()
+        return super().poll(timeout)
+
+    def flush(self, timeout: float = 0) -> int:
+        self._serve()
+        return super().flush(timeout)
+
+
+def test_a_checkpoint_frees_delivered_changelog_records_as_it_goes() -> None:
+    p = _Delivering()
+    changes = [(b"e%d" % i, b"v" * 300) for i in range(5 * POLL_EVERY)] + [(META, b"m")]
+    at = Changelog(p, {}).commit({("join", 0): changes}, {}, None)
+    assert at == {("join", 0): len(changes) - 1}  # the meta record's offset
+    assert len(p.produced) == len(changes)
+    # without polls in the transaction all 10,001 records were held until the flush
+    assert p.most_held <= POLL_EVERY
