@@ -409,14 +409,17 @@ def state_bench(n: int, workdir: Path, commit_every: int = 50_000) -> dict[str, 
     import io
     import resource
     import shutil
+    import threading
 
     import fastavro
 
     from streamscore.core.records import Feedback, Prediction, Role
     from streamscore.feedback.join import JoinState
+    from streamscore.feedback.memory import tune_malloc
     from streamscore.feedback.state import PartitionState, relax_gc
 
-    relax_gc()  # as the feedback worker does
+    tune_malloc(os.environ, threading.Event())  # as the feedback worker does
+    relax_gc()
     schema = fastavro.parse_schema(schemas.load("prediction"))
 
     def wire(eid: str, t: int) -> bytes:

@@ -170,6 +170,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .feedback.join import JoinState
     from .feedback.labels import FEEDBACK_FIELDS, LabelFields, LabelReader
     from .feedback.loop import PREDICTION_HEAD, FeedbackLoop, make_telemetry, promote_shadow
+    from .feedback.memory import tune_malloc
     from .feedback.promotion import (
         LiveQuality,
         PromotionDecision,
@@ -227,6 +228,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     # stops the worker cleanly, however far its start has got
     stop = threading.Event()
     install_stop_signals(stop)
+    tune_malloc(os.environ, stop)  # before the worker's threads start (feedback/memory.py)
     registry = CollectorRegistry()
     metrics = Metrics(registry, "feedback")
     server = (

@@ -56,6 +56,12 @@ class TransactionAborted(KafkaIOError):
     reason = "transaction_aborted"
 
 
+#: records produced between two polls of a checkpoint's transaction: librdkafka keeps a
+#: delivered record (a copy of it, ~600 bytes) until its delivery report is served, so
+#: without polls a checkpoint of 50,000 changes held all of them until the final flush
+POLL_EVERY = 2_000
+
+
 def changelog_topic_for(join_topic: str) -> str:
     return f"{join_topic}.changelog"
 
@@ -140,6 +146,7 @@ class Changelog:
 
         try:
             p.begin_transaction()
+            n = 0
             for tp, recs in changes.items():
                 topic = changelog_topic_for(tp[0])
                 for key, value in recs:
@@ -150,6 +157,9 @@ class Changelog:
                             break
                         except BufferError:
                             p.poll(0.05)
+                    n += 1
+                    if n % POLL_EVERY == 0:
+                        p.poll(0)  # delivery reports served: their records freed
             if offsets:
                 p.send_offsets_to_transaction(
                     [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
