@@ -572,8 +572,9 @@ def add_commands(sub: Any) -> None:
         "--max-changes",
         type=int,
         default=50_000,
-        help="join-state changes held in memory between checkpoints (all partitions); more "
-        "force a checkpoint",
+        help="join-state changes held in memory (all partitions, a checkpoint in flight "
+        "included): a checkpoint starts at half of them, and the join waits for the one in "
+        "flight beyond",
     )
     f.add_argument(
         "--checkpoint-s",

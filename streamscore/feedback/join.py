@@ -224,10 +224,15 @@ class JoinState:
             s.prefetch(eids)
 
     def needs_commit(self, max_changes: int | None = None) -> bool:
-        """The changes held since the last commit are too many: more than
-        ``max_changes`` over every partition (None: more than a partition's cache)."""
+        """Time to commit, by the changes held in memory over every partition (those of
+        a commit in flight included), which ``max_changes`` bounds: a commit starts once
+        the new ones pass half of it (the other half gathers while it is written), and
+        also when new and in-flight ones together pass it. None: when a partition's
+        changes outgrow its cache."""
         if max_changes is not None:
-            return sum(s.dirty for s in self._parts.values()) > max_changes
+            parts = self._parts.values()
+            new = sum(s.dirty for s in parts)
+            return 2 * new > max_changes or new + sum(s.sealed for s in parts) > max_changes
         return any(s.dirty > s.cache_entries for s in self._parts.values())
 
     # ------------------------------------------------------------------ inputs

@@ -183,7 +183,8 @@ class FeedbackLoop:
         #: committed entries kept in memory (encoded), shared by the assigned partitions
         self._cache_entries = cache_entries
         self._assigned = 1
-        #: state changes held between checkpoints, over every partition (more: one now)
+        #: state changes held in memory over every partition, a checkpoint in flight included
+        #: (one starts at half of them: JoinState.needs_commit)
         self._max_changes = max_changes
         self._checkpoint_s = checkpoint_s
         self._batch = batch_size

@@ -399,7 +399,13 @@ class PartitionState:
 
     @property
     def dirty(self) -> int:
+        """Entries changed since the last seal."""
         return len(self._dirty)
+
+    @property
+    def sealed(self) -> int:
+        """Entries of the commit in flight (:meth:`seal`), not applied yet."""
+        return len(self._sealed.entries)
 
     def cached(self) -> int:
         return len(self._cache)

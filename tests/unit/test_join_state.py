@@ -421,8 +421,15 @@ def test_changes_are_bounded_over_every_partition_when_a_limit_is_given(tmp_path
     for i in range(6):
         rec = pred_record(f"e{i}", T0 + i)
         j.add_prediction(Prediction.from_avro(rec, ("join", i % 2, i)), json.dumps(rec).encode())
-    assert j.needs_commit(5) and not j.needs_commit(6)
+    assert j.needs_commit(11) and not j.needs_commit(12)  # a commit starts at half
     assert not j.needs_commit()  # per partition: 3 changes each, under their cache
+    for s in j.partitions().values():
+        s.seal()  # a commit in flight holds the 6
+    assert not j.needs_commit(6)
+    rec = pred_record("e6", T0 + 6)
+    j.add_prediction(Prediction.from_avro(rec, ("join", 1, 6)), json.dumps(rec).encode())
+    assert j.needs_commit(6)  # 1 new + 6 in flight held: over the bound
+    assert not j.needs_commit(7)
 
 
 def test_a_prediction_held_by_its_head_joins_as_a_decoded_one(tmp_path: Path) -> None:
