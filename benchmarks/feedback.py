@@ -438,7 +438,7 @@ def state_bench(n: int, workdir: Path, commit_every: int = 50_000) -> dict[str, 
     commits = [0]
 
     def commit(state: PartitionState) -> None:
-        commits[0] += len(state.changes())  # the changelog offsets they would take
+        commits[0] += len(state.seal())  # the changelog offsets they would take
         state.applied(commits[0] - 1)
 
     join = JoinState(30 * 86_400_000, decode_prediction=decode)

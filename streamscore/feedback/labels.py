@@ -34,9 +34,6 @@ from ..core.errors import BadLabelError, MissingFieldError, StreamscoreError, Wr
 from ..core.records import Feedback, Position, make_feedback
 from ..features.event_fields import event_ids, event_times_ms
 
-#: a label field the record does not have
-_ABSENT: Any = object()
-
 #: the longest class name a label may carry (characters)
 MAX_CLASS_CHARS = 256
 
@@ -149,15 +146,15 @@ class LabelReader:
         return out
 
     def _label_column(self, records: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Each record's label value (:data:`_ABSENT` where it has none), one column."""
+        """Each record's label value (None where it has none), one column."""
         name = self.fields.label_field
         if isinstance(records, EventColumns):
-            return records.values_of(name) if records.has_field(name) else [_ABSENT] * len(records)
-        return [r.get(name, _ABSENT) for r in records]
+            return records.values_of(name) if records.has_field(name) else [None] * len(records)
+        return [r.get(name) for r in records]
 
     def _label(self, v: Any) -> float | str:
         name, task = self.fields.label_field, self.fields.task
-        if v is None or v is _ABSENT:
+        if v is None:
             raise MissingFieldError(f"the label record has no {name!r}", field=name)
         if task == "regression" or (task == "any" and not isinstance(v, str)):
             if isinstance(v, bool) or not isinstance(v, int | float):

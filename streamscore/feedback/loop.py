@@ -631,9 +631,7 @@ class FeedbackLoop:
             flushed, at = c.future.result()
         except InfrastructureError as exc:  # storage away: keep everything, retry later
             log.error("ground truth not written (retried at the next checkpoint): %s", exc)
-            self.store.unseal(c.rows)
-            for s in c.states.values():
-                s.unseal()
+            self._unseal(c)
             return
         except TransactionAborted as exc:
             log.warning("%s: state and offsets roll back to the last checkpoint", exc)
@@ -641,9 +639,7 @@ class FeedbackLoop:
             self._rollback()
             return
         except BaseException:  # e.g. the changelog producer fenced: raised, nothing applied
-            self.store.unseal(c.rows)
-            for s in c.states.values():
-                s.unseal()
+            self._unseal(c)
             raise
         self.store.written(c.rows)
         if flushed.already_stored:
@@ -664,6 +660,12 @@ class FeedbackLoop:
             self._committed.update(c.offsets)
             self.stats.checkpoints += 1
         self.store.maintain()  # compaction / vacuum when their interval has passed
+
+    def _unseal(self, c: _Checkpoint) -> None:
+        """A checkpoint that committed nothing: what it sealed goes back, for the next."""
+        self.store.unseal(c.rows)
+        for s in c.states.values():
+            s.unseal()
 
     def _rollback(self) -> None:
         """Forget what was not committed and resume every partition from its state."""

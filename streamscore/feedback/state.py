@@ -18,7 +18,7 @@ are batched: the loop reads a consumed batch's entries in one multi-get per part
 (:meth:`PartitionState.prefetch`). Expiry is a range scan of the time index up to the
 partition's watermark, never a scan of the entries.
 
-Commit (two phases, driven by the loop): :meth:`PartitionState.changes` encodes every
+Commit (two phases, driven by the loop): :meth:`PartitionState.seal` encodes every
 entry changed since the last commit plus the meta record (the next input offset of the
 partition among them); the loop writes them to the changelog in one Kafka transaction
 with the consumed offsets; then :meth:`PartitionState.applied` writes the same changes,
@@ -513,9 +513,6 @@ class PartitionState:
         self._sealed = _Sealed(self._dirty, enc, self._heap, self._scanned, meta)
         self._dirty, self._heap, self._scanned = {}, [], []
         return recs
-
-    #: the records of everything changed since the last commit (:meth:`seal`)
-    changes = seal
 
     @property
     def in_flight(self) -> bool:

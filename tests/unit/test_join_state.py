@@ -73,7 +73,7 @@ class Changelog:
         self.records: list[tuple[int, bytes | None, bytes | None]] = []
 
     def commit(self, s: PartitionState) -> None:
-        for k, v in s.changes():
+        for k, v in s.seal():
             self.records.append((len(self.records), k, v))
         s.applied(len(self.records) - 1)
 
@@ -323,7 +323,7 @@ s = PartitionState(Path(sys.argv[1]))
 for batch in range(3):
     for i in range(2000):
         s.put(Entry(f"b{batch}-{i}", 10**12 + i))
-    s.changes()
+    s.seal()
     s.applied(batch)
     if batch == 0:
         s._db.flush(True)  # the first batch reaches an SST; the others stay in memtables
