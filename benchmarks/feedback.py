@@ -391,6 +391,7 @@ class FeedbackBench:
                 result[f"{name}_pending_after"] = sample(
                     w.metrics_port, pending, {"side": "prediction"}
                 )
+                result[f"{name}_peak_rss_mb"] = rss_mb(w.proc.pid)  # the restore included
                 assert w.terminate(120) == 0, w.log()
                 text = w.log_path.read_text(errors="replace")
             finally:

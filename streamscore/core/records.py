@@ -204,6 +204,7 @@ Position = tuple[str, int, int]
 
 _NOT_INPUTS = frozenset({EVENT_ID_FIELD, "key", EVENT_TIME_FIELD})
 _ROLE_OF = {r.value: r for r in Role}
+_SHADOW = Role.SHADOW  # a module name: an enum member read off its class is a descriptor call
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +272,7 @@ class Prediction:
     @property
     def answers(self) -> bool:
         """True for the prediction that was the answer (primary or canary)."""
-        return self.role is not Role.SHADOW
+        return self.role is not _SHADOW
 
     def raw_inputs(self) -> dict[str, Any]:
         """The event's raw fields: the scored features by name (NaN as None), overlaid
@@ -279,7 +280,8 @@ class Prediction:
         was (fields the model did not use, raw categorical values, missing values)."""
         features = self.features
         raw: dict[str, Any] = dict(zip(self.feature_names, features, strict=False))
-        if any(v != v for v in features):  # NaN (the only value unequal to itself)
+        total = sum(features)  # NaN when any is NaN (or +inf and -inf both): then look
+        if total != total and any(v != v for v in features):  # NaN: unequal to itself
             raw = {
                 n: (None if isinstance(v, float) and math.isnan(v) else v) for n, v in raw.items()
             }

@@ -63,6 +63,8 @@ class JoinedPair:
 
 
 _make_pair = positional_maker(JoinedPair)
+#: the roles as module names: an enum member read off its class costs a descriptor call
+_PRIMARY, _CANARY, _SHADOW = Role.PRIMARY, Role.CANARY, Role.SHADOW
 
 
 @dataclass(slots=True)
@@ -130,9 +132,9 @@ def build_row(
 def _answer_of(preds: Iterable[Prediction]) -> Prediction | None:
     best: Prediction | None = None
     for p in preds:
-        if p.role is Role.PRIMARY:
+        if p.role is _PRIMARY:
             return p
-        if p.role is Role.CANARY:
+        if p.role is _CANARY:
             best = p
     return best
 
@@ -278,7 +280,7 @@ class JoinState:
                 full = self._pred(slot)
                 out.pairs.append(_make_pair(e.label, full, not e.joined))
                 self._mark_joined(part, e)
-                if not e.written and role is not Role.SHADOW:
+                if not e.written and role is not _SHADOW:
                     self._write(e, full, out)
             part.put(e)
         if event_time_ms > part.meta.watermark:

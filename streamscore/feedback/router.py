@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
+from ..core.records import positional_maker
 from ..kafka.dead_letters import Consumed, dead_letter
 from ..kafka.delivery import AtLeastOnceSink, OutBatch, OutMessage
 from ..kafka.output_limits import OutputLimits, wire_size
@@ -51,6 +52,8 @@ LABEL = b"label"
 _PREDICTION_HEADERS = [(KIND_HEADER, PREDICTION)]
 _LABEL_HEADERS = [(KIND_HEADER, LABEL)]
 #: what a join-topic record counts beyond its key and value (:func:`wire_size`), by kind
+#: ``OutMessage(topic, key, value, headers)``, at half the cost (one per routed message)
+_out_message = positional_maker(OutMessage)
 _FIXED_SIZE = {
     PREDICTION: wire_size(None, None, _PREDICTION_HEADERS),
     LABEL: wire_size(None, None, _LABEL_HEADERS),
@@ -197,7 +200,7 @@ class FeedbackRouter:
                 )
                 out.append(self._dead_letter(msg, err))
                 continue
-            out.append(OutMessage(join, key, value, headers))
+            out.append(_out_message(join, key, value, headers))
             routed[kind] += 1
         for kind, n in routed.items():
             if n:

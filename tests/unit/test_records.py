@@ -56,3 +56,22 @@ class _Derived:
 def test_it_refuses_classes_it_would_build_differently(cls: type) -> None:
     with pytest.raises(TypeError):
         positional_maker(cls)
+
+
+@pytest.mark.parametrize(
+    ("features", "want"),
+    [
+        ((1.5, 2.0), {"a": 1.5, "b": 2.0}),
+        ((float("nan"), 2.0), {"a": None, "b": 2.0}),  # a missing value: None
+        ((float("inf"), float("-inf")), {"a": float("inf"), "b": float("-inf")}),  # sum NaN
+    ],
+)
+def test_raw_inputs_turn_nan_features_into_none_and_keep_infinities(
+    features: tuple[float, float], want: dict[str, float | None]
+) -> None:
+    p = Prediction("e1", "k", 5, "m", 3, Role.PRIMARY, 1.0, None, (), (), ("a", "b"),
+                   features, {"c": "x", "a": 7})  # fmt: skip
+    assert p.raw_inputs() == {**want, "a": 7, "c": "x"}  # inputs overlay the features
+    q = Prediction("e1", "k", 5, "m", 3, Role.PRIMARY, 1.0, None, (), (), ("a", "b"),
+                   features, {})  # fmt: skip
+    assert q.raw_inputs() == want
