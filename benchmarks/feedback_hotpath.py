@@ -1,13 +1,14 @@
 """The feedback join loop in process, without Kafka: CPU per label, by stage.
 
-Run: ``python -m benchmarks.feedback_hotpath [--labels N] [--batch N] [--profile FILE]``.
+Run: ``python -m benchmarks.feedback_hotpath [--labels N] [--batch N] [--label-lead N]
+[--profile FILE]``.
 
 What ``make bench-feedback`` measures end to end (router, broker, join) mixes the join's
 own work with the broker and the router's share of the GIL. This runs only the join:
 N predictions and N labels in wire format (``mock://`` registry), keyed and headed as the
 router writes them, spread over 4 join partitions, each label within a few hundred
-messages of its prediction (before or after it, as the router interleaves two topics),
-handed to a real :class:`~streamscore.feedback.loop.FeedbackLoop` (RocksDB state under a
+messages of its prediction (before or after it, as the router interleaves two topics;
+``--label-lead N``: N messages before it, as a backlog's labels run ahead), handed to a real :class:`~streamscore.feedback.loop.FeedbackLoop` (RocksDB state under a
 temporary directory, Delta ground-truth table on local disk, no changelog: offsets are
 committed to the fake consumer) in consumed batches of ``--batch``. Reported: process CPU
 seconds, labels per CPU second, checkpoint count, and the rows the table holds; with
@@ -47,7 +48,7 @@ JOIN = "bench.join"
 PARTITIONS = 4
 
 
-def messages(n: int, seed: int = 7) -> tuple[list[list[FakeMessage]], Any]:
+def messages(n: int, seed: int = 7, lead: int = 0) -> tuple[list[list[FakeMessage]], Any]:
     """``n`` predictions and their labels as the join topic holds them, per partition,
     and the registry that knows their schemas."""
     reg = registry_client({"url": f"mock://feedback-hotpath-{seed}"})
@@ -59,7 +60,7 @@ def messages(n: int, seed: int = 7) -> tuple[list[list[FakeMessage]], Any]:
     for i in range(n):
         eid = f"ev-{i}"
         order.append((i, PREDICTION, eid))
-        order.append((i + rnd.uniform(-300, 300), LABEL, eid))
+        order.append((i - lead + rnd.uniform(-300, 300), LABEL, eid))
     order.sort(key=lambda x: x[0])
     parts: list[list[FakeMessage]] = [[] for _ in range(PARTITIONS)]
     for _t, kind, eid in order:
@@ -98,8 +99,8 @@ def batches(parts: list[list[FakeMessage]], size: int) -> list[list[FakeMessage]
     return out
 
 
-def run(n: int, batch: int, profile: str | None, workdir: Path) -> dict[str, Any]:
-    parts, reg = messages(n)
+def run(n: int, batch: int, profile: str | None, workdir: Path, lead: int = 0) -> dict[str, Any]:
+    parts, reg = messages(n, lead=lead)
     todo = batches(parts, batch)
     relax_gc()
     metrics = Metrics(CollectorRegistry(), "feedback")
@@ -149,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.feedback_hotpath", description=__doc__)
     ap.add_argument("--labels", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument(
+        "--label-lead",
+        type=int,
+        default=0,
+        help="labels this many messages before their predictions (a backlog's order)",
+    )
     ap.add_argument("--profile", default=None, help="write a cProfile here, print its top")
     ap.add_argument(
         "--repeat", type=int, default=1, help="runs; the least CPU is reported (noise adds)"
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         workdir = Path(tempfile.mkdtemp(prefix="fb-hotpath-"))
         try:
-            runs.append(run(args.labels, args.batch, args.profile, workdir))
+            runs.append(run(args.labels, args.batch, args.profile, workdir, args.label_lead))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     r = min(runs, key=lambda x: x["cpu_s"])
