@@ -8,8 +8,9 @@ own work with the broker and the router's share of the GIL. This runs only the j
 N predictions and N labels in wire format (``mock://`` registry), keyed and headed as the
 router writes them, spread over 4 join partitions, each label within a few hundred
 messages of its prediction (before or after it, as the router interleaves two topics;
-``--label-lead N``: N messages before it, as a backlog's labels run ahead), handed to a real :class:`~streamscore.feedback.loop.FeedbackLoop` (RocksDB state under a
-temporary directory, Delta ground-truth table on local disk, no changelog: offsets are
+``--label-lead N``: N messages before it, as a backlog's labels run ahead), handed to a
+real :class:`~streamscore.feedback.loop.FeedbackLoop` (RocksDB state under a temporary
+directory, Delta ground-truth table on local disk, no changelog: offsets are
 committed to the fake consumer) in consumed batches of ``--batch``. Reported: process CPU
 seconds, labels per CPU second, checkpoint count, and the rows the table holds; with
 ``--repeat``, the run that took the least CPU (interference on a shared machine only

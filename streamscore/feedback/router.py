@@ -51,9 +51,9 @@ PREDICTION = b"prediction"
 LABEL = b"label"
 _PREDICTION_HEADERS = [(KIND_HEADER, PREDICTION)]
 _LABEL_HEADERS = [(KIND_HEADER, LABEL)]
-#: what a join-topic record counts beyond its key and value (:func:`wire_size`), by kind
 #: ``OutMessage(topic, key, value, headers)``, at half the cost (one per routed message)
 _out_message = positional_maker(OutMessage)
+#: what a join-topic record counts beyond its key and value (:func:`wire_size`), by kind
 _FIXED_SIZE = {
     PREDICTION: wire_size(None, None, _PREDICTION_HEADERS),
     LABEL: wire_size(None, None, _LABEL_HEADERS),

@@ -1,5 +1,5 @@
 """positional_maker: the same frozen record as the class's own __init__, and only for
-classes it can build that way."""
+classes it can build that way. Prediction.raw_inputs: NaN features as None."""
 
 from __future__ import annotations
 
