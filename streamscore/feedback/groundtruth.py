@@ -760,10 +760,6 @@ def read_table(
     import pyarrow.compute as pc
 
     f = fields or RowFields()
-    table = _open(settings, ROWS, version)
-    if table is None:
-        return None, None
-    ds = table.to_pyarrow_dataset(file_pruning_predicate=_dates(since_ms, until_ms) or None)
     expr = None
     tcol = pc.field(f.time_field)
     if since_ms is not None:
@@ -771,7 +767,45 @@ def read_table(
     if until_ms is not None:
         e2 = tcol < _ts([until_ms])[0]
         expr = e2 if expr is None else expr & e2
-    return ds.to_table(filter=expr), table.version()
+    pruning = _dates(since_ms, until_ms) or None
+
+    def scan(table: DeltaTable) -> pa.Table:
+        return table.to_pyarrow_dataset(file_pruning_predicate=pruning).to_table(filter=expr)
+
+    return _read_snapshot(settings, ROWS, version, scan)
+
+
+#: a latest-version read that finds its files vacuumed under it re-reads this many times
+MAX_READ_ATTEMPTS = 5
+
+
+def _read_snapshot(
+    settings: Location,
+    name: str,
+    version: int | None,
+    scan: Callable[[DeltaTable], pa.Table],
+) -> tuple[pa.Table | None, int | None]:
+    """``scan`` of one snapshot of table ``name``, and its version.
+
+    A compaction followed by a vacuum can delete the files of the snapshot a reader has
+    just opened (the retention setting is how long old files stay). A read of the latest
+    version then opens the newer snapshot and reads again; a read pinned to a version
+    whose files are gone cannot be served and says so."""
+    missing: OSError | None = None
+    for _ in range(1 if version is not None else MAX_READ_ATTEMPTS):
+        table = _open(settings, name, version)
+        if table is None:
+            return None, None
+        try:
+            return scan(table), table.version()
+        except FileNotFoundError as exc:
+            missing = exc
+    s = as_settings(settings)
+    what = f"version {version}" if version is not None else "the latest version"
+    raise GroundTruthUnavailableError(
+        f"files of {what} of {s.location.child(name)} were removed while it was read "
+        f"(a vacuum; retention_hours={s.retention_hours:g}): {type(missing).__name__}"
+    )
 
 
 def _records(table: pa.Table, time_cols: Iterable[str]) -> list[dict[str, Any]]:
@@ -827,10 +861,10 @@ def read_unmatched(
 ) -> list[dict[str, Any]]:
     """Every unmatched label (times as epoch ms), sorted by (observed time, id)."""
     f = fields or RowFields()
-    table = _open(settings, UNMATCHED)
+    table, _ = _read_snapshot(settings, UNMATCHED, None, lambda t: t.to_pyarrow_table())
     if table is None:
         return []
-    rows = _records(table.to_pyarrow_table(), ("observed_time",))
+    rows = _records(table, ("observed_time",))
     rows.sort(key=lambda r: (r["observed_time"], str(r[f.id_field])))
     return rows
 

@@ -17,6 +17,7 @@ from streamscore.dev import synthetic
 from streamscore.feedback.groundtruth import (
     DATE_COLUMN,
     GroundTruthStore,
+    GroundTruthUnavailableError,
     RowFields,
     raw_inputs,
     read_rows,
@@ -207,6 +208,53 @@ def test_compaction_keeps_every_row_and_vacuum_respects_retention(tmp_path: Path
     assert s0.maintain(force=True).vacuumed >= 6
     assert len(parquet_files(tmp_path / "rows")) == 1
     assert ids(tmp_path) == [f"e{k}" for k in range(6)]
+    # the version before compaction lost its files to the vacuum: a typed error says so
+    with pytest.raises(GroundTruthUnavailableError, match=f"version {v_before} .*vacuum"):
+        ids(tmp_path, version=v_before)
+
+
+def test_a_read_whose_snapshot_is_vacuumed_under_it_reads_the_newer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deltalake import DeltaTable
+
+    from streamscore.feedback import groundtruth
+
+    s = GroundTruthStore(GroundTruthSettings(str(tmp_path), retention_hours=0), clock=lambda: 0.0)
+    s.open()
+    for k in range(4):
+        s.append(row(f"e{k}", T0 + k))
+        s.flush()
+    s.append_unmatched({"event_id": "u1", "label": 1.0, "observed_time": T0 + 9})
+    s.flush()
+    # a reader opens its snapshots, then a compaction and a vacuum delete their files
+    stale = {n: DeltaTable(str(tmp_path / n)) for n in ("rows", "unmatched")}
+    for n in range(2):
+        s.append(row(f"f{n}", T0 + 10 + n))
+        s.flush()
+    assert s.maintain(force=True).vacuumed >= 4
+    with pytest.raises(FileNotFoundError):
+        stale["rows"].to_pyarrow_table()
+    real_open = groundtruth._open
+    handed: list[str] = []
+
+    def open_stale_first(settings: Any, name: str, version: int | None = None) -> Any:
+        if name not in handed:  # the first open of each table is the stale snapshot
+            handed.append(name)
+            return stale[name]
+        return real_open(settings, name, version)
+
+    monkeypatch.setattr(groundtruth, "_open", open_stale_first)
+    got = read_rows_at(str(tmp_path))
+    assert [str(r["event_id"]) for r in got.rows] == [f"e{k}" for k in range(4)] + ["f0", "f1"]
+    assert got.version is not None and got.version > stale["rows"].version()
+    assert handed == ["rows"]
+    assert [u["event_id"] for u in read_unmatched(str(tmp_path))] == ["u1"]
+
+    # a reader that keeps finding its files gone gives up with the typed error
+    monkeypatch.setattr(groundtruth, "_open", lambda *a, **k: stale["rows"])
+    with pytest.raises(GroundTruthUnavailableError, match="latest version"):
+        read_rows(str(tmp_path))
 
 
 def test_maintenance_follows_its_schedule(tmp_path: Path) -> None:
