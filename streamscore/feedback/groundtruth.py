@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.config import GroundTruthSettings
-from ..core.errors import ConfigError, InfrastructureError
+from ..core.errors import ConfigError, InfrastructureError, StreamscoreError
 from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
 
 if TYPE_CHECKING:
@@ -109,6 +109,19 @@ class GroundTruthUnavailableError(InfrastructureError):
     conflicts beyond the retry budget)."""
 
     reason = "groundtruth_unavailable"
+
+
+class TableVersionVacuumedError(StreamscoreError):
+    """A read pinned to a table version whose data files a vacuum has removed (older
+    than the writers' ``retention_hours``): that version cannot be read again. Not
+    retried; a longer retention keeps the versions that must stay readable (the training
+    data of a model)."""
+
+    reason = "groundtruth_version_vacuumed"
+
+    def __init__(self, message: str, *, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 @dataclass(frozen=True)
@@ -801,10 +814,17 @@ def _read_snapshot(
         except FileNotFoundError as exc:
             missing = exc
     s = as_settings(settings)
-    what = f"version {version}" if version is not None else "the latest version"
+    where = s.location.child(name)
+    if version is not None:
+        raise TableVersionVacuumedError(
+            f"version {version} of {where} cannot be read: a vacuum removed its files "
+            f"(the writers' retention_hours is shorter than its age): "
+            f"{type(missing).__name__}",
+            version=version,
+        )
     raise GroundTruthUnavailableError(
-        f"files of {what} of {s.location.child(name)} were removed while it was read "
-        f"(a vacuum; retention_hours={s.retention_hours:g}): {type(missing).__name__}"
+        f"the latest version of {where} kept losing its files to a vacuum while it was "
+        f"read ({MAX_READ_ATTEMPTS} attempts): {type(missing).__name__}"
     )
 
 

@@ -19,6 +19,7 @@ from streamscore.feedback.groundtruth import (
     GroundTruthStore,
     GroundTruthUnavailableError,
     RowFields,
+    TableVersionVacuumedError,
     raw_inputs,
     read_rows,
     read_rows_at,
@@ -209,8 +210,9 @@ def test_compaction_keeps_every_row_and_vacuum_respects_retention(tmp_path: Path
     assert len(parquet_files(tmp_path / "rows")) == 1
     assert ids(tmp_path) == [f"e{k}" for k in range(6)]
     # the version before compaction lost its files to the vacuum: a typed error says so
-    with pytest.raises(GroundTruthUnavailableError, match=f"version {v_before} .*vacuum"):
+    with pytest.raises(TableVersionVacuumedError, match=f"version {v_before} .*vacuum") as e:
         ids(tmp_path, version=v_before)
+    assert e.value.version == v_before
 
 
 def test_a_read_whose_snapshot_is_vacuumed_under_it_reads_the_newer_one(
