@@ -556,16 +556,23 @@ class GroundTruthStore:
         """Load the ids of the rows joined within ``recent_ms`` (by any writer): call it
         when partitions are assigned. Returns how many are known."""
         import pyarrow.compute as pc
+        from deltalake.exceptions import DeltaError
 
         self._check_open()
         since = self._wall() - self.recent_ms
-        table = self._rows.table
-        table.update_incremental()
         key = self.fields.id_field
-        found = table.to_pyarrow_dataset().to_table(
-            columns=[key, "joined_time"],
-            filter=pc.field("joined_time") >= _ts([since])[0],
-        )
+        recent = pc.field("joined_time") >= _ts([since])[0]
+
+        def scan(t: DeltaTable) -> pa.Table:
+            return t.to_pyarrow_dataset().to_table(columns=[key, "joined_time"], filter=recent)
+
+        try:
+            found = _scan_latest(self._rows.table, scan, self._rows.uri)
+        except (DeltaError, OSError) as exc:
+            raise GroundTruthUnavailableError(
+                f"the rows of {self._rows.uri} joined recently could not be read: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         if found.num_rows > self.max_recent_ids:  # the newest
             found = found.sort_by("joined_time").slice(found.num_rows - self.max_recent_ids)
         joined = _records(found, ("joined_time",))
@@ -798,33 +805,44 @@ def _read_snapshot(
     version: int | None,
     scan: Callable[[DeltaTable], pa.Table],
 ) -> tuple[pa.Table | None, int | None]:
-    """``scan`` of one snapshot of table ``name``, and its version.
-
-    A compaction followed by a vacuum can delete the files of the snapshot a reader has
-    just opened (the retention setting is how long old files stay). A read of the latest
-    version then opens the newer snapshot and reads again; a read pinned to a version
-    whose files are gone cannot be served and says so."""
-    missing: OSError | None = None
-    for _ in range(1 if version is not None else MAX_READ_ATTEMPTS):
-        table = _open(settings, name, version)
-        if table is None:
-            return None, None
-        try:
-            return scan(table), table.version()
-        except FileNotFoundError as exc:
-            missing = exc
-    s = as_settings(settings)
-    where = s.location.child(name)
-    if version is not None:
+    """``scan`` of one snapshot of table ``name`` (the latest, or ``version``), and the
+    version it read. A version whose files a vacuum removed raises
+    :class:`TableVersionVacuumedError`."""
+    table = _open(settings, name, version)
+    if table is None:
+        return None, None
+    where = as_settings(settings).location.child(name)
+    if version is None:
+        return _scan_latest(table, scan, where), table.version()
+    try:
+        return scan(table), table.version()
+    except FileNotFoundError as exc:
         raise TableVersionVacuumedError(
             f"version {version} of {where} cannot be read: a vacuum removed its files "
-            f"(the writers' retention_hours is shorter than its age): "
-            f"{type(missing).__name__}",
+            f"(the writers' retention_hours is shorter than its age): {type(exc).__name__}",
             version=version,
-        )
+        ) from None
+
+
+def _scan_latest(table: DeltaTable, scan: Callable[[DeltaTable], pa.Table], where: str) -> pa.Table:
+    """``scan`` of the latest version of ``table``, brought up to date first.
+
+    A compaction followed by a vacuum can delete the files of the version a reader has
+    just loaded (``retention_hours`` is how long old files stay, and it may be 0). The
+    reader then loads the newer version and reads again, up to
+    :data:`MAX_READ_ATTEMPTS` times."""
+    missing: FileNotFoundError | None = None
+    for _ in range(MAX_READ_ATTEMPTS):
+        table.update_incremental()
+        try:
+            return scan(table)
+        except FileNotFoundError as exc:
+            missing = exc
     raise GroundTruthUnavailableError(
-        f"the latest version of {where} kept losing its files to a vacuum while it was "
-        f"read ({MAX_READ_ATTEMPTS} attempts): {type(missing).__name__}"
+        f"the latest version of {where} refers to files that are not there "
+        f"({MAX_READ_ATTEMPTS} attempts, the newest version loaded before each: files "
+        f"deleted outside the table, or a vacuum overtaking every read): "
+        f"{type(missing).__name__}"
     )
 
 

@@ -258,8 +258,15 @@ class FeedbackLoop:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         self._finish()  # (a revocation has finished it already, unless none came first)
         # rows recently written by any worker: a re-read message of theirs settles at once
-        n = self.store.refresh()
-        log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        try:
+            n = self.store.refresh()
+            log.info("%d row(s) joined within the last %d ms are known", n, self.store.recent_ms)
+        except InfrastructureError as exc:  # a shortcut only: the table's merge decides
+            log.warning(
+                "%s; re-read messages whose row is written wait for their window instead "
+                "of settling at once (the table still keeps one row per event id)",
+                exc,
+            )
         self._assigned = max(1, len(partitions))
         if self._changelog is not None:
             self._changelog.look_up_ends([(tp.topic, tp.partition) for tp in partitions])

@@ -312,6 +312,32 @@ def test_a_ground_truth_outage_keeps_rows_and_offsets_until_the_table_answers(
     assert consumer.commits[-1] == [(JOIN, 0, 2)]
 
 
+def test_an_assignment_goes_on_when_the_recent_rows_cannot_be_read(
+    registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recently written ids are a shortcut: a table that cannot be read at an
+    assignment is logged, the partitions are assigned and joined all the same."""
+    from confluent_kafka import TopicPartition
+
+    from streamscore.feedback.groundtruth import GroundTruthUnavailableError
+
+    batch = [
+        FakeMessage(JOIN, 0, 0, prediction(registry, "e1"), key=b"e1", headers=kind(b"prediction")),
+        FakeMessage(JOIN, 0, 1, label(registry, "e1"), key=b"e1", headers=kind(b"label")),
+    ]
+    loop, consumer, _metrics, _dead = make_loop(registry, [batch], tmp_path)
+
+    def away() -> int:
+        raise GroundTruthUnavailableError("the rows of the table joined recently could not be read")
+
+    monkeypatch.setattr(loop.store, "refresh", away)
+    loop._on_assign(consumer, [TopicPartition(JOIN, 0)])
+    assert (JOIN, 0) in loop.join.partitions()
+    loop._handle(consumer.consume(10, 0.1))
+    loop.checkpoint()
+    assert [r["event_id"] for r in read_rows(str(tmp_path))] == ["e1"]
+
+
 def test_the_join_goes_on_while_a_checkpoint_is_in_flight(
     registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -215,6 +215,23 @@ def test_compaction_keeps_every_row_and_vacuum_respects_retention(tmp_path: Path
     assert e.value.version == v_before
 
 
+class _LoadedBeforeTheVacuum:
+    """A real table handle whose first update finds nothing new: the reader loaded its
+    version just before a compaction and a vacuum deleted that version's files."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.updates = 0
+
+    def update_incremental(self) -> None:
+        self.updates += 1
+        if self.updates > 1:
+            self.table.update_incremental()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+
 def test_a_read_whose_snapshot_is_vacuumed_under_it_reads_the_newer_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,36 +244,46 @@ def test_a_read_whose_snapshot_is_vacuumed_under_it_reads_the_newer_one(
     for k in range(4):
         s.append(row(f"e{k}", T0 + k))
         s.flush()
-    s.append_unmatched({"event_id": "u1", "label": 1.0, "observed_time": T0 + 9})
-    s.flush()
-    # a reader opens its snapshots, then a compaction and a vacuum delete their files
-    stale = {n: DeltaTable(str(tmp_path / n)) for n in ("rows", "unmatched")}
+    stale = DeltaTable(str(tmp_path / "rows"))  # loaded now, read after the vacuum
     for n in range(2):
         s.append(row(f"f{n}", T0 + 10 + n))
         s.flush()
     assert s.maintain(force=True).vacuumed >= 4
     with pytest.raises(FileNotFoundError):
-        stale["rows"].to_pyarrow_table()
-    real_open = groundtruth._open
-    handed: list[str] = []
+        stale.to_pyarrow_table()
 
-    def open_stale_first(settings: Any, name: str, version: int | None = None) -> Any:
-        if name not in handed:  # the first open of each table is the stale snapshot
-            handed.append(name)
-            return stale[name]
-        return real_open(settings, name, version)
-
-    monkeypatch.setattr(groundtruth, "_open", open_stale_first)
+    handle = _LoadedBeforeTheVacuum(stale)
+    monkeypatch.setattr(groundtruth, "_open", lambda *a, **k: handle)
     got = read_rows_at(str(tmp_path))
     assert [str(r["event_id"]) for r in got.rows] == [f"e{k}" for k in range(4)] + ["f0", "f1"]
-    assert got.version is not None and got.version > stale["rows"].version()
-    assert handed == ["rows"]
-    assert [u["event_id"] for u in read_unmatched(str(tmp_path))] == ["u1"]
+    assert handle.updates == 2 and got.version == DeltaTable(str(tmp_path / "rows")).version()
 
-    # a reader that keeps finding its files gone gives up with the typed error
-    monkeypatch.setattr(groundtruth, "_open", lambda *a, **k: stale["rows"])
-    with pytest.raises(GroundTruthUnavailableError, match="latest version"):
+    class AlwaysVacuumed(_LoadedBeforeTheVacuum):
+        def update_incremental(self) -> None:
+            self.updates += 1
+
+    stale = DeltaTable(str(tmp_path / "rows"))
+    s.append(row("g0", T0 + 20))
+    s.flush()
+    assert s.maintain(force=True).vacuumed >= 1
+    never = AlwaysVacuumed(stale)
+    monkeypatch.setattr(groundtruth, "_open", lambda *a, **k: never)
+    with pytest.raises(GroundTruthUnavailableError, match=r"not there \(5 attempts"):
         read_rows(str(tmp_path))
+    assert never.updates == groundtruth.MAX_READ_ATTEMPTS
+
+
+def test_refresh_says_when_the_table_cannot_be_read(tmp_path: Path) -> None:
+    import shutil
+
+    s = opened(tmp_path, wall_clock=lambda: T0 + 1000)
+    s.append(row("e1", T0))
+    s.flush()
+    assert s.refresh() == 1 and s.contains("e1")
+    shutil.rmtree(tmp_path / "rows" / f"{DATE_COLUMN}=2023-11-14")  # its files gone for good
+    with pytest.raises(GroundTruthUnavailableError, match="files that are not there"):
+        s.refresh()
+    assert s.contains("e1")  # what it knew stays
 
 
 def test_maintenance_follows_its_schedule(tmp_path: Path) -> None:
