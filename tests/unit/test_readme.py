@@ -117,3 +117,22 @@ def test_the_readme_notebook_snippet_reads_the_table(tmp_path: Path) -> None:
     version_12 = read_rows_at(str(tmp_path), version=12)
     assert scope["trained_on"].height == len(version_12.rows) == 12
     assert "model_version" in printed.getvalue() and "15" in printed.getvalue()
+
+
+def test_the_metrics_table_lists_every_series_and_only_those() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from streamscore.metrics.series import PREFIX, Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)  # every series of both kinds of process
+    exported = {family.name.removeprefix(f"{PREFIX}_") for family in registry.collect()}
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("### Metrics (prefix") : text.index("### Alerts")]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {
+        n.removesuffix("_total") for row in rows for n in re.findall(r"`([a-z0-9_]+)`", row)
+    }
+    assert len(exported) > 30
+    assert exported - documented == set()  # a series the README does not explain
+    assert documented - exported == set()  # a name the README shows that nothing exports
