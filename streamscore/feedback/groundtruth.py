@@ -102,6 +102,8 @@ META_COLUMNS = (
 
 #: commit conflicts (another writer, a compaction) re-run the merge this many times
 MAX_COMMIT_ATTEMPTS = 50
+#: a read of the latest version whose files a vacuum removed under it, this many times
+MAX_READ_ATTEMPTS = 5
 
 
 class GroundTruthUnavailableError(InfrastructureError):
@@ -567,7 +569,9 @@ class GroundTruthStore:
             return t.to_pyarrow_dataset().to_table(columns=[key, "joined_time"], filter=recent)
 
         try:
-            found = _scan_latest(self._rows.table, scan, self._rows.uri)
+            table = self._rows.table
+            table.update_incremental()
+            found = _scan_latest(table, scan, self._rows.uri)
         except (DeltaError, OSError) as exc:
             raise GroundTruthUnavailableError(
                 f"the rows of {self._rows.uri} joined recently could not be read: "
@@ -795,10 +799,6 @@ def read_table(
     return _read_snapshot(settings, ROWS, version, scan)
 
 
-#: a latest-version read that finds its files vacuumed under it re-reads this many times
-MAX_READ_ATTEMPTS = 5
-
-
 def _read_snapshot(
     settings: Location,
     name: str,
@@ -825,15 +825,16 @@ def _read_snapshot(
 
 
 def _scan_latest(table: DeltaTable, scan: Callable[[DeltaTable], pa.Table], where: str) -> pa.Table:
-    """``scan`` of the latest version of ``table``, brought up to date first.
+    """``scan`` of ``table``, just loaded at its latest version.
 
     A compaction followed by a vacuum can delete the files of the version a reader has
     just loaded (``retention_hours`` is how long old files stay, and it may be 0). The
     reader then loads the newer version and reads again, up to
-    :data:`MAX_READ_ATTEMPTS` times."""
+    :data:`MAX_READ_ATTEMPTS` times in all."""
     missing: FileNotFoundError | None = None
-    for _ in range(MAX_READ_ATTEMPTS):
-        table.update_incremental()
+    for attempt in range(MAX_READ_ATTEMPTS):
+        if attempt:
+            table.update_incremental()
         try:
             return scan(table)
         except FileNotFoundError as exc:
