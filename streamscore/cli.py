@@ -64,6 +64,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .cli_project import project_path, read_project
 from .core import redact
 from .core.config import (
     SHADOW_TOPIC_HELP,
@@ -84,8 +85,8 @@ from .core.config import (
     TopicSettings,
     topic_env_var,
 )
-from .core.errors import ConfigError, InfrastructureError, ProjectFileError, StreamscoreError
-from .core.project import CONFIG_ENV, ProjectFile, parse_project
+from .core.errors import ConfigError, InfrastructureError, StreamscoreError
+from .core.project import CONFIG_ENV, ProjectFile
 from .core.records import Role, Task
 from .core.redact import redact_urls
 from .core.stop import install_stop_signals
@@ -108,23 +109,6 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
         except OSError as exc:
             raise ConfigError(f"cannot read {name}_FILE at {path}: {exc.strerror}") from None
     return None
-
-
-def read_project(path: str) -> ProjectFile:
-    """The project file at ``path`` (``--config`` or ``STREAMSCORE_CONFIG``)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProjectFileError(f"cannot read it: {exc.strerror}", path=path) from None
-    except UnicodeDecodeError:
-        raise ProjectFileError("is not UTF-8 text", path=path) from None
-    return parse_project(text, path)
-
-
-def project_path(flag: str | None, env: Mapping[str, str]) -> str | None:
-    """The project file to read: ``--config`` wins over ``STREAMSCORE_CONFIG``; none is
-    read when neither names one."""
-    return flag or env.get(CONFIG_ENV) or None
 
 
 def settings_from_env(env: Mapping[str, str], project: ProjectFile | None = None) -> Env:

@@ -1,7 +1,9 @@
-"""``streamscore init`` and ``streamscore check``: the CLI glue of the project file's
-starter (:mod:`streamscore.features.infer`) and its check against the events schema
-(:mod:`streamscore.features.check`). Reads the schema (the registry's latest version of a
-subject, or an ``.avsc``) and a sample file; the logic is in those pure modules.
+"""The project file at the CLI: which file to read (:func:`project_path`) and reading it
+(:func:`read_project`); ``streamscore init`` and ``streamscore check``, the CLI glue of
+the project file's starter (:mod:`streamscore.features.infer`) and its check against the
+events schema (:mod:`streamscore.features.check`). Reads the schema (the registry's latest
+version of a subject, or an ``.avsc``) and a sample file; the logic is in those pure
+modules.
 """
 
 from __future__ import annotations
@@ -10,15 +12,39 @@ import argparse
 import csv
 import json
 import os
+from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from .core.config import Env
-from .core.errors import ConfigError, InfrastructureError, RegistryUnavailableError
+from .core.errors import (
+    ConfigError,
+    InfrastructureError,
+    ProjectFileError,
+    RegistryUnavailableError,
+)
+from .core.project import CONFIG_ENV, ProjectFile, parse_project
 
 #: rows read from a sample at most
 MAX_SAMPLE_ROWS = 100_000
+
+
+def read_project(path: str) -> ProjectFile:
+    """The project file at ``path`` (``--config`` or ``STREAMSCORE_CONFIG``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProjectFileError(f"cannot read it: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise ProjectFileError("is not UTF-8 text", path=path) from None
+    return parse_project(text, path)
+
+
+def project_path(flag: str | None, env: Mapping[str, str]) -> str | None:
+    """The project file to read: ``--config`` wins over ``STREAMSCORE_CONFIG``; none is
+    read when neither names one."""
+    return flag or env.get(CONFIG_ENV) or None
 
 
 def latest_record(env: Env, subject: str) -> tuple[dict[str, Any], str]:
@@ -112,7 +138,6 @@ def read_sample(path: str) -> list[dict[str, Any]]:
 
 
 def cmd_init(args: argparse.Namespace, env: Env) -> int:
-    from .core.project import parse_project
     from .features.infer import infer_project
 
     if bool(args.subject) == bool(args.avsc):
@@ -139,7 +164,6 @@ def cmd_init(args: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_check(args: argparse.Namespace, env: Env) -> int:
-    from .cli import project_path, read_project
     from .features.check import check
 
     path = project_path(args.config, os.environ)
