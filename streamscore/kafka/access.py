@@ -135,10 +135,10 @@ def check_access(
     :class:`MissingTopicError` names every one that does not (after the access errors,
     which say more). A cluster that does not answer within ``timeout_s`` is left to the
     process's own retries."""
-    from .clients import admin_config
-
     errors: list[KafkaError] = []
-    conf = admin_config(kafka)
+    # an admin client's properties, as clients.admin_config gives them (clients imports
+    # delivery, which imports this module)
+    conf = kafka.config("admin")
     conf["error_cb"] = errors.append
     conf.setdefault("log_level", 0)  # the error callback says it once, clearly
     admin = AdminClient(conf)
