@@ -15,18 +15,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ..core.config import KafkaSettings
 from ..core.errors import KafkaIOError, StateStoreError
-from ..feedback.state import META, PartitionState
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+#: a changelog record read back: (offset, key, value; None: a tombstone)
+Record = tuple[int, bytes | None, bytes | None]
+
+
+class _Position(Protocol):
+    changelog_offset: int  # the last changelog offset the store has applied (-1: none)
+
+
+class Restorable(Protocol):
+    """A store a changelog partition restores (the feedback join's
+    :class:`~streamscore.feedback.state.PartitionState`)."""
+
+    @property
+    def meta(self) -> _Position: ...
+
+    def restore(self, records: Iterable[Record]) -> int:
+        """Apply ``records`` (in offset order) and record the last offset; how many."""
+        ...
+
 
 #: errors of a watermark lookup while a partition's leadership moves (retried)
 _MOVING = frozenset(
@@ -133,7 +151,8 @@ class Changelog:
         group_metadata: Any,
     ) -> dict[TP, int]:
         """One transaction: every partition's changes, then the consumer's offsets.
-        Returns the changelog offset of each partition's last record (its meta)."""
+        Each partition's records end with the one whose offset is its position (the
+        join state's meta record); returns that offset for each partition."""
         p = self._p
         last: dict[TP, int] = {}
         failed: list[KafkaError] = []
@@ -149,8 +168,9 @@ class Changelog:
             n = 0
             for tp, recs in changes.items():
                 topic = changelog_topic_for(tp[0])
-                for key, value in recs:
-                    cb = (lambda e, m, tp=tp: delivered(e, m, tp)) if key == META else None
+                last_i = len(recs) - 1
+                for i, (key, value) in enumerate(recs):
+                    cb = (lambda e, m, tp=tp: delivered(e, m, tp)) if i == last_i else None
                     while True:
                         try:
                             p.produce(topic, value, key, partition=tp[1], on_delivery=cb)
@@ -222,7 +242,7 @@ class Changelog:
                 time.sleep(delay)
                 delay = min(2 * delay, 1.0)
 
-    def restore(self, state: PartitionState, join_topic: str, partition: int) -> int:
+    def restore(self, state: Restorable, join_topic: str, partition: int) -> int:
         """Bring ``state`` up to the end of its changelog partition; returns the number of
         records applied. A local store ahead of the changelog (a topic recreated) is an
         error: the caller wipes it and restores from scratch."""
@@ -247,7 +267,7 @@ class Changelog:
             with contextlib.suppress(KafkaException):
                 c.unassign()
 
-    def _records(self, c: Any, hi: int) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+    def _records(self, c: Any, hi: int) -> Iterator[Record]:
         deadline = time.monotonic() + self._restore_timeout
         while time.monotonic() < deadline:
             # a short wait: consume() returns when the batch is full or the wait is over,
