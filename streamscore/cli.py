@@ -523,7 +523,9 @@ def _bundle_bytes(args: argparse.Namespace, env: Env, version: Callable[[], int]
         assert recipe is not None
         labels = getattr(project, "labels", None)
         task = Task(args.task) if args.task else labels.task.task if labels else None
-        bundle = build.bundle_from_recipe(
+        from .train.recipe import bundle_from_recipe
+
+        bundle = bundle_from_recipe(
             recipe,
             _features(args, project),
             data,

@@ -13,18 +13,15 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..core.errors import ConfigError
-from ..core.records import FeatureKind, FeatureSpec, MissingPolicy, Task
+from ..core.records import FeatureKind, FeatureSpec, MissingPolicy
 from .container import Bundle
 from .convert import build_bundle
 from .onnx_import import OnnxModelSpec
-
-if TYPE_CHECKING:
-    from ..train.recipe import ModelRecipe
 
 
 def load_spec(path: Path) -> FeatureSpec:
@@ -146,46 +143,6 @@ def load_labelled(path: Path, spec: FeatureSpec, label: str) -> tuple[np.ndarray
             raise ConfigError(f"{path} has no label column {label!r}")
         y = np.asarray([r[label] for r in reader], dtype=np.str_)
     return load_matrix(path, spec), y
-
-
-def bundle_from_recipe(
-    recipe: ModelRecipe,
-    spec: FeatureSpec,
-    data_path: Path,
-    *,
-    label: str,
-    task: Task | None,
-    name: str,
-    version: int,
-) -> Bundle:
-    """Run the training recipe on a labelled CSV and convert what it made. Without a
-    ``task``, an estimator class's own kind decides (classifier or regressor)."""
-    from sklearn.base import is_classifier
-
-    from ..train.recipe import fit_recipe, make_estimator
-
-    x, y = load_labelled(data_path, spec, label)
-    if task is None:
-        if recipe.estimator is None:
-            raise ConfigError("a fit function needs the task: --task or [labels] task")
-        clf = is_classifier(make_estimator(recipe.estimator, recipe.params))
-        task = Task.CLASSIFICATION if clf else Task.REGRESSION
-    if task is Task.REGRESSION:
-        try:
-            y = y.astype(np.float64)
-        except ValueError as exc:
-            raise ConfigError(f"{data_path}: regression labels must be numbers: {exc}") from None
-    fitted = fit_recipe(recipe, x, y, spec, task, label=label)
-    return build_bundle(
-        fitted.estimator,
-        name=name,
-        version=version,
-        feature_spec=spec,
-        X_train=x,
-        X_reference=x[-min(len(x), 1000) :],
-        created_at_ms=int(time.time() * 1000),
-        classes=fitted.classes,
-    )
 
 
 def bundle_from_onnx_file(

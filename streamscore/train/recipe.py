@@ -47,17 +47,22 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..core.errors import ConfigError
 from ..core.records import FeatureKind, FeatureSpec, Task
+
+if TYPE_CHECKING:
+    from ..models.container import Bundle
 
 __all__ = [
     "LABEL_COLUMN",
@@ -396,3 +401,45 @@ def recipe_from(
     if configured is None:
         return None
     return ModelRecipe.of(configured)
+
+
+def bundle_from_recipe(
+    recipe: ModelRecipe,
+    spec: FeatureSpec,
+    data_path: Path,
+    *,
+    label: str,
+    task: Task | None,
+    name: str,
+    version: int,
+) -> Bundle:
+    """Run the training recipe on a labelled CSV (``model publish --data``) and convert
+    what it made. Without a ``task``, an estimator class's own kind decides (classifier
+    or regressor)."""
+    from sklearn.base import is_classifier
+
+    from ..models.build import load_labelled
+    from ..models.convert import build_bundle
+
+    x, y = load_labelled(data_path, spec, label)
+    if task is None:
+        if recipe.estimator is None:
+            raise ConfigError("a fit function needs the task: --task or [labels] task")
+        clf = is_classifier(make_estimator(recipe.estimator, recipe.params))
+        task = Task.CLASSIFICATION if clf else Task.REGRESSION
+    if task is Task.REGRESSION:
+        try:
+            y = y.astype(np.float64)
+        except ValueError as exc:
+            raise ConfigError(f"{data_path}: regression labels must be numbers: {exc}") from None
+    fitted = fit_recipe(recipe, x, y, spec, task, label=label)
+    return build_bundle(
+        fitted.estimator,
+        name=name,
+        version=version,
+        feature_spec=spec,
+        X_train=x,
+        X_reference=x[-min(len(x), 1000) :],
+        created_at_ms=int(time.time() * 1000),
+        classes=fitted.classes,
+    )
