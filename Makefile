@@ -26,13 +26,13 @@ prometheus: ## Install Debian's prometheus + promtool if missing (the rule tests
 demo: install ## Run the main job on the local cluster (starts it if needed)
 	$(VENV)/bin/streamscore demo
 
-test: install prometheus ## Run the whole suite: unit tests, then integration tests on a real cluster
-	$(PY) -m pytest tests
+test: install prometheus ## Run the whole suite: unit tests, then integration tests on real servers
+	$(PY) -m pytest tests/unit tests/integration
 
 test-unit: $(STAMP) prometheus ## Unit tests only (no broker)
 	$(PY) -m pytest tests/unit
 
-test-integration: install ## Integration tests only (real Kafka + registry)
+test-integration: install ## Integration tests only (real Kafka, registry and S3 API server)
 	$(PY) -m pytest tests/integration
 
 bench: install ## Throughput / latency / memory benchmark on the local cluster
@@ -49,13 +49,13 @@ lint: $(STAMP) ## ruff + mypy
 typecheck: $(STAMP) ## mypy only
 	$(VENV)/bin/mypy
 
-cluster-up: install ## Start the local Kafka (KRaft) + Apicurio Registry on loopback
+cluster-up: install ## Start the local Kafka (KRaft), Apicurio Registry and S3Proxy on loopback
 	$(VENV)/bin/streamscore cluster up
 
 cluster-down: $(STAMP) ## Stop the local cluster (its data stays)
 	$(VENV)/bin/streamscore cluster down
 
-cluster-reset: $(STAMP) ## Stop the local cluster and wipe its broker data and registry store
+cluster-reset: $(STAMP) ## Stop the local cluster and wipe its broker data and registry store (S3Proxy buckets kept)
 	$(VENV)/bin/streamscore cluster reset
 
 cluster-status: $(STAMP) ## Show whether the local cluster is running
