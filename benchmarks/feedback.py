@@ -37,6 +37,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from benchmarks.measure import machine_jiffies, proc_cpu_s, proc_mem_kb
 from streamscore.cli import settings_from_env
 from streamscore.core.config import TopicSettings
 from streamscore.dev.supervise import group_settled
@@ -97,12 +98,33 @@ def checkpoint_steps(port: int) -> dict[str, list[float]]:
 def rss_mb(pid: int) -> float | None:
     """The process's peak RSS (VmHWM), MB."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+        return round(proc_mem_kb(pid)["VmHWM"] / 1024, 1)
+    except (OSError, KeyError):
+        return None
+
+
+def usage(pids: list[int]) -> tuple[float, tuple[int, int]]:
+    """The CPU seconds the processes have used (their threads included), and the
+    machine's (all, idle) jiffies: two readings give CPU per label and how busy the
+    machine was in between."""
+    return sum(proc_cpu_s(p) for p in pids), machine_jiffies()
+
+
+def between(
+    start: tuple[float, tuple[int, int]], end: tuple[float, tuple[int, int]], n: int
+) -> dict[str, float]:
+    """What two :func:`usage` readings say: the workers' CPU seconds, their CPU
+    milliseconds per 1,000 labels, and the machine's busy cores (the broker and the
+    bench included) over the same time."""
+    cpu = end[0] - start[0]
+    all_j = end[1][0] - start[1][0]
+    idle_j = end[1][1] - start[1][1]
+    busy = (1 - idle_j / all_j) * (os.cpu_count() or 1) if all_j > 0 else 0.0
+    return {
+        "worker_cpu_s": round(cpu, 2),
+        "cpu_ms_per_1k_labels": round(cpu * 1e6 / n, 1),
+        "machine_busy_cores": round(busy, 2),
+    }
 
 
 def prediction(eid: str, key: str, t_ms: int, i: int) -> dict[str, Any]:
@@ -282,6 +304,8 @@ class FeedbackBench:
         procs: list[WorkerProcess] = []
         spy: subprocess.Popen[bytes] | None = None
         t0: float | None = None
+        at_t0: tuple[float, tuple[int, int]] | None = None  # usage() when the clock starts
+        at_done: tuple[float, tuple[int, int]] | None = None  # ... and when it stops
         if backlog:
             self.fill(n)
         try:
@@ -301,6 +325,7 @@ class FeedbackBench:
                 )
                 self.wait_settled(group, [join_topic_for(group)], k, 120)
                 t0 = time.monotonic()
+                at_t0 = usage([w.proc.pid for w in procs])
                 self.fill(n)
             done_t = None
             deadline = time.monotonic() + timeout_s
@@ -313,12 +338,14 @@ class FeedbackBench:
                 now = time.monotonic()
                 if t0 is None and total > 0:
                     t0 = now
+                    at_t0 = usage([w.proc.pid for w in procs])
                 if total >= n:
                     done_t = now
+                    at_done = usage([w.proc.pid for w in procs])
                     break
                 time.sleep(_next_look(last, now, total, n))
                 last = (now, total)
-            if done_t is None or t0 is None:
+            if done_t is None or t0 is None or at_t0 is None or at_done is None:
                 raise RuntimeError(f"{k} worker(s) did not join {n:,} labels in {timeout_s}s")
             per_worker = [joined(w.metrics_port) for w in procs]
             rss = [rss_mb(w.proc.pid) for w in procs]
@@ -343,6 +370,7 @@ class FeedbackBench:
             "labels_per_s": round(n / (done_t - t0)),
             "start_to_first_join_s": round(t0 - t_start, 2) if backlog else None,
             "joined_per_worker": per_worker,
+            **between(at_t0, at_done, n),
             "rss_mb": rss,
             "checkpoint_steps": steps,
             "rows": len(rows),
@@ -599,14 +627,17 @@ def main(argv: list[str] | None = None) -> int:
         if started and cluster is not None:
             cluster.down()
     print()
-    print("| workers | mode | labels | labels/s | seconds | joined per worker | peak RSS MB "
-          "| store rows / unique |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| workers | mode | labels | labels/s | seconds | worker CPU ms / 1k labels "
+        "| machine busy cores | joined per worker | peak RSS MB | store rows / unique |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         shares = " / ".join(f"{x:,.0f}" for x in r["joined_per_worker"])
         print(
             f"| {r['workers']} | {r['mode']} | {r['labels']:,} | {r['labels_per_s']:,} "
-            f"| {r['total_s']} | {shares} | {r['rss_mb']} | {r['rows']:,} / {r['rows_unique']:,} |"
+            f"| {r['total_s']} | {r['cpu_ms_per_1k_labels']} | {r['machine_busy_cores']} "
+            f"| {shares} | {r['rss_mb']} | {r['rows']:,} / {r['rows_unique']:,} |"
         )
     for k in counts:
         for mode in modes:
@@ -614,8 +645,14 @@ def main(argv: list[str] | None = None) -> int:
                 r["labels_per_s"] for r in results if (r["workers"], r["mode"]) == (k, mode)
             )
             if rates:
+                cpu = sorted(
+                    r["cpu_ms_per_1k_labels"]
+                    for r in results
+                    if (r["workers"], r["mode"]) == (k, mode)
+                )
                 print(
-                    f"median {k} worker(s) {mode}: {statistics.median(rates):,.0f} labels/s {rates}"
+                    f"median {k} worker(s) {mode}: {statistics.median(rates):,.0f} labels/s "
+                    f"{rates}; {statistics.median(cpu)} worker CPU ms per 1k labels {cpu}"
                 )
     host = {
         "cpus": os.cpu_count(),
