@@ -52,16 +52,26 @@ from tests.processes import WorkerProcess, launch, sample, worker_env
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
 
 
-def joined(port: int) -> float:
+PENDING_LABELS = 'streamscore_feedback_pending{side="label"}'
+
+
+def look(port: int) -> tuple[float, float]:
+    """The worker's labels joined so far, and its labels waiting for their prediction."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
+    found = {JOINED: 0.0, PENDING_LABELS: 0.0}
     for line in text.splitlines():
-        if line.startswith(JOINED):
-            return float(line.split()[-1])
-    return 0.0
+        for name in found:
+            if line.startswith(name):
+                found[name] = float(line.split()[-1])
+    return found[JOINED], found[PENDING_LABELS]
+
+
+def joined(port: int) -> float:
+    return look(port)[0]
 
 
 def _next_look(last: tuple[float, float] | None, now: float, total: float, n: int) -> float:
@@ -306,6 +316,7 @@ class FeedbackBench:
         t0: float | None = None
         at_t0: tuple[float, tuple[int, int]] | None = None  # usage() when the clock starts
         at_done: tuple[float, tuple[int, int]] | None = None  # ... and when it stops
+        peak_pending = 0.0  # labels waiting for their prediction, at the looks
         if backlog:
             self.fill(n)
         try:
@@ -334,7 +345,9 @@ class FeedbackBench:
                 for w in procs:
                     if w.proc.poll() is not None:
                         raise RuntimeError(f"a feedback worker exited {w.proc.returncode}")
-                total = sum(joined(w.metrics_port) for w in procs)
+                looks = [look(w.metrics_port) for w in procs]
+                total = sum(j for j, _ in looks)
+                peak_pending = max(peak_pending, sum(p for _, p in looks))
                 now = time.monotonic()
                 if t0 is None and total > 0:
                     t0 = now
@@ -371,6 +384,7 @@ class FeedbackBench:
             "start_to_first_join_s": round(t0 - t_start, 2) if backlog else None,
             "joined_per_worker": per_worker,
             **between(at_t0, at_done, n),
+            "peak_pending_labels": int(peak_pending),
             "rss_mb": rss,
             "checkpoint_steps": steps,
             "rows": len(rows),
