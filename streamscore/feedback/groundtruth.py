@@ -630,18 +630,22 @@ class GroundTruthStore:
         return True
 
     def append_unmatched(self, label: Mapping[str, Any]) -> bool:
-        """Buffer an unmatched label (feedback record); False when already buffered."""
+        """Buffer an unmatched label (feedback record); False when already buffered, or
+        when its event has a row buffered or known written recently (:meth:`contains`:
+        a label re-read after a restart or a rebalance, whose row a worker wrote before).
+        A label for an event whose row was joined longer ago than ``recent_ms`` is kept
+        as unmatched: looking for its row would read the id column of the whole table,
+        every checkpoint."""
         self._check_open()
         eid = str(label["event_id"])
-        if eid in self._buf_unmatched:
+        if eid in self._buf_unmatched or eid in self._buf or eid in self._recent:
             return False
         self._buf_unmatched[eid] = dict(label)
         return True
 
     def flush(self) -> FlushReport:
-        """Merge every buffered row into its table; durable when this returns. An
-        unmatched label whose event has a row (written before a restart) is not kept
-        as unmatched. Raises (the table away) with the rows still buffered."""
+        """Merge every buffered row into its table; durable when this returns. Raises
+        (the table away) with the rows still buffered."""
         batch = self.seal()
         try:
             report = self.write(batch)
@@ -667,11 +671,9 @@ class GroundTruthStore:
         if batch.rows:
             inserted = self._rows.merge(rows_to_arrow(list(batch.rows.values()), self.fields))
         if batch.unmatched:
-            have = self._ids_in_rows(list(batch.unmatched))
-            labels = [v for k, v in batch.unmatched.items() if k not in have]
+            labels = list(batch.unmatched.values())
             unmatched = len(labels)
-            if labels:
-                u_inserted = self._unmatched.merge(unmatched_to_arrow(labels, self.fields))
+            u_inserted = self._unmatched.merge(unmatched_to_arrow(labels, self.fields))
         return FlushReport(rows, inserted, unmatched, u_inserted)
 
     def written(self, batch: Sealed) -> None:
@@ -684,15 +686,6 @@ class GroundTruthStore:
         next merge)."""
         self._buf = {**batch.rows, **self._buf}
         self._buf_unmatched = {**batch.unmatched, **self._buf_unmatched}
-
-    def _ids_in_rows(self, ids: list[str]) -> set[str]:
-        import pyarrow.compute as pc
-
-        table = self._rows.table
-        table.update_incremental()
-        key = self.fields.id_field
-        found = table.to_pyarrow_dataset().to_table(columns=[key], filter=pc.field(key).isin(ids))
-        return {str(x) for x in found.column(key).to_pylist()}
 
     # ----------------------------------------------------------------- upkeep
 

@@ -171,20 +171,34 @@ def test_two_writers_on_one_table_write_each_row_once(tmp_path: Path) -> None:
 
 
 def test_unmatched_labels_are_kept_once_and_not_when_a_row_exists(tmp_path: Path) -> None:
-    s = opened(tmp_path)
+    now = [T0 + 1000]  # the wall clock: rows are joined at T0 + 600
+    s = opened(tmp_path, wall_clock=lambda: now[0])
     s.append(row("joined", T0))
+    s.append(row("buffered", T0 + 1))
+    assert not s.append_unmatched({"event_id": "buffered", "label": 1.0, "observed_time": T0})
     s.flush()
     lab = {"event_id": "nope", "label": 3.5, "observed_time": T0 + 5}
     assert s.append_unmatched(lab)
     assert not s.append_unmatched(lab)
     # a label re-read after a restart whose row was written before: not unmatched
-    s.append_unmatched({"event_id": "joined", "label": 1.0, "observed_time": T0 + 7})
+    assert not s.append_unmatched({"event_id": "joined", "label": 1.0, "observed_time": T0 + 7})
     s.flush()
-    s2 = opened(tmp_path)
+    s2 = opened(tmp_path, wall_clock=lambda: now[0])
+    assert s2.refresh() == 2  # another worker, or after a restart: the recent rows known
+    assert not s2.append_unmatched({"event_id": "joined", "label": 1.0, "observed_time": T0})
     s2.append_unmatched(lab)  # again after a restart: the table keeps one
     s2.flush()
     assert read_unmatched(str(tmp_path)) == [lab]
-    assert ids(tmp_path) == ["joined"]
+    assert ids(tmp_path) == ["joined", "buffered"]
+    # a label for an event whose row was joined longer ago than recent_ms: kept
+    now[0] = T0 + 700 + s2.recent_ms  # both rows joined more than recent_ms ago
+    s3 = opened(tmp_path, wall_clock=lambda: now[0])
+    assert s3.refresh() == 0
+    late = {"event_id": "joined", "label": 2.0, "observed_time": now[0]}
+    assert s3.append_unmatched(late)
+    assert s3.flush().unmatched == 1
+    assert [u["event_id"] for u in read_unmatched(str(tmp_path))] == ["nope", "joined"]
+    assert ids(tmp_path) == ["joined", "buffered"]
 
 
 def test_compaction_keeps_every_row_and_vacuum_respects_retention(tmp_path: Path) -> None:
