@@ -1,6 +1,7 @@
-"""The package's layout holds as the README draws it: each package imports only the
-packages above it (read top to bottom: ``core/`` first, ``dev/`` last, the command line
-on top), and the pure core never imports the Kafka client."""
+"""The package's layout holds as the README draws it: its layout table names every module
+of each package, each package imports only the packages above it (read top to bottom:
+``core/`` first, ``dev/`` last, the command line on top), and the pure core never imports
+the Kafka client."""
 
 from __future__ import annotations
 
@@ -26,10 +27,17 @@ PURE_MODULES = (
 PURE_PACKAGES = ("core", "metrics", "features")
 
 
+def packages() -> list[str]:
+    return sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+
+
+def readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
 def readme_order() -> list[str]:
     """The order the README gives: `core/` → `metrics/` → ... → `cli.py`."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    m = re.search(r"each package imports only packages above it \(([^)]*)\)", text)
+    m = re.search(r"each package imports only packages above it \(([^)]*)\)", readme())
     assert m is not None, "the README's sentence on the import order moved"
     return re.findall(r"`([a-z_]+)/`", m.group(1))
 
@@ -55,10 +63,23 @@ def imports_of(source: str, package: str) -> list[tuple[int, str]]:
     return out
 
 
+def test_the_layout_table_names_every_module_of_each_package() -> None:
+    rows = {
+        m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z]+)/` \| (.*) \|$", readme(), re.M)
+    }
+    assert sorted(rows) == packages()
+    unnamed = [
+        f"{folder}/{py.stem}"
+        for folder in packages()
+        for py in sorted((PACKAGE / folder).glob("*.py"))
+        if py.stem != "__init__" and f"`{py.stem}`" not in rows[folder]
+    ]
+    assert unnamed == []
+
+
 def test_each_package_imports_only_the_packages_above_it() -> None:
     order = readme_order()
-    packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
-    assert sorted(order) == packages
+    assert sorted(order) == packages()
     rank = {name: i for i, name in enumerate(order)}
     upward = []
     for name in order:

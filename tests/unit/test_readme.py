@@ -136,18 +136,3 @@ def test_the_metrics_table_lists_every_series_and_only_those() -> None:
     assert len(exported) > 30
     assert exported - documented == set()  # a series the README does not explain
     assert documented - exported == set()  # a name the README shows that nothing exports
-
-
-def test_the_layout_table_names_every_module_of_each_package() -> None:
-    package = Path(__file__).resolve().parents[2] / "streamscore"
-    text = README.read_text(encoding="utf-8")
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z]+)/` \| (.*) \|$", text, re.M)}
-    folders = sorted(p.name for p in package.iterdir() if (p / "__init__.py").exists())
-    assert sorted(rows) == folders
-    unnamed = [
-        f"{folder}/{py.stem}"
-        for folder in folders
-        for py in sorted((package / folder).glob("*.py"))
-        if py.stem != "__init__" and f"`{py.stem}`" not in rows[folder]
-    ]
-    assert unnamed == []
