@@ -16,16 +16,25 @@ seconds, labels per CPU second, checkpoint count, and the rows the table holds; 
 ``--repeat``, the run that took the least CPU (interference on a shared machine only
 adds to it).
 ``--profile``: a cProfile of the drain, top functions by cumulative time.
+``--instructions``: the run again under valgrind's callgrind, counting the instructions
+of the drain only (every thread: the checkpoint thread and the table writer's own
+included), reported per label. Unlike CPU seconds on a shared machine, the count is the
+same from run to run for the same code and inputs, so two trees can be compared by one
+run each (it takes ~50 times as long: use a few thousand labels).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
 import json
+import os
 import pstats
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +56,66 @@ from tests.unit.kafka_fakes import FakeConsumer, FakeMessage, feedback_loop
 
 JOIN = "bench.join"
 PARTITIONS = 4
+#: set in the child run under callgrind: where to build the toggle library
+_CALLGRIND_ENV = "STREAMSCORE_BENCH_CALLGRIND"
+_TOGGLE_C = """
+#include <valgrind/callgrind.h>
+void streamscore_cg_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void streamscore_cg_stop(void) { CALLGRIND_STOP_INSTRUMENTATION; CALLGRIND_DUMP_STATS; }
+"""
+
+
+class _Counting:
+    """Callgrind's instrumentation switched on around the drain (a no-op outside it)."""
+
+    def __init__(self) -> None:
+        self._lib: Any = None
+        where = os.environ.get(_CALLGRIND_ENV)
+        if where:
+            src, so = Path(where) / "toggle.c", Path(where) / "toggle.so"
+            src.write_text(_TOGGLE_C)
+            subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(so), str(src)], check=True)
+            self._lib = ctypes.CDLL(str(so))
+
+    def __enter__(self) -> None:
+        if self._lib is not None:
+            self._lib.streamscore_cg_start()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._lib is not None:
+            self._lib.streamscore_cg_stop()
+
+
+def count_instructions(argv: list[str]) -> dict[str, Any]:
+    """This bench run again under callgrind (instrumented around the drain only); the
+    drain's instructions, from the dump its end writes."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    if not Path("/usr/include/valgrind/callgrind.h").exists():
+        raise SystemExit("--instructions needs valgrind's headers (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="fb-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={out}", sys.executable, "-m", "benchmarks.feedback_hotpath",
+            *argv,
+        ]  # fmt: skip
+        env = {**os.environ, _CALLGRIND_ENV: tmp}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"the run under callgrind failed:\n{done.stderr[-2000:]}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        dumps = sorted(Path(tmp).glob("callgrind.out*"))
+        counts = [_dumped_instructions(d) for d in dumps]
+    result["instructions"] = max(counts)  # the dump at the drain's end
+    return result
+
+
+def _dumped_instructions(path: Path) -> int:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return 0
 
 
 def messages(n: int, seed: int = 7, lead: int = 0) -> tuple[list[list[FakeMessage]], Any]:
@@ -100,7 +169,14 @@ def batches(parts: list[list[FakeMessage]], size: int) -> list[list[FakeMessage]
     return out
 
 
-def run(n: int, batch: int, profile: str | None, workdir: Path, lead: int = 0) -> dict[str, Any]:
+def run(
+    n: int,
+    batch: int,
+    profile: str | None,
+    workdir: Path,
+    lead: int = 0,
+    checkpoint_s: float = 5.0,
+) -> dict[str, Any]:
     parts, reg = messages(n, lead=lead)
     todo = batches(parts, batch)
     relax_gc()
@@ -118,7 +194,7 @@ def run(n: int, batch: int, profile: str | None, workdir: Path, lead: int = 0) -
         window_ms=3_600_000,
         heads=True,
         state_dir=workdir / "state",
-        checkpoint_s=5.0,
+        checkpoint_s=checkpoint_s,
         batch_size=batch,
     )
     loop._on_assign(consumer, [TopicPartition(JOIN, p) for p in range(PARTITIONS)])
@@ -126,12 +202,13 @@ def run(n: int, batch: int, profile: str | None, workdir: Path, lead: int = 0) -
     t0, c0 = time.perf_counter(), time.process_time()
     if prof is not None:
         prof.enable()
-    stats = loop.run()
+    with _Counting():
+        stats = loop.run()
     if prof is not None:
         prof.disable()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rows = read_rows(workdir / "gt")
-    if prof is not None:
+    if prof is not None and profile is not None:
         prof.dump_stats(profile)
         pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
     return {
@@ -157,16 +234,44 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="labels this many messages before their predictions (a backlog's order)",
     )
+    ap.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=5.0,
+        help="checkpoint interval (inf: only when the changes or rows held call for one)",
+    )
     ap.add_argument("--profile", default=None, help="write a cProfile here, print its top")
     ap.add_argument(
         "--repeat", type=int, default=1, help="runs; the least CPU is reported (noise adds)"
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the drain's instructions under callgrind (one run; repeatable)",
+    )
     args = ap.parse_args(argv)
+    if args.instructions:
+        # by count only: under callgrind a run takes ~50 times as long, and checkpoints
+        # by the clock would come more often than in a plain run
+        rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--instructions"]
+        r = count_instructions([*rest, "--repeat", "1", "--checkpoint-s", "inf"])
+        r["instructions_per_label"] = round(r["instructions"] / args.labels)
+        print(json.dumps(r))
+        return 0 if r["rows"] == r["rows_unique"] == args.labels else 1
     runs = []
     for _ in range(args.repeat):
         workdir = Path(tempfile.mkdtemp(prefix="fb-hotpath-"))
         try:
-            runs.append(run(args.labels, args.batch, args.profile, workdir, args.label_lead))
+            runs.append(
+                run(
+                    args.labels,
+                    args.batch,
+                    args.profile,
+                    workdir,
+                    args.label_lead,
+                    args.checkpoint_s,
+                )
+            )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     r = min(runs, key=lambda x: x["cpu_s"])
