@@ -313,6 +313,77 @@ class Feedback:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinedRow:
+    """One ground-truth row as the feedback join makes it: the label, the prediction
+    whose event it answers (the answering one, primary or canary; or a shadow when the
+    label met only shadows: then the row carries no model output), and the versions of
+    the shadow models that scored the event too. The ground-truth writer turns a batch
+    of them into the table's columns at once (no dict per row)."""
+
+    label: Feedback
+    prediction: Prediction
+    joined_time_ms: int
+    #: role -> model version of the other (non-answering) predictions of the event
+    shadow_versions: Mapping[str, int]
+
+    @property
+    def event_id(self) -> str:
+        return self.label.event_id
+
+    @property
+    def answered(self) -> bool:
+        """True when ``prediction`` is the answer (its model's output is the row's)."""
+        return self.prediction.role is not _SHADOW
+
+
+def raw_input_columns(preds: Sequence[Prediction]) -> dict[str, list[Any]]:
+    """What :meth:`Prediction.raw_inputs` gives for each prediction, column-wise: every
+    raw field's values over ``preds`` (None where a prediction has no such field), in
+    order of first appearance. Predictions that share their feature names (the usual
+    batch: one model) have their features transposed at once."""
+    n = len(preds)
+    cols: dict[str, list[Any]] = {}
+    # by names and count: a vector shorter than its names reads as raw_inputs reads it
+    groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+    for i, p in enumerate(preds):
+        group = (p.feature_names, len(p.features))
+        g = groups.get(group)
+        if g is None:
+            groups[group] = [i]
+        else:
+            g.append(i)
+    for (names, _count), rows in groups.items():
+        if not names:
+            continue
+        whole = len(rows) == n
+        vectors = [preds[i].features for i in rows]
+        for name, values in zip(names, zip(*vectors, strict=False), strict=False):
+            vals: list[Any] = list(values)
+            total = sum(vals)  # NaN when any is NaN: then look (as raw_inputs does)
+            if total != total:
+                vals = [None if isinstance(v, float) and math.isnan(v) else v for v in vals]
+            col = cols.get(name)
+            if col is None and whole:
+                cols[name] = vals
+                continue
+            if col is None:
+                col = cols[name] = [None] * n
+            for i, v in zip(rows, vals, strict=True):
+                col[i] = v
+    for i, p in enumerate(preds):
+        if not p.inputs:
+            continue
+        for k, v in p.inputs.items():
+            if k in _NOT_INPUTS:
+                continue
+            col = cols.get(k)
+            if col is None:
+                col = cols[k] = [None] * n
+            col[i] = v
+    return cols
+
+
+@dataclass(frozen=True, slots=True)
 class StageTimings:
     decode_s: float = 0.0
     validate_s: float = 0.0
@@ -377,3 +448,4 @@ def _millis(v: Any) -> int:
 #: positional constructors of the records the feedback join builds per label
 _make_prediction = positional_maker(Prediction)
 make_feedback = positional_maker(Feedback)
+make_joined_row = positional_maker(JoinedRow)

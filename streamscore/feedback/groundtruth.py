@@ -60,13 +60,23 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.config import GroundTruthSettings
 from ..core.errors import ConfigError, InfrastructureError, StreamscoreError
-from ..core.records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
+from ..core.records import (
+    EVENT_ID_FIELD,
+    EVENT_TIME_FIELD,
+    FeatureSpec,
+    JoinedRow,
+    Prediction,
+    Role,
+    Task,
+    raw_input_columns,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -231,64 +241,49 @@ def _as_text(v: Any) -> str:
     return str(v)
 
 
-def _score(row: Mapping[str, Any]) -> float | None:
-    probs = row.get("probabilities") or ()
+def _top(probs: Sequence[float]) -> float | None:
     return float(max(probs)) if probs else None
 
 
-def _inputs_of(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The event's raw fields of a join row: the scored features by name (NaN as
-    None), overlaid with ``inputs`` (what the scored vector does not hold as it was).
-    A row whose ``inputs`` names every feature already (``join.build_row``'s) is its
-    own answer: nothing to build."""
-    inputs = row.get("inputs") or {}
-    names = row.get("feature_names") or ()
-    if all(n in inputs for n in names):
-        return dict(inputs)
-    raw = {
-        n: (None if isinstance(v, float) and math.isnan(v) else v)
-        for n, v in zip(row.get("feature_names") or (), row.get("features") or (), strict=False)
-    }
-    raw.update(row.get("inputs") or {})
-    return raw
-
-
-def rows_to_arrow(rows: Sequence[Mapping[str, Any]], fields: RowFields) -> pa.Table:
-    """Join rows (:func:`streamscore.feedback.join.build_row` records) as an Arrow
-    table in the user's names (module doc)."""
+def rows_to_arrow(rows: Sequence[JoinedRow], fields: RowFields) -> pa.Table:
+    """Join rows (:class:`~streamscore.core.records.JoinedRow`) as an Arrow table in the
+    user's names (module doc), built column by column. A row answered by a shadow only
+    carries no model output (name, version, value, label, probabilities)."""
     import pyarrow as pa
 
-    inputs = [_inputs_of(r) for r in rows]
-    names: dict[str, None] = {}
-    for inp in inputs:
-        names.update(dict.fromkeys(inp))
-    event_ms = [int(r["event_time"]) for r in rows]
+    preds = [r.prediction for r in rows]
+    labels = [r.label for r in rows]
+    answered = [p.role is not Role.SHADOW for p in preds]
+    event_ms = [p.event_time_ms for p in preds]
+
+    def model_output(
+        get: Callable[[Prediction], Any], kind: pa.DataType, none: Any = None
+    ) -> pa.Array:
+        """What the answering predictions said (``none`` in a row a shadow answers)."""
+        return pa.array([get(p) if a else none for p, a in zip(preds, answered, strict=True)], kind)
+
     cols: dict[str, pa.Array] = {
-        fields.id_field: pa.array([str(r["event_id"]) for r in rows], pa.string()),
+        fields.id_field: pa.array([lab.event_id for lab in labels], pa.string()),
         fields.time_field: _ts(event_ms),
         DATE_COLUMN: pa.array(_dates_of(event_ms), pa.string()),
-        "event_key": pa.array([r.get("key") for r in rows], pa.string()),
-        "observed_time": _ts([int(r["observed_time"]) for r in rows]),
-        "joined_time": _ts([int(r["joined_time"]) for r in rows]),
-        "model_name": pa.array([r.get("model_name") for r in rows], pa.string()),
-        "model_version": pa.array([r.get("model_version") for r in rows], pa.int64()),
-        "model_role": pa.array([r.get("role") for r in rows], pa.string()),
-        "prediction_value": pa.array([r.get("prediction_value") for r in rows], pa.float64()),
-        "prediction_label": pa.array([r.get("prediction_label") for r in rows], pa.string()),
-        "prediction_score": pa.array([_score(r) for r in rows], pa.float64()),
-        "probabilities": pa.array(
-            [list(r.get("probabilities") or ()) for r in rows], pa.list_(pa.float64())
-        ),
-        "classes": pa.array([list(r.get("classes") or ()) for r in rows], pa.list_(pa.string())),
-        "shadow_versions": pa.array(
-            [_json_map(r.get("shadow_versions")) for r in rows], pa.string()
-        ),
+        "event_key": pa.array([p.key for p in preds], pa.string()),
+        "observed_time": _ts([lab.observed_time_ms for lab in labels]),
+        "joined_time": _ts([r.joined_time_ms for r in rows]),
+        "model_name": model_output(attrgetter("model_name"), pa.string()),
+        "model_version": model_output(attrgetter("model_version"), pa.int64()),
+        "model_role": pa.array([p.role.value for p in preds], pa.string()),
+        "prediction_value": model_output(attrgetter("value"), pa.float64()),
+        "prediction_label": model_output(attrgetter("label"), pa.string()),
+        "prediction_score": model_output(lambda p: _top(p.probabilities), pa.float64()),
+        "probabilities": model_output(attrgetter("probabilities"), pa.list_(pa.float64()), ()),
+        "classes": model_output(attrgetter("classes"), pa.list_(pa.string()), ()),
+        "shadow_versions": pa.array([_json_map(r.shadow_versions) for r in rows], pa.string()),
     }
-    label = _scalar_column([r.get("label") for r in rows])
+    label = _scalar_column([lab.label for lab in labels])
     if label is not None:
         cols[fields.label_field] = label
-    for name in names:
-        col = _scalar_column([inp.get(name) for inp in inputs])
+    for name, values in raw_input_columns(preds).items():
+        col = _scalar_column(values)
         if col is not None:
             cols[fields.input_column(name)] = col
     return pa.table(cols)
@@ -465,7 +460,7 @@ def _unmatched_base(fields: RowFields) -> Callable[[], pa.Schema]:
 class Sealed:
     """Buffered rows and unmatched labels taken out for one write, by event id."""
 
-    rows: dict[str, dict[str, Any]]
+    rows: dict[str, JoinedRow]
     unmatched: dict[str, dict[str, Any]]
 
 
@@ -527,7 +522,7 @@ class GroundTruthStore:
             OBSERVED_DATE_COLUMN,
             _unmatched_base(self.fields),
         )
-        self._buf: dict[str, dict[str, Any]] = {}
+        self._buf: dict[str, JoinedRow] = {}
         self._buf_unmatched: dict[str, dict[str, Any]] = {}
         self._clock = clock
         self._wall = wall_clock
@@ -619,11 +614,11 @@ class GroundTruthStore:
     def needs_flush(self) -> bool:
         return self.buffered >= self.max_buffered_rows
 
-    def append(self, row: dict[str, Any]) -> bool:
+    def append(self, row: JoinedRow) -> bool:
         """Buffer a ground-truth row; False for an event id already buffered (whether
         the table holds it is the merge's to say, at :meth:`flush`)."""
         self._check_open()
-        eid = str(row["event_id"])
+        eid = row.label.event_id
         if eid in self._buf:
             return False
         self._buf[eid] = row
@@ -678,7 +673,7 @@ class GroundTruthStore:
 
     def written(self, batch: Sealed) -> None:
         """A sealed batch is in the table: its rows' ids are known written."""
-        self._remember((k, int(r["joined_time"])) for k, r in batch.rows.items())
+        self._remember((k, r.joined_time_ms) for k, r in batch.rows.items())
 
     def unseal(self, batch: Sealed) -> None:
         """A sealed batch was not written: back in the buffers (what was buffered since
@@ -903,10 +898,7 @@ def read_unmatched(
 
 def raw_inputs(row: Mapping[str, Any], fields: RowFields) -> dict[str, Any]:
     """The event's raw fields of a stored row, by their own names (``input_<name>``
-    columns back under ``name``); a join row (``join.build_row``: an ``inputs`` map) as
-    the table would store it."""
-    if isinstance(row.get("inputs"), Mapping):
-        return _inputs_of(row)
+    columns back under ``name``)."""
     own = fields.own
     raw: dict[str, Any] = {}
     for k, v in row.items():

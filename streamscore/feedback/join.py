@@ -40,7 +40,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.records import Feedback, Position, Prediction, Role, positional_maker
+from ..core.records import (
+    Feedback,
+    JoinedRow,
+    Position,
+    Prediction,
+    Role,
+    make_joined_row,
+    positional_maker,
+)
 from .state import DecodePrediction, Entry, PartitionState
 
 DEFAULT_WINDOW_MS = 3_600_000
@@ -63,6 +71,7 @@ class JoinedPair:
 
 
 _make_pair = positional_maker(JoinedPair)
+_make_row = make_joined_row
 #: the roles as module names: an enum member read off its class costs ten times as much
 _PRIMARY, _CANARY, _SHADOW = Role.PRIMARY, Role.CANARY, Role.SHADOW
 
@@ -70,7 +79,7 @@ _PRIMARY, _CANARY, _SHADOW = Role.PRIMARY, Role.CANARY, Role.SHADOW
 @dataclass(slots=True)
 class JoinOutput:
     pairs: list[JoinedPair] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[JoinedRow] = field(default_factory=list)
     unmatched: list[Feedback] = field(default_factory=list)
     evicted_predictions: int = 0
 
@@ -103,30 +112,13 @@ def build_row(
     answer: Prediction,
     others: Iterable[Prediction],
     joined_time_ms: int,
-) -> dict[str, Any]:
-    """A ``groundtruth_row`` record (see ``schemas/groundtruth_row.v1.avsc``)."""
-    is_answer = answer.answers
-    return {
-        "event_id": label.event_id,
-        "key": answer.key,
-        "event_time": answer.event_time_ms,
-        "observed_time": label.observed_time_ms,
-        "joined_time": joined_time_ms,
-        "label": label.label,
-        "model_name": answer.model_name if is_answer else None,
-        "model_version": answer.model_version if is_answer else None,
-        "role": answer.role.value,
-        "prediction_value": answer.value if is_answer else None,
-        "prediction_label": answer.label if is_answer else None,
-        "probabilities": list(answer.probabilities) if is_answer else [],
-        "classes": list(answer.classes) if is_answer else [],
-        "feature_names": list(answer.feature_names),
-        "features": list(answer.features),
-        "inputs": answer.raw_inputs(),
-        "shadow_versions": {
-            p.role.value: p.model_version for p in others if p is not answer and not p.answers
-        },
+) -> JoinedRow:
+    """The ground-truth row of ``label`` answered by ``answer``: ``others`` are every
+    prediction of its event (``answer`` among them), whose shadow versions it names."""
+    shadows = {
+        p.role.value: p.model_version for p in others if p is not answer and p.role is _SHADOW
     }
+    return _make_row(label, answer, joined_time_ms, shadows)
 
 
 def _answer_of(preds: Iterable[Prediction]) -> Prediction | None:

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamscore.core.config import GroundTruthSettings, Secret, TopicSettings
+from streamscore.core.records import JoinedRow
 from streamscore.dev.localcluster import LocalCluster
 from streamscore.feedback import groundtruth
 from streamscore.feedback.groundtruth import GroundTruthStore
 
+from ..records import joined_row
 from .conftest import private_cluster_settings
 from .feedback_stack import (
     FeedbackProcess,
@@ -38,27 +40,19 @@ DAY = 86_400_000
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % DAY)
 
 
-def _row(i: int) -> dict[str, object]:
+def _row(i: int) -> JoinedRow:
     t = T0 + (i % 5) * DAY + i  # five event dates
-    return {
-        "event_id": f"e{i:05d}",
-        "key": f"k{i % 7}",
-        "event_time": t,
-        "observed_time": t + 10,
-        "joined_time": t + 20,
-        "label": float(i),
-        "model_name": "demo",
-        "model_version": 1,
-        "role": "primary",
-        "prediction_value": float(i) + 0.5,
-        "prediction_label": None,
-        "probabilities": [],
-        "classes": [],
-        "feature_names": ["a", "b"],
-        "features": [float(i), -float(i)],
-        "inputs": {"c": float(i % 3), "segment": "s" if i % 2 else None},
-        "shadow_versions": {},
-    }
+    return joined_row(
+        f"e{i:05d}",
+        t,
+        key=f"k{i % 7}",
+        label=float(i),
+        value=float(i) + 0.5,
+        features=(float(i), -float(i)),
+        inputs={"c": float(i % 3), "segment": "s" if i % 2 else None},
+        observed_after_ms=10,
+        joined_after_ms=20,
+    )
 
 
 def test_duckdb_and_polars_read_the_table(table: Store) -> None:

@@ -5,6 +5,7 @@ vacuum and time travel; URI and retention settings."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from streamscore.core.config import GroundTruthSettings, Secret, parse_table_uri
 from streamscore.core.errors import ConfigError, ProjectFileError
 from streamscore.core.project import parse_project
+from streamscore.core.records import JoinedRow, Role
 from streamscore.dev import synthetic
 from streamscore.feedback.groundtruth import (
     DATE_COLUMN,
@@ -29,33 +31,18 @@ from streamscore.feedback.groundtruth import (
 )
 from streamscore.models.meta import TrainingSource
 
+from ..records import joined_row
+
 HOUR = 3_600_000
 DAY = 24 * HOUR
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % DAY)  # 2023-11-14T00:00Z
 
 
-def row(eid: str, t: int, **inputs: Any) -> dict[str, Any]:
-    """A join row (``join.build_row``'s shape)."""
+def row(eid: str, t: int, **inputs: Any) -> JoinedRow:
+    """A join row: a primary regressor's answer, scored on (a, b), with ``inputs``."""
     inp = inputs or {"a": -30.0, "b": 40.0, "c": 2.5, "segment": None}
-    return {
-        "event_id": eid,
-        "key": f"k-{eid}",
-        "event_time": t,
-        "observed_time": t + 500,
-        "joined_time": t + 600,
-        "label": 10 * float(inp.get("a") or 0) + 3 * float(inp.get("b") or 0),
-        "model_name": "demo",
-        "model_version": 1,
-        "role": "primary",
-        "prediction_value": 1.0,
-        "prediction_label": None,
-        "probabilities": [],
-        "classes": [],
-        "feature_names": ["a", "b"],
-        "features": [-30.0, 40.0],
-        "inputs": inp,
-        "shadow_versions": {},
-    }
+    label = 10 * float(inp.get("a") or 0) + 3 * float(inp.get("b") or 0)
+    return joined_row(eid, t, label=label, inputs=inp)
 
 
 def opened(root: Path | str, **kw: Any) -> GroundTruthStore:
@@ -95,9 +82,14 @@ def test_rows_keep_the_users_names(tmp_path: Path) -> None:
     fields = RowFields("payment_id", "created_at", "is_fraud")
     s = opened(tmp_path, fields=fields)
     r = row("p1", T0 + 5, amount=12.5, country="FR", classes="gold", is_fraud=None)
-    r.update(label="true", prediction_value=None, prediction_label="true")
-    r.update(probabilities=[0.2, 0.8], classes=["false", "true"])
-    s.append(r)
+    answer = replace(
+        r.prediction,
+        value=None,
+        label="true",
+        probabilities=(0.2, 0.8),
+        classes=("false", "true"),
+    )
+    s.append(replace(r, label=replace(r.label, label="true"), prediction=answer))
     s.flush()
     (got,) = read_rows(str(tmp_path), fields=fields)
     assert got["payment_id"] == "p1" and got["created_at"] == T0 + 5
@@ -317,8 +309,7 @@ def test_training_data_uses_the_serving_checks(tmp_path: Path) -> None:
     s.append(row("c_out_of_range", T0 + 1, a=-30.0, b=40.0, c=99.0))  # spec: c <= 55
     s.append(row("c_missing", T0 + 2, a=-30.0, b=40.0, c=None))
     bad = row("bad_label", T0 + 3, a=-30.0, b=40.0, c=1.0)
-    bad["label"] = "n/a"
-    s.append(bad)
+    s.append(replace(bad, label=replace(bad.label, label="n/a")))
     s.flush()
     d = read_training_data(str(tmp_path), synthetic.spec_abc())
     assert [r["event_id"] for r in d.rows] == ["ok"]
@@ -337,9 +328,8 @@ def test_training_data_with_the_users_names() -> None:
 
 def test_scored_features_fill_in_for_missing_inputs(tmp_path: Path) -> None:
     r = row("x", T0)
-    r["inputs"] = {}
     s = opened(tmp_path)
-    s.append(r)
+    s.append(replace(r, prediction=replace(r.prediction, inputs={})))
     s.flush()
     (got,) = read_rows(str(tmp_path))
     assert (got["a"], got["b"]) == (-30.0, 40.0) and "c" not in got
@@ -428,10 +418,8 @@ def test_recently_written_ids_are_known_after_a_restart_older_ones_are_not(
 ) -> None:
     now = [T0 + 10 * DAY]
     s = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])
-    old, new = row("old", T0), row("new", T0)
-    old["joined_time"], new["joined_time"] = now[0] - 2 * HOUR, now[0] - 60_000
-    s.append(old)
-    s.append(new)
+    s.append(replace(row("old", T0), joined_time_ms=now[0] - 2 * HOUR))
+    s.append(replace(row("new", T0), joined_time_ms=now[0] - 60_000))
     s.flush()
     assert s.contains("new") and not s.contains("old")  # own writes, within the horizon
     other = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])  # a restart
@@ -444,11 +432,25 @@ def test_recently_written_ids_are_bounded_in_number_the_newest_kept(tmp_path: Pa
     now = [T0 + 10 * DAY]
     s = opened(tmp_path, recent_ms=HOUR, max_recent_ids=3, wall_clock=lambda: now[0])
     for i in range(5):
-        r = row(f"e{i}", T0)
-        r["joined_time"] = now[0] - 50_000 + i
-        s.append(r)
+        s.append(replace(row(f"e{i}", T0), joined_time_ms=now[0] - 50_000 + i))
     s.flush()
     assert [s.contains(f"e{i}") for i in range(5)] == [False, False, True, True, True]
     restarted = opened(tmp_path, recent_ms=HOUR, max_recent_ids=2, wall_clock=lambda: now[0])
     assert [restarted.contains(f"e{i}") for i in range(5)] == [False] * 3 + [True] * 2
     assert len(read_rows(tmp_path)) == 5  # the table keeps every row: only the shortcut forgets
+
+
+def test_a_row_only_a_shadow_answered_carries_no_model_output(tmp_path: Path) -> None:
+    s = opened(tmp_path)
+    r = row("s", T0)
+    shadow = replace(r.prediction, role=Role.SHADOW, model_version=2, probabilities=(0.3,))
+    s.append(replace(r, prediction=shadow, shadow_versions={"shadow": 3}))
+    s.append(replace(row("p", T0 + 1), shadow_versions={"shadow": 2}))
+    s.flush()
+    got = {g["event_id"]: g for g in read_rows(str(tmp_path))}
+    assert got["s"]["model_role"] == "shadow" and got["s"]["shadow_versions"] == '{"shadow": 3}'
+    none = ("model_name", "model_version", "prediction_value", "prediction_score")
+    assert [got["s"][k] for k in none] == [None] * 4 and got["s"]["probabilities"] == []
+    assert got["s"]["a"] == -30.0 and got["s"]["label"] == got["p"]["label"]  # still its row
+    assert got["p"]["model_name"] == "demo" and got["p"]["model_version"] == 1
+    assert got["p"]["prediction_value"] == 1.0 and got["p"]["shadow_versions"] == '{"shadow": 2}'

@@ -53,9 +53,9 @@ def test_label_before_prediction_joins_when_the_prediction_arrives() -> None:
     assert len(out.pairs) == 1 and out.pairs[0].first_for_label
     assert out.pairs[0].delay_ms == 1000
     (row,) = out.rows
-    assert row["event_id"] == "e1" and row["label"] == 12.0
-    assert row["prediction_value"] == 10.0 and row["model_version"] == 1
-    assert row["inputs"] == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert row.event_id == "e1" and row.label.label == 12.0 and row.answered
+    assert row.prediction.value == 10.0 and row.prediction.model_version == 1
+    assert row.prediction.raw_inputs() == {"a": 1.0, "b": 2.0, "c": 3.0}
     assert j.stats.joined == 1 and j.stats.pending_labels == 0 and j.stats.reconciles()
 
 
@@ -71,7 +71,7 @@ def test_label_after_prediction_joins_primary_and_shadow_one_row() -> None:
     }
     assert sum(p.first_for_label for p in out.pairs) == 1
     (row,) = out.rows
-    assert row["role"] == "primary" and row["shadow_versions"] == {"shadow": 2}
+    assert row.prediction.role is Role.PRIMARY and row.shadow_versions == {"shadow": 2}
     assert j.stats.pending_predictions == 0
     # a late canary/shadow prediction of the written event joins, writes nothing
     late = j.add_prediction(pred("e1", role=Role.SHADOW, version=3, off=9))
@@ -134,7 +134,7 @@ def test_shadow_only_join_gets_its_row_at_eviction() -> None:
     assert len(out.pairs) == 1 and out.rows == [] and len(j) == 1
     out = j.advance(T0 + 2 * WINDOW)
     (row,) = out.rows
-    assert row["role"] == "shadow" and row["model_version"] is None
+    assert row.prediction.role is Role.SHADOW and not row.answered
     assert len(j) == 0 and j.stats.joined == 1
 
 
@@ -142,7 +142,7 @@ def test_inputs_fall_back_to_scored_features() -> None:
     j = JoinState(WINDOW)
     j.add_prediction(pred("e", inputs={}))
     (row,) = j.add_label(label("e")).rows
-    assert row["inputs"] == {"a": 1.0, "b": 2.0}
+    assert row.prediction.raw_inputs() == {"a": 1.0, "b": 2.0}
 
 
 def test_reconciliation_holds_under_random_interleaving() -> None:
@@ -170,7 +170,7 @@ def test_reconciliation_holds_under_random_interleaving() -> None:
             n_labels += 1
             out = j.add_label(label(eid, tt, off=0))
         out.extend(j.advance())
-        rows += [r["event_id"] for r in out.rows]
+        rows += [r.event_id for r in out.rows]
         assert j.stats.reconciles()
     s = j.stats
     assert s.received == n_labels
@@ -178,6 +178,6 @@ def test_reconciliation_holds_under_random_interleaving() -> None:
     assert len(rows) == len(set(rows))  # one row per event id
     out = j.advance(t + 10 * WINDOW)
     assert j.stats.pending_labels == 0 and len(j) == 0
-    rows += [r["event_id"] for r in out.rows]
+    rows += [r.event_id for r in out.rows]
     assert len(rows) == j.stats.joined
     assert j.stats.pending_predictions == 0 and j.stats.reconciles()

@@ -131,7 +131,7 @@ def test_a_label_after_30_days_joins_and_one_after_the_window_is_unmatched(
     assert s.cached() <= 5  # the old entries are on disk only
     out = add_label(j, "late", T0 + 30 * DAY, 300)
     (row,) = out.rows
-    assert row["event_id"] == "late" and row["prediction_value"] == 1.5
+    assert row.event_id == "late" and row.prediction.value == 1.5
     # the watermark passes the window of the other one: expired from the disk index
     add_pred(j, "next", T0 + WINDOW + 10, 301)
     assert j.stats.pending_predictions > 0
@@ -165,7 +165,7 @@ def test_memory_stays_bounded_and_the_oldest_still_joins(tmp_path: Path) -> None
     assert s.cached() <= 50 and s.dirty == 0
     assert j.stats.pending_predictions == 5000 == s.meta.pending_predictions
     (row,) = add_label(j, "e0", T0 + DAY, 5000).rows
-    assert row["event_id"] == "e0"
+    assert row.event_id == "e0"
 
 
 def test_restore_from_the_changelog_on_an_empty_state_dir(tmp_path: Path) -> None:
@@ -187,9 +187,9 @@ def test_restore_from_the_changelog_on_an_empty_state_dir(tmp_path: Path) -> Non
     assert sorted(e.event_id for e in s2.items()) == sorted(e.event_id for e in s.items())
     assert add_label(j2, "e1", T0 + 6, 102).rows == []  # already joined there
     (row,) = add_label(j2, "e7", T0 + 7, 103).rows
-    assert row["event_id"] == "e7"
+    assert row.event_id == "e7"
     (row,) = add_pred(j2, "early", T0, 104).rows
-    assert row["event_id"] == "early"
+    assert row.event_id == "early"
 
 
 def test_a_local_store_catches_up_from_its_changelog_offset(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_replay_after_a_crash_is_idempotent(tmp_path: Path) -> None:
         for off in range(start, stop):
             kind, eid, t = msgs[off]
             o = add_pred(j, eid, t, off) if kind == "p" else add_label(j, eid, t, off)
-            out += [("row", r["event_id"]) for r in o.rows]
+            out += [("row", r.event_id) for r in o.rows]
             out += [("unmatched", lab.event_id) for lab in o.unmatched]
         return out
 
@@ -260,7 +260,7 @@ def test_prefetched_entries_are_what_get_reads_until_the_next_commit(tmp_path: P
     j.prefetch(TP, ["e0", "e1", "e9", "new"])
     assert s.get("new") is None
     (row,) = add_label(j, "e1", T0 + DAY, 10).rows
-    assert row["event_id"] == "e1"
+    assert row.event_id == "e1"
     assert add_label(j, "e1", T0 + DAY, 11).rows == []  # a duplicate: the change seen
     j.prefetch(TP, ["e0"])
     j.advance(T0 + WINDOW + 5)  # every entry but e1's label expires and is deleted
@@ -450,7 +450,8 @@ def test_a_prediction_held_by_its_head_joins_as_a_decoded_one(tmp_path: Path) ->
             if eid == "after":
                 out.extend(add_label(j, eid, T0 + DAY, 20 + n))
         rows[by_head] = [
-            (r["event_id"], r["prediction_value"], r["features"], r["inputs"]) for r in out.rows
+            (r.event_id, r.prediction.value, r.prediction.features, r.prediction.raw_inputs())
+            for r in out.rows
         ]
     assert rows[True] == rows[False]
     assert [r[0] for r in rows[True]] == ["before", "after"]

@@ -1,13 +1,22 @@
 """positional_maker: the same frozen record as the class's own __init__, and only for
-classes it can build that way. Prediction.raw_inputs: NaN features as None."""
+classes it can build that way. Prediction.raw_inputs: NaN features as None, and the same
+column-wise. A joined row answers unless a shadow is all it holds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
-from streamscore.core.records import Feedback, Prediction, Role, positional_maker
+from streamscore.core.records import (
+    Feedback,
+    JoinedRow,
+    Prediction,
+    Role,
+    positional_maker,
+    raw_input_columns,
+)
 from streamscore.feedback.promotion import PairScore, Task
 
 
@@ -75,3 +84,41 @@ def test_raw_inputs_turn_nan_features_into_none_and_keep_infinities(
     q = Prediction("e1", "k", 5, "m", 3, Role.PRIMARY, 1.0, None, (), (), ("a", "b"),
                    features, {})  # fmt: skip
     assert q.raw_inputs() == want
+
+
+def _pred(
+    names: tuple[str, ...], features: tuple[float, ...], inputs: dict[str, Any]
+) -> Prediction:
+    return Prediction("e", "k", 5, "m", 3, Role.PRIMARY, 1.0, None, (), (), names,
+                      features, inputs)  # fmt: skip
+
+
+def test_raw_input_columns_are_raw_inputs_column_wise() -> None:
+    nan, inf = float("nan"), float("inf")
+    preds = [
+        _pred(("a", "b"), (1.5, 2.0), {}),
+        _pred(("a", "b"), (nan, 2.0), {"c": "x"}),  # NaN: None; an input beyond the features
+        _pred(("b", "d"), (3.0, inf), {"a": 7, "event_id": "skip", "key": "k"}),  # overlay
+        _pred(("a", "b"), (1.0,), {}),  # shorter than its names: b absent, as raw_inputs reads
+        _pred((), (), {"segment": None}),
+        _pred(("a", "b"), (inf, -inf), {}),  # the sum is NaN, yet nothing is NaN
+    ]
+    cols = raw_input_columns(preds)
+    rows = [p.raw_inputs() for p in preds]
+    names = {k for r in rows for k in r}
+    assert set(cols) == names == {"a", "b", "c", "d", "segment"}
+    for name, col in cols.items():
+        assert len(col) == len(preds)
+        for r, v in zip(rows, col, strict=True):
+            assert r.get(name) == v  # (a NaN kept would be unequal to raw_inputs' None)
+    assert cols["a"] == [1.5, None, 7, 1.0, None, inf]
+    assert cols["b"] == [2.0, 2.0, 3.0, None, None, -inf]
+    assert cols["c"] == [None, "x", None, None, None, None]
+
+
+def test_a_joined_row_answers_unless_only_a_shadow_met_its_label() -> None:
+    lab = Feedback("e", 1.0, 9)
+    shadow = replace(_pred(("a",), (1.0,), {}), role=Role.SHADOW)
+    assert JoinedRow(lab, _pred(("a",), (1.0,), {}), 10, {}).answered
+    row = JoinedRow(lab, shadow, 10, {})
+    assert not row.answered and row.event_id == "e"

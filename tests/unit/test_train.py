@@ -35,15 +35,15 @@ def rows(
     out = []
     for i, (e, y0) in enumerate(synthetic.events(n, rng, with_c=True, event_time_ms=0)):
         y = y0 + noise * float(rng.normal())
-        inputs = {k: e[k] for k in ("a", "b", "c", "segment")}
+        # as the table stores them: each raw input a column (without c's inputs, only
+        # the scored features a and b were kept)
+        names = ("a", "b", "c", "segment") if with_c_inputs else ("a", "b")
         out.append(
             {
                 "event_id": e["event_id"],
                 "event_time": T0 + i * 1000,
                 "label": y,
-                "inputs": inputs if with_c_inputs else {},
-                "feature_names": ["a", "b"],
-                "features": [e["a"], e["b"]],
+                **{k: e[k] for k in names},
             }
         )
     return out
