@@ -45,6 +45,7 @@ from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from benchmarks.feedback import prediction
+from streamscore.core.config import FEEDBACK_BATCH
 from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
 from streamscore.feedback.router import KIND_HEADER, LABEL, PREDICTION
 from streamscore.feedback.state import relax_gc
@@ -227,7 +228,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.feedback_hotpath", description=__doc__)
     ap.add_argument("--labels", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=FEEDBACK_BATCH, help="messages per consumed batch")
     ap.add_argument(
         "--label-lead",
         type=int,

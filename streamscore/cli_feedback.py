@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .core.config import SHADOW_TOPIC_HELP
+from .core.config import FEEDBACK_BATCH, SHADOW_TOPIC_HELP
 from .core.errors import ConfigError, DeliveryError, KafkaIOError, StreamscoreError
 from .core.records import Prediction, Role, Task
 from .core.redact import redact_urls
@@ -201,6 +201,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from .serde.record_heads import HeadReader
     from .serde.wire import WriterSchemaCache
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     relax_gc()
     worker_id = args.worker_id or f"feedback-{os.uname().nodename}-{os.getpid()}"
     recipe, labels = env.train, env.labels
@@ -365,6 +367,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         worker_id=worker_id,
         stop=stop,
         limits=limits,
+        batch_size=args.batch_size,
     )
     router_failure: list[BaseException] = []
 
@@ -398,6 +401,7 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         cache_entries=args.cache_entries,
         max_changes=args.max_changes,
         checkpoint_s=args.checkpoint_s,
+        batch_size=args.batch_size,
     )
     log.info(
         "feedback worker %s: joining %s with %s through %s (%d partitions; group %s, "
@@ -601,6 +605,13 @@ def add_commands(sub: Any) -> None:
         default=168.0,
         help="retention of a join topic this worker creates; keep it above the join "
         "window plus the longest outage you want to recover from",
+    )
+    f.add_argument(
+        "--batch-size",
+        type=int,
+        default=FEEDBACK_BATCH,
+        help="most messages the router and the join each handle at once (default "
+        f"{FEEDBACK_BATCH}: every batch has a fixed cost, a larger one spreads it)",
     )
     f.add_argument(
         "--max-buffered-rows",

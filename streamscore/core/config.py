@@ -523,6 +523,11 @@ class TopicSettings:
         return {topic_env_var(f.name): getattr(self, f.name) for f in fields(self)}
 
 
+#: the most messages the feedback router and join each handle at once (``--batch-size``):
+#: each batch has a fixed cost (a multi-get per partition, vectorised decoding), which a
+#: larger batch spreads over more messages
+FEEDBACK_BATCH = 5000
+
 #: the ``--shadow-topic`` flag's help (the score and feedback commands)
 SHADOW_TOPIC_HELP = (
     "the shadow predictions' topic (default: $STREAMSCORE_TOPIC_PREDICTIONS_SHADOW, "

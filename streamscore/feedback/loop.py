@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from ..core.config import FEEDBACK_BATCH
 from ..core.errors import (
     AvroDecodeError,
     InfrastructureError,
@@ -158,7 +159,7 @@ class FeedbackLoop:
         cache_entries: int = 20_000,
         max_changes: int = 50_000,
         checkpoint_s: float = 1.0,
-        batch_size: int = 1000,
+        batch_size: int = FEEDBACK_BATCH,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self._c = consumer

@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.config import FEEDBACK_BATCH
 from ..core.errors import InfrastructureError, OutputTooLargeError, StreamscoreError
 from ..core.records import positional_maker
 from ..kafka.dead_letters import Consumed, dead_letter
@@ -93,7 +94,7 @@ class FeedbackRouter:
         metrics: Metrics,
         worker_id: str,
         stop: threading.Event,
-        batch_size: int = 1000,
+        batch_size: int = FEEDBACK_BATCH,
         batch_wait_s: float = 0.2,
         registry_backoff_s: tuple[float, float] = (0.5, 10.0),
         limits: OutputLimits | None = None,

@@ -386,3 +386,14 @@ def test_the_ground_truth_label_column_is_the_label_field_unless_overridden() ->
     assert row_fields(argparse.Namespace(label_field="y"), env).label_field == "y"
     bare = cli.settings_from_env({}, parse_project("", "p.toml"))
     assert row_fields(argparse.Namespace(label_field=None), bare).label_field == "label"
+
+
+def test_the_feedback_batch_size_is_a_flag_refused_below_one() -> None:
+    from streamscore import cli_feedback
+    from streamscore.core.config import FEEDBACK_BATCH
+
+    assert cli.build_parser().parse_args(["feedback"]).batch_size == FEEDBACK_BATCH
+    args = cli.build_parser().parse_args(["feedback", "--batch-size", "0"])
+    env = cli.settings_from_env({"STREAMSCORE_BOOTSTRAP": "b:9092"})
+    with pytest.raises(ConfigError, match="--batch-size must be >= 1, got 0"):
+        cli_feedback.cmd_feedback(args, env)
