@@ -1,8 +1,9 @@
 """Column-wise decoding of a batch of wire-format messages into :class:`EventColumns`.
 
 One concern, in one module because its parts only make sense together (so it is longer
-than most): a vectorised reader of flat Avro records (primitive, enum and ``[null, T]``
-fields) with NumPy, and a re-implementation of fastavro's schema resolution for those
+than most): a vectorised reader of flat Avro records (primitive, enum, ``[null, T]`` and
+other unions of distinct primitive / enum branches, such as ``["double", "string"]``) with
+NumPy, and a re-implementation of fastavro's schema resolution for those
 records (the rules are written out below, before :func:`resolution`), so that a batch written
 with an older or newer version of the reader's schema reads column-wise too.
 
@@ -17,7 +18,7 @@ point.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -132,17 +133,21 @@ def decode_columnar(
 @dataclass(frozen=True, slots=True)
 class _FlatField:
     name: str
-    kind: str  # one of _FLAT_KINDS
+    kind: str  # one of _FLAT_KINDS, or "union" (then see ``branches``)
     null_index: int = -1  # position of "null" in a two-branch union; -1: not nullable
-    symbols: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()  # enum (or a union's enum branch): its symbols
     enum_name: str = ""  # enum: its name, unqualified (what fastavro matches on)
     #: a writer field the reader does not have: parsed (to move on), never kept, and
     #: checked only as fastavro's skip functions check it (no UTF-8, enum or int range)
     skip: bool = False
+    #: kind "union" (any union but ``[null, T]``): each branch's kind, "null" or one of
+    #: _FLAT_KINDS, each at most once (so the branch of a value is never ambiguous)
+    branches: tuple[str, ...] = ()
 
 
 def _flat_fields(schema: Any) -> tuple[_FlatField, ...] | None:
-    """A plan for a record of primitive / enum / ``[null, T]`` fields, else None."""
+    """A plan for a record of primitive / enum / union fields (``[null, T]``, or a union
+    of distinct primitive / enum branches), else None."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
     out = []
@@ -150,7 +155,11 @@ def _flat_fields(schema: Any) -> tuple[_FlatField, ...] | None:
         t, null_index = f.get("type"), -1
         if isinstance(t, list):
             if len(t) != 2 or t.count("null") != 1:
-                return None
+                union = _flat_union(str(f["name"]), t)
+                if union is None:
+                    return None
+                out.append(union)
+                continue
             null_index = t.index("null")
             t = t[1 - null_index]
         kind = type_name(t)
@@ -161,6 +170,26 @@ def _flat_fields(schema: Any) -> tuple[_FlatField, ...] | None:
             symbols, enum_name = tuple(t["symbols"]), _unqualified(t["name"])
         out.append(_FlatField(str(f["name"]), str(kind), null_index, symbols, enum_name))
     return tuple(out)
+
+
+def _flat_union(name: str, union: list[Any]) -> _FlatField | None:
+    """A field of 2 or more distinct flat branches (null, primitives, at most one enum;
+    no named reference, logical type or nested type), else None."""
+    kinds: list[str] = []
+    symbols: tuple[str, ...] = ()
+    enum_name = ""
+    for b in union:
+        kind = type_name(b)
+        if kind is None or (kind not in _FLAT_KINDS and kind != "null") or kind in kinds:
+            return None
+        if kind == "enum":
+            if not isinstance(b, dict):
+                return None
+            symbols, enum_name = tuple(b["symbols"]), _unqualified(b["name"])
+        kinds.append(kind)
+    if len(kinds) < 2:
+        return None
+    return _FlatField(name, "union", symbols=symbols, enum_name=enum_name, branches=tuple(kinds))
 
 
 def _unqualified(name: Any) -> str:
@@ -183,6 +212,10 @@ def _unqualified(name: Any) -> str:
 # (float(), .encode(), .decode()); an enum matches an enum of the same unqualified
 # name, and a symbol the reader lacks reads as the reader enum's default (if truthy),
 # else raises. A null written in a ``[null, T]`` union needs a null branch in the reader.
+# A writer union of other branches (``["double", "string"]``...) is mirrored only when
+# the reader's type is the very same union and each written branch reads as itself (no
+# earlier reader branch takes it by promotion: an int in ``["double", "int"]`` reads as
+# a float); any other reader type for it is left to the per-message path.
 # Anything else (aliases of named types, logical types, named references, nested
 # types...) is left to the per-message path.
 
@@ -242,7 +275,7 @@ def _resolve_flat(writer: Any, reader: Any) -> Resolution | None:
     for wf in fields:
         rf = unread.get(wf.name, by_alias.get(wf.name))
         if rf is None:
-            layout.append(_FlatField(wf.name, wf.kind, wf.null_index, wf.symbols, skip=True))
+            layout.append(replace(wf, skip=True))
             continue
         if rf["name"] not in unread:
             return None  # a reader field claimed twice (through an alias): fastavro fails
@@ -292,6 +325,8 @@ def _matches(wf: _FlatField, branch: Any) -> bool | None:
 def _read_as(wf: _FlatField, reader_type: Any, name: str) -> _Output | None:
     """How writer field ``wf`` reads as ``reader_type``, or None to leave it to
     fastavro (a case not mirrored here, or a writer value that can never be read)."""
+    if wf.branches:  # a union: read as written when the reader has the same one, else left
+        return _Output(name, wf.name) if _same_union(wf, reader_type) else None
     branches = reader_type if isinstance(reader_type, list) else [reader_type]
     target = None
     for b in branches:
@@ -318,6 +353,28 @@ def _read_as(wf: _FlatField, reader_type: Any, name: str) -> _Output | None:
         if any(mapping[s] != s for s in wf.symbols):
             return _Output(name, wf.name, convert="enum", null_ok=null_ok, symbol_map=mapping)
     return _Output(name, wf.name, null_ok=null_ok)
+
+
+def _same_union(wf: _FlatField, reader_type: Any) -> bool:
+    """Whether the writer's union field reads exactly as written as ``reader_type``: the
+    same branches in the same order, and each written branch read as that same branch
+    (fastavro takes the first reader branch that matches, promotions included)."""
+    if not isinstance(reader_type, list) or len(reader_type) != len(wf.branches):
+        return False
+    for kind, b in zip(wf.branches, reader_type, strict=True):
+        if type_name(b) != kind:
+            return False
+        if kind == "enum" and (
+            not isinstance(b, dict)
+            or _unqualified(b.get("name")) != wf.enum_name
+            or tuple(b.get("symbols", ())) != wf.symbols
+        ):
+            return False
+    for i, kind in enumerate(wf.branches):
+        written = _FlatField(wf.name, kind, symbols=wf.symbols, enum_name=wf.enum_name)
+        if any(_matches(written, b) is not False for b in reader_type[:i]):
+            return False  # an earlier branch takes it (or might): not mirrored
+    return True
 
 
 def _resolve_columns(
@@ -432,9 +489,10 @@ def _varints(buf: np.ndarray, pos: np.ndarray, bad: np.ndarray) -> tuple[np.ndar
 
 
 def _fixed(buf: np.ndarray, pos: np.ndarray, width: int, dtype: str) -> np.ndarray:
-    """``width``-byte little-endian values at ``pos`` (one per row)."""
+    """``width``-byte little-endian values at ``pos`` (one per row; none is fine: a
+    ``[null, double]`` null in every row). ``dtype``: ``"<f8"`` or ``"<f4"``."""
     idx = np.minimum(pos[:, None] + np.arange(width), buf.size - 1)
-    return np.ascontiguousarray(buf[idx]).view(dtype).reshape(pos.size, -1)
+    return np.ascontiguousarray(buf[idx]).view(dtype).reshape(pos.size, width // int(dtype[2:]))
 
 
 def _decode_flat(
@@ -454,6 +512,11 @@ def _decode_flat(
     i = 0
     while i < len(plan):
         f = plan[i]
+        if f.branches:  # a union other than [null, T]: one part per branch written
+            parts, pos = _read_union(f, buf, pos, ends, bad)
+            pending.append((f, np.empty(0, dtype=np.intp), parts, None))
+            i += 1
+            continue
         rows = np.arange(n)
         if f.null_index >= 0:
             branch, pos = _varints(buf, pos, bad)
@@ -472,41 +535,9 @@ def _decode_flat(
             pos[rows] = p + width * (j - i)
             i = j
             continue
-        if f.kind in ("double", "float"):
-            width = 8 if f.kind == "double" else 4
-            vals: Any = _fixed(buf, p, width, "<f8" if width == 8 else "<f4")[:, 0]
-            p = p + width
-        elif f.kind == "boolean":
-            vals = buf[np.minimum(p, buf.size - 1)]
-            if not f.skip:  # fastavro's reading of other bytes: its business
-                bad[rows[vals > 1]] = True
-            vals = vals == 1
-            p = p + 1
-        elif f.kind in ("int", "long", "enum"):
-            sub_bad = np.zeros(rows.size, dtype=bool)
-            vals, p = _varints(buf, p, sub_bad)
-            if f.skip:
-                pass  # fastavro skips any varint here
-            elif f.kind == "int":
-                sub_bad |= (vals < _INT32_MIN) | (vals > _INT32_MAX)
-            elif f.kind == "enum":
-                sub_bad |= (vals < 0) | (vals >= len(f.symbols))
-            bad[rows[sub_bad]] = True
-        else:  # string, bytes: a length, then the bytes (turned into objects at the end)
-            sub_bad = np.zeros(rows.size, dtype=bool)
-            length, p = _varints(buf, p, sub_bad)
-            # a length past the message's end is truncation (and must not carry the
-            # position anywhere: it is clamped, the row is already bad)
-            sub_bad |= (length < 0) | (length > ends[rows] - p)
-            bad[rows[sub_bad]] = True
-            length[sub_bad] = 0
-            vals = p
-            p = p + length
-            pending.append((f, rows, vals, p))
-            pos[rows] = p
-            i += 1
-            continue
-        pending.append((f, rows, vals, None))
+        vals, p = _read_kind(f.kind, f, buf, p, rows, ends, bad)
+        # string, bytes: ``vals`` are where their bytes start, ``p`` where they stop
+        pending.append((f, rows, vals, p if f.kind in ("string", "bytes") else None))
         pos[rows] = p
         i += 1
     bad |= pos != ends  # ran past its end (truncated), or bytes left over (trailing)
@@ -516,24 +547,12 @@ def _decode_flat(
     for f, rows, vals, stop in pending:
         if f.skip:  # parsed and checked as fastavro skips it: nothing to keep
             continue
+        if f.branches:
+            columns[f.name] = _union_column(f, vals, raw, ok, bad)
+            continue
         if stop is not None:  # string / bytes: slice the good rows only
             keep = ok[rows]
-            starts, stops = vals[keep].tolist(), stop[keep].tolist()
-            if f.kind == "string":
-                try:
-                    objs: list[Any] = [
-                        raw[a:b].decode() for a, b in zip(starts, stops, strict=True)
-                    ]
-                except UnicodeDecodeError:
-                    objs = []
-                    for r, a, b in zip(rows[keep].tolist(), starts, stops, strict=True):
-                        try:
-                            objs.append(raw[a:b].decode())
-                        except UnicodeDecodeError:
-                            bad[r] = True
-                            objs.append(None)
-            else:
-                objs = [raw[a:b] for a, b in zip(starts, stops, strict=True)]
+            objs = _texts(f.kind, raw, rows, keep, vals, stop, bad)
             if len(objs) == n:  # every row: nothing to scatter
                 columns[f.name] = objs
                 continue
@@ -543,8 +562,7 @@ def _decode_flat(
             columns[f.name] = full
             continue
         if f.kind == "enum":
-            symbols = f.symbols
-            vals = [symbols[v] if 0 <= v < len(symbols) else None for v in vals.tolist()]
+            vals = _symbols(f.symbols, vals)
         if f.null_index < 0:
             columns[f.name] = vals if isinstance(vals, list) else np.asarray(vals)
         else:
@@ -555,3 +573,128 @@ def _decode_flat(
                 full[r] = v
             columns[f.name] = full
     return {f.name: columns[f.name] for f in plan if not f.skip}
+
+
+def _read_kind(
+    kind: str,
+    f: _FlatField,
+    buf: np.ndarray,
+    p: np.ndarray,
+    rows: np.ndarray,
+    ends: np.ndarray,
+    bad: np.ndarray,
+) -> tuple[Any, np.ndarray]:
+    """One value of the flat ``kind`` (of field ``f``) at positions ``p``, for the batch's
+    rows ``rows`` (``p[k]`` is row ``rows[k]``'s): (values, positions after them). For
+    string / bytes the values are the positions of their first bytes (sliced at the end,
+    :func:`_texts`). Rows whose value is invalid are flagged in ``bad`` (a skipped field
+    only as fastavro's skip functions check it)."""
+    if kind in ("double", "float"):
+        width = 8 if kind == "double" else 4
+        return _fixed(buf, p, width, "<f8" if width == 8 else "<f4")[:, 0], p + width
+    if kind == "boolean":
+        vals = buf[np.minimum(p, buf.size - 1)]
+        if not f.skip:  # fastavro's reading of other bytes: its business
+            bad[rows[vals > 1]] = True
+        return vals == 1, p + 1
+    sub_bad = np.zeros(rows.size, dtype=bool)
+    if kind in ("int", "long", "enum"):
+        vals, p = _varints(buf, p, sub_bad)
+        if f.skip:
+            pass  # fastavro skips any varint here
+        elif kind == "int":
+            sub_bad |= (vals < _INT32_MIN) | (vals > _INT32_MAX)
+        elif kind == "enum":
+            sub_bad |= (vals < 0) | (vals >= len(f.symbols))
+        bad[rows[sub_bad]] = True
+        return vals, p
+    # string, bytes: a length, then the bytes
+    length, p = _varints(buf, p, sub_bad)
+    # a length past the message's end is truncation (and must not carry the position
+    # anywhere: it is clamped, the row is already bad)
+    sub_bad |= (length < 0) | (length > ends[rows] - p)
+    bad[rows[sub_bad]] = True
+    length[sub_bad] = 0
+    return p, p + length
+
+
+def _read_union(
+    f: _FlatField, buf: np.ndarray, pos: np.ndarray, ends: np.ndarray, bad: np.ndarray
+) -> tuple[list[tuple[str, np.ndarray, Any, Any]], np.ndarray]:
+    """The union field ``f`` at ``pos`` (every row of the batch): its branch index, then
+    each branch's rows read with that branch's kind (:func:`_read_kind`). Returns one part
+    ``(kind, rows, values, stops)`` per branch written (stops: string / bytes only) and
+    the positions after the field. An index out of range flags the row in ``bad`` (the
+    per-message decoder then says what fastavro makes of it)."""
+    branch, pos = _varints(buf, pos, bad)
+    bad |= (branch < 0) | (branch >= len(f.branches))
+    parts: list[tuple[str, np.ndarray, Any, Any]] = []
+    for b, kind in enumerate(f.branches):
+        if kind == "null":
+            continue  # no bytes, and None in the column
+        rows = np.flatnonzero(branch == b)
+        if not rows.size:
+            continue
+        vals, p = _read_kind(kind, f, buf, pos[rows], rows, ends, bad)
+        parts.append((kind, rows, vals, p if kind in ("string", "bytes") else None))
+        pos[rows] = p
+    return parts, pos
+
+
+def _texts(
+    kind: str,
+    raw: bytes,
+    rows: np.ndarray,
+    keep: np.ndarray,
+    starts: np.ndarray,
+    stops: np.ndarray,
+    bad: np.ndarray,
+) -> list[Any]:
+    """The strings (``kind`` "string", decoded) or bytes between ``starts`` and
+    ``stops`` of the rows ``rows`` kept (``keep``); a string that is not UTF-8 flags its
+    row in ``bad`` (its entry is None)."""
+    a_list, b_list = starts[keep].tolist(), stops[keep].tolist()
+    if kind != "string":
+        return [raw[a:b] for a, b in zip(a_list, b_list, strict=True)]
+    try:
+        return [raw[a:b].decode() for a, b in zip(a_list, b_list, strict=True)]
+    except UnicodeDecodeError:
+        objs: list[Any] = []
+        for r, a, b in zip(rows[keep].tolist(), a_list, b_list, strict=True):
+            try:
+                objs.append(raw[a:b].decode())
+            except UnicodeDecodeError:
+                bad[r] = True
+                objs.append(None)
+        return objs
+
+
+def _symbols(symbols: tuple[str, ...], vals: np.ndarray) -> list[Any]:
+    """Enum indexes as their symbols (None for an index out of range: a bad row)."""
+    return [symbols[v] if 0 <= v < len(symbols) else None for v in vals.tolist()]
+
+
+def _union_column(
+    f: _FlatField,
+    parts: list[tuple[str, np.ndarray, Any, Any]],
+    raw: bytes,
+    ok: np.ndarray,
+    bad: np.ndarray,
+) -> list[Any]:
+    """A union field's column from its parts (:func:`_read_union`): each row's value as
+    fastavro gives it (float, str, int, bool, bytes, the enum's symbol; None for null)."""
+    full: list[Any] = [None] * ok.size
+    for kind, rows, vals, stop in parts:
+        if stop is not None:  # string / bytes: the good rows only
+            keep = ok[rows]
+            objs = _texts(kind, raw, rows, keep, vals, stop, bad)
+            rows = rows[keep]
+        elif kind == "enum":
+            objs = _symbols(f.symbols, vals)
+        else:
+            objs = vals.tolist()
+        if len(objs) == ok.size:  # every row in this branch (so in no other)
+            return objs
+        for r, o in zip(rows.tolist(), objs, strict=True):
+            full[r] = o
+    return full

@@ -28,7 +28,7 @@ from streamscore.score.batch import BatchScorer, InMessage, MessageBatch
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroDeserializer, AvroSerializer
 from streamscore.serde.wire import WriterSchemaCache, parse, registry_client
-from tests.avro_poison import corrupt
+from tests.avro_poison import corrupt, random_value
 
 from .kafka_fakes import FakeMessage
 
@@ -79,6 +79,54 @@ def flat_record(i: int, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
+COLOUR = {"type": "enum", "name": "Colour", "symbols": ["red", "green", "blue"]}
+
+#: unions other than ``[null, T]`` (the feedback schema's label is ``["double", "string"]``),
+#: one with every kind of branch, beside a ``[null, T]``
+UNIONS = {
+    "type": "record",
+    "name": "Unions",
+    "namespace": "t",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "label", "type": ["double", "string"]},
+        {"name": "nls", "type": ["null", "long", "string"]},
+        {"name": "mix", "type": ["boolean", COLOUR, "bytes", "null", "int", "float"]},
+        {"name": "nd", "type": ["null", "double"]},
+        {"name": "t", "type": "long"},
+    ],
+}
+
+
+def union_record(i: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A UNIONS record; ``mix`` takes its branches in turn (one of every 7 records each)."""
+    mix = [
+        True,
+        False,
+        "green",  # the enum
+        bytes(rng.integers(0, 256, int(rng.integers(0, 20)), dtype=np.uint8)),
+        None,
+        int(rng.integers(-(2**31), 2**31 - 1)),
+        float(np.float32(rng.normal())),
+    ][i % 7]
+    return {
+        "event_id": f"id-{i}",
+        "label": float(rng.normal()) if i % 2 else ["cat", "dög", ""][i % 3],
+        "nls": [None, int(rng.integers(-(2**62), 2**62)), "s" * (i % 9) + "é"][i % 3],
+        "mix": mix,
+        "nd": None if i % 5 == 0 else float(i),
+        "t": 1_700_000_000_000 + i,
+    }
+
+
+def random_branch_value(t: Any, rng: np.random.Generator) -> Any:
+    """A random value of a random branch of ``t`` (a union), else of ``t``."""
+    if not isinstance(t, list):
+        return random_value(t, rng)
+    b = t[int(rng.integers(len(t)))]
+    return None if b == "null" else random_value(b, rng)
+
+
 @pytest.fixture
 def registry() -> Any:
     return registry_client({"url": f"mock://fast-decode-{id(object())}"})
@@ -124,6 +172,16 @@ def test_flat_records_decode_column_wise_exactly_as_one_by_one(registry: Any) ->
     assert_same(dec, values, columnar=True)
 
 
+def test_a_nullable_double_null_in_every_record_decodes_column_wise(registry: Any) -> None:
+    """No row reads the double: an empty gather (it used to raise, and the batch went
+    to the per-message path)."""
+    ser = AvroSerializer(registry, "flat-value", FLAT)
+    dec = AvroDeserializer(WriterSchemaCache(registry), FLAT)
+    rng = np.random.default_rng(11)
+    values = [ser({**flat_record(i, rng), "nd": None}) for i in range(40)]
+    assert_same(dec, values, columnar=True)
+
+
 def test_bad_messages_in_a_columnar_batch_get_their_own_errors(registry: Any) -> None:
     ser = AvroSerializer(registry, "flat-value", FLAT)
     dec = AvroDeserializer(WriterSchemaCache(registry), FLAT)
@@ -155,15 +213,19 @@ def broken_versions(v: bytes) -> list[bytes | None]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: int) -> None:
+@pytest.mark.parametrize("layout", ["flat", "unions"])
+def test_corrupted_messages_decode_exactly_as_one_by_one(
+    registry: Any, layout: str, seed: int
+) -> None:
     """Random byte flips, insertions, deletions and lengths blown up: whatever fastavro
     makes of each message (a record or a typed error), the batch decoder makes too."""
-    ser = AvroSerializer(registry, "flat-value", FLAT)
-    dec = AvroDeserializer(WriterSchemaCache(registry), FLAT)
+    schema, make = (FLAT, flat_record) if layout == "flat" else (UNIONS, union_record)
+    ser = AvroSerializer(registry, f"{layout}-value", schema)
+    dec = AvroDeserializer(WriterSchemaCache(registry), schema)
     rng = np.random.default_rng(100 + seed)
     values = []
     for i in range(200):
-        values.append(corrupt(ser(flat_record(i, rng)), rng, kinds=6))
+        values.append(corrupt(ser(make(i, rng)), rng, kinds=6))
     assert_same(dec, values, columnar=None)
     # in small batches most stay column-wise (a batch falls back to per-message decoding
     # when one of its messages is read by fastavro but not by the vectorised reader)
@@ -172,6 +234,111 @@ def test_corrupted_messages_decode_exactly_as_one_by_one(registry: Any, seed: in
         assert_same(dec, values[k : k + 20], columnar=None)
         columnar += isinstance(dec.decode_many(values[k : k + 20])[1], EventColumns)
     assert columnar >= 3
+
+
+def test_unions_of_flat_branches_decode_column_wise_exactly_as_one_by_one(
+    registry: Any,
+) -> None:
+    ser = AvroSerializer(registry, "unions-value", UNIONS)
+    dec = AvroDeserializer(WriterSchemaCache(registry), UNIONS)
+    rng = np.random.default_rng(7)
+    values = [ser(union_record(i, rng)) for i in range(300)]
+    assert_same(dec, values, columnar=True)
+    _good, records, failed = dec.decode_many(values)
+    assert isinstance(records, EventColumns) and failed == []
+    # every branch was written (and read with its own Python type)
+    assert {type(v) for v in records.values_of("label")} == {float, str}
+    assert {type(v) for v in records.values_of("nls")} == {type(None), int, str}
+    mix = records.values_of("mix")
+    assert {type(v) for v in mix} == {bool, str, bytes, type(None), int, float}
+    assert {v for v in mix if type(v) is str} == {"green"}
+    # batches in which a union takes one branch only
+    assert_same(dec, values[1::2], columnar=True)  # every label a double
+    assert_same(dec, values[::7], columnar=True)  # every mix True
+    assert_same(dec, values[4::7], columnar=True)  # every mix None
+
+
+def test_feedback_labels_decode_column_wise(registry: Any) -> None:
+    """The project's own label schema: ``label`` is ``["double", "string"]``."""
+    feedback = schemas.load("feedback")
+    assert any(f["type"] == ["double", "string"] for f in feedback["fields"])
+    ser = AvroSerializer(registry, "feedback-value", feedback)
+    dec = AvroDeserializer(WriterSchemaCache(registry), feedback)
+    rng = np.random.default_rng(8)
+    labels: list[Any] = [float(x) for x in rng.normal(size=100)]
+    labels += [["yes", "no", "peut-être"][i % 3] for i in range(100)]
+    rng.shuffle(labels)
+    values = [
+        ser({"event_id": f"e{i}", "label": label, "observed_time": 1_700_000_000_000 + i})
+        for i, label in enumerate(labels)
+    ]
+    assert_same(dec, values, columnar=True)
+    _good, records, _failed = dec.decode_many(values)
+    assert records.values_of("label") == labels
+    numbers = [v for v, lab in zip(values, labels, strict=True) if type(lab) is float]
+    assert_same(dec, numbers, columnar=True)
+
+
+def test_bad_messages_with_unions_get_their_own_errors(registry: Any) -> None:
+    ser = AvroSerializer(registry, "unions-value", UNIONS)
+    dec = AvroDeserializer(WriterSchemaCache(registry), UNIONS)
+    rng = np.random.default_rng(9)
+    good = [ser(union_record(i, rng)) for i in range(40)]
+    assert_same(dec, good[:10] + broken_versions(good[1]) + good[10:], columnar=True)
+    # every truncation point of messages with each branch of mix (and of label, nls)
+    for v in good[:7]:
+        assert_same(dec, good[:20] + [v[:k] for k in range(len(v))] + good[20:], columnar=True)
+    # a string branch whose length runs past the end, or is negative; trailing bytes
+    v = ser({**union_record(0, rng), "event_id": "x", "label": "cat"})
+    assert v[5:12] == b"\x02x\x02\x06cat"  # the label: branch 1, length 3
+    odd = [
+        v[:8] + b"\x7e" + v[9:],  # 63 bytes
+        v[:8] + b"\x08" + v[9:],  # one byte too many, the rest misread
+        v[:8] + b"\x00" + v[9:],  # empty, the rest misread
+        v[:8] + b"\x01" + v[9:],  # -1
+        v + b"\x00",
+    ]
+    values = good[:20] + odd + good[20:]
+    _good, records, failed = dec.decode_many(values)
+    assert isinstance(records, EventColumns) and [i for i, _e in failed] == list(range(20, 25))
+    assert isinstance(failed[0][1], errors.TruncatedMessageError)
+    assert_same(dec, values, columnar=True)
+
+
+def test_a_union_branch_index_out_of_range_is_the_per_message_error(registry: Any) -> None:
+    ser = AvroSerializer(registry, "unions-value", UNIONS)
+    dec = AvroDeserializer(WriterSchemaCache(registry), UNIONS)
+    rng = np.random.default_rng(10)
+    values = [ser(union_record(i, rng)) for i in range(40)]
+    rec = {"event_id": "x", "label": 1.5, "nls": None, "mix": None, "nd": None, "t": 0}
+    v = ser(rec)
+    # event id; label: branch 0, a double; nls: null; mix: null (branch 3); nd: null; t
+    assert v[5:] == b"\x02x\x00" + np.float64(1.5).tobytes() + b"\x00\x06\x00\x00"
+    label, mix = 7, 17  # where the branch indexes are
+    odd = [
+        v[:label] + b"\x04" + v[label + 1 :],  # label: branch 2 of 2
+        v[:label] + b"\x80\x01" + v[label + 1 :],  # branch 64, a two-byte varint
+        v[:mix] + b"\x0c" + v[mix + 1 :],  # mix: branch 6 of 6
+        v[:mix] + b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01" + v[mix + 1 :],  # too long
+        v[:mix] + b"\x02\x06" + v[mix + 1 :],  # mix: the enum, its symbol 3 of 3
+    ]
+    for o in odd:
+        with pytest.raises(errors.StreamscoreError):
+            AvroDeserializer(WriterSchemaCache(registry), UNIONS)(o)
+    batch = values[:20] + odd + values[20:]
+    good, records, failed = dec.decode_many(batch)
+    assert isinstance(records, EventColumns) and len(good) == 40
+    assert [i for i, _e in failed] == list(range(20, 25))
+    assert_same(dec, batch, columnar=True)
+    # a negative index: fastavro takes it from the end (branch -1 of the label is the
+    # string), the vectorised reader leaves such a message, and its batch, to fastavro
+    wrapped = v[:label] + b"\x01\x06cat" + v[label + 9 :]
+    assert AvroDeserializer(WriterSchemaCache(registry), UNIONS)(wrapped)["label"] == "cat"
+    assert_same(dec, [*values, wrapped], columnar=False)
+    # so is a boolean byte other than 0 or 1 (fastavro reads it as True)
+    odd_bool = v[:mix] + b"\x00\x05" + v[mix + 1 :]
+    assert AvroDeserializer(WriterSchemaCache(registry), UNIONS)(odd_bool)["mix"] is True
+    assert_same(dec, [*values, odd_bool], columnar=False)
 
 
 def test_writer_schemas_that_need_resolution_decode_column_wise_too(registry: Any) -> None:
