@@ -247,10 +247,11 @@ class AvroDeserializer:
 
         Same results as calling the deserializer on each value (the same records, the
         same typed errors; exceptions that are not :class:`StreamscoreError` propagate).
-        When the writer schemas of the batch are flat records (primitive, enum or
-        nullable fields) that resolve plainly to a flat reader record (the reader schema
-        itself, or an older or newer version of it), the whole batch is decoded at once
-        with NumPy, one group per schema id, and the records come back as
+        When the writer schemas of the batch are flat records (primitive, enum,
+        nullable fields, or unions of distinct primitive / enum branches such as
+        ``["double", "string"]``) that resolve plainly to a flat reader record (the
+        reader schema itself, or an older or newer version of it), the whole batch is
+        decoded at once with NumPy, one group per schema id, and the records come back as
         :class:`EventColumns`; otherwise each message takes a lean per-message path.
         Anything unusual (an error, an edge case of the encoding or of schema
         resolution) is handed to ``__call__`` for its exact result. Without a reader
