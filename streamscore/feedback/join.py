@@ -110,14 +110,15 @@ class JoinStats:
 def build_row(
     label: Feedback,
     answer: Prediction,
-    others: Iterable[Prediction],
+    scored_by: Iterable[tuple[Role, int]],
     joined_time_ms: int,
 ) -> JoinedRow:
-    """The ground-truth row of ``label`` answered by ``answer``: ``others`` are every
-    prediction of its event (``answer`` among them), whose shadow versions it names."""
-    shadows = {
-        p.role.value: p.model_version for p in others if p is not answer and p.role is _SHADOW
-    }
+    """The ground-truth row of ``label`` answered by ``answer``; ``scored_by``: the
+    (role, model version) of every prediction of its event (``answer``'s among them),
+    whose shadow versions the row names. Keys only: no stored prediction is decoded for
+    them."""
+    mine = (answer.role, answer.model_version)
+    shadows = {r.value: v for r, v in scored_by if r is _SHADOW and (r, v) != mine}
     return _make_row(label, answer, joined_time_ms, shadows)
 
 
@@ -368,8 +369,7 @@ class JoinState:
 
     def _write(self, e: Entry, answer: Prediction, out: JoinOutput) -> None:
         assert e.label is not None
-        others = [self._pred(slot) for slot in e.preds.values()]
-        out.rows.append(build_row(e.label, answer, others, self._clock()))
+        out.rows.append(build_row(e.label, answer, e.preds, self._clock()))
         e.written = True
         for slot in e.preds.values():  # only the keys matter from now on
             slot[0], slot[1] = b"", None
@@ -387,4 +387,4 @@ class JoinState:
         elif not e.written:
             # joined shadow predictions only: keep the row, from a shadow
             preds = [self._pred(slot) for slot in e.preds.values()]
-            out.rows.append(build_row(e.label, preds[0], preds, self._clock()))
+            out.rows.append(build_row(e.label, preds[0], e.preds, self._clock()))

@@ -455,3 +455,24 @@ def test_a_prediction_held_by_its_head_joins_as_a_decoded_one(tmp_path: Path) ->
         ]
     assert rows[True] == rows[False]
     assert [r[0] for r in rows[True]] == ["before", "after"]
+
+
+def test_a_late_answer_names_the_shadow_versions_without_decoding_the_shadows(
+    tmp_path: Path,
+) -> None:
+    decoded: list[bytes] = []
+
+    def counting(raw: bytes) -> Prediction:
+        decoded.append(raw)
+        return decode(raw)
+
+    j = JoinState(WINDOW, decode_prediction=counting)
+    s = PartitionState(tmp_path / "p0", cache_entries=1)
+    j.open_partition(TP, s)
+    add_label(j, "e", T0 + DAY, 0)
+    add_pred(j, "e", T0, 1, role="shadow", version=2)  # joins, no row (a shadow)
+    Changelog().commit(s)  # stored encoded: the shadow's decoded copy is gone
+    j.prefetch(TP, ["e"])
+    (row,) = add_pred(j, "e", T0, 2, role="primary", version=1).rows  # the answer, late
+    assert row.prediction.role is Role.PRIMARY and row.shadow_versions == {"shadow": 2}
+    assert decoded == []  # the versions come from the entry's keys
