@@ -260,7 +260,7 @@ class Prediction:
         make = _make_prediction
         return [
             make(eid, key, t, name, version, role, value, label, tuple(probs), tuple(classes),
-                tuple(names), tuple(features), dict(inputs), None)
+                tuple(names), tuple(features), dict(inputs) if inputs else inputs, None)
             for eid, key, t, name, version, role, value, label, probs, classes, names,
             features, inputs in zip(
                 c["event_id"], c["key"], times, c["model_name"], c["model_version"], roles,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,8 @@ _PAD = bytes(16)
 _WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 _VARINT_KINDS = frozenset({"int", "long", "enum"})
 _BYTES_KINDS = frozenset({"string", "bytes"})
+#: an empty map read as columns: one read-only object for every row
+_NO_ENTRIES: Any = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +290,8 @@ class HeadReader:
 
     def columns(self, values: Sequence[bytes | None]) -> tuple[list[int], dict[str, Any]]:
         """:meth:`records` as columns: (the indices, each field's values in a list, a
-        nested record's as a dict of such lists), no record built."""
+        nested record's as a dict of such lists), no record built; an empty array is
+        ``()`` and an empty map one shared read-only mapping, not a container per row."""
         checked = self._check(values)
         if checked is None:
             return [], {}
@@ -366,7 +370,8 @@ class _Read:
     def __init__(self, raw: bytes, buf: np.ndarray, *, as_columns: bool = False) -> None:
         self.raw = raw
         self.buf = buf
-        #: records (top-level, nested) as a dict of columns instead of one dict per row
+        #: records (top-level, nested) as a dict of columns instead of one dict per row,
+        #: and an empty array or map as one shared object, ``()`` or a read-only mapping
         self.as_columns = as_columns
 
     def record(self, t: _T, pos: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -421,7 +426,13 @@ class _Read:
         items = t.items  # array or map: one block (the walk checked), then its 0
         assert items is not None
         count, pos = varints(buf, pos)[:2]
-        lists: list[Any] = [[] for _ in range(n)] if k == "array" else [{} for _ in range(n)]
+        lists: list[Any]
+        if self.as_columns:  # an empty one is one shared object (no container per row)
+            lists = [() if k == "array" else _NO_ENTRIES] * n
+            for r in np.flatnonzero(count).tolist():
+                lists[r] = [] if k == "array" else {}
+        else:
+            lists = [[] for _ in range(n)] if k == "array" else [{} for _ in range(n)]
         if count.any():
             if k == "array" and items.kind in ("double", "float"):
                 width = _WIDTH[items.kind]

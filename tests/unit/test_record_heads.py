@@ -101,6 +101,10 @@ def check(fx: Fixture, values: list[bytes]) -> list[int]:
     assert rows == heads.rows
     rows_c, columns = fx.reader.columns(values)
     assert rows_c == rows
+    for name, col in columns["detail"].items():  # empty ones: one shared object, read-only
+        empty = [v for v in col if not v]
+        assert all(v is empty[0] for v in empty), name
+        assert not empty or empty[0] == () or not hasattr(empty[0], "__setitem__"), name
     if rows:
         assert Prediction.many_from_columns(columns) == [Prediction.from_avro(r) for r in records]
         some = list(range(len(rows)))[::-3]  # any of them, in any order, without a re-check
