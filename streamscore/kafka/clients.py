@@ -220,8 +220,16 @@ def router_consumer(kafka: KafkaSettings, group_id: str, client_id: str) -> dict
 #: prefetched message (a few hundred bytes more) is not counted by
 #: ``queued.max.messages.kbytes``: with 16 MB of payload and the default 100,000 messages
 #: per partition, each consumer held ~60 MB. A few thousand messages per partition is
-#: still seconds of work for the loop.
-FEEDBACK_PREFETCH = {"queued.min.messages": 5_000, "queued.max.messages.kbytes": 4_096}
+#: still seconds of work for the loop, provided librdkafka fetches again soon after the
+#: loop has taken some: once the queue reaches either bound it postpones the next fetch
+#: by ``fetch.queue.backoff.ms``, 1 s by default, which capped each consumer at about one
+#: queue-full per second (measured on the local broker, 200,000 messages of 150 bytes on
+#: 4 partitions: 65.8 µs per message consumed with the default, 2.3 µs with 10 ms).
+FEEDBACK_PREFETCH = {
+    "queued.min.messages": 5_000,
+    "queued.max.messages.kbytes": 4_096,
+    "fetch.queue.backoff.ms": 10,
+}
 
 
 def admin_config(kafka: KafkaSettings) -> dict[str, Any]:

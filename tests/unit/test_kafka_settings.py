@@ -20,6 +20,7 @@ from streamscore.kafka.clients import (
     feedback_consumer,
     model_watcher_consumer,
     plain_producer,
+    router_consumer,
     score_consumer,
     score_producer,
 )
@@ -235,3 +236,21 @@ def test_an_unknown_librdkafka_property_is_one_clear_line() -> None:
     message = cli._bad_client_setting(err.value)
     assert message is not None
     assert "no.such.property" in message and "STREAMSCORE_KAFKA_*" in message
+
+
+#: librdkafka's own defaults for the prefetch bounds
+_QUEUED_MIN_MESSAGES, _QUEUED_MAX_KBYTES = 100_000, 65_536
+
+
+@pytest.mark.parametrize("make", [feedback_consumer, router_consumer])
+def test_a_consumer_with_a_small_prefetch_fetches_again_promptly(make: object) -> None:
+    """A prefetch bounded below librdkafka's defaults is refilled soon after the loop
+    takes from it: with the default ``fetch.queue.backoff.ms`` (1 s) each refill waited a
+    second, which capped the feedback consumers at one queue-full per second."""
+    conf = make(KafkaSettings(bootstrap_servers="b:9092"), "g", "c")  # type: ignore[operator]
+    small = (
+        int(conf.get("queued.min.messages", _QUEUED_MIN_MESSAGES)) < _QUEUED_MIN_MESSAGES
+        or int(conf.get("queued.max.messages.kbytes", _QUEUED_MAX_KBYTES)) < _QUEUED_MAX_KBYTES
+    )
+    assert small  # (the feedback consumers' prefetch is bounded: what this test is about)
+    assert int(conf.get("fetch.queue.backoff.ms", 1000)) <= 50
