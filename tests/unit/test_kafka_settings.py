@@ -242,15 +242,20 @@ def test_an_unknown_librdkafka_property_is_one_clear_line() -> None:
 _QUEUED_MIN_MESSAGES, _QUEUED_MAX_KBYTES = 100_000, 65_536
 
 
-@pytest.mark.parametrize("make", [feedback_consumer, router_consumer])
-def test_a_consumer_with_a_small_prefetch_fetches_again_promptly(make: object) -> None:
+@pytest.mark.parametrize("which", ["feedback", "router", "score"])
+def test_a_consumer_with_a_small_prefetch_fetches_again_promptly(which: str) -> None:
     """A prefetch bounded below librdkafka's defaults is refilled soon after the loop
     takes from it: with the default ``fetch.queue.backoff.ms`` (1 s) each refill waited a
-    second, which capped the feedback consumers at one queue-full per second."""
-    conf = make(KafkaSettings(bootstrap_servers="b:9092"), "g", "c")  # type: ignore[operator]
+    second, which capped the consumers at one prefetch-full per second."""
+    kafka = KafkaSettings(bootstrap_servers="b:9092")
+    conf = {
+        "feedback": lambda: feedback_consumer(kafka, "g", "c"),
+        "router": lambda: router_consumer(kafka, "g", "c"),
+        "score": lambda: score_consumer(kafka, ScoringSettings()),
+    }[which]()
     small = (
         int(conf.get("queued.min.messages", _QUEUED_MIN_MESSAGES)) < _QUEUED_MIN_MESSAGES
         or int(conf.get("queued.max.messages.kbytes", _QUEUED_MAX_KBYTES)) < _QUEUED_MAX_KBYTES
     )
-    assert small  # (the feedback consumers' prefetch is bounded: what this test is about)
+    assert small  # (every group consumer's prefetch is bounded: what this test is about)
     assert int(conf.get("fetch.queue.backoff.ms", 1000)) <= 50
