@@ -333,7 +333,7 @@ class JoinedRow:
     @property
     def answered(self) -> bool:
         """True when ``prediction`` is the answer (its model's output is the row's)."""
-        return self.prediction.role is not _SHADOW
+        return self.prediction.answers
 
 
 def raw_input_columns(preds: Sequence[Prediction]) -> dict[str, list[Any]]:

@@ -71,7 +71,6 @@ class JoinedPair:
 
 
 _make_pair = positional_maker(JoinedPair)
-_make_row = make_joined_row
 #: the roles as module names: an enum member read off its class costs ten times as much
 _PRIMARY, _CANARY, _SHADOW = Role.PRIMARY, Role.CANARY, Role.SHADOW
 
@@ -119,7 +118,7 @@ def build_row(
     them."""
     mine = (answer.role, answer.model_version)
     shadows = {r.value: v for r, v in scored_by if r is _SHADOW and (r, v) != mine}
-    return _make_row(label, answer, joined_time_ms, shadows)
+    return make_joined_row(label, answer, joined_time_ms, shadows)
 
 
 def _answer_of(preds: Iterable[Prediction]) -> Prediction | None:
