@@ -330,11 +330,6 @@ class JoinedRow:
     def event_id(self) -> str:
         return self.label.event_id
 
-    @property
-    def answered(self) -> bool:
-        """True when ``prediction`` is the answer (its model's output is the row's)."""
-        return self.prediction.answers
-
 
 def raw_input_columns(preds: Sequence[Prediction]) -> dict[str, list[Any]]:
     """What :meth:`Prediction.raw_inputs` gives for each prediction, column-wise: every

@@ -73,7 +73,6 @@ from ..core.records import (
     FeatureSpec,
     JoinedRow,
     Prediction,
-    Role,
     Task,
     raw_input_columns,
 )
@@ -253,7 +252,7 @@ def rows_to_arrow(rows: Sequence[JoinedRow], fields: RowFields) -> pa.Table:
 
     preds = [r.prediction for r in rows]
     labels = [r.label for r in rows]
-    answered = [p.role is not Role.SHADOW for p in preds]
+    answered = [p.answers for p in preds]
     event_ms = [p.event_time_ms for p in preds]
 
     def model_output(

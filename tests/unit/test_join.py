@@ -53,7 +53,7 @@ def test_label_before_prediction_joins_when_the_prediction_arrives() -> None:
     assert len(out.pairs) == 1 and out.pairs[0].first_for_label
     assert out.pairs[0].delay_ms == 1000
     (row,) = out.rows
-    assert row.event_id == "e1" and row.label.label == 12.0 and row.answered
+    assert row.event_id == "e1" and row.label.label == 12.0 and row.prediction.answers
     assert row.prediction.value == 10.0 and row.prediction.model_version == 1
     assert row.prediction.raw_inputs() == {"a": 1.0, "b": 2.0, "c": 3.0}
     assert j.stats.joined == 1 and j.stats.pending_labels == 0 and j.stats.reconciles()
@@ -134,7 +134,7 @@ def test_shadow_only_join_gets_its_row_at_eviction() -> None:
     assert len(out.pairs) == 1 and out.rows == [] and len(j) == 1
     out = j.advance(T0 + 2 * WINDOW)
     (row,) = out.rows
-    assert row.prediction.role is Role.SHADOW and not row.answered
+    assert row.prediction.role is Role.SHADOW and not row.prediction.answers
     assert len(j) == 0 and j.stats.joined == 1
 
 

@@ -1,17 +1,16 @@
 """positional_maker: the same frozen record as the class's own __init__, and only for
 classes it can build that way. Prediction.raw_inputs: NaN features as None, and the same
-column-wise. A joined row answers unless a shadow is all it holds."""
+column-wise."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from streamscore.core.records import (
     Feedback,
-    JoinedRow,
     Prediction,
     Role,
     positional_maker,
@@ -114,11 +113,3 @@ def test_raw_input_columns_are_raw_inputs_column_wise() -> None:
     assert cols["a"] == [1.5, None, 7, 1.0, None, inf]
     assert cols["b"] == [2.0, 2.0, 3.0, None, None, -inf]
     assert cols["c"] == [None, "x", None, None, None, None]
-
-
-def test_a_joined_row_answers_unless_only_a_shadow_met_its_label() -> None:
-    lab = Feedback("e", 1.0, 9)
-    shadow = replace(_pred(("a",), (1.0,), {}), role=Role.SHADOW)
-    assert JoinedRow(lab, _pred(("a",), (1.0,), {}), 10, {}).answered
-    row = JoinedRow(lab, shadow, 10, {})
-    assert not row.answered and row.event_id == "e"
