@@ -79,6 +79,15 @@ class OutBatch:
         """Every output of the batch (``messages`` and ``bulk``)."""
         return len(self.messages) + sum(len(pairs) for _topic, pairs, _h in self.bulk)
 
+    def outputs(self) -> list[OutMessage]:
+        """Every output as one message each, in the order they are produced (``bulk``,
+        then ``messages``): to look at a batch (tests, logs), not for the hot path."""
+        out: list[OutMessage] = []
+        for topic, pairs, headers in self.bulk:
+            lists = [None] * len(pairs) if headers is None else list(headers)
+            out += [OutMessage(topic, k, v, h) for (k, v), h in zip(pairs, lists, strict=True)]
+        return out + list(self.messages)
+
 
 def _topic_partitions(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
     """What a commit records: the next offset per (topic, partition), in order."""

@@ -75,12 +75,12 @@ def test_predictions_and_labels_are_rekeyed_by_event_id(registry: Any) -> None:
     ]
     batch = router.route(msgs)  # type: ignore[arg-type]
 
-    assert [(m.topic, m.key, m.value) for m in batch.messages] == [
+    assert [(m.topic, m.key, m.value) for m in batch.outputs()] == [
         ("g.join", b"e1", v1),  # the original bytes, keyed by event id
         ("g.join", b"e2", v2),
         ("g.join", b"e1", v3),
     ]
-    kinds = [dict(m.headers or [])[KIND_HEADER] for m in batch.messages]
+    kinds = [dict(m.headers or [])[KIND_HEADER] for m in batch.outputs()]
     assert kinds == [b"prediction", b"prediction", b"label"]
     assert batch.offsets == {("preds", 2): 12, ("fb", 0): 6}
     assert sample(metrics, "streamscore_feedback_routed_total", {"kind": "prediction"}) == 2
@@ -99,7 +99,7 @@ def test_a_message_without_a_readable_id_is_dead_lettered_untouched(registry: An
             FakeMessage("fb", 1, 41, good, key=b"e1"),
         ]  # type: ignore[list-item]
     )
-    dlq, routed = batch.messages
+    routed, dlq = batch.outputs()  # the routed ones are produced first
     assert (dlq.topic, dlq.key, dlq.value) == ("dlq", b"orig-key", bad)
     h = dict(dlq.headers or [])
     assert h["streamscore.error.class"] == b"MagicByteError"
@@ -131,7 +131,7 @@ def test_a_registry_outage_puts_the_batch_back_paused_and_polling(registry: Any)
     assert consumer.seeks == [("fb", 0, 5), ("fb", 1, 9)]
     assert consumer.paused_polls >= 1 and not consumer.paused
     (sent,) = sink.sent
-    assert [m.key for m in sent.messages] == [b"e7", b"e8"]
+    assert [m.key for m in sent.outputs()] == [b"e7", b"e8"]
     assert sent.offsets == {("fb", 0): 6, ("fb", 1): 10}
     assert router.dead_lettered == 0
     assert sample(metrics, "streamscore_registry_unavailable_batches_total", {}) == 1
@@ -169,5 +169,5 @@ def test_run_routes_every_batch_then_drains_and_closes(registry: Any) -> None:
     router, _ = make_router(reader, consumer=consumer, sink=sink, stop=stop)
     router.run()
     assert consumer.subscribed == ["preds", "fb"]
-    assert [len(b.messages) for b in sink.sent] == [3, 1]
+    assert [len(b.outputs()) for b in sink.sent] == [3, 1]
     assert sink.drains == 1 and consumer.closed

@@ -444,9 +444,9 @@ def test_feedback_router_cuts_dead_letters_and_dead_letters_what_the_join_topic_
             FakeMessage("fb", 0, 2, b"\x09" * 200_000, key=b"junk"),  # not Avro, too large
         ]
     )
-    by_topic = Counter(m.topic for m in batch.messages)
+    by_topic = Counter(m.topic for m in batch.outputs())
     assert by_topic == {"g.join": 1, "dlq": 2}
-    dlq = {m.key: m for m in batch.messages if m.topic == "dlq"}
+    dlq = {m.key: m for m in batch.outputs() if m.topic == "dlq"}
     big = dict(dlq[b"e-big"].headers or [])
     assert big["streamscore.error.reason"] == b"output_too_large"
     assert big[ORIGINAL_SIZE_HEADER] == str(len(big_label)).encode()

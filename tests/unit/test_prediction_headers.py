@@ -255,7 +255,7 @@ def test_the_router_reads_both_prediction_topics_as_predictions() -> None:
             FakeMessage("fb", 0, 1, b"e1"),
         ]  # type: ignore[list-item]
     )
-    assert [(m.key, dict(m.headers or [])[KIND_HEADER]) for m in batch.messages] == [
+    assert [(m.key, dict(m.headers or [])[KIND_HEADER]) for m in batch.outputs()] == [
         (b"e1", b"prediction"),
         (b"e1", b"prediction"),
         (b"e1", b"label"),
