@@ -110,10 +110,16 @@ def _timestamp_ms(msg: Any) -> int | None:
 
 
 def _kind(msg: Any) -> bytes | None:
-    for k, v in msg.headers() or ():
-        if k == KIND_HEADER:
-            return bytes(v) if v is not None else None
-    return None
+    hs = msg.headers()
+    if not hs:
+        return None
+    k, v = hs[0]  # the router writes the kind as the only header
+    if k != KIND_HEADER or type(v) is not bytes:
+        for k, v in hs:
+            if k == KIND_HEADER:
+                return bytes(v) if v is not None else None
+        return None
+    return v
 
 
 @dataclass

@@ -21,7 +21,7 @@ from streamscore.core.errors import (
 )
 from streamscore.core.records import Prediction, Role
 from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
-from streamscore.feedback.loop import FeedbackLoop, promote_shadow
+from streamscore.feedback.loop import FeedbackLoop, _kind, promote_shadow
 from streamscore.feedback.promotion import PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
 from streamscore.metrics.series import Metrics
@@ -122,6 +122,22 @@ def test_join_topic_messages_dispatch_on_the_kind_header(registry: Any, tmp_path
         "streamscore_feedback_labels_total", {"outcome": "joined"}
     )
     assert joined == 1
+
+
+def test_the_kind_is_read_wherever_the_header_is_and_whatever_bytes_hold_it() -> None:
+    """The router writes the kind as the only header (read first); a join topic written
+    otherwise (other headers first, a bytes-like value) reads the same."""
+
+    def msg(headers: Any) -> FakeMessage:
+        return FakeMessage(JOIN, 0, 0, b"", key=b"e1", headers=headers)
+
+    assert _kind(msg(kind(b"label"))) == b"label"
+    assert _kind(msg([("trace", b"x"), *kind(b"prediction")])) == b"prediction"
+    assert _kind(msg([("streamscore.kind", bytearray(b"label"))])) == b"label"
+    assert _kind(msg([("streamscore.kind", None)])) is None
+    assert _kind(msg([("trace", b"x")])) is None
+    assert _kind(msg([])) is None
+    assert _kind(msg(None)) is None
 
 
 def test_a_dead_letter_that_fails_leaves_its_message_and_the_rest_unconsumed(
