@@ -574,7 +574,9 @@ class PartitionState:
         sealed = self._sealed
         self._sealed = _Sealed()
         self._dirty = {**sealed.entries, **self._dirty}
-        self._heap = list(heapq.merge(sealed.heap, self._heap))
+        # two heaps are not two sorted lists: merged as such, the result is no heap
+        self._heap = sealed.heap + self._heap
+        heapq.heapify(self._heap)
         self._scanned = sealed.scanned + self._scanned
 
     def discard(self) -> None:

@@ -399,6 +399,30 @@ def test_an_unsealed_commit_joins_the_newer_changes(tmp_path: Path) -> None:
     assert b is not None and back.meta.input_offset == 3
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_an_unsealed_commit_keeps_every_expiry_in_order(tmp_path: Path, on_disk: bool) -> None:
+    """The expiry schedule of a failed commit and the one made since are one schedule
+    again: whatever expires below a watermark is found, oldest first. (Merging the two
+    heaps as if they were sorted hid the entry due at 4 under the one due at 14.)"""
+    s = PartitionState(tmp_path / "p0" if on_disk else None)
+
+    def pending(eid: str, expire_at: int) -> None:
+        e = Entry(eid, expire_at)
+        e.preds[(Role.PRIMARY, 1)] = [b"raw", None]
+        s.put(e)
+        s.schedule(e)
+
+    for eid, exp in (("a", 4), ("b", 16), ("c", 1)):
+        pending(eid, exp)
+    s.seal()
+    for eid, exp in (("d", 14), ("e", 20), ("f", 25)):
+        pending(eid, exp)
+    s.unseal()
+    assert [e.event_id for e in s.expired(5)] == ["c", "a"]
+    assert [e.event_id for e in s.expired(21)] == ["d", "b", "e"]
+    assert [e.event_id for e in s.expired(100)] == ["f"]
+
+
 def test_an_entry_committed_after_its_time_has_passed_still_expires(tmp_path: Path) -> None:
     """A label whose window had already passed when it came (expiry below the watermark
     the index was last scanned to) is committed before the watermark moves on: it still
