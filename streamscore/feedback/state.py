@@ -532,8 +532,15 @@ class PartitionState:
             meta = Meta.decode(sealed.meta) if sealed.meta else replace(self.meta)
             meta.changelog_offset = changelog_offset
             wb = WriteBatch(raw_mode=True)
-            put, pack = wb.put, _EXP.pack
+            # index keys handled since the last commit go first: an entry made again
+            # since, expiring at the same time, writes the same key again below
+            for key in sealed.scanned:
+                wb.delete(key)
+            put, pack, uncache = wb.put, _EXP.pack, cache.pop
             for eid, data, exp in sealed.encoded:
+                # an older version cached would hide this one from get(): out with it
+                # (the newest go back in below)
+                uncache(eid, None)
                 k = eid.encode()
                 if data is None:
                     wb.delete(ENTRY + k)
@@ -541,8 +548,6 @@ class PartitionState:
                     put(ENTRY + k, data)
                     if exp is not None:
                         put(INDEX + pack(max(exp, 0)) + k, b"")
-            for key in sealed.scanned:
-                wb.delete(key)
             wb.put(META, meta.encode())
             # no write-ahead log: the changelog is this store's log (module doc)
             self._db.write(wb, _NO_WAL)

@@ -423,6 +423,48 @@ def test_an_unsealed_commit_keeps_every_expiry_in_order(tmp_path: Path, on_disk:
     assert [e.event_id for e in s.expired(100)] == ["f"]
 
 
+def test_a_change_committed_outside_the_cached_newest_is_what_the_join_reads(
+    tmp_path: Path,
+) -> None:
+    """An entry cached at one commit, changed, then committed among newer changes that
+    the cache keeps instead (one of them a deletion, so the cache is not refilled
+    whole): the join reads the new version, not the one cached before. (It read the
+    old one: a joined label came back as pending and expired as unmatched.)"""
+    j, s = new_join(tmp_path / "p0", cache=2)
+    log = Changelog()
+    add_label(j, "a", T0 + WINDOW, 0)  # a label first: pending
+    add_pred(j, "c", T0, 1)  # pending, due at T0 + WINDOW
+    log.commit(s)  # both cached as committed
+    add_pred(j, "a", T0 + WINDOW, 2)  # a's prediction: joined, its row written
+    add_pred(j, "b", T0 + WINDOW + 1, 3)  # newer; its time expires c (deleted)
+    log.commit(s)
+    a = s.get("a")
+    assert a is not None and a.joined and a.written
+    out = j.advance(T0 + 4 * WINDOW)  # a's window passes: nothing unmatched
+    assert [lab.event_id for lab in out.unmatched] == []
+    assert (j.stats.joined, j.stats.unmatched) == (1, 0)
+
+
+def test_an_entry_made_again_with_the_same_expiry_after_expiring_still_expires(
+    tmp_path: Path,
+) -> None:
+    """A pending prediction expires (its index key handled, deleted at the next
+    commit); the same prediction comes again (re-delivered) before that commit, due at
+    the same time: its index key, written again, is not deleted with the old one, and
+    it expires too. (It was deleted: the entry never expired.)"""
+    j, s = new_join(tmp_path / "p0")
+    log = Changelog()
+    add_pred(j, "p", T0, 0)
+    log.commit(s)
+    out = add_pred(j, "q", T0 + WINDOW + 1, 1)  # p's window passes: evicted
+    assert out.evicted_predictions == 1
+    add_pred(j, "p", T0, 2)  # re-delivered: pending again, already due
+    log.commit(s)
+    out = add_pred(j, "r", T0 + WINDOW + 2, 3)
+    assert out.evicted_predictions == 1  # p, again
+    assert s.get("p") is None
+
+
 def test_an_entry_committed_after_its_time_has_passed_still_expires(tmp_path: Path) -> None:
     """A label whose window had already passed when it came (expiry below the watermark
     the index was last scanned to) is committed before the watermark moves on: it still
