@@ -420,8 +420,11 @@ class PartitionState:
         return nxt
 
     def expired(self, watermark: int) -> list[Entry]:
-        """Remove and return the entries with ``expire_at < watermark``, oldest first."""
+        """Remove and return the entries with ``expire_at < watermark``, oldest first
+        (ties by event id: the order one schedule gives, whatever was committed)."""
         out: list[Entry] = []
+        # a commit in flight holds a schedule of its own: the two interleave
+        several = bool(self._sealed.heap)
         for heap in (self._sealed.heap, self._heap):
             while heap and heap[0][0] < watermark:
                 exp, eid = heapq.heappop(heap)
@@ -429,9 +432,8 @@ class PartitionState:
                 if e is not None and e.expire_at == exp:
                     self.delete(eid)
                     out.append(e)
-        if self._sealed.heap:
-            out.sort(key=lambda x: x.expire_at)
         if self._db is not None and self._next_db_expiry < watermark:
+            several = True  # and the committed ones, from the index
             self._next_db_expiry = _NEVER
             start = INDEX + _EXP.pack(max(self._scan_from, 0))
             for k in self._db.keys(from_key=start):
@@ -449,7 +451,8 @@ class PartitionState:
                     self.delete(eid)
                     out.append(e)
             self._scan_from = watermark
-            out.sort(key=lambda x: x.expire_at)
+        if several:
+            out.sort(key=lambda x: (x.expire_at, x.event_id))
         return out
 
     def items(self) -> Iterable[Entry]:

@@ -399,24 +399,37 @@ def test_an_unsealed_commit_joins_the_newer_changes(tmp_path: Path) -> None:
     assert b is not None and back.meta.input_offset == 3
 
 
+def pending(s: PartitionState, eid: str, expire_at: int) -> None:
+    """A pending prediction due at ``expire_at``, straight into ``s``."""
+    e = Entry(eid, expire_at)
+    e.preds[(Role.PRIMARY, 1)] = [b"raw", None]
+    s.put(e)
+    s.schedule(e)
+
+
+def test_expiry_is_oldest_first_across_a_commit_in_flight() -> None:
+    """Entries due before a commit in flight was sealed and entries due since expire
+    together oldest first, ties by event id, as one schedule would give them."""
+    s = PartitionState(None)
+    pending(s, "b", 5)
+    pending(s, "x", 3)
+    s.seal()  # in flight: its schedule is set aside
+    pending(s, "a", 3)
+    pending(s, "c", 4)
+    assert [e.event_id for e in s.expired(10)] == ["a", "x", "c", "b"]
+
+
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_an_unsealed_commit_keeps_every_expiry_in_order(tmp_path: Path, on_disk: bool) -> None:
     """The expiry schedule of a failed commit and the one made since are one schedule
     again: whatever expires below a watermark is found, oldest first. (Merging the two
     heaps as if they were sorted hid the entry due at 4 under the one due at 14.)"""
     s = PartitionState(tmp_path / "p0" if on_disk else None)
-
-    def pending(eid: str, expire_at: int) -> None:
-        e = Entry(eid, expire_at)
-        e.preds[(Role.PRIMARY, 1)] = [b"raw", None]
-        s.put(e)
-        s.schedule(e)
-
     for eid, exp in (("a", 4), ("b", 16), ("c", 1)):
-        pending(eid, exp)
+        pending(s, eid, exp)
     s.seal()
     for eid, exp in (("d", 14), ("e", 20), ("f", 25)):
-        pending(eid, exp)
+        pending(s, eid, exp)
     s.unseal()
     assert [e.event_id for e in s.expired(5)] == ["c", "a"]
     assert [e.event_id for e in s.expired(21)] == ["d", "b", "e"]
