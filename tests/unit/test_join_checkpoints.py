@@ -1,11 +1,12 @@
 """Checkpoints change nothing the join decides: the same randomized join-topic messages
 (new predictions, labels long after them, labels first, shadows and canaries,
 re-delivered predictions, duplicate labels, numeric or class labels, the same event id
-twice in a batch, broken predictions, entries expiring as the watermark passes them) fed to a loop
-that checkpoints only at the end, to one that checkpoints often, and to one whose
-ground-truth table is away at some of those checkpoints (each fails, and what it sealed
-goes back) give the same pairs, rows, unmatched labels and evictions batch by batch, the
-same state, and the same table at the end."""
+twice in a batch, broken predictions, entries expiring as the watermark passes them) fed
+to a loop that checkpoints only at the end, to one that checkpoints often, and to one
+whose ground-truth table is away at some of those checkpoints (each fails, and what it
+sealed goes back), with the checkpoints waited for or left in flight while the next batch
+is joined (as the worker runs them), give the same pairs, rows, unmatched labels and
+evictions batch by batch, the same state, and the same table at the end."""
 
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def _entry(e: Entry) -> tuple[Any, ...]:
 
 class _Run:
     """One loop over the batches, recording what each batch produces; its table can be
-    made to refuse writes (``away``)."""
+    made to refuse writes (``flaky``: half of them, drawn in write order, so the same
+    writes fail whenever the checkpoint thread runs them)."""
 
     def __init__(self, registry: Any, where: Path, *, rocks: bool) -> None:
         self.where = where
@@ -149,12 +151,13 @@ class _Run:
             max_changes=10**9,
         )
         self.loop.join._clock = lambda: T0  # rows' joined time: one fixed clock
-        self.away = False
+        self.flaky = False
         self.failed = 0
+        draws = random.Random(7)
         write = self.store.write
 
         def maybe_write(batch: Sealed) -> Any:
-            if self.away:
+            if self.flaky and draws.random() < 0.5:
                 self.failed += 1
                 raise GroundTruthUnavailableError("the table is away (test)")
             return write(batch)
@@ -189,19 +192,20 @@ class _Run:
         return sorted(str(sorted(r.items())) for r in read_rows(str(self.where / "gt")))
 
 
+@pytest.mark.parametrize("wait", [True, False])
 @pytest.mark.parametrize(("seed", "rocks"), [(1, False), (2, True), (3, True), (4, False)])
 def test_where_checkpoints_fall_and_whether_they_fail_changes_nothing(
-    tmp_path: Path, seed: int, rocks: bool
+    tmp_path: Path, seed: int, rocks: bool, wait: bool
 ) -> None:
     registry = registry_client({"url": f"mock://checkpoints-{seed}-{rocks}"})
     batches = _messages(registry, seed, 1500)
     at_end, often, flaky = (
         _Run(registry, tmp_path / name, rocks=rocks) for name in ("end", "often", "flaky")
     )
+    flaky.flaky = True
     rnd = random.Random(seed)
     for n, batch in enumerate(batches):
         commit = rnd.random() < 0.4
-        flaky.away = rnd.random() < 0.5  # this checkpoint fails: its seal goes back
         wm = (rnd.random() < 0.03) and T0 + n * 2500  # a tool moving the watermark
         for r in (at_end, often, flaky):
             r.loop._handle(list(batch))
@@ -209,11 +213,11 @@ def test_where_checkpoints_fall_and_whether_they_fail_changes_nothing(
             if wm:
                 r.loop._apply(r.loop.join.advance(wm))
             if commit and r is not at_end:
-                r.loop.checkpoint()
+                r.loop.checkpoint(wait=wait)  # else finished by the next one
         assert often.outputs[-1] == at_end.outputs[-1], f"batch {n}"
         assert flaky.outputs[-1] == at_end.outputs[-1], f"batch {n}"
         assert often.state() == at_end.state() == flaky.state(), f"batch {n}"
-    flaky.away = False
+    flaky.flaky = False
     for r in (at_end, often, flaky):
         r.loop.checkpoint()
     assert flaky.failed >= 5  # the failures happened, with changes sealed back each time
