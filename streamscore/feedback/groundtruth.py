@@ -535,6 +535,8 @@ class GroundTruthStore:
         self.recent_ms = recent_ms
         self.max_recent_ids = max_recent_ids
         self._recent: OrderedDict[str, int] = OrderedDict()
+        #: batches sealed and not yet written or put back (a checkpoint in flight)
+        self._in_flight: list[Sealed] = []
 
     def open(self) -> OpenReport:
         """Open (or create) both tables."""
@@ -593,8 +595,13 @@ class GroundTruthStore:
             recent.popitem(last=False)
 
     def contains(self, event_id: str) -> bool:
-        """True when the event's row is known written recently (see ``_recent``)."""
-        return event_id in self._recent
+        """True when the event has a row: buffered, sealed for a write in flight, or known
+        written recently (see ``_recent``). The same answer whenever the rows are
+        flushed: the join asks it, and what it decides never depends on where a
+        checkpoint fell."""
+        if event_id in self._buf or event_id in self._recent:
+            return True
+        return bool(self._in_flight) and any(event_id in b.rows for b in self._in_flight)
 
     def close(self) -> None:
         if self._opened:
@@ -632,7 +639,7 @@ class GroundTruthStore:
         every checkpoint."""
         self._check_open()
         eid = str(label["event_id"])
-        if eid in self._buf_unmatched or eid in self._buf or eid in self._recent:
+        if eid in self._buf_unmatched or self.contains(eid):
             return False
         self._buf_unmatched[eid] = dict(label)
         return True
@@ -655,6 +662,7 @@ class GroundTruthStore:
         self._check_open()
         batch = Sealed(self._buf, self._buf_unmatched)
         self._buf, self._buf_unmatched = {}, {}
+        self._in_flight.append(batch)
         return batch
 
     def write(self, batch: Sealed) -> FlushReport:
@@ -672,12 +680,18 @@ class GroundTruthStore:
 
     def written(self, batch: Sealed) -> None:
         """A sealed batch is in the table: its rows' ids are known written."""
+        self._landed(batch)
         self._remember((k, r.joined_time_ms) for k, r in batch.rows.items())
+
+    def _landed(self, batch: Sealed) -> None:
+        """``batch`` is no longer in flight (written, or put back)."""
+        self._in_flight = [b for b in self._in_flight if b is not batch]
 
     def unseal(self, batch: Sealed) -> None:
         """A sealed batch was not written: back in the buffers (what was buffered since
         keeps its place; a row the table took before a failure is refused again by the
         next merge)."""
+        self._landed(batch)
         self._buf = {**batch.rows, **self._buf}
         self._buf_unmatched = {**batch.unmatched, **self._buf_unmatched}
 

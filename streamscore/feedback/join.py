@@ -22,7 +22,10 @@ The feedback worker reads the **join topic** (predictions and labels re-keyed by
   prediction's value, version, scored vector and the event's raw inputs. A label that
   met only shadow predictions gets its row (from the shadow) when its entry expires.
   Labels whose event id is already in the store (``already_written``) or already in the
-  state are *duplicates*, not joined again; a re-delivered prediction is ignored.
+  state are *duplicates*, not joined again; a re-delivered prediction is ignored. A label
+  whose row the store has but whose entry holds no label (consumed again after a restart
+  or a rollback) leaves its entry as it was when the row was made, joined and written:
+  its predictions pair with it and none waits for a label.
 
 Reconciliation (also exposed by :class:`JoinStats`)::
 
@@ -288,8 +291,11 @@ class JoinState:
         self.stats.received += 1
         part = self._part_of(lab.position)
         e = part.get(lab.event_id)
-        if (e is not None and e.label is not None) or self._already_written(lab.event_id):
+        if e is not None and e.label is not None:
             self.stats.duplicate += 1
+            return out
+        if self._already_written(lab.event_id):
+            self._settled(part, e, lab, out)
             return out
         if e is None:
             e = Entry(lab.event_id, lab.observed_time_ms + self.window_ms)
@@ -365,6 +371,30 @@ class JoinState:
             if was_pending:
                 self.stats.pending_labels -= 1
                 part.meta.pending_labels -= 1
+
+    def _settled(
+        self, part: PartitionState, e: Entry | None, lab: Feedback, out: JoinOutput
+    ) -> None:
+        """``lab``'s event has its row already: the label consumed again after a restart
+        or a rollback (its state restored from before the row was made), or sent again.
+        It is a duplicate and writes no row, but its entry holds it as joined and
+        written, as the entry did when the row was made: its predictions, consumed again
+        before it or after it, pair with it (live quality sees what it would have seen
+        without the restart) instead of waiting for a label until their window ends."""
+        self.stats.duplicate += 1
+        if e is None:
+            e = Entry(lab.event_id, lab.observed_time_ms + self.window_ms)
+            part.schedule(e)
+        elif e.preds:
+            self.stats.pending_predictions -= len(e.preds)
+            part.meta.pending_predictions -= len(e.preds)
+            for slot in e.preds.values():  # counted as a duplicate, not as joined
+                out.pairs.append(_make_pair(lab, self._pred(slot), False))
+        e.label = lab
+        e.joined = e.written = True
+        for slot in e.preds.values():  # only the keys matter from now on
+            slot[0], slot[1] = b"", None
+        part.put(e)
 
     def _write(self, e: Entry, answer: Prediction, out: JoinOutput) -> None:
         assert e.label is not None

@@ -433,6 +433,70 @@ class FakeAdmin:
         return 0
 
 
+class FakeChangelog:
+    """The join state's changelog topic as Kafka holds it, for the feedback loop
+    (:class:`~streamscore.kafka.changelog.Changelog`'s methods). Each commit appends every
+    partition's records, then takes one more offset per partition for the transaction's
+    commit marker, and keeps the consumed offsets with them; the next ``abort_next``
+    commits abort instead (nothing kept). :meth:`compact` keeps the last record of each
+    key, as log compaction does. :meth:`restore` applies a partition's records after the
+    store's changelog offset."""
+
+    def __init__(self) -> None:
+        self.logs: dict[tuple[str, int], list[tuple[int, bytes | None, bytes | None]]] = {}
+        #: the next offset of each partition (its high watermark)
+        self.ends: dict[tuple[str, int], int] = {}
+        #: the join consumer's offsets, as the transactions committed them
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.abort_next = 0
+        self.commits = self.aborts = 0
+
+    def look_up_ends(self, _tps: Any) -> None:
+        pass
+
+    def commit(
+        self,
+        changes: dict[tuple[str, int], list[tuple[bytes, bytes | None]]],
+        offsets: dict[tuple[str, int], int],
+        _group: Any,
+    ) -> dict[tuple[str, int], int]:
+        from streamscore.kafka.changelog import TransactionAborted
+
+        if self.abort_next:
+            self.abort_next -= 1
+            self.aborts += 1
+            raise TransactionAborted("checkpoint aborted (test)")
+        last: dict[tuple[str, int], int] = {}
+        for tp, recs in changes.items():
+            log = self.logs.setdefault(tp, [])
+            end = self.ends.get(tp, 0)
+            for key, value in recs:
+                log.append((end, key, value))
+                end += 1
+            last[tp] = end - 1
+            self.ends[tp] = end + 1  # the commit marker
+        self.offsets.update(offsets)
+        self.commits += 1
+        return last
+
+    def compact(self) -> None:
+        for tp, log in self.logs.items():
+            latest = {key: off for off, key, _v in log}
+            self.logs[tp] = [r for r in log if latest[r[1]] == r[0]]
+
+    def restore(self, state: Any, join_topic: str, partition: int) -> int:
+        from streamscore.core.errors import StateStoreError
+
+        tp = (join_topic, partition)
+        if state.meta.changelog_offset >= self.ends.get(tp, 0):
+            raise StateStoreError(f"local join state of {tp} is beyond its changelog's end")
+        after = [r for r in self.logs.get(tp, []) if r[0] > state.meta.changelog_offset]
+        return state.restore(iter(after)) if after else 0
+
+    def close(self) -> None:
+        pass
+
+
 def feedback_loop(
     registry: Any,
     consumer: Any,

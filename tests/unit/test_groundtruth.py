@@ -428,6 +428,29 @@ def test_recently_written_ids_are_known_after_a_restart_older_ones_are_not(
     assert other.refresh() == 0 and not other.contains("new")  # bounded by the horizon
 
 
+def test_a_row_is_known_from_its_append_on_wherever_the_checkpoints_fall(
+    tmp_path: Path,
+) -> None:
+    """``contains`` (what the join asks of a label whose entry holds none) answers the same
+    whether the row is buffered, sealed for a write in flight, put back after a failed
+    write, or written: the join's decisions never depend on where a checkpoint fell."""
+    now = [T0 + 10 * DAY]
+    s = opened(tmp_path, recent_ms=HOUR, wall_clock=lambda: now[0])
+    s.append(replace(row("a", T0), joined_time_ms=now[0]))
+    assert s.contains("a") and not s.contains("b")  # buffered
+    sealed = s.seal()
+    s.append(replace(row("b", T0), joined_time_ms=now[0]))
+    assert s.contains("a") and s.contains("b")  # one in flight, one buffered
+    s.unseal(sealed)  # the write failed: back in the buffer
+    assert s.contains("a")
+    again = s.seal()
+    s.write(again)
+    assert s.contains("a") and s.contains("b")  # written, not yet acknowledged
+    s.written(again)
+    assert s.contains("a") and s.contains("b")  # known written
+    assert not s.append_unmatched({"event_id": "a", "label": 1.0, "observed_time": T0})
+
+
 def test_recently_written_ids_are_bounded_in_number_the_newest_kept(tmp_path: Path) -> None:
     now = [T0 + 10 * DAY]
     s = opened(tmp_path, recent_ms=HOUR, max_recent_ids=3, wall_clock=lambda: now[0])

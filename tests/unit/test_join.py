@@ -103,7 +103,8 @@ def test_duplicates_are_never_rejoined() -> None:
     written = {"done"}
     j = JoinState(WINDOW, already_written=written.__contains__)
     out = j.add_label(label("done", off=1))
-    assert out.pairs == [] and out.rows == [] and j.stats.duplicate == 1 and len(j) == 0
+    assert out.pairs == [] and out.rows == [] and j.stats.duplicate == 1
+    assert j.stats.pending_labels == 0 and len(j) == 1  # held as settled, for its window
     j.add_prediction(pred("e1"))
     assert len(j.add_label(label("e1", off=2)).rows) == 1
     again = j.add_label(label("e1", off=3))
@@ -114,17 +115,28 @@ def test_duplicates_are_never_rejoined() -> None:
 
 
 def test_a_label_of_an_already_written_event_is_a_duplicate_whatever_the_state() -> None:
-    """A row the store already has (written by an earlier owner of the partition) is
-    never written again, even when its prediction is still in the state."""
-    written = {"done"}
+    """A row the store already has (its messages consumed again after a restart, whose
+    state was restored from before the row was made) is never written again, even when
+    its prediction is still in the state; the prediction pairs with the label (for live
+    quality), as it did the first time, and never waits for a label until its window
+    ends, whichever came first."""
+    written = {"done", "first"}
     j = JoinState(WINDOW, already_written=written.__contains__)
     out = j.add_prediction(pred("done", off=7))
     assert out.pairs == [] and out.rows == [] and j.stats.pending_predictions == 1
     dup = j.add_label(label("done", off=8))
-    assert dup.pairs == [] and dup.rows == []
-    assert j.stats.duplicate == 1 and j.stats.joined == 0 and j.stats.reconciles()
-    # it leaves with its window, unlabelled
-    assert j.advance(T0 + 2 * WINDOW).evicted_predictions == 1 and len(j) == 0
+    (pair,) = dup.pairs
+    assert pair.prediction.event_id == "done" and not pair.first_for_label and dup.rows == []
+    assert j.stats.duplicate == 1 and j.stats.joined == 0 and j.stats.pending_predictions == 0
+    # the label first, its prediction after it: paired, no row, nothing pending
+    assert j.add_label(label("first", off=9)).pairs == [] and j.stats.pending_labels == 0
+    late = j.add_prediction(pred("first", off=10))
+    assert len(late.pairs) == 1 and late.rows == [] and j.stats.pending_predictions == 0
+    assert j.stats.duplicate == 2 and j.stats.reconciles()
+    # both leave with their window: nothing evicted unlabelled, nothing unmatched
+    gone = j.advance(T0 + 3 * WINDOW)
+    assert (gone.evicted_predictions, gone.unmatched, gone.rows) == (0, [], [])
+    assert len(j) == 0 and j.stats.unmatched == 0
 
 
 def test_shadow_only_join_gets_its_row_at_eviction() -> None:
