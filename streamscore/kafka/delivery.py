@@ -496,6 +496,8 @@ TXN_CALL_TIMEOUT_S = 30.0
 #: after every broker was away, which ``KafkaSettings.client_config`` turns off, or because
 #: that broker left the metadata): confluentinc/librdkafka#5456, #5511.
 HANG_GRACE_S = 10.0
+#: How often a wait for the broker inside a transaction says how it goes (one log line).
+WAIT_REPORT_S = 30.0
 #: Producers abandoned (hung in a call, their thread still blocked, or broken by a fatal
 #: error) a worker keeps before it exits instead (each holds a librdkafka client that is
 #: never destroyed from the loop).
@@ -511,17 +513,19 @@ def send_bound_s(retry_s: float) -> float:
     return retry_s + 4 * (TXN_CALL_TIMEOUT_S + HANG_GRACE_S)
 
 
-def _bounded(op: Callable[[], object], limit_s: float, name: str) -> None:
-    """``op()`` on a daemon thread, waited for at most ``limit_s`` seconds: its exception
-    is raised here, and :class:`_Hung` if it is still running by then. A hung call's
+def _bounded(op: Callable[[], object], limit_s: float, name: str) -> Any:
+    """``op()`` on a daemon thread, waited for at most ``limit_s`` seconds: its result is
+    returned and its exception raised here, :class:`_Hung` if it is still running by
+    then. A hung call's
     thread, and the client ``op`` holds, are left to themselves: never joined, never
     destroyed from the caller's thread (``rd_kafka_destroy`` of a client blocked in a call
     may block as well); the client is freed, in that thread, if its call ever returns."""
     failure: list[BaseException] = []
+    result: list[Any] = []
 
     def run() -> None:
         try:
-            op()
+            result.append(op())
         except BaseException as exc:  # raised again in the caller's thread
             failure.append(exc)
 
@@ -532,6 +536,7 @@ def _bounded(op: Callable[[], object], limit_s: float, name: str) -> None:
         raise _Hung(f"{name} still blocked {limit_s:.0f}s after it was called", thread)
     if failure:
         raise failure[0]
+    return result[0] if result else None
 
 
 #: A transactional call, given the producer and a timeout (seconds).
@@ -714,29 +719,56 @@ class TransactionalSink:
 
     def _wait_for_broker(self, name: str, why: str, deadline: float) -> None:
         """Back off until a broker answers a metadata request; :class:`_NeedsAbort` when
-        ``deadline`` passes or a stop is requested first."""
+        ``deadline`` passes or a stop is requested first. The producer's calls made
+        meanwhile (``poll``, ``list_topics``) are bounded like the transactional ones
+        (:class:`_Hung`), and the wait says how it goes every :data:`WAIT_REPORT_S`."""
         self._noticed(f"{name} failed: {why}")
         delay = self._backoff_min_s
         attempts = 0
+        started = reported = self._clock()
+        last = why
         while True:
             if self._stop is not None and self._stop.is_set():
                 raise _NeedsAbort(f"{name}: {why} (stopping)")
-            left = deadline - self._clock()
+            now = self._clock()
+            left = deadline - now
             if left <= 0:
                 raise _NeedsAbort(
                     f"{name}: {why}; the broker still away after {self._retry_s:.0f}s of retries"
                 )
-            log.debug("%s: %s (retriable), waiting %.1fs", name, why, min(delay, left))
-            self._producer.poll(min(delay, left))  # serves callbacks while it waits
+            if now - reported >= WAIT_REPORT_S:
+                reported = now
+                log.info(
+                    "exactly-once: still waiting for a broker to retry %s (%.0fs, %d "
+                    "metadata requests, %.0fs left; last: %s)",
+                    name, now - started, attempts, left, last,
+                )  # fmt: skip
+            wait_s = min(delay, left)
+            log.debug("%s: %s (retriable), waiting %.1fs", name, why, wait_s)
+            p = self._producer
+            self._ask(lambda: p.poll(wait_s), wait_s, "poll")  # serves callbacks meanwhile
             delay = min(2 * delay, self._backoff_max_s)
             attempts += 1
+            ask_s = max(0.1, min(5.0, self._timeout, left))
             try:
-                md = self._producer.list_topics(timeout=max(0.1, min(5.0, left)))
-            except KafkaException:
+                md = self._ask(lambda: p.list_topics(timeout=ask_s), ask_s, "list_topics")
+            except KafkaException as exc:
+                last = str(exc.args[0] if exc.args else exc)
                 continue
             if md.brokers:
                 log.info("a broker answers again after %d checks: retrying %s", attempts, name)
                 return
+            last = "metadata without brokers"
+
+    def _ask(self, op: Callable[[], Any], timeout_s: float, name: str) -> Any:
+        """``op()``, a producer call bounded by ``timeout_s``, on the watchdog: one still
+        blocked ``hang_grace_s`` past it is :class:`_Hung` (the producer replaced)."""
+        since = self._clock()
+        try:
+            return _bounded(op, timeout_s + self._hang_grace_s, name)
+        except _Hung as exc:
+            exc.since = since
+            raise
 
     def _call(self, op: TxnOp, name: str, *, bounded: bool = True) -> None:
         """``op(producer, timeout)`` (on a watchdog thread when ``bounded``), its

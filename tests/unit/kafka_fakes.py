@@ -306,6 +306,14 @@ class FakeTxnProducer:
         self.produced.append((topic, key, value))
 
     def poll(self, timeout: float = 0) -> int:
+        """Waits ``timeout`` of the fake clock; a :class:`Hang` scripted under ``"poll"``
+        blocks (not recorded in ``calls``: the loops poll between any two calls)."""
+        todo = self.script.get("poll")
+        if todo:
+            hang = todo.pop(0)
+            if isinstance(hang, Hang):
+                hang.entered.set()
+                hang.release.wait(30)
         if timeout:
             self.waits.append(timeout)
             self.clock.now += timeout

@@ -297,6 +297,43 @@ def test_hung_abort_is_replaced_too(producers: FakeTxnProducers) -> None:
     assert outcomes(m) == {"retried": 0, "aborted": 0, "producer_replaced": 1}
 
 
+@pytest.mark.parametrize("call", ["list_topics", "poll"])
+def test_a_call_that_hangs_while_waiting_for_the_broker_replaces_the_producer(
+    producers: FakeTxnProducers, call: str
+) -> None:
+    """The calls made while the sink waits for the broker (``poll``, ``list_topics``)
+    are bounded too: one blocked for good (as a transactional call can be after an
+    outage) no longer leaves the worker silent until it is killed."""
+    hang = Hang()
+    c = FakeTxnConsumer(FIRST_OFFSETS)
+    script: dict[str, list[Outcome]] = {"send_offsets_to_transaction": [timed_out()], call: [hang]}
+    s, m = hanging_sink(producers, script, c)
+    t0 = time.monotonic()
+    with pytest.raises(RetryBatch, match=f"{call} still blocked"):
+        s.send(batch())
+    assert time.monotonic() - t0 < 5  # bounded by the grace, not by the hang
+    assert hang.entered.is_set() and not hang.release.is_set()  # still blocked
+    old, new = producers.made
+    assert s.producer is new and new.calls == ["init_transactions"]
+    assert "abort_transaction" not in old.calls  # left to its thread
+    assert sorted(c.seeks) == FIRST
+    assert outcomes(m) == {"retried": 0, "aborted": 0, "producer_replaced": 1}
+
+
+def test_a_long_wait_for_the_broker_says_how_it_goes(caplog: pytest.LogCaptureFixture) -> None:
+    """Every 30 s of waiting, one line: how long, how many requests, the last error."""
+    s, p, _c = sink(
+        {"commit_transaction": [timed_out()], "list_topics": [broker_away()] * 40},
+        retry_s=120.0,
+    )
+    with caplog.at_level(logging.INFO, logger="streamscore.kafka.delivery"), pytest.raises(RetryBatch):
+        s.send(batch())
+    lines = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert 2 <= len(lines) <= 3, lines  # 90 s of waiting (the commit took the first 30)
+    assert all("retry commit_transaction" in x and "last: " in x for x in lines)
+    assert "metadata requests" in lines[-1] and "_TRANSPORT" in lines[-1]
+
+
 def test_hung_init_transactions_is_replaced_at_start(producers: FakeTxnProducers) -> None:
     s, _m = hanging_sink(producers, {"init_transactions": [Hang()]}, FakeTxnConsumer())
     assert s.replaced == 1 and producers.made[1].calls == ["init_transactions"]
