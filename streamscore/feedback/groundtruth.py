@@ -634,7 +634,8 @@ class GroundTruthStore:
         return True
 
     def append_unmatched(self, label: Mapping[str, Any]) -> bool:
-        """Buffer an unmatched label (feedback record); False when already buffered, or
+        """Buffer an unmatched label (feedback record); False when one is already
+        buffered or being written for its event (the table keeps the first), or
         when its event has a row buffered or known written recently (:meth:`contains`:
         a label re-read after a restart or a rebalance, whose row a worker wrote before).
         A label for an event whose row was joined longer ago than ``recent_ms`` is kept
@@ -643,6 +644,8 @@ class GroundTruthStore:
         self._check_open()
         eid = str(label["event_id"])
         if eid in self._buf_unmatched or self.contains(eid):
+            return False
+        if any(eid in b.unmatched for b in self._in_flight):  # the first one stays
             return False
         self._buf_unmatched[eid] = dict(label)
         return True

@@ -124,8 +124,8 @@ def entry_view(e: Entry) -> tuple[Any, ...]:
 class JoinRun:
     """A feedback loop over the batches, recording what each batch produces (``outputs``;
     ``replayed``: what messages consumed again produced). Its table can be made to refuse
-    writes (``flaky``: half of them, drawn in write order, so the same writes fail
-    whenever the checkpoint thread runs them). With a ``changelog``, the worker can be
+    writes (``flaky``: half of those sealed meanwhile, drawn as they are sealed, so the
+    same writes fail whenever the checkpoint thread runs them). With a ``changelog``, the worker can be
     killed (:meth:`crash`) and its partitions handed over (:meth:`hand_over`), to this
     worker again or to a new one on another host."""
 
@@ -155,14 +155,25 @@ class JoinRun:
         # in a worker (the rows a restart reads again are known written)
         self.store = GroundTruthStore(str(self.where / "gt"), wall_clock=lambda: T0)
         self.store.open()
-        write = self.store.write
+        seal, write = self.store.seal, self.store.write
+        doomed: set[int] = set()  # the sealed batches whose write will fail
+
+        def sealing() -> Sealed:
+            # drawn when the checkpoint starts (on this thread), not when its write runs
+            # (on the checkpoint thread): the same writes fail in every run
+            batch = seal()
+            if self.flaky and self._draws.random() < 0.5:
+                doomed.add(id(batch))
+            return batch
 
         def maybe_write(batch: Sealed) -> Any:
-            if self.flaky and self._draws.random() < 0.5:
+            if id(batch) in doomed:
+                doomed.discard(id(batch))
                 self.failed += 1
                 raise GroundTruthUnavailableError("the table is away (test)")
             return write(batch)
 
+        self.store.seal = sealing  # type: ignore[method-assign]
         self.store.write = maybe_write  # type: ignore[method-assign]
         stop = threading.Event()
         self.consumer = FakeConsumer([], stop, topic=JOIN, partitions=PARTS)
@@ -233,6 +244,16 @@ class JoinRun:
         again, to this worker or to a new one on another host (an empty state
         directory: restored from the changelog)."""
         self.loop._on_revoke(self.consumer, self._all())
+        if new_host:
+            self.loop._checkpoints.shutdown(wait=True)
+            self._build()
+        else:
+            self.loop._on_assign(self.consumer, self._all())
+
+    def lose(self, *, new_host: bool) -> None:
+        """Every partition lost (the session timed out: no checkpoint, the state rolled
+        back to the last one), then assigned again, to this worker or to a new one."""
+        self.loop._on_lost(self.consumer, self._all())
         if new_host:
             self.loop._checkpoints.shutdown(wait=True)
             self._build()

@@ -448,9 +448,11 @@ class FakeChangelog:
     commit marker, and keeps the consumed offsets with them; the next ``abort_next``
     commits abort instead (nothing kept). :meth:`compact` keeps the last record of each
     key, as log compaction does. :meth:`restore` applies a partition's records after the
-    store's changelog offset."""
+    store's changelog offset. Each is atomic, as the broker's log is: commits run on the
+    loop's checkpoint thread, meanwhile the test compacts and restores."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.logs: dict[tuple[str, int], list[tuple[int, bytes | None, bytes | None]]] = {}
         #: the next offset of each partition (its high watermark)
         self.ends: dict[tuple[str, int], int] = {}
@@ -475,30 +477,34 @@ class FakeChangelog:
             self.aborts += 1
             raise TransactionAborted("checkpoint aborted (test)")
         last: dict[tuple[str, int], int] = {}
-        for tp, recs in changes.items():
-            log = self.logs.setdefault(tp, [])
-            end = self.ends.get(tp, 0)
-            for key, value in recs:
-                log.append((end, key, value))
-                end += 1
-            last[tp] = end - 1
-            self.ends[tp] = end + 1  # the commit marker
-        self.offsets.update(offsets)
-        self.commits += 1
+        with self._lock:
+            for tp, recs in changes.items():
+                log = self.logs.setdefault(tp, [])
+                end = self.ends.get(tp, 0)
+                for key, value in recs:
+                    log.append((end, key, value))
+                    end += 1
+                last[tp] = end - 1
+                self.ends[tp] = end + 1  # the commit marker
+            self.offsets.update(offsets)
+            self.commits += 1
         return last
 
     def compact(self) -> None:
-        for tp, log in self.logs.items():
-            latest = {key: off for off, key, _v in log}
-            self.logs[tp] = [r for r in log if latest[r[1]] == r[0]]
+        with self._lock:
+            for tp, log in self.logs.items():
+                latest = {key: off for off, key, _v in log}
+                self.logs[tp] = [r for r in log if latest[r[1]] == r[0]]
 
     def restore(self, state: Any, join_topic: str, partition: int) -> int:
         from streamscore.core.errors import StateStoreError
 
         tp = (join_topic, partition)
-        if state.meta.changelog_offset >= self.ends.get(tp, 0):
+        with self._lock:
+            end, log = self.ends.get(tp, 0), list(self.logs.get(tp, []))
+        if state.meta.changelog_offset >= end:
             raise StateStoreError(f"local join state of {tp} is beyond its changelog's end")
-        after = [r for r in self.logs.get(tp, []) if r[0] > state.meta.changelog_offset]
+        after = [r for r in log if r[0] > state.meta.changelog_offset]
         return state.restore(iter(after)) if after else 0
 
     def close(self) -> None:

@@ -451,6 +451,28 @@ def test_a_row_is_known_from_its_append_on_wherever_the_checkpoints_fall(
     assert not s.append_unmatched({"event_id": "a", "label": 1.0, "observed_time": T0})
 
 
+def test_the_first_unmatched_label_of_an_event_stays_wherever_the_checkpoints_fall(
+    tmp_path: Path,
+) -> None:
+    """An event's second unmatched label (a duplicate that came after the first one's
+    entry expired) is refused while the first is buffered, and while it is being written
+    too: a write that fails puts the first back, and the table keeps the first, as it
+    does when the first was written before (the merge inserts only a new id)."""
+    s = opened(tmp_path)
+    first = {"event_id": "u", "label": 1.0, "observed_time": T0}
+    second = {"event_id": "u", "label": 2.0, "observed_time": T0 + 5}
+    assert s.append_unmatched(first)
+    sealed = s.seal()
+    assert not s.append_unmatched(second)  # the first is being written
+    s.unseal(sealed)  # its write failed: back in the buffer
+    assert not s.append_unmatched(second)
+    s.flush()
+    assert s.append_unmatched(second)  # written: the table's merge keeps the first
+    s.flush()
+    (kept,) = read_unmatched(tmp_path)
+    assert (kept["label"], kept["observed_time"]) == (1.0, T0)
+
+
 def test_recently_written_ids_are_bounded_in_number_the_newest_kept(tmp_path: Path) -> None:
     now = [T0 + 10 * DAY]
     s = opened(tmp_path, recent_ms=HOUR, max_recent_ids=3, wall_clock=lambda: now[0])

@@ -5,9 +5,10 @@ handed over (a rebalance: checkpointed, closed, assigned again to the same worke
 opens its local store, or to a new worker on another host, which restores them from the
 changelog), whose worker is killed (a new one resumes from its local store, caught up from
 the changelog, or in memory from the changelog alone: every message after the last
-committed checkpoint consumed again), whose checkpoints' transactions sometimes abort
-(state and offsets roll back: consumed again), and whose changelog is compacted now and
-then. After every batch both hold the same state; each batch, when first consumed, gives
+committed checkpoint consumed again), whose partitions are lost (no checkpoint: rolled
+back, then assigned again), whose checkpoints' transactions sometimes abort (state and
+offsets roll back: consumed again), whose table is away now and then (its checkpoints
+fail: what they sealed goes back), and whose changelog is compacted now and then. After every batch both hold the same state; each batch, when first consumed, gives
 the same pairs, rows, unmatched labels and evictions; the table and its unmatched labels
 are the same at the end."""
 
@@ -23,6 +24,10 @@ from streamscore.serde.wire import registry_client
 
 from .join_traffic import JoinRun, messages
 from .kafka_fakes import FakeChangelog, FakeMessage
+
+
+#: batches after which a move is made whatever the draw says
+PLAN = {3: "killed", 6: "lost", 9: "new host", 12: "handed back", 15: "compacted", 18: "killed"}
 
 
 def _catch_up(run: JoinRun, consumed: list[FakeMessage], rnd: random.Random) -> int:
@@ -57,25 +62,33 @@ def test_handovers_restores_kills_and_aborts_change_nothing_the_join_decides(
         consumed.extend(batch)
         assert moved.outputs[-1] == kept.outputs[-1], f"batch {n}"
         r = rnd.random()
-        if r < 0.3:
+        what = PLAN.get(n)  # each kind of move at least once, the rest at random
+        if what is None and r < 0.3:
             if rnd.random() < 0.2:
                 changelog.abort_next = 1
             moved.loop.checkpoint(wait=rnd.random() < 0.5)
-        elif r < 0.36:
+        elif what == "handed back" or (what is None and r < 0.36):
             moved.hand_over(new_host=False)
             happened["handed back"] += 1
-        elif r < 0.42:
+        elif what == "new host" or (what is None and r < 0.42):
             moved.hand_over(new_host=True)
             happened["new host"] += 1
-        elif r < 0.48:
+        elif what == "killed" or (what is None and r < 0.48):
             moved.crash()
             happened["killed"] += 1
-        if rnd.random() < 0.05:
+        elif what == "lost" or (what is None and r < 0.54):
+            moved.lose(new_host=rnd.random() < 0.5)
+            happened["lost"] += 1
+        moved.flaky = rnd.random() < 0.2  # the table away for what follows
+        if what == "compacted" or rnd.random() < 0.1:
             changelog.compact()
             happened["compacted"] += 1
         happened["consumed again"] += _catch_up(moved, consumed, rnd)
         assert moved.state(counts=False) == kept.state(counts=False), f"batch {n}"
+    moved.flaky = False
     moved.hand_over(new_host=True)  # the last one restored from the changelog alone
+    _catch_up(moved, consumed, rnd)  # what its checkpoint had not committed (aborted)
+    changelog.abort_next = 0
     for r in (kept, moved):
         r.loop.checkpoint()
     assert moved.state(counts=False) == kept.state(counts=False)
@@ -84,6 +97,8 @@ def test_handovers_restores_kills_and_aborts_change_nothing_the_join_decides(
     assert kept.table() and kept.unmatched()  # rows written, labels left unmatched
     assert moved.loop.join.stats.reconciles()
     # every kind of move happened, aborted transactions among the commits
-    assert min(happened[k] for k in ("handed back", "new host", "killed", "compacted")) >= 1
+    kinds = ("handed back", "new host", "killed", "lost", "compacted")
+    assert min(happened[k] for k in kinds) >= 1, happened
+    assert moved.failed >= 1  # and the table refused writes
     assert changelog.aborts >= 1 and changelog.commits >= 10
     assert happened["consumed again"] > 0 and moved.replayed
