@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -746,12 +747,12 @@ class TransactionalSink:
             wait_s = min(delay, left)
             log.debug("%s: %s (retriable), waiting %.1fs", name, why, wait_s)
             p = self._producer
-            self._ask(lambda: p.poll(wait_s), wait_s, "poll")  # serves callbacks meanwhile
+            self._ask(partial(p.poll, wait_s), wait_s, "poll")  # serves callbacks meanwhile
             delay = min(2 * delay, self._backoff_max_s)
             attempts += 1
             ask_s = max(0.1, min(5.0, self._timeout, left))
             try:
-                md = self._ask(lambda: p.list_topics(timeout=ask_s), ask_s, "list_topics")
+                md = self._ask(partial(p.list_topics, timeout=ask_s), ask_s, "list_topics")
             except KafkaException as exc:
                 last = str(exc.args[0] if exc.args else exc)
                 continue

@@ -123,11 +123,12 @@ def entry_view(e: Entry) -> tuple[Any, ...]:
 
 class JoinRun:
     """A feedback loop over the batches, recording what each batch produces (``outputs``;
-    ``replayed``: what messages consumed again produced). Its table can be made to refuse
-    writes (``flaky``: half of those sealed meanwhile, drawn as they are sealed, so the
-    same writes fail whenever the checkpoint thread runs them). With a ``changelog``, the worker can be
-    killed (:meth:`crash`) and its partitions handed over (:meth:`hand_over`), to this
-    worker again or to a new one on another host."""
+    ``replayed``: what messages consumed again produced). Its table can be made to
+    refuse writes (``flaky``: half of those sealed meanwhile, drawn as they are sealed,
+    so the same writes fail whenever the checkpoint thread runs them). With a
+    ``changelog``, the worker can be killed (:meth:`crash`), lose its partitions
+    (:meth:`lose`) and hand them over (:meth:`hand_over`), to this worker again or to a
+    new one on another host."""
 
     def __init__(
         self,

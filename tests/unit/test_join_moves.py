@@ -1,16 +1,17 @@
-"""Moving the join's partitions changes nothing the join decides: the randomized
-join-topic traffic of ``test_join_checkpoints`` fed to a worker that keeps its partitions
-and checkpoints only at the end, and to one whose partitions, between two batches, are
+"""Moving the join's partitions changes nothing the join decides: the randomized join-topic
+traffic of ``test_join_checkpoints`` fed to a worker that keeps its partitions and
+checkpoints only at the end, and to one whose partitions, between two batches, are
 handed over (a rebalance: checkpointed, closed, assigned again to the same worker, which
 opens its local store, or to a new worker on another host, which restores them from the
-changelog), whose worker is killed (a new one resumes from its local store, caught up from
-the changelog, or in memory from the changelog alone: every message after the last
+changelog), whose worker is killed (a new one resumes from its local store, caught up
+from the changelog, or in memory from the changelog alone: every message after the last
 committed checkpoint consumed again), whose partitions are lost (no checkpoint: rolled
 back, then assigned again), whose checkpoints' transactions sometimes abort (state and
 offsets roll back: consumed again), whose table is away now and then (its checkpoints
-fail: what they sealed goes back), and whose changelog is compacted now and then. After every batch both hold the same state; each batch, when first consumed, gives
-the same pairs, rows, unmatched labels and evictions; the table and its unmatched labels
-are the same at the end."""
+fail: what they sealed goes back), and whose changelog is compacted now and then. After
+every batch both hold the same state; each batch, when first consumed, gives the same
+pairs, rows, unmatched labels and evictions; the table and its unmatched labels are the
+same at the end."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from streamscore.serde.wire import registry_client
 
 from .join_traffic import JoinRun, messages
 from .kafka_fakes import FakeChangelog, FakeMessage
-
 
 #: batches after which a move is made whatever the draw says
 PLAN = {3: "killed", 6: "lost", 9: "new host", 12: "handed back", 15: "compacted", 18: "killed"}

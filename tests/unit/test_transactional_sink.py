@@ -322,11 +322,14 @@ def test_a_call_that_hangs_while_waiting_for_the_broker_replaces_the_producer(
 
 def test_a_long_wait_for_the_broker_says_how_it_goes(caplog: pytest.LogCaptureFixture) -> None:
     """Every 30 s of waiting, one line: how long, how many requests, the last error."""
-    s, p, _c = sink(
+    s, _p, _c = sink(
         {"commit_transaction": [timed_out()], "list_topics": [broker_away()] * 40},
         retry_s=120.0,
     )
-    with caplog.at_level(logging.INFO, logger="streamscore.kafka.delivery"), pytest.raises(RetryBatch):
+    with (
+        caplog.at_level(logging.INFO, logger="streamscore.kafka.delivery"),
+        pytest.raises(RetryBatch),
+    ):
         s.send(batch())
     lines = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
     assert 2 <= len(lines) <= 3, lines  # 90 s of waiting (the commit took the first 30)
