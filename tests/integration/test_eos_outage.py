@@ -238,6 +238,10 @@ def test_workers_ride_out_a_30s_broker_outage(
         )
         + f"); at-least-once: {sum(got_alo.values())} ({alo_dupes} duplicates)"
     )
+    # how the exactly-once worker went through it, in its own words (its log is shown
+    # only on a failure otherwise)
+    said = [ln for ln in eos.log(1 << 20).splitlines() if "streamscore.kafka.delivery" in ln]
+    print("\n".join(said[-12:]))
 
     _alive(workers)  # neither ever exited
     assert eos.terminate() == 0
