@@ -235,6 +235,13 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
         return fb2.sample("streamscore_feedback_received_total") == sum(out.values()) + pending
 
     wait_until(reconciled, 30, "labels in == joined + unmatched + duplicate + released + pending")
+    # every event has its label: no prediction waits for one (a label read again whose
+    # row the killed worker had written settles the predictions read again with it)
+    wait_until(
+        lambda: fb2.sample("streamscore_feedback_pending", {"side": "prediction"}) == 0,
+        30,
+        "no prediction left waiting for its label",
+    )
     out = fb2.labels_outcomes()
     # the restarted worker resumed from the state's last checkpoint (offsets and state
     # committed together): it read again only what the killed one had not committed and
