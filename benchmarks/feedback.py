@@ -331,9 +331,9 @@ class FeedbackBench:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
             if not backlog:
-                self.wait_settled(
-                    f"{group}.router", [self.topics.predictions, self.topics.feedback], k, 120
-                )
+                t = self.topics  # every topic the router reads (the shadows' too)
+                sources = [t.predictions, t.predictions_shadow, t.feedback]
+                self.wait_settled(f"{group}.router", sources, k, 120)
                 self.wait_settled(group, [join_topic_for(group)], k, 120)
                 t0 = time.monotonic()
                 at_t0 = usage([w.proc.pid for w in procs])
