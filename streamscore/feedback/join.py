@@ -385,15 +385,14 @@ class JoinState:
         if e is None:
             e = Entry(lab.event_id, lab.observed_time_ms + self.window_ms)
             part.schedule(e)
-        elif e.preds:
-            self.stats.pending_predictions -= len(e.preds)
-            part.meta.pending_predictions -= len(e.preds)
-            for slot in e.preds.values():  # counted as a duplicate, not as joined
-                out.pairs.append(_make_pair(lab, self._pred(slot), False))
+        self.stats.pending_predictions -= len(e.preds)
+        part.meta.pending_predictions -= len(e.preds)
+        for slot in e.preds.values():
+            # not first_for_label: the label counts as a duplicate, not as joined
+            out.pairs.append(_make_pair(lab, self._pred(slot), False))
+            slot[0], slot[1] = b"", None  # only the keys matter from now on
         e.label = lab
         e.joined = e.written = True
-        for slot in e.preds.values():  # only the keys matter from now on
-            slot[0], slot[1] = b"", None
         part.put(e)
 
     def _write(self, e: Entry, answer: Prediction, out: JoinOutput) -> None:

@@ -517,10 +517,10 @@ def send_bound_s(retry_s: float) -> float:
 def _bounded(op: Callable[[], object], limit_s: float, name: str) -> Any:
     """``op()`` on a daemon thread, waited for at most ``limit_s`` seconds: its result is
     returned and its exception raised here, :class:`_Hung` if it is still running by
-    then. A hung call's
-    thread, and the client ``op`` holds, are left to themselves: never joined, never
-    destroyed from the caller's thread (``rd_kafka_destroy`` of a client blocked in a call
-    may block as well); the client is freed, in that thread, if its call ever returns."""
+    then. A hung call's thread, and the client ``op`` holds, are left to themselves:
+    never joined, never destroyed from the caller's thread (``rd_kafka_destroy`` of a
+    client blocked in a call may block as well); the client is freed, in that thread, if
+    its call ever returns."""
     failure: list[BaseException] = []
     result: list[Any] = []
 
@@ -763,7 +763,7 @@ class TransactionalSink:
 
     def _ask(self, op: Callable[[], Any], timeout_s: float, name: str) -> Any:
         """``op()``, a producer call bounded by ``timeout_s``, on the watchdog: one still
-        blocked ``hang_grace_s`` past it is :class:`_Hung` (the producer replaced)."""
+        blocked ``hang_grace_s`` past it is :class:`_Hung`, with when it was called."""
         since = self._clock()
         try:
             return _bounded(op, timeout_s + self._hang_grace_s, name)
@@ -778,12 +778,9 @@ class TransactionalSink:
         since = self._clock()
         try:
             if bounded:
-                _bounded(lambda: op(p, timeout), timeout + self._hang_grace_s, name)
+                self._ask(partial(op, p, timeout), timeout, name)
             else:
                 op(p, timeout)
-        except _Hung as exc:
-            exc.since = since
-            raise
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             why = str(err) if err is not None else str(exc)

@@ -245,16 +245,15 @@ class JoinRun:
         again, to this worker or to a new one on another host (an empty state
         directory: restored from the changelog)."""
         self.loop._on_revoke(self.consumer, self._all())
-        if new_host:
-            self.loop._checkpoints.shutdown(wait=True)
-            self._build()
-        else:
-            self.loop._on_assign(self.consumer, self._all())
+        self._assign_again(new_host=new_host)
 
     def lose(self, *, new_host: bool) -> None:
         """Every partition lost (the session timed out: no checkpoint, the state rolled
         back to the last one), then assigned again, to this worker or to a new one."""
         self.loop._on_lost(self.consumer, self._all())
+        self._assign_again(new_host=new_host)
+
+    def _assign_again(self, *, new_host: bool) -> None:
         if new_host:
             self.loop._checkpoints.shutdown(wait=True)
             self._build()
