@@ -380,7 +380,7 @@ def test_an_outage_is_counted_and_logged_once_when_it_starts_and_once_when_over(
     )
     metrics = Metrics(CollectorRegistry(), "score")
     s = TransactionalSink(p, FakeTxnConsumer(), clock=clock, metrics=metrics)
-    with caplog.at_level(logging.INFO, logger="streamscore.delivery"):
+    with caplog.at_level(logging.INFO, logger="streamscore.kafka.delivery"):
         s.send(batch())
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
@@ -388,7 +388,7 @@ def test_an_outage_is_counted_and_logged_once_when_it_starts_and_once_when_over(
     assert "trouble over after" in warnings[1] and warnings[1].endswith("committed")
     assert outcomes(metrics) == {"retried": 2, "aborted": 0, "producer_replaced": 0}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="streamscore.delivery"):
+    with caplog.at_level(logging.INFO, logger="streamscore.kafka.delivery"):
         s.send(batch())  # a healthy batch logs nothing
     assert caplog.records == []
 
