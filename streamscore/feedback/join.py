@@ -84,12 +84,17 @@ class JoinOutput:
     rows: list[JoinedRow] = field(default_factory=list)
     unmatched: list[Feedback] = field(default_factory=list)
     evicted_predictions: int = 0
+    #: the event ids of ``rows``: written as far as the join is concerned, before the
+    #: caller hands them to the store (a label later in the same batch is a duplicate,
+    #: whatever the batch's size)
+    row_ids: set[str] = field(default_factory=set)
 
     def extend(self, other: JoinOutput) -> None:
         self.pairs.extend(other.pairs)
         self.rows.extend(other.rows)
         self.unmatched.extend(other.unmatched)
         self.evicted_predictions += other.evicted_predictions
+        self.row_ids |= other.row_ids
 
 
 @dataclass(slots=True)
@@ -294,7 +299,7 @@ class JoinState:
         if e is not None and e.label is not None:
             self.stats.duplicate += 1
             return out
-        if self._already_written(lab.event_id):
+        if lab.event_id in out.row_ids or self._already_written(lab.event_id):
             self._settled(part, e, lab, out)
             return out
         if e is None:
@@ -398,6 +403,7 @@ class JoinState:
     def _write(self, e: Entry, answer: Prediction, out: JoinOutput) -> None:
         assert e.label is not None
         out.rows.append(build_row(e.label, answer, e.preds, self._clock()))
+        out.row_ids.add(e.event_id)
         e.written = True
         for slot in e.preds.values():  # only the keys matter from now on
             slot[0], slot[1] = b"", None
@@ -416,3 +422,4 @@ class JoinState:
             # joined shadow predictions only: keep the row, from a shadow
             preds = [self._pred(slot) for slot in e.preds.values()]
             out.rows.append(build_row(e.label, preds[0], e.preds, self._clock()))
+            out.row_ids.add(e.event_id)

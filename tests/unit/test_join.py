@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from streamscore.core.records import Feedback, Prediction, Role
-from streamscore.feedback.join import JoinState
+from streamscore.feedback.join import JoinOutput, JoinState
 
 T0 = 1_700_000_000_000
 WINDOW = 60_000
@@ -137,6 +137,27 @@ def test_a_label_of_an_already_written_event_is_a_duplicate_whatever_the_state()
     gone = j.advance(T0 + 3 * WINDOW)
     assert (gone.evicted_predictions, gone.unmatched, gone.rows) == (0, [], [])
     assert len(j) == 0 and j.stats.unmatched == 0
+
+
+def test_a_row_made_earlier_in_the_same_batch_counts_as_written() -> None:
+    """A label sent again after its event's entry expired is a duplicate whether its row
+    was handed to the store before (another batch) or is still in this batch's output:
+    where a batch ends changes nothing (a replay cuts its batches differently)."""
+    for cut in (False, True):
+        store: set[str] = set()
+        j = JoinState(WINDOW, already_written=store.__contains__)
+        out = JoinOutput()
+        j.add_prediction(pred("e", off=1), out=out)
+        j.add_label(label("e", off=2), out=out)
+        j.add_prediction(pred("later", T0 + 3 * WINDOW, off=3), out=out)  # "e" expires
+        assert [r.label.event_id for r in out.rows] == ["e"] and len(j) == 1
+        if cut:  # the batch ends: its rows go to the store, a new output begins
+            store.update(r.label.event_id for r in out.rows)
+            out = JoinOutput()
+        again = j.add_label(label("e", y=3.0, off=4), out=out)
+        assert j.stats.duplicate == 1 and j.stats.pending_labels == 0, cut
+        assert [r.label.event_id for r in again.rows] == ([] if cut else ["e"])
+        assert j.stats.reconciles()
 
 
 def test_shadow_only_join_gets_its_row_at_eviction() -> None:
