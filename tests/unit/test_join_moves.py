@@ -44,7 +44,11 @@ def _catch_up(run: JoinRun, consumed: list[FakeMessage], rnd: random.Random) -> 
     return n
 
 
-@pytest.mark.parametrize(("seed", "rocks"), [(21, True), (22, False), (23, True), (24, False)])
+# 109 and 114: the seeds where the batch-boundary defect (a row made earlier in the same
+# batch not counted as written) showed
+@pytest.mark.parametrize(
+    ("seed", "rocks"), [(21, True), (22, False), (23, True), (24, False), (109, True), (114, False)]
+)
 def test_handovers_restores_kills_and_aborts_change_nothing_the_join_decides(
     tmp_path: Path, seed: int, rocks: bool
 ) -> None:
