@@ -552,13 +552,16 @@ class FeedbackLoop:
         self._quality.observe(out.pairs)
         if self._policy is not None:
             self._policy.observe(out.pairs)
-        for row in out.rows:
-            if self.store.append(row):
-                self.stats.rows_written += 1
+        # unmatched labels first: an event's label that expired unmatched came before any
+        # row of its event made in the same batch (a row's later labels are duplicates),
+        # and appended in that order the store keeps what it keeps across two batches
         for lab in out.unmatched:
             self._m.feedback_unmatched.inc()
             self._m.feedback_labels.labels("unmatched").inc()
             self.store.append_unmatched(lab.to_avro())
+        for row in out.rows:
+            if self.store.append(row):
+                self.stats.rows_written += 1
         if self.store.needs_flush or self.join.needs_commit(self._max_changes):
             self.checkpoint(wait=False)
 

@@ -20,7 +20,7 @@ from streamscore.core.errors import (
     UnknownKindError,
 )
 from streamscore.core.records import Prediction, Role
-from streamscore.feedback.groundtruth import GroundTruthStore, read_rows
+from streamscore.feedback.groundtruth import GroundTruthStore, read_rows, read_unmatched
 from streamscore.feedback.loop import FeedbackLoop, _kind, promote_shadow
 from streamscore.feedback.promotion import PromotionDecision
 from streamscore.feedback.router import KIND_HEADER
@@ -405,6 +405,42 @@ def test_the_join_goes_on_while_a_checkpoint_is_in_flight(
     assert sorted(r["event_id"] for r in read_rows(str(tmp_path))) == ["e1", "e2", "e3"]
     assert consumer.commits[-1] == [(JOIN, 0, 6)]
     assert loop.stats.rows_written == 3 and loop.stats.checkpoints == 2
+
+
+def test_an_unmatched_label_then_a_row_of_its_event_do_not_depend_on_where_a_batch_ends(
+    registry: Any, tmp_path: Path
+) -> None:
+    """An event's label expires unmatched (its prediction comes after its window), then a
+    second label joins that late prediction: the unmatched table keeps the first label and
+    the rows table the row, whether the four messages come in one batch or in two (a
+    replay cuts its batches differently from the first reading)."""
+    from confluent_kafka import TopicPartition
+
+    enc_p = AvroSerializer(registry, "p-value", schemas.load("prediction"))
+    enc_f = AvroSerializer(registry, "f-value", schemas.load("feedback"))
+    late = T0 + 120_000  # two windows on
+
+    def msg(off: int, eid: str, k: bytes, value: bytes) -> FakeMessage:
+        return FakeMessage(JOIN, 0, off, value, key=eid.encode(), headers=kind(k))
+
+    msgs = [
+        msg(0, "x", b"label", enc_f({"event_id": "x", "label": 1.0, "observed_time": T0})),
+        # another event's prediction moves the watermark past x's label: unmatched
+        msg(1, "o", b"prediction", enc_p(nest_detail(prediction_record("o", event_time_ms=late)))),
+        msg(2, "x", b"prediction", enc_p(nest_detail(prediction_record("x", event_time_ms=late)))),
+        msg(3, "x", b"label", enc_f({"event_id": "x", "label": 2.0, "observed_time": late})),
+    ]
+    seen = []
+    for batches in ([msgs], [msgs[:2], msgs[2:]]):
+        where = tmp_path / str(len(batches))
+        loop, consumer, _m, _dead = make_loop(registry, [], where)
+        loop._on_assign(consumer, [TopicPartition(JOIN, 0)])
+        for b in batches:
+            loop._handle(b)
+        loop.checkpoint()
+        unmatched = [(u["event_id"], u["label"]) for u in read_unmatched(str(where))]
+        seen.append((unmatched, [r["event_id"] for r in read_rows(str(where))]))
+    assert seen[0] == seen[1] == ([("x", 1.0)], ["x"])
 
 
 class AbortingChangelog:
