@@ -37,7 +37,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from benchmarks.measure import machine_jiffies, proc_cpu_s, proc_mem_kb
+from benchmarks.measure import family, machine_jiffies, proc_cpu_s, proc_mem_kb
 from streamscore.cli import settings_from_env
 from streamscore.core.config import TopicSettings
 from streamscore.dev.supervise import group_settled
@@ -106,18 +106,26 @@ def checkpoint_steps(port: int) -> dict[str, list[float]]:
 
 
 def rss_mb(pid: int) -> float | None:
-    """The process's peak RSS (VmHWM), MB."""
-    try:
-        return round(proc_mem_kb(pid)["VmHWM"] / 1024, 1)
-    except (OSError, KeyError):
-        return None
+    """The peak RSS (VmHWM) of a worker, MB: its process's and its router process's (if
+    any) added (an upper bound of their peak together)."""
+    each = rss_each_mb(pid)
+    return None if not each else round(sum(each), 1)
+
+
+def rss_each_mb(pid: int) -> list[float]:
+    """The peak RSS (VmHWM) of the worker's process, then of its router process, MB."""
+    out = []
+    for p in family(pid):
+        with contextlib.suppress(OSError, KeyError):
+            out.append(round(proc_mem_kb(p)["VmHWM"] / 1024, 1))
+    return out
 
 
 def usage(pids: list[int]) -> tuple[float, tuple[int, int]]:
-    """The CPU seconds the processes have used (their threads included), and the
-    machine's (all, idle) jiffies: two readings give CPU per label and how busy the
-    machine was in between."""
-    return sum(proc_cpu_s(p) for p in pids), machine_jiffies()
+    """The CPU seconds the workers have used (their threads and their router processes
+    included), and the machine's (all, idle) jiffies: two readings give CPU per label
+    and how busy the machine was in between."""
+    return sum(proc_cpu_s(p) for pid in pids for p in family(pid)), machine_jiffies()
 
 
 def between(
@@ -362,6 +370,7 @@ class FeedbackBench:
                 raise RuntimeError(f"{k} worker(s) did not join {n:,} labels in {timeout_s}s")
             per_worker = [joined(w.metrics_port) for w in procs]
             rss = [rss_mb(w.proc.pid) for w in procs]
+            rss_each = [rss_each_mb(w.proc.pid) for w in procs]
             steps = [checkpoint_steps(w.metrics_port) for w in procs]
         finally:
             if spy is not None:
@@ -386,6 +395,7 @@ class FeedbackBench:
             **between(at_t0, at_done, n),
             "peak_pending_labels": int(peak_pending),
             "rss_mb": rss,
+            "rss_mb_by_process": rss_each,
             "checkpoint_steps": steps,
             "rows": len(rows),
             "rows_unique": len(ids),

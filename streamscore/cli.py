@@ -65,7 +65,6 @@ from types import MappingProxyType
 from typing import Any
 
 from .cli_project import project_path, read_project
-from .core import redact
 from .core.config import (
     SHADOW_TOPIC_HELP,
     STRATEGY_TOPICS,
@@ -88,7 +87,7 @@ from .core.config import (
 from .core.errors import ConfigError, InfrastructureError, StreamscoreError
 from .core.project import CONFIG_ENV, ProjectFile
 from .core.records import Role, Task
-from .core.redact import redact_urls
+from .core.redact import redact_urls, setup_logging
 from .core.stop import install_stop_signals
 from .models.signing import keygen, publisher_keys, tool_verifier, worker_verifier
 from .serde import schemas
@@ -1120,17 +1119,6 @@ def _add_config_flag(p: argparse.ArgumentParser, sub: Any) -> None:
             # SUPPRESS: a subcommand without the flag keeps the value given before it
             child.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=text)
             todo.extend(a for a in child._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def setup_logging(*, verbose: bool = False) -> None:
-    """Log to stderr, with credentials in URLs redacted from every record whoever logs
-    it (httpx logs each registry request's URL at INFO)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    redact.install()
 
 
 def _bad_client_setting(exc: Exception) -> str | None:

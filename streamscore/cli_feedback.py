@@ -160,6 +160,31 @@ def join_window_ms(args: argparse.Namespace) -> int:
     return duration_ms(args.window if args.window is not None else "1h")
 
 
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, bounded by its cgroup's CPU
+    quota (cgroup v2 ``cpu.max``: a container's CPU limit), rounded up."""
+    n = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return n
+    if quota == "max":
+        return n
+    try:
+        return max(1, min(n, -(-int(quota) // int(period))))
+    except (ValueError, ZeroDivisionError):
+        return n
+
+
+def router_mode(choice: str, cores: int | None = None) -> str:
+    """Where the router runs: ``process`` or ``thread``; ``auto``: a process when the
+    worker may use two cores or more (:func:`usable_cores`), a thread on one."""
+    if choice != "auto":
+        return choice
+    n = cores if cores is not None else usable_cores()
+    return "process" if n >= 2 else "thread"
+
+
 def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient
@@ -177,21 +202,18 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         PromotionPolicy,
         PromotionSettings,
     )
-    from .feedback.router import FeedbackRouter, RouteTopics, join_topic_for
+    from .feedback.router import RouteTopics, join_topic_for
+    from .feedback.router_process import RouterHandle, RouterProcess, RouterSpec, RouterThread
     from .feedback.state import relax_gc
     from .kafka.access import preflight
     from .kafka.admin import ensure_topic, partition_count
     from .kafka.changelog import CHANGELOG_CONFIG, Changelog, changelog_topic_for
     from .kafka.clients import (
-        ROUTER_QUEUE_MESSAGES,
         admin_config,
         feedback_consumer,
         plain_producer,
-        router_consumer,
     )
-    from .kafka.delivery import AtLeastOnceSink
     from .metrics.series import Metrics, serve
-    from .serde.event_ids import EventIdReader
     from .serde.message import (
         AvroDeserializer,
         LayoutDeserializer,
@@ -345,40 +367,23 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
     changelog_topic = changelog_topic_for(topics.join)
     ensure_topic(admin, changelog_topic, n_join, dict(CHANGELOG_CONFIG))
     changelog = Changelog.connect(env.kafka, args.group_id, worker_id)
-    router_c = Consumer(router_consumer(env.kafka, args.group_id, worker_id))
-    router = FeedbackRouter(
-        consumer=router_c,
-        sink=AtLeastOnceSink(
-            Producer(
-                plain_producer(
-                    env.kafka,
-                    max_message_bytes=limits.producer_max_bytes(),
-                    failures_only=True,
-                    # a bounded queue of re-keyed messages: a full one holds the router
-                    max_queued=ROUTER_QUEUE_MESSAGES,
-                )
-            ),
-            router_c,
-        ),
+    spec = RouterSpec(
+        kafka=env.kafka,
+        registry=env.registry,
         topics=topics,
-        event_id=EventIdReader(cache),
-        label_id=EventIdReader(cache, label_fields.id_field),
-        metrics=metrics,
-        worker_id=worker_id,
-        stop=stop,
+        label_id_field=label_fields.id_field,
         limits=limits,
+        group_id=args.group_id,
+        worker_id=worker_id,
         batch_size=args.batch_size,
+        verbose=bool(getattr(args, "verbose", False)),
+        malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     )
-    router_failure: list[BaseException] = []
-
-    def run_router() -> None:
-        try:
-            router.run()
-        except BaseException as exc:  # the worker must not go on joining without it
-            router_failure.append(exc)
-            log.error("feedback router failed: %s: %s", type(exc).__name__, exc)
-            stop.set()
-
+    router: RouterHandle = (
+        RouterProcess((spec,), metrics, stop)
+        if router_mode(args.router) == "process"
+        else RouterThread(spec, metrics, stop)
+    )
     loop = FeedbackLoop(
         consumer=Consumer(feedback_consumer(env.kafka, args.group_id, worker_id)),
         join_topic=topics.join,
@@ -417,21 +422,20 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         changelog_topic,
         "on" if promo.enabled else "off",
     )
-    router_thread = threading.Thread(target=run_router, name="feedback-router", daemon=True)
-    router_thread.start()
+    router.start()
     try:
         stats = loop.run()
         log.info("feedback worker stopped: %s; join %s", stats, join.stats)
     finally:
         stop.set()
-        router_thread.join(30)
+        router.close()
         producer.flush(10)
         changelog.close()
         store.close()
         if server is not None:
             server.stop()
-    if router_failure:
-        raise KafkaIOError(f"feedback router failed: {router_failure[0]}") from router_failure[0]
+    if router.failure is not None:
+        raise KafkaIOError(f"feedback router failed: {router.failure}")
     return 0
 
 
@@ -623,6 +627,14 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--metrics-host", default="127.0.0.1")
     f.add_argument(
         "--metrics-port", type=int, default=9500, help="0 picks a free port; -1 disables"
+    )
+    f.add_argument(
+        "--router",
+        choices=["auto", "process", "thread"],
+        default="auto",
+        help="where the router runs: a child process, beside the join on another core, or "
+        "a thread of the worker (one core); auto: a process when this worker may use two "
+        "cores or more, by its CPU affinity and its cgroup's CPU limit (default)",
     )
     f.add_argument("--auto-promote", action="store_true", help="promote better shadows")
     f.add_argument("--promote-min-labels", type=int, default=500)

@@ -10,6 +10,7 @@ benchmarks import it as ``tests.processes`` from the repository root.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
@@ -84,6 +85,25 @@ def sample(port: int, name: str, labels: dict[str, str] | None = None) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
                 total += s.value
     return total
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a feedback worker's router process), from /proc."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def gone(pid: int) -> bool:
+    """``pid`` has exited (a zombie not reaped yet counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:

@@ -9,6 +9,7 @@ and their validation.
 
 from __future__ import annotations
 
+import copyreg
 import enum
 import os
 import re
@@ -20,6 +21,21 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .records import EVENT_ID_FIELD, EVENT_TIME_FIELD, FeatureSpec, Task
+
+
+def read_only(mapping: dict[Any, Any]) -> Mapping[Any, Any]:
+    """A read-only view of ``mapping`` (what a pickled view is rebuilt with)."""
+    return MappingProxyType(mapping)
+
+
+def _reduce_view(view: MappingProxyType[Any, Any]) -> tuple[Any, tuple[dict[Any, Any]]]:
+    return read_only, (dict(view),)
+
+
+# settings hold read-only views of their mappings, and a stage run in a child process
+# receives its settings pickled (``feedback/router_process.py``): a view pickles as a
+# view of a copy of its mapping
+copyreg.pickle(MappingProxyType, _reduce_view)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 #: ``scheme://userinfo@``: userinfo up to the first ``@`` before any ``/``, ``?`` or ``#``
@@ -89,3 +90,15 @@ def install(handlers: list[logging.Handler] | None = None) -> None:
     for h in logging.getLogger().handlers if handlers is None else handlers:
         if not any(isinstance(f, RedactingFilter) for f in h.filters):
             h.addFilter(RedactingFilter())
+
+
+def setup_logging(*, verbose: bool = False) -> None:
+    """Log to stderr, with credentials in URLs redacted from every record whoever logs
+    it (httpx logs each registry request's URL at INFO): the CLI's logging, and that of
+    a stage it runs in a child process."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    install()

@@ -1,4 +1,5 @@
 """What the processes export to Prometheus.
 
 - ``series``: every series, on an injected registry, per process kind
+- ``forward``: counters counted in a child process, added to its parent's
 """

@@ -303,6 +303,13 @@ class Metrics:
             registry=feedback,
         )
 
+    def counters(self) -> dict[str, Counter]:
+        """Every counter, by family name (what a child process's counts are added to,
+        :mod:`streamscore.metrics.forward`)."""
+        return {
+            next(iter(c.describe())).name: c for c in vars(self).values() if isinstance(c, Counter)
+        }
+
 
 @dataclass
 class MetricsServer:

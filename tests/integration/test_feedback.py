@@ -17,6 +17,7 @@ from pathlib import Path
 from streamscore.core.records import Role
 from streamscore.feedback import groundtruth
 from streamscore.models.envelope import Action
+from tests.processes import children, gone
 
 from .feedback_stack import (
     FeedbackProcess,
@@ -195,7 +196,11 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     stack.publish("ab", version=1)
     make_worker("w1")
     state = tmp_path / "state"  # the restarted worker finds the killed one's local state
-    fb = make_feedback(store, "--window", "10m", group_id=group, state_dir=state)
+    fb = make_feedback(
+        store, "--window", "10m", "--router", "process", group_id=group, state_dir=state
+    )
+    wait_until(lambda: children(fb.proc.pid) != [], 60, "its router process")
+    (router,) = children(fb.proc.pid)
 
     a = produce_world(stack, 3000, seed=31)
     items = list(a.items())
@@ -211,6 +216,8 @@ def test_sigkill_restart_loses_and_duplicates_nothing(
     wait_join_committed(stack, group)  # a checkpoint to resume from
     fb.kill()  # SIGKILL mid-stream: buffered rows and uncommitted offsets are lost
     killed_at = len(store_rows(store))
+    # its router saw the worker's end of their pipe close: it drains and exits
+    wait_until(lambda: gone(router), 60, "the killed worker's router process to exit")
     feeder.join()
     assert killed_at < len(a), "the kill should land while labels are still flowing"
 
@@ -268,7 +275,8 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     group = f"{stack.group_id}-fb-pair"
     stack.publish("ab", version=1)
     make_worker("w1")
-    fb1 = make_feedback(store, "--window", "10m", group_id=group)
+    # one router in a process of its own, one on a thread of its worker
+    fb1 = make_feedback(store, "--window", "10m", "--router", "process", group_id=group)
 
     truth = produce_world(stack, 4000, seed=41)
     items = list(truth.items())
@@ -276,7 +284,7 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     wait_rows(store, 1000, proc=fb1)
     # a rebalance mid-stream: the second worker (an empty state dir of its own, as on
     # another host) restores its partitions' state from the changelog
-    fb2 = make_feedback(store, "--window", "10m", group_id=group)
+    fb2 = make_feedback(store, "--window", "10m", "--router", "thread", group_id=group)
     wait_join_group_settled(stack, group, 2)
     produce_labels(stack, dict(items[2000:]))
     bad_label = b"\x00\x00\x00\x00"  # shorter than the wire-format header
@@ -308,10 +316,17 @@ def test_two_feedback_workers_split_the_join_and_dead_letter_bad_labels(
     headers = dict(dead.headers() or [])
     assert headers["streamscore.error.class"] == b"TruncatedMessageError"
     assert headers["streamscore.source.topic"] == stack.topics.feedback.encode()
-    routed_dead = sum(
-        fb.sample("streamscore_dead_letters_total", {"reason": "truncated"}) for fb in (fb1, fb2)
-    )
-    assert routed_dead == 1
+
+    # counted by a router (each in its own process: its counts reach its worker's
+    # /metrics within 0.2 s)
+    def routed_dead() -> float:
+        return sum(
+            fb.sample("streamscore_dead_letters_total", {"reason": "truncated"})
+            for fb in (fb1, fb2)
+        )
+
+    wait_until(lambda: routed_dead() >= 1, 30, "the router's dead letter counted")
+    assert routed_dead() == 1
 
 
 def test_a_label_30_days_late_joins_and_one_after_the_window_is_unmatched(
