@@ -28,6 +28,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import replace
@@ -119,6 +120,35 @@ def rss_each_mb(pid: int) -> list[float]:
         with contextlib.suppress(OSError, KeyError):
             out.append(round(proc_mem_kb(p)["VmHWM"] / 1024, 1))
     return out
+
+
+class RssWatch:
+    """The peak of a worker's RSS, its processes' (its router's) added at the same
+    moment, sampled every ``every_s`` on a thread of its own until :meth:`stop`. Each
+    process's own peak (VmHWM, exact) is :func:`rss_each_mb`; their sum (:func:`rss_mb`)
+    adds peaks of different moments (the router's while it routes a backlog, the
+    join's at its largest state)."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        self.peak_mb = 0.0
+        self._pid = pid
+        self._done = threading.Event()
+        self._every_s = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every_s):
+            total = 0
+            for p in family(self._pid):
+                with contextlib.suppress(OSError, KeyError):
+                    total += proc_mem_kb(p)["VmRSS"]
+            self.peak_mb = max(self.peak_mb, round(total / 1024, 1))
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join(5)
+        return self.peak_mb
 
 
 def usage(pids: list[int]) -> tuple[float, tuple[int, int]]:
@@ -320,6 +350,7 @@ class FeedbackBench:
         self.created.append(join_topic_for(group) + ".changelog")
         store = self.workdir / f"gt-{group}"
         procs: list[WorkerProcess] = []
+        watches: list[RssWatch] = []
         spy: subprocess.Popen[bytes] | None = None
         t0: float | None = None
         at_t0: tuple[float, tuple[int, int]] | None = None  # usage() when the clock starts
@@ -331,6 +362,7 @@ class FeedbackBench:
             t_start = time.monotonic()
             for j in range(k):
                 procs.append(self.launch(j, group, store, self.workdir / f"state-{group}", *extra))
+                watches.append(RssWatch(procs[-1].proc.pid))
             if profile is not None:
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "100",
@@ -377,6 +409,7 @@ class FeedbackBench:
                 spy.send_signal(signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     spy.wait(30)
+            together = [watch.stop() for watch in watches]
             for w in procs:
                 w.proc.terminate()  # all at once, then wait for each
             for w in procs:
@@ -396,6 +429,8 @@ class FeedbackBench:
             "peak_pending_labels": int(peak_pending),
             "rss_mb": rss,
             "rss_mb_by_process": rss_each,
+            # each worker's processes together at their largest (sampled every 0.2 s)
+            "rss_mb_together": together,
             "checkpoint_steps": steps,
             "rows": len(rows),
             "rows_unique": len(ids),
@@ -414,6 +449,7 @@ class FeedbackBench:
         pending = "streamscore_feedback_pending"
         self.fill(n, labels=range(0))
         w = self.launch(0, group, store, state_dir, *extra)
+        watch = RssWatch(w.proc.pid)
         t0 = time.monotonic()
         try:
             w.wait_until(
@@ -423,13 +459,19 @@ class FeedbackBench:
             )
             fill_s = time.monotonic() - t0
             rss = rss_mb(w.proc.pid)
+            rss_each = rss_each_mb(w.proc.pid)
             assert w.terminate(120) == 0, w.log()
         finally:
+            together = watch.stop()
             w.close()
         result: dict[str, Any] = {
             "pending": n,
             "joined_in_s": round(fill_s, 1),
-            "peak_rss_mb_filling": rss,
+            # the worker's processes together at their largest (sampled every 0.2 s)
+            "peak_rss_mb_filling": together,
+            # each process's own peak (exact), the worker's then its router's, and their sum
+            "peak_rss_mb_filling_by_process": rss_each,
+            "peak_rss_mb_filling_sum_of_peaks": rss,
         }
         for i, (name, where) in enumerate(
             (("local", state_dir), ("fresh_host", self.workdir / f"state-{group}-fresh"))
@@ -653,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| workers | mode | labels | labels/s | seconds | worker CPU ms / 1k labels "
-        "| machine busy cores | joined per worker | peak RSS MB | store rows / unique |"
+        "| machine busy cores | joined per worker | peak RSS MB (worker + router: together; "
+        "each) | store rows / unique |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -661,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {r['workers']} | {r['mode']} | {r['labels']:,} | {r['labels_per_s']:,} "
             f"| {r['total_s']} | {r['cpu_ms_per_1k_labels']} | {r['machine_busy_cores']} "
-            f"| {shares} | {r['rss_mb']} | {r['rows']:,} / {r['rows_unique']:,} |"
+            f"| {shares} | {r['rss_mb_together']}; {r['rss_mb_by_process']} "
+            f"| {r['rows']:,} / {r['rows_unique']:,} |"
         )
     for k in counts:
         for mode in modes:
