@@ -163,7 +163,8 @@ def join_window_ms(args: argparse.Namespace) -> int:
 def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The cores this process may use: its CPU affinity, bounded by its cgroup's CPU
     quota (cgroup v2 ``cpu.max``: a container's CPU limit), rounded up."""
-    n = len(os.sched_getaffinity(0))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    n = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
     try:
         quota, period = cpu_max.read_text().split()[:2]
     except (OSError, ValueError):
@@ -422,8 +423,8 @@ def cmd_feedback(args: argparse.Namespace, env: Env) -> int:
         changelog_topic,
         "on" if promo.enabled else "off",
     )
-    router.start()
     try:
+        router.start()
         stats = loop.run()
         log.info("feedback worker stopped: %s; join %s", stats, join.stats)
     finally:
