@@ -20,13 +20,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 #: One sample of a gauge family: its label values (in the family's label order), its value.
 Row = tuple[tuple[str, ...], float]
@@ -76,23 +79,32 @@ class ScrapedGauges:
 
 
 class HistogramSeries:
-    """One label set of a :class:`BulkHistogram`: per-bucket counts and the sum."""
+    """One label set of a :class:`BulkHistogram`: per-bucket counts and the sum. NumPy is
+    imported at the first observation: a process that never observes one (the feedback
+    router's) does without it."""
 
     __slots__ = ("_bounds", "_counts", "_created", "_lock", "_sum")
 
-    def __init__(self, bounds: npt.NDArray[np.float64], lock: threading.Lock) -> None:
-        self._bounds = bounds
+    def __init__(self, bounds: Sequence[float], lock: threading.Lock) -> None:
+        self._bounds: Any = bounds  # a float64 array from the first observation on
         self._lock = lock
-        self._counts: npt.NDArray[np.int64] = np.zeros(bounds.size, dtype=np.int64)
+        self._counts: npt.NDArray[np.int64] | None = None
         self._sum = 0.0
         self._created = time.time()
 
     def observe_many(self, values: npt.ArrayLike) -> None:
         """What ``observe(v)`` for every ``v`` does, in a few NumPy calls: each value
         counts in the first bucket whose bound is >= it (a NaN in none) and in the sum."""
+        import numpy as np
+
         vals = np.asarray(values, dtype=np.float64).ravel()
         if vals.size == 0:
             return
+        if self._counts is None:
+            with self._lock:
+                if self._counts is None:
+                    self._bounds = np.asarray(self._bounds, dtype=np.float64)
+                    self._counts = np.zeros(self._bounds.size, dtype=np.int64)
         idx = np.searchsorted(self._bounds, vals, side="left")  # NaN: past the last
         counts = np.bincount(idx, minlength=self._bounds.size + 1)[: self._bounds.size]
         total = float(vals.sum())
@@ -106,7 +118,9 @@ class HistogramSeries:
     def read(self) -> tuple[list[float], float, float]:
         """Cumulative bucket counts, the sum, the creation time."""
         with self._lock:
-            cumulative: list[float] = np.cumsum(self._counts).astype(np.float64).tolist()
+            if self._counts is None:
+                return [0.0] * len(self._bounds), self._sum, self._created
+            cumulative: list[float] = self._counts.cumsum().astype("float64").tolist()
             return cumulative, self._sum, self._created
 
 
@@ -136,7 +150,7 @@ class BulkHistogram:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._bounds = np.asarray(bounds, dtype=np.float64)
+        self._bounds = tuple(bounds)
         # the label values prometheus_client gives its own buckets ("+Inf", "0.005")
         self._le: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
