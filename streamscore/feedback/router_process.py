@@ -284,7 +284,8 @@ class RouterProcess:
             except (EOFError, OSError):
                 break
             if msg[0] == "counters":
-                apply_deltas(counters, msg[1])
+                if apply_deltas(counters, msg[1]):
+                    log.warning("router counts of unknown series dropped: %s", msg[1])
             elif msg[0] == "failed":
                 self.failure = str(msg[1])
         report.close()
