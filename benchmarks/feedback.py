@@ -38,7 +38,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from benchmarks.measure import family, machine_jiffies, proc_cpu_s, proc_mem_kb
+from benchmarks.measure import machine_jiffies, proc_cpu_s, proc_mem_kb
 from streamscore.cli import settings_from_env
 from streamscore.core.config import TopicSettings
 from streamscore.dev.supervise import group_settled
@@ -48,7 +48,7 @@ from streamscore.kafka.admin import TopicSpec, create_topics
 from streamscore.serde import schemas
 from streamscore.serde.message import AvroSerializer
 from streamscore.serde.wire import registry_client
-from tests.processes import WorkerProcess, launch, sample, worker_env
+from tests.processes import WorkerProcess, children, launch, sample, worker_env
 
 JOINED = 'streamscore_feedback_labels_total{outcome="joined"}'
 
@@ -103,6 +103,16 @@ def checkpoint_steps(port: int) -> dict[str, list[float]]:
     ):
         kind, step, value = m.groups()
         out.setdefault(step, [0.0, 0.0])[0 if kind == "count" else 1] = round(float(value), 3)
+    return out
+
+
+def family(pid: int) -> list[int]:
+    """A worker's process and its descendants (its router process)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
     return out
 
 

@@ -35,20 +35,6 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
 
 
-def family(pid: int) -> list[int]:
-    """``pid`` and its descendants (a feedback worker's router process), from /proc."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:  # gone meanwhile
-            continue
-    return out
-
-
 def proc_mem_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
     out = {}
