@@ -119,7 +119,11 @@ def family(pid: int) -> list[int]:
 def rss_mb(pid: int) -> float | None:
     """The peak RSS (VmHWM) of a worker, MB: its process's and its router process's (if
     any) added (an upper bound of their peak together)."""
-    each = rss_each_mb(pid)
+    return added(rss_each_mb(pid))
+
+
+def added(each: list[float]) -> float | None:
+    """Peaks of a worker's processes (:func:`rss_each_mb`) added, MB."""
     return None if not each else round(sum(each), 1)
 
 
@@ -411,8 +415,8 @@ class FeedbackBench:
             if done_t is None or t0 is None or at_t0 is None or at_done is None:
                 raise RuntimeError(f"{k} worker(s) did not join {n:,} labels in {timeout_s}s")
             per_worker = [joined(w.metrics_port) for w in procs]
-            rss = [rss_mb(w.proc.pid) for w in procs]
             rss_each = [rss_each_mb(w.proc.pid) for w in procs]
+            rss = [added(e) for e in rss_each]
             steps = [checkpoint_steps(w.metrics_port) for w in procs]
         finally:
             if spy is not None:
@@ -468,8 +472,8 @@ class FeedbackBench:
                 timeout=timeout_s,
             )
             fill_s = time.monotonic() - t0
-            rss = rss_mb(w.proc.pid)
             rss_each = rss_each_mb(w.proc.pid)
+            rss = added(rss_each)
             assert w.terminate(120) == 0, w.log()
         finally:
             together = watch.stop()

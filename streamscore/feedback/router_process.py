@@ -211,8 +211,9 @@ def run_child(
         work()
     except BaseException as exc:
         failed = True
-        log.error("feedback router failed: %s", _reason(exc))
-        send("failed", _reason(exc))
+        reason = _reason(exc)
+        log.error("feedback router failed: %s", reason)
+        send("failed", reason)
     finally:
         stop.set()
         send("counters")
